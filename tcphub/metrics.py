@@ -1,0 +1,78 @@
+"""
+Counters for the hub and read-only records of its clients.
+
+The hub keeps mutable L{HubCounters} on its hot path and hands out frozen
+snapshots (L{Metrics}, L{ClientInfo}) so that callers can keep them, compare
+them and serialise them (C{dataclasses.asdict}) without racing the reactor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClientInfo:
+    """One connected client, as it was when the snapshot was taken."""
+
+    id: str
+    address: str
+    connected: float
+    """When the connection was accepted, in the hub clock's seconds (epoch time by default)."""
+    bytes_received: int
+    bytes_sent: int
+    messages_received: int
+    messages_sent: int
+    pending_bytes: int
+    """Encoded bytes queued by the hub while the client's transport is paused."""
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The hub's counters; all totals since the hub started, except C{connections}."""
+
+    connections: int
+    bytes_received: int
+    bytes_sent: int
+    uptime: float
+    """Seconds since the hub started listening."""
+    messages_received: int
+    messages_sent: int
+    accepted: int
+    rejected: int
+    """Connections closed at once because C{max_connections} were connected."""
+    timed_out: int
+    protocol_errors: int
+    """Connections closed for a framing error (over-long or malformed frame)."""
+    slow_consumers: int
+    """Connections dropped because their queued output passed C{max_pending}."""
+    handler_errors: int
+    """Exceptions raised by hooks and event callbacks (the hub went on)."""
+
+
+class HubCounters:
+    """The mutable totals behind L{Metrics}."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "messages_received",
+        "messages_sent",
+        "accepted",
+        "rejected",
+        "timed_out",
+        "protocol_errors",
+        "slow_consumers",
+        "handler_errors",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def snapshot(self, connections: int, uptime: float) -> Metrics:
+        return Metrics(
+            connections=connections,
+            uptime=uptime,
+            **{name: getattr(self, name) for name in self.__slots__},
+        )

@@ -1,0 +1,28 @@
+"""
+Ready-made hub behaviours, each a small L{HubProtocol} subclass: what the
+C{--mode} option of the plugin picks, and examples of the C{messageReceived} hook.
+"""
+
+from __future__ import annotations
+
+from tcphub.server import HubProtocol
+
+
+class EchoProtocol(HubProtocol):
+    """Sends every message back to its sender (the seed's example)."""
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.sendMessage(payload)
+
+
+class BroadcastProtocol(HubProtocol):
+    """A chat room: every message goes to every other client."""
+
+    def messageReceived(self, payload: bytes) -> None:
+        self.factory.broadcast(payload, exclude=(self.client_id,))
+
+
+MODES: dict[str, type[HubProtocol]] = {
+    "echo": EchoProtocol,
+    "broadcast": BroadcastProtocol,
+}

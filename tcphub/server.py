@@ -1,0 +1,657 @@
+"""
+The TCP hub: one L{HubProtocol} per client, a L{HubFactory} that tracks them
+and sends to one or all, and L{TcpServer}, the service that listens.
+
+Extend the hub by subclassing L{HubProtocol} and passing the class as
+C{protocol=}.  The hooks a subclass overrides:
+
+  - C{messageReceived(payload)}: each decoded message (no need to call super).
+  - C{connectionMade()} / C{connectionLost(reason)}: call super first / last;
+    C{self.client_id} is set once super's C{connectionMade} has run.
+  - C{timeoutConnection()}: the client was idle for C{timeout} seconds.
+
+Inside a hook, C{self.sendMessage(payload)} answers this client and
+C{self.factory.broadcast(payload, exclude=(self.client_id,))} talks to the rest.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from typing import Iterable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, fail, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import (
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IReactorTime,
+    IStreamServerEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from tcphub._observer import OneShotObserver
+from tcphub.errors import (
+    ClientDisconnected,
+    ConnectionLimitReached,
+    FramingError,
+    HandlerError,
+    IdleTimeout,
+    SlowConsumer,
+    TcpHubError,
+    UnframeableMessage,
+    UnknownClient,
+)
+from tcphub.events import Events, Subscription
+from tcphub.framing import Framing, get_framing
+from tcphub.metrics import ClientInfo, HubCounters, Metrics
+
+__all__ = ["HubFactory", "HubProtocol", "TcpServer"]
+
+DEFAULT_MAX_FRAME = 64 * 1024
+DEFAULT_MAX_PENDING = 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_DRAIN_TIMEOUT = 5.0
+
+
+def _format_address(address: IAddress) -> str:
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "unix")
+    return str(address)
+
+
+def _ignore_departure(failure: Failure) -> None:
+    failure.trap(ClientDisconnected)
+
+
+class HubProtocol(Protocol, TimeoutMixin):
+    """
+    One client of the hub: decodes its frames, counts its traffic, and queues
+    its output (up to the hub's C{max_pending} bytes) while its transport is
+    paused because the client does not read.
+    """
+
+    factory: HubFactory
+    client_id: str
+    address: str
+    connected_at: float
+
+    _log = Logger()
+    _admitted = False
+    _closing = False
+    _close_when_flushed = False
+    _lost: OneShotObserver | None = None
+
+    def connectionMade(self) -> None:
+        hub = self.factory
+        self.client_id = uuid.uuid4().hex
+        self.address = _format_address(self.transport.getPeer())
+        self.connected_at = hub.clock.seconds()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        self._pending: deque[tuple[bytes, Deferred[None] | None]] = deque()
+        self._pending_bytes = 0
+        self._paused = False
+        self._departure: ClientDisconnected | None = None
+        if not hub._admit(self):
+            self._closing = True
+            self.transport.abortConnection()
+            return
+        self._admitted = True
+        self._decoder = hub.framing.decoder(self, hub.max_frame)
+        self._decoder.makeConnection(self.transport)
+        self.transport.registerProducer(self, True)
+        if hub.keep_alive and ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpKeepAlive(True)
+        self.callLater = hub.clock.callLater
+        self.setTimeout(hub.timeout)
+        hub._connected(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
+        if self._lost is not None:
+            self._lost.fire(None)
+        if not self._admitted:
+            self.factory._gone(self)
+            return
+        departure = self._departure or ClientDisconnected(
+            f"client {self.client_id} disconnected: {reason.getErrorMessage()}"
+        )
+        self._fail_pending(departure)
+        self.factory._disconnected(self, reason)
+
+    # -- inbound --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        size = len(data)
+        self.bytes_received += size
+        self.factory.counters.bytes_received += size
+        self.resetTimeout()
+        self._decoder.dataReceived(data)
+
+    def frameReceived(self, payload: bytes) -> None:
+        """The decoder's callback: count, emit C{data}, call L{messageReceived}."""
+        if self._closing or self.transport.disconnecting:
+            return
+        hub = self.factory
+        self.messages_received += 1
+        hub.counters.messages_received += 1
+        if hub.events.has("data"):
+            hub.events.emit("data", self.client_id, payload)
+        try:
+            self.messageReceived(payload)
+        except Exception:
+            hub._handler_failed(f"{type(self).__name__}.messageReceived", Failure(), self.client_id)
+
+    def frameError(self, error: FramingError) -> None:
+        """The decoder's callback for undecodable input: count, report, drop the client."""
+        if self._closing:
+            return
+        self.factory.counters.protocol_errors += 1
+        self._log.warn(
+            "protocol error from client {client_id} ({address}): {error}",
+            client_id=self.client_id,
+            address=self.address,
+            error=error,
+        )
+        self.factory._report(self.client_id, error)
+        self._abort(ClientDisconnected(f"client {self.client_id} dropped: {error}"))
+
+    def messageReceived(self, payload: bytes) -> None:
+        """Override: called for each complete message, framing removed."""
+
+    def timeoutConnection(self) -> None:
+        """The client sent nothing for C{timeout} seconds: count it and drop it."""
+        hub = self.factory
+        hub.counters.timed_out += 1
+        error = IdleTimeout(f"client {self.client_id} idle for {self.timeOut} seconds")
+        self._log.info("{error}", error=error)
+        hub._report(self.client_id, error)
+        self._abort(ClientDisconnected(str(error)))
+
+    # -- outbound -------------------------------------------------------
+
+    def sendMessage(self, payload: bytes) -> None:
+        """Frame C{payload} and send it to this client (queued while it is paused)."""
+        self._deliver(self.factory.framing.encode(payload), wait=False)
+
+    def _deliver(self, frame: bytes, wait: bool) -> Deferred[None] | None:
+        """
+        Write an encoded frame now, or queue it behind earlier ones while the
+        transport is paused.  With C{wait}, return a Deferred for when it is
+        handed to the transport, or None if it already was.
+        """
+        if self._closing:
+            if wait:
+                return fail(self._departure or ClientDisconnected(self.client_id))
+            return None
+        if not self._paused and not self._pending:
+            self._write(frame)
+            return None
+        waiter: Deferred[None] | None = Deferred() if wait else None
+        self._pending.append((frame, waiter))
+        self._pending_bytes += len(frame)
+        if self._pending_bytes > self.factory.max_pending:
+            self._drop_slow_consumer()
+        return waiter
+
+    def _write(self, frame: bytes) -> None:
+        size = len(frame)
+        counters = self.factory.counters
+        self.bytes_sent += size
+        self.messages_sent += 1
+        counters.bytes_sent += size
+        counters.messages_sent += 1
+        self.transport.write(frame)
+
+    def _drop_slow_consumer(self) -> None:
+        hub = self.factory
+        hub.counters.slow_consumers += 1
+        error = SlowConsumer(
+            f"client {self.client_id} ({self.address}) stopped reading with "
+            f"{self._pending_bytes} bytes queued (max_pending={hub.max_pending})"
+        )
+        self._log.warn("{error}", error=error)
+        hub._report(self.client_id, error)
+        self._abort(error)
+
+    def loseConnection(self) -> None:
+        """Close after the queued output is written; no new messages are taken."""
+        if self._closing:
+            return
+        self._closing = True
+        self._close_when_flushed = True
+        if not self._pending:
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        # A registered producer keeps a paused transport open for ever: unregister first.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def whenLost(self) -> Deferred[None]:
+        """Fires once the connection is closed."""
+        if self._lost is None:
+            self._lost = OneShotObserver()
+        return self._lost.when_fired()
+
+    def _abort(self, departure: ClientDisconnected) -> None:
+        self._closing = True
+        self._departure = departure
+        self._fail_pending(departure)
+        self.transport.abortConnection()
+
+    def _fail_pending(self, departure: ClientDisconnected) -> None:
+        pending, self._pending = self._pending, deque()
+        self._pending_bytes = 0
+        for _, waiter in pending:
+            if waiter is not None:
+                waiter.errback(departure)
+
+    # -- IPushProducer: the transport tells us when its buffer is full ---
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        pending = self._pending
+        while pending and not self._paused:
+            frame, waiter = pending.popleft()
+            self._pending_bytes -= len(frame)
+            self._write(frame)
+            if waiter is not None:
+                waiter.callback(None)
+        if self._close_when_flushed and not pending:
+            self._close_when_flushed = False
+            self._close_transport()
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def info(self) -> ClientInfo:
+        """A snapshot of this client's record."""
+        return ClientInfo(
+            id=self.client_id,
+            address=self.address,
+            connected=self.connected_at,
+            bytes_received=self.bytes_received,
+            bytes_sent=self.bytes_sent,
+            messages_received=self.messages_received,
+            messages_sent=self.messages_sent,
+            pending_bytes=self._pending_bytes,
+        )
+
+
+class HubFactory(Factory):
+    """
+    The hub's state: the client table, counters, events and limits.
+
+    Events (subscribe with L{on}, which returns a L{Subscription}):
+      - C{connection(client: ClientInfo)}
+      - C{data(client_id: str, payload: bytes)}
+      - C{disconnect(client_id: str, reason: Failure)}
+      - C{error(client_id: str | None, error: TcpHubError)}
+    """
+
+    protocol: type[HubProtocol] = HubProtocol
+    noisy = False  # TcpServer logs its own line with the bound address.
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        protocol: type[HubProtocol] | None = None,
+        framing: str | Framing = "line",
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout: float | None = None,
+        keep_alive: bool = True,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if protocol is not None:
+            self.protocol = protocol
+        for name, value in (("max_frame", max_frame), ("max_pending", max_pending),
+                            ("max_connections", max_connections)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, not {value}")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive seconds or None, not {timeout}")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.framing = get_framing(framing)
+        self.max_frame = max_frame
+        self.max_pending = max_pending
+        self.max_connections = max_connections
+        self.timeout = timeout
+        self.keep_alive = keep_alive
+        self.clock: IReactorTime = clock
+        self.counters = HubCounters()
+        self.events = Events(("connection", "data", "disconnect", "error"), self._event_failed)
+        self.started_at: float | None = None
+        self._clients: dict[str, HubProtocol] = {}
+        self._live: set[HubProtocol] = set()
+        self._all_gone: OneShotObserver | None = None
+
+    def startFactory(self) -> None:
+        self.started_at = self.clock.seconds()
+
+    # -- the public API -------------------------------------------------
+
+    def on(self, event: str, callback) -> Subscription:
+        """Subscribe to an event; see the class docstring for the arguments."""
+        return self.events.on(event, callback)
+
+    def send(self, client_id: str, data: bytes) -> Deferred[None]:
+        """
+        Send one message to one client.  Fires once it is handed to the client's
+        transport, which waits while the client does not read; errbacks with
+        L{UnknownClient}, L{ClientDisconnected} (or L{SlowConsumer}), or
+        L{UnframeableMessage}.
+        """
+        client = self._clients.get(client_id)
+        if client is None:
+            return fail(UnknownClient(client_id))
+        try:
+            frame = self.framing.encode(data)
+        except UnframeableMessage:
+            return fail()
+        waiter = client._deliver(frame, wait=True)
+        return succeed(None) if waiter is None else waiter
+
+    def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
+        """
+        Send one message to every client not in C{exclude}, framed once.  Fires
+        when every receiver has taken it or gone; clients that leave meanwhile
+        do not fail it.  Errbacks only with L{UnframeableMessage}.
+        """
+        try:
+            frame = self.framing.encode(data)
+        except UnframeableMessage:
+            return fail()
+        excluded = frozenset(exclude)
+        waiters = []
+        for client_id, client in list(self._clients.items()):
+            if client_id in excluded:
+                continue
+            waiter = client._deliver(frame, wait=True)
+            if waiter is not None:
+                waiters.append(waiter.addErrback(_ignore_departure))
+        if not waiters:
+            return succeed(None)
+        return gatherResults(waiters).addCallback(lambda _: None)
+
+    def disconnect(self, client_id: str) -> Deferred[None]:
+        """Close one client's connection after its queued output; fires when it is gone."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return fail(UnknownClient(client_id))
+        client.loseConnection()
+        return client.whenLost()
+
+    def clients(self) -> list[ClientInfo]:
+        """Snapshots of every connected client."""
+        return [client.info() for client in self._clients.values()]
+
+    def client(self, client_id: str) -> ClientInfo:
+        """A snapshot of one client; raises L{UnknownClient}."""
+        try:
+            return self._clients[client_id].info()
+        except KeyError:
+            raise UnknownClient(client_id) from None
+
+    def get_metrics(self) -> Metrics:
+        uptime = 0.0 if self.started_at is None else self.clock.seconds() - self.started_at
+        return self.counters.snapshot(connections=len(self._clients), uptime=uptime)
+
+    def close_all(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> Deferred[None]:
+        """
+        Close every connection once its queued output is written; after
+        C{drain_timeout} seconds abort those still open.  Fires when none is left.
+        """
+        if not self._live:
+            return succeed(None)
+        if self._all_gone is None:
+            self._all_gone = OneShotObserver()
+        done = self._all_gone.when_fired()
+        for client in list(self._live):
+            client.loseConnection()
+        deadline = self.clock.callLater(drain_timeout, self._abort_stragglers)
+        done.addBoth(lambda result: (deadline.active() and deadline.cancel(), result)[1])
+        return done
+
+    # -- called by HubProtocol --------------------------------------------
+
+    def _admit(self, client: HubProtocol) -> bool:
+        self._live.add(client)
+        if len(self._clients) >= self.max_connections:
+            self.counters.rejected += 1
+            error = ConnectionLimitReached(
+                f"refused {client.address}: {self.max_connections} clients connected"
+            )
+            self._log.warn("{error}", error=error)
+            self._report(None, error)
+            return False
+        return True
+
+    def _connected(self, client: HubProtocol) -> None:
+        self._clients[client.client_id] = client
+        self.counters.accepted += 1
+        self._log.debug("client {client_id} connected from {address}",
+                        client_id=client.client_id, address=client.address)
+        if self.events.has("connection"):
+            self.events.emit("connection", client.info())
+
+    def _disconnected(self, client: HubProtocol, reason: Failure) -> None:
+        del self._clients[client.client_id]
+        self._log.debug("client {client_id} disconnected: {reason}",
+                        client_id=client.client_id, reason=reason.getErrorMessage())
+        self.events.emit("disconnect", client.client_id, reason)
+        self._gone(client)
+
+    def _gone(self, client: HubProtocol) -> None:
+        self._live.discard(client)
+        if not self._live and self._all_gone is not None:
+            all_gone, self._all_gone = self._all_gone, None
+            all_gone.fire(None)
+
+    def _report(self, client_id: str | None, error: TcpHubError) -> None:
+        self.events.emit("error", client_id, error)
+
+    def _handler_failed(self, where: str, failure: Failure, client_id: str | None) -> None:
+        self.counters.handler_errors += 1
+        self._log.failure("{where} raised (the hub goes on)", failure, where=where)
+        error = HandlerError(f"{where} raised {failure.getErrorMessage()}")
+        error.__cause__ = failure.value
+        if where != "error event callback":
+            self._report(client_id, error)
+
+    def _event_failed(self, event: str, failure: Failure) -> None:
+        self._handler_failed(f"{event} event callback", failure, None)
+
+    def _abort_stragglers(self) -> None:
+        for client in list(self._live):
+            self._log.info("aborting {address}: still open after the drain timeout",
+                           address=client.address)
+            client.transport.abortConnection()
+
+
+class TcpServer(Service):
+    """
+    The hub as a service: listens on C{host:port} (or on C{endpoint}, any Twisted
+    server endpoint string or object, or several), and stops by closing the
+    listening ports and then every client.
+
+    C{timeout} is in seconds (the seed's milliseconds, divided by 1000);
+    C{None} disables the idle timeout.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        port: int = 3000,
+        host: str = "127.0.0.1",
+        backlog: int = 50,
+        keep_alive: bool = True,
+        timeout: float | None = None,
+        *,
+        framing: str | Framing = "line",
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        protocol: type[HubProtocol] = HubProtocol,
+        endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
+        clock: IReactorTime | None = None,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.factory = HubFactory(
+            protocol=protocol,
+            framing=framing,
+            max_frame=max_frame,
+            max_pending=max_pending,
+            max_connections=max_connections,
+            timeout=timeout,
+            keep_alive=keep_alive,
+            clock=clock if clock is not None else reactor,
+        )
+        self.drain_timeout = drain_timeout
+        self.endpoints = self._endpoints(reactor, endpoint, port, host, backlog)
+        self.listening_ports: list[IListeningPort] = []
+        self._listening: OneShotObserver | None = None
+        self._listen_failure: Failure | None = None
+
+    @staticmethod
+    def _endpoints(reactor, endpoint, port: int, host: str, backlog: int) -> list[IStreamServerEndpoint]:
+        if endpoint is None:
+            tcp = TCP6ServerEndpoint if isIPv6Address(host) else TCP4ServerEndpoint
+            return [tcp(reactor, port, backlog=backlog, interface=host)]
+        if isinstance(endpoint, (str, bytes)) or IStreamServerEndpoint.providedBy(endpoint):
+            endpoint = [endpoint]
+        return [serverFromString(reactor, e) if isinstance(e, str) else e for e in endpoint]
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start listening; fires when every endpoint listens, errbacks if one fails."""
+        if not self.running:
+            self.startService()
+        return self._listening.when_fired()
+
+    def stop(self) -> Deferred[None]:
+        """Fires when the listening ports are closed and every client is gone."""
+        if not self.running:
+            return succeed(None)
+        return self.stopService()
+
+    def privilegedStartService(self) -> None:
+        # twistd calls this before the reactor runs: a port that cannot be
+        # bound raises here, and twistd exits with the error instead of running
+        # a hub that listens nowhere.
+        super().privilegedStartService()
+        self._listen()
+        failure = self._listen_failure
+        if failure is not None:
+            failure.raiseException()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._listening is None:
+            self._listen()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        listening, self._listening = self._listening, None
+        ports, self.listening_ports = self.listening_ports, []
+        d = listening.when_fired() if listening is not None else succeed(None)
+        d.addErrback(lambda _: None)
+        d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
+        d.addCallback(lambda _: self.factory.close_all(self.drain_timeout))
+        d.addCallback(lambda _: self._log.info("tcphub stopped"))
+        return d
+
+    def _listen(self) -> None:
+        self._listening = listening = OneShotObserver()
+        self._listen_failure = None
+        attempts = [endpoint.listen(self.factory) for endpoint in self.endpoints]
+
+        def listened(ports: list[IListeningPort]) -> None:
+            self.listening_ports = ports
+            for port in ports:
+                self._log.info(
+                    "tcphub listening on {address} (framing={framing})",
+                    address=_format_address(port.getHost()),
+                    framing=self.factory.framing.name,
+                )
+            listening.fire(None)
+
+        def failed(failure: Failure) -> None:
+            # Close the endpoints that did listen: a half-started hub is worse than none.
+            for attempt in attempts:
+                attempt.addCallback(lambda port: port and port.stopListening())
+                attempt.addErrback(lambda _: None)
+            failure = failure.value.subFailure
+            self._listen_failure = failure
+            self._log.error("tcphub could not listen: {error}", error=failure.getErrorMessage())
+            listening.fire(failure)
+
+        gatherResults(attempts, consumeErrors=True).addCallbacks(listened, failed)
+
+    @property
+    def address(self) -> IAddress:
+        """The first listening port's address (its C{.port} is the bound port)."""
+        if not self.listening_ports:
+            raise RuntimeError("the server is not listening")
+        return self.listening_ports[0].getHost()
+
+    @property
+    def port(self) -> int:
+        """The first listening port's bound port number (useful with port 0)."""
+        return self.address.port
+
+    # -- the hub's API, for those who hold the service ---------------------
+
+    def on(self, event: str, callback) -> Subscription:
+        return self.factory.on(event, callback)
+
+    def send(self, client_id: str, data: bytes) -> Deferred[None]:
+        return self.factory.send(client_id, data)
+
+    def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
+        return self.factory.broadcast(data, exclude)
+
+    def disconnect(self, client_id: str) -> Deferred[None]:
+        return self.factory.disconnect(client_id)
+
+    def clients(self) -> list[ClientInfo]:
+        return self.factory.clients()
+
+    def client(self, client_id: str) -> ClientInfo:
+        return self.factory.client(client_id)
+
+    def get_metrics(self) -> Metrics:
+        return self.factory.get_metrics()

@@ -1,0 +1,105 @@
+"""
+The C{twistd tcphub} plugin: command-line options in, a L{TcpServer} out.
+"""
+
+from __future__ import annotations
+
+from twisted.python import usage
+
+from tcphub.framing import FRAMINGS
+from tcphub.modes import MODES
+from tcphub.server import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_PENDING,
+    TcpServer,
+)
+
+DEFAULT_PORT = 3000
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BACKLOG = 50
+DEFAULT_TIMEOUT = 300.0
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a TCP hub: clients connect, their streams are cut into messages by "
+        "--framing, and each message is echoed or broadcast to the other clients "
+        "(--mode). The defaults make 'nc 127.0.0.1 3000' a chat room."
+    )
+
+    optParameters = [
+        ["port", "p", None, f"TCP port to listen on [default: {DEFAULT_PORT}]", int],
+        ["host", None, None, f"interface to listen on [default: {DEFAULT_HOST}]"],
+        ["backlog", None, None, f"listen backlog [default: {DEFAULT_BACKLOG}]", int],
+        ["timeout", "t", DEFAULT_TIMEOUT, "idle timeout in seconds (0 disables it)", float],
+        ["framing", "f", "line", f"message framing: {', '.join(FRAMINGS)}"],
+        ["mode", "m", "broadcast", f"what the hub does with a message: {', '.join(MODES)}"],
+        ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes", int],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once", int],
+        ["max-pending", None, DEFAULT_MAX_PENDING,
+         "bytes queued for a client that does not read before it is dropped", int],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
+         "seconds to let queued output drain on shutdown", float],
+    ]
+    optFlags = [
+        ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],
+        ["no-keepalive", None, "disable TCP keep-alive on client connections"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted server endpoint, e.g. tcp:3000:interface=127.0.0.1,
+        ssl:3443:privateKey=key.pem:certKey=cert.pem or unix:/tmp/hub.sock
+        (repeatable; replaces --port, --host and --backlog)."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if self["framing"] not in FRAMINGS:
+            raise usage.UsageError(
+                f"--framing must be one of {', '.join(FRAMINGS)}, not {self['framing']!r}"
+            )
+        if self["mode"] not in MODES:
+            raise usage.UsageError(
+                f"--mode must be one of {', '.join(MODES)}, not {self['mode']!r}"
+            )
+        if self["keepalive"] and self["no-keepalive"]:
+            raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
+        for name in ("max-frame", "max-connections", "max-pending"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        for name in ("timeout", "drain-timeout"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} cannot be negative")
+        tcp_options = [f"--{name}" for name in ("port", "host", "backlog") if self[name] is not None]
+        if self["listen"] and tcp_options:
+            raise usage.UsageError(f"--listen replaces {', '.join(tcp_options)}: give one or the other")
+        if self["port"] is None:
+            self["port"] = DEFAULT_PORT
+        if self["host"] is None:
+            self["host"] = DEFAULT_HOST
+        if self["backlog"] is None:
+            self["backlog"] = DEFAULT_BACKLOG
+
+
+def makeService(config: Options, reactor=None) -> TcpServer:
+    return TcpServer(
+        port=config["port"],
+        host=config["host"],
+        backlog=config["backlog"],
+        keep_alive=not config["no-keepalive"],
+        timeout=config["timeout"] or None,
+        framing=config["framing"],
+        max_frame=config["max-frame"],
+        max_pending=config["max-pending"],
+        max_connections=config["max-connections"],
+        drain_timeout=config["drain-timeout"],
+        protocol=MODES[config["mode"]],
+        endpoint=config["listen"] or None,
+        reactor=reactor,
+    )

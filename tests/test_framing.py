@@ -1,0 +1,127 @@
+"""Each framing: encode, decode split at every byte, limits and garbage."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.internet.testing import StringTransport
+from twisted.protocols import basic
+
+from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, UnframeableMessage
+from tcphub.framing import FRAMINGS, get_framing
+
+MESSAGES = [b"hello", b"", b"x" * 300, bytes(range(256)).replace(b"\n", b"")]
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.errors: list[FramingError] = []
+
+    def frameReceived(self, payload: bytes) -> None:
+        self.frames.append(payload)
+
+    def frameError(self, error: FramingError) -> None:
+        self.errors.append(error)
+
+
+def decode(name: str, chunks: list[bytes], max_frame: int = 1024) -> Sink:
+    sink = Sink()
+    decoder = get_framing(name).decoder(sink, max_frame)
+    decoder.makeConnection(StringTransport())
+    for chunk in chunks:
+        decoder.dataReceived(chunk)
+    return sink
+
+
+@pytest.mark.parametrize("name", ["int32", "line", "netstring"])
+def test_partial_messages_split_at_every_byte(name):
+    wire = b"".join(get_framing(name).encode(m) for m in MESSAGES)
+    for split in range(len(wire) + 1):
+        sink = decode(name, [wire[:split], wire[split:]])
+        assert sink.frames == MESSAGES, f"split at byte {split}"
+        assert sink.errors == []
+
+
+@pytest.mark.parametrize("name", ["int32", "line", "netstring"])
+def test_one_byte_at_a_time(name):
+    wire = b"".join(get_framing(name).encode(m) for m in MESSAGES)
+    sink = decode(name, [wire[i : i + 1] for i in range(len(wire))])
+    assert sink.frames == MESSAGES
+
+
+def test_int32_wire_format_is_what_twisted_sends():
+    transport = StringTransport()
+    sender = basic.Int32StringReceiver()
+    sender.makeConnection(transport)
+    sender.sendString(b"payload")
+    assert get_framing("int32").encode(b"payload") == transport.value()
+    assert transport.value()[:4] == struct.pack(">I", 7)
+
+
+def test_netstring_wire_format():
+    assert get_framing("netstring").encode(b"abc") == b"3:abc,"
+
+
+def test_line_tolerates_crlf_and_strips_only_one_cr():
+    sink = decode("line", [b"one\r\ntwo\nthree\r\r\n"])
+    assert sink.frames == [b"one", b"two", b"three\r"]
+
+
+def test_raw_delivers_each_chunk_as_it_came():
+    sink = decode("raw", [b"ab", b"", b"cde"])
+    assert sink.frames == [b"ab", b"", b"cde"]
+    assert get_framing("raw").encode(b"\x00\n") == b"\x00\n"
+
+
+@pytest.mark.parametrize(
+    "name, wire",
+    [
+        ("int32", struct.pack(">I", 1025) + b"x" * 10),
+        ("line", b"y" * 1025),
+        ("line", b"z" * 2000 + b"\n"),
+        ("netstring", b"1025:"),
+        ("netstring", b"99999999999999999999:"),
+    ],
+)
+def test_over_long_frame_is_reported_before_it_is_buffered(name, wire):
+    sink = decode(name, [wire], max_frame=1024)
+    assert sink.frames == []
+    assert len(sink.errors) == 1
+    assert isinstance(sink.errors[0], FrameTooLong)
+    assert sink.errors[0].limit == 1024
+
+
+def test_frame_of_exactly_max_frame_is_accepted():
+    for name in ("int32", "line", "netstring"):
+        payload = b"m" * 1024
+        sink = decode(name, [get_framing(name).encode(payload)], max_frame=1024)
+        assert sink.frames == [payload], name
+
+
+@pytest.mark.parametrize("wire", [b"abc:", b"3:abcX", b"-1:", b":"])
+def test_malformed_netstring(wire):
+    sink = decode("netstring", [wire])
+    assert sink.frames == []
+    assert [type(e) for e in sink.errors] == [MalformedFrame]
+
+
+def test_messages_before_garbage_are_still_delivered():
+    sink = decode("netstring", [b"2:ok,junk"])
+    assert sink.frames == [b"ok"]
+    assert isinstance(sink.errors[0], MalformedFrame)
+
+
+def test_line_cannot_carry_a_newline():
+    with pytest.raises(UnframeableMessage):
+        get_framing("line").encode(b"two\nlines")
+
+
+def test_unknown_framing_names_the_choices():
+    with pytest.raises(ValueError, match="int32, line, netstring, raw"):
+        get_framing("morse")
+
+
+def test_every_framing_is_registered():
+    assert sorted(FRAMINGS) == ["int32", "line", "netstring", "raw"]

@@ -1,0 +1,405 @@
+"""
+The hub's protocol and factory in memory: StringTransport for each client,
+Clock for every timer, iosim for two-way wiring.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols import basic
+from twisted.python.failure import Failure
+from twisted.test import iosim
+
+from tcphub import (
+    BroadcastProtocol,
+    ClientDisconnected,
+    ConnectionLimitReached,
+    EchoProtocol,
+    FrameTooLong,
+    HandlerError,
+    HubFactory,
+    HubProtocol,
+    IdleTimeout,
+    SlowConsumer,
+    UnframeableMessage,
+    UnknownClient,
+)
+from tcphub.framing import LineFraming
+
+
+class Hub:
+    """A HubFactory on a Clock, with helpers to attach StringTransport clients."""
+
+    def __init__(self, **options) -> None:
+        self.clock = Clock()
+        self.factory = HubFactory(clock=self.clock, **options)
+        self.factory.doStart()
+        self.events: list[tuple] = []
+        for name in ("connection", "data", "disconnect", "error"):
+            self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
+        self._next_port = 40000
+
+    def connect(self) -> tuple[HubProtocol, StringTransport]:
+        self._next_port += 1
+        address = IPv4Address("TCP", "127.0.0.1", self._next_port)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def lose(self, protocol: HubProtocol) -> None:
+        protocol.connectionLost(Failure(ConnectionDone("bye")))
+
+    def errors(self) -> list:
+        return [event[2] for event in self.events if event[0] == "error"]
+
+    def close(self) -> None:
+        self.factory.doStop()
+        assert self.clock.getDelayedCalls() == []
+
+
+@pytest.fixture
+def hub_factory():
+    hubs: list[Hub] = []
+
+    def make(**options) -> Hub:
+        hub = Hub(**options)
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.close()
+
+
+def test_client_table_tracks_every_client_and_forgets_the_gone(hub_factory):
+    hub = hub_factory()
+    hub.clock.advance(100)
+    clients = [hub.connect() for _ in range(3)]
+    records = hub.factory.clients()
+    assert len({record.id for record in records}) == 3
+    assert {record.address for record in records} == {"127.0.0.1:40001", "127.0.0.1:40002", "127.0.0.1:40003"}
+    assert {record.connected for record in records} == {100.0}
+    assert [e[0] for e in hub.events] == ["connection"] * 3
+
+    for protocol, _ in clients:
+        hub.lose(protocol)
+    assert hub.factory.clients() == []
+    metrics = hub.factory.get_metrics()
+    assert metrics.connections == 0
+    assert metrics.accepted == 3
+    assert [e[1] for e in hub.events if e[0] == "disconnect"] == [p.client_id for p, _ in clients]
+    with pytest.raises(UnknownClient):
+        hub.factory.client(clients[0][0].client_id)
+
+
+def test_partial_messages_are_counted_once_complete(hub_factory):
+    hub = hub_factory()
+    protocol, _ = hub.connect()
+    protocol.dataReceived(b"a\nb")
+    protocol.dataReceived(b"c\n")
+    assert [e[1:] for e in hub.events if e[0] == "data"] == [
+        (protocol.client_id, b"a"),
+        (protocol.client_id, b"bc"),
+    ]
+    record = hub.factory.client(protocol.client_id)
+    assert (record.bytes_received, record.messages_received) == (5, 2)
+    metrics = hub.factory.get_metrics()
+    assert (metrics.bytes_received, metrics.messages_received) == (5, 2)
+
+
+def test_echo_counts_what_it_sends(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, framing="int32")
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"\x00\x00\x00\x02hi")
+    assert transport.value() == b"\x00\x00\x00\x02hi"
+    record = hub.factory.client(protocol.client_id)
+    assert (record.bytes_sent, record.messages_sent) == (6, 1)
+    assert hub.factory.get_metrics().bytes_sent == 6
+
+
+class CountingFraming(LineFraming):
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, payload: bytes) -> bytes:
+        self.encoded += 1
+        return super().encode(payload)
+
+
+def test_broadcast_skips_the_excluded_and_encodes_once(hub_factory):
+    framing = CountingFraming()
+    hub = hub_factory(framing=framing)
+    (first, first_t), (second, second_t), (third, third_t) = [hub.connect() for _ in range(3)]
+    d = hub.factory.broadcast(b"news", exclude=[first.client_id])
+    assert d.called
+    assert (first_t.value(), second_t.value(), third_t.value()) == (b"", b"news\n", b"news\n")
+    assert framing.encoded == 1
+
+
+def test_broadcast_mode_relays_to_every_other_client(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol)
+    (talker, talker_t), (_, listener_t) = hub.connect(), hub.connect()
+    talker.dataReceived(b"hello\r\n")
+    assert (talker_t.value(), listener_t.value()) == (b"", b"hello\n")
+
+
+def test_send_to_unknown_or_gone_client_errbacks(hub_factory):
+    hub = hub_factory()
+    protocol, _ = hub.connect()
+    hub.lose(protocol)
+    for client_id in ("nobody", protocol.client_id):
+        failure = hub.factory.send(client_id, b"x")
+        with pytest.raises(UnknownClient):
+            failure.result.raiseException()
+        failure.addErrback(lambda _: None)
+
+
+def test_send_unframeable_errbacks_and_sends_nothing(hub_factory):
+    hub = hub_factory()
+    protocol, transport = hub.connect()
+    d = hub.factory.send(protocol.client_id, b"two\nlines")
+    assert isinstance(d.result.value, UnframeableMessage)
+    d.addErrback(lambda _: None)
+    d = hub.factory.broadcast(b"bad\n")
+    assert isinstance(d.result.value, UnframeableMessage)
+    d.addErrback(lambda _: None)
+    assert transport.value() == b""
+
+
+def test_send_waits_while_the_transport_is_paused_and_keeps_order(hub_factory):
+    hub = hub_factory()
+    protocol, transport = hub.connect()
+    assert transport.producer is protocol and transport.streaming
+    protocol.pauseProducing()
+    first = hub.factory.send(protocol.client_id, b"one")
+    broadcast = hub.factory.broadcast(b"two")
+    protocol.sendMessage(b"three")
+    assert not first.called and not broadcast.called
+    assert transport.value() == b""
+    assert hub.factory.client(protocol.client_id).pending_bytes == 14
+
+    protocol.resumeProducing()
+    assert first.called and broadcast.called
+    assert transport.value() == b"one\ntwo\nthree\n"
+    assert hub.factory.client(protocol.client_id).pending_bytes == 0
+
+
+def test_a_client_that_stops_reading_is_dropped_at_max_pending(hub_factory):
+    hub = hub_factory(max_pending=10)
+    (stuck, stuck_t), (reader, reader_t) = hub.connect(), hub.connect()
+    stuck.pauseProducing()
+    waiters = [hub.factory.send(stuck.client_id, b"abc") for _ in range(2)]
+    assert not stuck_t.disconnecting
+    assert hub.factory.client(stuck.client_id).pending_bytes == 8
+    broadcast = hub.factory.broadcast(b"abc")
+
+    assert stuck_t.disconnected, "a slow consumer is aborted, not closed politely"
+    assert broadcast.called, "a dropped receiver does not fail a broadcast"
+    for waiter in waiters:
+        assert isinstance(waiter.result.value, SlowConsumer)
+        waiter.addErrback(lambda _: None)
+    assert hub.factory.get_metrics().slow_consumers == 1
+    assert [type(e) for e in hub.errors()] == [SlowConsumer]
+    assert reader_t.value() == b"abc\n"
+
+    hub.lose(stuck)
+    assert [c.id for c in hub.factory.clients()] == [reader.client_id]
+    failed = hub.factory.send(stuck.client_id, b"late")
+    assert isinstance(failed.result.value, UnknownClient)
+    failed.addErrback(lambda _: None)
+
+
+def test_over_long_frame_drops_only_that_client(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol, max_frame=8)
+    (hostile, hostile_t), (talker, _), (_, listener_t) = [hub.connect() for _ in range(3)]
+    hostile.dataReceived(b"x" * 9)
+    hostile.dataReceived(b"ignored\n")
+    assert hostile_t.disconnected
+    assert hub.factory.get_metrics().protocol_errors == 1
+    (error,) = hub.errors()
+    assert isinstance(error, FrameTooLong) and error.limit == 8
+    talker.dataReceived(b"still\n")
+    assert listener_t.value() == b"still\n"
+    assert hub.factory.get_metrics().messages_received == 1
+
+
+def test_idle_timeout_on_the_injected_clock(hub_factory):
+    hub = hub_factory(timeout=30)
+    protocol, transport = hub.connect()
+    hub.clock.advance(29)
+    protocol.dataReceived(b"ping\n")
+    hub.clock.advance(29)
+    assert not transport.disconnecting
+    hub.clock.advance(1)
+    assert transport.disconnected
+    assert hub.factory.get_metrics().timed_out == 1
+    assert [type(e) for e in hub.errors()] == [IdleTimeout]
+    hub.lose(protocol)
+    assert hub.clock.getDelayedCalls() == []
+
+
+def test_no_timer_is_left_when_a_client_leaves(hub_factory):
+    hub = hub_factory(timeout=30)
+    protocol, _ = hub.connect()
+    assert len(hub.clock.getDelayedCalls()) == 1
+    hub.lose(protocol)
+    assert hub.clock.getDelayedCalls() == []
+
+
+def test_connections_past_max_connections_are_refused_and_counted(hub_factory):
+    hub = hub_factory(max_connections=2)
+    hub.connect(), hub.connect()
+    extra, extra_t = hub.connect()
+    assert extra_t.disconnected
+    assert len(hub.factory.clients()) == 2
+    assert hub.factory.get_metrics().rejected == 1
+    assert [type(e) for e in hub.errors()] == [ConnectionLimitReached]
+    hub.lose(extra)
+    assert [e[0] for e in hub.events].count("disconnect") == 0
+
+
+class Fragile(HubProtocol):
+    def messageReceived(self, payload: bytes) -> None:
+        if payload == b"boom":
+            raise RuntimeError("handler bug")
+        self.sendMessage(payload)
+
+
+def test_a_raising_hook_is_counted_and_the_connection_goes_on(hub_factory):
+    hub = hub_factory(protocol=Fragile)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"boom\nafter\n")
+    assert transport.value() == b"after\n"
+    assert not transport.disconnecting
+    assert hub.factory.get_metrics().handler_errors == 1
+    (error,) = hub.errors()
+    assert isinstance(error, HandlerError)
+    assert isinstance(error.__cause__, RuntimeError)
+
+
+def test_a_raising_event_callback_does_not_stop_the_others(hub_factory):
+    hub = hub_factory()
+    seen = []
+
+    def broken(client_id, payload):
+        raise ValueError("callback bug")
+
+    hub.factory.on("data", broken)
+    hub.factory.on("data", lambda client_id, payload: seen.append(payload))
+    protocol, _ = hub.connect()
+    protocol.dataReceived(b"m\n")
+    assert seen == [b"m"]
+    assert hub.factory.get_metrics().handler_errors == 1
+
+
+def test_unsubscribe(hub_factory):
+    hub = hub_factory()
+    seen = []
+    subscription = hub.factory.on("data", lambda client_id, payload: seen.append(payload))
+    protocol, _ = hub.connect()
+    protocol.dataReceived(b"1\n")
+    subscription.cancel()
+    subscription.cancel()
+    protocol.dataReceived(b"2\n")
+    assert seen == [b"1"]
+    with pytest.raises(ValueError, match="unknown event"):
+        hub.factory.on("message", print)
+
+
+def test_uptime_follows_the_clock(hub_factory):
+    hub = hub_factory()
+    hub.clock.advance(12.5)
+    assert hub.factory.get_metrics().uptime == 12.5
+
+
+class Quitter(HubProtocol):
+    def messageReceived(self, payload: bytes) -> None:
+        if payload == b"quit":
+            self.loseConnection()
+        else:
+            self.sendMessage(payload)
+
+
+def test_messages_after_a_close_in_the_same_chunk_are_ignored(hub_factory):
+    hub = hub_factory(protocol=Quitter)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"a\nquit\nb\n")
+    assert transport.value() == b"a\n"
+    assert transport.disconnecting and transport.producer is None
+    assert hub.factory.get_metrics().messages_received == 2
+
+
+def test_graceful_close_flushes_the_queue_first(hub_factory):
+    hub = hub_factory()
+    protocol, transport = hub.connect()
+    protocol.pauseProducing()
+    protocol.sendMessage(b"last words")
+    protocol.loseConnection()
+    assert not transport.disconnecting, "queued output is written before closing"
+    protocol.resumeProducing()
+    assert transport.value() == b"last words\n"
+    assert transport.disconnecting and transport.producer is None
+
+
+def test_disconnect_fires_when_the_client_is_gone(hub_factory):
+    hub = hub_factory()
+    protocol, transport = hub.connect()
+    gone = hub.factory.disconnect(protocol.client_id)
+    assert transport.disconnecting and not gone.called
+    hub.lose(protocol)
+    assert gone.called
+    failed = hub.factory.disconnect("nobody")
+    assert isinstance(failed.result.value, UnknownClient)
+    failed.addErrback(lambda _: None)
+
+
+def test_close_all_waits_for_the_drain_then_aborts(hub_factory):
+    hub = hub_factory()
+    (idle, idle_t), (stuck, stuck_t) = hub.connect(), hub.connect()
+    stuck.pauseProducing()
+    queued = hub.factory.send(stuck.client_id, b"never read")
+    done = hub.factory.close_all(drain_timeout=5)
+    assert idle_t.disconnecting and not stuck_t.disconnecting
+    hub.lose(idle)
+    hub.clock.advance(4.9)
+    assert not done.called and not stuck_t.disconnected
+    hub.clock.advance(0.1)
+    assert stuck_t.disconnected
+    hub.lose(stuck)
+    assert done.called
+    assert isinstance(queued.result.value, ClientDisconnected)
+    queued.addErrback(lambda _: None)
+    assert hub.clock.getDelayedCalls() == []
+
+
+def test_two_clients_chat_in_memory_through_iosim():
+    clock = Clock()
+    hub = HubFactory(protocol=BroadcastProtocol, framing="int32", clock=clock)
+    received: list[bytes] = []
+
+    class Client(basic.Int32StringReceiver):
+        def stringReceived(self, string: bytes) -> None:
+            received.append(string)
+
+    pumps = []
+    clients = []
+    for port in (50001, 50002):
+        server = hub.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        client = Client()
+        pumps.append(
+            iosim.connect(
+                server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client),
+                clock=clock,
+            )
+        )
+        clients.append(client)
+    clients[0].sendString(b"over the wire")
+    for pump in pumps:
+        pump.flush()
+    assert received == [b"over the wire"]
+    assert hub.get_metrics().messages_sent == 1
