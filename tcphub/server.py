@@ -63,6 +63,9 @@ DEFAULT_MAX_FRAME = 64 * 1024
 DEFAULT_MAX_PENDING = 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 5.0
+# Twisted and the seed use 50, which a burst of a few hundred connects overflows:
+# the kernel then drops the handshakes and the clients stall on SYN-ACK retries.
+DEFAULT_BACKLOG = 511
 
 
 def _format_address(address: IAddress) -> str:
@@ -513,7 +516,7 @@ class TcpServer(Service):
         self,
         port: int = 3000,
         host: str = "127.0.0.1",
-        backlog: int = 50,
+        backlog: int = DEFAULT_BACKLOG,
         keep_alive: bool = True,
         timeout: float | None = None,
         *,

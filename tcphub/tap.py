@@ -9,6 +9,7 @@ from twisted.python import usage
 from tcphub.framing import FRAMINGS
 from tcphub.modes import MODES
 from tcphub.server import (
+    DEFAULT_BACKLOG,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME,
@@ -18,7 +19,6 @@ from tcphub.server import (
 
 DEFAULT_PORT = 3000
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_BACKLOG = 50
 DEFAULT_TIMEOUT = 300.0
 
 
