@@ -22,6 +22,20 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 300.0
 
 
+def _number(option: str, kind: type[int] | type[float]):
+    """A coercer whose error names the option and what it takes."""
+    what = "a whole number" if kind is int else "a number"
+
+    def coerce(value: str) -> int | float:
+        try:
+            return kind(value)
+        except ValueError:
+            raise ValueError(f"--{option} takes {what}, not {value!r}") from None
+
+    coerce.coerceDoc = f"({what})"
+    return coerce
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
@@ -31,18 +45,24 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["port", "p", None, f"TCP port to listen on [default: {DEFAULT_PORT}]", int],
+        ["port", "p", None, f"TCP port to listen on [default: {DEFAULT_PORT}]",
+         _number("port", int)],
         ["host", None, None, f"interface to listen on [default: {DEFAULT_HOST}]"],
-        ["backlog", None, None, f"listen backlog [default: {DEFAULT_BACKLOG}]", int],
-        ["timeout", "t", DEFAULT_TIMEOUT, "idle timeout in seconds (0 disables it)", float],
+        ["backlog", None, None, f"listen backlog [default: {DEFAULT_BACKLOG}]",
+         _number("backlog", int)],
+        ["timeout", "t", DEFAULT_TIMEOUT, "idle timeout in seconds (0 disables it)",
+         _number("timeout", float)],
         ["framing", "f", "line", f"message framing: {', '.join(FRAMINGS)}"],
         ["mode", "m", "broadcast", f"what the hub does with a message: {', '.join(MODES)}"],
-        ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes", int],
-        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once", int],
+        ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes",
+         _number("max-frame", int)],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once",
+         _number("max-connections", int)],
         ["max-pending", None, DEFAULT_MAX_PENDING,
-         "bytes queued for a client that does not read before it is dropped", int],
+         "bytes queued for a client that does not read before it is dropped",
+         _number("max-pending", int)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
-         "seconds to let queued output drain on shutdown", float],
+         "seconds to let queued output drain on shutdown", _number("drain-timeout", float)],
     ]
     optFlags = [
         ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],

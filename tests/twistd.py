@@ -84,6 +84,13 @@ class Twistd:
         self.drain()
         return code
 
+    def shutdown(self, sig: int = signal.SIGTERM) -> None:
+        """Stop twistd as an operator would, and check that it shut down cleanly."""
+        code = self.stop(sig)
+        # After a clean shutdown twistd re-raises the signal that stopped it.
+        assert code == -sig, f"twistd exited with {code}:\n{self.output}"
+        assert "Server Shut Down." in self.output, self.output
+
     def drain(self) -> None:
         """Collect the rest of the output once the process has exited."""
         while True:

@@ -1,0 +1,256 @@
+"""
+The twistd plugin: option parsing in memory, then twistd as a subprocess
+exactly as the README runs it, with plain sockets as clients.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from twisted.python import usage
+
+from tcphub import BroadcastProtocol, EchoProtocol
+from tcphub.tap import Options, makeService
+from tests.clients import make_certificate
+from tests.twistd import REPO, Twistd, twistd_command
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_defaults_make_a_line_chat_on_localhost_3000():
+    server = makeService(parse())
+    (endpoint,) = server.endpoints
+    assert (endpoint._port, endpoint._interface, endpoint._backlog) == (3000, "127.0.0.1", 511)
+    assert server.factory.protocol is BroadcastProtocol
+    assert server.factory.framing.name == "line"
+    assert server.factory.keep_alive is True
+    assert server.factory.timeout == 300
+
+
+def test_every_option_reaches_the_server():
+    server = makeService(
+        parse(
+            "--port", "4000", "--host", "::1", "--backlog", "9", "--timeout", "0",
+            "--framing", "int32", "--mode", "echo", "--max-frame", "100",
+            "--max-connections", "5", "--max-pending", "1000", "--no-keepalive",
+            "--drain-timeout", "2",
+        )
+    )
+    (endpoint,) = server.endpoints
+    assert (endpoint._port, endpoint._interface, endpoint._backlog) == (4000, "::1", 9)
+    factory = server.factory
+    assert factory.protocol is EchoProtocol
+    assert (factory.framing.name, factory.max_frame, factory.max_connections) == ("int32", 100, 5)
+    assert (factory.max_pending, factory.keep_alive, factory.timeout) == (1000, False, None)
+    assert server.drain_timeout == 2
+
+
+def test_listen_is_repeatable():
+    server = makeService(parse("--listen", "tcp:0", "--listen", "unix:/tmp/hub.sock"))
+    assert len(server.endpoints) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--framing", "morse"], "--framing must be one of"),
+        (["--mode", "shout"], "--mode must be one of"),
+        (["--keepalive", "--no-keepalive"], "contradict"),
+        (["--max-frame", "0"], "--max-frame must be at least 1"),
+        (["--timeout", "-1"], "--timeout cannot be negative"),
+        (["--listen", "tcp:0", "--port", "5"], "--listen replaces --port"),
+        (["--port", "many"], "--port takes a whole number, not .many."),
+        (["--timeout", "soon"], "--timeout takes a number, not .soon."),
+    ],
+)
+def test_bad_options_are_usage_errors(args, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def read_line(stream) -> bytes:
+    line = stream.readline()
+    assert line.endswith(b"\n"), f"connection closed after {line!r}"
+    return line
+
+
+def assert_closed_by_peer(client: socket.socket) -> None:
+    """The hub aborts a hostile client: the socket sees a reset or an end of file."""
+    try:
+        assert client.recv(10) == b""
+    except ConnectionResetError:
+        pass
+
+
+def test_twistd_echo_over_a_plain_socket():
+    with Twistd("tcphub", "--port", "0", "--mode", "echo") as twistd:
+        host, port = twistd.wait_listening()
+        assert host == "127.0.0.1"
+        with socket.create_connection((host, port), timeout=30) as client:
+            stream = client.makefile("rb")
+            client.sendall(b"hello\r\nwor")
+            client.sendall(b"ld\n")
+            assert read_line(stream) == b"hello\n"
+            assert read_line(stream) == b"world\n"
+        twistd.shutdown()
+        assert "tcphub stopped" in twistd.output
+
+
+def test_twistd_default_mode_is_a_chat_room():
+    with Twistd("tcphub", "--port", "0") as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as alice, \
+                socket.create_connection((host, port), timeout=30) as bob:
+            # The hub logs nothing per client at info level, so ask it through
+            # the chat itself: bob speaks until alice hears him (bob may not be
+            # registered yet the first time), then alice answers.
+            alice_in, bob_in = alice.makefile("rb"), bob.makefile("rb")
+            bob.sendall(b"ping\n")
+            alice.settimeout(30)
+            assert read_line(alice_in) == b"ping\n"
+            alice.sendall(b"hi bob\n")
+            assert read_line(bob_in) == b"hi bob\n"
+        twistd.shutdown()
+
+
+def test_twistd_drops_an_over_long_frame_and_serves_the_others():
+    with Twistd("tcphub", "--port", "0", "--framing", "int32", "--mode", "echo",
+                "--max-frame", "64") as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as hostile:
+            hostile.sendall(struct.pack(">I", 65) + b"x" * 65)
+            assert_closed_by_peer(hostile)
+        twistd.wait_for(r"protocol error from client \w+ .*frame of 65 bytes exceeds the limit of 64")
+        with socket.create_connection((host, port), timeout=30) as client:
+            frame = struct.pack(">I", 64) + b"y" * 64
+            client.sendall(frame)
+            received = b""
+            while len(received) < len(frame):
+                chunk = client.recv(4096)
+                assert chunk
+                received += chunk
+            assert received == frame
+        twistd.shutdown()
+
+
+def test_twistd_exits_with_an_error_on_a_busy_port():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with Twistd("tcphub", "--port", str(port)) as twistd:
+            code = twistd.process.wait(timeout=60)
+            twistd.drain()
+            assert code != 0
+            assert "Address already in use" in twistd.output
+
+
+def test_twistd_rejects_bad_options_with_a_usage_message():
+    result = subprocess.run(
+        [twistd_command(), "-n", "tcphub", "--framing", "morse"],
+        capture_output=True, timeout=60, cwd=REPO,
+    )
+    assert result.returncode != 0
+    assert b"--framing must be one of int32, line, netstring, raw" in result.stdout + result.stderr
+
+
+def test_twistd_tls_listen_as_in_the_readme(tmp_path):
+    key, cert = make_certificate(tmp_path)
+    with Twistd("tcphub", "--mode", "echo",
+                "--listen", f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}") as twistd:
+        host, port = twistd.wait_listening()
+        context = ssl.create_default_context(cafile=str(cert))
+        with socket.create_connection((host, port), timeout=30) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as client:
+                client.sendall(b"over tls\n")
+                assert read_line(client.makefile("rb")) == b"over tls\n"
+        twistd.shutdown()
+
+
+@pytest.mark.parametrize("example", ["echo.tac", "chat.tac"])
+def test_examples_run_with_twistd_ny(example, monkeypatch):
+    monkeypatch.setenv("TCPHUB_PORT", "0")
+    with Twistd("-y", str(REPO / "examples" / example)) as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as first:
+            first_in = first.makefile("rb")
+            if example == "echo.tac":
+                first.sendall(b"echo me\n")
+                assert read_line(first_in) == b"echo me\n"
+                twistd.wait_for("Client connected: [0-9a-f]{32}")
+            else:
+                first.sendall(b"ada\n")
+                assert read_line(first_in) == b"welcome, ada\n"
+                with socket.create_connection((host, port), timeout=30) as second:
+                    second_in = second.makefile("rb")
+                    second.sendall(b"bob\n")
+                    assert read_line(second_in) == b"welcome, bob\n"
+                    assert read_line(first_in) == b"bob joined\n"
+                    first.sendall(b"hello bob\n")
+                    assert read_line(second_in) == b"ada: hello bob\n"
+                    # The file object holds the socket open until it is closed too.
+                    second_in.close()
+                assert read_line(first_in) == b"bob left\n"
+        twistd.shutdown()
+
+
+def test_twistd_default_command_listens_on_3000():
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 3000))
+        except OSError:
+            pytest.skip("port 3000 is taken on this machine")
+    with Twistd("tcphub") as twistd:
+        assert twistd.wait_listening() == ("127.0.0.1", 3000)
+        twistd.shutdown(signal.SIGINT)
+
+
+def test_a_fresh_install_shows_the_plugin_in_twistd_help(tmp_path):
+    """
+    Install the package (not the source tree) into a fresh virtualenv, and
+    check that twistd discovers the plugin from the installed files.
+    """
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, str(REPO)],
+        check=True, timeout=300,
+    )
+    assert (site / "twisted" / "plugins" / "tcphub_plugins.py").exists()
+    assert not (site / "twisted" / "plugins" / "__init__.py").exists()
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    venv_site = Path(subprocess.check_output(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    ).strip())
+    # The fresh venv sees the installed package first, then Twisted and the
+    # other dependencies from the test environment (whose .pth files, such as
+    # an editable install of this repository, are not processed).
+    dependencies = [p for p in sys.path if p.endswith("site-packages")]
+    (venv_site / "deps.pth").write_text("\n".join([str(site), *dependencies]) + "\n")
+
+    where = subprocess.run(
+        [python, "-c", "import twisted.plugins.tcphub_plugins as m, tcphub; print(m.__file__, tcphub.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True,
+    ).stdout
+    assert where.count(str(site)) == 2, where
+
+    help_text = subprocess.run(
+        [python, twistd_command(), "--help"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert help_text.returncode == 0, help_text.stderr
+    assert "tcphub " in help_text.stdout
