@@ -58,4 +58,53 @@ class ConnectionLimitReached(TcpHubError):
 
 
 class HandlerError(TcpHubError):
-    """A hook or event callback raised; the original failure is C{__cause__}."""
+    """A hook, route handler or event callback raised; the original is C{__cause__}."""
+
+
+
+class WebSocketError(TcpHubError):
+    """Base class of the WebSocket handler's errors."""
+
+
+class InvalidRoute(WebSocketError, ValueError):
+    """A route pattern that is not a dotted path of words, C{*} and C{#}."""
+
+
+class RouteConflict(WebSocketError):
+    """A route for this exact pattern exists already (pass C{replace=True} to replace it)."""
+
+
+class InvalidMessage(WebSocketError):
+    """An incoming message that is not a valid envelope (bad JSON, no path, ...)."""
+
+
+class NotConnected(WebSocketError):
+    """A send while no connection is open and none is being retried."""
+
+
+class QueueFull(WebSocketError):
+    """A send while disconnected, with C{max_queue} messages already waiting."""
+
+
+class HandlerClosed(WebSocketError):
+    """The handler was closed: its pending connect, sends and requests fail with this."""
+
+
+class ConnectionClosed(WebSocketError):
+    """The connection closed while a request waited for its reply."""
+
+
+class RequestTimeout(WebSocketError):
+    """No reply to a request within its timeout."""
+
+
+class RetryLimitReached(WebSocketError):
+    """The connection failed, and so did every retry C{max_retries} allowed."""
+
+    def __init__(self, retries: int, last_error: str) -> None:
+        super().__init__(f"gave up after {retries} retries; last failure: {last_error}")
+        self.retries = retries
+
+
+class InvalidCloseCode(WebSocketError, ValueError):
+    """C{close()} takes code 1000 or 3000-4999 and a reason of at most 123 UTF-8 bytes."""

@@ -1,0 +1,84 @@
+"""
+The WebSocket handler's wire format: pure Python, no Twisted.
+
+A text message is a JSON object::
+
+    {"path": "chat.message", "data": <any JSON value>, "id": "<optional>"}
+
+A binary message carries C{bytes} data::
+
+    <4-byte big-endian length N><N bytes: UTF-8 JSON header {"path": ..., "id": ...}><payload>
+
+C{path} is a non-empty string.  C{id} is optional: L{WebSocketHandler.request}
+sets it, and a reply to a request carries the same C{id}.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from tcphub.errors import InvalidMessage
+
+_HEADER_LENGTH = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    path: str
+    data: Any
+    id: str | None = None
+
+
+def encode(envelope: Envelope) -> tuple[bytes, bool]:
+    """Return C{(payload, is_binary)}; raise TypeError/ValueError for data JSON cannot carry."""
+    if not isinstance(envelope.path, str) or not envelope.path:
+        raise ValueError(f"a message path is a non-empty string, not {envelope.path!r}")
+    header: dict[str, Any] = {"path": envelope.path}
+    if envelope.id is not None:
+        header["id"] = envelope.id
+    if isinstance(envelope.data, (bytes, bytearray, memoryview)):
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        return _HEADER_LENGTH.pack(len(encoded)) + encoded + bytes(envelope.data), True
+    header["data"] = envelope.data
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode(), False
+
+
+def decode(payload: bytes, is_binary: bool) -> Envelope:
+    """Parse one incoming message; raise L{InvalidMessage} saying what is wrong."""
+    if is_binary:
+        if len(payload) < _HEADER_LENGTH.size:
+            raise InvalidMessage("binary message shorter than its 4-byte header length")
+        (length,) = _HEADER_LENGTH.unpack_from(payload)
+        end = _HEADER_LENGTH.size + length
+        if end > len(payload):
+            raise InvalidMessage(f"binary message header of {length} bytes is longer than the message")
+        header = _json_object(payload[_HEADER_LENGTH.size : end], "binary message header")
+        data: Any = payload[end:]
+    else:
+        header = _json_object(payload, "text message")
+        data = header.get("data")
+    path = header.get("path")
+    if not isinstance(path, str) or not path:
+        raise InvalidMessage(f"message without a path (a non-empty string): {_preview(payload)}")
+    message_id = header.get("id")
+    if message_id is not None and not isinstance(message_id, str):
+        raise InvalidMessage(f"message id must be a string, not {message_id!r}")
+    return Envelope(path=path, data=data, id=message_id)
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidMessage(f"{what} is not valid JSON ({error}): {_preview(raw)}") from None
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"{what} is not a JSON object: {_preview(raw)}")
+    return value
+
+
+def _preview(raw: bytes, limit: int = 80) -> str:
+    text = repr(bytes(raw[:limit]))
+    return text + ("..." if len(raw) > limit else "")

@@ -1,0 +1,209 @@
+"""
+Reconnection: backoff policies and L{ReconnectingClientService}, Twisted's
+L{ClientService} with a retry limit and failures counted the way a protocol
+with its own handshake needs.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from typing import Callable
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcphub._observer import OneShotObserver
+from tcphub.errors import RetryLimitReached
+
+RetryPolicy = Callable[[int], float]
+
+# When the limit is passed, the service is stopped on the next turn of its clock
+# (not at once: that would re-enter ClientService's state machine), and the
+# retry ClientService schedules meanwhile, this far away, is cancelled then.
+_NEVER = 24 * 3600.0
+
+
+def _jittered(delay: float, jitter: float, random: Callable[[], float]) -> float:
+    # Subtract the jitter so that the delay never passes max_delay.
+    return delay * (1.0 - jitter * random())
+
+
+def linear_backoff(
+    initial_delay: float = 1.0,
+    max_delay: float = 30.0,
+    jitter: float = 0.1,
+    random: Callable[[], float] = _random.random,
+) -> RetryPolicy:
+    """Retry C{n} waits C{initial_delay * n} seconds, at most C{max_delay},
+    less up to C{jitter} of it at random (so that clients do not retry in step)."""
+
+    def policy(attempt: int) -> float:
+        return _jittered(min(initial_delay * attempt, max_delay), jitter, random)
+
+    return policy
+
+
+def exponential_backoff(
+    initial_delay: float = 1.0,
+    max_delay: float = 30.0,
+    factor: float = 2.0,
+    jitter: float = 0.1,
+    random: Callable[[], float] = _random.random,
+) -> RetryPolicy:
+    """Retry C{n} waits C{initial_delay * factor ** (n - 1)} seconds, at most
+    C{max_delay}, less up to C{jitter} of it at random."""
+
+    def policy(attempt: int) -> float:
+        try:
+            delay = min(initial_delay * factor ** min(attempt - 1, 1000), max_delay)
+        except OverflowError:
+            delay = max_delay
+        return _jittered(delay, jitter, random)
+
+    return policy
+
+
+BACKOFFS: dict[str, Callable[..., RetryPolicy]] = {
+    "linear": linear_backoff,
+    "exponential": exponential_backoff,
+}
+
+
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """Passes connection failures (refused, DNS, TLS...) to C{record}."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, record: Callable[[str], None]) -> None:
+        self._endpoint = endpoint
+        self._record = record
+
+    def connect(self, factory: IProtocolFactory) -> Deferred:
+        def failed(failure: Failure) -> Failure:
+            self._record(failure.getErrorMessage())
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
+class ReconnectingClientService(ClientService):
+    """
+    Keeps one outgoing connection up, retrying with a backoff policy, and
+    gives up after C{max_retries} retries in a row (C{None}: never).
+
+    When the limit is passed, L{when_given_up} errbacks at once with
+    L{RetryLimitReached}, and the service stops itself on the next turn of
+    its clock.  C{on_retry(attempt, delay)}, if set, is called for every retry
+    scheduled.
+
+    A connection counts as made only when L{connection_opened} is called.  By
+    default that happens when TCP connects; a protocol with a handshake of its
+    own (WebSocket) passes C{confirm_open=True} and calls it when the
+    handshake completes, so that a server that accepts TCP and then refuses
+    (say, with HTTP 503) still uses up retries.  L{ClientService} alone counts
+    such a server as a success every time.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        factory: IProtocolFactory,
+        backoff: str | RetryPolicy = "exponential",
+        max_retries: int | None = None,
+        confirm_open: bool = False,
+        clock: IReactorTime | None = None,
+        **backoff_options: float,
+    ) -> None:
+        if isinstance(backoff, str):
+            try:
+                backoff = BACKOFFS[backoff](**backoff_options)
+            except KeyError:
+                raise ValueError(
+                    f"backoff must be one of {', '.join(BACKOFFS)} or a callable, not {backoff!r}"
+                ) from None
+        if max_retries is not None and max_retries < 0:
+            raise ValueError(f"max_retries cannot be negative, not {max_retries}")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.max_retries = max_retries
+        self.retries = 0
+        """Retries scheduled over the service's life."""
+        self.attempt = 0
+        """The current retry's number in the current outage (0 while connected)."""
+        self._policy = backoff
+        self._clock = clock
+        self._opened = False
+        self._retrying = True
+        self._last_error = "no attempt yet"
+        self._give_up_call: IDelayedCall | None = None
+        self._given_up = OneShotObserver()
+        self.on_retry: Callable[[int, float], None] | None = None
+        prepare = None if confirm_open else (lambda protocol: self.connection_opened())
+        super().__init__(
+            _RecordingEndpoint(endpoint, self.connection_failed),
+            factory,
+            retryPolicy=self._next_delay,
+            clock=clock,
+            prepareConnection=prepare,
+        )
+
+    def connection_opened(self) -> None:
+        """The connection is up for real: the next outage starts counting from zero."""
+        self._opened = True
+        self.attempt = 0
+
+    def connection_failed(self, reason: str) -> None:
+        """Remember why the last attempt failed or the last connection ended,
+        for the logs and the L{RetryLimitReached} message."""
+        self._last_error = reason
+
+    def stop_retrying(self) -> None:
+        """Schedule no more retries: the caller is closing the connection and
+        will stop the service once it is closed."""
+        self._retrying = False
+
+    def when_given_up(self) -> Deferred[None]:
+        """Errbacks with L{RetryLimitReached} once the retry limit is passed."""
+        return self._given_up.when_fired()
+
+    def startService(self) -> None:
+        self._retrying = True
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        self._retrying = False
+        if self._give_up_call is not None and self._give_up_call.active():
+            self._give_up_call.cancel()
+        self._give_up_call = None
+        if not self.running:
+            return succeed(None)
+        return super().stopService()
+
+    def _next_delay(self, failed_in_a_row: int) -> float:
+        if not self._retrying:
+            return _NEVER
+        if self._opened:
+            self._opened = False
+            self.attempt = 0
+        self.attempt += 1
+        if self.max_retries is not None and self.attempt > self.max_retries:
+            error = RetryLimitReached(self.max_retries, self._last_error)
+            self._log.error("{error}", error=error)
+            self._retrying = False
+            self._give_up_call = self._clock.callLater(0, self.stopService)
+            self._given_up.fire(Failure(error))
+            return _NEVER
+        self.retries += 1
+        delay = self._policy(self.attempt)
+        self._log.info(
+            "retry {attempt} in {delay:.2f} s (last: {error})",
+            attempt=self.attempt, delay=delay, error=self._last_error,
+        )
+        if self.on_retry is not None:
+            self.on_retry(self.attempt, delay)
+        return delay

@@ -1,0 +1,530 @@
+"""
+The WebSocket handler: L{HandlerProtocol}, an Autobahn client protocol that
+hands every event to its handler, and L{WebSocketHandler}, the service that
+keeps one connection up, routes incoming messages by path, queues sends while
+disconnected and matches replies to requests.
+
+Extend it by subclassing L{HandlerProtocol} (Autobahn's hooks C{onOpen},
+C{onMessage}, C{onPing}, C{onPong}, C{onClose}; call super) and passing the
+class as C{protocol=}, or by subscribing to the handler's events.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from autobahn.websocket.util import parse_url
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tcphub._observer import OneShotObserver
+from tcphub.envelope import Envelope, decode, encode
+from tcphub.errors import (
+    ConnectionClosed,
+    HandlerClosed,
+    HandlerError,
+    InvalidCloseCode,
+    InvalidMessage,
+    NotConnected,
+    QueueFull,
+    RequestTimeout,
+    WebSocketError,
+)
+from tcphub.events import Events, Subscription
+from tcphub.reconnect import BACKOFFS, ReconnectingClientService
+from tcphub.routing import Router
+
+__all__ = ["ConnectionContext", "HandlerProtocol", "Status", "WebSocketHandler"]
+
+RouteHandler = Callable[[Any, "ConnectionContext"], Any]
+
+CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+@dataclass
+class ConnectionContext:
+    """Handed to every route handler; one object for the handler's life."""
+
+    connection_id: str | None = None
+    """New for every connection that opens."""
+    connected: bool = False
+    last_message_at: float | None = None
+    """When the last message arrived, in the handler clock's seconds."""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Yours to fill; kept across reconnections."""
+
+
+@dataclass(frozen=True)
+class Status:
+    connected: bool
+    retries: int
+    """Reconnection attempts scheduled over the handler's life."""
+    messages_sent: int
+    messages_received: int
+    last_ping: float | None
+    """When the last ping or pong was seen, in the handler clock's seconds."""
+    reconnects: int
+    """Connections opened after the first one."""
+    queued: int
+    pending_requests: int
+    invalid_messages: int
+    unrouted_messages: int
+    handler_errors: int
+    late_replies: int
+    compression: str | None
+    """The negotiated compression extension, e.g. C{permessage-deflate}."""
+
+
+class HandlerProtocol(WebSocketClientProtocol):
+    """One WebSocket connection; reports everything to C{factory.handler}."""
+
+    factory: WebSocketClientFactory
+
+    def onOpen(self) -> None:
+        self.factory.handler._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.handler._received(payload, isBinary)
+
+    def onPing(self, payload: bytes) -> None:
+        super().onPing(payload)
+        self.factory.handler._heartbeat()
+
+    def onPong(self, payload: bytes) -> None:
+        self.factory.handler._heartbeat()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.handler._closed(self, wasClean, code, reason)
+
+
+def _accept_deflate(response: PerMessageDeflateResponse) -> PerMessageDeflateResponseAccept | None:
+    if isinstance(response, PerMessageDeflateResponse):
+        return PerMessageDeflateResponseAccept(response)
+    return None
+
+
+class WebSocketHandler(Service):
+    """
+    A WebSocket client that routes JSON messages by path and stays connected.
+
+    As a service (C{setServiceParent}), it connects to C{url} on start and
+    closes on stop; without a C{url}, call L{connect} yourself.
+
+    Events (L{on}): C{open(context)}, C{close(context, code, reason)},
+    C{retry(attempt, delay, context)} when a reconnection is scheduled,
+    C{message(envelope, context)} for every valid incoming message,
+    C{unrouted(envelope, context)}, C{error(error, context)}.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reconnect: bool = True,
+        max_retries: int | None = 5,
+        backoff: str = "exponential",
+        ping_interval: float = 30.0,
+        *,
+        url: str | None = None,
+        ping_timeout: float | None = None,
+        initial_delay: float = 1.0,
+        max_delay: float = 30.0,
+        jitter: float = 0.1,
+        open_timeout: float = 10.0,
+        max_message_size: int = 1024 * 1024,
+        max_queue: int = 1000,
+        request_timeout: float = 30.0,
+        compression: bool = True,
+        tls_options=None,
+        protocol: type[HandlerProtocol] = HandlerProtocol,
+        clock: IReactorTime | None = None,
+        reactor=None,
+    ) -> None:
+        if backoff not in BACKOFFS:
+            raise ValueError(f"backoff must be one of {', '.join(BACKOFFS)}, not {backoff!r}")
+        if max_queue < 0 or max_message_size < 1:
+            raise ValueError("max_queue cannot be negative and max_message_size must be positive")
+        if reactor is None:
+            from twisted.internet import reactor
+        self.url = url
+        self.reconnect = reconnect
+        self.max_retries = max_retries if reconnect else 0
+        self.backoff = backoff
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout if ping_timeout is not None else min(ping_interval, 10.0)
+        self.backoff_options = {"initial_delay": initial_delay, "max_delay": max_delay, "jitter": jitter}
+        self.open_timeout = open_timeout
+        self.max_message_size = max_message_size
+        self.max_queue = max_queue
+        self.request_timeout = request_timeout
+        self.compression = compression
+        self.tls_options = tls_options
+        self.protocol = protocol
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.reactor = reactor
+        self.context = ConnectionContext()
+        self.router: Router[RouteHandler] = Router()
+        self.events = Events(
+            ("open", "close", "retry", "message", "unrouted", "error"), self._event_failed
+        )
+        self._service: ReconnectingClientService | None = None
+        self._protocol: HandlerProtocol | None = None
+        self._first_open: OneShotObserver | None = None
+        self._closing: OneShotObserver | None = None
+        self._queue: deque[tuple[bytes, bool, Deferred[None]]] = deque()
+        self._requests: dict[str, tuple[Deferred[Any], IDelayedCall]] = {}
+        self._request_prefix = uuid.uuid4().hex[:12] + "-"
+        self._request_counter = 0
+        self._counts = dict.fromkeys(
+            ("messages_sent", "messages_received", "reconnects", "invalid_messages",
+             "unrouted_messages", "handler_errors", "late_replies"),
+            0,
+        )
+        self._last_ping: float | None = None
+        self._opened_once = False
+
+    # -- the public API -------------------------------------------------
+
+    def connect(self, url: str | None = None) -> Deferred[None]:
+        """
+        Connect to C{url} (ws:// or wss://).  Fires on the first open; errbacks
+        with L{RetryLimitReached} when the retries are used up (at once, after
+        the first failure, with C{reconnect=False}), or L{HandlerClosed}.
+        """
+        if self._service is not None:
+            raise RuntimeError("connect() was called already: close() the handler first")
+        url = url or self.url
+        if url is None:
+            raise ValueError("no URL to connect to")
+        try:
+            secure, host, port, _, _, _ = parse_url(url)
+        except Exception as error:
+            raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
+        self.url = url
+        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
+        if secure:
+            endpoint = wrapClientTLS(self.tls_options or optionsForClientTLS(host), endpoint)
+        self._service = ReconnectingClientService(
+            endpoint,
+            self._factory(url),
+            backoff=self.backoff,
+            max_retries=self.max_retries,
+            confirm_open=True,
+            clock=self.clock,
+            **self.backoff_options,
+        )
+        self._first_open = OneShotObserver()
+        self._closing = None
+        self._service.when_given_up().addErrback(self._gave_up)
+        self._service.on_retry = lambda attempt, delay: self.events.emit(
+            "retry", attempt, delay, self.context
+        )
+        self._service.startService()
+        return self._first_open.when_fired()
+
+    def add_route(self, path: str, handler: RouteHandler, replace: bool = False) -> None:
+        """
+        Call C{handler(data, context)} for messages whose path matches C{path}
+        (exact, or with C{*} for one segment and C{#} for any number).  Raises
+        L{RouteConflict} if C{path} is routed already, unless C{replace}.
+        The handler may return a Deferred or be a coroutine function.
+        """
+        self.router.add(path, handler, replace=replace)
+
+    def remove_route(self, path: str) -> None:
+        """Remove the route for exactly C{path}; raises L{KeyError} if there is none."""
+        self.router.remove(path)
+
+    def send(self, path: str, data: Any) -> Deferred[None]:
+        """
+        Send C{{"path": path, "data": data}} (C{bytes} data goes as a binary
+        message).  Fires when written to the connection; while disconnected
+        and reconnecting, queues (L{QueueFull} past C{max_queue}); otherwise
+        errbacks with L{NotConnected} or L{HandlerClosed}.
+        """
+        return self._send(Envelope(path=path, data=data))
+
+    def request(self, path: str, data: Any, timeout: float | None = None) -> Deferred[Any]:
+        """
+        Send a message with a fresh C{id} and fire with the C{data} of the first
+        incoming message carrying the same C{id}; errback with
+        L{RequestTimeout} after C{timeout} seconds (from this call, queueing
+        included), or L{ConnectionClosed} if the connection drops first.
+        """
+        self._request_counter += 1
+        request_id = f"{self._request_prefix}{self._request_counter}"
+        reply: Deferred[Any] = Deferred()
+        seconds = self.request_timeout if timeout is None else timeout
+        timer = self.clock.callLater(seconds, self._request_expired, request_id, path, seconds)
+        self._requests[request_id] = (reply, timer)
+        self._send(Envelope(path=path, data=data, id=request_id)).addErrback(
+            lambda failure: self._end_request(request_id, failure)
+        )
+        return reply
+
+    def close(self, code: int = 1000, reason: str = "") -> Deferred[None]:
+        """
+        Close with C{code} (1000 or 3000-4999) and C{reason} (at most 123 UTF-8
+        bytes), stop reconnecting, and fail what waits (queued sends, requests,
+        a pending connect) with L{HandlerClosed}.  Fires once closed.
+        """
+        if not (code == 1000 or 3000 <= code <= 4999):
+            raise InvalidCloseCode(f"close code must be 1000 or 3000-4999, not {code}")
+        if len(reason.encode("utf-8")) > 123:
+            raise InvalidCloseCode("close reason must be at most 123 UTF-8 bytes")
+        if self._closing is not None:
+            return self._closing.when_fired()
+        service = self._service
+        if service is None:
+            return succeed(None)
+        self._closing = closing = OneShotObserver()
+        done = closing.when_fired()
+        error = HandlerClosed(f"the handler was closed ({code} {reason})".strip())
+        self._fail_queue(error)
+        self._fail_requests(error)
+        if self._first_open is not None:
+            self._first_open.fire(Failure(error))
+        service.stop_retrying()
+        protocol = self._protocol
+        if protocol is not None:
+            protocol.sendClose(code, reason or None)
+            protocol.is_closed.addBoth(lambda _: self._stop_service(service))
+        else:
+            self._stop_service(service)
+        return done
+
+    def get_status(self) -> Status:
+        protocol = self._protocol
+        extensions = getattr(protocol, "websocket_extensions_in_use", None) or []
+        return Status(
+            connected=self.context.connected,
+            retries=self._service.retries if self._service is not None else 0,
+            last_ping=self._last_ping,
+            queued=len(self._queue),
+            pending_requests=len(self._requests),
+            compression=extensions[0].EXTENSION_NAME if extensions else None,
+            **self._counts,
+        )
+
+    def on(self, event: str, callback: Callable[..., Any]) -> Subscription:
+        return self.events.on(event, callback)
+
+    # -- IService ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.url is not None and self._service is None:
+            self.connect().addErrback(
+                lambda failure: self._log.error(
+                    "could not connect to {url}: {error}", url=self.url, error=failure.getErrorMessage()
+                )
+            )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.close(1000, "going away")
+
+    # -- what the protocol reports ----------------------------------------
+
+    def _factory(self, url: str) -> WebSocketClientFactory:
+        factory = WebSocketClientFactory(url, reactor=self.reactor)
+        factory.protocol = self.protocol
+        factory.handler = self
+        options: dict[str, Any] = {
+            "openHandshakeTimeout": self.open_timeout,
+            "maxMessagePayloadSize": self.max_message_size,
+            "maxFramePayloadSize": self.max_message_size,
+            "autoPingInterval": self.ping_interval or 0,
+            # Autobahn's timers (txaio's batched timer) truncate deadlines to
+            # whole seconds, so they fire up to 1 s early: a 1 s margin keeps
+            # a peer from being dropped before ping_timeout has passed.
+            "autoPingTimeout": self.ping_timeout + 1.0,
+        }
+        if self.compression:
+            options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
+            options["perMessageCompressionAccept"] = _accept_deflate
+        factory.setProtocolOptions(**options)
+        return factory
+
+    def _opened(self, protocol: HandlerProtocol) -> None:
+        if self._closing is not None:
+            protocol.sendClose(1000, "the handler was closed")
+            return
+        self._protocol = protocol
+        self._service.connection_opened()
+        context = self.context
+        context.connection_id = uuid.uuid4().hex
+        context.connected = True
+        if self._opened_once:
+            self._counts["reconnects"] += 1
+        self._opened_once = True
+        self._log.info(
+            "connected to {url} (connection {connection_id})",
+            url=self.url, connection_id=context.connection_id,
+        )
+        queue, self._queue = self._queue, deque()
+        for payload, is_binary, sent in queue:
+            self._write(protocol, payload, is_binary)
+            sent.callback(None)
+        self.events.emit("open", context)
+        if self._first_open is not None:
+            self._first_open.fire(None)
+
+    def _closed(self, protocol: HandlerProtocol, clean: bool, code: int | None, reason: str | None) -> None:
+        if protocol is not self._protocol:
+            why = f"WebSocket handshake failed: {reason or 'connection closed'} (code {code})"
+            if self._service is not None:
+                self._service.connection_failed(why)
+            self._log.info("{why}", why=why)
+            return
+        self._protocol = None
+        self.context.connected = False
+        if self._service is not None:
+            self._service.connection_failed(f"connection closed: {code} {reason or ''}".strip())
+        if code == CLOSE_MESSAGE_TOO_BIG and protocol.localCloseCode == CLOSE_MESSAGE_TOO_BIG:
+            self._log.warn(
+                "closed the connection: an incoming message passed max_message_size "
+                "({limit} bytes); code 1009",
+                limit=self.max_message_size,
+            )
+        else:
+            self._log.info("connection {connection_id} closed: {code} {reason}",
+                           connection_id=self.context.connection_id, code=code, reason=reason or "")
+        self._fail_requests(ConnectionClosed(f"the connection closed ({code} {reason or ''})".strip()))
+        self.events.emit("close", self.context, code, reason)
+
+    def _heartbeat(self) -> None:
+        self._last_ping = self.clock.seconds()
+
+    def _received(self, payload: bytes, is_binary: bool) -> None:
+        self._counts["messages_received"] += 1
+        context = self.context
+        context.last_message_at = self.clock.seconds()
+        try:
+            envelope = decode(payload, is_binary)
+        except InvalidMessage as error:
+            self._counts["invalid_messages"] += 1
+            self._log.warn("dropped an invalid message: {error}", error=error)
+            self.events.emit("error", error, context)
+            return
+        if envelope.id is not None and envelope.id.startswith(self._request_prefix):
+            self._reply_received(envelope)
+            return
+        self.events.emit("message", envelope, context)
+        handler = self.router.match(envelope.path)
+        if handler is None:
+            self._counts["unrouted_messages"] += 1
+            self._log.info("no route for path {path!r}", path=envelope.path)
+            self.events.emit("unrouted", envelope, context)
+            return
+        try:
+            result = handler(envelope.data, context)
+        except Exception:
+            self._handler_failed(f"handler for {envelope.path!r}", Failure())
+            return
+        if inspect.iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            result.addErrback(lambda failure: self._handler_failed(f"handler for {envelope.path!r}", failure))
+
+    def _reply_received(self, envelope: Envelope) -> None:
+        pending = self._requests.pop(envelope.id, None)
+        if pending is None:
+            self._counts["late_replies"] += 1
+            self._log.info("dropped a late reply to request {id} on {path!r}",
+                           id=envelope.id, path=envelope.path)
+            return
+        reply, timer = pending
+        timer.cancel()
+        reply.callback(envelope.data)
+
+    # -- sending ----------------------------------------------------------
+
+    def _send(self, envelope: Envelope) -> Deferred[None]:
+        try:
+            payload, is_binary = encode(envelope)
+        except (TypeError, ValueError):
+            return fail()
+        if self._closing is not None:
+            return fail(HandlerClosed("the handler was closed"))
+        protocol = self._protocol
+        if protocol is not None:
+            self._write(protocol, payload, is_binary)
+            return succeed(None)
+        if self._service is None or not self.reconnect:
+            return fail(NotConnected(f"not connected; cannot send to {envelope.path!r}"))
+        if len(self._queue) >= self.max_queue:
+            return fail(QueueFull(f"{self.max_queue} messages already wait for the connection"))
+        sent: Deferred[None] = Deferred()
+        self._queue.append((payload, is_binary, sent))
+        return sent
+
+    def _write(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> None:
+        protocol.sendMessage(payload, isBinary=is_binary)
+        self._counts["messages_sent"] += 1
+
+    # -- endings ------------------------------------------------------------
+
+    def _request_expired(self, request_id: str, path: str, seconds: float) -> None:
+        reply, _ = self._requests.pop(request_id)
+        reply.errback(RequestTimeout(f"no reply to the request on {path!r} within {seconds} s"))
+
+    def _end_request(self, request_id: str, failure: Failure) -> None:
+        pending = self._requests.pop(request_id, None)
+        if pending is not None:
+            reply, timer = pending
+            timer.cancel()
+            reply.errback(failure)
+
+    def _fail_requests(self, error: WebSocketError) -> None:
+        for request_id in list(self._requests):
+            self._end_request(request_id, Failure(error))
+
+    def _fail_queue(self, error: WebSocketError) -> None:
+        queue, self._queue = self._queue, deque()
+        for _, _, sent in queue:
+            sent.errback(error)
+
+    def _gave_up(self, failure: Failure) -> None:
+        self._fail_queue(failure.value)
+        if self._first_open is not None:
+            self._first_open.fire(failure)
+        self._service = None
+        self.events.emit("error", failure.value, self.context)
+
+    def _stop_service(self, service: ReconnectingClientService) -> None:
+        closing = self._closing
+
+        def stopped(_: object) -> None:
+            if self._service is service:
+                self._service = None
+            closing.fire(None)
+
+        service.stopService().addBoth(stopped)
+
+    def _handler_failed(self, where: str, failure: Failure) -> None:
+        self._counts["handler_errors"] += 1
+        self._log.failure("{where} raised (the connection stays up)", failure, where=where)
+        error = HandlerError(f"{where} raised {failure.getErrorMessage()}")
+        error.__cause__ = failure.value
+        if not where.startswith("error event"):
+            self.events.emit("error", error, self.context)
+
+    def _event_failed(self, event: str, failure: Failure) -> None:
+        self._handler_failed(f"{event} event callback", failure)
+

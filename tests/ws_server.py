@@ -1,0 +1,63 @@
+"""
+A WebSocket server that is not our code: the `websockets` package's server,
+run as a subprocess by the tests.
+
+It echoes every message, except text messages whose JSON path is:
+  - "server.say": sends each string in data as a raw text frame (anything, even invalid JSON);
+  - "server.hold": keeps the message, to echo it on "server.release" (a late reply).
+With --reject it answers every handshake with HTTP 503.
+It prints "listening on PORT" once ready, and "open <extensions>" per connection.
+"""
+
+import argparse
+import asyncio
+import json
+from http import HTTPStatus
+
+from websockets.asyncio.server import serve
+
+
+async def echo(connection) -> None:
+    extensions = ",".join(e.name for e in connection.protocol.extensions) or "none"
+    print(f"open {extensions}", flush=True)
+    held = []
+    async for message in connection:
+        command = None
+        if isinstance(message, str):
+            try:
+                command = json.loads(message)
+            except ValueError:
+                pass
+        path = command.get("path") if isinstance(command, dict) else None
+        if path == "server.say":
+            for raw in command["data"]:
+                await connection.send(raw)
+        elif path == "server.hold":
+            held.append(message)
+        elif path == "server.release":
+            for message in held:
+                await connection.send(message)
+            held.clear()
+        else:
+            await connection.send(message)
+
+
+def reject(connection, request):
+    return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--reject", action="store_true")
+    args = parser.parse_args()
+    async with serve(
+        echo, "127.0.0.1", args.port, process_request=reject if args.reject else None
+    ) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"listening on {port}", flush=True)
+        await asyncio.Future()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
