@@ -21,9 +21,8 @@ from tcphub.errors import RetryLimitReached
 
 RetryPolicy = Callable[[int], float]
 
-# When the limit is passed, the service is stopped on the next turn of its clock
-# (not at once: that would re-enter ClientService's state machine), and the
-# retry ClientService schedules meanwhile, this far away, is cancelled then.
+# The delay returned once the limit is passed: the service stops on the next
+# turn of its clock, which cancels this retry long before it is due.
 _NEVER = 24 * 3600.0
 
 
@@ -97,7 +96,9 @@ class ReconnectingClientService(ClientService):
     When the limit is passed, L{when_given_up} errbacks at once with
     L{RetryLimitReached}, and the service stops itself on the next turn of
     its clock.  C{on_retry(attempt, delay)}, if set, is called for every retry
-    scheduled.
+    scheduled.  Both run inside L{ClientService}'s state machine, which cannot
+    take a stop there: a C{stopService()} from them happens on the next turn
+    of the clock, and its Deferred fires then.
 
     A connection counts as made only when L{connection_opened} is called.  By
     default that happens when TCP connects; a protocol with a handshake of its
@@ -140,7 +141,9 @@ class ReconnectingClientService(ClientService):
         self._opened = False
         self._retrying = True
         self._last_error = "no attempt yet"
-        self._give_up_call: IDelayedCall | None = None
+        self._in_policy = False
+        self._stop_call: IDelayedCall | None = None
+        self._deferred_stop: OneShotObserver | None = None
         self._given_up = OneShotObserver()
         self.on_retry: Callable[[int, float], None] | None = None
         prepare = None if confirm_open else (lambda protocol: self.connection_opened())
@@ -177,12 +180,23 @@ class ReconnectingClientService(ClientService):
 
     def stopService(self) -> Deferred[None]:
         self._retrying = False
-        if self._give_up_call is not None and self._give_up_call.active():
-            self._give_up_call.cancel()
-        self._give_up_call = None
+        if self._deferred_stop is not None:
+            return self._deferred_stop.when_fired()
+        if self._in_policy:
+            return self._stop_soon()
         if not self.running:
             return succeed(None)
         return super().stopService()
+
+    def _stop_soon(self) -> Deferred[None]:
+        self._deferred_stop = stopped = OneShotObserver()
+
+        def stop() -> None:
+            self._stop_call = self._deferred_stop = None
+            ClientService.stopService(self).addBoth(stopped.fire)
+
+        self._stop_call = self._clock.callLater(0, stop)
+        return stopped.when_fired()
 
     def _next_delay(self, failed_in_a_row: int) -> float:
         if not self._retrying:
@@ -191,19 +205,22 @@ class ReconnectingClientService(ClientService):
             self._opened = False
             self.attempt = 0
         self.attempt += 1
-        if self.max_retries is not None and self.attempt > self.max_retries:
-            error = RetryLimitReached(self.max_retries, self._last_error)
-            self._log.error("{error}", error=error)
-            self._retrying = False
-            self._give_up_call = self._clock.callLater(0, self.stopService)
-            self._given_up.fire(Failure(error))
-            return _NEVER
-        self.retries += 1
-        delay = self._policy(self.attempt)
-        self._log.info(
-            "retry {attempt} in {delay:.2f} s (last: {error})",
-            attempt=self.attempt, delay=delay, error=self._last_error,
-        )
-        if self.on_retry is not None:
-            self.on_retry(self.attempt, delay)
-        return delay
+        self._in_policy = True
+        try:
+            if self.max_retries is not None and self.attempt > self.max_retries:
+                error = RetryLimitReached(self.max_retries, self._last_error)
+                self._log.error("{error}", error=error)
+                self._stop_soon()
+                self._given_up.fire(Failure(error))
+                return _NEVER
+            self.retries += 1
+            delay = self._policy(self.attempt)
+            self._log.info(
+                "retry {attempt} in {delay:.2f} s (last: {error})",
+                attempt=self.attempt, delay=delay, error=self._last_error,
+            )
+            if self.on_retry is not None:
+                self.on_retry(self.attempt, delay)
+            return delay
+        finally:
+            self._in_policy = False

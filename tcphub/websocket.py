@@ -27,7 +27,9 @@ from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -111,6 +113,27 @@ class HandlerProtocol(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.handler._closed(self, wasClean, code, reason)
 
+    # Autobahn can leave these scheduled past the connection (the close
+    # handshake timeout, after it failed a connection with a close frame).
+    _AUTOBAHN_TIMERS = (
+        "openHandshakeTimeoutCall",
+        "closeHandshakeTimeoutCall",
+        "serverConnectionDropTimeoutCall",
+        "autoPingPendingCall",
+        "autoPingTimeoutCall",
+    )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        for name in self._AUTOBAHN_TIMERS:
+            call = getattr(self, name, None)
+            if call is not None:
+                setattr(self, name, None)
+                try:
+                    call.cancel()
+                except (AttributeError, AlreadyCalled, AlreadyCancelled):
+                    pass  # already run; txaio's batched calls say so with AttributeError
+
 
 def _accept_deflate(response: PerMessageDeflateResponse) -> PerMessageDeflateResponseAccept | None:
     if isinstance(response, PerMessageDeflateResponse):
@@ -191,7 +214,7 @@ class WebSocketHandler(Service):
         self._request_prefix = uuid.uuid4().hex[:12] + "-"
         self._request_counter = 0
         self._counts = dict.fromkeys(
-            ("messages_sent", "messages_received", "reconnects", "invalid_messages",
+            ("retries", "messages_sent", "messages_received", "reconnects", "invalid_messages",
              "unrouted_messages", "handler_errors", "late_replies"),
             0,
         )
@@ -231,9 +254,7 @@ class WebSocketHandler(Service):
         self._first_open = OneShotObserver()
         self._closing = None
         self._service.when_given_up().addErrback(self._gave_up)
-        self._service.on_retry = lambda attempt, delay: self.events.emit(
-            "retry", attempt, delay, self.context
-        )
+        self._service.on_retry = self._retry_scheduled
         self._service.startService()
         return self._first_open.when_fired()
 
@@ -313,7 +334,6 @@ class WebSocketHandler(Service):
         extensions = getattr(protocol, "websocket_extensions_in_use", None) or []
         return Status(
             connected=self.context.connected,
-            retries=self._service.retries if self._service is not None else 0,
             last_ping=self._last_ping,
             queued=len(self._queue),
             pending_requests=len(self._requests),
@@ -349,6 +369,9 @@ class WebSocketHandler(Service):
             "openHandshakeTimeout": self.open_timeout,
             "maxMessagePayloadSize": self.max_message_size,
             "maxFramePayloadSize": self.max_message_size,
+            # Fail with a close frame (1009 for an over-size message), not by
+            # dropping TCP, so that the peer learns why.
+            "failByDrop": False,
             "autoPingInterval": self.ping_interval or 0,
             # Autobahn's timers (txaio's batched timer) truncate deadlines to
             # whole seconds, so they fire up to 1 s early: a 1 s margin keeps
@@ -394,9 +417,15 @@ class WebSocketHandler(Service):
             return
         self._protocol = None
         self.context.connected = False
+        if protocol.localCloseCode is not None and protocol.remoteCloseCode is None:
+            # We failed the connection (Autobahn sends the close frame, then
+            # drops TCP, and reports 1006): report the code we sent.
+            code = protocol.localCloseCode
+            if protocol.localCloseReason:
+                reason = protocol.localCloseReason.decode("utf-8", "replace")
         if self._service is not None:
             self._service.connection_failed(f"connection closed: {code} {reason or ''}".strip())
-        if code == CLOSE_MESSAGE_TOO_BIG and protocol.localCloseCode == CLOSE_MESSAGE_TOO_BIG:
+        if code == CLOSE_MESSAGE_TOO_BIG:
             self._log.warn(
                 "closed the connection: an incoming message passed max_message_size "
                 "({limit} bytes); code 1009",
@@ -407,6 +436,10 @@ class WebSocketHandler(Service):
                            connection_id=self.context.connection_id, code=code, reason=reason or "")
         self._fail_requests(ConnectionClosed(f"the connection closed ({code} {reason or ''})".strip()))
         self.events.emit("close", self.context, code, reason)
+
+    def _retry_scheduled(self, attempt: int, delay: float) -> None:
+        self._counts["retries"] += 1
+        self.events.emit("retry", attempt, delay, self.context)
 
     def _heartbeat(self) -> None:
         self._last_ping = self.clock.seconds()
@@ -501,10 +534,11 @@ class WebSocketHandler(Service):
             sent.errback(error)
 
     def _gave_up(self, failure: Failure) -> None:
+        service, self._service = self._service, None
+        service.stopService()
         self._fail_queue(failure.value)
         if self._first_open is not None:
             self._first_open.fire(failure)
-        self._service = None
         self.events.emit("error", failure.value, self.context)
 
     def _stop_service(self, service: ReconnectingClientService) -> None:

@@ -27,9 +27,10 @@ def clean_reactor():
     # One turn of the reactor runs the connectionLost calls that
     # abortConnection schedules with callLater(0).
     pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
-    leftover_calls = reactor.getDelayedCalls()
+    leftover_calls = [f"{call.func!r} in {call.getTime() - reactor.seconds():.2f} s"
+                      for call in reactor.getDelayedCalls()]
     leftover_selectables = _open_selectables() - before
-    for call in leftover_calls:
+    for call in reactor.getDelayedCalls():
         call.cancel()
     # Clean up, so that one leak fails one test and not every test after it.
     for selectable in leftover_selectables:

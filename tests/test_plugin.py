@@ -20,7 +20,7 @@ from twisted.python import usage
 from tcphub import BroadcastProtocol, EchoProtocol
 from tcphub.tap import Options, makeService
 from tests.clients import make_certificate
-from tests.twistd import REPO, Twistd, twistd_command
+from tests.processes import REPO, Twistd, twistd_command
 
 
 def parse(*args: str) -> Options:

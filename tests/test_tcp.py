@@ -11,7 +11,7 @@ import struct
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.endpoints import SSL4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.ssl import Certificate, optionsForClientTLS
@@ -25,22 +25,8 @@ from tcphub import (
     SlowConsumer,
     TcpServer,
 )
-from tests.clients import Int32Client, LineClient, connect, make_certificate
-
-
-def when_events(server: TcpServer, event: str, count: int) -> Deferred[list[tuple]]:
-    """Fires with the arguments of the first C{count} C{event}s from now on."""
-    seen: list[tuple] = []
-    done: Deferred[list[tuple]] = Deferred()
-
-    def record(*args) -> None:
-        seen.append(args)
-        if len(seen) == count:
-            subscription.cancel()
-            done.callback(seen)
-
-    subscription = server.on(event, record)
-    return done
+from tests.clients import LineClient, connect, make_certificate
+from tests.events import when_events
 
 
 @pytest_twisted.inlineCallbacks

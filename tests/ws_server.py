@@ -5,22 +5,37 @@ run as a subprocess by the tests.
 It echoes every message, except text messages whose JSON path is:
   - "server.say": sends each string in data as a raw text frame (anything, even invalid JSON);
   - "server.hold": keeps the message, to echo it on "server.release" (a late reply).
-With --reject it answers every handshake with HTTP 503.
+With --reject it answers every handshake with HTTP 503; with --greet it sends
+{"path": "server.hello", "data": {"greeting": "hello"}} on every connection;
+with --cert and --key it speaks TLS (wss://).
 It prints "listening on PORT" once ready, and "open <extensions>" per connection.
 """
 
 import argparse
 import asyncio
 import json
+import ssl
 from http import HTTPStatus
 
 from websockets.asyncio.server import serve
 
 
+GREET = False
+
+
 async def echo(connection) -> None:
     extensions = ",".join(e.name for e in connection.protocol.extensions) or "none"
     print(f"open {extensions}", flush=True)
+    if GREET:
+        await connection.send(json.dumps({"path": "server.hello", "data": {"greeting": "hello"}}))
     held = []
+    try:
+        await serve_messages(connection, held)
+    finally:
+        print(f"connection closed: code {connection.close_code}", flush=True)
+
+
+async def serve_messages(connection, held) -> None:
     async for message in connection:
         command = None
         if isinstance(message, str):
@@ -50,9 +65,19 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reject", action="store_true")
+    parser.add_argument("--greet", action="store_true")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
     args = parser.parse_args()
+    global GREET
+    GREET = args.greet
+    context = None
+    if args.cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
     async with serve(
-        echo, "127.0.0.1", args.port, process_request=reject if args.reject else None
+        echo, "127.0.0.1", args.port, ssl=context,
+        process_request=reject if args.reject else None,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"listening on {port}", flush=True)

@@ -1,6 +1,7 @@
 """
-Run C{twistd} as a subprocess, exactly as the README does, and wait for the
-lines it prints instead of sleeping.
+Subprocesses the tests talk to, whose printed lines they wait for instead of
+sleeping: C{twistd} run exactly as the README does, and a WebSocket server
+that is not our code.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ def twistd_command() -> str:
     return found
 
 
-class Twistd:
-    """A running twistd; its output is read line by line on a thread."""
+class OutputProcess:
+    """A running subprocess whose output is read line by line on a thread."""
 
-    def __init__(self, *args: str, cwd: Path | str = REPO) -> None:
-        self.args = [twistd_command(), "--pidfile=", "-n", *args]
+    def __init__(self, args: list[str], cwd: Path | str = REPO) -> None:
+        self.args = args
         self.process = subprocess.Popen(
             self.args,
             cwd=cwd,
@@ -73,23 +74,12 @@ class Twistd:
             if match := regex.search(line):
                 return match
 
-    def wait_listening(self) -> tuple[str, int]:
-        match = self.wait_for(LISTENING)
-        return match["host"], int(match["port"])
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout=timeout)
         self.drain()
         return code
-
-    def shutdown(self, sig: int = signal.SIGTERM) -> None:
-        """Stop twistd as an operator would, and check that it shut down cleanly."""
-        code = self.stop(sig)
-        # After a clean shutdown twistd re-raises the signal that stopped it.
-        assert code == -sig, f"twistd exited with {code}:\n{self.output}"
-        assert "Server Shut Down." in self.output, self.output
 
     def drain(self) -> None:
         """Collect the rest of the output once the process has exited."""
@@ -106,11 +96,60 @@ class Twistd:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def __enter__(self) -> Twistd:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc_info) -> None:
+        self.kill()
+
+    def kill(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self.process.stdout.close()
+
+
+class Twistd(OutputProcess):
+    """C{twistd -n ARGS}, with no pid file."""
+
+    def __init__(self, *args: str, cwd: Path | str = REPO) -> None:
+        super().__init__([twistd_command(), "--pidfile=", "-n", *args], cwd=cwd)
+
+    def wait_listening(self) -> tuple[str, int]:
+        match = self.wait_for(LISTENING)
+        return match["host"], int(match["port"])
+
+    def shutdown(self, sig: int = signal.SIGTERM) -> None:
+        """Stop twistd as an operator would, and check that it shut down cleanly."""
+        code = self.stop(sig)
+        # After a clean shutdown twistd re-raises the signal that stopped it.
+        assert code == -sig, f"twistd exited with {code}:\n{self.output}"
+        assert "Server Shut Down." in self.output, self.output
+
+
+class WebSocketServer(OutputProcess):
+    """The C{websockets} package's server (tests/ws_server.py) on 127.0.0.1."""
+
+    def __init__(self, *options: str, port: int = 0) -> None:
+        self.options = options
+        super().__init__(
+            [sys.executable, str(REPO / "tests" / "ws_server.py"), "--port", str(port), *options]
+        )
+        self.port = int(self.wait_for(r"listening on (\d+)")[1])
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def restart(self) -> WebSocketServer:
+        """Stop this server and start the same one on the same port."""
+        self.stop(signal.SIGKILL)
+        self.kill()
+        return WebSocketServer(*self.options, port=self.port)
+
+    def pause(self) -> None:
+        """Freeze the server: it answers nothing, pings included."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)

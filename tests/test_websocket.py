@@ -1,0 +1,391 @@
+"""
+The WebSocket handler against a server that is not our code: the
+`websockets` package's server in a subprocess (tests/ws_server.py).
+Our own timers (backoff, request timeouts) run on a Clock; Autobahn's
+(auto-ping) on the reactor.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet.task import Clock, deferLater
+
+from tcphub import (
+    HandlerClosed,
+    HandlerError,
+    InvalidCloseCode,
+    InvalidMessage,
+    NotConnected,
+    QueueFull,
+    RequestTimeout,
+    RetryLimitReached,
+    RouteConflict,
+    WebSocketHandler,
+)
+from tests.clients import make_certificate
+from tests.events import when_event, when_events
+from tests.processes import WebSocketServer
+
+
+@pytest.fixture
+def servers():
+    started: list[WebSocketServer] = []
+
+    class Servers:
+        def start(self, *options: str) -> WebSocketServer:
+            server = WebSocketServer(*options)
+            started.append(server)
+            return server
+
+        def restart(self, server: WebSocketServer) -> WebSocketServer:
+            again = server.restart()
+            started.append(again)
+            return again
+
+    yield Servers()
+    for server in started:
+        server.resume()
+        server.kill()
+
+
+def refused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def handler(**options) -> WebSocketHandler:
+    options.setdefault("clock", Clock())
+    options.setdefault("jitter", 0.0)
+    return WebSocketHandler(**options)
+
+
+def route_into(ws: WebSocketHandler, path: str, count: int) -> tuple[list, Deferred]:
+    """Collect C{(data, context)} for C{path}; the Deferred fires after C{count}."""
+    seen: list = []
+    done: Deferred = Deferred()
+
+    def collect(data, context) -> None:
+        seen.append((data, context.connection_id))
+        if len(seen) == count:
+            done.callback(seen)
+
+    ws.add_route(path, collect)
+    return seen, done
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_route_request_and_status(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0)
+    seen, echoed = route_into(ws, "chat.*", 2)
+    try:
+        yield ws.connect(server.url)
+        assert server.wait_for("^open (.*)")[1] == "permessage-deflate"
+        context = ws.context
+        assert context.connected and context.connection_id
+        yield ws.send("chat.message", {"text": "hello"})
+        yield ws.send("chat.bytes", b"\x00\xff binary")
+        yield echoed
+        assert seen == [({"text": "hello"}, context.connection_id),
+                        (b"\x00\xff binary", context.connection_id)]
+        assert context.last_message_at == ws.clock.seconds()
+
+        assert (yield ws.request("rpc.add", [1, 2])) == [1, 2]
+        status = ws.get_status()
+        assert (status.connected, status.messages_sent, status.messages_received) == (True, 3, 3)
+        assert (status.retries, status.pending_requests, status.compression) == (0, 0, "permessage-deflate")
+    finally:
+        yield ws.close(1000, "Normal closure")
+    assert not ws.get_status().connected
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_compression_can_be_turned_off(servers):
+    server = servers.start()
+    ws = handler(compression=False, ping_interval=0)
+    try:
+        yield ws.connect(server.url)
+        assert server.wait_for("^open (.*)")[1] == "none"
+        assert ws.get_status().compression is None
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_invalid_messages_and_a_raising_handler_leave_the_connection_up(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0)
+    errors, unrouted = [], []
+    ws.on("error", lambda error, context: errors.append(error))
+    ws.on("unrouted", lambda envelope, context: unrouted.append(envelope.path))
+
+    def broken(data, context):
+        raise ZeroDivisionError("handler bug")
+
+    async def broken_later(data, context):
+        raise KeyError("async handler bug")
+
+    ws.add_route("boom", broken)
+    ws.add_route("boom.async", broken_later)
+    seen, done = route_into(ws, "ok", 1)
+    try:
+        yield ws.connect(server.url)
+        opened_as = ws.context.connection_id
+        yield ws.send("server.say", [
+            "not json",
+            '{"data": 1}',
+            "[1, 2]",
+            '{"path": "nowhere", "data": 1}',
+            '{"path": "boom", "data": 1}',
+            '{"path": "boom.async", "data": 1}',
+            '{"path": "ok", "data": "still up"}',
+        ])
+        yield done
+        assert seen == [("still up", opened_as)]
+        assert [type(e) for e in errors] == [InvalidMessage] * 3 + [HandlerError] * 2
+        assert isinstance(errors[3].__cause__, ZeroDivisionError)
+        assert isinstance(errors[4].__cause__, KeyError)
+        assert unrouted == ["nowhere"]
+        status = ws.get_status()
+        assert (status.invalid_messages, status.unrouted_messages, status.handler_errors) == (3, 1, 2)
+        assert status.connected and ws.context.connection_id == opened_as
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_server_restart_reconnects_flushes_the_queue_in_order_and_counts(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0, backoff="linear", initial_delay=2.0)
+    seen, all_back = route_into(ws, "seq", 10)
+    try:
+        yield ws.connect(server.url)
+        first_id = ws.context.connection_id
+        ws.context.metadata["user"] = "ada"
+
+        closed, retry = when_event(ws, "close"), when_event(ws, "retry")
+        server = servers.restart(server)
+        yield closed
+        attempt, delay, _ = yield retry
+        assert (attempt, delay) == (1, 2.0)
+        sends = [ws.send("seq", n) for n in range(10)]
+        assert ws.get_status().queued == 10 and not any(d.called for d in sends)
+
+        opened = when_event(ws, "open")
+        yield deferLater(reactor, 0, lambda: None)
+        ws.clock.advance(delay)
+        yield opened
+        yield gatherResults(sends)
+        yield all_back
+        assert [data for data, _ in seen] == list(range(10))
+        assert {connection for _, connection in seen} == {ws.context.connection_id}
+        assert ws.context.connection_id != first_id
+        assert ws.context.metadata == {"user": "ada"}
+        status = ws.get_status()
+        assert (status.retries, status.reconnects, status.queued) == (1, 1, 0)
+    finally:
+        yield ws.close()
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("backoff, delays", [("linear", [1.0, 2.0, 3.0]), ("exponential", [1.0, 2.0, 4.0])])
+@pytest_twisted.inlineCallbacks
+def test_a_refused_port_uses_up_max_retries_with_the_right_delays(backoff, delays):
+    ws = handler(max_retries=3, backoff=backoff, initial_delay=1.0)
+    retry = when_event(ws, "retry")
+    connected = ws.connect(f"ws://127.0.0.1:{refused_port()}/")
+    seen = []
+    for _ in delays:
+        attempt, delay, _ = yield retry
+        seen.append(delay)
+        # ClientService schedules the retry right after asking for its delay.
+        yield deferLater(reactor, 0, lambda: None)
+        (call,) = ws.clock.getDelayedCalls()
+        assert call.getTime() - ws.clock.seconds() == delay
+        retry = when_event(ws, "retry")
+        ws.clock.advance(delay)
+    with pytest.raises(RetryLimitReached, match="gave up after 3 retries; last failure: .*refused"):
+        yield connected
+    assert seen == delays
+    assert ws.get_status().retries == 3
+    # connect() failed from inside ClientService's transition: unwind, then
+    # let the scheduled stop run.
+    yield deferLater(reactor, 0, lambda: None)
+    ws.clock.advance(0)
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_without_reconnect_the_first_failure_is_final():
+    ws = handler(reconnect=False)
+    failed = ws.send("x", 1)
+    with pytest.raises(NotConnected):
+        yield failed
+    with pytest.raises(RetryLimitReached, match="0 retries"):
+        yield ws.connect(f"ws://127.0.0.1:{refused_port()}/")
+    yield deferLater(reactor, 0, lambda: None)
+    ws.clock.advance(0)
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_refusing_the_handshake_uses_up_retries(servers):
+    """ClientService alone would count every TCP connect as a success."""
+    server = servers.start("--reject")
+    ws = handler(max_retries=2, backoff="linear", initial_delay=1.0)
+    connected = ws.connect(server.url)
+    for _ in range(2):
+        attempt, delay, _ = yield when_event(ws, "retry")
+        yield deferLater(reactor, 0, lambda: None)
+        ws.clock.advance(delay)
+    with pytest.raises(RetryLimitReached, match="503"):
+        yield connected
+    assert not ws.get_status().connected
+    yield deferLater(reactor, 0, lambda: None)
+    ws.clock.advance(0)
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_queue_is_bounded_and_close_during_the_wait_fails_what_waits():
+    ws = handler(max_queue=2, initial_delay=5.0)
+    connected = ws.connect(f"ws://127.0.0.1:{refused_port()}/")
+    yield when_event(ws, "retry")
+    queued = [ws.send("a", 1), ws.send("b", 2)]
+    with pytest.raises(QueueFull):
+        yield ws.send("c", 3)
+    request = ws.request("rpc", None, timeout=60)
+    yield deferLater(reactor, 0, lambda: None)
+    yield ws.close()
+    for waiting in (*queued, connected):
+        with pytest.raises(HandlerClosed):
+            yield waiting
+    with pytest.raises(QueueFull):
+        yield request
+    with pytest.raises(HandlerClosed):
+        yield ws.send("late", 0)
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_request_times_out_on_the_clock_and_the_late_reply_is_dropped(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0)
+    seen, after = route_into(ws, "after", 1)
+    try:
+        yield ws.connect(server.url)
+        request = ws.request("server.hold", "question", timeout=5)
+        ws.clock.advance(4.9)
+        assert not request.called
+        ws.clock.advance(0.1)
+        with pytest.raises(RequestTimeout, match="server.hold"):
+            yield request
+        assert ws.get_status().pending_requests == 0
+        yield ws.send("server.release", None)
+        yield ws.send("after", "done")
+        yield after
+        status = ws.get_status()
+        assert (status.late_replies, status.unrouted_messages) == (1, 0)
+    finally:
+        yield ws.close()
+    assert ws.clock.getDelayedCalls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_stops_answering_pings_is_dropped_and_reconnected(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0.5, ping_timeout=0.5)
+    try:
+        yield ws.connect(server.url)
+        closed, retry = when_event(ws, "close"), when_event(ws, "retry")
+        server.pause()
+        _, code, reason = yield closed
+        assert code == 1006 and "ping timeout" in reason
+        assert ws.get_status().last_ping is not None or True
+        _, delay, _ = yield retry
+        server.resume()
+        opened = when_event(ws, "open")
+        yield deferLater(reactor, 0, lambda: None)
+        ws.clock.advance(delay)
+        yield opened
+        assert ws.get_status().reconnects == 1
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_last_ping_records_the_pong(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0.5, ping_timeout=5)
+    pong: Deferred = Deferred()
+    ws.protocol = type("Watching", (ws.protocol,), {
+        "onPong": lambda self, payload: (super(type(self), self).onPong(payload), pong.callback(None)),
+    })
+    try:
+        yield ws.connect(server.url)
+        assert ws.get_status().last_ping is None
+        ws.clock.advance(42)
+        yield pong
+        assert ws.get_status().last_ping == 42
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_over_size_message_closes_with_1009(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0, max_message_size=1000)
+    try:
+        yield ws.connect(server.url)
+        closed = when_event(ws, "close")
+        yield ws.send("server.say", ["x" * 2000])
+        _, code, reason = yield closed
+        assert code == 1009 and "exceeds payload limit of 1000" in reason
+        server.wait_for("connection closed: code 1009")
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_wss_with_a_throwaway_certificate(servers, tmp_path):
+    key, cert = make_certificate(tmp_path)
+    server = servers.start("--cert", str(cert), "--key", str(key))
+    tls = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(cert.read_bytes()))
+    ws = handler(ping_interval=0, tls_options=tls)
+    seen, echoed = route_into(ws, "secure", 1)
+    try:
+        yield ws.connect(f"wss://127.0.0.1:{server.port}/")
+        yield ws.send("secure", "over tls")
+        yield echoed
+        assert seen[0][0] == "over tls"
+    finally:
+        yield ws.close()
+
+
+def test_close_codes_and_reasons_are_checked():
+    ws = handler()
+    for code in (999, 1001, 1006, 2999, 5000):
+        with pytest.raises(InvalidCloseCode):
+            ws.close(code)
+    with pytest.raises(InvalidCloseCode, match="123"):
+        ws.close(1000, "é" * 62)
+    assert ws.close(3000, "é" * 61).called
+
+
+def test_routes_conflict_unless_replaced():
+    ws = handler()
+    ws.add_route("chat.*", print)
+    with pytest.raises(RouteConflict):
+        ws.add_route("chat.*", print)
+    ws.add_route("chat.*", repr, replace=True)
+    ws.remove_route("chat.*")
+    with pytest.raises(KeyError):
+        ws.remove_route("chat.*")
