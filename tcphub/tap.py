@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.python import usage
 
+from tcphub._usage import number as _number
 from tcphub.framing import FRAMINGS
 from tcphub.modes import MODES
 from tcphub.server import (
@@ -20,20 +21,6 @@ from tcphub.server import (
 DEFAULT_PORT = 3000
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT = 300.0
-
-
-def _number(option: str, kind: type[int] | type[float]):
-    """A coercer whose error names the option and what it takes."""
-    what = "a whole number" if kind is int else "a number"
-
-    def coerce(value: str) -> int | float:
-        try:
-            return kind(value)
-        except ValueError:
-            raise ValueError(f"--{option} takes {what}, not {value!r}") from None
-
-    coerce.coerceDoc = f"({what})"
-    return coerce
 
 
 class Options(usage.Options):

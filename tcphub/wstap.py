@@ -1,0 +1,90 @@
+"""
+The C{twistd tcphub-ws} plugin: a monitoring client that connects to a
+WebSocket server, stays connected, and logs every message it receives.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from tcphub._usage import number
+from tcphub.errors import RetryLimitReached
+from tcphub.reconnect import BACKOFFS
+from tcphub.websocket import WebSocketHandler
+
+_log = Logger(namespace="tcphub.ws")
+PREVIEW = 200
+
+
+class Options(usage.Options):
+    synopsis = "--url ws://HOST:PORT/PATH [options]"
+    longdesc = (
+        "Connect to a WebSocket server, reconnect with backoff when the "
+        "connection drops, and log every JSON message received with its path "
+        "and connection id."
+    )
+
+    optParameters = [
+        ["url", "u", None, "the server's ws:// or wss:// URL (required)"],
+        ["max-retries", None, 5, "retries in a row before giving up", number("max-retries", int)],
+        ["backoff", None, "exponential", f"delay between retries: {', '.join(BACKOFFS)}"],
+        ["ping-interval", None, 30.0, "seconds between pings (0 disables them)",
+         number("ping-interval", float)],
+        ["max-message-size", None, 1024 * 1024, "largest message accepted, in bytes",
+         number("max-message-size", int)],
+    ]
+    optFlags = [
+        ["no-reconnect", None, "exit on the first failure instead of retrying"],
+        ["no-compression", None, "do not offer permessage-deflate"],
+    ]
+
+    def postOptions(self) -> None:
+        url = self["url"]
+        if not url:
+            raise usage.UsageError("--url is required, e.g. --url ws://127.0.0.1:8765/")
+        if urlparse(url).scheme not in ("ws", "wss"):
+            raise usage.UsageError(f"--url must be a ws:// or wss:// URL, not {url!r}")
+        if self["backoff"] not in BACKOFFS:
+            raise usage.UsageError(
+                f"--backoff must be one of {', '.join(BACKOFFS)}, not {self['backoff']!r}"
+            )
+        if self["max-retries"] < 0 or self["ping-interval"] < 0 or self["max-message-size"] < 1:
+            raise usage.UsageError(
+                "--max-retries and --ping-interval cannot be negative, --max-message-size must be positive"
+            )
+
+
+def _log_message(envelope, context) -> None:
+    data = repr(envelope.data)
+    if len(data) > PREVIEW:
+        data = data[:PREVIEW] + "..."
+    _log.info(
+        "message on {path} from connection {connection_id}: {data}",
+        path=envelope.path, connection_id=context.connection_id, data=data,
+    )
+
+
+def makeService(config: Options, reactor=None) -> WebSocketHandler:
+    if reactor is None:
+        from twisted.internet import reactor
+    handler = WebSocketHandler(
+        url=config["url"],
+        reconnect=not config["no-reconnect"],
+        max_retries=config["max-retries"],
+        backoff=config["backoff"],
+        ping_interval=config["ping-interval"],
+        max_message_size=config["max-message-size"],
+        compression=not config["no-compression"],
+        reactor=reactor,
+    )
+    handler.on("message", _log_message)
+
+    def give_up(error, context) -> None:
+        if isinstance(error, RetryLimitReached):
+            reactor.stop()
+
+    handler.on("error", give_up)
+    return handler

@@ -1,0 +1,75 @@
+"""The tcphub-ws plugin and the ws-client example, run by twistd against the websockets server."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.python import usage
+
+from tcphub.wstap import Options, makeService
+from tests.processes import REPO, Twistd, WebSocketServer
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+def test_options_reach_the_handler():
+    handler = makeService(parse(
+        "--url", "wss://example.test/feed", "--no-reconnect", "--max-retries", "9",
+        "--backoff", "linear", "--ping-interval", "5", "--no-compression",
+        "--max-message-size", "4096",
+    ))
+    assert handler.url == "wss://example.test/feed"
+    assert (handler.reconnect, handler.max_retries, handler.backoff) == (False, 0, "linear")
+    assert (handler.ping_interval, handler.compression, handler.max_message_size) == (5, False, 4096)
+
+
+def test_defaults():
+    handler = makeService(parse("--url", "ws://127.0.0.1:1/"))
+    assert (handler.reconnect, handler.max_retries, handler.backoff) == (True, 5, "exponential")
+    assert (handler.ping_interval, handler.compression) == (30, True)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "--url is required"),
+        (["--url", "http://example.test/"], "ws:// or wss://"),
+        (["--url", "ws://h/", "--backoff", "fibonacci"], "--backoff must be one of linear, exponential"),
+        (["--url", "ws://h/", "--max-retries", "-1"], "cannot be negative"),
+        (["--url", "ws://h/", "--ping-interval", "often"], "--ping-interval takes a number"),
+    ],
+)
+def test_bad_options(args, message):
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*args)
+
+
+def test_twistd_tcphub_ws_logs_every_message_with_path_and_connection_id():
+    with WebSocketServer("--greet") as server, Twistd("tcphub-ws", "--url", server.url) as twistd:
+        connected = twistd.wait_for(r"connected to ws://127\.0\.0\.1:\d+/ \(connection (\w+)\)")
+        logged = twistd.wait_for(r"message on server\.hello from connection (\w+): \{'greeting': 'hello'\}")
+        assert logged[1] == connected[1]
+        twistd.shutdown()
+        server.wait_for("connection closed: code 1000")
+
+
+def test_twistd_tcphub_ws_exits_when_it_gives_up():
+    with WebSocketServer("--reject") as server, \
+            Twistd("tcphub-ws", "--url", server.url, "--no-reconnect") as twistd:
+        code = twistd.process.wait(timeout=60)
+        twistd.drain()
+        assert code == 0, twistd.output
+        assert "gave up after 0 retries" in twistd.output and "503" in twistd.output
+
+
+def test_ws_client_example(monkeypatch):
+    with WebSocketServer("--greet") as server:
+        monkeypatch.setenv("TCPHUB_WS_URL", server.url)
+        with Twistd("-y", str(REPO / "examples" / "ws-client.tac")) as twistd:
+            twistd.wait_for(r"greeted on connection \w+: \{'greeting': 'hello'\}")
+            # The server echoes the client's answer, which no route handles.
+            twistd.wait_for(r"nobody handles client\.hello")
+            twistd.shutdown()
