@@ -1,0 +1,61 @@
+"""Backoff policies: linear and exponential growth, the cap, the jitter."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import Clock
+
+from tcphub import ReconnectingClientService, exponential_backoff, linear_backoff
+
+
+def test_linear_grows_by_the_initial_delay_up_to_the_cap():
+    policy = linear_backoff(initial_delay=1.5, max_delay=5.0, jitter=0.0)
+    assert [policy(n) for n in range(1, 6)] == [1.5, 3.0, 4.5, 5.0, 5.0]
+
+
+def test_exponential_doubles_up_to_the_cap_without_overflow():
+    policy = exponential_backoff(initial_delay=0.5, max_delay=10.0, jitter=0.0)
+    assert [policy(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
+    assert policy(10**9) == 10.0
+    assert exponential_backoff(factor=3.0, jitter=0.0, max_delay=100)(3) == 9.0
+
+
+@pytest.mark.parametrize("make", [linear_backoff, exponential_backoff])
+def test_jitter_only_shortens_the_delay_so_the_cap_holds(make):
+    highest = make(initial_delay=4.0, max_delay=4.0, jitter=0.25, random=lambda: 0.0)
+    lowest = make(initial_delay=4.0, max_delay=4.0, jitter=0.25, random=lambda: 0.999999)
+    assert highest(1) == 4.0
+    assert 3.0 < lowest(1) < 3.0001
+
+
+def test_an_unknown_backoff_or_a_negative_limit_is_refused():
+    endpoint = TCP4ClientEndpoint(Clock(), "127.0.0.1", 1)
+    with pytest.raises(ValueError, match="linear, exponential"):
+        ReconnectingClientService(endpoint, Factory(), backoff="fibonacci", clock=Clock())
+    with pytest.raises(ValueError, match="negative"):
+        ReconnectingClientService(endpoint, Factory(), max_retries=-1, clock=Clock())
+
+
+def test_retries_follow_the_policy_and_stop_at_the_limit():
+    """An endpoint that fails at once (a Clock cannot connect): every retry lands on the Clock."""
+    clock = Clock()
+    service = ReconnectingClientService(
+        TCP4ClientEndpoint(clock, "127.0.0.1", 1), Factory(),
+        backoff=lambda attempt: 7.0 * attempt, max_retries=2, clock=clock,
+    )
+    scheduled = []
+    service.on_retry = lambda attempt, delay: scheduled.append((attempt, delay))
+    given_up = service.when_given_up()
+    service.startService()
+    clock.advance(7.0)
+    assert scheduled == [(1, 7.0), (2, 14.0)]
+    assert not given_up.called
+    clock.advance(14.0)
+    failure = given_up.result
+    assert "gave up after 2 retries" in failure.getErrorMessage()
+    given_up.addErrback(lambda _: None)
+    clock.advance(0)
+    assert not service.running
+    assert clock.getDelayedCalls() == []
