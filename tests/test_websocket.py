@@ -19,6 +19,7 @@ from twisted.internet.task import Clock, deferLater
 from tcphub import (
     HandlerClosed,
     HandlerError,
+    HandlerProtocol,
     InvalidCloseCode,
     InvalidMessage,
     NotConnected,
@@ -323,11 +324,15 @@ def test_a_server_that_stops_answering_pings_is_dropped_and_reconnected(servers)
 @pytest_twisted.inlineCallbacks
 def test_last_ping_records_the_pong(servers):
     server = servers.start()
-    ws = handler(ping_interval=0.5, ping_timeout=5)
     pong: Deferred = Deferred()
-    ws.protocol = type("Watching", (ws.protocol,), {
-        "onPong": lambda self, payload: (super(type(self), self).onPong(payload), pong.callback(None)),
-    })
+
+    class Watching(HandlerProtocol):
+        def onPong(self, payload: bytes) -> None:
+            super().onPong(payload)
+            if not pong.called:
+                pong.callback(None)
+
+    ws = handler(ping_interval=0.5, ping_timeout=5, protocol=Watching)
     try:
         yield ws.connect(server.url)
         assert ws.get_status().last_ping is None
