@@ -543,6 +543,7 @@ class TcpServer(Service):
             clock=clock if clock is not None else reactor,
         )
         self.drain_timeout = drain_timeout
+        self._reactor = reactor
         self.endpoints = self._endpoints(reactor, endpoint, port, host, backlog)
         self.listening_ports: list[IListeningPort] = []
         self._listening: OneShotObserver | None = None
@@ -604,12 +605,10 @@ class TcpServer(Service):
 
         def listened(ports: list[IListeningPort]) -> None:
             self.listening_ports = ports
-            for port in ports:
-                self._log.info(
-                    "tcphub listening on {address} (framing={framing})",
-                    address=_format_address(port.getHost()),
-                    framing=self.factory.framing.name,
-                )
+            # Under twistd the ports are bound before the reactor runs and
+            # installs its signal handlers: say "listening" once it does, so
+            # that the line means ready to serve, and to be stopped.
+            self._reactor.callWhenRunning(self._announce, ports)
             listening.fire(None)
 
         def failed(failure: Failure) -> None:
@@ -623,6 +622,14 @@ class TcpServer(Service):
             listening.fire(failure)
 
         gatherResults(attempts, consumeErrors=True).addCallbacks(listened, failed)
+
+    def _announce(self, ports: list[IListeningPort]) -> None:
+        for port in ports:
+            self._log.info(
+                "tcphub listening on {address} (framing={framing})",
+                address=_format_address(port.getHost()),
+                framing=self.factory.framing.name,
+            )
 
     @property
     def address(self) -> IAddress:
