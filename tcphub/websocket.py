@@ -83,6 +83,7 @@ class Status:
     reconnects: int
     """Connections opened after the first one."""
     queued: int
+    queued_bytes: int
     pending_requests: int
     invalid_messages: int
     unrouted_messages: int
@@ -171,6 +172,7 @@ class WebSocketHandler(Service):
         open_timeout: float = 10.0,
         max_message_size: int = 1024 * 1024,
         max_queue: int = 1000,
+        max_queue_bytes: int = 16 * 1024 * 1024,
         request_timeout: float = 30.0,
         compression: bool = True,
         tls_options=None,
@@ -180,8 +182,10 @@ class WebSocketHandler(Service):
     ) -> None:
         if backoff not in BACKOFFS:
             raise ValueError(f"backoff must be one of {', '.join(BACKOFFS)}, not {backoff!r}")
-        if max_queue < 0 or max_message_size < 1:
-            raise ValueError("max_queue cannot be negative and max_message_size must be positive")
+        if max_queue < 0 or max_queue_bytes < 0 or max_message_size < 1:
+            raise ValueError(
+                "max_queue and max_queue_bytes cannot be negative; max_message_size must be positive"
+            )
         if reactor is None:
             from twisted.internet import reactor
         self.url = url
@@ -194,6 +198,7 @@ class WebSocketHandler(Service):
         self.open_timeout = open_timeout
         self.max_message_size = max_message_size
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
         self.request_timeout = request_timeout
         self.compression = compression
         self.tls_options = tls_options
@@ -210,6 +215,7 @@ class WebSocketHandler(Service):
         self._first_open: OneShotObserver | None = None
         self._closing: OneShotObserver | None = None
         self._queue: deque[tuple[bytes, bool, Deferred[None]]] = deque()
+        self._queued_bytes = 0
         self._requests: dict[str, tuple[Deferred[Any], IDelayedCall]] = {}
         self._request_prefix = uuid.uuid4().hex[:12] + "-"
         self._request_counter = 0
@@ -275,7 +281,8 @@ class WebSocketHandler(Service):
         """
         Send C{{"path": path, "data": data}} (C{bytes} data goes as a binary
         message).  Fires when written to the connection; while disconnected
-        and reconnecting, queues (L{QueueFull} past C{max_queue}); otherwise
+        and reconnecting, queues (L{QueueFull} past C{max_queue} messages or
+        C{max_queue_bytes}); otherwise
         errbacks with L{NotConnected} or L{HandlerClosed}.
         """
         return self._send(Envelope(path=path, data=data))
@@ -336,6 +343,7 @@ class WebSocketHandler(Service):
             connected=self.context.connected,
             last_ping=self._last_ping,
             queued=len(self._queue),
+            queued_bytes=self._queued_bytes,
             pending_requests=len(self._requests),
             compression=extensions[0].EXTENSION_NAME if extensions else None,
             **self._counts,
@@ -401,6 +409,7 @@ class WebSocketHandler(Service):
             url=self.url, connection_id=context.connection_id,
         )
         queue, self._queue = self._queue, deque()
+        self._queued_bytes = 0
         for payload, is_binary, sent in queue:
             self._write(protocol, payload, is_binary)
             sent.callback(None)
@@ -503,8 +512,14 @@ class WebSocketHandler(Service):
             return fail(NotConnected(f"not connected; cannot send to {envelope.path!r}"))
         if len(self._queue) >= self.max_queue:
             return fail(QueueFull(f"{self.max_queue} messages already wait for the connection"))
+        if self._queued_bytes + len(payload) > self.max_queue_bytes:
+            return fail(QueueFull(
+                f"{self._queued_bytes} bytes already wait for the connection; "
+                f"{len(payload)} more would pass max_queue_bytes={self.max_queue_bytes}"
+            ))
         sent: Deferred[None] = Deferred()
         self._queue.append((payload, is_binary, sent))
+        self._queued_bytes += len(payload)
         return sent
 
     def _write(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> None:
@@ -530,6 +545,7 @@ class WebSocketHandler(Service):
 
     def _fail_queue(self, error: WebSocketError) -> None:
         queue, self._queue = self._queue, deque()
+        self._queued_bytes = 0
         for _, _, sent in queue:
             sent.errback(error)
 

@@ -257,11 +257,14 @@ def test_a_server_refusing_the_handshake_uses_up_retries(servers):
 
 @pytest_twisted.inlineCallbacks
 def test_queue_is_bounded_and_close_during_the_wait_fails_what_waits():
-    ws = handler(max_queue=2, initial_delay=5.0)
+    ws = handler(max_queue=2, max_queue_bytes=100, initial_delay=5.0)
     connected = ws.connect(f"ws://127.0.0.1:{refused_port()}/")
     yield when_event(ws, "retry")
+    with pytest.raises(QueueFull, match="max_queue_bytes=100"):
+        yield ws.send("big", "x" * 100)
     queued = [ws.send("a", 1), ws.send("b", 2)]
-    with pytest.raises(QueueFull):
+    assert (ws.get_status().queued, ws.get_status().queued_bytes) == (2, 2 * len(b'{"path":"a","data":1}'))
+    with pytest.raises(QueueFull, match="2 messages"):
         yield ws.send("c", 3)
     request = ws.request("rpc", None, timeout=60)
     yield deferLater(reactor, 0, lambda: None)
