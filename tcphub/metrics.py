@@ -25,6 +25,8 @@ class ClientInfo:
     messages_sent: int
     pending_bytes: int
     """Encoded bytes queued by the hub while the client's transport is paused."""
+    held_bytes: int
+    """Received messages held while reading from the client is paused."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ C{protocol=}.  The hooks a subclass overrides:
     C{self.client_id} is set once super's C{connectionMade} has run.
   - C{timeoutConnection()}: the client was idle for C{timeout} seconds.
 
+C{pauseReading()}/C{resumeReading()} (one client) and the factory's
+C{pause_reading()}/C{resume_reading()} (all clients, and those who connect
+meanwhile) stop taking input, so that a slow destination pushes back on the
+senders through TCP instead of filling memory.
+
 Inside a hook, C{self.sendMessage(payload)} answers this client and
 C{self.factory.broadcast(payload, exclude=(self.client_id,))} talks to the rest.
 """
@@ -99,6 +104,7 @@ class HubProtocol(Protocol, TimeoutMixin):
     _admitted = False
     _closing = False
     _close_when_flushed = False
+    _reading_paused = False
     _lost: OneShotObserver | None = None
 
     def connectionMade(self) -> None:
@@ -113,6 +119,8 @@ class HubProtocol(Protocol, TimeoutMixin):
         self._pending: deque[tuple[bytes, Deferred[None] | None]] = deque()
         self._pending_bytes = 0
         self._paused = False
+        self._held: deque[bytes] = deque()
+        self._held_bytes = 0
         self._departure: ClientDisconnected | None = None
         if not hub._admit(self):
             self._closing = True
@@ -127,6 +135,8 @@ class HubProtocol(Protocol, TimeoutMixin):
         self.callLater = hub.clock.callLater
         self.setTimeout(hub.timeout)
         hub._connected(self)
+        if hub.reading_paused:
+            self.pauseReading()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
@@ -156,6 +166,14 @@ class HubProtocol(Protocol, TimeoutMixin):
         """The decoder's callback: count, emit C{data}, call L{messageReceived}."""
         if self._closing or self.transport.disconnecting:
             return
+        if self._reading_paused:
+            # The rest of a read that came in before the pause: hold it.
+            self._held.append(payload)
+            self._held_bytes += len(payload)
+            return
+        self._dispatch(payload)
+
+    def _dispatch(self, payload: bytes) -> None:
         hub = self.factory
         self.messages_received += 1
         hub.counters.messages_received += 1
@@ -182,6 +200,30 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def messageReceived(self, payload: bytes) -> None:
         """Override: called for each complete message, framing removed."""
+
+    def pauseReading(self) -> None:
+        """Stop taking messages from this client: what it sends stays in the
+        socket (TCP pushes back on it), and the messages left in the current
+        read are held until L{resumeReading}.  The idle timeout is suspended."""
+        if self._reading_paused or not self._admitted:
+            return
+        self._reading_paused = True
+        self.setTimeout(None)
+        self.transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        """Deliver the held messages, in order, and read again."""
+        if not self._reading_paused:
+            return
+        self._reading_paused = False
+        held = self._held
+        while held and not self._reading_paused and not self._closing:
+            payload = held.popleft()
+            self._held_bytes -= len(payload)
+            self._dispatch(payload)
+        if not self._reading_paused and not self._closing:
+            self.setTimeout(self.factory.timeout)
+            self.transport.resumeProducing()
 
     def timeoutConnection(self) -> None:
         """The client sent nothing for C{timeout} seconds: count it and drop it."""
@@ -303,6 +345,7 @@ class HubProtocol(Protocol, TimeoutMixin):
             messages_received=self.messages_received,
             messages_sent=self.messages_sent,
             pending_bytes=self._pending_bytes,
+            held_bytes=self._held_bytes,
         )
 
 
@@ -353,6 +396,7 @@ class HubFactory(Factory):
         self.counters = HubCounters()
         self.events = Events(("connection", "data", "disconnect", "error"), self._event_failed)
         self.started_at: float | None = None
+        self.reading_paused = False
         self._clients: dict[str, HubProtocol] = {}
         self._live: set[HubProtocol] = set()
         self._all_gone: OneShotObserver | None = None
@@ -412,6 +456,18 @@ class HubFactory(Factory):
             return fail(UnknownClient(client_id))
         client.loseConnection()
         return client.whenLost()
+
+    def pause_reading(self) -> None:
+        """Stop taking messages from every client, and from those who connect
+        until L{resume_reading} (see L{HubProtocol.pauseReading})."""
+        self.reading_paused = True
+        for client in list(self._clients.values()):
+            client.pauseReading()
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        for client in list(self._clients.values()):
+            client.resumeReading()
 
     def clients(self) -> list[ClientInfo]:
         """Snapshots of every connected client."""

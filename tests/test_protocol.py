@@ -403,3 +403,31 @@ def test_two_clients_chat_in_memory_through_iosim():
         pump.flush()
     assert received == [b"over the wire"]
     assert hub.get_metrics().messages_sent == 1
+
+
+def test_paused_reading_holds_the_rest_of_the_read_and_stops_the_socket(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, timeout=30)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"one\n")
+    hub.factory.pause_reading()
+    assert transport.producerState == "paused"
+    protocol.dataReceived(b"two\nthree\nfou")
+    assert transport.value() == b"one\n"
+    assert hub.factory.client(protocol.client_id).held_bytes == len(b"twothree")
+    hub.clock.advance(60)
+    assert not transport.disconnecting, "no idle timeout while the hub holds the client back"
+
+    latecomer, latecomer_t = hub.connect()
+    assert latecomer_t.producerState == "paused"
+
+    hub.factory.resume_reading()
+    assert transport.value() == b"one\ntwo\nthree\n"
+    assert transport.producerState == "producing"
+    assert latecomer_t.producerState == "producing"
+    protocol.dataReceived(b"r\n")
+    assert transport.value().endswith(b"four\n")
+    assert hub.factory.client(protocol.client_id).held_bytes == 0
+    hub.clock.advance(30)
+    assert transport.disconnected, "the idle timeout is back once reading resumes"
+    hub.lose(protocol)
+    hub.lose(latecomer)
