@@ -25,4 +25,6 @@ class BroadcastProtocol(HubProtocol):
 MODES: dict[str, type[HubProtocol]] = {
     "echo": EchoProtocol,
     "broadcast": BroadcastProtocol,
+    # Messages go only to the event subscribers, e.g. the bridge's upstream.
+    "none": HubProtocol,
 }

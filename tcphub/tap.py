@@ -6,9 +6,16 @@ from __future__ import annotations
 
 from twisted.python import usage
 
+from urllib.parse import urlparse
+
+from twisted.application.service import IService
+
 from tcphub._usage import number as _number
+from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.framing import FRAMINGS
 from tcphub.modes import MODES
+from tcphub.reconnect import BACKOFFS
+from tcphub.websocket import WebSocketHandler
 from tcphub.server import (
     DEFAULT_BACKLOG,
     DEFAULT_DRAIN_TIMEOUT,
@@ -28,7 +35,9 @@ class Options(usage.Options):
     longdesc = (
         "Run a TCP hub: clients connect, their streams are cut into messages by "
         "--framing, and each message is echoed or broadcast to the other clients "
-        "(--mode). The defaults make 'nc 127.0.0.1 3000' a chat room."
+        "(--mode). The defaults make 'nc 127.0.0.1 3000' a chat room. With "
+        "--upstream, the hub is a gateway: every message goes up a WebSocket, and "
+        "what comes down goes to the clients."
     )
 
     optParameters = [
@@ -40,7 +49,9 @@ class Options(usage.Options):
         ["timeout", "t", DEFAULT_TIMEOUT, "idle timeout in seconds (0 disables it)",
          _number("timeout", float)],
         ["framing", "f", "line", f"message framing: {', '.join(FRAMINGS)}"],
-        ["mode", "m", "broadcast", f"what the hub does with a message: {', '.join(MODES)}"],
+        ["mode", "m", None,
+         f"what the hub does with a message: {', '.join(MODES)} "
+         "[default: broadcast, or none with --upstream]"],
         ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes",
          _number("max-frame", int)],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once",
@@ -50,10 +61,20 @@ class Options(usage.Options):
          _number("max-pending", int)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "seconds to let queued output drain on shutdown", _number("drain-timeout", float)],
+        ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL"],
+        ["upstream-path", None, DEFAULT_UPSTREAM_PATH, "path of the messages sent upstream"],
+        ["upstream-route", None, DEFAULT_UPSTREAM_ROUTE,
+         "route (wildcards allowed) of the upstream messages for the clients"],
+        ["upstream-max-retries", None, 5, "upstream retries in a row before giving up",
+         _number("upstream-max-retries", int)],
+        ["upstream-backoff", None, "exponential", f"upstream retry delays: {', '.join(BACKOFFS)}"],
+        ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
+         _number("upstream-ping-interval", float)],
     ]
     optFlags = [
         ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],
         ["no-keepalive", None, "disable TCP keep-alive on client connections"],
+        ["upstream-no-reconnect", None, "give up on the first upstream failure"],
     ]
 
     def __init__(self) -> None:
@@ -67,6 +88,14 @@ class Options(usage.Options):
         self["listen"].append(description)
 
     def postOptions(self) -> None:
+        if self["mode"] is None:
+            self["mode"] = "none" if self["upstream"] else "broadcast"
+        if self["upstream"] is not None and urlparse(self["upstream"]).scheme not in ("ws", "wss"):
+            raise usage.UsageError(f"--upstream must be a ws:// or wss:// URL, not {self['upstream']!r}")
+        if self["upstream-backoff"] not in BACKOFFS:
+            raise usage.UsageError(
+                f"--upstream-backoff must be one of {', '.join(BACKOFFS)}, not {self['upstream-backoff']!r}"
+            )
         if self["framing"] not in FRAMINGS:
             raise usage.UsageError(
                 f"--framing must be one of {', '.join(FRAMINGS)}, not {self['framing']!r}"
@@ -94,8 +123,8 @@ class Options(usage.Options):
             self["backlog"] = DEFAULT_BACKLOG
 
 
-def makeService(config: Options, reactor=None) -> TcpServer:
-    return TcpServer(
+def makeService(config: Options, reactor=None) -> IService:
+    hub = TcpServer(
         port=config["port"],
         host=config["host"],
         backlog=config["backlog"],
@@ -110,3 +139,14 @@ def makeService(config: Options, reactor=None) -> TcpServer:
         endpoint=config["listen"] or None,
         reactor=reactor,
     )
+    if config["upstream"] is None:
+        return hub
+    upstream = WebSocketHandler(
+        url=config["upstream"],
+        reconnect=not config["upstream-no-reconnect"],
+        max_retries=config["upstream-max-retries"],
+        backoff=config["upstream-backoff"],
+        ping_interval=config["upstream-ping-interval"],
+        reactor=reactor,
+    )
+    return Bridge(hub, upstream, config["upstream-path"], config["upstream-route"])

@@ -28,11 +28,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tcphub._observer import OneShotObserver
 from tcphub.envelope import Envelope, decode, encode
@@ -136,6 +137,24 @@ class HandlerProtocol(WebSocketClientProtocol):
                     pass  # already run; txaio's batched calls say so with AttributeError
 
 
+@implementer(IPushProducer)
+class _TransportFlow:
+    """Registered on a connection's transport, which tells it when its write
+    buffer is full (pause) and drained (resume)."""
+
+    def __init__(self, handler: WebSocketHandler) -> None:
+        self._handler = handler
+
+    def pauseProducing(self) -> None:
+        self._handler._transport_full(True)
+
+    def resumeProducing(self) -> None:
+        self._handler._transport_full(False)
+
+    def stopProducing(self) -> None:
+        self._handler._transport_full(True)
+
+
 def _accept_deflate(response: PerMessageDeflateResponse) -> PerMessageDeflateResponseAccept | None:
     if isinstance(response, PerMessageDeflateResponse):
         return PerMessageDeflateResponseAccept(response)
@@ -226,6 +245,9 @@ class WebSocketHandler(Service):
         )
         self._last_ping: float | None = None
         self._opened_once = False
+        self._write_buffer_full = False
+        self._producer: IPushProducer | None = None
+        self._producer_paused = False
 
     # -- the public API -------------------------------------------------
 
@@ -352,6 +374,30 @@ class WebSocketHandler(Service):
     def on(self, event: str, callback: Callable[..., Any]) -> Subscription:
         return self.events.on(event, callback)
 
+    @property
+    def writable(self) -> bool:
+        """Whether a send goes straight out: a connection is open and its
+        write buffer is not full."""
+        return self._protocol is not None and not self._write_buffer_full
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
+        """
+        Flow control for whoever feeds the handler: C{producer.pauseProducing()}
+        is called while the handler is not L{writable} (disconnected, or the
+        connection's buffer is full), C{resumeProducing()} once it is again;
+        so the producer need not fill the offline queue.
+        """
+        if not streaming:
+            raise ValueError("only streaming (push) producers can be registered")
+        if self._producer is not None:
+            raise RuntimeError("a producer is registered already")
+        self._producer = producer
+        self._producer_paused = False
+        self._update_flow()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
     # -- IService ---------------------------------------------------------
 
     def startService(self) -> None:
@@ -397,6 +443,8 @@ class WebSocketHandler(Service):
             protocol.sendClose(1000, "the handler was closed")
             return
         self._protocol = protocol
+        self._write_buffer_full = False
+        protocol.registerProducer(_TransportFlow(self), True)
         self._service.connection_opened()
         context = self.context
         context.connection_id = uuid.uuid4().hex
@@ -414,6 +462,7 @@ class WebSocketHandler(Service):
             self._write(protocol, payload, is_binary)
             sent.callback(None)
         self.events.emit("open", context)
+        self._update_flow()
         if self._first_open is not None:
             self._first_open.fire(None)
 
@@ -444,7 +493,24 @@ class WebSocketHandler(Service):
             self._log.info("connection {connection_id} closed: {code} {reason}",
                            connection_id=self.context.connection_id, code=code, reason=reason or "")
         self._fail_requests(ConnectionClosed(f"the connection closed ({code} {reason or ''})".strip()))
+        self._update_flow()
         self.events.emit("close", self.context, code, reason)
+
+    def _transport_full(self, full: bool) -> None:
+        self._write_buffer_full = full
+        self._update_flow()
+
+    def _update_flow(self) -> None:
+        producer = self._producer
+        if producer is None:
+            return
+        writable = self.writable
+        if writable and self._producer_paused:
+            self._producer_paused = False
+            producer.resumeProducing()
+        elif not writable and not self._producer_paused:
+            self._producer_paused = True
+            producer.pauseProducing()
 
     def _retry_scheduled(self, attempt: int, delay: float) -> None:
         self._counts["retries"] += 1
