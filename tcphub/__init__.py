@@ -1,5 +1,6 @@
 """tcphub: a TCP hub server and a WebSocket client handler for Twisted."""
 
+from tcphub.bridge import Bridge
 from tcphub.errors import (
     ClientDisconnected,
     ConnectionClosed,
@@ -32,6 +33,7 @@ from tcphub.server import HubFactory, HubProtocol, TcpServer
 from tcphub.websocket import ConnectionContext, HandlerProtocol, Status, WebSocketHandler
 
 __all__ = [
+    "Bridge",
     "BroadcastProtocol",
     "ClientDisconnected",
     "ClientInfo",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+from tcphub.errors import RetryLimitReached
+from tcphub.websocket import WebSocketHandler
+
 
 def number(option: str, kind: type[int] | type[float]) -> Callable[[str], int | float]:
     """A C{usage.Options} coercer whose error names the option and what it takes."""
@@ -17,3 +20,14 @@ def number(option: str, kind: type[int] | type[float]) -> Callable[[str], int | 
 
     coerce.coerceDoc = f"({what})"
     return coerce
+
+
+def stop_when_given_up(handler: WebSocketHandler, reactor) -> None:
+    """A daemon whose upstream gave up has nothing left to do: stop twistd
+    (the handler has logged why)."""
+
+    def stop(error, context) -> None:
+        if isinstance(error, RetryLimitReached):
+            reactor.stop()
+
+    handler.on("error", stop)

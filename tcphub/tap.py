@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from twisted.application.service import IService
 
 from tcphub._usage import number as _number
+from tcphub._usage import stop_when_given_up
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.framing import FRAMINGS
 from tcphub.modes import MODES
@@ -65,7 +66,8 @@ class Options(usage.Options):
         ["upstream-path", None, DEFAULT_UPSTREAM_PATH, "path of the messages sent upstream"],
         ["upstream-route", None, DEFAULT_UPSTREAM_ROUTE,
          "route (wildcards allowed) of the upstream messages for the clients"],
-        ["upstream-max-retries", None, 5, "upstream retries in a row before giving up",
+        ["upstream-max-retries", None, None,
+         "upstream retries in a row before giving up and exiting [default: never give up]",
          _number("upstream-max-retries", int)],
         ["upstream-backoff", None, "exponential", f"upstream retry delays: {', '.join(BACKOFFS)}"],
         ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
@@ -124,6 +126,8 @@ class Options(usage.Options):
 
 
 def makeService(config: Options, reactor=None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
     hub = TcpServer(
         port=config["port"],
         host=config["host"],
@@ -149,4 +153,5 @@ def makeService(config: Options, reactor=None) -> IService:
         ping_interval=config["upstream-ping-interval"],
         reactor=reactor,
     )
+    stop_when_given_up(upstream, reactor)
     return Bridge(hub, upstream, config["upstream-path"], config["upstream-route"])

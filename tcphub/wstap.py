@@ -10,8 +10,7 @@ from urllib.parse import urlparse
 from twisted.logger import Logger
 from twisted.python import usage
 
-from tcphub._usage import number
-from tcphub.errors import RetryLimitReached
+from tcphub._usage import number, stop_when_given_up
 from tcphub.reconnect import BACKOFFS
 from tcphub.websocket import WebSocketHandler
 
@@ -81,10 +80,5 @@ def makeService(config: Options, reactor=None) -> WebSocketHandler:
         reactor=reactor,
     )
     handler.on("message", _log_message)
-
-    def give_up(error, context) -> None:
-        if isinstance(error, RetryLimitReached):
-            reactor.stop()
-
-    handler.on("error", give_up)
+    stop_when_given_up(handler, reactor)
     return handler

@@ -54,10 +54,14 @@ class OutputProcess:
             self._queue.put(raw.decode("utf-8", "replace").rstrip("\n"))
         self._queue.put(None)
 
-    def wait_for(self, pattern: str | re.Pattern, timeout: float = STARTUP_TIMEOUT) -> re.Match:
-        """Return the match of the first output line (already read or new) matching C{pattern}."""
+    def wait_for(
+        self, pattern: str | re.Pattern, timeout: float = STARTUP_TIMEOUT, since: int = 0
+    ) -> re.Match:
+        """Return the match of the first output line from line C{since} on
+        (already read or new) matching C{pattern}; C{len(self.lines)} as
+        C{since} waits for a line not read yet."""
         regex = re.compile(pattern)
-        for line in self.lines:
+        for line in self.lines[since:]:
             if match := regex.search(line):
                 return match
         while True:
