@@ -7,10 +7,20 @@ listening ports or connections behind on the global reactor.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_twisted
+from hypothesis import settings
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+
+
+# The default run must be deterministic: hypothesis derives its examples from
+# each test's source. HYPOTHESIS_PROFILE=explore searches at random, and more.
+settings.register_profile("deterministic", derandomize=True, deadline=None, database=None)
+settings.register_profile("explore", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 def _open_selectables() -> set:
