@@ -8,10 +8,10 @@ from twisted.python import usage
 
 from urllib.parse import urlparse
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 
-from tcphub._usage import number as _number
-from tcphub._usage import stop_when_given_up
+from tcphub._plugin import number as _number
+from tcphub._plugin import SecondInterruptExits, stop_when_given_up
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.framing import FRAMINGS
 from tcphub.modes import MODES
@@ -126,8 +126,16 @@ class Options(usage.Options):
 
 
 def makeService(config: Options, reactor=None) -> IService:
+    """The hub (or, with --upstream, the gateway) as the service named "tcphub"."""
     if reactor is None:
         from twisted.internet import reactor
+    process = MultiService()
+    _hub_service(config, reactor).setServiceParent(process)
+    SecondInterruptExits(reactor).setServiceParent(process)
+    return process
+
+
+def _hub_service(config: Options, reactor) -> IService:
     hub = TcpServer(
         port=config["port"],
         host=config["host"],
@@ -144,6 +152,7 @@ def makeService(config: Options, reactor=None) -> IService:
         reactor=reactor,
     )
     if config["upstream"] is None:
+        hub.setName("tcphub")
         return hub
     upstream = WebSocketHandler(
         url=config["upstream"],
@@ -154,4 +163,6 @@ def makeService(config: Options, reactor=None) -> IService:
         reactor=reactor,
     )
     stop_when_given_up(upstream, reactor)
-    return Bridge(hub, upstream, config["upstream-path"], config["upstream-route"])
+    gateway = Bridge(hub, upstream, config["upstream-path"], config["upstream-route"])
+    gateway.setName("tcphub")
+    return gateway

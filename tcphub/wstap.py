@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from twisted.logger import Logger
 from twisted.python import usage
 
-from tcphub._usage import number, stop_when_given_up
+from tcphub._plugin import number, stop_when_given_up
 from tcphub.reconnect import BACKOFFS
 from tcphub.websocket import WebSocketHandler
 

@@ -6,6 +6,7 @@ exactly as the README runs it, with plain sockets as clients.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
@@ -29,8 +30,12 @@ def parse(*args: str) -> Options:
     return options
 
 
+def hub_service(*args: str):
+    return makeService(parse(*args)).getServiceNamed("tcphub")
+
+
 def test_defaults_make_a_line_chat_on_localhost_3000():
-    server = makeService(parse())
+    server = hub_service()
     (endpoint,) = server.endpoints
     assert (endpoint._port, endpoint._interface, endpoint._backlog) == (3000, "127.0.0.1", 511)
     assert server.factory.protocol is BroadcastProtocol
@@ -40,13 +45,11 @@ def test_defaults_make_a_line_chat_on_localhost_3000():
 
 
 def test_every_option_reaches_the_server():
-    server = makeService(
-        parse(
-            "--port", "4000", "--host", "::1", "--backlog", "9", "--timeout", "0",
-            "--framing", "int32", "--mode", "echo", "--max-frame", "100",
-            "--max-connections", "5", "--max-pending", "1000", "--no-keepalive",
-            "--drain-timeout", "2",
-        )
+    server = hub_service(
+        "--port", "4000", "--host", "::1", "--backlog", "9", "--timeout", "0",
+        "--framing", "int32", "--mode", "echo", "--max-frame", "100",
+        "--max-connections", "5", "--max-pending", "1000", "--no-keepalive",
+        "--drain-timeout", "2",
     )
     (endpoint,) = server.endpoints
     assert (endpoint._port, endpoint._interface, endpoint._backlog) == (4000, "::1", 9)
@@ -58,7 +61,7 @@ def test_every_option_reaches_the_server():
 
 
 def test_listen_is_repeatable():
-    server = makeService(parse("--listen", "tcp:0", "--listen", "unix:/tmp/hub.sock"))
+    server = hub_service("--listen", "tcp:0", "--listen", "unix:/tmp/hub.sock")
     assert len(server.endpoints) == 2
 
 
@@ -257,12 +260,43 @@ def test_a_fresh_install_shows_the_plugin_in_twistd_help(tmp_path):
 
 
 def test_upstream_makes_a_gateway_that_retries_for_ever_by_default():
-    gateway = makeService(parse("--upstream", "ws://127.0.0.1:1/", "--upstream-route", "hub.#"))
+    gateway = hub_service("--upstream", "ws://127.0.0.1:1/", "--upstream-route", "hub.#")
     assert gateway.hub.factory.protocol.__name__ == "HubProtocol", "mode none: nothing local"
     assert (gateway.upstream.url, gateway.upstream.max_retries) == ("ws://127.0.0.1:1/", None)
     assert gateway.upstream.router.match("hub.anything") is not None
-    limited = makeService(parse("--upstream", "wss://h/", "--upstream-max-retries", "3", "--mode", "echo"))
+    limited = hub_service("--upstream", "wss://h/", "--upstream-max-retries", "3", "--mode", "echo")
     assert limited.upstream.max_retries == 3
     assert limited.hub.factory.protocol is EchoProtocol
     with pytest.raises(usage.UsageError, match="ws:// or wss://"):
         parse("--upstream", "tcp://h/")
+
+
+def stuck_reader(host: str, port: int) -> socket.socket:
+    """A client that sent far more than the kernel buffers hold, and reads none of the echo."""
+    client = socket.create_connection((host, port), timeout=60)
+    client.sendall(b"x" * (20 * 1024 * 1024))
+    return client
+
+
+def test_shutdown_drains_then_aborts_after_the_drain_timeout():
+    with Twistd("tcphub", "--port", "0", "--mode", "echo", "--framing", "raw",
+                "--max-pending", "100000000", "--drain-timeout", "1") as twistd:
+        host, port = twistd.wait_listening()
+        with stuck_reader(host, port):
+            twistd.shutdown()
+        assert re.search(r"aborting 127\.0\.0\.1:\d+: still open after the drain timeout", twistd.output)
+        assert "tcphub stopped" in twistd.output
+
+
+def test_a_second_interrupt_exits_without_waiting_for_the_drain():
+    with Twistd("tcphub", "--port", "0", "--mode", "echo", "--framing", "raw",
+                "--max-pending", "100000000", "--drain-timeout", "600") as twistd:
+        host, port = twistd.wait_listening()
+        with stuck_reader(host, port):
+            twistd.process.send_signal(signal.SIGINT)
+            twistd.wait_for("interrupt again to exit at once")
+            twistd.process.send_signal(signal.SIGINT)
+            assert twistd.process.wait(timeout=60) == 128 + signal.SIGINT
+        twistd.drain()
+        assert "second interrupt: exiting without waiting for the drain" in twistd.output
+        assert "tcphub stopped" not in twistd.output
