@@ -19,7 +19,7 @@ class BroadcastProtocol(HubProtocol):
     """A chat room: every message goes to every other client."""
 
     def messageReceived(self, payload: bytes) -> None:
-        self.factory.broadcast(payload, exclude=(self.client_id,))
+        self.broadcastMessage(payload)
 
 
 MODES: dict[str, type[HubProtocol]] = {

@@ -16,7 +16,8 @@ meanwhile) stop taking input, so that a slow destination pushes back on the
 senders through TCP instead of filling memory.
 
 Inside a hook, C{self.sendMessage(payload)} answers this client and
-C{self.factory.broadcast(payload, exclude=(self.client_id,))} talks to the rest.
+C{self.broadcastMessage(payload)} talks to the rest; C{self.factory.broadcast}
+and C{self.factory.send} return Deferreds, for flow control.
 """
 
 from __future__ import annotations
@@ -84,8 +85,36 @@ def _format_address(address: IAddress) -> str:
     return str(address)
 
 
-def _ignore_departure(failure: Failure) -> None:
-    failure.trap(ClientDisconnected)
+class _Countdown:
+    """One broadcast waiting on the paused receivers it was queued for; its
+    Deferred fires when each has written it or gone.  One per broadcast, not
+    one Deferred per receiver: broadcasting is the hub's hot path."""
+
+    __slots__ = ("remaining", "done")
+
+    def __init__(self) -> None:
+        self.remaining = 0
+        self.done: Deferred[None] = Deferred()
+
+    def tick(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.callback(None)
+
+
+def _notify_written(waiter: Deferred[None] | _Countdown | None) -> None:
+    if isinstance(waiter, _Countdown):
+        waiter.tick()
+    elif waiter is not None:
+        waiter.callback(None)
+
+
+def _notify_gone(waiter: Deferred[None] | _Countdown | None, departure: ClientDisconnected) -> None:
+    # A receiver that leaves does not fail a broadcast, only a send.
+    if isinstance(waiter, _Countdown):
+        waiter.tick()
+    elif waiter is not None:
+        waiter.errback(departure)
 
 
 class HubProtocol(Protocol, TimeoutMixin):
@@ -106,6 +135,7 @@ class HubProtocol(Protocol, TimeoutMixin):
     _close_when_flushed = False
     _reading_paused = False
     _lost: OneShotObserver | None = None
+    _outbox: list[bytes] | None = None
 
     def connectionMade(self) -> None:
         hub = self.factory
@@ -116,10 +146,12 @@ class HubProtocol(Protocol, TimeoutMixin):
         self.bytes_sent = 0
         self.messages_received = 0
         self.messages_sent = 0
-        self._pending: deque[tuple[bytes, Deferred[None] | None]] = deque()
+        # Both queues are created when first needed: most clients never need
+        # them, and an empty deque costs about 600 bytes per connection.
+        self._pending: deque[tuple[bytes, Deferred[None] | _Countdown | None]] | None = None
         self._pending_bytes = 0
         self._paused = False
-        self._held: deque[bytes] = deque()
+        self._held: deque[bytes] | None = None
         self._held_bytes = 0
         self._departure: ClientDisconnected | None = None
         if not hub._admit(self):
@@ -156,11 +188,20 @@ class HubProtocol(Protocol, TimeoutMixin):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        hub = self.factory
         size = len(data)
         self.bytes_received += size
-        self.factory.counters.bytes_received += size
+        hub.counters.bytes_received += size
         self.resetTimeout()
-        self._decoder.dataReceived(data)
+        # Whatever this read makes the hub write, to any client, goes out as
+        # one write per client once the read is handled (see _write).
+        hub._batching += 1
+        try:
+            self._decoder.dataReceived(data)
+        finally:
+            hub._batching -= 1
+            if not hub._batching:
+                hub._flush()
 
     def frameReceived(self, payload: bytes) -> None:
         """The decoder's callback: count, emit C{data}, call L{messageReceived}."""
@@ -168,6 +209,8 @@ class HubProtocol(Protocol, TimeoutMixin):
             return
         if self._reading_paused:
             # The rest of a read that came in before the pause: hold it.
+            if self._held is None:
+                self._held = deque()
             self._held.append(payload)
             self._held_bytes += len(payload)
             return
@@ -216,7 +259,7 @@ class HubProtocol(Protocol, TimeoutMixin):
         if not self._reading_paused:
             return
         self._reading_paused = False
-        held = self._held
+        held = self._held or ()
         while held and not self._reading_paused and not self._closing:
             payload = held.popleft()
             self._held_bytes -= len(payload)
@@ -238,36 +281,59 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def sendMessage(self, payload: bytes) -> None:
         """Frame C{payload} and send it to this client (queued while it is paused)."""
-        self._deliver(self.factory.framing.encode(payload), wait=False)
+        self._deliver(self.factory.framing.encode(payload))
 
-    def _deliver(self, frame: bytes, wait: bool) -> Deferred[None] | None:
+    def broadcastMessage(self, payload: bytes) -> None:
+        """Frame C{payload} once and send it to every other client; the
+        fire-and-forget form of C{factory.broadcast(payload, exclude=[self.client_id])}."""
+        hub = self.factory
+        countdown = hub._broadcast(hub.framing.encode(payload), skip=self)
+        if countdown is not None:
+            countdown.tick()
+
+    def _deliver(self, frame: bytes, waiter: Deferred[None] | _Countdown | None = None) -> bool:
         """
-        Write an encoded frame now, or queue it behind earlier ones while the
-        transport is paused.  With C{wait}, return a Deferred for when it is
-        handed to the transport, or None if it already was.
+        Write an encoded frame now (True), or queue it behind earlier ones
+        while the transport is paused (False); C{waiter} is told when a queued
+        frame is written or the client goes.  A closing client takes nothing.
         """
         if self._closing:
-            if wait:
-                return fail(self._departure or ClientDisconnected(self.client_id))
-            return None
+            _notify_gone(waiter, self._departure or ClientDisconnected(self.client_id))
+            return False
         if not self._paused and not self._pending:
             self._write(frame)
-            return None
-        waiter: Deferred[None] | None = Deferred() if wait else None
+            return True
+        self._queue(frame, waiter)
+        return False
+
+    def _queue(self, frame: bytes, waiter: Deferred[None] | _Countdown | None) -> None:
+        if self._pending is None:
+            self._pending = deque()
         self._pending.append((frame, waiter))
         self._pending_bytes += len(frame)
         if self._pending_bytes > self.factory.max_pending:
             self._drop_slow_consumer()
-        return waiter
 
     def _write(self, frame: bytes) -> None:
+        hub = self.factory
         size = len(frame)
-        counters = self.factory.counters
+        counters = hub.counters
         self.bytes_sent += size
         self.messages_sent += 1
         counters.bytes_sent += size
         counters.messages_sent += 1
-        self.transport.write(frame)
+        if not hub._batching:
+            self.transport.write(frame)
+        elif self._outbox is None:
+            self._outbox = [frame]
+            hub._dirty.append(self)
+        else:
+            self._outbox.append(frame)
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        if outbox:
+            self.transport.write(b"".join(outbox))
 
     def _drop_slow_consumer(self) -> None:
         hub = self.factory
@@ -290,6 +356,7 @@ class HubProtocol(Protocol, TimeoutMixin):
             self._close_transport()
 
     def _close_transport(self) -> None:
+        self._flush_outbox()
         # A registered producer keeps a paused transport open for ever: unregister first.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -302,16 +369,16 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def _abort(self, departure: ClientDisconnected) -> None:
         self._closing = True
+        self._outbox = None
         self._departure = departure
         self._fail_pending(departure)
         self.transport.abortConnection()
 
     def _fail_pending(self, departure: ClientDisconnected) -> None:
-        pending, self._pending = self._pending, deque()
+        pending, self._pending = self._pending or (), None
         self._pending_bytes = 0
         for _, waiter in pending:
-            if waiter is not None:
-                waiter.errback(departure)
+            _notify_gone(waiter, departure)
 
     # -- IPushProducer: the transport tells us when its buffer is full ---
 
@@ -320,14 +387,21 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def resumeProducing(self) -> None:
         self._paused = False
-        pending = self._pending
-        while pending and not self._paused:
-            frame, waiter = pending.popleft()
-            self._pending_bytes -= len(frame)
-            self._write(frame)
-            if waiter is not None:
-                waiter.callback(None)
-        if self._close_when_flushed and not pending:
+        pending, self._pending = self._pending, None
+        if pending:
+            # The whole queue in one write: its bytes move to the transport's
+            # buffer, which pauses us again if need be.
+            frames = [frame for frame, _ in pending]
+            counters = self.factory.counters
+            self.bytes_sent += self._pending_bytes
+            self.messages_sent += len(frames)
+            counters.bytes_sent += self._pending_bytes
+            counters.messages_sent += len(frames)
+            self._pending_bytes = 0
+            self.transport.write(b"".join(frames))
+            for _, waiter in pending:
+                _notify_written(waiter)
+        if self._close_when_flushed and not self._pending:
             self._close_when_flushed = False
             self._close_transport()
 
@@ -397,6 +471,8 @@ class HubFactory(Factory):
         self.events = Events(("connection", "data", "disconnect", "error"), self._event_failed)
         self.started_at: float | None = None
         self.reading_paused = False
+        self._batching = 0
+        self._dirty: list[HubProtocol] = []
         self._clients: dict[str, HubProtocol] = {}
         self._live: set[HubProtocol] = set()
         self._all_gone: OneShotObserver | None = None
@@ -424,8 +500,10 @@ class HubFactory(Factory):
             frame = self.framing.encode(data)
         except UnframeableMessage:
             return fail()
-        waiter = client._deliver(frame, wait=True)
-        return succeed(None) if waiter is None else waiter
+        waiter: Deferred[None] = Deferred()
+        if client._deliver(frame, waiter):
+            return succeed(None)
+        return waiter
 
     def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
         """
@@ -437,17 +515,49 @@ class HubFactory(Factory):
             frame = self.framing.encode(data)
         except UnframeableMessage:
             return fail()
-        excluded = frozenset(exclude)
-        waiters = []
-        for client_id, client in list(self._clients.items()):
-            if client_id in excluded:
-                continue
-            waiter = client._deliver(frame, wait=True)
-            if waiter is not None:
-                waiters.append(waiter.addErrback(_ignore_departure))
-        if not waiters:
+        countdown = self._broadcast(frame, frozenset(exclude))
+        if countdown is None:
             return succeed(None)
-        return gatherResults(waiters).addCallback(lambda _: None)
+        countdown.tick()
+        return countdown.done
+
+    def _broadcast(
+        self, frame: bytes, excluded: frozenset[str] = frozenset(), skip: HubProtocol | None = None
+    ) -> _Countdown | None:
+        """
+        Deliver C{frame} to every client but C{skip} and the C{excluded} ids.
+        Returns None if every receiver took it at once, else a countdown for
+        the paused ones, still held once (the caller ticks it).  The hot path:
+        HubProtocol._write is inlined for the receivers that can take the
+        frame now, and the hub's counters are summed once.
+        """
+        countdown = None
+        size = len(frame)
+        batching = self._batching
+        written = 0
+        for client in tuple(self._clients.values()):
+            if client is skip or client._closing or (excluded and client.client_id in excluded):
+                continue
+            if client._paused or client._pending:
+                if countdown is None:
+                    countdown = _Countdown()
+                    countdown.remaining = 1
+                countdown.remaining += 1
+                client._queue(frame, countdown)
+                continue
+            client.bytes_sent += size
+            client.messages_sent += 1
+            written += 1
+            if not batching:
+                client.transport.write(frame)
+            elif client._outbox is None:
+                client._outbox = [frame]
+                self._dirty.append(client)
+            else:
+                client._outbox.append(frame)
+        self.counters.bytes_sent += written * size
+        self.counters.messages_sent += written
+        return countdown
 
     def disconnect(self, client_id: str) -> Deferred[None]:
         """Close one client's connection after its queued output; fires when it is gone."""
@@ -501,6 +611,11 @@ class HubFactory(Factory):
         return done
 
     # -- called by HubProtocol --------------------------------------------
+
+    def _flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            client._flush_outbox()
 
     def _admit(self, client: HubProtocol) -> bool:
         self._live.add(client)

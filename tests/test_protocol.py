@@ -431,3 +431,52 @@ def test_paused_reading_holds_the_rest_of_the_read_and_stops_the_socket(hub_fact
     assert transport.disconnected, "the idle timeout is back once reading resumes"
     hub.lose(protocol)
     hub.lose(latecomer)
+
+
+class CountingTransport(StringTransport):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def test_what_one_read_broadcasts_goes_out_as_one_write_per_receiver(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol)
+    talker, _ = hub.connect()
+    listeners = []
+    for port in (41001, 41002):
+        address = IPv4Address("TCP", "127.0.0.1", port)
+        protocol = hub.factory.buildProtocol(address)
+        transport = CountingTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        listeners.append(transport)
+    talker.dataReceived(b"one\ntwo\nthree\n")
+    for transport in listeners:
+        assert (transport.value(), transport.writes) == (b"one\ntwo\nthree\n", 1)
+    assert hub.factory.get_metrics().messages_sent == 6
+
+
+def test_coalescing_keeps_order_behind_a_paused_transport(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol)
+    (talker, _), (listener, listener_t) = hub.connect(), hub.connect()
+    listener.pauseProducing()
+    talker.dataReceived(b"a\nb\n")
+    listener.resumeProducing()
+    talker.dataReceived(b"c\n")
+    assert listener_t.value() == b"a\nb\nc\n"
+    assert hub.factory.client(listener.client_id).pending_bytes == 0
+
+
+def test_a_close_during_a_read_flushes_what_the_read_wrote_first(hub_factory):
+    hub = hub_factory(protocol=Quitter)
+    protocol, _ = hub.connect()
+    address = IPv4Address("TCP", "127.0.0.1", 41003)
+    counted = hub.factory.buildProtocol(address)
+    transport = CountingTransport(peerAddress=address)
+    counted.makeConnection(transport)
+    counted.dataReceived(b"x\ny\nquit\nz\n")
+    assert transport.value() == b"x\ny\n" and transport.writes == 1
+    assert transport.disconnecting

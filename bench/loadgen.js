@@ -1,0 +1,168 @@
+// The benchmarks' load generator: Node's net module, so that the client is not
+// the bottleneck. Speaks int32 framing (4-byte big-endian length) to 127.0.0.1.
+// Prints one JSON line of results; exits 1 if a payload comes back wrong.
+//
+//   node loadgen.js echo   PORT CONNS INFLIGHT SIZE SECONDS
+//   node loadgen.js fanout PORT RECEIVERS SIZE MESSAGES
+//   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
+//   node loadgen.js churn  PORT CONCURRENCY SECONDS
+"use strict";
+const net = require("net");
+
+const [mode, port, ...rest] = process.argv.slice(2);
+const HOST = "127.0.0.1";
+
+function fail(message) {
+  console.error(message);
+  process.exit(1);
+}
+
+// A stream cut into int32 frames.
+function framer(onFrame) {
+  let buffered = Buffer.alloc(0);
+  return (chunk) => {
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    let offset = 0;
+    while (buffered.length - offset >= 4) {
+      const length = buffered.readUInt32BE(offset);
+      if (buffered.length - offset - 4 < length) break;
+      onFrame(buffered.subarray(offset + 4, offset + 4 + length));
+      offset += 4 + length;
+    }
+    buffered = buffered.subarray(offset);
+  };
+}
+
+function frame(payload) {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(payload.length);
+  return Buffer.concat([header, payload]);
+}
+
+function connect() {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: HOST, port: Number(port) }, () => resolve(socket));
+    socket.setNoDelay(true);
+    socket.once("error", reject);
+  });
+}
+
+function percentile(sorted, p) {
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))] : null;
+}
+
+async function echo(conns, inflight, size, seconds) {
+  const deadline = process.hrtime.bigint() + BigInt(Math.round(seconds * 1e9));
+  let done = 0;
+  const latencies = [];
+  const sockets = await Promise.all(Array.from({ length: conns }, connect));
+  const started = process.hrtime.bigint();
+  await Promise.all(sockets.map((socket, index) => new Promise((resolve) => {
+    const sentAt = [];
+    let sequence = 0;
+    let expected = 0;
+    const send = () => {
+      const payload = Buffer.alloc(size, index % 251);
+      payload.writeUInt32BE(sequence, 0);
+      sentAt.push(process.hrtime.bigint());
+      sequence += 1;
+      socket.write(frame(payload));
+    };
+    socket.on("data", framer((payload) => {
+      if (payload.length !== size || payload.readUInt32BE(0) !== expected || payload[size - 1] !== index % 251) {
+        fail(`echo: wrong payload on connection ${index}`);
+      }
+      expected += 1;
+      const now = process.hrtime.bigint();
+      latencies.push(Number(now - sentAt.shift()) / 1000);
+      done += 1;
+      if (now < deadline) send();
+      else if (sentAt.length === 0) resolve();
+    }));
+    for (let i = 0; i < inflight; i++) send();
+  })));
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  sockets.forEach((socket) => socket.destroy());
+  latencies.sort((a, b) => a - b);
+  return { messages: done, seconds: elapsed, per_second: done / elapsed,
+           p50_us: percentile(latencies, 0.5), p99_us: percentile(latencies, 0.99) };
+}
+
+async function fanout(receivers, size, messages) {
+  const sockets = [];
+  for (let i = 0; i < receivers; i++) sockets.push(await connect());
+  const sender = await connect();
+  sender.on("data", () => {});
+  const counts = new Array(receivers).fill(0);
+  let probed = 0;
+  let complete = 0;
+  let finished;
+  const allDone = new Promise((resolve) => { finished = resolve; });
+  const seenProbe = new Array(receivers).fill(false);
+  sockets.forEach((socket, index) => socket.on("data", framer((payload) => {
+    if (payload[0] === 0x50) {  // "P": a probe, to know every receiver is registered
+      if (!seenProbe[index]) { seenProbe[index] = true; probed += 1; }
+      return;
+    }
+    if (payload.readUInt32BE(1) !== counts[index]) fail(`fanout: receiver ${index} got a message out of order`);
+    counts[index] += 1;
+    if (counts[index] === messages) { complete += 1; if (complete === receivers) finished(); }
+  })));
+  while (probed < receivers) {
+    sender.write(frame(Buffer.from("P")));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 50));  // let the last probes land
+  const started = process.hrtime.bigint();
+  for (let sequence = 0; sequence < messages; sequence++) {
+    const payload = Buffer.alloc(size, 0x4d);
+    payload.writeUInt32BE(sequence, 1);
+    if (!sender.write(frame(payload))) await new Promise((resolve) => sender.once("drain", resolve));
+  }
+  const timeout = setTimeout(() => fail(`fanout: not every receiver got all ${messages} in 120 s`), 120000);
+  await allDone;
+  clearTimeout(timeout);
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  sockets.concat([sender]).forEach((socket) => socket.destroy());
+  return { messages, receivers, seconds: elapsed, deliveries_per_second: (messages * receivers) / elapsed };
+}
+
+async function idle(conns) {
+  const sockets = [];
+  for (let i = 0; i < conns; i += 500) {
+    sockets.push(...await Promise.all(Array.from({ length: Math.min(500, conns - i) }, connect)));
+  }
+  console.log(JSON.stringify({ ready: sockets.length }));
+  process.stdin.resume();
+  await new Promise((resolve) => process.stdin.on("end", resolve));
+  sockets.forEach((socket) => socket.destroy());
+  return { closed: sockets.length };
+}
+
+async function churn(concurrency, seconds) {
+  const deadline = Date.now() + seconds * 1000;
+  let connections = 0;
+  const started = process.hrtime.bigint();
+  const worker = async () => {
+    while (Date.now() < deadline) {
+      const socket = await connect();
+      await new Promise((resolve) => {
+        socket.on("data", framer(() => { socket.end(); }));
+        socket.on("close", resolve);
+        socket.write(frame(Buffer.from("churn")));
+      });
+      connections += 1;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  return { connections, seconds: elapsed, per_second: connections / elapsed };
+}
+
+const numbers = rest.map(Number);
+const modes = { echo, fanout, idle, churn };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|idle|churn PORT ...`);
+modes[mode](...numbers).then((result) => {
+  console.log(JSON.stringify(result));
+  process.exit(0);
+}, (error) => fail(String(error)));

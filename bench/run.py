@@ -1,0 +1,188 @@
+"""
+Every server through every scenario, side by side, with ratios to bare Twisted.
+
+    .venv/bin/pip install uvloop && .venv/bin/python bench/run.py [--quick]
+
+Servers (bench/servers/, all int32 framing on 127.0.0.1): bare Twisted
+(Int32StringReceiver, the baseline), tcphub (default reactor, asyncio
+reactor, asyncio reactor on uvloop), asyncio streams, the same on uvloop, and
+Node's net. The load generator is Node (bench/loadgen.js). With taskset on
+the machine, the server runs on core 0 and the load on core 1.
+
+Writes bench/results.md (the table) and prints it. Each scenario checks its
+own results (echoed payloads, order of fan-out deliveries, tcphub's client
+table after churn) and fails loudly otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+TASKSET = shutil.which("taskset")
+
+SERVERS = {
+    "bare Twisted": lambda mode: [PY, HERE / "servers" / "twisted_int32.py", mode],
+    "tcphub": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "default"],
+    "tcphub asyncio": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "asyncio"],
+    "tcphub uvloop": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "uvloop"],
+    "asyncio": lambda mode: [PY, HERE / "servers" / "asyncio_streams.py", mode],
+    "asyncio uvloop": lambda mode: [PY, HERE / "servers" / "asyncio_streams.py", mode, "--uvloop"],
+    "Node net": lambda mode: ["node", HERE / "servers" / "node_net.js", mode],
+}
+BASELINE = "bare Twisted"
+
+
+def pinned(core: int, command: list) -> list:
+    return (["taskset", "-c", str(core)] if TASKSET else []) + [str(part) for part in command]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class Server:
+    def __init__(self, name: str, mode: str) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            pinned(0, SERVERS[name](mode)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        line = self.process.stdout.readline()
+        match = re.search(r"listening on (\d+)", line)
+        if not match:
+            raise SystemExit(f"{name} did not start: {line!r}")
+        self.port = int(match[1])
+        time.sleep(0.2)  # let the interpreter settle before RSS is read; not a correctness wait
+
+    def metrics(self) -> dict:
+        self.process.stdin.write("metrics\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+def load(*args, timeout: float = 300) -> dict:
+    result = subprocess.run(
+        pinned(1, ["node", HERE / "loadgen.js", *args]), capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"load generator failed: {result.stderr.strip()}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def idle_bytes_per_connection(server: Server, connections: int) -> tuple[float, int]:
+    before = rss_kib(server.process.pid)
+    holder = subprocess.Popen(
+        pinned(1, ["node", HERE / "loadgen.js", "idle", server.port, connections]),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    ready = json.loads(holder.stdout.readline())
+    if ready.get("ready") != connections:
+        raise SystemExit(f"idle: only {ready} connections")
+    time.sleep(1.0)  # let the server accept the last ones before reading RSS
+    after = rss_kib(server.process.pid)
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    return (after - before) * 1024 / connections, after
+
+
+def scenarios(quick: bool):
+    seconds = 2 if quick else 5
+    scale = 0.25 if quick else 1
+    return [
+        ("echo 64 B: msg/s", "echo", lambda port: load("echo", port, 50, 16, 64, seconds), "per_second"),
+        ("echo 64 B: p50 µs", "echo", None, "p50_us"),
+        ("echo 64 B: p99 µs", "echo", None, "p99_us"),
+        ("echo 4 KiB: msg/s", "echo", lambda port: load("echo", port, 50, 16, 4096, seconds), "per_second"),
+        ("echo 4 KiB: p50 µs", "echo", None, "p50_us"),
+        ("echo 4 KiB: p99 µs", "echo", None, "p99_us"),
+        ("fan-out to 100: deliveries/s", "broadcast",
+         lambda port: load("fanout", port, 100, 64, int(20000 * scale)), "deliveries_per_second"),
+        ("fan-out to 1,000: deliveries/s", "broadcast",
+         lambda port: load("fanout", port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
+        ("churn: connections/s", "echo", lambda port: load("churn", port, 50, seconds), "per_second"),
+    ]
+
+
+LOWER_IS_BETTER = ("µs", "bytes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, for trying the harness")
+    parser.add_argument("--servers", nargs="*", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard < args.idle + 100:
+        raise SystemExit(f"the file limit ({hard}) is too low for {args.idle} idle connections")
+
+    table: dict[str, dict[str, float]] = {}
+    for name in args.servers:
+        print(f"== {name}", flush=True)
+        last = {}
+        for label, mode, run, key in scenarios(args.quick):
+            if run is not None:
+                server = Server(name, mode)
+                try:
+                    last = run(server.port)
+                    if name.startswith("tcphub") and label.startswith("churn"):
+                        connections = server.metrics()["connections"]
+                        if connections:
+                            raise SystemExit(f"{name}: {connections} clients left in the table after churn")
+                        last["table_after"] = connections
+                finally:
+                    server.stop()
+            table.setdefault(label, {})[name] = last[key]
+            print(f"   {label}: {last[key]:,.1f}", flush=True)
+        server = Server(name, "echo")
+        try:
+            per_connection, rss = idle_bytes_per_connection(server, args.idle)
+        finally:
+            server.stop()
+        table.setdefault(f"idle: bytes per connection ({args.idle:,} held)", {})[name] = per_connection
+        print(f"   idle: {per_connection:,.0f} bytes per connection, RSS {rss / 1024:.0f} MiB", flush=True)
+
+    lines = [
+        f"Run {date.today()} on {platform.node() or 'this machine'}: {platform.processor() or platform.machine()},"
+        f" Python {platform.python_version()}, Node {subprocess.check_output(['node', '--version'], text=True).strip()},"
+        f" server {'on core 0, load on core 1' if TASKSET else 'and load unpinned'}.",
+        "Cells: the figure, then its ratio to bare Twisted in the same run"
+        " (higher is better, except µs and bytes).",
+        "",
+        "| scenario | " + " | ".join(args.servers) + " |",
+        "|---" * (len(args.servers) + 1) + "|",
+    ]
+    for label, row in table.items():
+        base = row.get(BASELINE)
+        cells = []
+        for name in args.servers:
+            value = row[name]
+            ratio = f" ({value / base:.2f}×)" if base else ""
+            cells.append(f"{value:,.0f}{ratio}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    (HERE / "results.md").write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

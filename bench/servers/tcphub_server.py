@@ -1,0 +1,48 @@
+"""tcphub's TcpServer, as twistd tcphub builds it, on a chosen reactor; prints
+its metrics as JSON when a line arrives on stdin (to check the client table).
+
+    python tcphub_server.py echo|broadcast [default|asyncio|uvloop]
+"""
+
+import json
+import sys
+from dataclasses import asdict
+
+reactor_name = sys.argv[2] if len(sys.argv) > 2 else "default"
+if reactor_name in ("asyncio", "uvloop"):
+    import asyncio
+
+    if reactor_name == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install(asyncio.new_event_loop())
+
+from twisted.internet import reactor, stdio  # noqa: E402
+from twisted.protocols.basic import LineReceiver  # noqa: E402
+
+from tcphub import TcpServer  # noqa: E402
+from tcphub.modes import MODES  # noqa: E402
+
+server = TcpServer(
+    port=0, framing="int32", protocol=MODES[sys.argv[1]], backlog=4096, timeout=None,
+    max_frame=1 << 20, max_pending=64 << 20, max_connections=20_000, reactor=reactor,
+)
+
+
+class Metrics(LineReceiver):
+    delimiter = b"\n"
+
+    def lineReceived(self, line):
+        self.sendLine(json.dumps(asdict(server.get_metrics())).encode())
+
+
+def started(_):
+    print(f"listening on {server.port}", flush=True)
+    stdio.StandardIO(Metrics())
+
+
+server.start().addCallback(started)
+reactor.run()
