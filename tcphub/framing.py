@@ -68,6 +68,9 @@ class _Int32Decoder(basic.Int32StringReceiver):
         self._sink = sink
         self.MAX_LENGTH = max_frame
 
+    def makeConnection(self, transport: ITransport) -> None:
+        """Nothing to set up: this decoder never touches the transport."""
+
     def stringReceived(self, string: bytes) -> None:
         self._sink.frameReceived(string)
 

@@ -126,7 +126,6 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     factory: HubFactory
     client_id: str
-    address: str
     connected_at: float
 
     _log = Logger()
@@ -140,7 +139,6 @@ class HubProtocol(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         hub = self.factory
         self.client_id = uuid.uuid4().hex
-        self.address = _format_address(self.transport.getPeer())
         self.connected_at = hub.clock.seconds()
         self.bytes_received = 0
         self.bytes_sent = 0
@@ -164,11 +162,20 @@ class HubProtocol(Protocol, TimeoutMixin):
         self.transport.registerProducer(self, True)
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
-        self.callLater = hub.clock.callLater
         self.setTimeout(hub.timeout)
         hub._connected(self)
         if hub.reading_paused:
             self.pauseReading()
+
+    @property
+    def address(self) -> str:
+        """The peer's address, C{host:port} (formatted when asked: it is
+        rarely needed, and each idle connection's bytes count)."""
+        return _format_address(self.transport.getPeer())
+
+    def callLater(self, period: float, func):
+        """TimeoutMixin's timer, on the hub's clock."""
+        return self.factory.clock.callLater(period, func)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
@@ -474,7 +481,9 @@ class HubFactory(Factory):
         self._batching = 0
         self._dirty: list[HubProtocol] = []
         self._clients: dict[str, HubProtocol] = {}
-        self._live: set[HubProtocol] = set()
+        # Connections that are not in the client table (refused ones, until
+        # they are gone): stop() waits for these too.
+        self._refused: set[HubProtocol] = set()
         self._all_gone: OneShotObserver | None = None
 
     def startFactory(self) -> None:
@@ -599,12 +608,12 @@ class HubFactory(Factory):
         Close every connection once its queued output is written; after
         C{drain_timeout} seconds abort those still open.  Fires when none is left.
         """
-        if not self._live:
+        if not self._clients and not self._refused:
             return succeed(None)
         if self._all_gone is None:
             self._all_gone = OneShotObserver()
         done = self._all_gone.when_fired()
-        for client in list(self._live):
+        for client in [*self._clients.values(), *self._refused]:
             client.loseConnection()
         deadline = self.clock.callLater(drain_timeout, self._abort_stragglers)
         done.addBoth(lambda result: (deadline.active() and deadline.cancel(), result)[1])
@@ -618,8 +627,8 @@ class HubFactory(Factory):
             client._flush_outbox()
 
     def _admit(self, client: HubProtocol) -> bool:
-        self._live.add(client)
         if len(self._clients) >= self.max_connections:
+            self._refused.add(client)
             self.counters.rejected += 1
             error = ConnectionLimitReached(
                 f"refused {client.address}: {self.max_connections} clients connected"
@@ -645,8 +654,8 @@ class HubFactory(Factory):
         self._gone(client)
 
     def _gone(self, client: HubProtocol) -> None:
-        self._live.discard(client)
-        if not self._live and self._all_gone is not None:
+        self._refused.discard(client)
+        if not self._clients and not self._refused and self._all_gone is not None:
             all_gone, self._all_gone = self._all_gone, None
             all_gone.fire(None)
 
@@ -665,7 +674,7 @@ class HubFactory(Factory):
         self._handler_failed(f"{event} event callback", failure, None)
 
     def _abort_stragglers(self) -> None:
-        for client in list(self._live):
+        for client in [*self._clients.values(), *self._refused]:
             self._log.info("aborting {address}: still open after the drain timeout",
                            address=client.address)
             client.transport.abortConnection()
