@@ -339,7 +339,15 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, None
-        if outbox:
+        if not outbox:
+            return
+        if len(outbox) == 1:
+            self.transport.write(outbox[0])
+        elif len(outbox[0]) >= 1024:
+            # Large frames: hand them over as they are, rather than copy them
+            # all once more only for the transport to join them again.
+            self.transport.writeSequence(outbox)
+        else:
             self.transport.write(b"".join(outbox))
 
     def _drop_slow_consumer(self) -> None:

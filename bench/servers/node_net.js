@@ -13,10 +13,13 @@ const server = net.createServer((socket) => {
     while (buffered.length - offset >= 4) {
       const length = buffered.readUInt32BE(offset);
       if (buffered.length - offset - 4 < length) break;
-      const frame = buffered.subarray(offset, offset + 4 + length);
-      if (echo) socket.write(frame);
-      else for (const client of clients) if (client !== socket) client.write(frame);
       offset += 4 + length;
+    }
+    // The whole frames of this chunk, in one write per client.
+    if (offset) {
+      const frames = buffered.subarray(0, offset);
+      if (echo) socket.write(frames);
+      else for (const client of clients) if (client !== socket) client.write(frames);
     }
     buffered = buffered.subarray(offset);
   });
