@@ -1,7 +1,7 @@
 """
 Every server through every scenario, side by side, with ratios to bare Twisted.
 
-    .venv/bin/pip install uvloop && .venv/bin/python bench/run.py [--quick]
+    .venv/bin/pip install -e '.[test,bench]' --config-settings editable_mode=compat && .venv/bin/python bench/run.py [--quick]
 
 Servers (bench/servers/, all int32 framing on 127.0.0.1): bare Twisted
 (Int32StringReceiver, the baseline), tcphub (default reactor, asyncio
