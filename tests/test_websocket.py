@@ -30,7 +30,7 @@ from tcphub import (
     WebSocketHandler,
 )
 from tests.clients import make_certificate
-from tests.events import when_event, when_events
+from tests.events import when_event
 from tests.processes import WebSocketServer
 
 
