@@ -60,6 +60,13 @@ class ConnectionLimitReached(TcpHubError):
 class HandlerError(TcpHubError):
     """A hook, route handler or event callback raised; the original is C{__cause__}."""
 
+    @classmethod
+    def from_failure(cls, where: str, failure) -> HandlerError:
+        """The error for C{failure} (a L{twisted.python.failure.Failure}) raised in C{where}."""
+        error = cls(f"{where} raised {failure.getErrorMessage()}")
+        error.__cause__ = failure.value
+        return error
+
 
 
 class WebSocketError(TcpHubError):

@@ -673,8 +673,7 @@ class HubFactory(Factory):
     def _handler_failed(self, where: str, failure: Failure, client_id: str | None) -> None:
         self.counters.handler_errors += 1
         self._log.failure("{where} raised (the hub goes on)", failure, where=where)
-        error = HandlerError(f"{where} raised {failure.getErrorMessage()}")
-        error.__cause__ = failure.value
+        error = HandlerError.from_failure(where, failure)
         if where != "error event callback":
             self._report(client_id, error)
 

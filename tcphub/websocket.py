@@ -636,8 +636,7 @@ class WebSocketHandler(Service):
     def _handler_failed(self, where: str, failure: Failure) -> None:
         self._counts["handler_errors"] += 1
         self._log.failure("{where} raised (the connection stays up)", failure, where=where)
-        error = HandlerError(f"{where} raised {failure.getErrorMessage()}")
-        error.__cause__ = failure.value
+        error = HandlerError.from_failure(where, failure)
         if not where.startswith("error event"):
             self.events.emit("error", error, self.context)
 
