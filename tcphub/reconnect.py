@@ -88,6 +88,20 @@ class _RecordingEndpoint:
         return self._endpoint.connect(factory).addErrback(failed)
 
 
+def backoff_policy(backoff: str | RetryPolicy, **options: float) -> RetryPolicy:
+    """The policy named C{backoff} (linear, exponential) made with C{options},
+    or C{backoff} itself if it is a callable; raises ValueError for other names."""
+    if not isinstance(backoff, str):
+        return backoff
+    try:
+        make = BACKOFFS[backoff]
+    except KeyError:
+        raise ValueError(
+            f"backoff must be one of {', '.join(BACKOFFS)} or a callable, not {backoff!r}"
+        ) from None
+    return make(**options)
+
+
 class ReconnectingClientService(ClientService):
     """
     Keeps one outgoing connection up, retrying with a backoff policy, and
@@ -120,13 +134,7 @@ class ReconnectingClientService(ClientService):
         clock: IReactorTime | None = None,
         **backoff_options: float,
     ) -> None:
-        if isinstance(backoff, str):
-            try:
-                backoff = BACKOFFS[backoff](**backoff_options)
-            except KeyError:
-                raise ValueError(
-                    f"backoff must be one of {', '.join(BACKOFFS)} or a callable, not {backoff!r}"
-                ) from None
+        backoff = backoff_policy(backoff, **backoff_options)
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries cannot be negative, not {max_retries}")
         if clock is None:
@@ -136,7 +144,7 @@ class ReconnectingClientService(ClientService):
         """Retries scheduled over the service's life."""
         self.attempt = 0
         """The current retry's number in the current outage (0 while connected)."""
-        self._policy = backoff
+        self._policy: RetryPolicy = backoff
         self._clock = clock
         self._opened = False
         self._retrying = True

@@ -49,7 +49,7 @@ from tcphub.errors import (
     WebSocketError,
 )
 from tcphub.events import Events, Subscription
-from tcphub.reconnect import BACKOFFS, ReconnectingClientService
+from tcphub.reconnect import ReconnectingClientService, backoff_policy
 from tcphub.routing import Router
 
 __all__ = ["ConnectionContext", "HandlerProtocol", "Status", "WebSocketHandler"]
@@ -199,8 +199,6 @@ class WebSocketHandler(Service):
         clock: IReactorTime | None = None,
         reactor=None,
     ) -> None:
-        if backoff not in BACKOFFS:
-            raise ValueError(f"backoff must be one of {', '.join(BACKOFFS)}, not {backoff!r}")
         if max_queue < 0 or max_queue_bytes < 0 or max_message_size < 1:
             raise ValueError(
                 "max_queue and max_queue_bytes cannot be negative; max_message_size must be positive"
@@ -211,9 +209,11 @@ class WebSocketHandler(Service):
         self.reconnect = reconnect
         self.max_retries = max_retries if reconnect else 0
         self.backoff = backoff
+        self._retry_policy = backoff_policy(
+            backoff, initial_delay=initial_delay, max_delay=max_delay, jitter=jitter
+        )
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout if ping_timeout is not None else min(ping_interval, 10.0)
-        self.backoff_options = {"initial_delay": initial_delay, "max_delay": max_delay, "jitter": jitter}
         self.open_timeout = open_timeout
         self.max_message_size = max_message_size
         self.max_queue = max_queue
@@ -273,11 +273,10 @@ class WebSocketHandler(Service):
         self._service = ReconnectingClientService(
             endpoint,
             self._factory(url),
-            backoff=self.backoff,
+            backoff=self._retry_policy,
             max_retries=self.max_retries,
             confirm_open=True,
             clock=self.clock,
-            **self.backoff_options,
         )
         self._first_open = OneShotObserver()
         self._closing = None
