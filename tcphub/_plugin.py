@@ -10,19 +10,25 @@ from typing import Callable
 from twisted.application.service import Service
 from twisted.logger import Logger
 
+from tcphub import _checks
 from tcphub.errors import RetryLimitReached
 from tcphub.websocket import WebSocketHandler
 
 
-def number(option: str, kind: type[int] | type[float]) -> Callable[[str], int | float]:
-    """A C{usage.Options} coercer whose error names the option and what it takes."""
+def number(option: str, kind: type[int] | type[float], **limits: float) -> Callable[[str], int | float]:
+    """A C{usage.Options} coercer whose error names the option and what it
+    takes; C{limits} are those of L{tcphub._checks.number}."""
     what = "a whole number" if kind is int else "a number"
 
-    def coerce(value: str) -> int | float:
+    def coerce(text: str) -> int | float:
         try:
-            return kind(value)
+            value = kind(text)
         except ValueError:
-            raise ValueError(f"--{option} takes {what}, not {value!r}") from None
+            raise ValueError(f"--{option} takes {what}, not {text!r}") from None
+        try:
+            return _checks.number(f"--{option}", value, integer=kind is int, **limits)
+        except TypeError as error:
+            raise ValueError(str(error)) from None
 
     coerce.coerceDoc = f"({what})"
     return coerce

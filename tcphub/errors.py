@@ -30,6 +30,15 @@ class MalformedFrame(FramingError):
     """The bytes break the framing's grammar (e.g. a netstring without its comma)."""
 
 
+class TruncatedFrame(MalformedFrame):
+    """The peer ended its input (half-closed) in the middle of a frame."""
+
+
+class FrameTimeout(FramingError):
+    """A frame was begun and not finished within the hub's C{frame_timeout}
+    (a slowloris: one byte now and then, to hold a connection)."""
+
+
 class UnframeableMessage(FramingError, ValueError):
     """A payload that the framing cannot carry (e.g. a newline in a line frame)."""
 
@@ -55,6 +64,11 @@ class IdleTimeout(TcpHubError):
 
 class ConnectionLimitReached(TcpHubError):
     """A connection arrived while C{max_connections} clients were connected."""
+
+
+class AddressLimitReached(ConnectionLimitReached):
+    """A connection arrived from an address with C{max_connections_per_ip}
+    clients connected already."""
 
 
 class HandlerError(TcpHubError):

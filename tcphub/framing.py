@@ -2,8 +2,10 @@
 How a byte stream is cut into messages, and how a message is put on the wire.
 
 Each L{Framing} pairs an C{encode} (payload to wire bytes, done once per
-broadcast) with a decoder built on the receivers of L{twisted.protocols.basic},
-which buffer partial frames and enforce the length limit.  A decoder reports to
+broadcast) with a decoder that buffers partial frames and enforces the length limit in
+time linear in the bytes received (Twisted's netstring receiver; our own for
+int32 and lines, whose receivers in L{twisted.protocols.basic} re-copy their
+buffer on every read).  A decoder reports to
 a L{FrameSink}: C{frameReceived} for each complete payload, C{frameError} once
 for bytes that cannot be decoded, after which the connection should be closed.
 """
@@ -13,10 +15,15 @@ from __future__ import annotations
 import struct
 from typing import ClassVar, Protocol
 
-from twisted.internet.interfaces import ITransport
 from twisted.protocols import basic
 
-from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, UnframeableMessage
+from tcphub.errors import (
+    FrameTooLong,
+    FramingError,
+    MalformedFrame,
+    TruncatedFrame,
+    UnframeableMessage,
+)
 
 __all__ = [
     "FRAMINGS",
@@ -42,11 +49,25 @@ class FrameSink(Protocol):
 
 
 class FrameDecoder(Protocol):
-    """The decoding half of a framing: fed with the connection's bytes."""
+    """
+    The decoding half of a framing, one per connection, fed with its bytes.
 
-    def makeConnection(self, transport: ITransport) -> None: ...
+    Decoding must cost time linear in the bytes fed, however a frame is cut
+    into reads: a peer trickling a large frame must not make each read re-copy
+    what came before.
+    """
 
-    def dataReceived(self, data: bytes) -> None: ...
+    @property
+    def partial(self) -> bool:
+        """True while a frame has begun and is not complete (the hub's
+        C{frame_timeout} runs meanwhile)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Decode C{data}, reporting frames and errors to the sink."""
+
+    def inputEnded(self) -> None:
+        """The peer will send nothing more: report what the buffered bytes
+        make (a last frame, or a L{TruncatedFrame} error), or nothing."""
 
 
 class Framing:
@@ -63,50 +84,173 @@ class Framing:
         raise NotImplementedError
 
 
-class _Int32Decoder(basic.Int32StringReceiver):
+_INT32 = struct.Struct(">I")
+
+
+class _Int32Decoder:
+    """
+    Int32 frames.  Twisted's C{Int32StringReceiver} joins its whole buffer to
+    each new read, so a frame of n bytes arriving in k reads costs O(n*k);
+    here a frame cut by a read is kept as a list of chunks and joined once.
+    """
+
+    __slots__ = ("_sink", "_max", "_head", "_chunks", "_need", "_got", "_broken")
+
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
-        self.MAX_LENGTH = max_frame
+        self._max = max_frame
+        self._head = b""  # a length prefix cut by the end of a read
+        self._chunks: list[bytes] | None = None  # the payload so far of a frame cut by a read
+        self._need = 0  # payload bytes the chunks still lack
+        self._got = 0  # payload bytes in the chunks
+        self._broken = False
 
-    def makeConnection(self, transport: ITransport) -> None:
-        """Nothing to set up: this decoder never touches the transport."""
+    @property
+    def partial(self) -> bool:
+        return self._chunks is not None or bool(self._head)
 
-    def stringReceived(self, string: bytes) -> None:
-        self._sink.frameReceived(string)
+    def dataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
+        chunks = self._chunks
+        if chunks is not None:
+            need = self._need
+            if len(data) < need:
+                chunks.append(data)
+                self._need = need - len(data)
+                self._got += len(data)
+                return
+            chunks.append(data[:need])
+            self._chunks = None
+            data = data[need:]
+            self._sink.frameReceived(b"".join(chunks))
+        elif self._head:
+            data = self._head + data
+            self._head = b""
+        offset = 0
+        end = len(data)
+        unpack = _INT32.unpack_from
+        sink = self._sink
+        while end - offset >= 4:
+            (length,) = unpack(data, offset)
+            if length > self._max:
+                self._broken = True
+                sink.frameError(FrameTooLong(length, self._max))
+                return
+            start = offset + 4
+            offset = start + length
+            if offset > end:
+                self._chunks = [data[start:]]
+                self._got = end - start
+                self._need = offset - end
+                return
+            sink.frameReceived(data[start:offset])
+        if offset < end:
+            self._head = data[offset:]
 
-    def lengthLimitExceeded(self, length: int) -> None:
-        self._sink.frameError(FrameTooLong(length, self.MAX_LENGTH))
+    def inputEnded(self) -> None:
+        if self.partial and not self._broken:
+            self._broken = True
+            have = self._got if self._chunks is not None else len(self._head)
+            self._sink.frameError(TruncatedFrame(f"the input ended inside a frame, after {have} of its bytes"))
 
 
 class Int32Framing(Framing):
     """A 4-byte big-endian length prefix, then the payload."""
 
     name = "int32"
-    _prefix = struct.Struct(">I")
 
     def encode(self, payload: bytes) -> bytes:
         if len(payload) > 0xFFFFFFFF:
             raise UnframeableMessage(f"{len(payload)} bytes do not fit an int32 length prefix")
-        return self._prefix.pack(len(payload)) + payload
+        return _INT32.pack(len(payload)) + payload
 
     def decoder(self, sink: FrameSink, max_frame: int) -> FrameDecoder:
         return _Int32Decoder(sink, max_frame)
 
 
-class _LineDecoder(basic.LineOnlyReceiver):
-    delimiter = b"\n"
+class _LineDecoder:
+    """
+    Lines ended by C{\\n}, with one C{\\r} before it removed.  Unlike
+    Twisted's C{LineOnlyReceiver}, which joins and splits its whole buffer on
+    every read, a line cut by reads is kept as chunks and each byte is
+    searched once.  The C{\\r} of C{\\r\\n} does not count toward C{max_frame}.
+    """
+
+    __slots__ = ("_sink", "_max", "_chunks", "_size", "_broken")
 
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
-        self.MAX_LENGTH = max_frame
+        self._max = max_frame
+        self._chunks: list[bytes] = []  # the start of a line cut by reads
+        self._size = 0
+        self._broken = False
 
-    def lineReceived(self, line: bytes) -> None:
-        if line.endswith(b"\r"):
+    @property
+    def partial(self) -> bool:
+        return bool(self._chunks)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._broken:
+            return
+        if self._chunks:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._chunks.append(data)
+                self._size += len(data)
+                self._check_partial(data)
+                return
+            self._chunks.append(data[:newline])
+            line = b"".join(self._chunks)
+            self._chunks = []
+            self._size = 0
+            if not self._line(line):
+                return
+            data = data[newline + 1 :]
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        limit = self._max
+        sink = self._sink
+        for line in lines:
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            if len(line) > limit:
+                self._fail(len(line))
+                return
+            sink.frameReceived(line)
+            if self._broken:
+                return
+        if rest:
+            self._chunks.append(rest)
+            self._size = len(rest)
+            self._check_partial(rest)
+
+    def _line(self, line: bytes) -> bool:
+        if line[-1:] == b"\r":
             line = line[:-1]
+        if len(line) > self._max:
+            self._fail(len(line))
+            return False
         self._sink.frameReceived(line)
+        return not self._broken
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._sink.frameError(FrameTooLong(len(line), self.MAX_LENGTH))
+    def _check_partial(self, last: bytes) -> None:
+        # A partial line may be one byte over: the \r of a coming \r\n.
+        size = self._size
+        if size > self._max and (size > self._max + 1 or last[-1:] != b"\r"):
+            self._fail(size)
+
+    def _fail(self, size: int) -> None:
+        self._broken = True
+        self._chunks = []
+        self._sink.frameError(FrameTooLong(size, self._max))
+
+    def inputEnded(self) -> None:
+        """An unterminated last line is a line, as when reading a text file."""
+        if self._chunks and not self._broken:
+            line = b"".join(self._chunks)
+            self._chunks = []
+            self._line(line)
 
 
 class LineFraming(Framing):
@@ -124,11 +268,24 @@ class LineFraming(Framing):
 
 
 class _NetstringDecoder(basic.NetstringReceiver):
+    """Twisted's netstring parser, which is linear already (it collects the
+    payload in a C{BytesIO})."""
+
     _error: basic.NetstringParseError | None = None
 
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
         self.MAX_LENGTH = max_frame
+        self.makeConnection(None)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self._remainingData) or self._state == self._PARSING_PAYLOAD
+
+    def inputEnded(self) -> None:
+        if self.partial and not self.brokenPeer:
+            self.brokenPeer = 1
+            self._sink.frameError(TruncatedFrame("the input ended inside a netstring"))
 
     def stringReceived(self, string: bytes) -> None:
         self._sink.frameReceived(string)
@@ -164,11 +321,13 @@ class NetstringFraming(Framing):
 
 
 class _RawDecoder:
+    partial = False
+
     def __init__(self, sink: FrameSink) -> None:
         self._sink = sink
 
-    def makeConnection(self, transport: ITransport) -> None:
-        pass
+    def inputEnded(self) -> None:
+        """Nothing is ever buffered."""
 
     def dataReceived(self, data: bytes) -> None:
         self._sink.frameReceived(data)

@@ -42,7 +42,8 @@ class Metrics:
     messages_sent: int
     accepted: int
     rejected: int
-    """Connections closed at once because C{max_connections} were connected."""
+    """Connections closed at once because C{max_connections} (or as many as
+    the descriptor limit allows) were connected, or by C{max_connections_per_ip}."""
     timed_out: int
     protocol_errors: int
     """Connections closed for a framing error (over-long or malformed frame)."""
@@ -50,6 +51,15 @@ class Metrics:
     """Connections dropped because their queued output passed C{max_pending}."""
     handler_errors: int
     """Exceptions raised by hooks and event callbacks (the hub went on)."""
+    frame_timeouts: int
+    """Connections closed for not finishing a begun frame within C{frame_timeout}."""
+    rejected_per_ip: int
+    """Connections refused by C{max_connections_per_ip} (also counted in C{rejected})."""
+    rate_limited: int
+    """Times a client over C{max_rate} had its reading paused."""
+    descriptor_refusals: int
+    """Connections the kernel handed over with no file descriptor left for
+    them (EMFILE): closed at once by Twisted, before the hub saw them."""
 
 
 class HubCounters:
@@ -66,6 +76,10 @@ class HubCounters:
         "protocol_errors",
         "slow_consumers",
         "handler_errors",
+        "frame_timeouts",
+        "rejected_per_ip",
+        "rate_limited",
+        "descriptor_refusals",
     )
 
     def __init__(self) -> None:

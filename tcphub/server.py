@@ -22,6 +22,7 @@ and C{self.factory.send} return Deferreds, for flow control.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import deque
 from typing import Iterable, Sequence
@@ -36,6 +37,8 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
     IListeningPort,
     IReactorTime,
     IStreamServerEndpoint,
@@ -44,13 +47,17 @@ from twisted.internet.interfaces import (
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from zope.interface import implementer
+
+from tcphub import _checks
 from tcphub._observer import OneShotObserver
 from tcphub.errors import (
+    AddressLimitReached,
     ClientDisconnected,
     ConnectionLimitReached,
+    FrameTimeout,
     FramingError,
     HandlerError,
     IdleTimeout,
@@ -69,6 +76,7 @@ DEFAULT_MAX_FRAME = 64 * 1024
 DEFAULT_MAX_PENDING = 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 5.0
+DEFAULT_FRAME_TIMEOUT = 30.0
 # Twisted and the seed use 50, which a burst of a few hundred connects overflows:
 # the kernel then drops the handshakes and the clients stall on SYN-ACK retries.
 DEFAULT_BACKLOG = 511
@@ -117,11 +125,30 @@ def _notify_gone(waiter: Deferred[None] | _Countdown | None, departure: ClientDi
         waiter.errback(departure)
 
 
-class HubProtocol(Protocol, TimeoutMixin):
+# Why reading from a client is paused (HubProtocol._read_paused is a set of these bits).
+_PAUSED_BY_USER = 1  # pauseReading(), e.g. the hub-wide flow control of a gateway
+_PAUSED_BY_RATE = 2  # the client is over max_rate: resumed when its bucket refills
+
+
+def _check_payload(data: object, where: str) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"{where} takes bytes, not {type(data).__name__}"
+            + (": encode text first, e.g. text.encode('utf-8')" if isinstance(data, str) else "")
+        )
+
+
+@implementer(IHalfCloseableProtocol)
+class HubProtocol(Protocol):
     """
     One client of the hub: decodes its frames, counts its traffic, and queues
     its output (up to the hub's C{max_pending} bytes) while its transport is
     paused because the client does not read.
+
+    It is half-closeable: when the client ends its input (FIN, e.g. C{nc -N}
+    or C{shutdown(SHUT_WR)}), what it sent is handled and L{inputEnded} is
+    called, which closes the connection once the queued output is written
+    (override it to keep the client as a receiver).
     """
 
     factory: HubFactory
@@ -132,18 +159,24 @@ class HubProtocol(Protocol, TimeoutMixin):
     _admitted = False
     _closing = False
     _close_when_flushed = False
-    _reading_paused = False
+    _input_ended = False
+    _read_paused = 0
     _lost: OneShotObserver | None = None
     _outbox: list[bytes] | None = None
+    _idle_call: IDelayedCall | None = None
+    _frame_call: IDelayedCall | None = None
+    _rate_call: IDelayedCall | None = None
+    _host: str | None = None
 
     def connectionMade(self) -> None:
         hub = self.factory
         self.client_id = uuid.uuid4().hex
-        self.connected_at = hub.clock.seconds()
+        self.connected_at = self._active_at = hub.clock.seconds()
         self.bytes_received = 0
         self.bytes_sent = 0
         self.messages_received = 0
         self.messages_sent = 0
+        self._frames = 0
         # Both queues are created when first needed: most clients never need
         # them, and an empty deque costs about 600 bytes per connection.
         self._pending: deque[tuple[bytes, Deferred[None] | _Countdown | None]] | None = None
@@ -158,11 +191,13 @@ class HubProtocol(Protocol, TimeoutMixin):
             return
         self._admitted = True
         self._decoder = hub.framing.decoder(self, hub.max_frame)
-        self._decoder.makeConnection(self.transport)
+        if hub.max_rate is not None:
+            self._tokens = float(hub.max_burst)
+            self._tokens_at = self.connected_at
         self.transport.registerProducer(self, True)
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
-        self.setTimeout(hub.timeout)
+        self._arm_idle()
         hub._connected(self)
         if hub.reading_paused:
             self.pauseReading()
@@ -173,12 +208,8 @@ class HubProtocol(Protocol, TimeoutMixin):
         rarely needed, and each idle connection's bytes count)."""
         return _format_address(self.transport.getPeer())
 
-    def callLater(self, period: float, func):
-        """TimeoutMixin's timer, on the hub's clock."""
-        return self.factory.clock.callLater(period, func)
-
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.setTimeout(None)
+        self._cancel_timers()
         if self._lost is not None:
             self._lost.fire(None)
         if not self._admitted:
@@ -190,6 +221,14 @@ class HubProtocol(Protocol, TimeoutMixin):
         self._fail_pending(departure)
         self.factory._disconnected(self, reason)
 
+    def _cancel_timers(self) -> None:
+        for name in ("_idle_call", "_frame_call", "_rate_call"):
+            call = getattr(self, name)
+            if call is not None:
+                setattr(self, name, None)
+                if call.active():
+                    call.cancel()
+
     # -- inbound --------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -199,7 +238,8 @@ class HubProtocol(Protocol, TimeoutMixin):
         size = len(data)
         self.bytes_received += size
         hub.counters.bytes_received += size
-        self.resetTimeout()
+        self._active_at = hub.clock.seconds()
+        frames = self._frames
         # Whatever this read makes the hub write, to any client, goes out as
         # one write per client once the read is handled (see _write).
         hub._batching += 1
@@ -209,19 +249,117 @@ class HubProtocol(Protocol, TimeoutMixin):
             hub._batching -= 1
             if not hub._batching:
                 hub._flush()
+        if hub.frame_timeout is not None and not (self._closing or self._read_paused):
+            self._watch_frame(frames != self._frames)
+
+    def _watch_frame(self, frames_completed: bool) -> None:
+        """Keep a deadline on a frame begun and not finished (a slowloris
+        sends one byte now and then to hold its connection for ever)."""
+        call = self._frame_call
+        if self._decoder.partial:
+            if call is None:
+                self._frame_call = self.factory.clock.callLater(
+                    self.factory.frame_timeout, self._frame_timed_out
+                )
+            elif frames_completed:
+                # The frame begun now is a new one: its own deadline.
+                call.reset(self.factory.frame_timeout)
+        elif call is not None:
+            self._frame_call = None
+            call.cancel()
+
+    def _frame_timed_out(self) -> None:
+        self._frame_call = None
+        hub = self.factory
+        hub.counters.frame_timeouts += 1
+        error = FrameTimeout(
+            f"client {self.client_id} ({self.address}) began a frame and did not "
+            f"finish it within {hub.frame_timeout} seconds"
+        )
+        self._log.info("{error}", error=error)
+        hub._report(self.client_id, error)
+        self._abort(ClientDisconnected(str(error)))
+
+    def readConnectionLost(self) -> None:
+        """IHalfCloseableProtocol: the client ended its input (FIN)."""
+        if self._closing or self._input_ended:
+            return
+        self._input_ended = True
+        hub = self.factory
+        hub._batching += 1
+        try:
+            self._decoder.inputEnded()
+        finally:
+            hub._batching -= 1
+            if not hub._batching:
+                hub._flush()
+        if self._frame_call is not None:
+            self._frame_call.cancel()
+            self._frame_call = None
+        if not self._held and not self._closing:
+            self._end_input()
+
+    def writeConnectionLost(self) -> None:
+        """IHalfCloseableProtocol: our side's output was shut down."""
+
+    def _end_input(self) -> None:
+        try:
+            self.inputEnded()
+        except Exception:
+            self.factory._handler_failed(f"{type(self).__name__}.inputEnded", Failure(), self.client_id)
+
+    def inputEnded(self) -> None:
+        """
+        Override: the client will send nothing more (it closed its connection,
+        or only its sending half, as C{nc -N} and C{shutdown(SHUT_WR)} do), and
+        every message it sent has been handled.  By default: close once the
+        queued output is written, so that a request followed by FIN gets its
+        whole reply.  Do nothing to keep the client as a receiver (a peer that
+        closed both halves is then found at the next write, or by C{timeout}).
+        """
+        self.loseConnection()
 
     def frameReceived(self, payload: bytes) -> None:
         """The decoder's callback: count, emit C{data}, call L{messageReceived}."""
         if self._closing or self.transport.disconnecting:
             return
-        if self._reading_paused:
+        self._frames += 1
+        if self._read_paused:
             # The rest of a read that came in before the pause: hold it.
-            if self._held is None:
-                self._held = deque()
-            self._held.append(payload)
-            self._held_bytes += len(payload)
+            self._hold(payload)
+            return
+        hub = self.factory
+        if hub.max_rate is not None and not self._take_token():
+            self._hold(payload)
             return
         self._dispatch(payload)
+
+    def _hold(self, payload: bytes) -> None:
+        if self._held is None:
+            self._held = deque()
+        self._held.append(payload)
+        self._held_bytes += len(payload)
+
+    def _take_token(self) -> bool:
+        """The token bucket of C{max_rate}: False (and reading paused until a
+        token is due) if this client is over its rate."""
+        hub = self.factory
+        now = hub.clock.seconds()
+        rate = hub.max_rate
+        tokens = min(float(hub.max_burst), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        hub.counters.rate_limited += 1
+        self._pause(_PAUSED_BY_RATE)
+        self._rate_call = hub.clock.callLater((1.0 - tokens) / rate, self._rate_refilled)
+        return False
+
+    def _rate_refilled(self) -> None:
+        self._rate_call = None
+        self._resume(_PAUSED_BY_RATE)
 
     def _dispatch(self, payload: bytes) -> None:
         hub = self.factory
@@ -255,31 +393,82 @@ class HubProtocol(Protocol, TimeoutMixin):
         """Stop taking messages from this client: what it sends stays in the
         socket (TCP pushes back on it), and the messages left in the current
         read are held until L{resumeReading}.  The idle timeout is suspended."""
-        if self._reading_paused or not self._admitted:
-            return
-        self._reading_paused = True
-        self.setTimeout(None)
-        self.transport.pauseProducing()
+        if self._admitted:
+            self._pause(_PAUSED_BY_USER)
 
     def resumeReading(self) -> None:
         """Deliver the held messages, in order, and read again."""
-        if not self._reading_paused:
+        self._resume(_PAUSED_BY_USER)
+
+    def _pause(self, why: int) -> None:
+        if self._read_paused & why:
             return
-        self._reading_paused = False
+        was_paused = self._read_paused
+        self._read_paused |= why
+        if not was_paused:
+            # The hub holds the client back: neither deadline is its fault.
+            self._disarm_idle()
+            call, self._frame_call = self._frame_call, None
+            if call is not None:
+                call.cancel()
+            if not self._input_ended:
+                self.transport.pauseProducing()
+
+    def _resume(self, why: int) -> None:
+        if not self._read_paused & why:
+            return
+        self._read_paused &= ~why
+        if self._read_paused:
+            return
         held = self._held or ()
-        while held and not self._reading_paused and not self._closing:
+        rate = self.factory.max_rate
+        while held and not self._read_paused and not self._closing:
+            if rate is not None and not self._take_token():
+                break
             payload = held.popleft()
             self._held_bytes -= len(payload)
             self._dispatch(payload)
-        if not self._reading_paused and not self._closing:
-            self.setTimeout(self.factory.timeout)
+        if self._read_paused or self._closing:
+            return
+        self._active_at = self.factory.clock.seconds()
+        self._arm_idle()
+        if self.factory.frame_timeout is not None:
+            self._watch_frame(False)
+        if self._input_ended:
+            self._end_input()
+        else:
             self.transport.resumeProducing()
 
+    # -- the idle timeout: traffic either way, like Node's socket.setTimeout
+
+    def _arm_idle(self) -> None:
+        timeout = self.factory.timeout
+        if timeout is not None and self._idle_call is None:
+            self._idle_call = self.factory.clock.callLater(timeout, self._idle_check)
+
+    def _disarm_idle(self) -> None:
+        call, self._idle_call = self._idle_call, None
+        if call is not None:
+            call.cancel()
+
+    def _idle_check(self) -> None:
+        # Traffic only stamps _active_at (cheap, once per read or write);
+        # the timer moves to the true deadline when it fires early.
+        self._idle_call = None
+        clock = self.factory.clock
+        deadline = self._active_at + self.factory.timeout
+        now = clock.seconds()
+        if now < deadline:
+            self._idle_call = clock.callLater(deadline - now, self._idle_check)
+        else:
+            self.timeoutConnection()
+
     def timeoutConnection(self) -> None:
-        """The client sent nothing for C{timeout} seconds: count it and drop it."""
+        """Override: no traffic either way for C{timeout} seconds.  By
+        default: count it, report L{IdleTimeout}, and drop the client."""
         hub = self.factory
         hub.counters.timed_out += 1
-        error = IdleTimeout(f"client {self.client_id} idle for {self.timeOut} seconds")
+        error = IdleTimeout(f"client {self.client_id} idle for {hub.timeout} seconds")
         self._log.info("{error}", error=error)
         hub._report(self.client_id, error)
         self._abort(ClientDisconnected(str(error)))
@@ -288,11 +477,13 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def sendMessage(self, payload: bytes) -> None:
         """Frame C{payload} and send it to this client (queued while it is paused)."""
+        _check_payload(payload, "sendMessage")
         self._deliver(self.factory.framing.encode(payload))
 
     def broadcastMessage(self, payload: bytes) -> None:
         """Frame C{payload} once and send it to every other client; the
         fire-and-forget form of C{factory.broadcast(payload, exclude=[self.client_id])}."""
+        _check_payload(payload, "broadcastMessage")
         hub = self.factory
         countdown = hub._broadcast(hub.framing.encode(payload), skip=self)
         if countdown is not None:
@@ -330,6 +521,7 @@ class HubProtocol(Protocol, TimeoutMixin):
         counters.bytes_sent += size
         counters.messages_sent += 1
         if not hub._batching:
+            self._active_at = hub.clock.seconds()
             self.transport.write(frame)
         elif self._outbox is None:
             self._outbox = [frame]
@@ -337,10 +529,11 @@ class HubProtocol(Protocol, TimeoutMixin):
         else:
             self._outbox.append(frame)
 
-    def _flush_outbox(self) -> None:
+    def _flush_outbox(self, now: float) -> None:
         outbox, self._outbox = self._outbox, None
         if not outbox:
             return
+        self._active_at = now
         if len(outbox) == 1:
             self.transport.write(outbox[0])
         elif len(outbox[0]) >= 1024:
@@ -371,7 +564,7 @@ class HubProtocol(Protocol, TimeoutMixin):
             self._close_transport()
 
     def _close_transport(self) -> None:
-        self._flush_outbox()
+        self._flush_outbox(self.factory.clock.seconds())
         # A registered producer keeps a paused transport open for ever: unregister first.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -384,9 +577,18 @@ class HubProtocol(Protocol, TimeoutMixin):
 
     def _abort(self, departure: ClientDisconnected) -> None:
         self._closing = True
-        self._outbox = None
+        outbox, self._outbox = self._outbox, None
+        if outbox:
+            # Counted when batched, never handed to the transport: uncount.
+            size = sum(map(len, outbox))
+            counters = self.factory.counters
+            self.bytes_sent -= size
+            self.messages_sent -= len(outbox)
+            counters.bytes_sent -= size
+            counters.messages_sent -= len(outbox)
         self._departure = departure
         self._fail_pending(departure)
+        self._cancel_timers()
         self.transport.abortConnection()
 
     def _fail_pending(self, departure: ClientDisconnected) -> None:
@@ -413,6 +615,7 @@ class HubProtocol(Protocol, TimeoutMixin):
             counters.bytes_sent += self._pending_bytes
             counters.messages_sent += len(frames)
             self._pending_bytes = 0
+            self._active_at = self.factory.clock.seconds()
             self.transport.write(b"".join(frames))
             for _, waiter in pending:
                 _notify_written(waiter)
@@ -461,7 +664,11 @@ class HubFactory(Factory):
         max_frame: int = DEFAULT_MAX_FRAME,
         max_pending: int = DEFAULT_MAX_PENDING,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_ip: int | None = None,
         timeout: float | None = None,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_rate: float | None = None,
+        max_burst: int | None = None,
         keep_alive: bool = True,
         clock: IReactorTime | None = None,
     ) -> None:
@@ -469,18 +676,28 @@ class HubFactory(Factory):
             self.protocol = protocol
         for name, value in (("max_frame", max_frame), ("max_pending", max_pending),
                             ("max_connections", max_connections)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, not {value}")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds or None, not {timeout}")
+            _checks.number(name, value, minimum=1, integer=True)
+        if max_connections_per_ip is not None:
+            _checks.number("max_connections_per_ip", max_connections_per_ip, minimum=1, integer=True)
+        if max_rate is not None:
+            _checks.number("max_rate", max_rate, above=0)
+            if max_burst is None:
+                max_burst = max(1, math.ceil(max_rate))
+            _checks.number("max_burst", max_burst, minimum=1, integer=True)
+        elif max_burst is not None:
+            raise ValueError("max_burst goes with max_rate")
         if clock is None:
             from twisted.internet import reactor as clock
         self.framing = get_framing(framing)
         self.max_frame = max_frame
         self.max_pending = max_pending
         self.max_connections = max_connections
-        self.timeout = timeout
-        self.keep_alive = keep_alive
+        self.max_connections_per_ip = max_connections_per_ip
+        self.timeout = _checks.seconds_or_none("timeout", timeout)
+        self.frame_timeout = _checks.seconds_or_none("frame_timeout", frame_timeout)
+        self.max_rate = max_rate
+        self.max_burst = max_burst
+        self.keep_alive = _checks.flag("keep_alive", keep_alive)
         self.clock: IReactorTime = clock
         self.counters = HubCounters()
         self.events = Events(("connection", "data", "disconnect", "error"), self._event_failed)
@@ -492,7 +709,13 @@ class HubFactory(Factory):
         # Connections that are not in the client table (refused ones, until
         # they are gone): stop() waits for these too.
         self._refused: set[HubProtocol] = set()
+        self._per_ip: dict[str, int] = {}
         self._all_gone: OneShotObserver | None = None
+
+    def limit_connections(self, allowed: int) -> None:
+        """Admit at most C{allowed} clients, fewer than C{max_connections}:
+        what the process's descriptor limit leaves room for."""
+        self.max_connections = min(self.max_connections, max(1, allowed))
 
     def startFactory(self) -> None:
         self.started_at = self.clock.seconds()
@@ -510,6 +733,7 @@ class HubFactory(Factory):
         L{UnknownClient}, L{ClientDisconnected} (or L{SlowConsumer}), or
         L{UnframeableMessage}.
         """
+        _check_payload(data, "send")
         client = self._clients.get(client_id)
         if client is None:
             return fail(UnknownClient(client_id))
@@ -526,8 +750,16 @@ class HubFactory(Factory):
         """
         Send one message to every client not in C{exclude}, framed once.  Fires
         when every receiver has taken it or gone; clients that leave meanwhile
-        do not fail it.  Errbacks only with L{UnframeableMessage}.
+        do not fail it.  Errbacks only with L{UnframeableMessage}.  Raises
+        L{TypeError} for C{str} data, or one id given as C{exclude} instead of
+        a collection of ids.
         """
+        _check_payload(data, "broadcast")
+        if isinstance(exclude, (str, bytes)):
+            raise TypeError(
+                f"broadcast's exclude takes a collection of client ids, not one id: "
+                f"exclude=[{exclude!r}]"
+            )
         try:
             frame = self.framing.encode(data)
         except UnframeableMessage:
@@ -551,6 +783,7 @@ class HubFactory(Factory):
         countdown = None
         size = len(frame)
         batching = self._batching
+        now = self.clock.seconds()
         written = 0
         for client in tuple(self._clients.values()):
             if client is skip or client._closing or (excluded and client.client_id in excluded):
@@ -566,6 +799,7 @@ class HubFactory(Factory):
             client.messages_sent += 1
             written += 1
             if not batching:
+                client._active_at = now
                 client.transport.write(frame)
             elif client._outbox is None:
                 client._outbox = [frame]
@@ -631,20 +865,37 @@ class HubFactory(Factory):
 
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, []
-        for client in dirty:
-            client._flush_outbox()
+        if dirty:
+            now = self.clock.seconds()
+            for client in dirty:
+                client._flush_outbox(now)
 
     def _admit(self, client: HubProtocol) -> bool:
+        error: ConnectionLimitReached | None = None
         if len(self._clients) >= self.max_connections:
-            self._refused.add(client)
-            self.counters.rejected += 1
             error = ConnectionLimitReached(
                 f"refused {client.address}: {self.max_connections} clients connected"
             )
-            self._log.warn("{error}", error=error)
-            self._report(None, error)
-            return False
-        return True
+        elif self.max_connections_per_ip is not None:
+            host = getattr(client.transport.getPeer(), "host", None)
+            if host is not None:
+                count = self._per_ip.get(host, 0)
+                if count >= self.max_connections_per_ip:
+                    self.counters.rejected_per_ip += 1
+                    error = AddressLimitReached(
+                        f"refused {client.address}: {count} clients connected from "
+                        f"{host} (max_connections_per_ip={self.max_connections_per_ip})"
+                    )
+                else:
+                    self._per_ip[host] = count + 1
+                    client._host = host
+        if error is None:
+            return True
+        self._refused.add(client)
+        self.counters.rejected += 1
+        self._log.warn("{error}", error=error)
+        self._report(None, error)
+        return False
 
     def _connected(self, client: HubProtocol) -> None:
         self._clients[client.client_id] = client
@@ -656,6 +907,13 @@ class HubFactory(Factory):
 
     def _disconnected(self, client: HubProtocol, reason: Failure) -> None:
         del self._clients[client.client_id]
+        host = client._host
+        if host is not None:
+            left = self._per_ip[host] - 1
+            if left:
+                self._per_ip[host] = left
+            else:
+                del self._per_ip[host]
         self._log.debug("client {client_id} disconnected: {reason}",
                         client_id=client.client_id, reason=reason.getErrorMessage())
         self.events.emit("disconnect", client.client_id, reason)

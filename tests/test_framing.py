@@ -26,12 +26,13 @@ class Sink:
         self.errors.append(error)
 
 
-def decode(name: str, chunks: list[bytes], max_frame: int = 1024) -> Sink:
+def decode(name: str, chunks: list[bytes], max_frame: int = 1024, end: bool = False) -> Sink:
     sink = Sink()
     decoder = get_framing(name).decoder(sink, max_frame)
-    decoder.makeConnection(StringTransport())
     for chunk in chunks:
         decoder.dataReceived(chunk)
+    if end:
+        decoder.inputEnded()
     return sink
 
 

@@ -1,0 +1,50 @@
+"""
+Checks of option values, shared by the Python API (which raises
+L{ValueError} or L{TypeError}) and the plugins' command lines (which turn the
+same message into a usage error): one rule per option, one wording.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def number(
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    integer: bool = False,
+) -> float:
+    """Return C{value} if it is a finite number in range, else raise an
+    error that names the option C{name} and what it takes."""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        integer and not isinstance(value, int)
+    ):
+        raise TypeError(f"{name} takes {kind}, not {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} takes a finite number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, not {value!r}")
+    if above is not None and value <= above:
+        raise ValueError(f"{name} must be more than {above}, not {value!r}")
+    return value
+
+
+def flag(name: str, value: object) -> bool:
+    """Return C{value} if it is a bool (C{"no"} is not)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} takes True or False, not {value!r}")
+    return value
+
+
+def seconds_or_none(name: str, value: object) -> float | None:
+    """A duration in seconds where C{None} or C{0} disables the limit."""
+    if value is None:
+        return None
+    return number(name, value, minimum=0) or None
