@@ -27,6 +27,8 @@ def number(
         raise TypeError(f"{name} takes {kind}, not {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} takes a finite number, not {value!r}")
+    if minimum == 0 and value < 0:
+        raise ValueError(f"{name} cannot be negative, not {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, not {value!r}")
     if maximum is not None and value > maximum:

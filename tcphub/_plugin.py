@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
 from typing import Callable
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
 from tcphub import _checks
-from tcphub.errors import RetryLimitReached
+from tcphub.errors import ListenFailed, RetryLimitReached
 from tcphub.websocket import WebSocketHandler
 
 
@@ -34,33 +35,70 @@ def number(option: str, kind: type[int] | type[float], **limits: float) -> Calla
     return coerce
 
 
+EXIT_GAVE_UP = 1
+"""The exit status of a twistd whose WebSocket side gave up (C{EX_}-free: a
+supervisor's "restart on failure" only needs it to be non-zero)."""
+
+
 def stop_when_given_up(handler: WebSocketHandler, reactor) -> None:
     """A daemon whose upstream gave up has nothing left to do: stop twistd
-    (the handler has logged why)."""
+    (the handler has logged why), and exit with L{EXIT_GAVE_UP} so that a
+    supervisor restarts it."""
 
     def stop(error, context) -> None:
         if isinstance(error, RetryLimitReached):
+            exit_status_after_twistd(EXIT_GAVE_UP)
             reactor.stop()
 
     handler.on("error", stop)
 
 
-class SecondInterruptExits(Service):
+def exit_status_after_twistd(status: int) -> None:
+    """Make the process exit with C{status} once twistd has shut down
+    cleanly: twistd has no way to exit non-zero after C{reactor.stop()}.
+    Registered last, this exit handler runs first and ends the process."""
+
+    def exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(exit_now)
+
+
+class PluginProcess(MultiService):
     """
-    Once twistd is shutting down (connections draining, up to the drain
-    timeout), a second SIGINT (Ctrl-C) exits at once instead of being ignored.
+    What twistd runs for a plugin: its service, plus the process's behaviour
+    around it: a port that cannot be bound ends twistd with one line (exit
+    status 1, no traceback); SIGHUP (the terminal closed, or a C{kill -HUP})
+    shuts down with the drain, as SIGTERM does; during the drain, a second
+    SIGINT exits at once.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, service: IService, reactor) -> None:
+        super().__init__()
         self._reactor = reactor
+        service.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenFailed as error:
+            raise SystemExit(f"twistd: {error}") from None
 
     def startService(self) -> None:
         super().startService()
-        self._reactor.addSystemEventTrigger("before", "shutdown", self._arm)
+        self._reactor.addSystemEventTrigger("before", "shutdown", self._arm_second_interrupt)
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, self._hangup)
 
-    def _arm(self) -> None:
+    def _hangup(self, signum: int, frame: object) -> None:
+        self._log.info("Received SIGHUP, shutting down (queued output is drained first).")
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def _arm_second_interrupt(self) -> None:
         signal.signal(signal.SIGINT, self._exit_now)
         self._log.info("shutting down; interrupt again to exit at once")
 

@@ -71,6 +71,11 @@ class AddressLimitReached(ConnectionLimitReached):
     clients connected already."""
 
 
+class ListenFailed(TcpHubError):
+    """A listening endpoint could not be set up (port in use, missing
+    directory or certificate, ...)."""
+
+
 class HandlerError(TcpHubError):
     """A hook, route handler or event callback raised; the original is C{__cause__}."""
 

@@ -102,6 +102,18 @@ def backoff_policy(backoff: str | RetryPolicy, **options: float) -> RetryPolicy:
     return make(**options)
 
 
+class _RetryLog(Logger):
+    """The service's logger, handed to L{ClientService} too: ClientService's
+    own "Scheduling retry" line is dropped, since it follows the policy even
+    when the policy gave up (a retry "in 86400 seconds" that never comes);
+    the service logs each real retry itself."""
+
+    def emit(self, level, format=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if format is not None and format.startswith("Scheduling retry"):
+            return
+        super().emit(level, format, **kwargs)
+
+
 class ReconnectingClientService(ClientService):
     """
     Keeps one outgoing connection up, retrying with a backoff policy, and
@@ -122,7 +134,7 @@ class ReconnectingClientService(ClientService):
     such a server as a success every time.
     """
 
-    _log = Logger()
+    _log = _RetryLog()
 
     def __init__(
         self,

@@ -23,9 +23,10 @@ and C{self.factory.send} return Deferreds, for flow control.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections import deque
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -44,14 +45,14 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
     ITCPTransport,
 )
-from twisted.internet.abstract import isIPv6Address
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from zope.interface import implementer
 
-from tcphub import _checks
+from tcphub import _checks, descriptors
 from tcphub._observer import OneShotObserver
 from tcphub.errors import (
     AddressLimitReached,
@@ -61,6 +62,7 @@ from tcphub.errors import (
     FramingError,
     HandlerError,
     IdleTimeout,
+    ListenFailed,
     SlowConsumer,
     TcpHubError,
     UnframeableMessage,
@@ -77,7 +79,11 @@ DEFAULT_MAX_PENDING = 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 5.0
 DEFAULT_FRAME_TIMEOUT = 30.0
-# Twisted and the seed use 50, which a burst of a few hundred connects overflows:
+# Descriptors kept free beside the clients: listening ports, log files, the
+# upstream connection, the reactor's own.
+DESCRIPTOR_RESERVE = 64
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+# Twisted and Node use 50, which a burst of a few hundred connects overflows:
 # the kernel then drops the handshakes and the clients stall on SYN-ACK retries.
 DEFAULT_BACKLOG = 511
 
@@ -91,6 +97,13 @@ def _format_address(address: IAddress) -> str:
         name = address.name
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "unix")
     return str(address)
+
+
+def _first_of_a_burst(count: int) -> bool:
+    """Whether the C{count}th refusal of a kind is logged: the first, then
+    each power of two, so that a flood of them writes a few lines, not one
+    per connection (the metrics count each)."""
+    return count & (count - 1) == 0
 
 
 class _Countdown:
@@ -893,7 +906,8 @@ class HubFactory(Factory):
             return True
         self._refused.add(client)
         self.counters.rejected += 1
-        self._log.warn("{error}", error=error)
+        if _first_of_a_burst(self.counters.rejected):
+            self._log.warn("{error} ({count} refused so far)", error=error, count=self.counters.rejected)
         self._report(None, error)
         return False
 
@@ -938,11 +952,32 @@ class HubFactory(Factory):
     def _event_failed(self, event: str, failure: Failure) -> None:
         self._handler_failed(f"{event} event callback", failure, None)
 
+    def _refused_without_descriptor(self) -> None:
+        counters = self.counters
+        counters.descriptor_refusals += 1
+        if _first_of_a_burst(counters.descriptor_refusals):
+            self._log.warn(
+                "{count} connections refused so far: no file descriptor left (EMFILE); "
+                "raise the open-file limit (ulimit -n) or lower max_connections",
+                count=counters.descriptor_refusals,
+            )
+
     def _abort_stragglers(self) -> None:
         for client in [*self._clients.values(), *self._refused]:
             self._log.info("aborting {address}: still open after the drain timeout",
                            address=client.address)
             client.transport.abortConnection()
+
+
+def check_host(host: object) -> str:
+    """Return C{host} if it can be listened on: an IPv4 or IPv6 address, or a name."""
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host takes an address or a name, not {host!r}")
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(f"host takes an address without brackets, e.g. {host[1:-1]!r}, not {host!r}")
+    if not (isIPAddress(host) or isIPv6Address(host) or _HOST_NAME.fullmatch(host)):
+        raise ValueError(f"host takes an IPv4 or IPv6 address or a host name, not {host!r}")
+    return host
 
 
 class TcpServer(Service):
@@ -969,39 +1004,64 @@ class TcpServer(Service):
         max_frame: int = DEFAULT_MAX_FRAME,
         max_pending: int = DEFAULT_MAX_PENDING,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_ip: int | None = None,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_rate: float | None = None,
+        max_burst: int | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         protocol: type[HubProtocol] = HubProtocol,
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
+        raise_descriptor_limit: bool = True,
         clock: IReactorTime | None = None,
         reactor=None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        if endpoint is None:
+            _checks.number("port", port, minimum=0, maximum=65535, integer=True)
+            _checks.number("backlog", backlog, minimum=1, maximum=65535, integer=True)
+            check_host(host)
         self.factory = HubFactory(
             protocol=protocol,
             framing=framing,
             max_frame=max_frame,
             max_pending=max_pending,
             max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
             timeout=timeout,
+            frame_timeout=frame_timeout,
+            max_rate=max_rate,
+            max_burst=max_burst,
             keep_alive=keep_alive,
             clock=clock if clock is not None else reactor,
         )
-        self.drain_timeout = drain_timeout
+        self.drain_timeout = _checks.number("drain_timeout", drain_timeout, minimum=0)
+        self.raise_descriptor_limit = raise_descriptor_limit
+        self._descriptor_watch: Callable[[dict], None] | None = None
         self._reactor = reactor
         self.endpoints = self._endpoints(reactor, endpoint, port, host, backlog)
         self.listening_ports: list[IListeningPort] = []
         self._listening: OneShotObserver | None = None
-        self._listen_failure: Failure | None = None
+        self._listen_failure: ListenFailed | None = None
 
-    @staticmethod
-    def _endpoints(reactor, endpoint, port: int, host: str, backlog: int) -> list[IStreamServerEndpoint]:
+    def _endpoints(self, reactor, endpoint, port: int, host: str, backlog: int) -> list[IStreamServerEndpoint]:
+        self._descriptions: dict[int, str] = {}
         if endpoint is None:
             tcp = TCP6ServerEndpoint if isIPv6Address(host) else TCP4ServerEndpoint
             return [tcp(reactor, port, backlog=backlog, interface=host)]
         if isinstance(endpoint, (str, bytes)) or IStreamServerEndpoint.providedBy(endpoint):
             endpoint = [endpoint]
-        return [serverFromString(reactor, e) if isinstance(e, str) else e for e in endpoint]
+        endpoints = []
+        for each in endpoint:
+            if isinstance(each, str):
+                try:
+                    parsed = serverFromString(reactor, each)
+                except Exception as error:
+                    raise ValueError(f"endpoint {each!r}: {error}") from None
+                self._descriptions[id(parsed)] = each
+                each = parsed
+            endpoints.append(each)
+        return endpoints
 
     # -- lifecycle --------------------------------------------------------
 
@@ -1023,16 +1083,53 @@ class TcpServer(Service):
         # a hub that listens nowhere.
         super().privilegedStartService()
         self._listen()
-        failure = self._listen_failure
-        if failure is not None:
-            failure.raiseException()
+        if self._listen_failure is not None:
+            raise self._listen_failure
 
     def startService(self) -> None:
         super().startService()
+        if self.raise_descriptor_limit:
+            self._fit_descriptor_limit()
+        if self._descriptor_watch is None:
+            self._descriptor_watch = self._count_descriptor_refusals
+            globalLogPublisher.addObserver(self._descriptor_watch)
         if self._listening is None:
             self._listen()
 
+    def _fit_descriptor_limit(self) -> None:
+        """Raise the soft RLIMIT_NOFILE toward the hard one as far as
+        C{max_connections} needs; if even the hard limit is short, admit only
+        as many clients as it leaves room for, and say so."""
+        needed = self.factory.max_connections + DESCRIPTOR_RESERVE
+        soft, hard = descriptors.limit()
+        if soft >= needed:
+            return
+        raised = descriptors.raise_limit(needed)
+        if raised > soft:
+            self._log.info("raised the open-file limit from {soft} to {raised}", soft=soft, raised=raised)
+        if raised < needed:
+            allowed = max(1, raised - DESCRIPTOR_RESERVE)
+            self._log.warn(
+                "max_connections is {wanted}, but the open-file limit (ulimit -n) of {limit} "
+                "leaves room for about {allowed} clients: more are refused and counted "
+                "in 'rejected'; raise the hard limit to serve more",
+                wanted=self.factory.max_connections, limit=raised, allowed=allowed,
+            )
+            self.factory.limit_connections(allowed)
+
+    def _count_descriptor_refusals(self, event: dict) -> None:
+        # Twisted closes a connection it cannot give a descriptor to (EMFILE)
+        # inside its listening port, before any factory sees it; its log line
+        # is the only trace.
+        if event.get("log_format", "").startswith("EMFILE recovery: Closed socket") and any(
+            event.get("log_source") is port for port in self.listening_ports
+        ):
+            self.factory._refused_without_descriptor()
+
     def stopService(self) -> Deferred[None]:
+        if self._descriptor_watch is not None:
+            globalLogPublisher.removeObserver(self._descriptor_watch)
+            self._descriptor_watch = None
         super().stopService()
         listening, self._listening = self._listening, None
         ports, self.listening_ports = self.listening_ports, []
@@ -1061,12 +1158,27 @@ class TcpServer(Service):
             for attempt in attempts:
                 attempt.addCallback(lambda port: port and port.stopListening())
                 attempt.addErrback(lambda _: None)
-            failure = failure.value.subFailure
-            self._listen_failure = failure
-            self._log.error("tcphub could not listen: {error}", error=failure.getErrorMessage())
-            listening.fire(failure)
+            cause = failure.value.subFailure
+            error = ListenFailed(
+                f"tcphub cannot listen on {self._describe(self.endpoints[failure.value.index])}: "
+                f"{cause.getErrorMessage()}"
+            )
+            error.__cause__ = cause.value
+            self._listen_failure = error
+            self._log.error("{error}", error=error)
+            listening.fire(cause)
 
         gatherResults(attempts, consumeErrors=True).addCallbacks(listened, failed)
+
+    def _describe(self, endpoint: IStreamServerEndpoint) -> str:
+        description = self._descriptions.get(id(endpoint))
+        if description is not None:
+            return description
+        port = getattr(endpoint, "_port", None)
+        interface = getattr(endpoint, "_interface", None)
+        if port is not None:
+            return f"{interface or '*'}:{port}"
+        return repr(endpoint)
 
     def _announce(self, ports: list[IListeningPort]) -> None:
         for port in ports:

@@ -8,10 +8,10 @@ from twisted.python import usage
 
 from urllib.parse import urlparse
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 
 from tcphub._plugin import number as _number
-from tcphub._plugin import SecondInterruptExits, stop_when_given_up
+from tcphub._plugin import PluginProcess, stop_when_given_up
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.framing import FRAMINGS
 from tcphub.modes import MODES
@@ -20,10 +20,12 @@ from tcphub.websocket import WebSocketHandler
 from tcphub.server import (
     DEFAULT_BACKLOG,
     DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FRAME_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_PENDING,
     TcpServer,
+    check_host,
 )
 
 DEFAULT_PORT = 3000
@@ -43,35 +45,49 @@ class Options(usage.Options):
 
     optParameters = [
         ["port", "p", None, f"TCP port to listen on [default: {DEFAULT_PORT}]",
-         _number("port", int)],
+         _number("port", int, minimum=0, maximum=65535)],
         ["host", None, None, f"interface to listen on [default: {DEFAULT_HOST}]"],
         ["backlog", None, None, f"listen backlog [default: {DEFAULT_BACKLOG}]",
-         _number("backlog", int)],
-        ["timeout", "t", DEFAULT_TIMEOUT, "idle timeout in seconds (0 disables it)",
-         _number("timeout", float)],
+         _number("backlog", int, minimum=1, maximum=65535)],
+        ["timeout", "t", DEFAULT_TIMEOUT,
+         "seconds without traffic either way before a client is dropped (0 disables it)",
+         _number("timeout", float, minimum=0)],
+        ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT,
+         "seconds a client has to finish a frame it began (0 disables it)",
+         _number("frame-timeout", float, minimum=0)],
         ["framing", "f", "line", f"message framing: {', '.join(FRAMINGS)}"],
         ["mode", "m", None,
          f"what the hub does with a message: {', '.join(MODES)} "
          "[default: broadcast, or none with --upstream]"],
         ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes",
-         _number("max-frame", int)],
+         _number("max-frame", int, minimum=1)],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once",
-         _number("max-connections", int)],
+         _number("max-connections", int, minimum=1)],
+        ["max-connections-per-ip", None, None,
+         "clients connected at once from one address [default: no limit]",
+         _number("max-connections-per-ip", int, minimum=1)],
+        ["max-rate", None, None,
+         "messages per second a client may send; faster ones are paused, not dropped "
+         "[default: no limit]", _number("max-rate", float, above=0)],
+        ["max-burst", None, None,
+         "messages a client may send at once above --max-rate [default: one second's worth]",
+         _number("max-burst", int, minimum=1)],
         ["max-pending", None, DEFAULT_MAX_PENDING,
          "bytes queued for a client that does not read before it is dropped",
-         _number("max-pending", int)],
+         _number("max-pending", int, minimum=1)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
-         "seconds to let queued output drain on shutdown", _number("drain-timeout", float)],
+         "seconds to let queued output drain on shutdown",
+         _number("drain-timeout", float, minimum=0)],
         ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL"],
         ["upstream-path", None, DEFAULT_UPSTREAM_PATH, "path of the messages sent upstream"],
         ["upstream-route", None, DEFAULT_UPSTREAM_ROUTE,
          "route (wildcards allowed) of the upstream messages for the clients"],
         ["upstream-max-retries", None, None,
          "upstream retries in a row before giving up and exiting [default: never give up]",
-         _number("upstream-max-retries", int)],
+         _number("upstream-max-retries", int, minimum=0)],
         ["upstream-backoff", None, "exponential", f"upstream retry delays: {', '.join(BACKOFFS)}"],
         ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
-         _number("upstream-ping-interval", float)],
+         _number("upstream-ping-interval", float, minimum=0)],
     ]
     optFlags = [
         ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],
@@ -86,7 +102,15 @@ class Options(usage.Options):
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint, e.g. tcp:3000:interface=127.0.0.1,
         ssl:3443:privateKey=key.pem:certKey=cert.pem or unix:/tmp/hub.sock
-        (repeatable; replaces --port, --host and --backlog)."""
+        (repeatable; replaces --port, --host and --backlog). Unlike --port,
+        tcp:3000 alone listens on every interface: add interface=127.0.0.1."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(reactor, description)
+        except Exception as error:
+            raise usage.UsageError(f"--listen {description!r}: {error}") from None
         self["listen"].append(description)
 
     def postOptions(self) -> None:
@@ -108,12 +132,13 @@ class Options(usage.Options):
             )
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
-        for name in ("max-frame", "max-connections", "max-pending"):
-            if self[name] < 1:
-                raise usage.UsageError(f"--{name} must be at least 1")
-        for name in ("timeout", "drain-timeout"):
-            if self[name] < 0:
-                raise usage.UsageError(f"--{name} cannot be negative")
+        if self["max-burst"] is not None and self["max-rate"] is None:
+            raise usage.UsageError("--max-burst goes with --max-rate")
+        if self["host"] is not None:
+            try:
+                check_host(self["host"])
+            except ValueError as error:
+                raise usage.UsageError(f"--{error}") from None
         tcp_options = [f"--{name}" for name in ("port", "host", "backlog") if self[name] is not None]
         if self["listen"] and tcp_options:
             raise usage.UsageError(f"--listen replaces {', '.join(tcp_options)}: give one or the other")
@@ -129,10 +154,7 @@ def makeService(config: Options, reactor=None) -> IService:
     """The hub (or, with --upstream, the gateway) as the service named "tcphub"."""
     if reactor is None:
         from twisted.internet import reactor
-    process = MultiService()
-    _hub_service(config, reactor).setServiceParent(process)
-    SecondInterruptExits(reactor).setServiceParent(process)
-    return process
+    return PluginProcess(_hub_service(config, reactor), reactor)
 
 
 def _hub_service(config: Options, reactor) -> IService:
@@ -141,11 +163,15 @@ def _hub_service(config: Options, reactor) -> IService:
         host=config["host"],
         backlog=config["backlog"],
         keep_alive=not config["no-keepalive"],
-        timeout=config["timeout"] or None,
+        timeout=config["timeout"],
+        frame_timeout=config["frame-timeout"],
         framing=config["framing"],
         max_frame=config["max-frame"],
         max_pending=config["max-pending"],
         max_connections=config["max-connections"],
+        max_connections_per_ip=config["max-connections-per-ip"],
+        max_rate=config["max-rate"],
+        max_burst=config["max-burst"],
         drain_timeout=config["drain-timeout"],
         protocol=MODES[config["mode"]],
         endpoint=config["listen"] or None,

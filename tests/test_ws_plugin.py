@@ -61,8 +61,10 @@ def test_twistd_tcphub_ws_exits_when_it_gives_up():
             Twistd("tcphub-ws", "--url", server.url, "--no-reconnect") as twistd:
         code = twistd.process.wait(timeout=60)
         twistd.drain()
-        assert code == 0, twistd.output
+        # Non-zero, so that a supervisor's restart-on-failure restarts it.
+        assert code == 1, twistd.output
         assert "gave up after 0 retries" in twistd.output and "503" in twistd.output
+        assert "Scheduling retry" not in twistd.output, "no phantom retry after giving up"
 
 
 def test_ws_client_example(monkeypatch):
