@@ -2,9 +2,11 @@
 
 from tcphub.bridge import Bridge
 from tcphub.errors import (
+    AddressLimitReached,
     ClientDisconnected,
     ConnectionClosed,
     ConnectionLimitReached,
+    FrameTimeout,
     FrameTooLong,
     FramingError,
     HandlerClosed,
@@ -13,6 +15,7 @@ from tcphub.errors import (
     InvalidCloseCode,
     InvalidMessage,
     InvalidRoute,
+    ListenFailed,
     MalformedFrame,
     NotConnected,
     QueueFull,
@@ -21,6 +24,7 @@ from tcphub.errors import (
     RouteConflict,
     SlowConsumer,
     TcpHubError,
+    TruncatedFrame,
     UnframeableMessage,
     UnknownClient,
     WebSocketError,
@@ -33,6 +37,7 @@ from tcphub.server import HubFactory, HubProtocol, TcpServer
 from tcphub.websocket import ConnectionContext, HandlerProtocol, Status, WebSocketHandler
 
 __all__ = [
+    "AddressLimitReached",
     "Bridge",
     "BroadcastProtocol",
     "ClientDisconnected",
@@ -42,6 +47,7 @@ __all__ = [
     "ConnectionLimitReached",
     "EchoProtocol",
     "FRAMINGS",
+    "FrameTimeout",
     "FrameTooLong",
     "Framing",
     "FramingError",
@@ -54,6 +60,7 @@ __all__ = [
     "InvalidCloseCode",
     "InvalidMessage",
     "InvalidRoute",
+    "ListenFailed",
     "MalformedFrame",
     "Metrics",
     "NotConnected",
@@ -66,6 +73,7 @@ __all__ = [
     "Status",
     "TcpHubError",
     "TcpServer",
+    "TruncatedFrame",
     "UnframeableMessage",
     "UnknownClient",
     "WebSocketError",

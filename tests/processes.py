@@ -35,11 +35,12 @@ def twistd_command() -> str:
 class OutputProcess:
     """A running subprocess whose output is read line by line on a thread."""
 
-    def __init__(self, args: list[str], cwd: Path | str = REPO) -> None:
+    def __init__(self, args: list[str], cwd: Path | str = REPO, preexec_fn=None) -> None:
         self.args = args
         self.process = subprocess.Popen(
             self.args,
             cwd=cwd,
+            preexec_fn=preexec_fn,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -116,8 +117,8 @@ class OutputProcess:
 class Twistd(OutputProcess):
     """C{twistd -n ARGS}, with no pid file."""
 
-    def __init__(self, *args: str, cwd: Path | str = REPO) -> None:
-        super().__init__([twistd_command(), "--pidfile=", "-n", *args], cwd=cwd)
+    def __init__(self, *args: str, cwd: Path | str = REPO, preexec_fn=None) -> None:
+        super().__init__([twistd_command(), "--pidfile=", "-n", *args], cwd=cwd, preexec_fn=preexec_fn)
 
     def wait_listening(self) -> tuple[str, int]:
         match = self.wait_for(LISTENING)

@@ -70,6 +70,22 @@ def test_line_tolerates_crlf_and_strips_only_one_cr():
     assert sink.frames == [b"one", b"two", b"three\r"]
 
 
+def test_the_cr_of_crlf_does_not_count_toward_max_frame():
+    for chunks in ([b"m" * 1024 + b"\r\n"], [b"m" * 1024 + b"\r", b"\n"]):
+        sink = decode("line", chunks, max_frame=1024)
+        assert (sink.frames, sink.errors) == ([b"m" * 1024], [])
+    sink = decode("line", [b"m" * 1024 + b"x"], max_frame=1024)
+    assert [type(e) for e in sink.errors] == [FrameTooLong], "no \\r there: over at once"
+
+
+def test_a_frame_cut_into_many_reads_is_joined_once():
+    payload = bytes(range(256)) * 64
+    for name in ("int32", "line", "netstring"):
+        wire = get_framing(name).encode(payload.replace(b"\n", b"") if name == "line" else payload)
+        sink = decode(name, [wire[i : i + 7] for i in range(0, len(wire), 7)], max_frame=len(wire))
+        assert len(sink.frames) == 1 and sink.errors == [], name
+
+
 def test_raw_delivers_each_chunk_as_it_came():
     sink = decode("raw", [b"ab", b"", b"cde"])
     assert sink.frames == [b"ab", b"", b"cde"]

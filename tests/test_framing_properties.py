@@ -13,6 +13,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols import basic
 from twisted.python.failure import Failure
 
 from tcphub import EchoProtocol, HubFactory
@@ -77,3 +78,73 @@ def test_arbitrary_bytes_decode_or_close_the_connection_cleanly(chunks, name):
             assert transport.value() == b"".join(framing.encode(m) for m in decode(name, chunks, MAX_FRAME).frames)
     protocol.connectionLost(Failure(ConnectionDone()))
     assert hub.clients() == [] and clock.getDelayedCalls() == []
+
+
+# -- the linear decoders against Twisted's receivers, which they replace ----------
+
+
+class _Oracle:
+    """Twisted's receiver for a framing, reporting as a sink does."""
+
+    def __init__(self, name: str, max_frame: int) -> None:
+        self.events: list[tuple] = []
+        if name == "int32":
+            self.receiver = basic.Int32StringReceiver()
+            self.receiver.MAX_LENGTH = max_frame
+            self.receiver.stringReceived = lambda s: self.events.append(("frame", s))
+            self.receiver.lengthLimitExceeded = self._too_long
+        else:
+            # The \r of \r\n does not count toward max_frame: the oracle takes
+            # one byte more and checks the stripped line itself.
+            self.receiver = basic.LineOnlyReceiver()
+            self.receiver.delimiter = b"\n"
+            self.receiver.MAX_LENGTH = max_frame + 1
+            self.receiver.lineReceived = self._line
+            self.receiver.lineLengthExceeded = self._too_long
+        self.max_frame = max_frame
+        self.receiver.makeConnection(StringTransport())
+
+    def _too_long(self, *_: object) -> None:
+        self.events.append(("error", "FrameTooLong"))
+        self.receiver.transport.loseConnection()
+
+    def _line(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self.max_frame:
+            self._too_long()
+        else:
+            self.events.append(("frame", line))
+
+    def feed(self, chunk: bytes) -> None:
+        if ("error", "FrameTooLong") in self.events:
+            return
+        self.receiver.dataReceived(chunk)
+        buffered = getattr(self.receiver, "_buffer", b"")
+        if len(buffered) == self.max_frame + 1 and not buffered.endswith(b"\r"):
+            self._too_long()  # can never become a line of max_frame bytes
+
+
+def _events(sink) -> list[tuple]:
+    return [("frame", f) for f in sink.frames] + [("error", type(e).__name__) for e in sink.errors]
+
+
+@settings(max_examples=400)
+@given(
+    data=st.lists(st.sampled_from([b"\n", b"\r", b"\r\n", b"\x00\x00\x00\x05", b"\x00\x00\x00\x00",
+                                   b"\x00\x00\x00\x21", b"\xff\xff\xff\xff", b"abc", b"x" * 40]),
+                  max_size=40).map(b"".join),
+    cuts=st.lists(st.integers(0, 2000), max_size=20),
+    name=st.sampled_from(["int32", "line"]),
+)
+def test_linear_decoders_match_twisted_receivers_byte_for_byte(data, cuts, name):
+    max_frame = 32
+    chunks = split(data, cuts)
+    ours = decode(name, chunks, max_frame=max_frame)
+    oracle = _Oracle(name, max_frame)
+    for chunk in chunks:
+        oracle.feed(chunk)
+    got = _events(ours)
+    # Frames in order, then at most one error, exactly where Twisted's receiver stops.
+    assert got == [e for e in oracle.events if e[0] == "frame"] + [e for e in oracle.events if e[0] == "error"][:1]
+    assert oracle.events[: len(got)] == got

@@ -76,6 +76,22 @@ def test_listen_is_repeatable():
         (["--listen", "tcp:0", "--port", "5"], "--listen replaces --port"),
         (["--port", "many"], "--port takes a whole number, not .many."),
         (["--timeout", "soon"], "--timeout takes a number, not .soon."),
+        (["--timeout", "nan"], "--timeout takes a finite number, not nan"),
+        (["--drain-timeout", "nan"], "--drain-timeout takes a finite number"),
+        (["--frame-timeout", "-1"], "--frame-timeout cannot be negative"),
+        (["--port", "70000"], "--port must be at most 65535"),
+        (["--port", "-1"], "--port cannot be negative"),
+        (["--backlog", "0"], "--backlog must be at least 1"),
+        (["--backlog", "-5"], "--backlog must be at least 1"),
+        (["--backlog", "99999999999"], "--backlog must be at most 65535"),
+        (["--host", "[::1]"], "--host takes an address without brackets, e.g. '::1'"),
+        (["--max-rate", "0"], "--max-rate must be more than 0"),
+        (["--max-burst", "5"], "--max-burst goes with --max-rate"),
+        (["--max-connections-per-ip", "0"], "--max-connections-per-ip must be at least 1"),
+        (["--listen", "bogus:1"], "--listen 'bogus:1': Unknown endpoint type: 'bogus'"),
+        (["--listen", "tcp:notaport"], "--listen 'tcp:notaport': invalid literal"),
+        (["--listen", "ssl:0:privateKey=/nonexistent/key.pem"], "--listen 'ssl:0:privateKey=/nonexistent/key.pem'"),
+        (["--upstream-max-retries", "-1"], "--upstream-max-retries cannot be negative"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
@@ -167,6 +183,131 @@ def test_twistd_rejects_bad_options_with_a_usage_message():
     )
     assert result.returncode != 0
     assert b"--framing must be one of int32, line, netstring, raw" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--timeout", "nan"], "--timeout takes a finite number, not nan"),
+        (["--listen", "ssl:0:privateKey=/nonexistent/key.pem"], "No such file or directory"),
+        (["--listen", "unix:/nonexistent/dir/hub.sock"],
+         "tcphub cannot listen on unix:/nonexistent/dir/hub.sock"),
+    ],
+)
+def test_twistd_turns_a_bad_value_into_one_line_and_status_1(args, message):
+    result = subprocess.run(
+        [twistd_command(), "--pidfile=", "-n", "tcphub", *args],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert message in output
+    assert "Traceback" not in output
+
+
+def test_twistd_echo_answers_a_client_that_half_closes():
+    """What `echo hi | nc -N 127.0.0.1 3000` does: send, shutdown(SHUT_WR), read to the end."""
+    with Twistd("tcphub", "--port", "0", "--mode", "echo") as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as client:
+            client.sendall(b"hi\nno newline")
+            client.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := client.recv(4096):
+                reply += chunk
+        assert reply == b"hi\nno newline\n", "every message answered, then a clean close"
+        twistd.shutdown()
+
+
+def test_twistd_broadcast_listener_that_half_closes_keeps_receiving():
+    with Twistd("tcphub", "--port", "0") as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as listener, \
+                socket.create_connection((host, port), timeout=30) as talker:
+            listener.shutdown(socket.SHUT_WR)
+            talker_in = talker.makefile("rb")
+            # A third client's message reaching the talker shows that the hub
+            # has taken both connections and read the listener's FIN, which
+            # the kernel queued before the talker even connected to the probe.
+            with socket.create_connection((host, port), timeout=30) as probe:
+                probe.sendall(b"probe\n")
+                assert read_line(talker_in) == b"probe\n"
+            talker.sendall(b"after the half-close\n")
+            listener_in = listener.makefile("rb")
+            assert read_line(listener_in) == b"probe\n"
+            assert read_line(listener_in) == b"after the half-close\n"
+        twistd.shutdown()
+
+
+def test_sighup_drains_like_sigterm():
+    with Twistd("tcphub", "--port", "0", "--mode", "echo", "--framing", "raw",
+                "--max-pending", "100000000", "--drain-timeout", "1") as twistd:
+        host, port = twistd.wait_listening()
+        with stuck_reader(host, port):
+            twistd.process.send_signal(signal.SIGHUP)
+            code = twistd.process.wait(timeout=60)
+        twistd.drain()
+        assert code == 0, twistd.output
+        assert "Received SIGHUP, shutting down" in twistd.output
+        assert re.search(r"aborting 127\.0\.0\.1:\d+: still open after the drain timeout", twistd.output)
+        assert "tcphub stopped" in twistd.output and "Server Shut Down." in twistd.output
+
+
+def _nofile(soft: int, hard: int):
+    def set_limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return set_limit
+
+
+def _open_files_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_twistd_raises_the_open_file_limit_as_far_as_max_connections_needs():
+    with Twistd("tcphub", "--port", "0", "--max-connections", "1000",
+                preexec_fn=_nofile(200, 4096)) as twistd:
+        twistd.wait_listening()
+        assert "raised the open-file limit from 200 to 1064" in twistd.output
+        assert _open_files_limit(twistd.process.pid) == 1064
+        twistd.shutdown()
+
+
+def test_twistd_refuses_clients_past_the_open_file_limit_and_says_so():
+    count = 260
+    with Twistd("tcphub", "--port", "0", "--framing", "line",
+                preexec_fn=_nofile(200, 200)) as twistd:
+        host, port = twistd.wait_listening()
+        assert re.search(r"open-file limit \(ulimit -n\) of 200 leaves room for about 136 clients",
+                         twistd.output)
+        clients = [socket.create_connection((host, port), timeout=30) for _ in range(count)]
+        try:
+            # Every client is either served (it gets the broadcast) or refused
+            # (closed at once): none is left hanging.
+            clients[0].sendall(b"hello\n")
+            served = refused = 0
+            for client in clients[1:]:
+                try:
+                    data = client.recv(100)
+                except ConnectionResetError:
+                    data = b""
+                if data == b"hello\n":
+                    served += 1
+                else:
+                    assert data == b"", data
+                    refused += 1
+            assert served == 135 and refused == count - 136
+            twistd.wait_for(r"refused 127\.0\.0\.1:\d+: 136 clients connected \(1 refused so far\)")
+            assert "EMFILE" not in twistd.output
+        finally:
+            for client in clients:
+                client.close()
+        twistd.shutdown()
 
 
 def test_twistd_tls_listen_as_in_the_readme(tmp_path):

@@ -43,9 +43,9 @@ class Hub:
             self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
         self._next_port = 40000
 
-    def connect(self) -> tuple[HubProtocol, StringTransport]:
+    def connect(self, host: str = "127.0.0.1") -> tuple[HubProtocol, StringTransport]:
         self._next_port += 1
-        address = IPv4Address("TCP", "127.0.0.1", self._next_port)
+        address = IPv4Address("TCP", host, self._next_port)
         protocol = self.factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
@@ -58,6 +58,9 @@ class Hub:
         return [event[2] for event in self.events if event[0] == "error"]
 
     def close(self) -> None:
+        # Clients a test left connected go now; then no timer may be left.
+        for client in list(self.factory._clients.values()):
+            self.lose(client)
         self.factory.doStop()
         assert self.clock.getDelayedCalls() == []
 

@@ -1,0 +1,301 @@
+"""
+The hub's defences against clients that are slow, half-closed, greedy or
+hostile, in memory: StringTransport for each client, a Clock for every timer.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from twisted.internet.task import Clock
+
+from tcphub import (
+    AddressLimitReached,
+    BroadcastProtocol,
+    ConnectionLimitReached,
+    EchoProtocol,
+    FrameTimeout,
+    HubFactory,
+    IdleTimeout,
+    TcpServer,
+    TruncatedFrame,
+)
+from tests.test_protocol import hub_factory  # noqa: F401 (a fixture)
+
+
+def int32(payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + payload
+
+
+# -- half-close ----------------------------------------------------------
+
+
+def test_echo_answers_a_request_ended_by_fin_then_closes(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"hi\n")
+    protocol.readConnectionLost()
+    assert transport.value() == b"hi\n"
+    assert transport.disconnecting, "closed once the reply is written"
+    assert hub.errors() == []
+
+
+def test_an_unterminated_last_line_is_a_line_at_fin(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"one\ntw")
+    protocol.readConnectionLost()
+    assert transport.value() == b"one\ntw\n"
+
+
+def test_fin_waits_for_queued_output_before_closing(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.pauseProducing()  # the client's receive window is full
+    protocol.dataReceived(b"queued\n")
+    protocol.readConnectionLost()
+    assert not transport.disconnecting
+    protocol.resumeProducing()
+    assert transport.value() == b"queued\n" and transport.disconnecting
+
+
+def test_fin_inside_a_frame_is_a_truncated_frame(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, framing="int32")
+    protocol, transport = hub.connect()
+    protocol.dataReceived(int32(b"whole") + struct.pack(">I", 10) + b"part")
+    protocol.readConnectionLost()
+    assert transport.value() == int32(b"whole")
+    (error,) = hub.errors()
+    assert isinstance(error, TruncatedFrame)
+    assert hub.factory.get_metrics().protocol_errors == 1
+
+
+def test_a_broadcast_listener_that_half_closes_keeps_receiving(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol)
+    listener, listener_transport = hub.connect()
+    talker, _ = hub.connect()
+    listener.readConnectionLost()
+    talker.dataReceived(b"news\n")
+    assert listener_transport.value() == b"news\n"
+    assert not listener_transport.disconnecting
+
+
+def test_messages_held_by_flow_control_are_handled_before_the_end(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    hub.factory.pause_reading()
+    protocol.dataReceived(b"a\nb\n")
+    protocol.readConnectionLost()
+    assert transport.value() == b"" and not transport.disconnecting
+    hub.factory.resume_reading()
+    assert transport.value() == b"a\nb\n" and transport.disconnecting
+    assert transport.producerState == "paused", "a half-closed socket is not read again"
+
+
+# -- the idle timeout counts traffic both ways -------------------------------
+
+
+def test_a_reader_of_a_busy_room_is_not_idle(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol, timeout=300)
+    reader, reader_transport = hub.connect()
+    talker, _ = hub.connect()
+    for _ in range(10):
+        hub.clock.advance(100)
+        talker.dataReceived(b"still here\n")
+    assert not reader_transport.disconnecting
+    assert hub.factory.get_metrics().timed_out == 0
+
+
+def test_the_idle_deadline_is_exact_to_the_clock_after_the_last_write(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol, timeout=30)
+    reader, reader_transport = hub.connect()
+    talker, talker_transport = hub.connect()
+    hub.clock.advance(20)
+    talker.dataReceived(b"x\n")  # a read for the talker, a write for the reader
+    hub.clock.advance(29.75)
+    assert not reader_transport.disconnecting
+    hub.clock.advance(0.25)
+    assert reader_transport.disconnecting
+    assert [type(e) for e in hub.errors()] == [IdleTimeout, IdleTimeout]
+    assert talker_transport.disconnecting
+    assert hub.clock.getDelayedCalls() == []
+
+
+def test_a_send_counts_as_traffic(hub_factory):
+    hub = hub_factory(timeout=10)
+    protocol, transport = hub.connect()
+    hub.clock.advance(9)
+    hub.factory.send(protocol.client_id, b"ping")
+    hub.clock.advance(9)
+    assert not transport.disconnecting
+    hub.clock.advance(1)
+    assert transport.disconnecting
+
+
+# -- slowloris: a deadline on each begun frame ---------------------------------
+
+
+def test_a_frame_trickled_a_byte_at_a_time_is_cut_at_the_frame_timeout(hub_factory):
+    hub = hub_factory(framing="int32", timeout=3, frame_timeout=30)
+    protocol, transport = hub.connect()
+    frame = int32(b"x" * 100)
+    for second in range(0, 30, 2):
+        protocol.dataReceived(frame[second // 2 : second // 2 + 1])
+        hub.clock.advance(2)
+    assert transport.disconnecting, "a byte every 2 s beats a 3 s idle timeout, not the frame deadline"
+    (error,) = hub.errors()
+    assert isinstance(error, FrameTimeout)
+    metrics = hub.factory.get_metrics()
+    assert (metrics.frame_timeouts, metrics.timed_out) == (1, 0)
+
+
+def test_frames_that_straddle_reads_each_get_their_own_deadline(hub_factory):
+    hub = hub_factory(framing="line", frame_timeout=5)
+    protocol, transport = hub.connect()
+    for _ in range(10):
+        protocol.dataReceived(b"end of one\nstart of the next")
+        hub.clock.advance(4)
+    assert not transport.disconnecting
+    assert hub.factory.get_metrics().messages_received == 10
+
+
+def test_the_frame_deadline_stops_when_the_frame_completes(hub_factory):
+    hub = hub_factory(framing="line", frame_timeout=5)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"half")
+    protocol.dataReceived(b" done\n")
+    assert hub.clock.getDelayedCalls() == []
+
+
+# -- connections per address -------------------------------------------------------
+
+
+def test_connections_per_address_are_capped(hub_factory):
+    hub = hub_factory(max_connections_per_ip=2)
+    first = hub.connect("127.0.0.2")
+    hub.connect("127.0.0.2")
+    _, refused = hub.connect("127.0.0.2")
+    _, other = hub.connect("127.0.0.3")
+    assert refused.disconnecting and not other.disconnecting
+    (error,) = hub.errors()
+    assert isinstance(error, AddressLimitReached) and isinstance(error, ConnectionLimitReached)
+    metrics = hub.factory.get_metrics()
+    assert (metrics.rejected, metrics.rejected_per_ip, metrics.connections) == (1, 1, 3)
+    hub.lose(first[0])
+    _, again = hub.connect("127.0.0.2")
+    assert not again.disconnecting, "a slot frees when a client leaves"
+
+
+# -- the message rate ----------------------------------------------------------------
+
+
+def test_a_client_over_its_rate_is_paused_not_dropped(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, max_rate=4, max_burst=5)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"".join(b"%d\n" % i for i in range(20)))
+    assert transport.value() == b"0\n1\n2\n3\n4\n"
+    assert transport.producerState == "paused", "TCP pushes back on the flooder"
+    assert hub.factory.client(protocol.client_id).held_bytes == sum(len(b"%d" % i) for i in range(5, 20))
+    hub.clock.advance(0.125)
+    assert transport.value().endswith(b"4\n"), "a token every 0.25 s"
+    hub.clock.advance(0.125)
+    assert transport.value().endswith(b"4\n5\n")
+    for _ in range(14):
+        hub.clock.advance(0.25)
+    assert transport.value() == b"".join(b"%d\n" % i for i in range(20))
+    assert transport.producerState == "producing"
+    assert not transport.disconnecting
+    assert hub.factory.get_metrics().rate_limited == 15
+
+
+def test_without_a_rate_limit_a_read_is_handled_at_once(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"".join(b"%d\n" % i for i in range(20)))
+    assert transport.value() == b"".join(b"%d\n" % i for i in range(20))
+
+
+def test_a_rate_pause_and_a_flow_control_pause_both_hold_reading(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, max_rate=1, max_burst=1)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"a\nb\n")
+    hub.factory.pause_reading()
+    hub.clock.advance(5)
+    assert transport.value() == b"a\n" and transport.producerState == "paused"
+    hub.factory.resume_reading()
+    assert transport.value() == b"a\nb\n" and transport.producerState == "producing"
+
+
+# -- accounting ------------------------------------------------------------------------
+
+
+def test_output_discarded_by_an_abort_is_not_counted_as_sent(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, framing="int32", max_frame=10)
+    protocol, transport = hub.connect()
+    # The echo of the first frame is batched, then the over-long frame aborts.
+    protocol.dataReceived(int32(b"ok") + struct.pack(">I", 11))
+    assert transport.value() == b"" and transport.disconnected
+    metrics = hub.factory.get_metrics()
+    assert (metrics.bytes_sent, metrics.messages_sent) == (0, 0)
+
+
+# -- API pitfalls ---------------------------------------------------------------------
+
+
+def test_text_instead_of_bytes_is_a_clear_type_error(hub_factory):
+    hub = hub_factory()
+    protocol, _ = hub.connect()
+    for call in (lambda: hub.factory.send(protocol.client_id, "text"),
+                 lambda: hub.factory.broadcast("text"),
+                 lambda: protocol.sendMessage("text")):
+        with pytest.raises(TypeError, match=r"takes bytes, not str: encode text first"):
+            call()
+
+
+def test_one_id_as_exclude_is_a_clear_type_error(hub_factory):
+    hub = hub_factory()
+    protocol, _ = hub.connect()
+    with pytest.raises(TypeError, match=r"exclude=\['"):
+        hub.factory.broadcast(b"x", exclude=protocol.client_id)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"timeout": float("nan")}, "timeout takes a finite number"),
+        ({"timeout": -1}, "timeout cannot be negative"),
+        ({"frame_timeout": float("inf")}, "frame_timeout takes a finite number"),
+        ({"keep_alive": "no"}, "keep_alive takes True or False"),
+        ({"max_rate": 0}, "max_rate must be more than 0"),
+        ({"max_burst": 3}, "max_burst goes with max_rate"),
+        ({"max_connections_per_ip": 0}, "max_connections_per_ip must be at least 1"),
+        ({"max_frame": 1.5}, "max_frame takes a whole number"),
+    ],
+)
+def test_bad_hub_options_are_refused_by_name(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        HubFactory(clock=Clock(), **options)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"port": -1}, "port cannot be negative"),
+        ({"port": 70000}, "port must be at most 65535"),
+        ({"backlog": 0}, "backlog must be at least 1"),
+        ({"backlog": 99999999999}, "backlog must be at most 65535"),
+        ({"drain_timeout": -3}, "drain_timeout cannot be negative"),
+        ({"drain_timeout": float("nan")}, "drain_timeout takes a finite number"),
+        ({"host": "[::1]"}, "without brackets, e.g. '::1'"),
+        ({"host": "not a host"}, "host takes an IPv4 or IPv6 address or a host name"),
+        ({"endpoint": "bogus:1"}, "endpoint 'bogus:1'"),
+    ],
+)
+def test_bad_server_options_are_refused_by_name(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        TcpServer(clock=Clock(), **options)
+
+
+def test_timeout_zero_means_no_timeout_in_the_api_too():
+    assert TcpServer(timeout=0, clock=Clock()).factory.timeout is None
