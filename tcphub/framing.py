@@ -91,39 +91,38 @@ class _Int32Decoder:
     """
     Int32 frames.  Twisted's C{Int32StringReceiver} joins its whole buffer to
     each new read, so a frame of n bytes arriving in k reads costs O(n*k);
-    here a frame cut by a read is kept as a list of chunks and joined once.
+    here a frame cut by a read grows in a C{bytearray} (amortised O(1) per
+    byte, whatever the size of the reads) and is copied out once.
     """
 
-    __slots__ = ("_sink", "_max", "_head", "_chunks", "_need", "_got", "_broken")
+    __slots__ = ("_sink", "_max", "_head", "_body", "_need", "_broken")
 
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
         self._max = max_frame
         self._head = b""  # a length prefix cut by the end of a read
-        self._chunks: list[bytes] | None = None  # the payload so far of a frame cut by a read
-        self._need = 0  # payload bytes the chunks still lack
-        self._got = 0  # payload bytes in the chunks
+        self._body: bytearray | None = None  # the payload so far of a frame cut by a read
+        self._need = 0  # payload bytes the body still lacks
         self._broken = False
 
     @property
     def partial(self) -> bool:
-        return self._chunks is not None or bool(self._head)
+        return self._body is not None or bool(self._head)
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
             return
-        chunks = self._chunks
-        if chunks is not None:
+        body = self._body
+        if body is not None:
             need = self._need
             if len(data) < need:
-                chunks.append(data)
+                body += data
                 self._need = need - len(data)
-                self._got += len(data)
                 return
-            chunks.append(data[:need])
-            self._chunks = None
+            body += data[:need]
+            self._body = None
             data = data[need:]
-            self._sink.frameReceived(b"".join(chunks))
+            self._sink.frameReceived(bytes(body))
         elif self._head:
             data = self._head + data
             self._head = b""
@@ -140,8 +139,7 @@ class _Int32Decoder:
             start = offset + 4
             offset = start + length
             if offset > end:
-                self._chunks = [data[start:]]
-                self._got = end - start
+                self._body = bytearray(data[start:])
                 self._need = offset - end
                 return
             sink.frameReceived(data[start:offset])
@@ -151,7 +149,7 @@ class _Int32Decoder:
     def inputEnded(self) -> None:
         if self.partial and not self._broken:
             self._broken = True
-            have = self._got if self._chunks is not None else len(self._head)
+            have = len(self._body) if self._body is not None else len(self._head)
             self._sink.frameError(TruncatedFrame(f"the input ended inside a frame, after {have} of its bytes"))
 
 
@@ -173,42 +171,40 @@ class _LineDecoder:
     """
     Lines ended by C{\\n}, with one C{\\r} before it removed.  Unlike
     Twisted's C{LineOnlyReceiver}, which joins and splits its whole buffer on
-    every read, a line cut by reads is kept as chunks and each byte is
+    every read, a line cut by reads grows in a C{bytearray} and each byte is
     searched once.  The C{\\r} of C{\\r\\n} does not count toward C{max_frame}.
     """
 
-    __slots__ = ("_sink", "_max", "_chunks", "_size", "_broken")
+    __slots__ = ("_sink", "_max", "_rest", "_broken")
 
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
         self._max = max_frame
-        self._chunks: list[bytes] = []  # the start of a line cut by reads
-        self._size = 0
+        self._rest = bytearray()  # the start of a line cut by reads
         self._broken = False
 
     @property
     def partial(self) -> bool:
-        return bool(self._chunks)
+        return bool(self._rest)
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
             return
-        if self._chunks:
+        rest = self._rest
+        if rest:
             newline = data.find(b"\n")
             if newline < 0:
-                self._chunks.append(data)
-                self._size += len(data)
-                self._check_partial(data)
+                rest += data
+                self._check_partial()
                 return
-            self._chunks.append(data[:newline])
-            line = b"".join(self._chunks)
-            self._chunks = []
-            self._size = 0
+            rest += data[:newline]
+            line = bytes(rest)
+            rest.clear()
             if not self._line(line):
                 return
             data = data[newline + 1 :]
         lines = data.split(b"\n")
-        rest = lines.pop()
+        last = lines.pop()
         limit = self._max
         sink = self._sink
         for line in lines:
@@ -220,10 +216,9 @@ class _LineDecoder:
             sink.frameReceived(line)
             if self._broken:
                 return
-        if rest:
-            self._chunks.append(rest)
-            self._size = len(rest)
-            self._check_partial(rest)
+        if last:
+            rest += last
+            self._check_partial()
 
     def _line(self, line: bytes) -> bool:
         if line[-1:] == b"\r":
@@ -234,22 +229,22 @@ class _LineDecoder:
         self._sink.frameReceived(line)
         return not self._broken
 
-    def _check_partial(self, last: bytes) -> None:
+    def _check_partial(self) -> None:
         # A partial line may be one byte over: the \r of a coming \r\n.
-        size = self._size
-        if size > self._max and (size > self._max + 1 or last[-1:] != b"\r"):
+        size = len(self._rest)
+        if size > self._max and (size > self._max + 1 or self._rest[-1:] != b"\r"):
             self._fail(size)
 
     def _fail(self, size: int) -> None:
         self._broken = True
-        self._chunks = []
+        self._rest = bytearray()
         self._sink.frameError(FrameTooLong(size, self._max))
 
     def inputEnded(self) -> None:
         """An unterminated last line is a line, as when reading a text file."""
-        if self._chunks and not self._broken:
-            line = b"".join(self._chunks)
-            self._chunks = []
+        if self._rest and not self._broken:
+            line = bytes(self._rest)
+            self._rest.clear()
             self._line(line)
 
 
