@@ -30,10 +30,6 @@ class MalformedFrame(FramingError):
     """The bytes break the framing's grammar (e.g. a netstring without its comma)."""
 
 
-class TruncatedFrame(MalformedFrame):
-    """The peer ended its input (half-closed) in the middle of a frame."""
-
-
 class FrameTimeout(FramingError):
     """A frame was begun and not finished within the hub's C{frame_timeout}
     (a slowloris: one byte now and then, to hold a connection)."""

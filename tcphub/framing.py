@@ -21,7 +21,6 @@ from tcphub.errors import (
     FrameTooLong,
     FramingError,
     MalformedFrame,
-    TruncatedFrame,
     UnframeableMessage,
 )
 
@@ -65,9 +64,10 @@ class FrameDecoder(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Decode C{data}, reporting frames and errors to the sink."""
 
-    def inputEnded(self) -> None:
-        """The peer will send nothing more: report what the buffered bytes
-        make (a last frame, or a L{TruncatedFrame} error), or nothing."""
+    def inputEnded(self) -> int:
+        """The peer will send nothing more: report a last frame if the
+        buffered bytes make one, and return how many bytes of an unfinished
+        frame it held are dropped (a peer that crashed ends its input anywhere)."""
 
 
 class Framing:
@@ -146,11 +146,12 @@ class _Int32Decoder:
         if offset < end:
             self._head = data[offset:]
 
-    def inputEnded(self) -> None:
-        if self.partial and not self._broken:
-            self._broken = True
-            have = len(self._body) if self._body is not None else len(self._head)
-            self._sink.frameError(TruncatedFrame(f"the input ended inside a frame, after {have} of its bytes"))
+    def inputEnded(self) -> int:
+        dropped = len(self._body) if self._body is not None else len(self._head)
+        self._body = None
+        self._head = b""
+        self._broken = True
+        return dropped
 
 
 class Int32Framing(Framing):
@@ -240,12 +241,13 @@ class _LineDecoder:
         self._rest = bytearray()
         self._sink.frameError(FrameTooLong(size, self._max))
 
-    def inputEnded(self) -> None:
+    def inputEnded(self) -> int:
         """An unterminated last line is a line, as when reading a text file."""
         if self._rest and not self._broken:
             line = bytes(self._rest)
             self._rest.clear()
             self._line(line)
+        return 0
 
 
 class LineFraming(Framing):
@@ -277,10 +279,10 @@ class _NetstringDecoder(basic.NetstringReceiver):
     def partial(self) -> bool:
         return bool(self._remainingData) or self._state == self._PARSING_PAYLOAD
 
-    def inputEnded(self) -> None:
-        if self.partial and not self.brokenPeer:
-            self.brokenPeer = 1
-            self._sink.frameError(TruncatedFrame("the input ended inside a netstring"))
+    def inputEnded(self) -> int:
+        dropped = len(self._remainingData) + self._currentPayloadSize if self.partial else 0
+        self.brokenPeer = 1
+        return dropped
 
     def stringReceived(self, string: bytes) -> None:
         self._sink.frameReceived(string)
@@ -321,8 +323,9 @@ class _RawDecoder:
     def __init__(self, sink: FrameSink) -> None:
         self._sink = sink
 
-    def inputEnded(self) -> None:
+    def inputEnded(self) -> int:
         """Nothing is ever buffered."""
+        return 0
 
     def dataReceived(self, data: bytes) -> None:
         self._sink.frameReceived(data)

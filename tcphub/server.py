@@ -301,11 +301,17 @@ class HubProtocol(Protocol):
         hub = self.factory
         hub._batching += 1
         try:
-            self._decoder.inputEnded()
+            dropped = self._decoder.inputEnded()
         finally:
             hub._batching -= 1
             if not hub._batching:
                 hub._flush()
+        if dropped:
+            # Not a protocol error: a client that crashes ends its input anywhere.
+            self._log.debug(
+                "client {client_id} ended its input inside a frame: {dropped} bytes dropped",
+                client_id=self.client_id, dropped=dropped,
+            )
         if self._frame_call is not None:
             self._frame_call.cancel()
             self._frame_call = None

@@ -26,13 +26,11 @@ class Sink:
         self.errors.append(error)
 
 
-def decode(name: str, chunks: list[bytes], max_frame: int = 1024, end: bool = False) -> Sink:
+def decode(name: str, chunks: list[bytes], max_frame: int = 1024) -> Sink:
     sink = Sink()
     decoder = get_framing(name).decoder(sink, max_frame)
     for chunk in chunks:
         decoder.dataReceived(chunk)
-    if end:
-        decoder.inputEnded()
     return sink
 
 
@@ -84,6 +82,24 @@ def test_a_frame_cut_into_many_reads_is_joined_once():
         wire = get_framing(name).encode(payload.replace(b"\n", b"") if name == "line" else payload)
         sink = decode(name, [wire[i : i + 7] for i in range(0, len(wire), 7)], max_frame=len(wire))
         assert len(sink.frames) == 1 and sink.errors == [], name
+
+
+@pytest.mark.parametrize(
+    "name, wire, frames, dropped",
+    [
+        ("line", b"one\ntwo", [b"one", b"two"], 0),
+        ("int32", struct.pack(">I", 2) + b"ok" + struct.pack(">I", 9) + b"abc", [b"ok"], 3),
+        ("int32", struct.pack(">I", 2) + b"ok\x00\x00", [b"ok"], 2),
+        ("netstring", b"2:ok,5:ab", [b"ok"], 2),
+        ("raw", b"bytes", [b"bytes"], 0),
+    ],
+)
+def test_end_of_input_ends_a_line_and_drops_an_unfinished_frame(name, wire, frames, dropped):
+    sink = Sink()
+    decoder = get_framing(name).decoder(sink, 1024)
+    decoder.dataReceived(wire)
+    assert decoder.inputEnded() == dropped
+    assert (sink.frames, sink.errors) == (frames, [])
 
 
 def test_raw_delivers_each_chunk_as_it_came():
