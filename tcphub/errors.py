@@ -67,6 +67,11 @@ class AddressLimitReached(ConnectionLimitReached):
     clients connected already."""
 
 
+class DescriptorLimitReached(ConnectionLimitReached):
+    """The process had no file descriptor left for a connection (EMFILE):
+    Twisted closed it before the hub saw it."""
+
+
 class ListenFailed(TcpHubError):
     """A listening endpoint could not be set up (port in use, missing
     directory or certificate, ...)."""

@@ -58,8 +58,9 @@ class Metrics:
     rate_limited: int
     """Times a client over C{max_rate} had its reading paused."""
     descriptor_refusals: int
-    """Connections the kernel handed over with no file descriptor left for
-    them (EMFILE): closed at once by Twisted, before the hub saw them."""
+    """Connections the process had no file descriptor left for (EMFILE):
+    closed at once by Twisted, before the hub saw them (counted by every hub
+    listening in the process, since descriptors are the process's)."""
 
 
 class HubCounters:

@@ -58,6 +58,7 @@ from tcphub.errors import (
     AddressLimitReached,
     ClientDisconnected,
     ConnectionLimitReached,
+    DescriptorLimitReached,
     FrameTimeout,
     FramingError,
     HandlerError,
@@ -961,12 +962,13 @@ class HubFactory(Factory):
     def _refused_without_descriptor(self) -> None:
         counters = self.counters
         counters.descriptor_refusals += 1
+        error = DescriptorLimitReached(
+            f"{counters.descriptor_refusals} connections refused so far: no file descriptor "
+            "left (EMFILE); raise the open-file limit (ulimit -n) or lower max_connections"
+        )
         if _first_of_a_burst(counters.descriptor_refusals):
-            self._log.warn(
-                "{count} connections refused so far: no file descriptor left (EMFILE); "
-                "raise the open-file limit (ulimit -n) or lower max_connections",
-                count=counters.descriptor_refusals,
-            )
+            self._log.warn("{error}", error=error)
+        self._report(None, error)
 
     def _abort_stragglers(self) -> None:
         for client in [*self._clients.values(), *self._refused]:
@@ -1126,9 +1128,10 @@ class TcpServer(Service):
     def _count_descriptor_refusals(self, event: dict) -> None:
         # Twisted closes a connection it cannot give a descriptor to (EMFILE)
         # inside its listening port, before any factory sees it; its log line
-        # is the only trace.
-        if event.get("log_format", "").startswith("EMFILE recovery: Closed socket") and any(
-            event.get("log_source") is port for port in self.listening_ports
+        # is the only trace, and it does not say which port: descriptors are
+        # the process's, and so is this count.
+        if self.listening_ports and event.get("log_format", "").startswith(
+            "EMFILE recovery: Closed socket"
         ):
             self.factory._refused_without_descriptor()
 

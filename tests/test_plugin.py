@@ -441,3 +441,19 @@ def test_a_second_interrupt_exits_without_waiting_for_the_drain():
         twistd.drain()
         assert "second interrupt: exiting without waiting for the drain" in twistd.output
         assert "tcphub stopped" not in twistd.output
+
+
+def test_connections_refused_for_want_of_a_descriptor_are_counted_and_reported():
+    with Twistd("-y", str(REPO / "tests" / "no_descriptor_limit.tac"),
+                preexec_fn=_nofile(64, 64)) as twistd:
+        host, port = twistd.wait_listening()
+        clients = []
+        try:
+            for _ in range(100):
+                clients.append(socket.create_connection((host, port), timeout=30))
+            twistd.wait_for(r"\d+ connections refused so far: no file descriptor left \(EMFILE\)")
+            twistd.wait_for("error event: DescriptorLimitReached")
+        finally:
+            for client in clients:
+                client.close()
+        twistd.shutdown()
