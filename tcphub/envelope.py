@@ -9,7 +9,8 @@ A binary message carries C{bytes} data::
 
     <4-byte big-endian length N><N bytes: UTF-8 JSON header {"path": ..., "id": ...}><payload>
 
-C{path} is a non-empty string.  C{id} is optional: L{WebSocketHandler.request}
+C{path} is a non-empty string of at most L{MAX_PATH_LENGTH} characters and
+L{MAX_PATH_SEGMENTS} dotted segments.  C{id} is optional: L{WebSocketHandler.request}
 sets it, and a reply to a request carries the same C{id}.
 """
 
@@ -23,6 +24,11 @@ from typing import Any
 from tcphub.errors import InvalidMessage
 
 _HEADER_LENGTH = struct.Struct(">I")
+
+MAX_PATH_LENGTH = 1024
+"""The longest incoming path taken, in characters: a longer one is an L{InvalidMessage}."""
+MAX_PATH_SEGMENTS = 64
+"""The most segments an incoming path may have."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,12 @@ def decode(payload: bytes, is_binary: bool) -> Envelope:
     path = header.get("path")
     if not isinstance(path, str) or not path:
         raise InvalidMessage(f"message without a path (a non-empty string): {_preview(payload)}")
+    if len(path) > MAX_PATH_LENGTH or path.count(".") >= MAX_PATH_SEGMENTS:
+        raise InvalidMessage(
+            f"message path of {len(path)} characters and {path.count('.') + 1} segments passes "
+            f"the bound of {MAX_PATH_LENGTH} characters and {MAX_PATH_SEGMENTS} segments: "
+            f"{_preview(path.encode('utf-8', 'replace'))}"
+        )
     message_id = header.get("id")
     if message_id is not None and not isinstance(message_id, str):
         raise InvalidMessage(f"message id must be a string, not {message_id!r}")
@@ -74,6 +86,8 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         value = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidMessage(f"{what} is not valid JSON ({error}): {_preview(raw)}") from None
+    except RecursionError:
+        raise InvalidMessage(f"{what} is JSON nested too deeply to decode: {_preview(raw)}") from None
     if not isinstance(value, dict):
         raise InvalidMessage(f"{what} is not a JSON object: {_preview(raw)}")
     return value

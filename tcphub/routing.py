@@ -37,15 +37,35 @@ def _rank(segment: str) -> int:
     return _ANY if segment == "#" else _ONE if segment == "*" else _WORD
 
 
-def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not path
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_matches(rest, path[skip:]) for skip in range(len(path) + 1))
-    if not path:
-        return False
-    return (head == "*" or head == path[0]) and _matches(rest, path[1:])
+def _matches(pattern: tuple[str, ...], path: list[str]) -> bool:
+    """Whether C{pattern} matches C{path}, in time linear in C{len(path)} times
+    C{len(pattern)} whatever the wildcards: the pattern runs as an automaton
+    whose states are the positions reached so far (a backtracking match is
+    exponential with several C{#})."""
+    end = len(pattern)
+
+    def closure(states: set[int]) -> set[int]:
+        # A '#' may match no segment: whoever reaches it reaches past it too.
+        for index in sorted(states):
+            while index < end and pattern[index] == "#":
+                index += 1
+                states.add(index)
+        return states
+
+    states = closure({0})
+    for segment in path:
+        following: set[int] = set()
+        for index in states:
+            if index < end:
+                head = pattern[index]
+                if head == "#":
+                    following.add(index)
+                elif head == "*" or head == segment:
+                    following.add(index + 1)
+        if not following:
+            return False
+        states = closure(following)
+    return end in states
 
 
 class Router(Generic[T]):
@@ -82,7 +102,9 @@ class Router(Generic[T]):
         target = self._exact.get(path)
         if target is not None:
             return target
-        segments = tuple(path.split("."))
+        if not self._wildcards:
+            return None
+        segments = path.split(".")
         for pattern, target in self._wildcards.values():
             if _matches(pattern, segments):
                 return target

@@ -53,6 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import _checks, descriptors
+from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
 from tcphub.errors import (
     AddressLimitReached,
@@ -98,13 +99,6 @@ def _format_address(address: IAddress) -> str:
         name = address.name
         return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "unix")
     return str(address)
-
-
-def _first_of_a_burst(count: int) -> bool:
-    """Whether the C{count}th refusal of a kind is logged: the first, then
-    each power of two, so that a flood of them writes a few lines, not one
-    per connection (the metrics count each)."""
-    return count & (count - 1) == 0
 
 
 class _Countdown:
@@ -913,7 +907,7 @@ class HubFactory(Factory):
             return True
         self._refused.add(client)
         self.counters.rejected += 1
-        if _first_of_a_burst(self.counters.rejected):
+        if first_of_a_burst(self.counters.rejected):
             self._log.warn("{error} ({count} refused so far)", error=error, count=self.counters.rejected)
         self._report(None, error)
         return False
@@ -951,7 +945,9 @@ class HubFactory(Factory):
 
     def _handler_failed(self, where: str, failure: Failure, client_id: str | None) -> None:
         self.counters.handler_errors += 1
-        self._log.failure("{where} raised (the hub goes on)", failure, where=where)
+        if first_of_a_burst(self.counters.handler_errors):
+            self._log.failure("{where} raised (the hub goes on; {count} so far)",
+                              failure, where=where, count=self.counters.handler_errors)
         error = HandlerError.from_failure(where, failure)
         if where != "error event callback":
             self._report(client_id, error)
@@ -966,7 +962,7 @@ class HubFactory(Factory):
             f"{counters.descriptor_refusals} connections refused so far: no file descriptor "
             "left (EMFILE); raise the open-file limit (ulimit -n) or lower max_connections"
         )
-        if _first_of_a_burst(counters.descriptor_refusals):
+        if first_of_a_burst(counters.descriptor_refusals):
             self._log.warn("{error}", error=error)
         self._report(None, error)
 

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
 from tcphub.envelope import Envelope, decode, encode
 from tcphub.errors import (
@@ -526,7 +527,9 @@ class WebSocketHandler(Service):
             envelope = decode(payload, is_binary)
         except InvalidMessage as error:
             self._counts["invalid_messages"] += 1
-            self._log.warn("dropped an invalid message: {error}", error=error)
+            if first_of_a_burst(self._counts["invalid_messages"]):
+                self._log.warn("dropped an invalid message ({count} so far): {error}",
+                               error=error, count=self._counts["invalid_messages"])
             self.events.emit("error", error, context)
             return
         if envelope.id is not None and envelope.id.startswith(self._request_prefix):
@@ -536,7 +539,9 @@ class WebSocketHandler(Service):
         handler = self.router.match(envelope.path)
         if handler is None:
             self._counts["unrouted_messages"] += 1
-            self._log.info("no route for path {path!r}", path=envelope.path)
+            if first_of_a_burst(self._counts["unrouted_messages"]):
+                self._log.info("no route for path {path!r} ({count} unrouted so far)",
+                               path=envelope.path, count=self._counts["unrouted_messages"])
             self.events.emit("unrouted", envelope, context)
             return
         try:
@@ -634,7 +639,9 @@ class WebSocketHandler(Service):
 
     def _handler_failed(self, where: str, failure: Failure) -> None:
         self._counts["handler_errors"] += 1
-        self._log.failure("{where} raised (the connection stays up)", failure, where=where)
+        if first_of_a_burst(self._counts["handler_errors"]):
+            self._log.failure("{where} raised (the connection stays up; {count} so far)",
+                              failure, where=where, count=self._counts["handler_errors"])
         error = HandlerError.from_failure(where, failure)
         if not where.startswith("error event"):
             self.events.emit("error", error, self.context)

@@ -55,3 +55,21 @@ def test_data_json_cannot_carry_is_refused_when_sending():
 def test_invalid_messages_say_what_is_wrong(payload, is_binary, problem):
     with pytest.raises(InvalidMessage, match=problem):
         decode(payload, is_binary)
+
+
+def test_json_nested_too_deeply_is_an_invalid_message():
+    deep = b'{"path": "a", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidMessage, match="nested too deeply"):
+        decode(deep, False)
+
+
+def test_a_path_past_the_bounds_is_an_invalid_message():
+    from tcphub.envelope import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
+
+    long = json.dumps({"path": "x" * (MAX_PATH_LENGTH + 1)}).encode()
+    many = json.dumps({"path": ".".join(["s"] * (MAX_PATH_SEGMENTS + 1))}).encode()
+    for payload in (long, many):
+        with pytest.raises(InvalidMessage, match="passes the bound"):
+            decode(payload, False)
+    at_bound = ".".join(["s"] * MAX_PATH_SEGMENTS)
+    assert decode(json.dumps({"path": at_bound}).encode(), False).path == at_bound

@@ -396,3 +396,40 @@ def test_routes_conflict_unless_replaced():
     ws.remove_route("chat.*")
     with pytest.raises(KeyError):
         ws.remove_route("chat.*")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was(servers):
+    import tracemalloc
+
+    server = servers.start()
+    ws = handler(ping_interval=0)
+    ws.add_route("#.a.#.a.#.b", lambda data, context: None)
+    ws.add_route("#", lambda data, context: None)
+    seen, done = route_into(ws, "ok", 1)
+    hostile = [
+        ['{"path": "deep", "data": ' + "[" * 1500 + "]" * 1500 + "}"] * 250,
+        ['{"path": "' + ".".join(["a"] * 500) + '"}'] * 250,
+        ['{"path": "' + "a" * 1100 + '"}'] * 250,
+        ["{not json"] * 250,
+    ]
+    try:
+        yield ws.connect(server.url)
+        opened_as = ws.context.connection_id
+        timers = len(reactor.getDelayedCalls())
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for batch in hostile:
+            yield ws.send("server.say", batch)
+        yield ws.send("server.say", ['{"path": "ok", "data": "still up"}'])
+        yield done
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        status = ws.get_status()
+        assert status.invalid_messages == 1000
+        assert status.connected and ws.context.connection_id == opened_as
+        assert seen == [("still up", opened_as)]
+        assert len(reactor.getDelayedCalls()) == timers
+        assert after - before < 1024 * 1024, f"{after - before} bytes kept"
+    finally:
+        yield ws.close()
