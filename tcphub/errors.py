@@ -109,6 +109,10 @@ class NotConnected(WebSocketError):
     """A send while no connection is open and none is being retried."""
 
 
+class MessageTooLarge(WebSocketError):
+    """A send of a message larger than the handler's C{max_send_size}."""
+
+
 class QueueFull(WebSocketError):
     """A send while disconnected, with C{max_queue} messages already waiting."""
 

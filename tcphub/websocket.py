@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcphub import _checks
 from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
 from tcphub.envelope import Envelope, decode, encode
@@ -44,6 +45,7 @@ from tcphub.errors import (
     HandlerError,
     InvalidCloseCode,
     InvalidMessage,
+    MessageTooLarge,
     NotConnected,
     QueueFull,
     RequestTimeout,
@@ -96,12 +98,72 @@ class Status:
 
 
 class HandlerProtocol(WebSocketClientProtocol):
-    """One WebSocket connection; reports everything to C{factory.handler}."""
+    """
+    One WebSocket connection; reports everything to C{factory.handler}.
+
+    Its deadlines run on the handler's clock, not on Autobahn's timers
+    (txaio's batched timer truncates deadlines to whole seconds, so they fire
+    up to 1 s early and a sub-second interval fires at once): the opening
+    handshake within C{open_timeout} of the TCP connection, a ping every
+    C{ping_interval} answered within C{ping_timeout}, and the closing
+    handshake, from the first close frame either way to the end of TCP,
+    within C{close_timeout}.  A deadline missed aborts the connection, and
+    the C{close} event says which.
+    """
 
     factory: WebSocketClientFactory
+    ended_by: str | None = None
+    """Why this side aborted the connection, if it did (a deadline missed)."""
+    _open_call: IDelayedCall | None = None
+    _ping_call: IDelayedCall | None = None
+    _pong_call: IDelayedCall | None = None
+    _close_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        handler = self.factory.handler
+        self._open_call = handler.clock.callLater(handler.open_timeout, self._missed, "_open_call",
+                                                  f"opening handshake timeout ({handler.open_timeout} s)")
 
     def onOpen(self) -> None:
-        self.factory.handler._opened(self)
+        self._cancel("_open_call")
+        handler = self.factory.handler
+        if handler.ping_interval:
+            self._ping_call = handler.clock.callLater(handler.ping_interval, self._ping)
+        handler._opened(self)
+
+    def _ping(self) -> None:
+        handler = self.factory.handler
+        self._ping_call = handler.clock.callLater(handler.ping_interval, self._ping)
+        if self.can_send:
+            self.sendPing()
+            if self._pong_call is None:
+                self._pong_call = handler.clock.callLater(
+                    handler.ping_timeout, self._missed, "_pong_call",
+                    f"ping timeout: no pong within {handler.ping_timeout} s",
+                )
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if self._close_call is None and self.transport is not None:
+            handler = self.factory.handler
+            self._close_call = handler.clock.callLater(
+                handler.close_timeout, self._missed, "_close_call",
+                f"closing handshake timeout ({handler.close_timeout} s)",
+            )
+
+    def _missed(self, timer: str, why: str) -> None:
+        setattr(self, timer, None)
+        self.ended_by = why
+        self.dropConnection(abort=True)
+
+    def _cancel(self, timer: str) -> None:
+        call = getattr(self, timer)
+        if call is not None:
+            setattr(self, timer, None)
+            if call.active():
+                call.cancel()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.factory.handler._received(payload, isBinary)
@@ -111,13 +173,37 @@ class HandlerProtocol(WebSocketClientProtocol):
         self.factory.handler._heartbeat()
 
     def onPong(self, payload: bytes) -> None:
+        self._cancel("_pong_call")
         self.factory.handler._heartbeat()
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        # The closing handshake starts: nothing more can be sent on this connection.
+        self.factory.handler._closing_handshake(self)
+        return super().onCloseFrame(code, reasonRaw)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.handler._closed(self, wasClean, code, reason)
 
-    # Autobahn can leave these scheduled past the connection (the close
-    # handshake timeout, after it failed a connection with a close frame).
+    @property
+    def can_send(self) -> bool:
+        """Whether messages can be sent: open, and no closing handshake begun."""
+        return self.state == self.STATE_OPEN
+
+    def send_unbounded(self, payload: bytes, is_binary: bool) -> None:
+        """C{sendMessage} without Autobahn's check of the outgoing size against
+        C{maxMessagePayloadSize}, which raises after compressing (leaving the
+        compressor's state ahead of the peer's): that option bounds what we
+        receive; the handler's C{max_send_size} bounds what we send, before
+        anything is queued."""
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            self.sendMessage(payload, isBinary=is_binary)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    # Turned off (see the class docstring), but a subclass may turn them on;
+    # Autobahn can leave them scheduled past the connection.
     _AUTOBAHN_TIMERS = (
         "openHandshakeTimeoutCall",
         "closeHandshakeTimeoutCall",
@@ -127,6 +213,8 @@ class HandlerProtocol(WebSocketClientProtocol):
     )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for timer in ("_open_call", "_ping_call", "_pong_call", "_close_call"):
+            self._cancel(timer)
         super().connectionLost(reason)
         for name in self._AUTOBAHN_TIMERS:
             call = getattr(self, name, None)
@@ -190,7 +278,9 @@ class WebSocketHandler(Service):
         max_delay: float = 30.0,
         jitter: float = 0.1,
         open_timeout: float = 10.0,
+        close_timeout: float = 5.0,
         max_message_size: int = 1024 * 1024,
+        max_send_size: int | None = None,
         max_queue: int = 1000,
         max_queue_bytes: int = 16 * 1024 * 1024,
         request_timeout: float = 30.0,
@@ -200,10 +290,25 @@ class WebSocketHandler(Service):
         clock: IReactorTime | None = None,
         reactor=None,
     ) -> None:
-        if max_queue < 0 or max_queue_bytes < 0 or max_message_size < 1:
-            raise ValueError(
-                "max_queue and max_queue_bytes cannot be negative; max_message_size must be positive"
-            )
+        _checks.flag("reconnect", reconnect)
+        if max_retries is not None:
+            _checks.number("max_retries", max_retries, minimum=0, integer=True)
+        _checks.number("ping_interval", ping_interval, minimum=0)
+        if ping_timeout is not None:
+            _checks.number("ping_timeout", ping_timeout, above=0)
+        _checks.number("initial_delay", initial_delay, minimum=0)
+        _checks.number("max_delay", max_delay, minimum=0)
+        _checks.number("jitter", jitter, minimum=0, maximum=1)
+        _checks.number("open_timeout", open_timeout, above=0)
+        _checks.number("close_timeout", close_timeout, above=0)
+        _checks.number("request_timeout", request_timeout, above=0)
+        _checks.number("max_message_size", max_message_size, minimum=1, integer=True)
+        if max_send_size is not None:
+            _checks.number("max_send_size", max_send_size, minimum=1, integer=True)
+        _checks.number("max_queue", max_queue, minimum=0, integer=True)
+        _checks.number("max_queue_bytes", max_queue_bytes, minimum=0, integer=True)
+        if tls_options is not None and url is not None and not url.startswith("wss:"):
+            raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
         if reactor is None:
             from twisted.internet import reactor
         self.url = url
@@ -216,7 +321,9 @@ class WebSocketHandler(Service):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout if ping_timeout is not None else min(ping_interval, 10.0)
         self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
         self.max_message_size = max_message_size
+        self.max_send_size = max_send_size
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self.request_timeout = request_timeout
@@ -267,6 +374,8 @@ class WebSocketHandler(Service):
             secure, host, port, _, _, _ = parse_url(url)
         except Exception as error:
             raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
+        if self.tls_options is not None and not secure:
+            raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
         self.url = url
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
         if secure:
@@ -376,9 +485,13 @@ class WebSocketHandler(Service):
 
     @property
     def writable(self) -> bool:
-        """Whether a send goes straight out: a connection is open and its
-        write buffer is not full."""
-        return self._protocol is not None and not self._write_buffer_full
+        """Whether a send goes straight out: a connection is open (no closing
+        handshake begun) and its write buffer is not full."""
+        return self._open_protocol() is not None and not self._write_buffer_full
+
+    def _open_protocol(self) -> HandlerProtocol | None:
+        protocol = self._protocol
+        return protocol if protocol is not None and protocol.can_send else None
 
     def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
         """
@@ -420,17 +533,16 @@ class WebSocketHandler(Service):
         factory.protocol = self.protocol
         factory.handler = self
         options: dict[str, Any] = {
-            "openHandshakeTimeout": self.open_timeout,
+            # The protocol keeps every deadline on the handler's clock.
+            "openHandshakeTimeout": 0,
+            "closeHandshakeTimeout": 0,
+            "serverConnectionDropTimeout": 0,
+            "autoPingInterval": 0,
             "maxMessagePayloadSize": self.max_message_size,
             "maxFramePayloadSize": self.max_message_size,
             # Fail with a close frame (1009 for an over-size message), not by
             # dropping TCP, so that the peer learns why.
             "failByDrop": False,
-            "autoPingInterval": self.ping_interval or 0,
-            # Autobahn's timers (txaio's batched timer) truncate deadlines to
-            # whole seconds, so they fire up to 1 s early: a 1 s margin keeps
-            # a peer from being dropped before ping_timeout has passed.
-            "autoPingTimeout": self.ping_timeout + 1.0,
         }
         if self.compression:
             options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
@@ -456,11 +568,7 @@ class WebSocketHandler(Service):
             "connected to {url} (connection {connection_id})",
             url=self.url, connection_id=context.connection_id,
         )
-        queue, self._queue = self._queue, deque()
-        self._queued_bytes = 0
-        for payload, is_binary, sent in queue:
-            self._write(protocol, payload, is_binary)
-            sent.callback(None)
+        self._flush_queue(protocol)
         self.events.emit("open", context)
         self._update_flow()
         if self._first_open is not None:
@@ -468,7 +576,7 @@ class WebSocketHandler(Service):
 
     def _closed(self, protocol: HandlerProtocol, clean: bool, code: int | None, reason: str | None) -> None:
         if protocol is not self._protocol:
-            why = f"WebSocket handshake failed: {reason or 'connection closed'} (code {code})"
+            why = f"WebSocket handshake failed: {protocol.ended_by or reason or 'connection closed'} (code {code})"
             if self._service is not None:
                 self._service.connection_failed(why)
             self._log.info("{why}", why=why)
@@ -481,6 +589,8 @@ class WebSocketHandler(Service):
             code = protocol.localCloseCode
             if protocol.localCloseReason:
                 reason = protocol.localCloseReason.decode("utf-8", "replace")
+        if protocol.ended_by is not None:
+            reason = protocol.ended_by
         if self._service is not None:
             self._service.connection_failed(f"connection closed: {code} {reason or ''}".strip())
         if code == CLOSE_MESSAGE_TOO_BIG:
@@ -495,6 +605,25 @@ class WebSocketHandler(Service):
         self._fail_requests(ConnectionClosed(f"the connection closed ({code} {reason or ''})".strip()))
         self._update_flow()
         self.events.emit("close", self.context, code, reason)
+
+    def _flush_queue(self, protocol: HandlerProtocol) -> None:
+        """Write what waited for a connection, in order; one message that
+        fails is errbacked alone; if the connection closes meanwhile, the
+        rest waits for the next one."""
+        queue = self._queue
+        while queue and protocol.can_send:
+            payload, is_binary, sent = queue.popleft()
+            self._queued_bytes -= len(payload)
+            failure = self._write(protocol, payload, is_binary)
+            if failure is None:
+                sent.callback(None)
+            else:
+                sent.errback(failure)
+
+    def _closing_handshake(self, protocol: HandlerProtocol) -> None:
+        if protocol is self._protocol:
+            self.context.connected = False
+            self._update_flow()
 
     def _transport_full(self, full: bool) -> None:
         self._write_buffer_full = full
@@ -572,12 +701,17 @@ class WebSocketHandler(Service):
             payload, is_binary = encode(envelope)
         except (TypeError, ValueError):
             return fail()
+        if self.max_send_size is not None and len(payload) > self.max_send_size:
+            return fail(MessageTooLarge(
+                f"a message of {len(payload)} bytes to {envelope.path!r} passes "
+                f"max_send_size={self.max_send_size}"
+            ))
         if self._closing is not None:
             return fail(HandlerClosed("the handler was closed"))
-        protocol = self._protocol
-        if protocol is not None:
-            self._write(protocol, payload, is_binary)
-            return succeed(None)
+        protocol = self._open_protocol()
+        if protocol is not None and not self._queue:
+            failure = self._write(protocol, payload, is_binary)
+            return succeed(None) if failure is None else fail(failure)
         if self._service is None or not self.reconnect:
             return fail(NotConnected(f"not connected; cannot send to {envelope.path!r}"))
         if len(self._queue) >= self.max_queue:
@@ -592,9 +726,17 @@ class WebSocketHandler(Service):
         self._queued_bytes += len(payload)
         return sent
 
-    def _write(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> None:
-        protocol.sendMessage(payload, isBinary=is_binary)
+    def _write(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> Failure | None:
+        """Write one message; what Autobahn raises is returned, never raised,
+        so that one message cannot affect the others."""
+        try:
+            protocol.send_unbounded(payload, is_binary)
+        except Exception:
+            failure = Failure()
+            self._log.warn("could not send a message: {error}", error=failure.getErrorMessage())
+            return failure
         self._counts["messages_sent"] += 1
+        return None
 
     # -- endings ------------------------------------------------------------
 

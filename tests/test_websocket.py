@@ -1,22 +1,27 @@
 """
 The WebSocket handler against a server that is not our code: the
 `websockets` package's server in a subprocess (tests/ws_server.py).
-Our own timers (backoff, request timeouts) run on a Clock; Autobahn's
-(auto-ping) on the reactor.
+Our own timers (backoff, request timeouts, heartbeat, the opening and closing
+handshakes) run on a Clock; Autobahn's are off.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import socket
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock, deferLater
 
 from tcphub import (
+    MessageTooLarge,
     HandlerClosed,
     HandlerError,
     HandlerProtocol,
@@ -311,6 +316,10 @@ def test_a_server_that_stops_answering_pings_is_dropped_and_reconnected(servers)
         yield ws.connect(server.url)
         closed, retry = when_event(ws, "close"), when_event(ws, "retry")
         server.pause()
+        ws.clock.advance(0.5)  # the ping
+        ws.clock.advance(0.25)
+        assert ws.get_status().connected, "the pong is not late yet"
+        ws.clock.advance(0.25)
         _, code, reason = yield closed
         assert code == 1006 and "ping timeout" in reason
         _, delay, _ = yield retry
@@ -433,3 +442,168 @@ def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was
         assert after - before < 1024 * 1024, f"{after - before} bytes kept"
     finally:
         yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_outgoing_messages_are_bounded_by_max_send_size_not_max_message_size(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0, max_message_size=1000, max_send_size=1500)
+    try:
+        yield ws.connect(server.url)
+        # Past max_message_size (which bounds what we receive): written.
+        yield ws.send("server.hold", "x" * 1200)
+        with pytest.raises(MessageTooLarge, match="max_send_size=1500"):
+            yield ws.send("server.hold", "x" * 2000)
+        status = ws.get_status()
+        assert status.connected and status.messages_sent == 1
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_large_message_queued_before_the_open_does_not_break_the_flush(servers):
+    server = servers.start()
+    ws = handler(ping_interval=0, max_message_size=1000)
+    seen, echoed = route_into(ws, "after", 1)
+    opened = when_event(ws, "open")
+    connected = ws.connect(server.url)
+    sends = [ws.send("server.hold", "x" * 5000), ws.send("after", "small")]
+    try:
+        assert ws.get_status().queued == 2
+        yield connected
+        yield opened
+        yield gatherResults(sends)
+        yield echoed
+        assert ws.get_status().queued == 0 and ws.get_status().messages_sent == 2
+    finally:
+        yield ws.close()
+
+
+class _ClosesAndLingers(Protocol):
+    """A WebSocket server by hand: accepts the upgrade, sends a close frame
+    (1001) at once, and keeps TCP open, as some servers do."""
+
+    def __init__(self, close_answered: Deferred) -> None:
+        self.buffer = b""
+        self.upgraded = False
+        self.close_answered = close_answered
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded and b"\r\n\r\n" in self.buffer:
+            request, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            key = re.search(rb"(?i)sec-websocket-key: *([^\r\n]+)", request)[1]
+            accept = base64.b64encode(
+                hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+            )
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                + b"\x88\x02\x03\xe9"
+            )
+            self.upgraded = True
+        if self.upgraded and self.buffer[:1] == b"\x88" and not self.close_answered.called:
+            self.close_answered.callback(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_send_during_the_closing_handshake_queues_instead_of_raising():
+    close_answered: Deferred = Deferred()
+    factory = Factory.forProtocol(lambda: _ClosesAndLingers(close_answered))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    ws = handler(ping_interval=0, max_retries=None)
+    try:
+        yield ws.connect(f"ws://127.0.0.1:{port.getHost().port}/")
+        yield close_answered
+        status = ws.get_status()
+        assert not status.connected, "not connected once the closing handshake began"
+        queued = ws.send("later", 1)  # must not raise
+        assert ws.get_status().queued == 1 and not queued.called
+    finally:
+        closed = ws.close()
+        ws.clock.advance(ws.close_timeout)  # the server never drops TCP
+        yield closed
+        yield port.stopListening()
+    with pytest.raises(HandlerClosed):
+        yield queued
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"ping_interval": -1}, "ping_interval cannot be negative"),
+        ({"ping_timeout": -5}, "ping_timeout must be more than 0"),
+        ({"open_timeout": 0}, "open_timeout must be more than 0"),
+        ({"open_timeout": -1}, "open_timeout must be more than 0"),
+        ({"jitter": 2.0}, "jitter must be at most 1"),
+        ({"initial_delay": -1}, "initial_delay cannot be negative"),
+        ({"max_delay": float("nan")}, "max_delay takes a finite number"),
+        ({"request_timeout": -1}, "request_timeout must be more than 0"),
+        ({"max_retries": -1}, "max_retries cannot be negative"),
+        ({"max_send_size": 0}, "max_send_size must be at least 1"),
+        ({"url": "ws://127.0.0.1:1/", "tls_options": object()}, "not a wss:// URL"),
+    ],
+)
+def test_bad_handler_options_are_refused_at_construction(options, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        WebSocketHandler(**options)
+
+
+@pytest_twisted.inlineCallbacks
+def test_pings_keep_the_interval_exactly_on_the_handlers_clock(servers):
+    # Autobahn's batched timer sent 13,423 pings in 3 s at a 0.3 s interval.
+    server = servers.start()
+    sent, pongs = [], []
+
+    class Counting(HandlerProtocol):
+        def sendPing(self, payload=None):
+            sent.append(self.factory.handler.clock.seconds())
+            super().sendPing(payload)
+
+        def onPong(self, payload: bytes) -> None:
+            super().onPong(payload)
+            pongs.append(self.factory.handler.clock.seconds())
+
+    ws = handler(ping_interval=0.25, ping_timeout=5, protocol=Counting)
+    try:
+        yield ws.connect(server.url)
+        for count in range(1, 13):
+            ws.clock.advance(0.125)
+            assert len(sent) == count - 1
+            ws.clock.advance(0.125)
+            assert len(sent) == count
+            while len(pongs) < count:  # the pong, from the real server
+                yield deferLater(reactor, 0.001, lambda: None)
+        assert sent == [0.25 * n for n in range(1, 13)]
+        assert ws.get_status().last_ping == 3.0 and ws.get_status().connected
+    finally:
+        yield ws.close()
+
+
+class _SilentServer(Protocol):
+    """Accepts TCP and never answers the opening handshake."""
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_open_timeout_is_exact_on_the_handlers_clock():
+    port = reactor.listenTCP(0, Factory.forProtocol(_SilentServer), interface="127.0.0.1")
+    tcp_up: Deferred = Deferred()
+
+    class Watching(HandlerProtocol):
+        def connectionMade(self) -> None:
+            super().connectionMade()
+            tcp_up.callback(None)
+
+    ws = handler(reconnect=False, open_timeout=1.5, protocol=Watching)
+    try:
+        connected = ws.connect(f"ws://127.0.0.1:{port.getHost().port}/")
+        yield tcp_up
+        ws.clock.advance(1.25)
+        yield deferLater(reactor, 0, lambda: None)
+        assert not connected.called, "an open_timeout of 1.5 s does not fire at 1.25 s"
+        ws.clock.advance(0.25)
+        with pytest.raises(RetryLimitReached, match=r"opening handshake timeout \(1.5 s\)"):
+            yield connected
+    finally:
+        yield ws.close()
+        yield port.stopListening()
