@@ -137,5 +137,15 @@ class RetryLimitReached(WebSocketError):
         self.retries = retries
 
 
+class FatalClose(WebSocketError):
+    """The server closed with one of the handler's C{fatal_close_codes} (an
+    authentication failure, a policy violation): retrying would not help."""
+
+    def __init__(self, code: int, reason: str | None) -> None:
+        super().__init__(f"the server closed with {code} {reason or ''}".strip() + ": not retrying")
+        self.code = code
+        self.reason = reason
+
+
 class InvalidCloseCode(WebSocketError, ValueError):
     """C{close()} takes code 1000 or 3000-4999 and a reason of at most 123 UTF-8 bytes."""

@@ -143,6 +143,7 @@ class ReconnectingClientService(ClientService):
         backoff: str | RetryPolicy = "exponential",
         max_retries: int | None = None,
         confirm_open: bool = False,
+        min_uptime: float = 0.0,
         clock: IReactorTime | None = None,
         **backoff_options: float,
     ) -> None:
@@ -155,10 +156,12 @@ class ReconnectingClientService(ClientService):
         self.retries = 0
         """Retries scheduled over the service's life."""
         self.attempt = 0
-        """The current retry's number in the current outage (0 while connected)."""
+        """Failed attempts in a row: reset only by a connection that stayed
+        open for C{min_uptime} seconds."""
+        self.min_uptime = min_uptime
         self._policy: RetryPolicy = backoff
         self._clock = clock
-        self._opened = False
+        self._opened_at: float | None = None
         self._retrying = True
         self._last_error = "no attempt yet"
         self._in_policy = False
@@ -176,9 +179,10 @@ class ReconnectingClientService(ClientService):
         )
 
     def connection_opened(self) -> None:
-        """The connection is up for real: the next outage starts counting from zero."""
-        self._opened = True
-        self.attempt = 0
+        """The connection is up for real; if it stays up for C{min_uptime},
+        the next outage starts counting from zero (a server that accepts and
+        closes at once is retried with a growing backoff, up to the limit)."""
+        self._opened_at = self._clock.seconds()
 
     def connection_failed(self, reason: str) -> None:
         """Remember why the last attempt failed or the last connection ended,
@@ -221,9 +225,10 @@ class ReconnectingClientService(ClientService):
     def _next_delay(self, failed_in_a_row: int) -> float:
         if not self._retrying:
             return _NEVER
-        if self._opened:
-            self._opened = False
-            self.attempt = 0
+        if self._opened_at is not None:
+            if self._clock.seconds() - self._opened_at >= self.min_uptime:
+                self.attempt = 0
+            self._opened_at = None
         self.attempt += 1
         self._in_policy = True
         try:

@@ -15,7 +15,7 @@ import inspect
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import (
@@ -41,6 +41,7 @@ from tcphub._observer import OneShotObserver
 from tcphub.envelope import Envelope, decode, encode
 from tcphub.errors import (
     ConnectionClosed,
+    FatalClose,
     HandlerClosed,
     HandlerError,
     InvalidCloseCode,
@@ -60,6 +61,9 @@ __all__ = ["ConnectionContext", "HandlerProtocol", "Status", "WebSocketHandler"]
 RouteHandler = Callable[[Any, "ConnectionContext"], Any]
 
 CLOSE_MESSAGE_TOO_BIG = 1009
+# Close codes with which this side fails a connection the peer broke:
+# protocol error, unsupported data, invalid payload (bad UTF-8), too big.
+_PROTOCOL_ERRORS = frozenset({1002, 1003, 1007, 1009})
 
 
 @dataclass
@@ -93,6 +97,9 @@ class Status:
     unrouted_messages: int
     handler_errors: int
     late_replies: int
+    protocol_errors: int
+    """Connections this side closed because the peer broke the protocol
+    (close codes 1002, 1003, 1007, 1009)."""
     compression: str | None
     """The negotiated compression extension, e.g. C{permessage-deflate}."""
 
@@ -279,6 +286,9 @@ class WebSocketHandler(Service):
         jitter: float = 0.1,
         open_timeout: float = 10.0,
         close_timeout: float = 5.0,
+        min_uptime: float = 5.0,
+        fatal_close_codes: Iterable[int] = (),
+        max_concurrent_handlers: int = 1000,
         max_message_size: int = 1024 * 1024,
         max_send_size: int | None = None,
         max_queue: int = 1000,
@@ -301,6 +311,11 @@ class WebSocketHandler(Service):
         _checks.number("jitter", jitter, minimum=0, maximum=1)
         _checks.number("open_timeout", open_timeout, above=0)
         _checks.number("close_timeout", close_timeout, above=0)
+        _checks.number("min_uptime", min_uptime, minimum=0)
+        _checks.number("max_concurrent_handlers", max_concurrent_handlers, minimum=1, integer=True)
+        fatal_close_codes = frozenset(fatal_close_codes)
+        for fatal in fatal_close_codes:
+            _checks.number("fatal_close_codes", fatal, minimum=1000, maximum=4999, integer=True)
         _checks.number("request_timeout", request_timeout, above=0)
         _checks.number("max_message_size", max_message_size, minimum=1, integer=True)
         if max_send_size is not None:
@@ -322,6 +337,9 @@ class WebSocketHandler(Service):
         self.ping_timeout = ping_timeout if ping_timeout is not None else min(ping_interval, 10.0)
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
+        self.min_uptime = min_uptime
+        self.fatal_close_codes = fatal_close_codes
+        self.max_concurrent_handlers = max_concurrent_handlers
         self.max_message_size = max_message_size
         self.max_send_size = max_send_size
         self.max_queue = max_queue
@@ -348,7 +366,7 @@ class WebSocketHandler(Service):
         self._request_counter = 0
         self._counts = dict.fromkeys(
             ("retries", "messages_sent", "messages_received", "reconnects", "invalid_messages",
-             "unrouted_messages", "handler_errors", "late_replies"),
+             "unrouted_messages", "handler_errors", "late_replies", "protocol_errors"),
             0,
         )
         self._last_ping: float | None = None
@@ -386,6 +404,7 @@ class WebSocketHandler(Service):
             backoff=self._retry_policy,
             max_retries=self.max_retries,
             confirm_open=True,
+            min_uptime=self.min_uptime,
             clock=self.clock,
         )
         self._first_open = OneShotObserver()
@@ -583,14 +602,9 @@ class WebSocketHandler(Service):
             return
         self._protocol = None
         self.context.connected = False
-        if protocol.localCloseCode is not None and protocol.remoteCloseCode is None:
-            # We failed the connection (Autobahn sends the close frame, then
-            # drops TCP, and reports 1006): report the code we sent.
-            code = protocol.localCloseCode
-            if protocol.localCloseReason:
-                reason = protocol.localCloseReason.decode("utf-8", "replace")
-        if protocol.ended_by is not None:
-            reason = protocol.ended_by
+        code, reason = self._ending(protocol, code, reason)
+        if protocol.closedByMe and code in _PROTOCOL_ERRORS:
+            self._counts["protocol_errors"] += 1
         if self._service is not None:
             self._service.connection_failed(f"connection closed: {code} {reason or ''}".strip())
         if code == CLOSE_MESSAGE_TOO_BIG:
@@ -605,6 +619,25 @@ class WebSocketHandler(Service):
         self._fail_requests(ConnectionClosed(f"the connection closed ({code} {reason or ''})".strip()))
         self._update_flow()
         self.events.emit("close", self.context, code, reason)
+        if protocol.remoteCloseCode in self.fatal_close_codes and self._service is not None:
+            self._service.stop_retrying()
+            self._gave_up(Failure(FatalClose(protocol.remoteCloseCode, protocol.remoteCloseReason)))
+
+    @staticmethod
+    def _ending(protocol: HandlerProtocol, code: int | None, reason: str | None) -> tuple[int | None, str | None]:
+        """The code and reason that ended a connection, whichever side sent
+        the first close frame (Autobahn reports the peer's echo, often
+        without a reason, or 1006 when TCP ended before the echo), and the
+        deadline this side missed, if any."""
+        local, remote = protocol.localCloseCode, protocol.remoteCloseCode
+        local_reason = (protocol.localCloseReason or b"").decode("utf-8", "replace") or None
+        if local is not None and (protocol.closedByMe or remote is None):
+            code, reason = local, local_reason
+        elif remote is not None:
+            code, reason = remote, protocol.remoteCloseReason
+        if protocol.ended_by is not None:
+            reason = f"{reason}; then {protocol.ended_by}" if local or remote else protocol.ended_by
+        return code, reason
 
     def _flush_queue(self, protocol: HandlerProtocol) -> None:
         """Write what waited for a connection, in order; one message that

@@ -21,6 +21,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock, deferLater
 
 from tcphub import (
+    FatalClose,
     MessageTooLarge,
     HandlerClosed,
     HandlerError,
@@ -607,3 +608,46 @@ def test_the_open_timeout_is_exact_on_the_handlers_clock():
     finally:
         yield ws.close()
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_closes_at_once_is_retried_with_growing_backoff_to_the_limit(servers):
+    # Every open used to reset the retry count: 20 handshakes in 6 s, 0.3 s
+    # apart, with max_retries=3, and never a RetryLimitReached.
+    server = servers.start("--close-at-open", "4001")
+    ws = handler(ping_interval=0, max_retries=3, initial_delay=1.0, min_uptime=5.0)
+    delays, errors = [], []
+    ws.on("retry", lambda attempt, delay, context: delays.append(delay))
+    ws.on("error", lambda error, context: errors.append(error))
+    try:
+        yield ws.connect(server.url)
+        for attempt in range(1, 4):
+            while len(delays) < attempt:
+                yield deferLater(reactor, 0.001, lambda: None)
+            ws.clock.advance(delays[-1])
+        while not errors:
+            yield deferLater(reactor, 0.001, lambda: None)
+        assert delays == [1.0, 2.0, 4.0]
+        assert [type(e) for e in errors] == [RetryLimitReached]
+        assert "4001 authentication failed" in str(errors[0])
+    finally:
+        yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_fatal_close_code_ends_the_attempts_at_once(servers):
+    server = servers.start("--close-at-open", "4001")
+    ws = handler(ping_interval=0, max_retries=None, fatal_close_codes={4001, 1008})
+    error = when_event(ws, "error")
+    retries = []
+    ws.on("retry", lambda *args: retries.append(args))
+    try:
+        yield ws.connect(server.url)
+        failure, _ = yield error
+        assert isinstance(failure, FatalClose)
+        assert (failure.code, failure.reason) == (4001, "authentication failed")
+        assert retries == [] and not ws.get_status().connected
+        with pytest.raises(NotConnected):
+            yield ws.send("anything", 1)
+    finally:
+        yield ws.close()

@@ -7,7 +7,9 @@ It echoes every message, except text messages whose JSON path is:
   - "server.hold": keeps the message, to echo it on "server.release" (a late reply).
 With --reject it answers every handshake with HTTP 503; with --greet it sends
 {"path": "server.hello", "data": {"greeting": "hello"}} on every connection;
-with --cert and --key it speaks TLS (wss://).
+with --close-at-open CODE it closes every connection with CODE
+("authentication failed") right after the handshake; with --cert and --key
+it speaks TLS (wss://).
 It prints "listening on PORT" once ready, and "open <extensions>" per connection.
 """
 
@@ -21,11 +23,16 @@ from websockets.asyncio.server import serve
 
 
 GREET = False
+CLOSE_AT_OPEN = None
 
 
 async def echo(connection) -> None:
     extensions = ",".join(e.name for e in connection.protocol.extensions) or "none"
     print(f"open {extensions}", flush=True)
+    if CLOSE_AT_OPEN is not None:
+        await connection.close(CLOSE_AT_OPEN, "authentication failed")
+        print(f"connection closed: code {connection.close_code}", flush=True)
+        return
     if GREET:
         await connection.send(json.dumps({"path": "server.hello", "data": {"greeting": "hello"}}))
     held = []
@@ -66,11 +73,13 @@ async def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--reject", action="store_true")
     parser.add_argument("--greet", action="store_true")
+    parser.add_argument("--close-at-open", type=int)
     parser.add_argument("--cert")
     parser.add_argument("--key")
     args = parser.parse_args()
-    global GREET
+    global GREET, CLOSE_AT_OPEN
     GREET = args.greet
+    CLOSE_AT_OPEN = args.close_at_open
     context = None
     if args.cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
