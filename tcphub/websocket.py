@@ -93,6 +93,10 @@ class Status:
     queued: int
     queued_bytes: int
     pending_requests: int
+    handlers_in_flight: int
+    """Route handlers whose Deferred (or coroutine) has not ended yet."""
+    reading_paused: bool
+    """Whether reading stopped because C{max_concurrent_handlers} calls are in flight."""
     invalid_messages: int
     unrouted_messages: int
     handler_errors: int
@@ -370,6 +374,9 @@ class WebSocketHandler(Service):
             0,
         )
         self._last_ping: float | None = None
+        self._in_flight = 0
+        self._held: deque[Envelope] = deque()
+        self._reading_paused = False
         self._opened_once = False
         self._write_buffer_full = False
         self._producer: IPushProducer | None = None
@@ -495,6 +502,8 @@ class WebSocketHandler(Service):
             queued=len(self._queue),
             queued_bytes=self._queued_bytes,
             pending_requests=len(self._requests),
+            handlers_in_flight=self._in_flight,
+            reading_paused=self._reading_paused,
             compression=extensions[0].EXTENSION_NAME if extensions else None,
             **self._counts,
         )
@@ -601,6 +610,7 @@ class WebSocketHandler(Service):
             self._log.info("{why}", why=why)
             return
         self._protocol = None
+        self._reading_paused = False  # that transport is gone; a new one is read at once
         self.context.connected = False
         code, reason = self._ending(protocol, code, reason)
         if protocol.closedByMe and code in _PROTOCOL_ERRORS:
@@ -697,6 +707,16 @@ class WebSocketHandler(Service):
         if envelope.id is not None and envelope.id.startswith(self._request_prefix):
             self._reply_received(envelope)
             return
+        if self._held or self._in_flight >= self.max_concurrent_handlers:
+            # At the bound: hold the message (at most the rest of this read)
+            # and stop reading, so that TCP pushes back on the server.
+            self._held.append(envelope)
+            self._pause_reading()
+            return
+        self._dispatch(envelope)
+
+    def _dispatch(self, envelope: Envelope) -> None:
+        context = self.context
         self.events.emit("message", envelope, context)
         handler = self.router.match(envelope.path)
         if handler is None:
@@ -714,7 +734,32 @@ class WebSocketHandler(Service):
         if inspect.iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
+            self._in_flight += 1
             result.addErrback(lambda failure: self._handler_failed(f"handler for {envelope.path!r}", failure))
+            result.addBoth(self._handler_done)
+
+    def _handler_done(self, result: object) -> None:
+        self._in_flight -= 1
+        held = self._held
+        while held and self._in_flight < self.max_concurrent_handlers:
+            self._dispatch(held.popleft())
+        if not held and self._reading_paused:
+            self._reading_paused = False
+            protocol = self._protocol
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.resumeProducing()
+
+    def _pause_reading(self) -> None:
+        if self._reading_paused:
+            return
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            self._reading_paused = True
+            self._log.info(
+                "{count} handler calls in flight (max_concurrent_handlers): "
+                "not reading until one ends", count=self._in_flight,
+            )
+            protocol.transport.pauseProducing()
 
     def _reply_received(self, envelope: Envelope) -> None:
         pending = self._requests.pop(envelope.id, None)

@@ -651,3 +651,38 @@ def test_a_fatal_close_code_ends_the_attempts_at_once(servers):
             yield ws.send("anything", 1)
     finally:
         yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_async_handlers_are_bounded_and_reading_stops_at_the_bound(servers):
+    # Unbounded, 20,000 calls were in flight at once (memory +47 MB).
+    server = servers.start()
+    ws = handler(ping_interval=0, max_concurrent_handlers=5)
+    calls: list[tuple[int, Deferred]] = []
+
+    def slow(data, context) -> Deferred:
+        call: Deferred = Deferred()
+        calls.append((data, call))
+        return call
+
+    ws.add_route("work", slow)
+    try:
+        yield ws.connect(server.url)
+        yield ws.send("server.say", [f'{{"path": "work", "data": {n}}}' for n in range(50)])
+        while len(calls) < 5 or not ws.get_status().reading_paused:
+            yield deferLater(reactor, 0.001, lambda: None)
+        status = ws.get_status()
+        assert (status.handlers_in_flight, len(calls)) == (5, 5)
+        done = 0
+        while done < 50:
+            _, call = calls[done]
+            call.callback(None)
+            done += 1
+            assert ws.get_status().handlers_in_flight <= 5
+            while len(calls) < min(done + 5, 50):
+                yield deferLater(reactor, 0.001, lambda: None)
+        assert [data for data, _ in calls] == list(range(50)), "in order"
+        status = ws.get_status()
+        assert (status.handlers_in_flight, status.reading_paused, status.connected) == (0, False, True)
+    finally:
+        yield ws.close()
