@@ -24,6 +24,8 @@ from autobahn.websocket.compress import (
     PerMessageDeflateResponseAccept,
 )
 from autobahn.websocket.util import parse_url
+from OpenSSL.SSL import Error as TLSError
+from service_identity import VerificationError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -125,6 +127,8 @@ class HandlerProtocol(WebSocketClientProtocol):
     factory: WebSocketClientFactory
     ended_by: str | None = None
     """Why this side aborted the connection, if it did (a deadline missed)."""
+    _opened = False
+    _reply_start = b""
     _open_call: IDelayedCall | None = None
     _ping_call: IDelayedCall | None = None
     _pong_call: IDelayedCall | None = None
@@ -136,7 +140,14 @@ class HandlerProtocol(WebSocketClientProtocol):
         self._open_call = handler.clock.callLater(handler.open_timeout, self._missed, "_open_call",
                                                   f"opening handshake timeout ({handler.open_timeout} s)")
 
+    def dataReceived(self, data: bytes) -> None:
+        if not self._opened and len(self._reply_start) < _REPLY_PREVIEW:
+            # The start of the server's answer, to say what was wrong with it.
+            self._reply_start += data[: _REPLY_PREVIEW - len(self._reply_start)]
+        super().dataReceived(data)
+
     def onOpen(self) -> None:
+        self._opened = True
         self._cancel("_open_call")
         handler = self.factory.handler
         if handler.ping_interval:
@@ -226,6 +237,8 @@ class HandlerProtocol(WebSocketClientProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for timer in ("_open_call", "_ping_call", "_pong_call", "_close_call"):
             self._cancel(timer)
+        if not self._opened and self.ended_by is None:
+            self.ended_by = _handshake_failure(reason.value, self._reply_start)
         super().connectionLost(reason)
         for name in self._AUTOBAHN_TIMERS:
             call = getattr(self, name, None)
@@ -235,6 +248,36 @@ class HandlerProtocol(WebSocketClientProtocol):
                     call.cancel()
                 except (AttributeError, AlreadyCalled, AlreadyCancelled):
                     pass  # already run; txaio's batched calls say so with AttributeError
+
+
+_REPLY_PREVIEW = 64
+
+
+def _identity(mismatch: object) -> str:
+    name = getattr(getattr(mismatch, "mismatched_id", None), "hostname", None)
+    if isinstance(name, bytes):
+        return name.decode("ascii", "replace")
+    return str(name if name is not None else mismatch)
+
+
+def _handshake_failure(error: BaseException, reply_start: bytes) -> str | None:
+    """What went wrong before a connection opened, when Autobahn's own reason
+    ("peer dropped the TCP connection") would not say; None when it does."""
+    if isinstance(error, VerificationError):
+        names = ", ".join(_identity(mismatch) for mismatch in error.errors)
+        return f"TLS: the server's certificate is not valid for {names}"
+    if isinstance(error, TLSError):
+        reasons = [entry[2] for entry in error.args[0] if len(entry) > 2] if error.args else []
+        cause = "; ".join(reasons) or str(error)
+        if "certificate verify failed" in cause:
+            cause += (" (the server's certificate is self-signed or from a CA this "
+                      "machine does not trust: pass tls_options with its CA)")
+        return f"TLS: {cause}"
+    if reply_start and not reply_start.startswith(b"HTTP/"):
+        return f"the server's answer to the opening handshake is not HTTP: {reply_start!r}"
+    if not reply_start:
+        return "the server closed the connection before answering the opening handshake"
+    return None
 
 
 @implementer(IPushProducer)

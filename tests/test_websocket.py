@@ -686,3 +686,55 @@ def test_async_handlers_are_bounded_and_reading_stops_at_the_bound(servers):
         assert (status.handlers_in_flight, status.reading_paused, status.connected) == (0, False, True)
     finally:
         yield ws.close()
+
+
+class _Answers(Protocol):
+    """Answers the opening handshake with C{reply} and closes."""
+
+    reply = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(self.reply)
+        self.transport.loseConnection()
+
+
+@pytest.mark.parametrize(
+    "reply, cause",
+    [
+        (b"garbage, not HTTP\r\n\r\n", "the server's answer to the opening handshake is not HTTP: b'garbage"),
+        (b"", "the server closed the connection before answering the opening handshake"),
+    ],
+)
+@pytest_twisted.inlineCallbacks
+def test_a_broken_handshake_says_what_was_wrong(reply, cause):
+    answering = type("Answering", (_Answers,), {"reply": reply})
+    port = reactor.listenTCP(0, Factory.forProtocol(answering), interface="127.0.0.1")
+    ws = handler(reconnect=False)
+    try:
+        with pytest.raises(RetryLimitReached) as failed:
+            yield ws.connect(f"ws://127.0.0.1:{port.getHost().port}/")
+        assert cause in str(failed.value)
+    finally:
+        yield ws.close()
+        yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_tls_failures_name_their_cause(servers, tmp_path):
+    key, cert = make_certificate(tmp_path)
+    server = servers.start("--cert", str(cert), "--key", str(key))
+    url = f"wss://127.0.0.1:{server.port}/"
+    trusted = Certificate.loadPEM(cert.read_bytes())
+    cases = [
+        (None, "TLS: certificate verify failed (the server's certificate is self-signed"),
+        (optionsForClientTLS("example.com", trustRoot=trusted),
+         "TLS: the server's certificate is not valid for example.com"),
+    ]
+    for tls, cause in cases:
+        ws = handler(reconnect=False, tls_options=tls)
+        try:
+            with pytest.raises(RetryLimitReached) as failed:
+                yield ws.connect(url)
+            assert cause in str(failed.value)
+        finally:
+            yield ws.close()
