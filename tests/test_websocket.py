@@ -480,14 +480,17 @@ def test_a_large_message_queued_before_the_open_does_not_break_the_flush(servers
         yield ws.close()
 
 
-class _ClosesAndLingers(Protocol):
-    """A WebSocket server by hand: accepts the upgrade, sends a close frame
-    (1001) at once, and keeps TCP open, as some servers do."""
+class _HandMadeServer(Protocol):
+    """A WebSocket server by hand: accepts the upgrade and sends C{greeting}
+    frames; when the client's close frame comes, fires C{close_received},
+    echoes a close frame without a reason if C{echo} is set, and drops TCP
+    if C{drop} is set."""
 
-    def __init__(self, close_answered: Deferred) -> None:
+    def __init__(self, greeting: bytes, close_received: Deferred, echo: bytes = b"",
+                 drop: bool = False) -> None:
         self.buffer = b""
         self.upgraded = False
-        self.close_answered = close_answered
+        self.greeting, self.close_received, self.echo, self.drop = greeting, close_received, echo, drop
 
     def dataReceived(self, data: bytes) -> None:
         self.buffer += data
@@ -500,18 +503,26 @@ class _ClosesAndLingers(Protocol):
             self.transport.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-                + b"\x88\x02\x03\xe9"
+                + self.greeting
             )
             self.upgraded = True
-        if self.upgraded and self.buffer[:1] == b"\x88" and not self.close_answered.called:
-            self.close_answered.callback(None)
+        if self.upgraded and self.buffer[:1] == b"\x88" and not self.close_received.called:
+            self.close_received.callback(None)
+            self.transport.write(self.echo)
+            if self.drop:
+                self.transport.loseConnection()
+
+
+def _hand_made_server(greeting: bytes, close_received: Deferred, **options):
+    factory = Factory.forProtocol(lambda: _HandMadeServer(greeting, close_received, **options))
+    return reactor.listenTCP(0, factory, interface="127.0.0.1")
 
 
 @pytest_twisted.inlineCallbacks
 def test_send_during_the_closing_handshake_queues_instead_of_raising():
     close_answered: Deferred = Deferred()
-    factory = Factory.forProtocol(lambda: _ClosesAndLingers(close_answered))
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    # The server closes (1001) at once, and keeps TCP open, as some servers do.
+    port = _hand_made_server(b"\x88\x02\x03\xe9", close_answered)
     ws = handler(ping_interval=0, max_retries=None)
     try:
         yield ws.connect(f"ws://127.0.0.1:{port.getHost().port}/")
@@ -738,3 +749,28 @@ def test_tls_failures_name_their_cause(servers, tmp_path):
             assert cause in str(failed.value)
         finally:
             yield ws.close()
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["echo-and-drop", "echo-and-linger"])
+@pytest_twisted.inlineCallbacks
+def test_the_close_event_reports_the_protocol_error_we_closed_with(drop):
+    close_received: Deferred = Deferred()
+    # A text frame with RSV bits set: a protocol error (1002). The server
+    # echoes the close without a reason.
+    port = _hand_made_server(b"\xc1\x02hi", close_received, echo=b"\x88\x02\x03\xea", drop=drop)
+    ws = handler(ping_interval=0, reconnect=False)
+    closed = when_event(ws, "close")
+    try:
+        yield ws.connect(f"ws://127.0.0.1:{port.getHost().port}/")
+        yield close_received
+        if not drop:
+            yield deferLater(reactor, 0, lambda: None)
+            ws.clock.advance(ws.close_timeout)
+        _, code, reason = yield closed
+        assert code == 1002 and "RSV" in reason
+        if not drop:
+            assert "then closing handshake timeout" in reason
+        assert ws.get_status().protocol_errors == 1
+    finally:
+        yield ws.close()
+        yield port.stopListening()
