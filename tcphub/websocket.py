@@ -689,7 +689,7 @@ class WebSocketHandler(Service):
         elif remote is not None:
             code, reason = remote, protocol.remoteCloseReason
         if protocol.ended_by is not None:
-            reason = f"{reason}; then {protocol.ended_by}" if local or remote else protocol.ended_by
+            reason = f"{reason}; then {protocol.ended_by}" if reason else protocol.ended_by
         return code, reason
 
     def _flush_queue(self, protocol: HandlerProtocol) -> None:

@@ -1,0 +1,133 @@
+"""
+The WebSocket handler's deadlines in memory, without a server: a
+MemoryReactorClock is both its reactor and its clock, a StringTransport its
+connection, and the server's side of the handshake is written by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from tcphub import HandlerProtocol, RetryLimitReached, WebSocketHandler
+
+
+class Transport(StringTransport):
+    """A StringTransport that, like Twisted's TCP transports, lets a protocol
+    unregister a producer it never registered (Autobahn's dropConnection does)."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+class Counting(HandlerProtocol):
+    pings: list[float]
+
+    def sendPing(self, payload=None):
+        self.pings.append(self.factory.handler.clock.seconds())
+        super().sendPing(payload)
+
+
+class Link:
+    """One handler and its in-memory connection."""
+
+    def __init__(self, **options) -> None:
+        self.reactor = MemoryReactorClock()
+        Counting.pings = self.pings = []
+        self.ws = WebSocketHandler(reactor=self.reactor, clock=self.reactor, reconnect=False,
+                                   compression=False, protocol=Counting, **options)
+        self.connected = self.ws.connect("ws://127.0.0.1:9/")
+        self.closes: list[tuple] = []
+        self.ws.on("close", lambda context, code, reason: self.closes.append((code, reason)))
+        host, port, factory, _, _ = self.reactor.tcpClients[0]
+        self.protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+        self.transport = Transport()
+        self.protocol.makeConnection(self.transport)
+
+    def open(self) -> None:
+        key = re.search(rb"(?i)sec-websocket-key: *([^\r\n]+)", self.transport.value())[1]
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.protocol.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        assert self.ws.get_status().connected
+
+    def pong(self) -> None:
+        self.protocol.dataReceived(b"\x8a\x00")
+
+    def finish(self) -> None:
+        if not self.transport.disconnecting:
+            self.transport.loseConnection()
+            self.protocol.connectionLost(_lost())
+        self.ws.close()
+        self.reactor.advance(0)
+        assert self.reactor.getDelayedCalls() == []
+
+
+def _lost():
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    return Failure(ConnectionLost())
+
+
+@pytest.mark.parametrize("interval", [0.25, 0.5, 1.5])
+def test_pings_number_the_time_over_the_interval_for_any_interval(interval):
+    link = Link(ping_interval=interval, ping_timeout=interval)
+    link.open()
+    for _ in range(40):
+        link.reactor.advance(interval / 2)
+        link.pong()
+    assert link.pings == [interval * n for n in range(1, 21)]
+    assert not link.transport.disconnecting
+    link.finish()
+
+
+def test_a_missing_pong_drops_the_connection_exactly_at_the_ping_timeout():
+    link = Link(ping_interval=1.0, ping_timeout=0.5)
+    link.open()
+    link.reactor.advance(1.0)
+    assert link.pings == [1.0]
+    link.reactor.advance(0.25)
+    assert not link.transport.disconnecting
+    link.reactor.advance(0.25)
+    assert link.transport.disconnecting
+    link.protocol.connectionLost(_lost())
+    assert link.closes == [(1006, "ping timeout: no pong within 0.5 s")]
+    link.finish()
+
+
+def test_the_open_timeout_is_exact():
+    link = Link(open_timeout=0.5)
+    link.reactor.advance(0.25)
+    assert not link.transport.disconnecting
+    link.reactor.advance(0.25)
+    assert link.transport.disconnecting
+    link.protocol.connectionLost(_lost())
+    failures = []
+    link.connected.addErrback(failures.append)
+    link.reactor.advance(0)
+    assert failures and failures[0].check(RetryLimitReached)
+    assert "opening handshake timeout (0.5 s)" in str(failures[0].value)
+    link.finish()
+
+
+def test_the_close_timeout_is_exact():
+    link = Link(ping_interval=0, close_timeout=0.75)
+    link.open()
+    link.ws.close()
+    link.reactor.advance(0.5)
+    assert not link.transport.disconnecting, "the server has 0.75 s to answer the close"
+    link.reactor.advance(0.25)
+    assert link.transport.disconnecting
+    link.protocol.connectionLost(_lost())
+    ((code, reason),) = link.closes
+    assert (code, reason) == (1000, "closing handshake timeout (0.75 s)")
+    link.finish()
