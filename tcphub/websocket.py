@@ -689,7 +689,9 @@ class WebSocketHandler(Service):
         elif remote is not None:
             code, reason = remote, protocol.remoteCloseReason
         if protocol.ended_by is not None:
-            reason = f"{reason}; then {protocol.ended_by}" if reason else protocol.ended_by
+            # After a close frame, keep its reason; without one, Autobahn's
+            # "closed uncleanly" says less than the deadline does.
+            reason = f"{reason}; then {protocol.ended_by}" if reason and (local or remote) else protocol.ended_by
         return code, reason
 
     def _flush_queue(self, protocol: HandlerProtocol) -> None:
