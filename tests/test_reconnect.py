@@ -59,3 +59,33 @@ def test_retries_follow_the_policy_and_stop_at_the_limit():
     clock.advance(0)
     assert not service.running
     assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("uptime, attempts", [(4.5, [1, 2, 3]), (5.0, [1, 1, 1])])
+def test_only_a_connection_that_stays_up_for_min_uptime_resets_the_count(uptime, attempts):
+    """In memory: each connection opens, lives C{uptime} seconds on the clock, and drops."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionLost
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.python.failure import Failure
+
+    reactor = MemoryReactorClock()
+    service = ReconnectingClientService(
+        TCP4ClientEndpoint(reactor, "127.0.0.1", 1), Factory.forProtocol(Protocol),
+        backoff=lambda attempt: 1.0, confirm_open=True, min_uptime=5.0, clock=reactor,
+    )
+    scheduled = []
+    service.on_retry = lambda attempt, delay: scheduled.append(attempt)
+    service.startService()
+    for connection in range(3):
+        _, _, factory, _, _ = reactor.tcpClients[connection]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        protocol.makeConnection(StringTransport())
+        service.connection_opened()
+        reactor.advance(uptime)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        reactor.advance(1.0)  # the retry
+    assert scheduled == attempts
+    service.stopService()
+    reactor.advance(0)

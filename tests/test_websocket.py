@@ -11,6 +11,7 @@ import base64
 import hashlib
 import re
 import socket
+import struct
 
 import pytest
 import pytest_twisted
@@ -417,11 +418,15 @@ def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was
     ws.add_route("#.a.#.a.#.b", lambda data, context: None)
     ws.add_route("#", lambda data, context: None)
     seen, done = route_into(ws, "ok", 1)
+    # A binary envelope whose JSON header is not UTF-8 (a text frame that is
+    # not UTF-8 is a protocol error, 1007, by RFC 6455: not data).
+    bad_utf8 = base64.b64encode(struct.pack(">I", 4) + b"\xff\xfe\xfd\xfc" + b"payload").decode()
     hostile = [
-        ['{"path": "deep", "data": ' + "[" * 1500 + "]" * 1500 + "}"] * 250,
-        ['{"path": "' + ".".join(["a"] * 500) + '"}'] * 250,
-        ['{"path": "' + "a" * 1100 + '"}'] * 250,
-        ["{not json"] * 250,
+        ("server.say", ['{"path": "deep", "data": ' + "[" * 1500 + "]" * 1500 + "}"] * 200),
+        ("server.say", ['{"path": "' + ".".join(["a"] * 500) + '"}'] * 200),
+        ("server.say", ['{"path": "' + "a" * 1100 + '"}'] * 200),
+        ("server.say", ["{not json"] * 200),
+        ("server.say.binary", [bad_utf8] * 200),
     ]
     try:
         yield ws.connect(server.url)
@@ -429,8 +434,8 @@ def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was
         timers = len(reactor.getDelayedCalls())
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
-        for batch in hostile:
-            yield ws.send("server.say", batch)
+        for command, batch in hostile:
+            yield ws.send(command, batch)
         yield ws.send("server.say", ['{"path": "ok", "data": "still up"}'])
         yield done
         after = tracemalloc.get_traced_memory()[0]

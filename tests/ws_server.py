@@ -4,6 +4,7 @@ run as a subprocess by the tests.
 
 It echoes every message, except text messages whose JSON path is:
   - "server.say": sends each string in data as a raw text frame (anything, even invalid JSON);
+  - "server.say.binary": sends each base64 string in data, decoded, as a raw binary frame;
   - "server.hold": keeps the message, to echo it on "server.release" (a late reply).
 With --reject it answers every handshake with HTTP 503; with --greet it sends
 {"path": "server.hello", "data": {"greeting": "hello"}} on every connection;
@@ -15,6 +16,7 @@ It prints "listening on PORT" once ready, and "open <extensions>" per connection
 
 import argparse
 import asyncio
+import base64
 import json
 import ssl
 from http import HTTPStatus
@@ -54,6 +56,9 @@ async def serve_messages(connection, held) -> None:
         if path == "server.say":
             for raw in command["data"]:
                 await connection.send(raw)
+        elif path == "server.say.binary":
+            for raw in command["data"]:
+                await connection.send(base64.b64decode(raw))
         elif path == "server.hold":
             held.append(message)
         elif path == "server.release":
