@@ -47,7 +47,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
 from zope.interface import implementer
@@ -278,15 +278,11 @@ class HubProtocol(Protocol):
 
     def _frame_timed_out(self) -> None:
         self._frame_call = None
-        hub = self.factory
-        hub.counters.frame_timeouts += 1
         error = FrameTimeout(
             f"client {self.client_id} ({self.address}) began a frame and did not "
-            f"finish it within {hub.frame_timeout} seconds"
+            f"finish it within {self.factory.frame_timeout} seconds"
         )
-        self._log.info("{error}", error=error)
-        hub._report(self.client_id, error)
-        self._abort(ClientDisconnected(str(error)))
+        self._drop("frame_timeouts", error, ClientDisconnected(str(error)))
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client ended its input (FIN)."""
@@ -390,15 +386,8 @@ class HubProtocol(Protocol):
         """The decoder's callback for undecodable input: count, report, drop the client."""
         if self._closing:
             return
-        self.factory.counters.protocol_errors += 1
-        self._log.warn(
-            "protocol error from client {client_id} ({address}): {error}",
-            client_id=self.client_id,
-            address=self.address,
-            error=error,
-        )
-        self.factory._report(self.client_id, error)
-        self._abort(ClientDisconnected(f"client {self.client_id} dropped: {error}"))
+        what = f"protocol error from client {self.client_id} ({self.address}): {error}"
+        self._drop("protocol_errors", error, ClientDisconnected(what))
 
     def messageReceived(self, payload: bytes) -> None:
         """Override: called for each complete message, framing removed."""
@@ -480,12 +469,8 @@ class HubProtocol(Protocol):
     def timeoutConnection(self) -> None:
         """Override: no traffic either way for C{timeout} seconds.  By
         default: count it, report L{IdleTimeout}, and drop the client."""
-        hub = self.factory
-        hub.counters.timed_out += 1
-        error = IdleTimeout(f"client {self.client_id} idle for {hub.timeout} seconds")
-        self._log.info("{error}", error=error)
-        hub._report(self.client_id, error)
-        self._abort(ClientDisconnected(str(error)))
+        error = IdleTimeout(f"client {self.client_id} idle for {self.factory.timeout} seconds")
+        self._drop("timed_out", error, ClientDisconnected(str(error)), LogLevel.info)
 
     # -- outbound -------------------------------------------------------
 
@@ -558,15 +543,24 @@ class HubProtocol(Protocol):
             self.transport.write(b"".join(outbox))
 
     def _drop_slow_consumer(self) -> None:
-        hub = self.factory
-        hub.counters.slow_consumers += 1
         error = SlowConsumer(
             f"client {self.client_id} ({self.address}) stopped reading with "
-            f"{self._pending_bytes} bytes queued (max_pending={hub.max_pending})"
+            f"{self._pending_bytes} bytes queued (max_pending={self.factory.max_pending})"
         )
-        self._log.warn("{error}", error=error)
-        hub._report(self.client_id, error)
-        self._abort(error)
+        self._drop("slow_consumers", error, error)
+
+    def _drop(self, counter: str, error: TcpHubError, departure: ClientDisconnected,
+              level: LogLevel = LogLevel.warn) -> None:
+        """Count C{error} in the hub's C{counter}, log it (once per burst),
+        report it on the C{error} event, and abort the client."""
+        counters = self.factory.counters
+        count = getattr(counters, counter) + 1
+        setattr(counters, counter, count)
+        if first_of_a_burst(count):
+            self._log.emit(level, "{departure} ({count} {counter} so far)",
+                           departure=departure, count=count, counter=counter)
+        self.factory._report(self.client_id, error)
+        self._abort(departure)
 
     def loseConnection(self) -> None:
         """Close after the queued output is written; no new messages are taken."""
