@@ -2,7 +2,8 @@
 Fixtures shared by every test.
 
 The autouse C{clean_reactor} fixture fails a test that leaves delayed calls,
-listening ports or connections behind on the global reactor.
+listening ports or connections behind on the global reactor; C{hub_factory}
+makes in-memory hubs (a HubFactory on a Clock, StringTransport clients).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import pytest
 import pytest_twisted
 from hypothesis import settings
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from tcphub import HubFactory, HubProtocol
 
 
 # The default run must be deterministic: hypothesis derives its examples from
@@ -48,3 +55,51 @@ def clean_reactor():
         reactor.removeWriter(selectable)
     assert leftover_calls == [], f"delayed calls left on the reactor: {leftover_calls}"
     assert not leftover_selectables, f"ports or connections left open: {leftover_selectables}"
+
+
+class Hub:
+    """A HubFactory on a Clock, with helpers to attach StringTransport clients."""
+
+    def __init__(self, **options) -> None:
+        self.clock = Clock()
+        self.factory = HubFactory(clock=self.clock, **options)
+        self.factory.doStart()
+        self.events: list[tuple] = []
+        for name in ("connection", "data", "disconnect", "error"):
+            self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
+        self._next_port = 40000
+
+    def connect(self, host: str = "127.0.0.1") -> tuple[HubProtocol, StringTransport]:
+        self._next_port += 1
+        address = IPv4Address("TCP", host, self._next_port)
+        protocol = self.factory.buildProtocol(address)
+        transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def lose(self, protocol: HubProtocol) -> None:
+        protocol.connectionLost(Failure(ConnectionDone("bye")))
+
+    def errors(self) -> list:
+        return [event[2] for event in self.events if event[0] == "error"]
+
+    def close(self) -> None:
+        # Clients a test left connected go now; then no timer may be left.
+        for client in list(self.factory._clients.values()):
+            self.lose(client)
+        self.factory.doStop()
+        assert self.clock.getDelayedCalls() == []
+
+
+@pytest.fixture
+def hub_factory():
+    hubs: list[Hub] = []
+
+    def make(**options) -> Hub:
+        hub = Hub(**options)
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.close()

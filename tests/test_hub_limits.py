@@ -20,7 +20,6 @@ from tcphub import (
     IdleTimeout,
     TcpServer,
 )
-from tests.test_protocol import hub_factory  # noqa: F401 (a fixture)
 
 
 def int32(payload: bytes) -> bytes:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols import basic
-from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from tcphub import (
@@ -29,54 +27,6 @@ from tcphub import (
     UnknownClient,
 )
 from tcphub.framing import LineFraming
-
-
-class Hub:
-    """A HubFactory on a Clock, with helpers to attach StringTransport clients."""
-
-    def __init__(self, **options) -> None:
-        self.clock = Clock()
-        self.factory = HubFactory(clock=self.clock, **options)
-        self.factory.doStart()
-        self.events: list[tuple] = []
-        for name in ("connection", "data", "disconnect", "error"):
-            self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
-        self._next_port = 40000
-
-    def connect(self, host: str = "127.0.0.1") -> tuple[HubProtocol, StringTransport]:
-        self._next_port += 1
-        address = IPv4Address("TCP", host, self._next_port)
-        protocol = self.factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        return protocol, transport
-
-    def lose(self, protocol: HubProtocol) -> None:
-        protocol.connectionLost(Failure(ConnectionDone("bye")))
-
-    def errors(self) -> list:
-        return [event[2] for event in self.events if event[0] == "error"]
-
-    def close(self) -> None:
-        # Clients a test left connected go now; then no timer may be left.
-        for client in list(self.factory._clients.values()):
-            self.lose(client)
-        self.factory.doStop()
-        assert self.clock.getDelayedCalls() == []
-
-
-@pytest.fixture
-def hub_factory():
-    hubs: list[Hub] = []
-
-    def make(**options) -> Hub:
-        hub = Hub(**options)
-        hubs.append(hub)
-        return hub
-
-    yield make
-    for hub in hubs:
-        hub.close()
 
 
 def test_client_table_tracks_every_client_and_forgets_the_gone(hub_factory):
