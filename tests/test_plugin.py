@@ -457,3 +457,15 @@ def test_connections_refused_for_want_of_a_descriptor_are_counted_and_reported()
             for client in clients:
                 client.close()
         twistd.shutdown()
+
+
+def test_a_gateway_that_gives_up_on_its_upstream_exits_1():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        url = f"ws://127.0.0.1:{closed.getsockname()[1]}/"
+        with Twistd("tcphub", "--port", "0", "--upstream", url, "--upstream-max-retries", "0") as twistd:
+            code = twistd.process.wait(timeout=60)
+            twistd.drain()
+    assert code == 1, twistd.output
+    assert "gave up after 0 retries" in twistd.output
+    assert "Scheduling retry" not in twistd.output
