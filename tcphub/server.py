@@ -286,8 +286,8 @@ class HubProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client ended its input (FIN)."""
-        if self._closing or self._input_ended:
-            return
+        if self._closing:
+            return  # the hub is closing it already: no hook for a departing client
         self._input_ended = True
         hub = self.factory
         hub._batching += 1
@@ -414,8 +414,7 @@ class HubProtocol(Protocol):
             call, self._frame_call = self._frame_call, None
             if call is not None:
                 call.cancel()
-            if not self._input_ended:
-                self.transport.pauseProducing()
+            self.transport.pauseProducing()
 
     def _resume(self, why: int) -> None:
         if not self._read_paused & why:
@@ -1046,7 +1045,9 @@ class TcpServer(Service):
         self._descriptions: dict[int, str] = {}
         if endpoint is None:
             tcp = TCP6ServerEndpoint if isIPv6Address(host) else TCP4ServerEndpoint
-            return [tcp(reactor, port, backlog=backlog, interface=host)]
+            listening = tcp(reactor, port, backlog=backlog, interface=host)
+            self._descriptions[id(listening)] = f"{host}:{port}"
+            return [listening]
         if isinstance(endpoint, (str, bytes)) or IStreamServerEndpoint.providedBy(endpoint):
             endpoint = [endpoint]
         endpoints = []
@@ -1170,14 +1171,7 @@ class TcpServer(Service):
         gatherResults(attempts, consumeErrors=True).addCallbacks(listened, failed)
 
     def _describe(self, endpoint: IStreamServerEndpoint) -> str:
-        description = self._descriptions.get(id(endpoint))
-        if description is not None:
-            return description
-        port = getattr(endpoint, "_port", None)
-        interface = getattr(endpoint, "_interface", None)
-        if port is not None:
-            return f"{interface or '*'}:{port}"
-        return repr(endpoint)
+        return self._descriptions.get(id(endpoint), repr(endpoint))
 
     def _announce(self, ports: list[IListeningPort]) -> None:
         for port in ports:

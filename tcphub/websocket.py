@@ -789,22 +789,19 @@ class WebSocketHandler(Service):
         while held and self._in_flight < self.max_concurrent_handlers:
             self._dispatch(held.popleft())
         if not held and self._reading_paused:
+            # Still the connection that was paused: _closed clears the flag.
             self._reading_paused = False
-            protocol = self._protocol
-            if protocol is not None and protocol.transport is not None:
-                protocol.transport.resumeProducing()
+            self._protocol.transport.resumeProducing()
 
     def _pause_reading(self) -> None:
         if self._reading_paused:
             return
-        protocol = self._protocol
-        if protocol is not None and protocol.transport is not None:
-            self._reading_paused = True
-            self._log.info(
-                "{count} handler calls in flight (max_concurrent_handlers): "
-                "not reading until one ends", count=self._in_flight,
-            )
-            protocol.transport.pauseProducing()
+        self._reading_paused = True
+        self._log.info(
+            "{count} handler calls in flight (max_concurrent_handlers): "
+            "not reading until one ends", count=self._in_flight,
+        )
+        self._protocol.transport.pauseProducing()
 
     def _reply_received(self, envelope: Envelope) -> None:
         pending = self._requests.pop(envelope.id, None)

@@ -16,6 +16,7 @@ from tcphub import (
     ConnectionLimitReached,
     EchoProtocol,
     FrameTimeout,
+    HandlerError,
     HubFactory,
     IdleTimeout,
     TcpServer,
@@ -68,6 +69,41 @@ def test_fin_inside_a_frame_drops_the_unfinished_frame_quietly(hub_factory):
     assert transport.value() == int32(b"whole") and transport.disconnecting
     assert hub.errors() == []
     assert hub.factory.get_metrics().protocol_errors == 0
+
+
+def test_an_inputended_hook_that_raises_is_counted_and_the_hub_goes_on(hub_factory):
+    class Broken(EchoProtocol):
+        def inputEnded(self) -> None:
+            raise RuntimeError("hook bug")
+
+    hub = hub_factory(protocol=Broken)
+    protocol, transport = hub.connect()
+    other, other_transport = hub.connect()
+    protocol.readConnectionLost()
+    (error,) = hub.errors()
+    assert isinstance(error, HandlerError) and isinstance(error.__cause__, RuntimeError)
+    assert hub.factory.get_metrics().handler_errors == 1
+    other.dataReceived(b"still served\n")
+    assert other_transport.value() == b"still served\n"
+
+
+def test_a_client_the_hub_is_closing_gets_no_inputended_call(hub_factory):
+    calls = []
+
+    class Watching(EchoProtocol):
+        def inputEnded(self) -> None:
+            calls.append(self.client_id)
+            super().inputEnded()
+
+    hub = hub_factory(protocol=Watching)
+    protocol, transport = hub.connect()
+    protocol.pauseProducing()
+    protocol.sendMessage(b"queued")
+    protocol.loseConnection()  # waits for the queue
+    protocol.readConnectionLost()
+    assert calls == []
+    protocol.resumeProducing()
+    assert transport.value() == b"queued\n" and transport.disconnecting
 
 
 def test_a_broadcast_listener_that_half_closes_keeps_receiving(hub_factory):

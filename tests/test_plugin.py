@@ -174,6 +174,7 @@ def test_twistd_exits_with_an_error_on_a_busy_port():
             twistd.drain()
             assert code != 0
             assert "Address already in use" in twistd.output
+            assert f"tcphub cannot listen on 127.0.0.1:{port}" in twistd.output
 
 
 def test_twistd_rejects_bad_options_with_a_usage_message():
