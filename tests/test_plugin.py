@@ -288,6 +288,9 @@ def test_twistd_refuses_clients_past_the_open_file_limit_and_says_so():
                          twistd.output)
         clients = [socket.create_connection((host, port), timeout=30) for _ in range(count)]
         try:
+            # The hub accepts in connect order: once it refuses the 137th, the
+            # first 136 are in its table and the broadcast reaches them all.
+            twistd.wait_for(r"refused 127\.0\.0\.1:\d+: 136 clients connected \(1 refused so far\)")
             # Every client is either served (it gets the broadcast) or refused
             # (closed at once): none is left hanging.
             clients[0].sendall(b"hello\n")
@@ -303,7 +306,6 @@ def test_twistd_refuses_clients_past_the_open_file_limit_and_says_so():
                     assert data == b"", data
                     refused += 1
             assert served == 135 and refused == count - 136
-            twistd.wait_for(r"refused 127\.0\.0\.1:\d+: 136 clients connected \(1 refused so far\)")
             assert "EMFILE" not in twistd.output
         finally:
             for client in clients:
