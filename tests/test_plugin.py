@@ -240,20 +240,6 @@ def test_twistd_broadcast_listener_that_half_closes_keeps_receiving():
         twistd.shutdown()
 
 
-def test_sighup_drains_like_sigterm():
-    with Twistd("tcphub", "--port", "0", "--mode", "echo", "--framing", "raw",
-                "--max-pending", "100000000", "--drain-timeout", "1") as twistd:
-        host, port = twistd.wait_listening()
-        with stuck_reader(host, port):
-            twistd.process.send_signal(signal.SIGHUP)
-            code = twistd.process.wait(timeout=60)
-        twistd.drain()
-        assert code == 0, twistd.output
-        assert "Received SIGHUP, shutting down" in twistd.output
-        assert re.search(r"aborting 127\.0\.0\.1:\d+: still open after the drain timeout", twistd.output)
-        assert "tcphub stopped" in twistd.output and "Server Shut Down." in twistd.output
-
-
 def _nofile(soft: int, hard: int):
     def set_limit() -> None:
         import resource
@@ -422,12 +408,23 @@ def stuck_reader(host: str, port: int) -> socket.socket:
     return client
 
 
-def test_shutdown_drains_then_aborts_after_the_drain_timeout():
+@pytest.mark.parametrize(
+    "sig, status, line",
+    [
+        (signal.SIGTERM, -signal.SIGTERM, "Received SIGTERM, shutting down."),
+        # The terminal of twistd -n closing, or a logrotate kill -HUP.
+        (signal.SIGHUP, 0, "Received SIGHUP, shutting down"),
+    ],
+    ids=["SIGTERM", "SIGHUP"],
+)
+def test_shutdown_drains_then_aborts_after_the_drain_timeout(sig, status, line):
     with Twistd("tcphub", "--port", "0", "--mode", "echo", "--framing", "raw",
                 "--max-pending", "100000000", "--drain-timeout", "1") as twistd:
         host, port = twistd.wait_listening()
         with stuck_reader(host, port):
-            twistd.shutdown()
+            code = twistd.stop(sig)
+        assert code == status, twistd.output
+        assert line in twistd.output and "Server Shut Down." in twistd.output
         assert re.search(r"aborting 127\.0\.0\.1:\d+: still open after the drain timeout", twistd.output)
         assert "tcphub stopped" in twistd.output
 
