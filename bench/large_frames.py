@@ -16,7 +16,7 @@ import time
 from twisted.internet.testing import StringTransport
 from twisted.protocols import basic
 
-from tcphub.framing import get_framing
+from tcphub.hub.framing import get_framing
 
 MiB = 1024 * 1024
 READ = 64 * 1024

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import time
 
-from tcphub.envelope import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS, decode
+from tcphub.ws.envelope import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS, decode
 from tcphub.errors import InvalidMessage
-from tcphub.routing import Router
+from tcphub.ws.routing import Router
 
 
 def backtracking(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:

@@ -1,10 +1,19 @@
-"""tcphub: a TCP hub server and a WebSocket client handler for Twisted."""
+"""
+tcphub: a TCP hub server and a WebSocket client handler for Twisted.
 
-from tcphub.bridge import Bridge
+The hub's names are imported with the package; the WebSocket half's (and the
+bridge's) when first used, so that a hub without an upstream does not load
+Autobahn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tcphub.errors import (
     AddressLimitReached,
     ClientDisconnected,
-    ConnectionClosed,
     ConnectionLimitReached,
     DescriptorLimitReached,
     FatalClose,
@@ -22,6 +31,7 @@ from tcphub.errors import (
     MessageTooLarge,
     NotConnected,
     QueueFull,
+    RequestInterrupted,
     RequestTimeout,
     RetryLimitReached,
     RouteConflict,
@@ -31,12 +41,40 @@ from tcphub.errors import (
     UnknownClient,
     WebSocketError,
 )
-from tcphub.framing import FRAMINGS, Framing
-from tcphub.metrics import ClientInfo, Metrics
-from tcphub.modes import BroadcastProtocol, EchoProtocol
-from tcphub.reconnect import ReconnectingClientService, exponential_backoff, linear_backoff
-from tcphub.server import HubFactory, HubProtocol, TcpServer
-from tcphub.websocket import ConnectionContext, HandlerProtocol, Status, WebSocketHandler
+from tcphub.hub.factory import HubFactory
+from tcphub.hub.framing import FRAMINGS, Framing
+from tcphub.hub.metrics import ClientInfo, Metrics
+from tcphub.hub.modes import BroadcastProtocol, EchoProtocol
+from tcphub.hub.protocol import HubProtocol
+from tcphub.hub.service import TcpServer
+
+if TYPE_CHECKING:
+    from tcphub.bridge import Bridge
+    from tcphub.ws.handler import ConnectionContext, HandlerState, Status, WebSocketHandler
+    from tcphub.ws.protocol import HandlerProtocol
+    from tcphub.ws.reconnect import ReconnectingClientService, exponential_backoff, linear_backoff
+
+_LAZY = {
+    "Bridge": "tcphub.bridge",
+    "ConnectionContext": "tcphub.ws.handler",
+    "HandlerState": "tcphub.ws.handler",
+    "Status": "tcphub.ws.handler",
+    "WebSocketHandler": "tcphub.ws.handler",
+    "HandlerProtocol": "tcphub.ws.protocol",
+    "ReconnectingClientService": "tcphub.ws.reconnect",
+    "exponential_backoff": "tcphub.ws.reconnect",
+    "linear_backoff": "tcphub.ws.reconnect",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tcphub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AddressLimitReached",
@@ -44,7 +82,6 @@ __all__ = [
     "BroadcastProtocol",
     "ClientDisconnected",
     "ClientInfo",
-    "ConnectionClosed",
     "ConnectionContext",
     "ConnectionLimitReached",
     "DescriptorLimitReached",
@@ -58,6 +95,7 @@ __all__ = [
     "HandlerClosed",
     "HandlerError",
     "HandlerProtocol",
+    "HandlerState",
     "HubFactory",
     "HubProtocol",
     "IdleTimeout",
@@ -71,6 +109,7 @@ __all__ = [
     "NotConnected",
     "QueueFull",
     "ReconnectingClientService",
+    "RequestInterrupted",
     "RequestTimeout",
     "RetryLimitReached",
     "RouteConflict",

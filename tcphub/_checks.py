@@ -38,6 +38,16 @@ def number(
     return value
 
 
+def count(name: str, value: object, minimum: int = 1) -> int:
+    """A whole number of things (bytes, connections, messages), at least C{minimum}."""
+    return int(number(name, value, minimum=minimum, integer=True))
+
+
+def count_or_none(name: str, value: object, minimum: int = 1) -> int | None:
+    """L{count}, or C{None} for no limit."""
+    return None if value is None else count(name, value, minimum)
+
+
 def flag(name: str, value: object) -> bool:
     """Return C{value} if it is a bool (C{"no"} is not)."""
     if not isinstance(value, bool):

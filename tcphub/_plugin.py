@@ -6,14 +6,17 @@ import atexit
 import os
 import signal
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+from urllib.parse import urlparse
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
 from tcphub import _checks
 from tcphub.errors import ListenFailed, RetryLimitReached
-from tcphub.websocket import WebSocketHandler
+
+if TYPE_CHECKING:
+    from tcphub.ws.handler import WebSocketHandler
 
 
 def number(option: str, kind: type[int] | type[float], **limits: float) -> Callable[[str], int | float]:
@@ -31,7 +34,30 @@ def number(option: str, kind: type[int] | type[float], **limits: float) -> Calla
         except TypeError as error:
             raise ValueError(str(error)) from None
 
-    coerce.coerceDoc = f"({what})"
+    coerce.coerceDoc = f"({what})"  # type: ignore[attr-defined]
+    return coerce
+
+
+def choice(option: str, choices: Iterable[str]) -> Callable[[str], str]:
+    """A C{usage.Options} coercer that takes one of C{choices}."""
+    names = tuple(choices)
+
+    def coerce(text: str) -> str:
+        if text not in names:
+            raise ValueError(f"--{option} must be one of {', '.join(names)}, not {text!r}")
+        return text
+
+    return coerce
+
+
+def ws_url(option: str) -> Callable[[str], str]:
+    """A C{usage.Options} coercer that takes a ws:// or wss:// URL."""
+
+    def coerce(text: str) -> str:
+        if urlparse(text).scheme not in ("ws", "wss"):
+            raise ValueError(f"--{option} must be a ws:// or wss:// URL, not {text!r}")
+        return text
+
     return coerce
 
 
@@ -40,12 +66,12 @@ EXIT_GAVE_UP = 1
 supervisor's "restart on failure" only needs it to be non-zero)."""
 
 
-def stop_when_given_up(handler: WebSocketHandler, reactor) -> None:
+def stop_when_given_up(handler: WebSocketHandler, reactor: Any) -> None:
     """A daemon whose upstream gave up has nothing left to do: stop twistd
     (the handler has logged why), and exit with L{EXIT_GAVE_UP} so that a
     supervisor restarts it."""
 
-    def stop(error, context) -> None:
+    def stop(error: Exception, context: object) -> None:
         if isinstance(error, RetryLimitReached):
             exit_status_after_twistd(EXIT_GAVE_UP)
             reactor.stop()
@@ -77,7 +103,7 @@ class PluginProcess(MultiService):
 
     _log = Logger()
 
-    def __init__(self, service: IService, reactor) -> None:
+    def __init__(self, service: IService, reactor: Any) -> None:
         super().__init__()
         self._reactor = reactor
         service.setServiceParent(self)

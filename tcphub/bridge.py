@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -32,8 +32,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub.errors import InvalidMessage, UnknownClient
-from tcphub.server import TcpServer
-from tcphub.websocket import ConnectionContext, WebSocketHandler
+from tcphub.hub.service import TcpServer
+
+if TYPE_CHECKING:
+    # Types only: this module is imported by the hub's plugin for its defaults.
+    from tcphub.ws.handler import ConnectionContext, WebSocketHandler
 
 __all__ = ["Bridge", "decode_payload", "encode_payload"]
 

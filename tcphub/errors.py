@@ -121,7 +121,7 @@ class HandlerClosed(WebSocketError):
     """The handler was closed: its pending connect, sends and requests fail with this."""
 
 
-class ConnectionClosed(WebSocketError):
+class RequestInterrupted(WebSocketError):
     """The connection closed while a request waited for its reply."""
 
 

@@ -1,6 +1,7 @@
 """
 Named events with subscribe and unsubscribe, for users who prefer callbacks to
-subclassing (the seed's C{server.on('data', fn)}).
+subclassing (Node's C{server.on('data', fn)}), and L{HandlerFailures}, what
+both halves do when user code raises.
 
 A callback that raises does not stop the others nor the caller: the failure is
 handed to C{on_error}, which the owner uses to log and count it.
@@ -10,7 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from tcphub._bursts import first_of_a_burst
+from tcphub.errors import HandlerError
 
 Callback = Callable[..., Any]
 
@@ -64,3 +69,39 @@ class Events:
                 callback(*args)
             except Exception:
                 self._on_error(event, Failure())
+
+
+class HandlerFailures:
+    """
+    User code raised (a hook, a route handler, an event callback): count it,
+    log it with its traceback once per burst, and report it as a
+    L{HandlerError} on the owner's C{error} event, unless an C{error}
+    callback is what raised (reporting that would call it again).
+    """
+
+    def __init__(
+        self,
+        log: Logger,
+        count: Callable[[], int],
+        report: Callable[[str | None, HandlerError], None],
+        goes_on: str,
+    ) -> None:
+        self._log = log
+        self._count = count
+        self._report = report
+        self._goes_on = goes_on
+
+    def __call__(self, where: str, failure: Failure, client_id: str | None = None,
+                 event: str | None = None) -> None:
+        """C{where} raised C{failure}; C{client_id} is the client concerned,
+        C{event} the event whose callback it was."""
+        count = self._count()
+        if first_of_a_burst(count):
+            self._log.failure("{where} raised ({goes_on}; {count} so far)", failure,
+                              where=where, goes_on=self._goes_on, count=count)
+        if event != "error":
+            self._report(client_id, HandlerError.from_failure(where, failure))
+
+    def event_failed(self, event: str, failure: Failure) -> None:
+        """The C{on_error} of L{Events}."""
+        self(f"{event} event callback", failure, event=event)

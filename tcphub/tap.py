@@ -4,29 +4,25 @@ The C{twistd tcphub} plugin: command-line options in, a L{TcpServer} out.
 
 from __future__ import annotations
 
-from twisted.python import usage
-
-from urllib.parse import urlparse
+from typing import Any
 
 from twisted.application.service import IService
+from twisted.python import usage
 
+from tcphub._plugin import PluginProcess, choice, stop_when_given_up, ws_url
 from tcphub._plugin import number as _number
-from tcphub._plugin import PluginProcess, stop_when_given_up
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
-from tcphub.framing import FRAMINGS
-from tcphub.modes import MODES
-from tcphub.reconnect import BACKOFFS
-from tcphub.websocket import WebSocketHandler
-from tcphub.server import (
-    DEFAULT_BACKLOG,
+from tcphub.hub.factory import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_FRAME,
     DEFAULT_MAX_PENDING,
-    TcpServer,
-    check_host,
 )
+from tcphub.hub.framing import FRAMINGS
+from tcphub.hub.modes import MODES
+from tcphub.hub.service import DEFAULT_BACKLOG, TcpServer, check_host
+from tcphub.ws.reconnect import BACKOFFS
 
 DEFAULT_PORT = 3000
 DEFAULT_HOST = "127.0.0.1"
@@ -55,10 +51,11 @@ class Options(usage.Options):
         ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT,
          "seconds a client has to finish a frame it began (0 disables it)",
          _number("frame-timeout", float, minimum=0)],
-        ["framing", "f", "line", f"message framing: {', '.join(FRAMINGS)}"],
+        ["framing", "f", "line", f"message framing: {', '.join(FRAMINGS)}",
+         choice("framing", FRAMINGS)],
         ["mode", "m", None,
          f"what the hub does with a message: {', '.join(MODES)} "
-         "[default: broadcast, or none with --upstream]"],
+         "[default: broadcast, or none with --upstream]", choice("mode", MODES)],
         ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes",
          _number("max-frame", int, minimum=1)],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once",
@@ -78,14 +75,15 @@ class Options(usage.Options):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "seconds to let queued output drain on shutdown",
          _number("drain-timeout", float, minimum=0)],
-        ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL"],
+        ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL", ws_url("upstream")],
         ["upstream-path", None, DEFAULT_UPSTREAM_PATH, "path of the messages sent upstream"],
         ["upstream-route", None, DEFAULT_UPSTREAM_ROUTE,
          "route (wildcards allowed) of the upstream messages for the clients"],
         ["upstream-max-retries", None, None,
          "upstream retries in a row before giving up and exiting [default: never give up]",
          _number("upstream-max-retries", int, minimum=0)],
-        ["upstream-backoff", None, "exponential", f"upstream retry delays: {', '.join(BACKOFFS)}"],
+        ["upstream-backoff", None, "exponential", f"upstream retry delays: {', '.join(BACKOFFS)}",
+         choice("upstream-backoff", BACKOFFS)],
         ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
          _number("upstream-ping-interval", float, minimum=0)],
     ]
@@ -116,20 +114,6 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["mode"] is None:
             self["mode"] = "none" if self["upstream"] else "broadcast"
-        if self["upstream"] is not None and urlparse(self["upstream"]).scheme not in ("ws", "wss"):
-            raise usage.UsageError(f"--upstream must be a ws:// or wss:// URL, not {self['upstream']!r}")
-        if self["upstream-backoff"] not in BACKOFFS:
-            raise usage.UsageError(
-                f"--upstream-backoff must be one of {', '.join(BACKOFFS)}, not {self['upstream-backoff']!r}"
-            )
-        if self["framing"] not in FRAMINGS:
-            raise usage.UsageError(
-                f"--framing must be one of {', '.join(FRAMINGS)}, not {self['framing']!r}"
-            )
-        if self["mode"] not in MODES:
-            raise usage.UsageError(
-                f"--mode must be one of {', '.join(MODES)}, not {self['mode']!r}"
-            )
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         if self["max-burst"] is not None and self["max-rate"] is None:
@@ -150,14 +134,14 @@ class Options(usage.Options):
             self["backlog"] = DEFAULT_BACKLOG
 
 
-def makeService(config: Options, reactor=None) -> IService:
+def makeService(config: Options, reactor: Any = None) -> IService:
     """The hub (or, with --upstream, the gateway) as the service named "tcphub"."""
     if reactor is None:
         from twisted.internet import reactor
     return PluginProcess(_hub_service(config, reactor), reactor)
 
 
-def _hub_service(config: Options, reactor) -> IService:
+def _hub_service(config: Options, reactor: Any) -> IService:
     hub = TcpServer(
         port=config["port"],
         host=config["host"],
@@ -180,6 +164,9 @@ def _hub_service(config: Options, reactor) -> IService:
     if config["upstream"] is None:
         hub.setName("tcphub")
         return hub
+    # Imported when used: a hub without --upstream does not load Autobahn.
+    from tcphub.ws.handler import WebSocketHandler
+
     upstream = WebSocketHandler(
         url=config["upstream"],
         reconnect=not config["upstream-no-reconnect"],

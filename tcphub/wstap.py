@@ -5,14 +5,15 @@ WebSocket server, stays connected, and logs every message it receives.
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python import usage
 
-from tcphub._plugin import number, stop_when_given_up
-from tcphub.reconnect import BACKOFFS
-from tcphub.websocket import WebSocketHandler
+from tcphub._plugin import choice, number, stop_when_given_up, ws_url
+from tcphub.ws.envelope import Envelope
+from tcphub.ws.handler import ConnectionContext, WebSocketHandler
+from tcphub.ws.reconnect import BACKOFFS
 
 _log = Logger(namespace="tcphub.ws")
 PREVIEW = 200
@@ -27,13 +28,15 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["url", "u", None, "the server's ws:// or wss:// URL (required)"],
-        ["max-retries", None, 5, "retries in a row before giving up", number("max-retries", int)],
-        ["backoff", None, "exponential", f"delay between retries: {', '.join(BACKOFFS)}"],
+        ["url", "u", None, "the server's ws:// or wss:// URL (required)", ws_url("url")],
+        ["max-retries", None, 5, "retries in a row before giving up",
+         number("max-retries", int, minimum=0)],
+        ["backoff", None, "exponential", f"delay between retries: {', '.join(BACKOFFS)}",
+         choice("backoff", BACKOFFS)],
         ["ping-interval", None, 30.0, "seconds between pings (0 disables them)",
-         number("ping-interval", float)],
+         number("ping-interval", float, minimum=0)],
         ["max-message-size", None, 1024 * 1024, "largest message accepted, in bytes",
-         number("max-message-size", int)],
+         number("max-message-size", int, minimum=1)],
     ]
     optFlags = [
         ["no-reconnect", None, "exit on the first failure instead of retrying"],
@@ -41,22 +44,11 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
-        url = self["url"]
-        if not url:
+        if not self["url"]:
             raise usage.UsageError("--url is required, e.g. --url ws://127.0.0.1:8765/")
-        if urlparse(url).scheme not in ("ws", "wss"):
-            raise usage.UsageError(f"--url must be a ws:// or wss:// URL, not {url!r}")
-        if self["backoff"] not in BACKOFFS:
-            raise usage.UsageError(
-                f"--backoff must be one of {', '.join(BACKOFFS)}, not {self['backoff']!r}"
-            )
-        if self["max-retries"] < 0 or self["ping-interval"] < 0 or self["max-message-size"] < 1:
-            raise usage.UsageError(
-                "--max-retries and --ping-interval cannot be negative, --max-message-size must be positive"
-            )
 
 
-def _log_message(envelope, context) -> None:
+def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
     data = repr(envelope.data)
     if len(data) > PREVIEW:
         data = data[:PREVIEW] + "..."
@@ -66,7 +58,7 @@ def _log_message(envelope, context) -> None:
     )
 
 
-def makeService(config: Options, reactor=None) -> WebSocketHandler:
+def makeService(config: Options, reactor: Any = None) -> WebSocketHandler:
     if reactor is None:
         from twisted.internet import reactor
     handler = WebSocketHandler(

@@ -68,6 +68,8 @@ class Hub:
         for name in ("connection", "data", "disconnect", "error"):
             self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
         self._next_port = 40000
+        self.protocols: list[HubProtocol] = []
+        self.lost: set[HubProtocol] = set()
 
     def connect(self, host: str = "127.0.0.1") -> tuple[HubProtocol, StringTransport]:
         self._next_port += 1
@@ -75,9 +77,11 @@ class Hub:
         protocol = self.factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
+        self.protocols.append(protocol)
         return protocol, transport
 
     def lose(self, protocol: HubProtocol) -> None:
+        self.lost.add(protocol)
         protocol.connectionLost(Failure(ConnectionDone("bye")))
 
     def errors(self) -> list:
@@ -85,8 +89,9 @@ class Hub:
 
     def close(self) -> None:
         # Clients a test left connected go now; then no timer may be left.
-        for client in list(self.factory._clients.values()):
-            self.lose(client)
+        for protocol in self.protocols:
+            if protocol not in self.lost:
+                self.lose(protocol)
         self.factory.doStop()
         assert self.clock.getDelayedCalls() == []
 

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from tcphub.envelope import Envelope, decode, encode
+from tcphub.ws.envelope import Envelope, decode, encode
 from tcphub.errors import InvalidMessage
 
 
@@ -64,7 +64,7 @@ def test_json_nested_too_deeply_is_an_invalid_message():
 
 
 def test_a_path_past_the_bounds_is_an_invalid_message():
-    from tcphub.envelope import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
+    from tcphub.ws.envelope import MAX_PATH_LENGTH, MAX_PATH_SEGMENTS
 
     long = json.dumps({"path": "x" * (MAX_PATH_LENGTH + 1)}).encode()
     many = json.dumps({"path": ".".join(["s"] * (MAX_PATH_SEGMENTS + 1))}).encode()

@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols import basic
 
 from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, UnframeableMessage
-from tcphub.framing import FRAMINGS, get_framing
+from tcphub.hub.framing import FRAMINGS, get_framing
 
 MESSAGES = [b"hello", b"", b"x" * 300, bytes(range(256)).replace(b"\n", b"")]
 

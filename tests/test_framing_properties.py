@@ -17,7 +17,7 @@ from twisted.protocols import basic
 from twisted.python.failure import Failure
 
 from tcphub import EchoProtocol, HubFactory
-from tcphub.framing import get_framing
+from tcphub.hub.framing import get_framing
 from tests.test_framing import decode
 
 MAX_FRAME = 512

@@ -26,7 +26,7 @@ from tcphub import (
     UnframeableMessage,
     UnknownClient,
 )
-from tcphub.framing import LineFraming
+from tcphub.hub.framing import LineFraming
 
 
 def test_client_table_tracks_every_client_and_forgets_the_gone(hub_factory):

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tcphub.errors import InvalidRoute, RouteConflict
-from tcphub.routing import Router
+from tcphub.ws.routing import Router
 
 
 def router(*patterns: str) -> Router[str]:

@@ -183,15 +183,17 @@ def test_a_reader_that_stops_is_dropped_and_the_others_get_every_message():
         yield server.stop()
 
 
-def _server_socket(server: TcpServer, index: int = 0) -> socket.socket:
-    protocol = next(iter(server.factory._clients.values()))
-    return protocol.transport.getHandle()
-
-
 @pytest.mark.parametrize("keep_alive", [True, False])
 @pytest_twisted.inlineCallbacks
 def test_keep_alive_host_and_backlog_reach_the_socket(keep_alive):
-    server = TcpServer(port=0, host="127.0.0.1", backlog=7, keep_alive=keep_alive)
+    accepted: list[HubProtocol] = []
+
+    class Recorded(HubProtocol):
+        def connectionMade(self) -> None:
+            super().connectionMade()
+            accepted.append(self)
+
+    server = TcpServer(port=0, host="127.0.0.1", backlog=7, keep_alive=keep_alive, protocol=Recorded)
     yield server.start()
     try:
         assert server.address.host == "127.0.0.1"
@@ -199,7 +201,7 @@ def test_keep_alive_host_and_backlog_reach_the_socket(keep_alive):
         connected = when_events(server, "connection", 1)
         client = yield connect(server.port)
         yield connected
-        handle = _server_socket(server)
+        handle = accepted[0].transport.getHandle()
         assert bool(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)) is keep_alive
         client.transport.loseConnection()
         yield client.lost

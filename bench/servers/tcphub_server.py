@@ -24,7 +24,7 @@ from twisted.internet import reactor, stdio  # noqa: E402
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
 from tcphub import TcpServer  # noqa: E402
-from tcphub.modes import MODES  # noqa: E402
+from tcphub.hub.modes import MODES  # noqa: E402
 
 server = TcpServer(
     port=0, framing="int32", protocol=MODES[sys.argv[1]], backlog=4096, timeout=None,

@@ -64,7 +64,8 @@ class Metrics:
 
 
 class HubCounters:
-    """The mutable totals behind L{Metrics}."""
+    """The mutable totals behind L{Metrics}; the hub's hot path adds to
+    these fields directly."""
 
     __slots__ = (
         "bytes_received",
@@ -84,8 +85,26 @@ class HubCounters:
     )
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.timed_out = 0
+        self.protocol_errors = 0
+        self.slow_consumers = 0
+        self.handler_errors = 0
+        self.frame_timeouts = 0
+        self.rejected_per_ip = 0
+        self.rate_limited = 0
+        self.descriptor_refusals = 0
+
+    def add(self, name: str) -> int:
+        """Count one more of C{name} (one of the fields); return the new total."""
+        count: int = getattr(self, name) + 1
+        setattr(self, name, count)
+        return count
 
     def snapshot(self, connections: int, uptime: float) -> Metrics:
         return Metrics(

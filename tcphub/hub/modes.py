@@ -5,11 +5,11 @@ C{--mode} option of the plugin picks, and examples of the C{messageReceived} hoo
 
 from __future__ import annotations
 
-from tcphub.server import HubProtocol
+from tcphub.hub.protocol import HubProtocol
 
 
 class EchoProtocol(HubProtocol):
-    """Sends every message back to its sender (the seed's example)."""
+    """Sends every message back to its sender."""
 
     def messageReceived(self, payload: bytes) -> None:
         self.sendMessage(payload)

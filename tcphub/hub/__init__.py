@@ -1,0 +1,14 @@
+"""
+The TCP hub; it knows nothing of WebSocket.
+
+  - L{framing}: how a byte stream is cut into messages (int32, line, netstring, raw);
+  - L{outbox}: each client's output, and the per-read write batch;
+  - L{protocol}: L{HubProtocol}, one client, and the hooks a subclass overrides;
+  - L{factory}: L{HubFactory}, the client table, send and broadcast, events;
+  - L{service}: L{TcpServer}, listening, descriptor limits, the drain at stop;
+  - L{metrics}: the counters and the snapshots handed out;
+  - L{modes}: ready-made protocols (echo, broadcast);
+  - L{descriptors}: the process's open-file limit.
+
+The public names are importable from C{tcphub}.
+"""

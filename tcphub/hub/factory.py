@@ -1,0 +1,345 @@
+"""
+L{HubFactory}: the hub's state (the client table, counters, events and
+limits) and its API: send to one client, broadcast to all, disconnect,
+pause and resume reading, snapshots and metrics.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tcphub import _checks
+from tcphub._bursts import first_of_a_burst
+from tcphub._observer import OneShotObserver
+from tcphub.errors import (
+    AddressLimitReached,
+    ConnectionLimitReached,
+    DescriptorLimitReached,
+    HandlerError,
+    TcpHubError,
+    UnframeableMessage,
+    UnknownClient,
+)
+from tcphub.events import Events, HandlerFailures, Subscription
+from tcphub.hub.framing import Framing, get_framing
+from tcphub.hub.metrics import ClientInfo, HubCounters, Metrics
+from tcphub.hub.outbox import QUEUE, WRITE, Countdown, ReadBatch
+from tcphub.hub.protocol import HubProtocol, check_payload
+
+__all__ = ["HubFactory"]
+
+DEFAULT_MAX_FRAME = 64 * 1024
+DEFAULT_MAX_PENDING = 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_DRAIN_TIMEOUT = 5.0
+DEFAULT_FRAME_TIMEOUT = 30.0
+
+
+class HubFactory(Factory):
+    """
+    The hub's state: the client table, counters, events and limits.
+
+    Events (subscribe with L{on}, which returns a L{Subscription}):
+      - C{connection(client: ClientInfo)}
+      - C{data(client_id: str, payload: bytes)}
+      - C{disconnect(client_id: str, reason: Failure)}
+      - C{error(client_id: str | None, error: TcpHubError)}
+
+    Its clients call the methods under "called by HubProtocol"; nothing else should.
+    """
+
+    protocol: type[HubProtocol] = HubProtocol  # type: ignore[assignment]
+    noisy = False  # TcpServer logs its own line with the bound address.
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        protocol: type[HubProtocol] | None = None,
+        framing: str | Framing = "line",
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_ip: int | None = None,
+        timeout: float | None = None,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_rate: float | None = None,
+        max_burst: int | None = None,
+        keep_alive: bool = True,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if protocol is not None:
+            self.protocol = protocol
+        if max_rate is not None:
+            _checks.number("max_rate", max_rate, above=0)
+            if max_burst is None:
+                max_burst = max(1, math.ceil(max_rate))
+        elif max_burst is not None:
+            raise ValueError("max_burst goes with max_rate")
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.framing = get_framing(framing)
+        self.max_frame = _checks.count("max_frame", max_frame)
+        self.max_pending = _checks.count("max_pending", max_pending)
+        self.max_connections = _checks.count("max_connections", max_connections)
+        self.max_connections_per_ip = _checks.count_or_none("max_connections_per_ip", max_connections_per_ip)
+        self.timeout = _checks.seconds_or_none("timeout", timeout)
+        self.frame_timeout = _checks.seconds_or_none("frame_timeout", frame_timeout)
+        self.max_rate = max_rate
+        self.max_burst = _checks.count_or_none("max_burst", max_burst)
+        self.keep_alive = _checks.flag("keep_alive", keep_alive)
+        self.clock: IReactorTime = clock
+        self.counters = HubCounters()
+        self.batch = ReadBatch(self.counters, clock)
+        """Gathers what the hub writes while it handles a read (see L{ReadBatch})."""
+        self.handler_failed = HandlerFailures(
+            self._log, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
+        )
+        """Called with C{(where, failure, client_id)} when a hook raised."""
+        self.events = Events(("connection", "data", "disconnect", "error"), self.handler_failed.event_failed)
+        self.started_at: float | None = None
+        self.reading_paused = False
+        self._clients: dict[str, HubProtocol] = {}
+        # Connections that are not in the client table (refused ones, until
+        # they are gone): stop() waits for these too.
+        self._refused: set[HubProtocol] = set()
+        self._per_ip: dict[str, int] = {}
+        self._hosts: dict[str, str] = {}  # client id -> host, when max_connections_per_ip is set
+        self._all_gone: OneShotObserver | None = None
+
+    def limit_connections(self, allowed: int) -> None:
+        """Admit at most C{allowed} clients, fewer than C{max_connections}:
+        what the process's descriptor limit leaves room for."""
+        self.max_connections = min(self.max_connections, max(1, allowed))
+
+    def startFactory(self) -> None:
+        self.started_at = self.clock.seconds()
+
+    # -- the public API -------------------------------------------------
+
+    def on(self, event: str, callback: Callable[..., Any]) -> Subscription:
+        """Subscribe to an event; see the class docstring for the arguments."""
+        return self.events.on(event, callback)
+
+    def send(self, client_id: str, data: bytes) -> Deferred[None]:
+        """
+        Send one message to one client.  Fires once it is handed to the client's
+        transport, which waits while the client does not read; errbacks with
+        L{UnknownClient}, L{ClientDisconnected} (or L{SlowConsumer}), or
+        L{UnframeableMessage}.
+        """
+        check_payload(data, "send")
+        client = self._clients.get(client_id)
+        if client is None:
+            return fail(UnknownClient(client_id))
+        try:
+            frame = self.framing.encode(data)
+        except UnframeableMessage:
+            return fail()
+        waiter: Deferred[None] = Deferred()
+        if client.deliver(frame, waiter):
+            return succeed(None)
+        return waiter
+
+    def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
+        """
+        Send one message to every client not in C{exclude}, framed once.  Fires
+        when every receiver has taken it or gone; clients that leave meanwhile
+        do not fail it.  Errbacks only with L{UnframeableMessage}.  Raises
+        L{TypeError} for C{str} data, or one id given as C{exclude} instead of
+        a collection of ids.
+        """
+        check_payload(data, "broadcast")
+        if isinstance(exclude, (str, bytes)):
+            raise TypeError(
+                f"broadcast's exclude takes a collection of client ids, not one id: "
+                f"exclude=[{exclude!r}]"
+            )
+        try:
+            frame = self.framing.encode(data)
+        except UnframeableMessage:
+            return fail()
+        countdown = self.broadcast_frame(frame, frozenset(exclude))
+        if countdown is None:
+            return succeed(None)
+        countdown.tick()
+        return countdown.done
+
+    def broadcast_frame(
+        self, frame: bytes, excluded: frozenset[str] = frozenset(), skip: HubProtocol | None = None
+    ) -> Countdown | None:
+        """
+        Deliver an encoded C{frame} to every client but C{skip} and the
+        C{excluded} ids.  Returns None if every receiver took it at once, else
+        a countdown for the queueing ones, still held once (the caller ticks
+        it).  The hot path: for a receiver in mode WRITE, the frame joins its
+        outbox's C{frames} inline; the batch writes them when it ends.
+        """
+        countdown = None
+        batch = self.batch
+        dirty = batch.dirty
+        batch.begin()
+        try:
+            for client in tuple(self._clients.values()):
+                if client is skip or (excluded and client.client_id in excluded):
+                    continue
+                outbox = client.outbox
+                mode = outbox.mode
+                if mode == WRITE:
+                    frames = outbox.frames
+                    if frames is None:
+                        outbox.frames = [frame]
+                        dirty.append(outbox)
+                    else:
+                        frames.append(frame)
+                elif mode == QUEUE:
+                    if countdown is None:
+                        countdown = Countdown()
+                        countdown.remaining = 1
+                    countdown.remaining += 1
+                    client.deliver(frame, countdown)
+        finally:
+            batch.end()
+        return countdown
+
+    def disconnect(self, client_id: str) -> Deferred[None]:
+        """Close one client's connection after its queued output; fires when it is gone."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return fail(UnknownClient(client_id))
+        client.loseConnection()
+        return client.whenLost()
+
+    def pause_reading(self) -> None:
+        """Stop taking messages from every client, and from those who connect
+        until L{resume_reading} (see L{HubProtocol.pauseReading})."""
+        self.reading_paused = True
+        for client in list(self._clients.values()):
+            client.pauseReading()
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        for client in list(self._clients.values()):
+            client.resumeReading()
+
+    def clients(self) -> list[ClientInfo]:
+        """Snapshots of every connected client."""
+        return [client.info() for client in self._clients.values()]
+
+    def client(self, client_id: str) -> ClientInfo:
+        """A snapshot of one client; raises L{UnknownClient}."""
+        try:
+            return self._clients[client_id].info()
+        except KeyError:
+            raise UnknownClient(client_id) from None
+
+    def get_metrics(self) -> Metrics:
+        uptime = 0.0 if self.started_at is None else self.clock.seconds() - self.started_at
+        return self.counters.snapshot(connections=len(self._clients), uptime=uptime)
+
+    def close_all(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> Deferred[None]:
+        """
+        Close every connection once its queued output is written; after
+        C{drain_timeout} seconds abort those still open.  Fires when none is left.
+        """
+        if not self._clients and not self._refused:
+            return succeed(None)
+        if self._all_gone is None:
+            self._all_gone = OneShotObserver()
+        done: Deferred[None] = self._all_gone.when_fired()
+        for client in [*self._clients.values(), *self._refused]:
+            client.loseConnection()
+        deadline = self.clock.callLater(drain_timeout, self._abort_stragglers)
+        done.addBoth(lambda result: (deadline.active() and deadline.cancel(), result)[1])
+        return done
+
+    def count_descriptor_refusal(self) -> None:
+        """A connection was closed by Twisted for want of a file descriptor
+        (EMFILE), before the hub saw it: count it, log it once per burst."""
+        count = self.counters.add("descriptor_refusals")
+        error = DescriptorLimitReached(
+            f"{count} connections refused so far: no file descriptor "
+            "left (EMFILE); raise the open-file limit (ulimit -n) or lower max_connections"
+        )
+        if first_of_a_burst(count):
+            self._log.warn("{error}", error=error)
+        self.report(None, error)
+
+    # -- called by HubProtocol --------------------------------------------
+
+    def admit(self, client: HubProtocol) -> bool:
+        """Whether a new connection may join (else it is refused, counted and reported)."""
+        error: ConnectionLimitReached | None = None
+        if len(self._clients) >= self.max_connections:
+            error = ConnectionLimitReached(
+                f"refused {client.address}: {self.max_connections} clients connected"
+            )
+        elif self.max_connections_per_ip is not None:
+            host = getattr(client.transport.getPeer(), "host", None)
+            if host is not None:
+                count = self._per_ip.get(host, 0)
+                if count >= self.max_connections_per_ip:
+                    self.counters.rejected_per_ip += 1
+                    error = AddressLimitReached(
+                        f"refused {client.address}: {count} clients connected from "
+                        f"{host} (max_connections_per_ip={self.max_connections_per_ip})"
+                    )
+                else:
+                    self._per_ip[host] = count + 1
+                    self._hosts[client.client_id] = host
+        if error is None:
+            return True
+        self._refused.add(client)
+        count = self.counters.add("rejected")
+        if first_of_a_burst(count):
+            self._log.warn("{error} ({count} refused so far)", error=error, count=count)
+        self.report(None, error)
+        return False
+
+    def client_connected(self, client: HubProtocol) -> None:
+        """An admitted client joins the table."""
+        self._clients[client.client_id] = client
+        self.counters.accepted += 1
+        self._log.debug("client {client_id} connected from {address}",
+                        client_id=client.client_id, address=client.address)
+        if self.events.has("connection"):
+            self.events.emit("connection", client.info())
+
+    def client_disconnected(self, client: HubProtocol, reason: Failure) -> None:
+        """An admitted client's connection is gone."""
+        del self._clients[client.client_id]
+        host = self._hosts.pop(client.client_id, None)
+        if host is not None:
+            left = self._per_ip[host] - 1
+            if left:
+                self._per_ip[host] = left
+            else:
+                del self._per_ip[host]
+        self._log.debug("client {client_id} disconnected: {reason}",
+                        client_id=client.client_id, reason=reason.getErrorMessage())
+        self.events.emit("disconnect", client.client_id, reason)
+        self.client_gone(client)
+
+    def client_gone(self, client: HubProtocol) -> None:
+        """A connection, admitted or refused, is gone."""
+        self._refused.discard(client)
+        if not self._clients and not self._refused and self._all_gone is not None:
+            all_gone, self._all_gone = self._all_gone, None
+            all_gone.fire(None)
+
+    def report(self, client_id: str | None, error: TcpHubError) -> None:
+        """Emit C{error} on the C{error} event."""
+        self.events.emit("error", client_id, error)
+
+    def _abort_stragglers(self) -> None:
+        for client in [*self._clients.values(), *self._refused]:
+            self._log.info("aborting {address}: still open after the drain timeout",
+                           address=client.address)
+            client.abortConnection()

@@ -1,0 +1,534 @@
+"""
+L{HubProtocol}, one client of the hub.  Extend the hub by subclassing it and
+passing the class as C{protocol=}.  The hooks a subclass overrides:
+
+  - C{messageReceived(payload)}: each decoded message (no need to call super).
+  - C{connectionMade()} / C{connectionLost(reason)}: call super first / last;
+    C{self.client_id} is set once super's C{connectionMade} has run.
+  - C{inputEnded()}: the client ended its input (FIN); by default, close once
+    the queued output is written.
+  - C{timeoutConnection()}: no traffic either way for C{timeout} seconds.
+
+Inside a hook, C{self.sendMessage(payload)} answers this client and
+C{self.broadcastMessage(payload)} talks to the rest; C{self.factory.broadcast}
+and C{self.factory.send} return Deferreds, for flow control.
+C{pauseReading()}/C{resumeReading()} stop and restart taking this client's
+messages, so that a slow destination pushes back on it through TCP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcphub._bursts import first_of_a_burst
+from tcphub._observer import OneShotObserver
+from tcphub.errors import (
+    ClientDisconnected,
+    FrameTimeout,
+    FramingError,
+    IdleTimeout,
+    SlowConsumer,
+    TcpHubError,
+)
+from tcphub.hub.framing import FrameDecoder
+from tcphub.hub.metrics import ClientInfo
+from tcphub.hub.outbox import CLOSED, QUEUE, WRITE, Outbox, Waiter, notify_gone
+
+if TYPE_CHECKING:
+    from tcphub.hub.factory import HubFactory
+
+__all__ = ["CLOSED_STATE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "check_payload", "format_address"]
+
+# A client's lifecycle (HubProtocol.state).
+REFUSED: Final = 0
+"""Not admitted (a connection limit): aborted at once, never in the client table."""
+OPEN: Final = 1
+"""In the client table: messages flow both ways."""
+DRAINING: Final = 2
+"""Closing gently: no input is taken, the queued output is written, then TCP closes."""
+CLOSED_STATE: Final = 3
+"""Aborted, or the connection is gone: nothing flows."""
+
+# Why reading from a client is paused (HubProtocol._read_paused is a set of these bits).
+_PAUSED_BY_USER: Final = 1  # pauseReading(), e.g. the hub-wide flow control of a gateway
+_PAUSED_BY_RATE: Final = 2  # the client is over max_rate: resumed when its bucket refills
+
+
+def format_address(address: IAddress) -> str:
+    """C{host:port} (C{[host]:port} for IPv6), or a UNIX socket's path."""
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "unix")
+    return str(address)
+
+
+def check_payload(data: object, where: str) -> None:
+    """Raise L{TypeError} unless C{data} is bytes-like (text must be encoded first)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"{where} takes bytes, not {type(data).__name__}"
+            + (": encode text first, e.g. text.encode('utf-8')" if isinstance(data, str) else "")
+        )
+
+
+@implementer(IHalfCloseableProtocol)
+class HubProtocol(Protocol):
+    """
+    One client of the hub: decodes its frames, counts its traffic, keeps its
+    deadlines (idle, unfinished frame, rate), and sends through its L{Outbox}
+    (which queues, up to the hub's C{max_pending} bytes, while the client
+    does not read).
+
+    It is half-closeable: when the client ends its input (FIN, e.g. C{nc -N}
+    or C{shutdown(SHUT_WR)}), what it sent is handled and L{inputEnded} is
+    called.
+
+    Its fields live in slots (an idle client's memory counts); a subclass
+    without C{__slots__} keeps its own attributes in a C{__dict__} as usual.
+    """
+
+    __slots__ = (
+        "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
+        "_read_at", "_frames", "_decoder", "_read_paused", "_input_ended", "_held", "_held_bytes",
+        "_departure", "_lost", "_idle_call", "_frame_call", "_rate_call", "_tokens", "_tokens_at",
+    )
+
+    factory: HubFactory
+    client_id: str
+    connected_at: float
+    """When the connection was accepted, in the hub clock's seconds."""
+    state: int
+    """L{REFUSED}, L{OPEN}, L{DRAINING} or L{CLOSED_STATE}."""
+    outbox: Outbox
+    """This client's output (see L{tcphub.hub.outbox})."""
+
+    _log = Logger()
+
+    def connectionMade(self) -> None:
+        hub = self.factory
+        self.client_id = uuid.uuid4().hex
+        self.connected_at = self._read_at = now = hub.clock.seconds()
+        self.bytes_received = 0
+        self.messages_received = 0
+        self._frames = 0
+        self._read_paused = 0
+        self._input_ended = False
+        # Created when first needed: most clients never hold a message.
+        self._held: deque[bytes] | None = None
+        self._held_bytes = 0
+        self._departure: ClientDisconnected | None = None
+        self._lost: OneShotObserver | None = None
+        self._idle_call: IDelayedCall | None = None
+        self._frame_call: IDelayedCall | None = None
+        self._rate_call: IDelayedCall | None = None
+        self.outbox = Outbox(self.transport, hub.batch, now)
+        if not hub.admit(self):
+            self.state = REFUSED
+            self.outbox.mode = CLOSED
+            self.transport.abortConnection()
+            return
+        self.state = OPEN
+        self._decoder: FrameDecoder = hub.framing.decoder(self, hub.max_frame)
+        if hub.max_rate is not None:
+            self._tokens = float(hub.max_burst or 1)
+            self._tokens_at = now
+        self.transport.registerProducer(self, True)
+        if hub.keep_alive and ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpKeepAlive(True)
+        self._arm_idle()
+        hub.client_connected(self)
+        if hub.reading_paused:
+            self.pauseReading()
+
+    @property
+    def address(self) -> str:
+        """The peer's address, C{host:port} (formatted when asked: it is
+        rarely needed, and each idle connection's bytes count)."""
+        return format_address(self.transport.getPeer())
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.outbox.bytes_sent
+
+    @property
+    def messages_sent(self) -> int:
+        return self.outbox.messages_sent
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timers()
+        state, self.state = self.state, CLOSED_STATE
+        if self._lost is not None:
+            self._lost.fire(None)
+        if state == REFUSED:
+            self.factory.client_gone(self)
+            return
+        departure = self._departure or ClientDisconnected(
+            f"client {self.client_id} disconnected: {reason.getErrorMessage()}"
+        )
+        self.outbox.abort(departure)
+        self.factory.client_disconnected(self, reason)
+
+    def _cancel_timers(self) -> None:
+        for call in (self._idle_call, self._frame_call, self._rate_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._frame_call = self._rate_call = None
+
+    # -- inbound --------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state != OPEN:
+            return
+        hub = self.factory
+        size = len(data)
+        self.bytes_received += size
+        hub.counters.bytes_received += size
+        self._read_at = hub.clock.seconds()
+        frames = self._frames
+        # Whatever this read makes the hub write, to any client, goes out as
+        # one write per client once the read is handled.
+        batch = hub.batch
+        batch.begin()
+        try:
+            self._decoder.dataReceived(data)
+        finally:
+            batch.end()
+        if hub.frame_timeout is not None and self.state == OPEN and not self._read_paused:
+            self._watch_frame(frames != self._frames)
+
+    def _watch_frame(self, frames_completed: bool) -> None:
+        """Keep a deadline on a frame begun and not finished (a slowloris
+        sends one byte now and then to hold its connection for ever)."""
+        call = self._frame_call
+        timeout = self.factory.frame_timeout
+        if self._decoder.partial and timeout is not None:
+            if call is None:
+                self._frame_call = self.factory.clock.callLater(timeout, self._frame_timed_out)
+            elif frames_completed:
+                # The frame begun now is a new one: its own deadline.
+                call.reset(timeout)
+        elif call is not None:
+            self._frame_call = None
+            call.cancel()
+
+    def _frame_timed_out(self) -> None:
+        self._frame_call = None
+        error = FrameTimeout(
+            f"client {self.client_id} ({self.address}) began a frame and did not "
+            f"finish it within {self.factory.frame_timeout} seconds"
+        )
+        self._drop("frame_timeouts", error, ClientDisconnected(str(error)))
+
+    def readConnectionLost(self) -> None:
+        """IHalfCloseableProtocol: the client ended its input (FIN)."""
+        if self.state != OPEN:
+            return  # the hub is closing it already: no hook for a departing client
+        self._input_ended = True
+        batch = self.factory.batch
+        batch.begin()
+        try:
+            dropped = self._decoder.inputEnded()
+        finally:
+            batch.end()
+        if dropped:
+            # Not a protocol error: a client that crashes ends its input anywhere.
+            self._log.debug(
+                "client {client_id} ended its input inside a frame: {dropped} bytes dropped",
+                client_id=self.client_id, dropped=dropped,
+            )
+        if self._frame_call is not None:
+            self._frame_call.cancel()
+            self._frame_call = None
+        if not self._held and self.state == OPEN:
+            self._end_input()
+
+    def writeConnectionLost(self) -> None:
+        """IHalfCloseableProtocol: our side's output was shut down."""
+
+    def _end_input(self) -> None:
+        try:
+            self.inputEnded()
+        except Exception:
+            self.factory.handler_failed(f"{type(self).__name__}.inputEnded", Failure(), self.client_id)
+
+    def inputEnded(self) -> None:
+        """
+        Override: the client will send nothing more (it closed its connection,
+        or only its sending half, as C{nc -N} and C{shutdown(SHUT_WR)} do), and
+        every message it sent has been handled.  By default: close once the
+        queued output is written, so that a request followed by FIN gets its
+        whole reply.  Do nothing to keep the client as a receiver (a peer that
+        closed both halves is then found at the next write, or by C{timeout}).
+        """
+        self.loseConnection()
+
+    def frameReceived(self, payload: bytes) -> None:
+        """The decoder's callback: count, emit C{data}, call L{messageReceived}."""
+        if self.state != OPEN:
+            return
+        self._frames += 1
+        if self._read_paused or (self.factory.max_rate is not None and not self._take_token()):
+            # The rest of a read that came in before the pause: hold it.
+            self._hold(payload)
+            return
+        self._dispatch(payload)
+
+    def _hold(self, payload: bytes) -> None:
+        if self._held is None:
+            self._held = deque()
+        self._held.append(payload)
+        self._held_bytes += len(payload)
+
+    def _take_token(self) -> bool:
+        """The token bucket of C{max_rate}: False (and reading paused until a
+        token is due) if this client is over its rate."""
+        hub = self.factory
+        rate = hub.max_rate
+        assert rate is not None
+        now = hub.clock.seconds()
+        tokens = min(float(hub.max_burst or 1), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        hub.counters.rate_limited += 1
+        self._pause(_PAUSED_BY_RATE)
+        self._rate_call = hub.clock.callLater((1.0 - tokens) / rate, self._rate_refilled)
+        return False
+
+    def _rate_refilled(self) -> None:
+        self._rate_call = None
+        self._resume(_PAUSED_BY_RATE)
+
+    def _dispatch(self, payload: bytes) -> None:
+        hub = self.factory
+        self.messages_received += 1
+        hub.counters.messages_received += 1
+        if hub.events.has("data"):
+            hub.events.emit("data", self.client_id, payload)
+        try:
+            self.messageReceived(payload)
+        except Exception:
+            hub.handler_failed(f"{type(self).__name__}.messageReceived", Failure(), self.client_id)
+
+    def frameError(self, error: FramingError) -> None:
+        """The decoder's callback for undecodable input: count, report, drop the client."""
+        if self.state != OPEN:
+            return  # closed by a handler earlier in this read: what follows does not matter
+        what = f"protocol error from client {self.client_id} ({self.address}): {error}"
+        self._drop("protocol_errors", error, ClientDisconnected(what))
+
+    def messageReceived(self, payload: bytes) -> None:
+        """Override: called for each complete message, framing removed."""
+
+    def pauseReading(self) -> None:
+        """Stop taking messages from this client: what it sends stays in the
+        socket (TCP pushes back on it), and the messages left in the current
+        read are held until L{resumeReading}.  The idle timeout is suspended."""
+        if self.state == OPEN:
+            self._pause(_PAUSED_BY_USER)
+
+    def resumeReading(self) -> None:
+        """Deliver the held messages, in order, and read again."""
+        self._resume(_PAUSED_BY_USER)
+
+    def _pause(self, why: int) -> None:
+        if self._read_paused & why:
+            return
+        was_paused = self._read_paused
+        self._read_paused |= why
+        if not was_paused:
+            # The hub holds the client back: neither deadline is its fault.
+            self._disarm_idle()
+            call, self._frame_call = self._frame_call, None
+            if call is not None:
+                call.cancel()
+            self.transport.pauseProducing()
+
+    def _resume(self, why: int) -> None:
+        if not self._read_paused & why:
+            return
+        self._read_paused &= ~why
+        if self._read_paused:
+            return
+        held = self._held or ()
+        rate = self.factory.max_rate
+        while held and not self._read_paused and self.state == OPEN:
+            if rate is not None and not self._take_token():
+                break
+            payload = held.popleft()
+            self._held_bytes -= len(payload)
+            self._dispatch(payload)
+        if self._read_paused or self.state != OPEN:
+            return
+        self._read_at = self.factory.clock.seconds()
+        self._arm_idle()
+        if self.factory.frame_timeout is not None:
+            self._watch_frame(False)
+        if self._input_ended:
+            self._end_input()
+        else:
+            self.transport.resumeProducing()
+
+    # -- the idle timeout: traffic either way, like Node's socket.setTimeout
+
+    def _arm_idle(self) -> None:
+        timeout = self.factory.timeout
+        if timeout is not None and self._idle_call is None:
+            self._idle_call = self.factory.clock.callLater(timeout, self._idle_check)
+
+    def _disarm_idle(self) -> None:
+        call, self._idle_call = self._idle_call, None
+        if call is not None:
+            call.cancel()
+
+    def _idle_check(self) -> None:
+        # Traffic only stamps the time (cheap, once per read or write); the
+        # timer moves to the true deadline when it fires early.
+        self._idle_call = None
+        clock = self.factory.clock
+        timeout = self.factory.timeout
+        if timeout is None:
+            return
+        deadline = max(self._read_at, self.outbox.written_at) + timeout
+        now = clock.seconds()
+        if now < deadline:
+            self._idle_call = clock.callLater(deadline - now, self._idle_check)
+        else:
+            self.timeoutConnection()
+
+    def timeoutConnection(self) -> None:
+        """Override: no traffic either way for C{timeout} seconds.  By
+        default: count it, report L{IdleTimeout}, and drop the client."""
+        error = IdleTimeout(f"client {self.client_id} idle for {self.factory.timeout} seconds")
+        self._drop("timed_out", error, ClientDisconnected(str(error)), LogLevel.info)
+
+    # -- outbound -------------------------------------------------------
+
+    def sendMessage(self, payload: bytes) -> None:
+        """Frame C{payload} and send it to this client (queued while it does not read)."""
+        check_payload(payload, "sendMessage")
+        self.deliver(self.factory.framing.encode(payload))
+
+    def broadcastMessage(self, payload: bytes) -> None:
+        """Frame C{payload} once and send it to every other client; the
+        fire-and-forget form of C{factory.broadcast(payload, exclude=[self.client_id])}."""
+        check_payload(payload, "broadcastMessage")
+        hub = self.factory
+        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self)
+        if countdown is not None:
+            countdown.tick()
+
+    def deliver(self, frame: bytes, waiter: Waiter = None) -> bool:
+        """
+        Send an encoded frame: written now, or with the current read's output
+        (True); or queued behind earlier ones while the client does not read
+        (False), and C{waiter} is told when it is written or the client goes.
+        A closing client takes nothing; a queue past C{max_pending} drops the client.
+        """
+        outbox = self.outbox
+        mode = outbox.mode
+        if mode == WRITE:
+            outbox.write(frame)
+            return True
+        if mode == QUEUE:
+            if outbox.enqueue(frame, waiter) > self.factory.max_pending:
+                self._drop_slow_consumer()
+            return False
+        notify_gone(waiter, self._departure or ClientDisconnected(f"client {self.client_id} is closing"))
+        return False
+
+    def _drop_slow_consumer(self) -> None:
+        error = SlowConsumer(
+            f"client {self.client_id} ({self.address}) stopped reading with "
+            f"{self.outbox.queued_bytes} bytes queued (max_pending={self.factory.max_pending})"
+        )
+        self._drop("slow_consumers", error, error)
+
+    def _drop(self, counter: str, error: TcpHubError, departure: ClientDisconnected,
+              level: LogLevel = LogLevel.warn) -> None:
+        """Count C{error} in the hub's C{counter}, log it (once per burst),
+        report it on the C{error} event, and abort the client."""
+        count = self.factory.counters.add(counter)
+        if first_of_a_burst(count):
+            self._log.emit(level, "{departure} ({count} {counter} so far)",
+                           departure=departure, count=count, counter=counter)
+        self.factory.report(self.client_id, error)
+        self._abort(departure)
+
+    def loseConnection(self) -> None:
+        """Close after the queued output is written; no new messages are taken."""
+        if self.state != OPEN:
+            return
+        self.state = DRAINING
+        self.outbox.close()
+        if not self.outbox.queue:
+            self._close_transport()
+
+    def abortConnection(self) -> None:
+        """Close at once: queued output is dropped, and its senders told."""
+        if self.state in (OPEN, DRAINING):
+            self._abort(ClientDisconnected(f"client {self.client_id} was disconnected by the hub"))
+        else:
+            self.transport.abortConnection()
+
+    def _close_transport(self) -> None:
+        # A registered producer keeps a paused transport open for ever: unregister first.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def whenLost(self) -> Deferred[None]:
+        """Fires once the connection is closed."""
+        if self._lost is None:
+            self._lost = OneShotObserver()
+        return self._lost.when_fired()
+
+    def _abort(self, departure: ClientDisconnected) -> None:
+        self.state = CLOSED_STATE
+        self._departure = departure
+        self.outbox.abort(departure)
+        self._cancel_timers()
+        self.transport.abortConnection()
+
+    # -- IPushProducer: the transport tells us when its buffer is full ---
+
+    def pauseProducing(self) -> None:
+        self.outbox.pause()
+
+    def resumeProducing(self) -> None:
+        self.outbox.resume()
+        if self.state == DRAINING:
+            self._close_transport()
+
+    def stopProducing(self) -> None:
+        self.outbox.pause()
+
+    def info(self) -> ClientInfo:
+        """A snapshot of this client's record."""
+        outbox = self.outbox
+        return ClientInfo(
+            id=self.client_id,
+            address=self.address,
+            connected=self.connected_at,
+            bytes_received=self.bytes_received,
+            bytes_sent=outbox.bytes_sent,
+            messages_received=self.messages_received,
+            messages_sent=outbox.messages_sent,
+            pending_bytes=outbox.queued_bytes,
+            held_bytes=self._held_bytes,
+        )

@@ -1,0 +1,296 @@
+"""
+L{TcpServer}, the hub as a Twisted service: it listens on one or more
+endpoints, fits the process's descriptor limit to C{max_connections}, and
+stops by closing its ports and then every client, after a drain.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamServerEndpoint
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
+
+from tcphub import _checks
+from tcphub._observer import OneShotObserver
+from tcphub.errors import ListenFailed
+from tcphub.events import Subscription
+from tcphub.hub import descriptors
+from tcphub.hub.factory import (
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_FRAME_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_MAX_PENDING,
+    HubFactory,
+)
+from tcphub.hub.framing import Framing
+from tcphub.hub.metrics import ClientInfo, Metrics
+from tcphub.hub.protocol import HubProtocol, format_address
+
+__all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host"]
+
+# Twisted and Node use 50, which a burst of a few hundred connects overflows:
+# the kernel then drops the handshakes and the clients stall on SYN-ACK retries.
+DEFAULT_BACKLOG = 511
+# Descriptors kept free beside the clients: listening ports, log files, the
+# upstream connection, the reactor's own.
+DESCRIPTOR_RESERVE = 64
+_HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def check_host(host: object) -> str:
+    """Return C{host} if it can be listened on: an IPv4 or IPv6 address, or a name."""
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host takes an address or a name, not {host!r}")
+    if host.startswith("[") and host.endswith("]"):
+        raise ValueError(f"host takes an address without brackets, e.g. {host[1:-1]!r}, not {host!r}")
+    if not (isIPAddress(host) or isIPv6Address(host) or _HOST_NAME.fullmatch(host)):
+        raise ValueError(f"host takes an IPv4 or IPv6 address or a host name, not {host!r}")
+    return host
+
+
+class TcpServer(Service):
+    """
+    The hub as a service: listens on C{host:port} (or on C{endpoint}, any Twisted
+    server endpoint string or object, or several), and stops by closing the
+    listening ports and then every client.
+
+    C{timeout} is in seconds (Node's C{socket.setTimeout} takes milliseconds);
+    C{None} disables the idle timeout.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        port: int = 3000,
+        host: str = "127.0.0.1",
+        backlog: int = DEFAULT_BACKLOG,
+        keep_alive: bool = True,
+        timeout: float | None = None,
+        *,
+        framing: str | Framing = "line",
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_ip: int | None = None,
+        frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT,
+        max_rate: float | None = None,
+        max_burst: int | None = None,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        protocol: type[HubProtocol] = HubProtocol,
+        endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
+        raise_descriptor_limit: bool = True,
+        clock: IReactorTime | None = None,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if endpoint is None:
+            _checks.number("port", port, minimum=0, maximum=65535, integer=True)
+            _checks.number("backlog", backlog, minimum=1, maximum=65535, integer=True)
+            check_host(host)
+        self.factory = HubFactory(
+            protocol=protocol,
+            framing=framing,
+            max_frame=max_frame,
+            max_pending=max_pending,
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+            timeout=timeout,
+            frame_timeout=frame_timeout,
+            max_rate=max_rate,
+            max_burst=max_burst,
+            keep_alive=keep_alive,
+            clock=clock if clock is not None else reactor,
+        )
+        self.drain_timeout = _checks.number("drain_timeout", drain_timeout, minimum=0)
+        self.raise_descriptor_limit = raise_descriptor_limit
+        self._descriptor_watch: Callable[[dict], None] | None = None
+        self._reactor = reactor
+        self.endpoints = self._endpoints(reactor, endpoint, port, host, backlog)
+        self.listening_ports: list[IListeningPort] = []
+        self._listening: OneShotObserver | None = None
+        self._listen_failure: ListenFailed | None = None
+
+    def _endpoints(self, reactor, endpoint, port: int, host: str, backlog: int) -> list[IStreamServerEndpoint]:
+        self._descriptions: dict[int, str] = {}
+        if endpoint is None:
+            tcp = TCP6ServerEndpoint if isIPv6Address(host) else TCP4ServerEndpoint
+            listening = tcp(reactor, port, backlog=backlog, interface=host)
+            self._descriptions[id(listening)] = f"{host}:{port}"
+            return [listening]
+        if isinstance(endpoint, (str, bytes)) or IStreamServerEndpoint.providedBy(endpoint):
+            endpoint = [endpoint]
+        endpoints = []
+        for each in endpoint:
+            if isinstance(each, str):
+                try:
+                    parsed = serverFromString(reactor, each)
+                except Exception as error:
+                    raise ValueError(f"endpoint {each!r}: {error}") from None
+                self._descriptions[id(parsed)] = each
+                each = parsed
+            endpoints.append(each)
+        return endpoints
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Start listening; fires when every endpoint listens, errbacks if one fails."""
+        if not self.running:
+            self.startService()
+        return self._listening.when_fired()
+
+    def stop(self) -> Deferred[None]:
+        """Fires when the listening ports are closed and every client is gone."""
+        if not self.running:
+            return succeed(None)
+        return self.stopService()
+
+    def privilegedStartService(self) -> None:
+        # twistd calls this before the reactor runs: a port that cannot be
+        # bound raises here, and twistd exits with the error instead of running
+        # a hub that listens nowhere.
+        super().privilegedStartService()
+        self._listen()
+        if self._listen_failure is not None:
+            raise self._listen_failure
+
+    def startService(self) -> None:
+        super().startService()
+        if self.raise_descriptor_limit:
+            self._fit_descriptor_limit()
+        if self._descriptor_watch is None:
+            self._descriptor_watch = self._count_descriptor_refusals
+            globalLogPublisher.addObserver(self._descriptor_watch)
+        if self._listening is None:
+            self._listen()
+
+    def _fit_descriptor_limit(self) -> None:
+        """Raise the soft RLIMIT_NOFILE toward the hard one as far as
+        C{max_connections} needs; if even the hard limit is short, admit only
+        as many clients as it leaves room for, and say so."""
+        needed = self.factory.max_connections + DESCRIPTOR_RESERVE
+        soft, hard = descriptors.limit()
+        if soft >= needed:
+            return
+        raised = descriptors.raise_limit(needed)
+        if raised > soft:
+            self._log.info("raised the open-file limit from {soft} to {raised}", soft=soft, raised=raised)
+        if raised < needed:
+            allowed = max(1, raised - DESCRIPTOR_RESERVE)
+            self._log.warn(
+                "max_connections is {wanted}, but the open-file limit (ulimit -n) of {limit} "
+                "leaves room for about {allowed} clients: more are refused and counted "
+                "in 'rejected'; raise the hard limit to serve more",
+                wanted=self.factory.max_connections, limit=raised, allowed=allowed,
+            )
+            self.factory.limit_connections(allowed)
+
+    def _count_descriptor_refusals(self, event: dict) -> None:
+        # Twisted closes a connection it cannot give a descriptor to (EMFILE)
+        # inside its listening port, before any factory sees it; its log line
+        # is the only trace, and it does not say which port: descriptors are
+        # the process's, and so is this count.
+        if self.listening_ports and event.get("log_format", "").startswith(
+            "EMFILE recovery: Closed socket"
+        ):
+            self.factory.count_descriptor_refusal()
+
+    def stopService(self) -> Deferred[None]:
+        if self._descriptor_watch is not None:
+            globalLogPublisher.removeObserver(self._descriptor_watch)
+            self._descriptor_watch = None
+        super().stopService()
+        listening, self._listening = self._listening, None
+        ports, self.listening_ports = self.listening_ports, []
+        d = listening.when_fired() if listening is not None else succeed(None)
+        d.addErrback(lambda _: None)
+        d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
+        d.addCallback(lambda _: self.factory.close_all(self.drain_timeout))
+        d.addCallback(lambda _: self._log.info("tcphub stopped"))
+        return d
+
+    def _listen(self) -> None:
+        self._listening = listening = OneShotObserver()
+        self._listen_failure = None
+        attempts = [endpoint.listen(self.factory) for endpoint in self.endpoints]
+
+        def listened(ports: list[IListeningPort]) -> None:
+            self.listening_ports = ports
+            # Under twistd the ports are bound before the reactor runs and
+            # installs its signal handlers: say "listening" once it does, so
+            # that the line means ready to serve, and to be stopped.
+            self._reactor.callWhenRunning(self._announce, ports)
+            listening.fire(None)
+
+        def failed(failure: Failure) -> None:
+            # Close the endpoints that did listen: a half-started hub is worse than none.
+            for attempt in attempts:
+                attempt.addCallback(lambda port: port and port.stopListening())
+                attempt.addErrback(lambda _: None)
+            cause = failure.value.subFailure
+            error = ListenFailed(
+                f"tcphub cannot listen on {self._describe(self.endpoints[failure.value.index])}: "
+                f"{cause.getErrorMessage()}"
+            )
+            error.__cause__ = cause.value
+            self._listen_failure = error
+            self._log.error("{error}", error=error)
+            listening.fire(cause)
+
+        gatherResults(attempts, consumeErrors=True).addCallbacks(listened, failed)
+
+    def _describe(self, endpoint: IStreamServerEndpoint) -> str:
+        return self._descriptions.get(id(endpoint), repr(endpoint))
+
+    def _announce(self, ports: list[IListeningPort]) -> None:
+        for port in ports:
+            self._log.info(
+                "tcphub listening on {address} (framing={framing})",
+                address=format_address(port.getHost()),
+                framing=self.factory.framing.name,
+            )
+
+    @property
+    def address(self) -> IAddress:
+        """The first listening port's address (its C{.port} is the bound port)."""
+        if not self.listening_ports:
+            raise RuntimeError("the server is not listening")
+        return self.listening_ports[0].getHost()
+
+    @property
+    def port(self) -> int:
+        """The first listening port's bound port number (useful with port 0)."""
+        return self.address.port
+
+    # -- the hub's API, for those who hold the service ---------------------
+
+    def on(self, event: str, callback) -> Subscription:
+        return self.factory.on(event, callback)
+
+    def send(self, client_id: str, data: bytes) -> Deferred[None]:
+        return self.factory.send(client_id, data)
+
+    def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
+        return self.factory.broadcast(data, exclude)
+
+    def disconnect(self, client_id: str) -> Deferred[None]:
+        return self.factory.disconnect(client_id)
+
+    def clients(self) -> list[ClientInfo]:
+        return self.factory.clients()
+
+    def client(self, client_id: str) -> ClientInfo:
+        return self.factory.client(client_id)
+
+    def get_metrics(self) -> Metrics:
+        return self.factory.get_metrics()

@@ -1,0 +1,239 @@
+"""
+L{HandlerProtocol}, one WebSocket connection of a L{WebSocketHandler}, and
+L{HandlerFactory}, the Autobahn client factory that carries the handler
+(typed, instead of an attribute hung on Autobahn's factory).
+
+Extend it by subclassing L{HandlerProtocol} (Autobahn's hooks C{onOpen},
+C{onMessage}, C{onPing}, C{onPong}, C{onClose}; call super) and passing the
+class as C{protocol=} to the handler.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateResponse,
+    PerMessageDeflateResponseAccept,
+)
+from OpenSSL.SSL import Error as TLSError
+from service_identity import VerificationError
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from tcphub.ws.handler import WebSocketHandler
+
+__all__ = ["HandlerFactory", "HandlerProtocol"]
+
+
+class HandlerProtocol(WebSocketClientProtocol):
+    """
+    One WebSocket connection; reports everything to C{factory.handler}.
+
+    Its deadlines run on the handler's clock, not on Autobahn's timers
+    (txaio's batched timer truncates deadlines to whole seconds, so they fire
+    up to 1 s early and a sub-second interval fires at once): the opening
+    handshake within C{open_timeout} of the TCP connection, a ping every
+    C{ping_interval} answered within C{ping_timeout}, and the closing
+    handshake, from the first close frame either way to the end of TCP,
+    within C{close_timeout}.  A deadline missed aborts the connection, and
+    the C{close} event says which.
+    """
+
+    factory: HandlerFactory
+    ended_by: str | None = None
+    """Why this side aborted the connection, if it did (a deadline missed)."""
+    _opened = False
+    _reply_start = b""
+    _open_call: IDelayedCall | None = None
+    _ping_call: IDelayedCall | None = None
+    _pong_call: IDelayedCall | None = None
+    _close_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        handler = self.factory.handler
+        self._open_call = handler.clock.callLater(handler.open_timeout, self._missed, "_open_call",
+                                                  f"opening handshake timeout ({handler.open_timeout} s)")
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._opened and len(self._reply_start) < _REPLY_PREVIEW:
+            # The start of the server's answer, to say what was wrong with it.
+            self._reply_start += data[: _REPLY_PREVIEW - len(self._reply_start)]
+        super().dataReceived(data)
+
+    def onOpen(self) -> None:
+        self._opened = True
+        self._cancel("_open_call")
+        handler = self.factory.handler
+        if handler.ping_interval:
+            self._ping_call = handler.clock.callLater(handler.ping_interval, self._ping)
+        handler.connection_opened(self)
+
+    def _ping(self) -> None:
+        handler = self.factory.handler
+        self._ping_call = handler.clock.callLater(handler.ping_interval, self._ping)
+        if self.can_send:
+            self.sendPing()
+            if self._pong_call is None:
+                self._pong_call = handler.clock.callLater(
+                    handler.ping_timeout, self._missed, "_pong_call",
+                    f"ping timeout: no pong within {handler.ping_timeout} s",
+                )
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if self._close_call is None and self.transport is not None:
+            handler = self.factory.handler
+            self._close_call = handler.clock.callLater(
+                handler.close_timeout, self._missed, "_close_call",
+                f"closing handshake timeout ({handler.close_timeout} s)",
+            )
+
+    def _missed(self, timer: str, why: str) -> None:
+        setattr(self, timer, None)
+        self.ended_by = why
+        self.dropConnection(abort=True)
+
+    def _cancel(self, timer: str) -> None:
+        call = getattr(self, timer)
+        if call is not None:
+            setattr(self, timer, None)
+            if call.active():
+                call.cancel()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.factory.handler.message_received(payload, isBinary)
+
+    def onPing(self, payload: bytes) -> None:
+        super().onPing(payload)
+        self.factory.handler.heartbeat()
+
+    def onPong(self, payload: bytes) -> None:
+        self._cancel("_pong_call")
+        self.factory.handler.heartbeat()
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        # The closing handshake starts: nothing more can be sent on this connection.
+        self.factory.handler.closing_handshake_began(self)
+        return super().onCloseFrame(code, reasonRaw)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.factory.handler.connection_closed(self, wasClean, code, reason)
+
+    @property
+    def can_send(self) -> bool:
+        """Whether messages can be sent: open, and no closing handshake begun."""
+        return self.state == self.STATE_OPEN
+
+    def send_unbounded(self, payload: bytes, is_binary: bool) -> None:
+        """C{sendMessage} without Autobahn's check of the outgoing size against
+        C{maxMessagePayloadSize}, which raises after compressing (leaving the
+        compressor's state ahead of the peer's): that option bounds what we
+        receive; the handler's C{max_send_size} bounds what we send, before
+        anything is queued."""
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            self.sendMessage(payload, isBinary=is_binary)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    # Turned off (see the class docstring), but a subclass may turn them on;
+    # Autobahn can leave them scheduled past the connection.
+    _AUTOBAHN_TIMERS = (
+        "openHandshakeTimeoutCall",
+        "closeHandshakeTimeoutCall",
+        "serverConnectionDropTimeoutCall",
+        "autoPingPendingCall",
+        "autoPingTimeoutCall",
+    )
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for timer in ("_open_call", "_ping_call", "_pong_call", "_close_call"):
+            self._cancel(timer)
+        if not self._opened and self.ended_by is None:
+            self.ended_by = _handshake_failure(reason.value, self._reply_start)
+        super().connectionLost(reason)
+        for name in self._AUTOBAHN_TIMERS:
+            call = getattr(self, name, None)
+            if call is not None:
+                setattr(self, name, None)
+                try:
+                    call.cancel()
+                except (AttributeError, AlreadyCalled, AlreadyCancelled):
+                    pass  # already run; txaio's batched calls say so with AttributeError
+
+
+_REPLY_PREVIEW = 64
+
+
+def _identity(mismatch: object) -> str:
+    name = getattr(getattr(mismatch, "mismatched_id", None), "hostname", None)
+    if isinstance(name, bytes):
+        return name.decode("ascii", "replace")
+    return str(name if name is not None else mismatch)
+
+
+def _handshake_failure(error: BaseException, reply_start: bytes) -> str | None:
+    """What went wrong before a connection opened, when Autobahn's own reason
+    ("peer dropped the TCP connection") would not say; None when it does."""
+    if isinstance(error, VerificationError):
+        names = ", ".join(_identity(mismatch) for mismatch in error.errors)
+        return f"TLS: the server's certificate is not valid for {names}"
+    if isinstance(error, TLSError):
+        reasons = [entry[2] for entry in error.args[0] if len(entry) > 2] if error.args else []
+        cause = "; ".join(reasons) or str(error)
+        if "certificate verify failed" in cause:
+            cause += (" (the server's certificate is self-signed or from a CA this "
+                      "machine does not trust: pass tls_options with its CA)")
+        return f"TLS: {cause}"
+    if reply_start and not reply_start.startswith(b"HTTP/"):
+        return f"the server's answer to the opening handshake is not HTTP: {reply_start!r}"
+    if not reply_start:
+        return "the server closed the connection before answering the opening handshake"
+    return None
+
+
+def _accept_deflate(response: PerMessageDeflateResponse) -> PerMessageDeflateResponseAccept | None:
+    if isinstance(response, PerMessageDeflateResponse):
+        return PerMessageDeflateResponseAccept(response)
+    return None
+
+
+class HandlerFactory(WebSocketClientFactory):
+    """
+    Autobahn's client factory for one handler: builds its C{protocol} class,
+    with Autobahn's own timers off (the protocol keeps every deadline on the
+    handler's clock), the handler's size limit, failing by close frame, and
+    permessage-deflate offered if the handler asks for compression.
+    """
+
+    protocol: type[HandlerProtocol]
+
+    def __init__(self, handler: WebSocketHandler, url: str, protocol: type[HandlerProtocol],
+                 reactor: Any) -> None:
+        super().__init__(url, reactor=reactor)
+        self.handler = handler
+        self.protocol = protocol
+        options: dict[str, Any] = {
+            "openHandshakeTimeout": 0,
+            "closeHandshakeTimeout": 0,
+            "serverConnectionDropTimeout": 0,
+            "autoPingInterval": 0,
+            "maxMessagePayloadSize": handler.max_message_size,
+            "maxFramePayloadSize": handler.max_message_size,
+            # Fail with a close frame (1009 for an over-size message), not by
+            # dropping TCP, so that the peer learns why.
+            "failByDrop": False,
+        }
+        if handler.compression:
+            options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
+            options["perMessageCompressionAccept"] = _accept_deflate
+        self.setProtocolOptions(**options)
