@@ -112,39 +112,55 @@ class _Int32Decoder:
     def dataReceived(self, data: bytes) -> None:
         if self._broken:
             return
+        # Offsets into data, never slices of the rest of it: a read is copied
+        # once at most, whatever its frames.
+        offset = 0
+        end = len(data)
+        if self._head:
+            head = self._head
+            missing = 4 - len(head)
+            if end < missing:
+                self._head = head + data
+                return
+            (length,) = _INT32.unpack(head + data[:missing])
+            self._head = b""
+            if length > self._max:
+                self._fail(length)
+                return
+            self._body = bytearray()
+            self._need = length
+            offset = missing
         body = self._body
         if body is not None:
             need = self._need
-            if len(data) < need:
-                body += data
-                self._need = need - len(data)
+            if end - offset < need:
+                body += memoryview(data)[offset:]
+                self._need = need - (end - offset)
                 return
-            body += data[:need]
+            body += memoryview(data)[offset : offset + need]
             self._body = None
-            data = data[need:]
+            offset += need
             self._sink.frameReceived(bytes(body))
-        elif self._head:
-            data = self._head + data
-            self._head = b""
-        offset = 0
-        end = len(data)
         unpack = _INT32.unpack_from
         sink = self._sink
         while end - offset >= 4:
             (length,) = unpack(data, offset)
             if length > self._max:
-                self._broken = True
-                sink.frameError(FrameTooLong(length, self._max))
+                self._fail(length)
                 return
             start = offset + 4
             offset = start + length
             if offset > end:
-                self._body = bytearray(data[start:])
+                self._body = bytearray(memoryview(data)[start:])
                 self._need = offset - end
                 return
             sink.frameReceived(data[start:offset])
         if offset < end:
             self._head = data[offset:]
+
+    def _fail(self, length: int) -> None:
+        self._broken = True
+        self._sink.frameError(FrameTooLong(length, self._max))
 
     def inputEnded(self) -> int:
         dropped = len(self._body) if self._body is not None else len(self._head)
@@ -181,7 +197,8 @@ class _LineDecoder:
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
         self._max = max_frame
-        self._rest = bytearray()  # the start of a line cut by reads
+        # The start of a line cut by reads; created when first needed.
+        self._rest: bytearray | None = None
         self._broken = False
 
     @property
@@ -192,20 +209,17 @@ class _LineDecoder:
         if self._broken:
             return
         rest = self._rest
-        if rest:
-            newline = data.find(b"\n")
-            if newline < 0:
-                rest += data
-                self._check_partial()
-                return
-            rest += data[:newline]
-            line = bytes(rest)
-            rest.clear()
-            if not self._line(line):
-                return
-            data = data[newline + 1 :]
         lines = data.split(b"\n")
         last = lines.pop()
+        if rest:
+            if not lines:
+                rest += last
+                self._check_partial()
+                return
+            # The first piece ends the line begun in earlier reads.
+            rest += lines[0]
+            lines[0] = bytes(rest)
+            rest.clear()
         limit = self._max
         sink = self._sink
         for line in lines:
@@ -218,6 +232,8 @@ class _LineDecoder:
             if self._broken:
                 return
         if last:
+            if rest is None:
+                rest = self._rest = bytearray()
             rest += last
             self._check_partial()
 
@@ -232,13 +248,14 @@ class _LineDecoder:
 
     def _check_partial(self) -> None:
         # A partial line may be one byte over: the \r of a coming \r\n.
-        size = len(self._rest)
-        if size > self._max and (size > self._max + 1 or self._rest[-1:] != b"\r"):
+        rest = self._rest or b""
+        size = len(rest)
+        if size > self._max and (size > self._max + 1 or rest[-1:] != b"\r"):
             self._fail(size)
 
     def _fail(self, size: int) -> None:
         self._broken = True
-        self._rest = bytearray()
+        self._rest = None
         self._sink.frameError(FrameTooLong(size, self._max))
 
     def inputEnded(self) -> int:

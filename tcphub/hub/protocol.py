@@ -43,6 +43,7 @@ from tcphub.errors import (
 from tcphub.hub.framing import FrameDecoder
 from tcphub.hub.metrics import ClientInfo
 from tcphub.hub.outbox import CLOSED, QUEUE, WRITE, Outbox, Waiter, notify_gone
+from tcphub.hub.rate import TokenBucket
 
 if TYPE_CHECKING:
     from tcphub.hub.factory import HubFactory
@@ -103,8 +104,8 @@ class HubProtocol(Protocol):
 
     __slots__ = (
         "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
-        "_read_at", "_frames", "_decoder", "_read_paused", "_input_ended", "_held", "_held_bytes",
-        "_departure", "_lost", "_idle_call", "_frame_call", "_rate_call", "_tokens", "_tokens_at",
+        "_read_at", "_frames", "_decoder", "_read_paused", "_input_ended", "_held",
+        "_departure", "_lost", "_idle_call", "_frame_call", "_rate_call", "_bucket",
     )
 
     factory: HubFactory
@@ -129,7 +130,6 @@ class HubProtocol(Protocol):
         self._input_ended = False
         # Created when first needed: most clients never hold a message.
         self._held: deque[bytes] | None = None
-        self._held_bytes = 0
         self._departure: ClientDisconnected | None = None
         self._lost: OneShotObserver | None = None
         self._idle_call: IDelayedCall | None = None
@@ -142,10 +142,9 @@ class HubProtocol(Protocol):
             self.transport.abortConnection()
             return
         self.state = OPEN
-        self._decoder: FrameDecoder = hub.framing.decoder(self, hub.max_frame)
-        if hub.max_rate is not None:
-            self._tokens = float(hub.max_burst or 1)
-            self._tokens_at = now
+        # Created at the first byte: a client that only listens never needs one.
+        self._decoder: FrameDecoder | None = None
+        self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         self.transport.registerProducer(self, True)
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
@@ -201,10 +200,13 @@ class HubProtocol(Protocol):
         frames = self._frames
         # Whatever this read makes the hub write, to any client, goes out as
         # one write per client once the read is handled.
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = hub.framing.decoder(self, hub.max_frame)
         batch = hub.batch
         batch.begin()
         try:
-            self._decoder.dataReceived(data)
+            decoder.dataReceived(data)
         finally:
             batch.end()
         if hub.frame_timeout is not None and self.state == OPEN and not self._read_paused:
@@ -215,7 +217,8 @@ class HubProtocol(Protocol):
         sends one byte now and then to hold its connection for ever)."""
         call = self._frame_call
         timeout = self.factory.frame_timeout
-        if self._decoder.partial and timeout is not None:
+        decoder = self._decoder
+        if decoder is not None and decoder.partial and timeout is not None:
             if call is None:
                 self._frame_call = self.factory.clock.callLater(timeout, self._frame_timed_out)
             elif frames_completed:
@@ -238,12 +241,14 @@ class HubProtocol(Protocol):
         if self.state != OPEN:
             return  # the hub is closing it already: no hook for a departing client
         self._input_ended = True
-        batch = self.factory.batch
-        batch.begin()
-        try:
-            dropped = self._decoder.inputEnded()
-        finally:
-            batch.end()
+        dropped = 0
+        if self._decoder is not None:
+            batch = self.factory.batch
+            batch.begin()
+            try:
+                dropped = self._decoder.inputEnded()
+            finally:
+                batch.end()
         if dropped:
             # Not a protocol error: a client that crashes ends its input anywhere.
             self._log.debug(
@@ -281,7 +286,7 @@ class HubProtocol(Protocol):
         if self.state != OPEN:
             return
         self._frames += 1
-        if self._read_paused or (self.factory.max_rate is not None and not self._take_token()):
+        if self._read_paused or (self._bucket is not None and not self._take_token()):
             # The rest of a read that came in before the pause: hold it.
             self._hold(payload)
             return
@@ -291,24 +296,18 @@ class HubProtocol(Protocol):
         if self._held is None:
             self._held = deque()
         self._held.append(payload)
-        self._held_bytes += len(payload)
 
     def _take_token(self) -> bool:
-        """The token bucket of C{max_rate}: False (and reading paused until a
-        token is due) if this client is over its rate."""
-        hub = self.factory
-        rate = hub.max_rate
-        assert rate is not None
-        now = hub.clock.seconds()
-        tokens = min(float(hub.max_burst or 1), self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
+        """C{max_rate}: False (and reading paused until a token is due) if
+        this client is over its rate."""
+        assert self._bucket is not None
+        clock = self.factory.clock
+        wait = self._bucket.take(clock.seconds())
+        if not wait:
             return True
-        self._tokens = tokens
-        hub.counters.rate_limited += 1
+        self.factory.counters.rate_limited += 1
         self._pause(_PAUSED_BY_RATE)
-        self._rate_call = hub.clock.callLater((1.0 - tokens) / rate, self._rate_refilled)
+        self._rate_call = clock.callLater(wait, self._rate_refilled)
         return False
 
     def _rate_refilled(self) -> None:
@@ -367,13 +366,10 @@ class HubProtocol(Protocol):
         if self._read_paused:
             return
         held = self._held or ()
-        rate = self.factory.max_rate
         while held and not self._read_paused and self.state == OPEN:
-            if rate is not None and not self._take_token():
+            if self._bucket is not None and not self._take_token():
                 break
-            payload = held.popleft()
-            self._held_bytes -= len(payload)
-            self._dispatch(payload)
+            self._dispatch(held.popleft())
         if self._read_paused or self.state != OPEN:
             return
         self._read_at = self.factory.clock.seconds()
@@ -530,5 +526,5 @@ class HubProtocol(Protocol):
             messages_received=self.messages_received,
             messages_sent=outbox.messages_sent,
             pending_bytes=outbox.queued_bytes,
-            held_bytes=self._held_bytes,
+            held_bytes=sum(map(len, self._held or ())),
         )
