@@ -103,6 +103,35 @@ def idle_bytes_per_connection(server: Server, connections: int) -> tuple[float, 
     return (after - before) * 1024 / connections, after
 
 
+# An idle daemon, as an operator runs it: bare Twisted's echo under twistd,
+# and twistd tcphub without --upstream (the WebSocket half stays unloaded).
+TWISTD = str(Path(PY).with_name("twistd"))
+DAEMONS = {
+    "bare Twisted": [TWISTD, "-n", "--pidfile=", "-y", HERE / "servers" / "twisted_idle.tac"],
+    "tcphub": [TWISTD, "-n", "--pidfile=", "tcphub", "--port", "0"],
+}
+
+
+def idle_daemon_rss_mib(name: str) -> float | None:
+    command = DAEMONS.get(name)
+    if command is None:
+        return None
+    process = subprocess.Popen(
+        pinned(0, command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=HERE
+    )
+    try:
+        for line in process.stdout:
+            if "starting on" in line or "listening on" in line:
+                break
+        else:
+            raise SystemExit(f"{name} under twistd did not start")
+        time.sleep(1.0)  # let it settle before RSS is read; not a correctness wait
+        return rss_kib(process.pid) / 1024
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def scenarios(quick: bool):
     seconds = 2 if quick else 5
     scale = 0.25 if quick else 1
@@ -119,9 +148,6 @@ def scenarios(quick: bool):
          lambda port: load("fanout", port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
         ("churn: connections/s", "echo", lambda port: load("churn", port, 50, seconds), "per_second"),
     ]
-
-
-LOWER_IS_BETTER = ("µs", "bytes")
 
 
 def main() -> None:
@@ -160,13 +186,17 @@ def main() -> None:
             server.stop()
         table.setdefault(f"idle: bytes per connection ({args.idle:,} held)", {})[name] = per_connection
         print(f"   idle: {per_connection:,.0f} bytes per connection, RSS {rss / 1024:.0f} MiB", flush=True)
+        daemon = idle_daemon_rss_mib(name)
+        if daemon is not None:
+            table.setdefault("idle twistd, no clients: RSS MiB", {})[name] = daemon
+            print(f"   idle twistd: RSS {daemon:.1f} MiB", flush=True)
 
     lines = [
         f"Run {date.today()} on {platform.node() or 'this machine'}: {platform.processor() or platform.machine()},"
         f" Python {platform.python_version()}, Node {subprocess.check_output(['node', '--version'], text=True).strip()},"
         f" server {'on core 0, load on core 1' if TASKSET else 'and load unpinned'}.",
         "Cells: the figure, then its ratio to bare Twisted in the same run"
-        " (higher is better, except µs and bytes).",
+        " (higher is better, except µs, bytes and MiB).",
         "",
         "| scenario | " + " | ".join(args.servers) + " |",
         "|---" * (len(args.servers) + 1) + "|",
@@ -175,9 +205,12 @@ def main() -> None:
         base = row.get(BASELINE)
         cells = []
         for name in args.servers:
-            value = row[name]
+            value = row.get(name)
+            if value is None:
+                cells.append("–")
+                continue
             ratio = f" ({value / base:.2f}×)" if base else ""
-            cells.append(f"{value:,.0f}{ratio}")
+            cells.append(f"{value:,.1f}{ratio}" if value < 100 else f"{value:,.0f}{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (HERE / "results.md").write_text(text)
