@@ -7,6 +7,11 @@ anything tcphub raised on purpose.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
 
 class TcpHubError(Exception):
     """Base class of every error tcphub raises or reports."""
@@ -81,7 +86,7 @@ class HandlerError(TcpHubError):
     """A hook, route handler or event callback raised; the original is C{__cause__}."""
 
     @classmethod
-    def from_failure(cls, where: str, failure) -> HandlerError:
+    def from_failure(cls, where: str, failure: Failure) -> HandlerError:
         """The error for C{failure} (a L{twisted.python.failure.Failure}) raised in C{where}."""
         error = cls(f"{where} raised {failure.getErrorMessage()}")
         error.__cause__ = failure.value

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
+from tcphub._reactor import default_reactor
 from tcphub._plugin import PluginProcess, choice, stop_when_given_up, ws_url
 from tcphub._plugin import number as _number
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
@@ -102,11 +103,10 @@ class Options(usage.Options):
         ssl:3443:privateKey=key.pem:certKey=cert.pem or unix:/tmp/hub.sock
         (repeatable; replaces --port, --host and --backlog). Unlike --port,
         tcp:3000 alone listens on every interface: add interface=127.0.0.1."""
-        from twisted.internet import reactor
         from twisted.internet.endpoints import serverFromString
 
         try:
-            serverFromString(reactor, description)
+            serverFromString(default_reactor(), description)
         except Exception as error:
             raise usage.UsageError(f"--listen {description!r}: {error}") from None
         self["listen"].append(description)
@@ -137,7 +137,7 @@ class Options(usage.Options):
 def makeService(config: Options, reactor: Any = None) -> IService:
     """The hub (or, with --upstream, the gateway) as the service named "tcphub"."""
     if reactor is None:
-        from twisted.internet import reactor
+        reactor = default_reactor()
     return PluginProcess(_hub_service(config, reactor), reactor)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
+from tcphub._reactor import default_reactor
 from tcphub._plugin import choice, number, stop_when_given_up, ws_url
 from tcphub.ws.envelope import Envelope
 from tcphub.ws.handler import ConnectionContext, WebSocketHandler
@@ -60,7 +61,7 @@ def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
 
 def makeService(config: Options, reactor: Any = None) -> WebSocketHandler:
     if reactor is None:
-        from twisted.internet import reactor
+        reactor = default_reactor()
     handler = WebSocketHandler(
         url=config["url"],
         reconnect=not config["no-reconnect"],

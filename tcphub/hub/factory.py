@@ -18,11 +18,11 @@ from twisted.python.failure import Failure
 from tcphub import _checks
 from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
+from tcphub._reactor import default_reactor
 from tcphub.errors import (
     AddressLimitReached,
     ConnectionLimitReached,
     DescriptorLimitReached,
-    HandlerError,
     TcpHubError,
     UnframeableMessage,
     UnknownClient,
@@ -83,8 +83,6 @@ class HubFactory(Factory):
                 max_burst = max(1, math.ceil(max_rate))
         elif max_burst is not None:
             raise ValueError("max_burst goes with max_rate")
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.framing = get_framing(framing)
         self.max_frame = _checks.count("max_frame", max_frame)
         self.max_pending = _checks.count("max_pending", max_pending)
@@ -95,9 +93,9 @@ class HubFactory(Factory):
         self.max_rate = max_rate
         self.max_burst = _checks.count_or_none("max_burst", max_burst)
         self.keep_alive = _checks.flag("keep_alive", keep_alive)
-        self.clock: IReactorTime = clock
+        self.clock: IReactorTime = clock if clock is not None else default_reactor()
         self.counters = HubCounters()
-        self.batch = ReadBatch(self.counters, clock)
+        self.batch = ReadBatch(self.counters, self.clock)
         """Gathers what the hub writes while it handles a read (see L{ReadBatch})."""
         self.handler_failed = HandlerFailures(
             self._log, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
@@ -257,8 +255,13 @@ class HubFactory(Factory):
         for client in [*self._clients.values(), *self._refused]:
             client.loseConnection()
         deadline = self.clock.callLater(drain_timeout, self._abort_stragglers)
-        done.addBoth(lambda result: (deadline.active() and deadline.cancel(), result)[1])
-        return done
+
+        def cancel_deadline(result: object) -> object:
+            if deadline.active():
+                deadline.cancel()
+            return result
+
+        return done.addBoth(cancel_deadline)
 
     def count_descriptor_refusal(self) -> None:
         """A connection was closed by Twisted for want of a file descriptor

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
@@ -109,6 +109,8 @@ class HubProtocol(Protocol):
     )
 
     factory: HubFactory
+    transport: Any
+    """A TCP, TLS or UNIX transport: an C{ITCPTransport} that is also a consumer and a push producer."""
     client_id: str
     connected_at: float
     """When the connection was accepted, in the hub clock's seconds."""

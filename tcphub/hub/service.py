@@ -7,18 +7,20 @@ stops by closing its ports and then every client, after a drain.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, cast
 
 from twisted.application.service import Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from tcphub import _checks
 from tcphub._observer import OneShotObserver
+from tcphub._reactor import default_reactor
 from tcphub.errors import ListenFailed
 from tcphub.events import Subscription
 from tcphub.hub import descriptors
@@ -89,10 +91,10 @@ class TcpServer(Service):
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
         raise_descriptor_limit: bool = True,
         clock: IReactorTime | None = None,
-        reactor=None,
+        reactor: Any = None,
     ) -> None:
         if reactor is None:
-            from twisted.internet import reactor
+            reactor = default_reactor()
         if endpoint is None:
             _checks.number("port", port, minimum=0, maximum=65535, integer=True)
             _checks.number("backlog", backlog, minimum=1, maximum=65535, integer=True)
@@ -120,7 +122,14 @@ class TcpServer(Service):
         self._listening: OneShotObserver | None = None
         self._listen_failure: ListenFailed | None = None
 
-    def _endpoints(self, reactor, endpoint, port: int, host: str, backlog: int) -> list[IStreamServerEndpoint]:
+    def _endpoints(
+        self,
+        reactor: Any,
+        endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None,
+        port: int,
+        host: str,
+        backlog: int,
+    ) -> list[IStreamServerEndpoint]:
         self._descriptions: dict[int, str] = {}
         if endpoint is None:
             tcp = TCP6ServerEndpoint if isIPv6Address(host) else TCP4ServerEndpoint
@@ -147,7 +156,9 @@ class TcpServer(Service):
         """Start listening; fires when every endpoint listens, errbacks if one fails."""
         if not self.running:
             self.startService()
-        return self._listening.when_fired()
+        listening = self._listening
+        assert listening is not None, "startService listens"
+        return listening.when_fired()
 
     def stop(self) -> Deferred[None]:
         """Fires when the listening ports are closed and every client is gone."""
@@ -170,7 +181,7 @@ class TcpServer(Service):
             self._fit_descriptor_limit()
         if self._descriptor_watch is None:
             self._descriptor_watch = self._count_descriptor_refusals
-            globalLogPublisher.addObserver(self._descriptor_watch)
+            globalLogPublisher.addObserver(cast(ILogObserver, self._descriptor_watch))
         if self._listening is None:
             self._listen()
 
@@ -207,7 +218,7 @@ class TcpServer(Service):
 
     def stopService(self) -> Deferred[None]:
         if self._descriptor_watch is not None:
-            globalLogPublisher.removeObserver(self._descriptor_watch)
+            globalLogPublisher.removeObserver(cast(ILogObserver, self._descriptor_watch))
             self._descriptor_watch = None
         super().stopService()
         listening, self._listening = self._listening, None
@@ -234,12 +245,16 @@ class TcpServer(Service):
 
         def failed(failure: Failure) -> None:
             # Close the endpoints that did listen: a half-started hub is worse than none.
+            def close(port: IListeningPort | None) -> object:
+                # A failed attempt holds None once gatherResults consumed its error.
+                return port.stopListening() if port is not None else None
+
             for attempt in attempts:
-                attempt.addCallback(lambda port: port and port.stopListening())
-                attempt.addErrback(lambda _: None)
-            cause = failure.value.subFailure
+                attempt.addCallbacks(close, lambda _: None)
+            first = cast(FirstError, failure.value)
+            cause = first.subFailure
             error = ListenFailed(
-                f"tcphub cannot listen on {self._describe(self.endpoints[failure.value.index])}: "
+                f"tcphub cannot listen on {self._describe(self.endpoints[first.index])}: "
                 f"{cause.getErrorMessage()}"
             )
             error.__cause__ = cause.value
@@ -270,11 +285,14 @@ class TcpServer(Service):
     @property
     def port(self) -> int:
         """The first listening port's bound port number (useful with port 0)."""
-        return self.address.port
+        address = self.address
+        if not isinstance(address, (IPv4Address, IPv6Address)):
+            raise RuntimeError(f"the server listens on {address}, which has no port number")
+        return address.port
 
     # -- the hub's API, for those who hold the service ---------------------
 
-    def on(self, event: str, callback) -> Subscription:
+    def on(self, event: str, callback: Callable[..., Any]) -> Subscription:
         return self.factory.on(event, callback)
 
     def send(self, client_id: str, data: bytes) -> Deferred[None]:

@@ -15,7 +15,7 @@ import inspect
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
@@ -30,6 +30,7 @@ from zope.interface import implementer
 from tcphub import _checks
 from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
+from tcphub._reactor import default_reactor
 from tcphub.errors import (
     FatalClose,
     HandlerClosed,
@@ -203,7 +204,7 @@ class WebSocketHandler(Service):
         if tls_options is not None and url is not None and not url.startswith("wss:"):
             raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
         if reactor is None:
-            from twisted.internet import reactor
+            reactor = default_reactor()
         self.url = url
         self.reconnect = reconnect
         self.max_retries = max_retries if reconnect else 0
@@ -630,8 +631,8 @@ class WebSocketHandler(Service):
         if not held and self._reading_paused:
             # Still the connection that was paused: connection_closed clears the flag.
             self._reading_paused = False
-            assert self._protocol is not None and self._protocol.transport is not None
-            self._protocol.transport.resumeProducing()
+            assert self._protocol is not None
+            cast(IPushProducer, self._protocol.transport).resumeProducing()
 
     def _pause_reading(self) -> None:
         if self._reading_paused:
@@ -641,8 +642,8 @@ class WebSocketHandler(Service):
             "{count} handler calls in flight (max_concurrent_handlers): "
             "not reading until one ends", count=self._in_flight,
         )
-        assert self._protocol is not None and self._protocol.transport is not None
-        self._protocol.transport.pauseProducing()
+        assert self._protocol is not None
+        cast(IPushProducer, self._protocol.transport).pauseProducing()
 
     # -- sending ----------------------------------------------------------
 
@@ -702,7 +703,7 @@ class WebSocketHandler(Service):
         self._state = HandlerState.GIVEN_UP
         assert service is not None
         service.stopService()
-        self._fail_queue(failure.value)
+        self._fail_queue(cast(WebSocketError, failure.value))
         if self._first_open is not None:
             self._first_open.fire(failure)
         self.events.emit("error", failure.value, self.context)

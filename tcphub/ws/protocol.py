@@ -10,7 +10,7 @@ class as C{protocol=} to the handler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import (
@@ -46,6 +46,8 @@ class HandlerProtocol(WebSocketClientProtocol):
     """
 
     factory: HandlerFactory
+    maxMessagePayloadSize: int
+    """Autobahn's bound on an incoming message (the handler's C{max_message_size})."""
     ended_by: str | None = None
     """Why this side aborted the connection, if it did (a deadline missed)."""
     _opened = False
@@ -159,7 +161,7 @@ class HandlerProtocol(WebSocketClientProtocol):
         for timer in ("_open_call", "_ping_call", "_pong_call", "_close_call"):
             self._cancel(timer)
         if not self._opened and self.ended_by is None:
-            self.ended_by = _handshake_failure(reason.value, self._reply_start)
+            self.ended_by = _handshake_failure(cast(BaseException, reason.value), self._reply_start)
         super().connectionLost(reason)
         for name in self._AUTOBAHN_TIMERS:
             call = getattr(self, name, None)
@@ -215,7 +217,7 @@ class HandlerFactory(WebSocketClientFactory):
     permessage-deflate offered if the handler asks for compression.
     """
 
-    protocol: type[HandlerProtocol]
+    protocol: type[HandlerProtocol]  # type: ignore[assignment]
 
     def __init__(self, handler: WebSocketHandler, url: str, protocol: type[HandlerProtocol],
                  reactor: Any) -> None:

@@ -11,12 +11,13 @@ from typing import Callable
 
 from twisted.application.internet import ClientService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub._observer import OneShotObserver
+from tcphub._reactor import default_reactor
 from tcphub.errors import RetryLimitReached
 
 RetryPolicy = Callable[[int], float]
@@ -150,8 +151,6 @@ class ReconnectingClientService(ClientService):
         backoff = backoff_policy(backoff, **backoff_options)
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries cannot be negative, not {max_retries}")
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.max_retries = max_retries
         self.retries = 0
         """Retries scheduled over the service's life."""
@@ -160,21 +159,26 @@ class ReconnectingClientService(ClientService):
         open for C{min_uptime} seconds."""
         self.min_uptime = min_uptime
         self._policy: RetryPolicy = backoff
-        self._clock = clock
+        self._clock: IReactorTime = clock if clock is not None else default_reactor()
         self._opened_at: float | None = None
         self._retrying = True
         self._last_error = "no attempt yet"
         self._in_policy = False
-        self._stop_call: IDelayedCall | None = None
         self._deferred_stop: OneShotObserver | None = None
         self._given_up = OneShotObserver()
         self.on_retry: Callable[[int, float], None] | None = None
+        # With confirm_open, the protocol calls connection_opened itself once
+        # its handshake completes.  ClientService's prepareConnection looks
+        # made for this (return a Deferred that fires at the handshake), but a
+        # connection dropped before that Deferred fires raises automat's
+        # NoTransition inside ClientService's state machine (Twisted 26.10),
+        # and the service stops retrying: so the wait lives here, not there.
         prepare = None if confirm_open else (lambda protocol: self.connection_opened())
         super().__init__(
             _RecordingEndpoint(endpoint, self.connection_failed),
             factory,
             retryPolicy=self._next_delay,
-            clock=clock,
+            clock=self._clock,
             prepareConnection=prepare,
         )
 
@@ -216,13 +220,15 @@ class ReconnectingClientService(ClientService):
         self._deferred_stop = stopped = OneShotObserver()
 
         def stop() -> None:
-            self._stop_call = self._deferred_stop = None
+            self._deferred_stop = None
             ClientService.stopService(self).addBoth(stopped.fire)
 
-        self._stop_call = self._clock.callLater(0, stop)
+        self._clock.callLater(0, stop)
         return stopped.when_fired()
 
-    def _next_delay(self, failed_in_a_row: int) -> float:
+    def _next_delay(self, _: int) -> float:
+        # ClientService passes its count of failures since the last
+        # connection; ours (self.attempt) only resets after min_uptime.
         if not self._retrying:
             return _NEVER
         if self._opened_at is not None:
