@@ -3,7 +3,8 @@ Fixtures shared by every test.
 
 The autouse C{clean_reactor} fixture fails a test that leaves delayed calls,
 listening ports or connections behind on the global reactor; C{hub_factory}
-makes in-memory hubs (a HubFactory on a Clock, StringTransport clients).
+makes in-memory hubs (a HubFactory on a Clock, StringTransport clients);
+C{tcp_server} starts real hubs on 127.0.0.1 and stops them after the test.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from tcphub import HubFactory, HubProtocol
+from twisted.internet.defer import Deferred
+
+from tcphub import HubFactory, HubProtocol, TcpServer
 
 
 # The default run must be deterministic: hypothesis derives its examples from
@@ -108,3 +111,22 @@ def hub_factory():
     yield make
     for hub in hubs:
         hub.close()
+
+
+@pytest.fixture
+def tcp_server():
+    """C{tcp_server(**options)}: a Deferred firing with a listening TcpServer
+    (on port 0 of 127.0.0.1 unless an endpoint is given); each one is stopped
+    after the test, whatever happened in it."""
+    servers: list[TcpServer] = []
+
+    def start(**options) -> Deferred:
+        if "endpoint" not in options:
+            options.setdefault("port", 0)
+        server = TcpServer(**options)
+        servers.append(server)
+        return server.start().addCallback(lambda _: server)
+
+    yield start
+    for server in servers:
+        pytest_twisted.blockon(server.stop())

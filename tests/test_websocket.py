@@ -68,10 +68,22 @@ def refused_port() -> int:
         return probe.getsockname()[1]
 
 
-def handler(**options) -> WebSocketHandler:
-    options.setdefault("clock", Clock())
-    options.setdefault("jitter", 0.0)
-    return WebSocketHandler(**options)
+@pytest.fixture
+def handler():
+    """C{handler(**options)}: a WebSocketHandler on a Clock, without jitter;
+    each one is closed after the test, whatever happened in it."""
+    made: list[WebSocketHandler] = []
+
+    def make(**options) -> WebSocketHandler:
+        options.setdefault("clock", Clock())
+        options.setdefault("jitter", 0.0)
+        ws = WebSocketHandler(**options)
+        made.append(ws)
+        return ws
+
+    yield make
+    for ws in made:
+        pytest_twisted.blockon(ws.close())
 
 
 def route_into(ws: WebSocketHandler, path: str, count: int) -> tuple[list, Deferred]:
@@ -89,46 +101,41 @@ def route_into(ws: WebSocketHandler, path: str, count: int) -> tuple[list, Defer
 
 
 @pytest_twisted.inlineCallbacks
-def test_send_route_request_and_status(servers):
+def test_send_route_request_and_status(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0)
     seen, echoed = route_into(ws, "chat.*", 2)
-    try:
-        yield ws.connect(server.url)
-        assert server.wait_for("^open (.*)")[1] == "permessage-deflate"
-        context = ws.context
-        assert context.connected and context.connection_id
-        yield ws.send("chat.message", {"text": "hello"})
-        yield ws.send("chat.bytes", b"\x00\xff binary")
-        yield echoed
-        assert seen == [({"text": "hello"}, context.connection_id),
-                        (b"\x00\xff binary", context.connection_id)]
-        assert context.last_message_at == ws.clock.seconds()
+    yield ws.connect(server.url)
+    assert server.wait_for("^open (.*)")[1] == "permessage-deflate"
+    context = ws.context
+    assert context.connected and context.connection_id
+    yield ws.send("chat.message", {"text": "hello"})
+    yield ws.send("chat.bytes", b"\x00\xff binary")
+    yield echoed
+    assert seen == [({"text": "hello"}, context.connection_id),
+                    (b"\x00\xff binary", context.connection_id)]
+    assert context.last_message_at == ws.clock.seconds()
 
-        assert (yield ws.request("rpc.add", [1, 2])) == [1, 2]
-        status = ws.get_status()
-        assert (status.connected, status.messages_sent, status.messages_received) == (True, 3, 3)
-        assert (status.retries, status.pending_requests, status.compression) == (0, 0, "permessage-deflate")
-    finally:
-        yield ws.close(1000, "Normal closure")
+    assert (yield ws.request("rpc.add", [1, 2])) == [1, 2]
+    status = ws.get_status()
+    assert (status.connected, status.messages_sent, status.messages_received) == (True, 3, 3)
+    assert (status.retries, status.pending_requests, status.compression) == (0, 0, "permessage-deflate")
+    yield ws.close(1000, "Normal closure")
     assert not ws.get_status().connected
     assert ws.clock.getDelayedCalls() == []
 
 
 @pytest_twisted.inlineCallbacks
-def test_compression_can_be_turned_off(servers):
+def test_compression_can_be_turned_off(servers, handler):
     server = servers.start()
     ws = handler(compression=False, ping_interval=0)
-    try:
-        yield ws.connect(server.url)
-        assert server.wait_for("^open (.*)")[1] == "none"
-        assert ws.get_status().compression is None
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    assert server.wait_for("^open (.*)")[1] == "none"
+    assert ws.get_status().compression is None
 
 
 @pytest_twisted.inlineCallbacks
-def test_invalid_messages_and_a_raising_handler_leave_the_connection_up(servers):
+def test_invalid_messages_and_a_raising_handler_leave_the_connection_up(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0)
     errors, unrouted = [], []
@@ -144,69 +151,64 @@ def test_invalid_messages_and_a_raising_handler_leave_the_connection_up(servers)
     ws.add_route("boom", broken)
     ws.add_route("boom.async", broken_later)
     seen, done = route_into(ws, "ok", 1)
-    try:
-        yield ws.connect(server.url)
-        opened_as = ws.context.connection_id
-        yield ws.send("server.say", [
-            "not json",
-            '{"data": 1}',
-            "[1, 2]",
-            '{"path": "nowhere", "data": 1}',
-            '{"path": "boom", "data": 1}',
-            '{"path": "boom.async", "data": 1}',
-            '{"path": "ok", "data": "still up"}',
-        ])
-        yield done
-        assert seen == [("still up", opened_as)]
-        assert [type(e) for e in errors] == [InvalidMessage] * 3 + [HandlerError] * 2
-        assert isinstance(errors[3].__cause__, ZeroDivisionError)
-        assert isinstance(errors[4].__cause__, KeyError)
-        assert unrouted == ["nowhere"]
-        status = ws.get_status()
-        assert (status.invalid_messages, status.unrouted_messages, status.handler_errors) == (3, 1, 2)
-        assert status.connected and ws.context.connection_id == opened_as
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    opened_as = ws.context.connection_id
+    yield ws.send("server.say", [
+        "not json",
+        '{"data": 1}',
+        "[1, 2]",
+        '{"path": "nowhere", "data": 1}',
+        '{"path": "boom", "data": 1}',
+        '{"path": "boom.async", "data": 1}',
+        '{"path": "ok", "data": "still up"}',
+    ])
+    yield done
+    assert seen == [("still up", opened_as)]
+    assert [type(e) for e in errors] == [InvalidMessage] * 3 + [HandlerError] * 2
+    assert isinstance(errors[3].__cause__, ZeroDivisionError)
+    assert isinstance(errors[4].__cause__, KeyError)
+    assert unrouted == ["nowhere"]
+    status = ws.get_status()
+    assert (status.invalid_messages, status.unrouted_messages, status.handler_errors) == (3, 1, 2)
+    assert status.connected and ws.context.connection_id == opened_as
 
 
 @pytest_twisted.inlineCallbacks
-def test_server_restart_reconnects_flushes_the_queue_in_order_and_counts(servers):
+def test_server_restart_reconnects_flushes_the_queue_in_order_and_counts(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0, backoff="linear", initial_delay=2.0)
     seen, all_back = route_into(ws, "seq", 10)
-    try:
-        yield ws.connect(server.url)
-        first_id = ws.context.connection_id
-        ws.context.metadata["user"] = "ada"
+    yield ws.connect(server.url)
+    first_id = ws.context.connection_id
+    ws.context.metadata["user"] = "ada"
 
-        closed, retry = when_event(ws, "close"), when_event(ws, "retry")
-        server = servers.restart(server)
-        yield closed
-        attempt, delay, _ = yield retry
-        assert (attempt, delay) == (1, 2.0)
-        sends = [ws.send("seq", n) for n in range(10)]
-        assert ws.get_status().queued == 10 and not any(d.called for d in sends)
+    closed, retry = when_event(ws, "close"), when_event(ws, "retry")
+    server = servers.restart(server)
+    yield closed
+    attempt, delay, _ = yield retry
+    assert (attempt, delay) == (1, 2.0)
+    sends = [ws.send("seq", n) for n in range(10)]
+    assert ws.get_status().queued == 10 and not any(d.called for d in sends)
 
-        opened = when_event(ws, "open")
-        yield deferLater(reactor, 0, lambda: None)
-        ws.clock.advance(delay)
-        yield opened
-        yield gatherResults(sends)
-        yield all_back
-        assert [data for data, _ in seen] == list(range(10))
-        assert {connection for _, connection in seen} == {ws.context.connection_id}
-        assert ws.context.connection_id != first_id
-        assert ws.context.metadata == {"user": "ada"}
-        status = ws.get_status()
-        assert (status.retries, status.reconnects, status.queued) == (1, 1, 0)
-    finally:
-        yield ws.close()
+    opened = when_event(ws, "open")
+    yield deferLater(reactor, 0, lambda: None)
+    ws.clock.advance(delay)
+    yield opened
+    yield gatherResults(sends)
+    yield all_back
+    assert [data for data, _ in seen] == list(range(10))
+    assert {connection for _, connection in seen} == {ws.context.connection_id}
+    assert ws.context.connection_id != first_id
+    assert ws.context.metadata == {"user": "ada"}
+    status = ws.get_status()
+    assert (status.retries, status.reconnects, status.queued) == (1, 1, 0)
+    yield ws.close()
     assert ws.clock.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize("backoff, delays", [("linear", [1.0, 2.0, 3.0]), ("exponential", [1.0, 2.0, 4.0])])
 @pytest_twisted.inlineCallbacks
-def test_a_refused_port_uses_up_max_retries_with_the_right_delays(backoff, delays):
+def test_a_refused_port_uses_up_max_retries_with_the_right_delays(backoff, delays, handler):
     ws = handler(max_retries=3, backoff=backoff, initial_delay=1.0)
     retry = when_event(ws, "retry")
     connected = ws.connect(f"ws://127.0.0.1:{refused_port()}/")
@@ -232,7 +234,7 @@ def test_a_refused_port_uses_up_max_retries_with_the_right_delays(backoff, delay
 
 
 @pytest_twisted.inlineCallbacks
-def test_without_reconnect_the_first_failure_is_final():
+def test_without_reconnect_the_first_failure_is_final(handler):
     ws = handler(reconnect=False)
     failed = ws.send("x", 1)
     with pytest.raises(NotConnected):
@@ -245,7 +247,7 @@ def test_without_reconnect_the_first_failure_is_final():
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_server_refusing_the_handshake_uses_up_retries(servers):
+def test_a_server_refusing_the_handshake_uses_up_retries(servers, handler):
     """ClientService alone would count every TCP connect as a success."""
     server = servers.start("--reject")
     ws = handler(max_retries=2, backoff="linear", initial_delay=1.0)
@@ -263,7 +265,7 @@ def test_a_server_refusing_the_handshake_uses_up_retries(servers):
 
 
 @pytest_twisted.inlineCallbacks
-def test_queue_is_bounded_and_close_during_the_wait_fails_what_waits():
+def test_queue_is_bounded_and_close_during_the_wait_fails_what_waits(handler):
     ws = handler(max_queue=2, max_queue_bytes=100, initial_delay=5.0)
     connected = ws.connect(f"ws://127.0.0.1:{refused_port()}/")
     yield when_event(ws, "retry")
@@ -287,56 +289,51 @@ def test_queue_is_bounded_and_close_during_the_wait_fails_what_waits():
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_request_times_out_on_the_clock_and_the_late_reply_is_dropped(servers):
+def test_a_request_times_out_on_the_clock_and_the_late_reply_is_dropped(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0)
     seen, after = route_into(ws, "after", 1)
-    try:
-        yield ws.connect(server.url)
-        request = ws.request("server.hold", "question", timeout=5)
-        ws.clock.advance(4.9)
-        assert not request.called
-        ws.clock.advance(0.1)
-        with pytest.raises(RequestTimeout, match="server.hold"):
-            yield request
-        assert ws.get_status().pending_requests == 0
-        yield ws.send("server.release", None)
-        yield ws.send("after", "done")
-        yield after
-        status = ws.get_status()
-        assert (status.late_replies, status.unrouted_messages) == (1, 0)
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    request = ws.request("server.hold", "question", timeout=5)
+    ws.clock.advance(4.9)
+    assert not request.called
+    ws.clock.advance(0.1)
+    with pytest.raises(RequestTimeout, match="server.hold"):
+        yield request
+    assert ws.get_status().pending_requests == 0
+    yield ws.send("server.release", None)
+    yield ws.send("after", "done")
+    yield after
+    status = ws.get_status()
+    assert (status.late_replies, status.unrouted_messages) == (1, 0)
+    yield ws.close()
     assert ws.clock.getDelayedCalls() == []
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_server_that_stops_answering_pings_is_dropped_and_reconnected(servers):
+def test_a_server_that_stops_answering_pings_is_dropped_and_reconnected(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0.5, ping_timeout=0.5)
-    try:
-        yield ws.connect(server.url)
-        closed, retry = when_event(ws, "close"), when_event(ws, "retry")
-        server.pause()
-        ws.clock.advance(0.5)  # the ping
-        ws.clock.advance(0.25)
-        assert ws.get_status().connected, "the pong is not late yet"
-        ws.clock.advance(0.25)
-        _, code, reason = yield closed
-        assert code == 1006 and "ping timeout" in reason
-        _, delay, _ = yield retry
-        server.resume()
-        opened = when_event(ws, "open")
-        yield deferLater(reactor, 0, lambda: None)
-        ws.clock.advance(delay)
-        yield opened
-        assert ws.get_status().reconnects == 1
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    closed, retry = when_event(ws, "close"), when_event(ws, "retry")
+    server.pause()
+    ws.clock.advance(0.5)  # the ping
+    ws.clock.advance(0.25)
+    assert ws.get_status().connected, "the pong is not late yet"
+    ws.clock.advance(0.25)
+    _, code, reason = yield closed
+    assert code == 1006 and "ping timeout" in reason
+    _, delay, _ = yield retry
+    server.resume()
+    opened = when_event(ws, "open")
+    yield deferLater(reactor, 0, lambda: None)
+    ws.clock.advance(delay)
+    yield opened
+    assert ws.get_status().reconnects == 1
 
 
 @pytest_twisted.inlineCallbacks
-def test_last_ping_records_the_pong(servers):
+def test_last_ping_records_the_pong(servers, handler):
     server = servers.start()
     pong: Deferred = Deferred()
 
@@ -347,48 +344,39 @@ def test_last_ping_records_the_pong(servers):
                 pong.callback(None)
 
     ws = handler(ping_interval=0.5, ping_timeout=5, protocol=Watching)
-    try:
-        yield ws.connect(server.url)
-        assert ws.get_status().last_ping is None
-        ws.clock.advance(42)
-        yield pong
-        assert ws.get_status().last_ping == 42
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    assert ws.get_status().last_ping is None
+    ws.clock.advance(42)
+    yield pong
+    assert ws.get_status().last_ping == 42
 
 
 @pytest_twisted.inlineCallbacks
-def test_an_over_size_message_closes_with_1009(servers):
+def test_an_over_size_message_closes_with_1009(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0, max_message_size=1000)
-    try:
-        yield ws.connect(server.url)
-        closed = when_event(ws, "close")
-        yield ws.send("server.say", ["x" * 2000])
-        _, code, reason = yield closed
-        assert code == 1009 and "exceeds payload limit of 1000" in reason
-        server.wait_for("connection closed: code 1009")
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    closed = when_event(ws, "close")
+    yield ws.send("server.say", ["x" * 2000])
+    _, code, reason = yield closed
+    assert code == 1009 and "exceeds payload limit of 1000" in reason
+    server.wait_for("connection closed: code 1009")
 
 
 @pytest_twisted.inlineCallbacks
-def test_wss_with_a_throwaway_certificate(servers, tmp_path):
+def test_wss_with_a_throwaway_certificate(servers, tmp_path, handler):
     key, cert = make_certificate(tmp_path)
     server = servers.start("--cert", str(cert), "--key", str(key))
     tls = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(cert.read_bytes()))
     ws = handler(ping_interval=0, tls_options=tls)
     seen, echoed = route_into(ws, "secure", 1)
-    try:
-        yield ws.connect(f"wss://127.0.0.1:{server.port}/")
-        yield ws.send("secure", "over tls")
-        yield echoed
-        assert seen[0][0] == "over tls"
-    finally:
-        yield ws.close()
+    yield ws.connect(f"wss://127.0.0.1:{server.port}/")
+    yield ws.send("secure", "over tls")
+    yield echoed
+    assert seen[0][0] == "over tls"
 
 
-def test_close_codes_and_reasons_are_checked():
+def test_close_codes_and_reasons_are_checked(handler):
     ws = handler()
     for code in (999, 1001, 1006, 2999, 5000):
         with pytest.raises(InvalidCloseCode):
@@ -398,7 +386,7 @@ def test_close_codes_and_reasons_are_checked():
     assert ws.close(3000, "é" * 61).called
 
 
-def test_routes_conflict_unless_replaced():
+def test_routes_conflict_unless_replaced(handler):
     ws = handler()
     ws.add_route("chat.*", print)
     with pytest.raises(RouteConflict):
@@ -410,7 +398,7 @@ def test_routes_conflict_unless_replaced():
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was(servers):
+def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was(servers, handler):
     import tracemalloc
 
     server = servers.start()
@@ -428,61 +416,52 @@ def test_a_thousand_hostile_messages_are_counted_and_leave_the_handler_as_it_was
         ("server.say", ["{not json"] * 200),
         ("server.say.binary", [bad_utf8] * 200),
     ]
-    try:
-        yield ws.connect(server.url)
-        opened_as = ws.context.connection_id
-        timers = len(reactor.getDelayedCalls())
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        for command, batch in hostile:
-            yield ws.send(command, batch)
-        yield ws.send("server.say", ['{"path": "ok", "data": "still up"}'])
-        yield done
-        after = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        status = ws.get_status()
-        assert status.invalid_messages == 1000
-        assert status.connected and ws.context.connection_id == opened_as
-        assert seen == [("still up", opened_as)]
-        assert len(reactor.getDelayedCalls()) == timers
-        assert after - before < 1024 * 1024, f"{after - before} bytes kept"
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    opened_as = ws.context.connection_id
+    timers = len(reactor.getDelayedCalls())
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for command, batch in hostile:
+        yield ws.send(command, batch)
+    yield ws.send("server.say", ['{"path": "ok", "data": "still up"}'])
+    yield done
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    status = ws.get_status()
+    assert status.invalid_messages == 1000
+    assert status.connected and ws.context.connection_id == opened_as
+    assert seen == [("still up", opened_as)]
+    assert len(reactor.getDelayedCalls()) == timers
+    assert after - before < 1024 * 1024, f"{after - before} bytes kept"
 
 
 @pytest_twisted.inlineCallbacks
-def test_outgoing_messages_are_bounded_by_max_send_size_not_max_message_size(servers):
+def test_outgoing_messages_are_bounded_by_max_send_size_not_max_message_size(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0, max_message_size=1000, max_send_size=1500)
-    try:
-        yield ws.connect(server.url)
-        # Past max_message_size (which bounds what we receive): written.
-        yield ws.send("server.hold", "x" * 1200)
-        with pytest.raises(MessageTooLarge, match="max_send_size=1500"):
-            yield ws.send("server.hold", "x" * 2000)
-        status = ws.get_status()
-        assert status.connected and status.messages_sent == 1
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    # Past max_message_size (which bounds what we receive): written.
+    yield ws.send("server.hold", "x" * 1200)
+    with pytest.raises(MessageTooLarge, match="max_send_size=1500"):
+        yield ws.send("server.hold", "x" * 2000)
+    status = ws.get_status()
+    assert status.connected and status.messages_sent == 1
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_large_message_queued_before_the_open_does_not_break_the_flush(servers):
+def test_a_large_message_queued_before_the_open_does_not_break_the_flush(servers, handler):
     server = servers.start()
     ws = handler(ping_interval=0, max_message_size=1000)
     seen, echoed = route_into(ws, "after", 1)
     opened = when_event(ws, "open")
     connected = ws.connect(server.url)
     sends = [ws.send("server.hold", "x" * 5000), ws.send("after", "small")]
-    try:
-        assert ws.get_status().queued == 2
-        yield connected
-        yield opened
-        yield gatherResults(sends)
-        yield echoed
-        assert ws.get_status().queued == 0 and ws.get_status().messages_sent == 2
-    finally:
-        yield ws.close()
+    assert ws.get_status().queued == 2
+    yield connected
+    yield opened
+    yield gatherResults(sends)
+    yield echoed
+    assert ws.get_status().queued == 0 and ws.get_status().messages_sent == 2
 
 
 class _HandMadeServer(Protocol):
@@ -524,7 +503,7 @@ def _hand_made_server(greeting: bytes, close_received: Deferred, **options):
 
 
 @pytest_twisted.inlineCallbacks
-def test_send_during_the_closing_handshake_queues_instead_of_raising():
+def test_send_during_the_closing_handshake_queues_instead_of_raising(handler):
     close_answered: Deferred = Deferred()
     # The server closes (1001) at once, and keeps TCP open, as some servers do.
     port = _hand_made_server(b"\x88\x02\x03\xe9", close_answered)
@@ -567,7 +546,7 @@ def test_bad_handler_options_are_refused_at_construction(options, message):
 
 
 @pytest_twisted.inlineCallbacks
-def test_pings_keep_the_interval_exactly_on_the_handlers_clock(servers):
+def test_pings_keep_the_interval_exactly_on_the_handlers_clock(servers, handler):
     # Autobahn's batched timer sent 13,423 pings in 3 s at a 0.3 s interval.
     server = servers.start()
     sent, pongs = [], []
@@ -582,19 +561,16 @@ def test_pings_keep_the_interval_exactly_on_the_handlers_clock(servers):
             pongs.append(self.factory.handler.clock.seconds())
 
     ws = handler(ping_interval=0.25, ping_timeout=5, protocol=Counting)
-    try:
-        yield ws.connect(server.url)
-        for count in range(1, 13):
-            ws.clock.advance(0.125)
-            assert len(sent) == count - 1
-            ws.clock.advance(0.125)
-            assert len(sent) == count
-            while len(pongs) < count:  # the pong, from the real server
-                yield deferLater(reactor, 0.001, lambda: None)
-        assert sent == [0.25 * n for n in range(1, 13)]
-        assert ws.get_status().last_ping == 3.0 and ws.get_status().connected
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    for count in range(1, 13):
+        ws.clock.advance(0.125)
+        assert len(sent) == count - 1
+        ws.clock.advance(0.125)
+        assert len(sent) == count
+        while len(pongs) < count:  # the pong, from the real server
+            yield deferLater(reactor, 0.001, lambda: None)
+    assert sent == [0.25 * n for n in range(1, 13)]
+    assert ws.get_status().last_ping == 3.0 and ws.get_status().connected
 
 
 class _SilentServer(Protocol):
@@ -602,7 +578,7 @@ class _SilentServer(Protocol):
 
 
 @pytest_twisted.inlineCallbacks
-def test_the_open_timeout_is_exact_on_the_handlers_clock():
+def test_the_open_timeout_is_exact_on_the_handlers_clock(handler):
     port = reactor.listenTCP(0, Factory.forProtocol(_SilentServer), interface="127.0.0.1")
     tcp_up: Deferred = Deferred()
 
@@ -627,7 +603,7 @@ def test_the_open_timeout_is_exact_on_the_handlers_clock():
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_server_that_closes_at_once_is_retried_with_growing_backoff_to_the_limit(servers):
+def test_a_server_that_closes_at_once_is_retried_with_growing_backoff_to_the_limit(servers, handler):
     # Every open used to reset the retry count: 20 handshakes in 6 s, 0.3 s
     # apart, with max_retries=3, and never a RetryLimitReached.
     server = servers.start("--close-at-open", "4001")
@@ -635,42 +611,36 @@ def test_a_server_that_closes_at_once_is_retried_with_growing_backoff_to_the_lim
     delays, errors = [], []
     ws.on("retry", lambda attempt, delay, context: delays.append(delay))
     ws.on("error", lambda error, context: errors.append(error))
-    try:
-        yield ws.connect(server.url)
-        for attempt in range(1, 4):
-            while len(delays) < attempt:
-                yield deferLater(reactor, 0.001, lambda: None)
-            ws.clock.advance(delays[-1])
-        while not errors:
+    yield ws.connect(server.url)
+    for attempt in range(1, 4):
+        while len(delays) < attempt:
             yield deferLater(reactor, 0.001, lambda: None)
-        assert delays == [1.0, 2.0, 4.0]
-        assert [type(e) for e in errors] == [RetryLimitReached]
-        assert "4001 authentication failed" in str(errors[0])
-    finally:
-        yield ws.close()
+        ws.clock.advance(delays[-1])
+    while not errors:
+        yield deferLater(reactor, 0.001, lambda: None)
+    assert delays == [1.0, 2.0, 4.0]
+    assert [type(e) for e in errors] == [RetryLimitReached]
+    assert "4001 authentication failed" in str(errors[0])
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_fatal_close_code_ends_the_attempts_at_once(servers):
+def test_a_fatal_close_code_ends_the_attempts_at_once(servers, handler):
     server = servers.start("--close-at-open", "4001")
     ws = handler(ping_interval=0, max_retries=None, fatal_close_codes={4001, 1008})
     error = when_event(ws, "error")
     retries = []
     ws.on("retry", lambda *args: retries.append(args))
-    try:
-        yield ws.connect(server.url)
-        failure, _ = yield error
-        assert isinstance(failure, FatalClose)
-        assert (failure.code, failure.reason) == (4001, "authentication failed")
-        assert retries == [] and not ws.get_status().connected
-        with pytest.raises(NotConnected):
-            yield ws.send("anything", 1)
-    finally:
-        yield ws.close()
+    yield ws.connect(server.url)
+    failure, _ = yield error
+    assert isinstance(failure, FatalClose)
+    assert (failure.code, failure.reason) == (4001, "authentication failed")
+    assert retries == [] and not ws.get_status().connected
+    with pytest.raises(NotConnected):
+        yield ws.send("anything", 1)
 
 
 @pytest_twisted.inlineCallbacks
-def test_async_handlers_are_bounded_and_reading_stops_at_the_bound(servers):
+def test_async_handlers_are_bounded_and_reading_stops_at_the_bound(servers, handler):
     # Unbounded, 20,000 calls were in flight at once (memory +47 MB).
     server = servers.start()
     ws = handler(ping_interval=0, max_concurrent_handlers=5)
@@ -682,26 +652,23 @@ def test_async_handlers_are_bounded_and_reading_stops_at_the_bound(servers):
         return call
 
     ws.add_route("work", slow)
-    try:
-        yield ws.connect(server.url)
-        yield ws.send("server.say", [f'{{"path": "work", "data": {n}}}' for n in range(50)])
-        while len(calls) < 5 or not ws.get_status().reading_paused:
+    yield ws.connect(server.url)
+    yield ws.send("server.say", [f'{{"path": "work", "data": {n}}}' for n in range(50)])
+    while len(calls) < 5 or not ws.get_status().reading_paused:
+        yield deferLater(reactor, 0.001, lambda: None)
+    status = ws.get_status()
+    assert (status.handlers_in_flight, len(calls)) == (5, 5)
+    done = 0
+    while done < 50:
+        _, call = calls[done]
+        call.callback(None)
+        done += 1
+        assert ws.get_status().handlers_in_flight <= 5
+        while len(calls) < min(done + 5, 50):
             yield deferLater(reactor, 0.001, lambda: None)
-        status = ws.get_status()
-        assert (status.handlers_in_flight, len(calls)) == (5, 5)
-        done = 0
-        while done < 50:
-            _, call = calls[done]
-            call.callback(None)
-            done += 1
-            assert ws.get_status().handlers_in_flight <= 5
-            while len(calls) < min(done + 5, 50):
-                yield deferLater(reactor, 0.001, lambda: None)
-        assert [data for data, _ in calls] == list(range(50)), "in order"
-        status = ws.get_status()
-        assert (status.handlers_in_flight, status.reading_paused, status.connected) == (0, False, True)
-    finally:
-        yield ws.close()
+    assert [data for data, _ in calls] == list(range(50)), "in order"
+    status = ws.get_status()
+    assert (status.handlers_in_flight, status.reading_paused, status.connected) == (0, False, True)
 
 
 class _Answers(Protocol):
@@ -722,7 +689,7 @@ class _Answers(Protocol):
     ],
 )
 @pytest_twisted.inlineCallbacks
-def test_a_broken_handshake_says_what_was_wrong(reply, cause):
+def test_a_broken_handshake_says_what_was_wrong(reply, cause, handler):
     answering = type("Answering", (_Answers,), {"reply": reply})
     port = reactor.listenTCP(0, Factory.forProtocol(answering), interface="127.0.0.1")
     ws = handler(reconnect=False)
@@ -731,12 +698,11 @@ def test_a_broken_handshake_says_what_was_wrong(reply, cause):
             yield ws.connect(f"ws://127.0.0.1:{port.getHost().port}/")
         assert cause in str(failed.value)
     finally:
-        yield ws.close()
         yield port.stopListening()
 
 
 @pytest_twisted.inlineCallbacks
-def test_tls_failures_name_their_cause(servers, tmp_path):
+def test_tls_failures_name_their_cause(servers, tmp_path, handler):
     key, cert = make_certificate(tmp_path)
     server = servers.start("--cert", str(cert), "--key", str(key))
     url = f"wss://127.0.0.1:{server.port}/"
@@ -748,17 +714,14 @@ def test_tls_failures_name_their_cause(servers, tmp_path):
     ]
     for tls, cause in cases:
         ws = handler(reconnect=False, tls_options=tls)
-        try:
-            with pytest.raises(RetryLimitReached) as failed:
-                yield ws.connect(url)
-            assert cause in str(failed.value)
-        finally:
-            yield ws.close()
+        with pytest.raises(RetryLimitReached) as failed:
+            yield ws.connect(url)
+        assert cause in str(failed.value)
 
 
 @pytest.mark.parametrize("drop", [True, False], ids=["echo-and-drop", "echo-and-linger"])
 @pytest_twisted.inlineCallbacks
-def test_the_close_event_reports_the_protocol_error_we_closed_with(drop):
+def test_the_close_event_reports_the_protocol_error_we_closed_with(drop, handler):
     close_received: Deferred = Deferred()
     # A text frame with RSV bits set: a protocol error (1002). The server
     # echoes the close without a reason.
