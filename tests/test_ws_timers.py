@@ -14,7 +14,14 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from tcphub import HandlerProtocol, RetryLimitReached, WebSocketHandler
+from tcphub import (
+    HandlerClosed,
+    HandlerProtocol,
+    HandlerState,
+    NotConnected,
+    RetryLimitReached,
+    WebSocketHandler,
+)
 
 
 class Transport(StringTransport):
@@ -40,24 +47,33 @@ class Link:
     def __init__(self, **options) -> None:
         self.reactor = MemoryReactorClock()
         Counting.pings = self.pings = []
-        self.ws = WebSocketHandler(reactor=self.reactor, clock=self.reactor, reconnect=False,
+        options.setdefault("reconnect", False)
+        self.ws = WebSocketHandler(reactor=self.reactor, clock=self.reactor,
                                    compression=False, protocol=Counting, **options)
         self.connected = self.ws.connect("ws://127.0.0.1:9/")
         self.closes: list[tuple] = []
         self.ws.on("close", lambda context, code, reason: self.closes.append((code, reason)))
-        host, port, factory, _, _ = self.reactor.tcpClients[0]
+        self.attach()
+
+    def attach(self) -> None:
+        """Answer the handler's latest connection attempt with a transport."""
+        host, port, factory, _, _ = self.reactor.tcpClients[-1]
         self.protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
         self.transport = Transport()
         self.protocol.makeConnection(self.transport)
 
     def open(self) -> None:
+        self.open_unchecked()
+        assert self.ws.get_status().connected
+
+    def open_unchecked(self) -> None:
+        """The server's side of the opening handshake."""
         key = re.search(rb"(?i)sec-websocket-key: *([^\r\n]+)", self.transport.value())[1]
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         self.protocol.dataReceived(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
-        assert self.ws.get_status().connected
 
     def pong(self) -> None:
         self.protocol.dataReceived(b"\x8a\x00")
@@ -131,3 +147,72 @@ def test_the_close_timeout_is_exact():
     ((code, reason),) = link.closes
     assert (code, reason) == (1000, "closing handshake timeout (0.75 s)")
     link.finish()
+
+
+def _failure_type(deferred) -> type:
+    failures: list = []
+    deferred.addErrback(failures.append)
+    assert failures, "the Deferred has not failed"
+    return failures[0].type
+
+
+def test_the_handler_lifecycle_is_one_explicit_state():
+    idle = WebSocketHandler(reactor=MemoryReactorClock(), ping_interval=0)
+    assert idle.state is HandlerState.IDLE
+    assert _failure_type(idle.send("x", 1)) is NotConnected
+
+    link = Link(ping_interval=0, reconnect=True, max_retries=None, initial_delay=1.0, jitter=0.0)
+    ws = link.ws
+    assert ws.state is HandlerState.CONNECTING
+    with pytest.raises(RuntimeError, match="the handler is connecting"):
+        ws.connect("ws://127.0.0.1:9/")
+    link.open()
+    assert ws.state is HandlerState.OPEN
+    link.transport.loseConnection()
+    link.protocol.connectionLost(_lost())
+    assert ws.state is HandlerState.CONNECTING, "reconnecting"
+    queued = ws.send("later", 1)
+    assert ws.get_status().queued == 1 and not queued.called, "queued while reconnecting"
+    closed = ws.close()
+    link.reactor.advance(0)
+    assert ws.state is HandlerState.CLOSED and closed.called
+    assert _failure_type(queued) is HandlerClosed
+    assert _failure_type(ws.send("after", 1)) is HandlerClosed
+    assert ws.close() is not closed and ws.close().called, "closing again fires at once"
+
+    again = ws.connect("ws://127.0.0.1:9/")
+    assert ws.state is HandlerState.CONNECTING
+    ws.close()
+    link.reactor.advance(0)
+    assert _failure_type(again) is HandlerClosed
+    assert link.reactor.getDelayedCalls() == []
+
+
+def test_a_handshake_that_completes_after_close_is_closed_at_once():
+    link = Link(ping_interval=0)
+    link.ws.close()
+    assert link.ws.state is HandlerState.CLOSING
+    link.open_unchecked()
+    sent = link.transport.value().split(b"\r\n\r\n", 1)[1]
+    assert sent[:1] == b"\x88", "a close frame (masked, as a client's are), at once"
+    assert link.ws.state is not HandlerState.OPEN
+    assert _failure_type(link.connected) is HandlerClosed
+    link.transport.loseConnection()
+    link.protocol.connectionLost(_lost())
+    link.reactor.advance(0)
+    assert link.ws.state is HandlerState.CLOSED
+    assert link.reactor.getDelayedCalls() == []
+
+
+def test_the_handler_gives_up_and_may_connect_again():
+    link = Link(ping_interval=0)
+    link.protocol.connectionLost(_lost())
+    link.reactor.advance(0)
+    assert link.ws.state is HandlerState.GIVEN_UP
+    assert _failure_type(link.connected) is RetryLimitReached
+    assert _failure_type(link.ws.send("x", 1)) is NotConnected
+    again = link.ws.connect("ws://127.0.0.1:9/")
+    assert link.ws.state is HandlerState.CONNECTING
+    link.ws.close()
+    link.reactor.advance(0)
+    assert _failure_type(again) is HandlerClosed

@@ -212,15 +212,14 @@ class HubProtocol(Protocol):
         finally:
             batch.end()
         if hub.frame_timeout is not None and self.state == OPEN and not self._read_paused:
-            self._watch_frame(frames != self._frames)
+            self._watch_frame(hub.frame_timeout, frames != self._frames)
 
-    def _watch_frame(self, frames_completed: bool) -> None:
+    def _watch_frame(self, timeout: float, frames_completed: bool) -> None:
         """Keep a deadline on a frame begun and not finished (a slowloris
         sends one byte now and then to hold its connection for ever)."""
         call = self._frame_call
-        timeout = self.factory.frame_timeout
         decoder = self._decoder
-        if decoder is not None and decoder.partial and timeout is not None:
+        if decoder is not None and decoder.partial:
             if call is None:
                 self._frame_call = self.factory.clock.callLater(timeout, self._frame_timed_out)
             elif frames_completed:
@@ -377,7 +376,7 @@ class HubProtocol(Protocol):
         self._read_at = self.factory.clock.seconds()
         self._arm_idle()
         if self.factory.frame_timeout is not None:
-            self._watch_frame(False)
+            self._watch_frame(self.factory.frame_timeout, False)
         if self._input_ended:
             self._end_input()
         else:
@@ -401,8 +400,7 @@ class HubProtocol(Protocol):
         self._idle_call = None
         clock = self.factory.clock
         timeout = self.factory.timeout
-        if timeout is None:
-            return
+        assert timeout is not None, "armed only with a timeout"
         deadline = max(self._read_at, self.outbox.written_at) + timeout
         now = clock.seconds()
         if now < deadline:
