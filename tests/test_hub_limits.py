@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from tcphub import (
     AddressLimitReached,
     BroadcastProtocol,
+    ClientDisconnected,
     ConnectionLimitReached,
     EchoProtocol,
     FrameTimeout,
@@ -334,3 +335,147 @@ def test_bad_server_options_are_refused_by_name(options, message):
 
 def test_timeout_zero_means_no_timeout_in_the_api_too():
     assert TcpServer(timeout=0, clock=Clock()).factory.timeout is None
+
+
+# -- the lifecycle: what a client the hub is closing takes, and what it does not ----
+
+
+class ClosesOnBye(EchoProtocol):
+    """Echoes, and closes (after its queued output) on the message b"bye"."""
+
+    def messageReceived(self, payload: bytes) -> None:
+        super().messageReceived(payload)
+        if payload == b"bye":
+            self.loseConnection()
+
+
+def test_input_after_the_hub_began_closing_is_neither_counted_nor_decoded(hub_factory):
+    hub = hub_factory(protocol=ClosesOnBye)
+    protocol, transport = hub.connect()
+    protocol.pauseProducing()  # output queued: the close waits for it
+    protocol.dataReceived(b"bye\n")
+    received = hub.factory.client(protocol.client_id).bytes_received
+    protocol.dataReceived(b"more\nand more\n")
+    assert hub.factory.client(protocol.client_id).bytes_received == received == 4
+    assert hub.factory.get_metrics().messages_received == 1
+
+
+def test_a_frame_begun_after_the_closing_message_gets_no_deadline(hub_factory):
+    hub = hub_factory(protocol=ClosesOnBye, framing="int32")
+    protocol, transport = hub.connect()
+    protocol.dataReceived(int32(b"bye") + struct.pack(">I", 10) + b"part")
+    assert hub.clock.getDelayedCalls() == []
+    hub.clock.advance(60)
+    assert hub.factory.get_metrics().frame_timeouts == 0
+
+
+def test_garbage_after_the_closing_message_is_not_a_protocol_error(hub_factory):
+    hub = hub_factory(protocol=ClosesOnBye, max_frame=8)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"bye\n" + b"x" * 50 + b"\n")
+    assert transport.value() == b"bye\n", "the reply still goes out"
+    assert hub.factory.get_metrics().protocol_errors == 0 and hub.errors() == []
+
+
+def test_a_last_line_that_closes_the_client_gets_no_inputended_call(hub_factory):
+    calls = []
+
+    class Watching(ClosesOnBye):
+        def inputEnded(self) -> None:
+            calls.append(self.client_id)
+
+    hub = hub_factory(protocol=Watching)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"bye")
+    protocol.readConnectionLost()
+    assert transport.value() == b"bye\n" and calls == []
+
+
+def test_held_messages_stop_at_the_one_that_closes_the_client(hub_factory):
+    hub = hub_factory(protocol=ClosesOnBye, timeout=60)
+    protocol, transport = hub.connect()
+    protocol.pauseReading()
+    protocol.dataReceived(b"one\nbye\nthree\nfour\n")
+    protocol.resumeReading()
+    assert transport.value() == b"one\nbye\n"
+    assert hub.factory.get_metrics().messages_received == 2
+    assert hub.clock.getDelayedCalls() == [], "no idle deadline re-armed for a departing client"
+    assert transport.producerState == "paused", "nor its reading resumed"
+
+
+def test_a_rate_pause_during_the_release_of_held_messages_keeps_reading_paused(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol, max_rate=1, max_burst=1)
+    protocol, transport = hub.connect()
+    protocol.pauseReading()
+    protocol.dataReceived(b"a\nb\nc\n")
+    protocol.resumeReading()
+    assert transport.value() == b"a\n"
+    assert transport.producerState == "paused", "the bucket is empty: TCP keeps pushing back"
+    hub.clock.advance(1)
+    hub.clock.advance(1)
+    assert transport.value() == b"a\nb\nc\n" and transport.producerState == "producing"
+
+
+def test_resuming_a_client_that_was_not_paused_changes_nothing(hub_factory):
+    calls = []
+
+    class Listener(BroadcastProtocol):
+        def inputEnded(self) -> None:
+            calls.append(self.client_id)
+
+    hub = hub_factory(protocol=Listener)
+    protocol, transport = hub.connect()
+    protocol.readConnectionLost()
+    hub.factory.resume_reading()  # e.g. a gateway whose upstream came back
+    assert calls == [protocol.client_id], "inputEnded once, not again at each resume"
+
+
+def test_fin_inside_a_frame_leaves_no_frame_deadline_on_a_listener(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol, framing="int32")
+    protocol, transport = hub.connect()
+    protocol.dataReceived(struct.pack(">I", 10) + b"part")
+    protocol.readConnectionLost()
+    hub.clock.advance(60)
+    assert hub.factory.get_metrics().frame_timeouts == 0 and not transport.disconnecting
+
+
+def test_closing_every_client_leaves_refused_ones_alone_until_they_go(hub_factory):
+    hub = hub_factory(max_connections=1)
+    admitted, _ = hub.connect()
+    refused, _ = hub.connect()
+    assert hub.factory.get_metrics().rejected == 1
+    done = hub.factory.close_all()
+    hub.lose(refused)
+    hub.lose(admitted)
+    assert done.called
+    assert hub.factory.get_metrics().connections == 0
+
+
+def test_a_closing_client_refuses_new_output_even_if_its_transport_stalls_again(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.pauseProducing()
+    queued = hub.factory.send(protocol.client_id, b"queued")
+    protocol.loseConnection()
+    protocol.pauseProducing()  # the transport says so again
+    late = hub.factory.send(protocol.client_id, b"late")
+    failures = []
+    late.addErrback(failures.append)
+    assert failures and failures[0].check(ClientDisconnected)
+    protocol.resumeProducing()
+    assert queued.called and transport.value() == b"queued\n"
+
+
+def test_a_closing_client_refuses_new_output_once_its_queue_is_written(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.pauseProducing()
+    hub.factory.send(protocol.client_id, b"queued")
+    protocol.loseConnection()
+    protocol.resumeProducing()
+    assert transport.disconnecting
+    late = hub.factory.send(protocol.client_id, b"late")
+    failures = []
+    late.addErrback(failures.append)
+    assert failures and failures[0].check(ClientDisconnected)
+    assert transport.value() == b"queued\n"

@@ -216,3 +216,31 @@ def test_the_handler_gives_up_and_may_connect_again():
     link.ws.close()
     link.reactor.advance(0)
     assert _failure_type(again) is HandlerClosed
+
+
+def test_starting_the_service_of_a_handler_already_connecting_is_harmless():
+    link = Link(ping_interval=0, url="ws://127.0.0.1:9/")
+    link.ws.startService()  # e.g. a parent service started after connect()
+    assert len(link.reactor.tcpClients) == 1 and link.ws.state is HandlerState.CONNECTING
+    link.open()
+    link.finish()
+
+
+def test_the_close_event_of_a_users_close_sees_the_handler_closing():
+    link = Link(ping_interval=0, reconnect=True, max_retries=None)
+    link.open()
+    states = []
+    link.ws.on("close", lambda context, code, reason: states.append(link.ws.state))
+    link.ws.close()
+    link.transport.loseConnection()
+    link.protocol.connectionLost(_lost())
+    assert states == [HandlerState.CLOSING]
+    link.finish()
+
+
+def test_without_reconnect_a_send_before_the_first_open_is_not_queued():
+    link = Link(ping_interval=0)
+    assert _failure_type(link.ws.send("early", 1)) is NotConnected
+    assert link.ws.get_status().queued == 0
+    link.open()
+    link.finish()

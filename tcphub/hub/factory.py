@@ -30,7 +30,7 @@ from tcphub.errors import (
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.hub.framing import Framing, get_framing
 from tcphub.hub.metrics import ClientInfo, HubCounters, Metrics
-from tcphub.hub.outbox import QUEUE, WRITE, Countdown, ReadBatch
+from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.protocol import HubProtocol, check_payload
 
 __all__ = ["HubFactory"]
@@ -197,7 +197,9 @@ class HubFactory(Factory):
                         dirty.append(outbox)
                     else:
                         frames.append(frame)
-                elif mode == QUEUE:
+                else:
+                    # Queued (or, for a closing client, refused: the
+                    # countdown is ticked at once).
                     if countdown is None:
                         countdown = Countdown()
                         countdown.remaining = 1

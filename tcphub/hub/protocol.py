@@ -184,8 +184,9 @@ class HubProtocol(Protocol):
         self.factory.client_disconnected(self, reason)
 
     def _cancel_timers(self) -> None:
+        # Each timer's attribute is None once it has fired.
         for call in (self._idle_call, self._frame_call, self._rate_call):
-            if call is not None and call.active():
+            if call is not None:
                 call.cancel()
         self._idle_call = self._frame_call = self._rate_call = None
 
@@ -239,8 +240,6 @@ class HubProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client ended its input (FIN)."""
-        if self.state != OPEN:
-            return  # the hub is closing it already: no hook for a departing client
         self._input_ended = True
         dropped = 0
         if self._decoder is not None:
@@ -260,6 +259,8 @@ class HubProtocol(Protocol):
             self._frame_call.cancel()
             self._frame_call = None
         if not self._held and self.state == OPEN:
+            # A client the hub is closing (maybe for its last line, just
+            # handled) is departing: no hook.
             self._end_input()
 
     def writeConnectionLost(self) -> None:
@@ -340,16 +341,13 @@ class HubProtocol(Protocol):
         """Stop taking messages from this client: what it sends stays in the
         socket (TCP pushes back on it), and the messages left in the current
         read are held until L{resumeReading}.  The idle timeout is suspended."""
-        if self.state == OPEN:
-            self._pause(_PAUSED_BY_USER)
+        self._pause(_PAUSED_BY_USER)
 
     def resumeReading(self) -> None:
         """Deliver the held messages, in order, and read again."""
         self._resume(_PAUSED_BY_USER)
 
     def _pause(self, why: int) -> None:
-        if self._read_paused & why:
-            return
         was_paused = self._read_paused
         self._read_paused |= why
         if not was_paused:
@@ -386,7 +384,7 @@ class HubProtocol(Protocol):
 
     def _arm_idle(self) -> None:
         timeout = self.factory.timeout
-        if timeout is not None and self._idle_call is None:
+        if timeout is not None:
             self._idle_call = self.factory.clock.callLater(timeout, self._idle_check)
 
     def _disarm_idle(self) -> None:
@@ -477,11 +475,10 @@ class HubProtocol(Protocol):
             self._close_transport()
 
     def abortConnection(self) -> None:
-        """Close at once: queued output is dropped, and its senders told."""
+        """Close at once: queued output is dropped, and its senders told.
+        (A refused client was aborted when it was refused.)"""
         if self.state in (OPEN, DRAINING):
             self._abort(ClientDisconnected(f"client {self.client_id} was disconnected by the hub"))
-        else:
-            self.transport.abortConnection()
 
     def _close_transport(self) -> None:
         # A registered producer keeps a paused transport open for ever: unregister first.
