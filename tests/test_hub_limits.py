@@ -479,3 +479,15 @@ def test_a_closing_client_refuses_new_output_once_its_queue_is_written(hub_facto
     late.addErrback(failures.append)
     assert failures and failures[0].check(ClientDisconnected)
     assert transport.value() == b"queued\n"
+
+
+def test_a_refused_client_that_ends_its_input_is_simply_gone(hub_factory):
+    hub = hub_factory(max_connections=1)
+    hub.connect()
+    refused, transport = hub.connect()
+    refused.readConnectionLost()
+    refused.dataReceived(b"ignored\n")
+    hub.lose(refused)
+    metrics = hub.factory.get_metrics()
+    assert (metrics.rejected, metrics.connections, metrics.messages_received) == (1, 1, 0)
+    assert hub.errors()[0].__class__.__name__ == "ConnectionLimitReached" and len(hub.errors()) == 1

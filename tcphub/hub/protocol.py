@@ -48,7 +48,7 @@ from tcphub.hub.rate import TokenBucket
 if TYPE_CHECKING:
     from tcphub.hub.factory import HubFactory
 
-__all__ = ["CLOSED_STATE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "check_payload", "format_address"]
+__all__ = ["GONE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "check_payload", "format_address"]
 
 # A client's lifecycle (HubProtocol.state).
 REFUSED: Final = 0
@@ -57,7 +57,7 @@ OPEN: Final = 1
 """In the client table: messages flow both ways."""
 DRAINING: Final = 2
 """Closing gently: no input is taken, the queued output is written, then TCP closes."""
-CLOSED_STATE: Final = 3
+GONE: Final = 3
 """Aborted, or the connection is gone: nothing flows."""
 
 # Why reading from a client is paused (HubProtocol._read_paused is a set of these bits).
@@ -115,7 +115,7 @@ class HubProtocol(Protocol):
     connected_at: float
     """When the connection was accepted, in the hub clock's seconds."""
     state: int
-    """L{REFUSED}, L{OPEN}, L{DRAINING} or L{CLOSED_STATE}."""
+    """L{REFUSED}, L{OPEN}, L{DRAINING} or L{GONE}."""
     outbox: Outbox
     """This client's output (see L{tcphub.hub.outbox})."""
 
@@ -137,6 +137,9 @@ class HubProtocol(Protocol):
         self._idle_call: IDelayedCall | None = None
         self._frame_call: IDelayedCall | None = None
         self._rate_call: IDelayedCall | None = None
+        # Created at the first byte: a client that only listens never needs one.
+        self._decoder: FrameDecoder | None = None
+        self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         self.outbox = Outbox(self.transport, hub.batch, now)
         if not hub.admit(self):
             self.state = REFUSED
@@ -144,9 +147,6 @@ class HubProtocol(Protocol):
             self.transport.abortConnection()
             return
         self.state = OPEN
-        # Created at the first byte: a client that only listens never needs one.
-        self._decoder: FrameDecoder | None = None
-        self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         self.transport.registerProducer(self, True)
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
@@ -163,15 +163,17 @@ class HubProtocol(Protocol):
 
     @property
     def bytes_sent(self) -> int:
+        """Bytes handed to this client's transport (its outbox counts them)."""
         return self.outbox.bytes_sent
 
     @property
     def messages_sent(self) -> int:
+        """Messages handed to this client's transport."""
         return self.outbox.messages_sent
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
-        state, self.state = self.state, CLOSED_STATE
+        state, self.state = self.state, GONE
         if self._lost is not None:
             self._lost.fire(None)
         if state == REFUSED:
@@ -416,13 +418,20 @@ class HubProtocol(Protocol):
 
     def sendMessage(self, payload: bytes) -> None:
         """Frame C{payload} and send it to this client (queued while it does not read)."""
-        check_payload(payload, "sendMessage")
-        self.deliver(self.factory.framing.encode(payload))
+        if type(payload) is not bytes:
+            check_payload(payload, "sendMessage")
+        frame = self.factory.framing.encode(payload)
+        outbox = self.outbox
+        if outbox.mode == WRITE:
+            outbox.write(frame)  # the common case, without deliver()'s call
+        else:
+            self.deliver(frame)
 
     def broadcastMessage(self, payload: bytes) -> None:
         """Frame C{payload} once and send it to every other client; the
         fire-and-forget form of C{factory.broadcast(payload, exclude=[self.client_id])}."""
-        check_payload(payload, "broadcastMessage")
+        if type(payload) is not bytes:
+            check_payload(payload, "broadcastMessage")
         hub = self.factory
         countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self)
         if countdown is not None:
@@ -492,7 +501,7 @@ class HubProtocol(Protocol):
         return self._lost.when_fired()
 
     def _abort(self, departure: ClientDisconnected) -> None:
-        self.state = CLOSED_STATE
+        self.state = GONE
         self._departure = departure
         self.outbox.abort(departure)
         self._cancel_timers()
