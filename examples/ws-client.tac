@@ -15,7 +15,7 @@ handler = WebSocketHandler(
     reconnect=True,
     max_retries=5,
     backoff="exponential",
-    ping_interval=30,  # seconds (the seed's 30000 ms)
+    ping_interval=30,  # seconds (30000 ms in the TypeScript original)
 )
 
 
