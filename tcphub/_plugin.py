@@ -6,16 +6,18 @@ import atexit
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from urllib.parse import urlparse
 
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
+from twisted.python import usage
 
 from tcphub import _checks
 from tcphub.errors import ListenFailed, RetryLimitReached
 
 if TYPE_CHECKING:
+    from tcphub.hub.service import TcpServer
     from tcphub.ws.handler import WebSocketHandler
 
 
@@ -36,6 +38,45 @@ def number(option: str, kind: type[int] | type[float], **limits: float) -> Calla
 
     coerce.coerceDoc = f"({what})"  # type: ignore[attr-defined]
     return coerce
+
+
+ADMIN_OPTIONS = [
+    ["admin", None, None,
+     "serve the operations port (/metrics, /healthz, /readyz, /varz, /connz, a live page) "
+     "on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 [default: off]"],
+    ["admin-token", None, None,
+     "require 'Authorization: Bearer TOKEN' on the operations port (but for /healthz and the page)"],
+]
+"""The options both plugins take for the operations port."""
+
+
+def check_admin(config: Mapping[str, Any]) -> None:
+    """Refuse an --admin endpoint that does not parse, and a token without --admin."""
+    from twisted.internet.endpoints import serverFromString
+
+    from tcphub._reactor import default_reactor
+
+    if config["admin"] is not None:
+        try:
+            serverFromString(default_reactor(), config["admin"])
+        except Exception as error:
+            raise usage.UsageError(f"--admin {config['admin']!r}: {error}") from None
+    elif config["admin-token"] is not None:
+        raise usage.UsageError("--admin-token goes with --admin")
+
+
+def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | None = None,
+                  upstream: WebSocketHandler | None = None) -> list[IService]:
+    """The operations port the options ask for, as a list of none or one service."""
+    if config["admin"] is None:
+        return []
+    from tcphub.ops.service import AdminService
+
+    shown = {key: value for key, value in config.items() if key != "admin-token"}
+    admin = AdminService(config["admin"], hub=hub, upstream=upstream, token=config["admin-token"],
+                         options=shown, reactor=reactor)
+    admin.setName("admin")
+    return [admin]
 
 
 def choice(option: str, choices: Iterable[str]) -> Callable[[str], str]:
@@ -103,10 +144,11 @@ class PluginProcess(MultiService):
 
     _log = Logger()
 
-    def __init__(self, service: IService, reactor: Any) -> None:
+    def __init__(self, service: IService, reactor: Any, *beside: IService) -> None:
         super().__init__()
         self._reactor = reactor
-        service.setServiceParent(self)
+        for each in (service, *beside):
+            each.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         try:

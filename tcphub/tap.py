@@ -4,13 +4,21 @@ The C{twistd tcphub} plugin: command-line options in, a L{TcpServer} out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from tcphub._reactor import default_reactor
-from tcphub._plugin import PluginProcess, choice, stop_when_given_up, ws_url
+from tcphub._plugin import (
+    ADMIN_OPTIONS,
+    PluginProcess,
+    admin_service,
+    check_admin,
+    choice,
+    stop_when_given_up,
+    ws_url,
+)
 from tcphub._plugin import number as _number
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.hub.factory import (
@@ -24,6 +32,9 @@ from tcphub.hub.framing import FRAMINGS
 from tcphub.hub.modes import MODES
 from tcphub.hub.service import DEFAULT_BACKLOG, TcpServer, check_host
 from tcphub.ws.reconnect import BACKOFFS
+
+if TYPE_CHECKING:
+    from tcphub.ws.handler import WebSocketHandler
 
 DEFAULT_PORT = 3000
 DEFAULT_HOST = "127.0.0.1"
@@ -87,6 +98,7 @@ class Options(usage.Options):
          choice("upstream-backoff", BACKOFFS)],
         ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
          _number("upstream-ping-interval", float, minimum=0)],
+        *ADMIN_OPTIONS,
     ]
     optFlags = [
         ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],
@@ -116,6 +128,7 @@ class Options(usage.Options):
             self["mode"] = "none" if self["upstream"] else "broadcast"
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
+        check_admin(self)
         if self["max-burst"] is not None and self["max-rate"] is None:
             raise usage.UsageError("--max-burst goes with --max-rate")
         if self["host"] is not None:
@@ -135,13 +148,15 @@ class Options(usage.Options):
 
 
 def makeService(config: Options, reactor: Any = None) -> IService:
-    """The hub (or, with --upstream, the gateway) as the service named "tcphub"."""
+    """The hub (or, with --upstream, the gateway) as the service named
+    "tcphub", and with --admin the operations port, named "admin"."""
     if reactor is None:
         reactor = default_reactor()
-    return PluginProcess(_hub_service(config, reactor), reactor)
+    service, hub, upstream = _hub_service(config, reactor)
+    return PluginProcess(service, reactor, *admin_service(config, reactor, hub=hub, upstream=upstream))
 
 
-def _hub_service(config: Options, reactor: Any) -> IService:
+def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, WebSocketHandler | None]:
     hub = TcpServer(
         port=config["port"],
         host=config["host"],
@@ -163,7 +178,7 @@ def _hub_service(config: Options, reactor: Any) -> IService:
     )
     if config["upstream"] is None:
         hub.setName("tcphub")
-        return hub
+        return hub, hub, None
     # Imported when used: a hub without --upstream does not load Autobahn.
     from tcphub.ws.handler import WebSocketHandler
 
@@ -178,4 +193,4 @@ def _hub_service(config: Options, reactor: Any) -> IService:
     stop_when_given_up(upstream, reactor)
     gateway = Bridge(hub, upstream, config["upstream-path"], config["upstream-route"])
     gateway.setName("tcphub")
-    return gateway
+    return gateway, hub, upstream

@@ -11,7 +11,16 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tcphub._reactor import default_reactor
-from tcphub._plugin import choice, number, stop_when_given_up, ws_url
+from tcphub._plugin import (
+    ADMIN_OPTIONS,
+    PluginProcess,
+    admin_service,
+    check_admin,
+    choice,
+    number,
+    stop_when_given_up,
+    ws_url,
+)
 from tcphub.ws.envelope import Envelope
 from tcphub.ws.handler import ConnectionContext, WebSocketHandler
 from tcphub.ws.reconnect import BACKOFFS
@@ -38,6 +47,7 @@ class Options(usage.Options):
          number("ping-interval", float, minimum=0)],
         ["max-message-size", None, 1024 * 1024, "largest message accepted, in bytes",
          number("max-message-size", int, minimum=1)],
+        *ADMIN_OPTIONS,
     ]
     optFlags = [
         ["no-reconnect", None, "exit on the first failure instead of retrying"],
@@ -47,6 +57,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["url"]:
             raise usage.UsageError("--url is required, e.g. --url ws://127.0.0.1:8765/")
+        check_admin(self)
 
 
 def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
@@ -59,7 +70,9 @@ def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
     )
 
 
-def makeService(config: Options, reactor: Any = None) -> WebSocketHandler:
+def makeService(config: Options, reactor: Any = None) -> PluginProcess:
+    """The handler as the service named "tcphub-ws", and with --admin the
+    operations port, named "admin"."""
     if reactor is None:
         reactor = default_reactor()
     handler = WebSocketHandler(
@@ -73,5 +86,6 @@ def makeService(config: Options, reactor: Any = None) -> WebSocketHandler:
         reactor=reactor,
     )
     handler.on("message", _log_message)
+    handler.setName("tcphub-ws")
     stop_when_given_up(handler, reactor)
-    return handler
+    return PluginProcess(handler, reactor, *admin_service(config, reactor, upstream=handler))

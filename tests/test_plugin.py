@@ -92,6 +92,8 @@ def test_listen_is_repeatable():
         (["--listen", "tcp:notaport"], "--listen 'tcp:notaport': invalid literal"),
         (["--listen", "ssl:0:privateKey=/nonexistent/key.pem"], "--listen 'ssl:0:privateKey=/nonexistent/key.pem'"),
         (["--upstream-max-retries", "-1"], "--upstream-max-retries cannot be negative"),
+        (["--admin", "bogus:1"], "--admin 'bogus:1': Unknown endpoint type: 'bogus'"),
+        (["--admin-token", "t"], "--admin-token goes with --admin"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
@@ -193,6 +195,8 @@ def test_twistd_rejects_bad_options_with_a_usage_message():
         (["--listen", "ssl:0:privateKey=/nonexistent/key.pem"], "No such file or directory"),
         (["--listen", "unix:/nonexistent/dir/hub.sock"],
          "tcphub cannot listen on unix:/nonexistent/dir/hub.sock"),
+        (["--port", "0", "--admin", "unix:/nonexistent/dir/admin.sock"],
+         "tcphub admin cannot listen on unix:/nonexistent/dir/admin.sock"),
     ],
 )
 def test_twistd_turns_a_bad_value_into_one_line_and_status_1(args, message):

@@ -20,14 +20,14 @@ def test_options_reach_the_handler():
         "--url", "wss://example.test/feed", "--no-reconnect", "--max-retries", "9",
         "--backoff", "linear", "--ping-interval", "5", "--no-compression",
         "--max-message-size", "4096",
-    ))
+    )).getServiceNamed("tcphub-ws")
     assert handler.url == "wss://example.test/feed"
     assert (handler.reconnect, handler.max_retries, handler.backoff) == (False, 0, "linear")
     assert (handler.ping_interval, handler.compression, handler.max_message_size) == (5, False, 4096)
 
 
 def test_defaults():
-    handler = makeService(parse("--url", "ws://127.0.0.1:1/"))
+    handler = makeService(parse("--url", "ws://127.0.0.1:1/")).getServiceNamed("tcphub-ws")
     assert (handler.reconnect, handler.max_retries, handler.backoff) == (True, 5, "exponential")
     assert (handler.ping_interval, handler.compression) == (30, True)
 

@@ -7,6 +7,7 @@ pause and resume reading, snapshots and metrics.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -21,6 +22,7 @@ from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub.errors import (
     AddressLimitReached,
+    ClientDisconnected,
     ConnectionLimitReached,
     DescriptorLimitReached,
     TcpHubError,
@@ -29,7 +31,7 @@ from tcphub.errors import (
 )
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.hub.framing import Framing, get_framing
-from tcphub.hub.metrics import ClientInfo, HubCounters, Metrics
+from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.protocol import HubProtocol, check_payload
 
@@ -40,6 +42,7 @@ DEFAULT_MAX_PENDING = 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 5.0
 DEFAULT_FRAME_TIMEOUT = 30.0
+DEFAULT_CLOSED_HISTORY = 100
 
 
 class HubFactory(Factory):
@@ -73,6 +76,7 @@ class HubFactory(Factory):
         max_rate: float | None = None,
         max_burst: int | None = None,
         keep_alive: bool = True,
+        closed_history: int = DEFAULT_CLOSED_HISTORY,
         clock: IReactorTime | None = None,
     ) -> None:
         if protocol is not None:
@@ -111,6 +115,9 @@ class HubFactory(Factory):
         self._per_ip: dict[str, int] = {}
         self._hosts: dict[str, str] = {}  # client id -> host, when max_connections_per_ip is set
         self._all_gone: OneShotObserver | None = None
+        self._closed: deque[ClosedConnection] = deque(
+            maxlen=_checks.count("closed_history", closed_history, minimum=0)
+        )
 
     def limit_connections(self, allowed: int) -> None:
         """Admit at most C{allowed} clients, fewer than C{max_connections}:
@@ -240,6 +247,10 @@ class HubFactory(Factory):
         except KeyError:
             raise UnknownClient(client_id) from None
 
+    def closed_connections(self) -> list[ClosedConnection]:
+        """The last C{closed_history} clients that left, newest first, with why."""
+        return list(reversed(self._closed))
+
     def get_metrics(self) -> Metrics:
         uptime = 0.0 if self.started_at is None else self.clock.seconds() - self.started_at
         return self.counters.snapshot(connections=len(self._clients), uptime=uptime)
@@ -317,9 +328,20 @@ class HubFactory(Factory):
         if self.events.has("connection"):
             self.events.emit("connection", client.info())
 
-    def client_disconnected(self, client: HubProtocol, reason: Failure) -> None:
-        """An admitted client's connection is gone."""
+    def client_disconnected(self, client: HubProtocol, reason: Failure,
+                            departure: ClientDisconnected | None) -> None:
+        """An admitted client's connection is gone; C{departure} is what the
+        hub dropped it for, if it did."""
         del self._clients[client.client_id]
+        if self._closed.maxlen:
+            info = client.info()
+            why = departure if departure is not None else reason.value
+            self._closed.append(ClosedConnection(
+                id=info.id, address=info.address, connected=info.connected,
+                closed=self.clock.seconds(), bytes_received=info.bytes_received,
+                bytes_sent=info.bytes_sent, messages_received=info.messages_received,
+                messages_sent=info.messages_sent, reason=f"{type(why).__name__}: {why}",
+            ))
         host = self._hosts.pop(client.client_id, None)
         if host is not None:
             left = self._per_ip[host] - 1

@@ -27,6 +27,26 @@ class ClientInfo:
     """Encoded bytes queued by the hub while the client's transport is paused."""
     held_bytes: int
     """Received messages held while reading from the client is paused."""
+    active: float
+    """When traffic last went either way, in the hub clock's seconds."""
+
+
+@dataclass(frozen=True)
+class ClosedConnection:
+    """A client that has gone, and why (the hub keeps the last ones)."""
+
+    id: str
+    address: str
+    connected: float
+    closed: float
+    """When the connection ended, in the hub clock's seconds."""
+    bytes_received: int
+    bytes_sent: int
+    messages_received: int
+    messages_sent: int
+    reason: str
+    """Why it ended: the error the hub dropped it for (e.g. C{SlowConsumer: ...}),
+    or how the connection ended (e.g. C{ConnectionDone: ...})."""
 
 
 @dataclass(frozen=True)

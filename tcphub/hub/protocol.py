@@ -183,7 +183,7 @@ class HubProtocol(Protocol):
             f"client {self.client_id} disconnected: {reason.getErrorMessage()}"
         )
         self.outbox.abort(departure)
-        self.factory.client_disconnected(self, reason)
+        self.factory.client_disconnected(self, reason, self._departure)
 
     def _cancel_timers(self) -> None:
         # Each timer's attribute is None once it has fired.
@@ -533,4 +533,5 @@ class HubProtocol(Protocol):
             messages_sent=outbox.messages_sent,
             pending_bytes=outbox.queued_bytes,
             held_bytes=sum(map(len, self._held or ())),
+            active=max(self._read_at, outbox.written_at),
         )

@@ -25,6 +25,7 @@ from tcphub.errors import ListenFailed
 from tcphub.events import Subscription
 from tcphub.hub import descriptors
 from tcphub.hub.factory import (
+    DEFAULT_CLOSED_HISTORY,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -87,6 +88,7 @@ class TcpServer(Service):
         max_rate: float | None = None,
         max_burst: int | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        closed_history: int = DEFAULT_CLOSED_HISTORY,
         protocol: type[HubProtocol] = HubProtocol,
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
         raise_descriptor_limit: bool = True,
@@ -108,6 +110,7 @@ class TcpServer(Service):
             max_connections_per_ip=max_connections_per_ip,
             timeout=timeout,
             frame_timeout=frame_timeout,
+            closed_history=closed_history,
             max_rate=max_rate,
             max_burst=max_burst,
             keep_alive=keep_alive,
@@ -121,6 +124,8 @@ class TcpServer(Service):
         self.listening_ports: list[IListeningPort] = []
         self._listening: OneShotObserver | None = None
         self._listen_failure: ListenFailed | None = None
+        self._stopped: OneShotObserver | None = None
+        self._stopping = False
 
     def _endpoints(
         self,
@@ -165,6 +170,22 @@ class TcpServer(Service):
         if not self.running:
             return succeed(None)
         return self.stopService()
+
+    def when_stopped(self) -> Deferred[None]:
+        """Fires when the next stop (or the one under way) is complete: the
+        ports closed and every client gone.  An operations port waits for it
+        to keep answering during the drain.  At once if the hub is neither
+        running nor stopping."""
+        if not self.running and not self._stopping:
+            return succeed(None)
+        if self._stopped is None:
+            self._stopped = OneShotObserver()
+        return self._stopped.when_fired()
+
+    @property
+    def accepting(self) -> bool:
+        """Listening, and not stopping: ready for new clients."""
+        return bool(self.running and self.listening_ports)
 
     def privilegedStartService(self) -> None:
         # twistd calls this before the reactor runs: a port that cannot be
@@ -221,6 +242,7 @@ class TcpServer(Service):
             globalLogPublisher.removeObserver(cast(ILogObserver, self._descriptor_watch))
             self._descriptor_watch = None
         super().stopService()
+        self._stopping = True
         listening, self._listening = self._listening, None
         ports, self.listening_ports = self.listening_ports, []
         d = listening.when_fired() if listening is not None else succeed(None)
@@ -228,7 +250,15 @@ class TcpServer(Service):
         d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
         d.addCallback(lambda _: self.factory.close_all(self.drain_timeout))
         d.addCallback(lambda _: self._log.info("tcphub stopped"))
+        d.addBoth(self._fire_stopped)
         return d
+
+    def _fire_stopped(self, result: object) -> object:
+        self._stopping = False
+        stopped, self._stopped = self._stopped, None
+        if stopped is not None:
+            stopped.fire(None)
+        return result
 
     def _listen(self) -> None:
         self._listening = listening = OneShotObserver()

@@ -1,0 +1,79 @@
+"""
+A Prometheus collector over the hub's and the handler's counters, read when
+scraped (on the reactor thread: the site renders it there), named after
+Prometheus conventions: C{tcphub_<field>_total} for counts, gauges for what
+goes up and down, seconds for durations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.internet.interfaces import IReactorTime
+
+from tcphub.hub.metrics import Metrics
+
+if TYPE_CHECKING:
+    from tcphub.hub.factory import HubFactory
+    from tcphub.ws.handler import WebSocketHandler
+
+__all__ = ["TcpHubCollector"]
+
+# Metrics fields that go up and down, or are not counts.
+_GAUGES = {"connections": "Clients connected now."}
+_UPSTREAM_COUNTS = ("retries", "reconnects", "messages_sent", "messages_received",
+                    "invalid_messages", "unrouted_messages", "handler_errors",
+                    "late_replies", "protocol_errors")
+
+
+def _help(name: str) -> str:
+    return f"{name.replace('_', ' ').capitalize()} since the hub started."
+
+
+class TcpHubCollector:
+    """C{collect()} yields the current values; register it on a
+    C{prometheus_client.CollectorRegistry}."""
+
+    def __init__(self, hub: HubFactory | None, upstream: WebSocketHandler | None,
+                 clock: IReactorTime) -> None:
+        self._hub = hub
+        self._upstream = upstream
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        if self._hub is not None:
+            yield from self._hub_metrics(self._hub.get_metrics())
+        if self._upstream is not None:
+            yield from self._upstream_metrics()
+
+    def _hub_metrics(self, metrics: Metrics) -> Iterator[Metric]:
+        for field in fields(Metrics):
+            value = getattr(metrics, field.name)
+            if field.name in _GAUGES:
+                yield GaugeMetricFamily(f"tcphub_{field.name}", _GAUGES[field.name], value=value)
+            elif field.name == "uptime":
+                yield GaugeMetricFamily("tcphub_uptime_seconds", "Seconds since the hub started listening.",
+                                        value=value)
+            else:
+                yield CounterMetricFamily(f"tcphub_{field.name}", _help(field.name), value=value)
+
+    def _upstream_metrics(self) -> Iterator[Metric]:
+        assert self._upstream is not None
+        status = self._upstream.get_status()
+        yield GaugeMetricFamily("tcphub_upstream_connected", "1 while the upstream connection is open.",
+                                value=int(status.connected))
+        yield GaugeMetricFamily("tcphub_upstream_queued", "Messages waiting for the upstream connection.",
+                                value=status.queued)
+        yield GaugeMetricFamily("tcphub_upstream_queued_bytes", "Bytes waiting for the upstream connection.",
+                                value=status.queued_bytes)
+        for name in _UPSTREAM_COUNTS:
+            yield CounterMetricFamily(f"tcphub_upstream_{name}", f"Upstream {name.replace('_', ' ')}.",
+                                      value=getattr(status, name))
+        if status.last_ping is not None:
+            yield GaugeMetricFamily(
+                "tcphub_upstream_seconds_since_last_ping",
+                "Seconds since the last ping or pong from the upstream.",
+                value=max(0.0, self._clock.seconds() - status.last_ping),
+            )

@@ -1,0 +1,267 @@
+"""
+L{AdminService}: the operations port, a read-only C{twisted.web} site beside
+a hub, a WebSocket handler, or both (a gateway).
+
+  - C{GET /healthz}: 200 while the process runs (never asks for the token);
+  - C{GET /readyz}: 200 while the hub listens and accepts (for a handler
+    alone: while its connection is open); 503 from the moment a shutdown
+    begins, while the hub drains, so that a load balancer stops sending
+    clients before the hub closes them;
+  - C{GET /metrics}: the Prometheus text format (L{TcpHubCollector});
+  - C{GET /varz}: JSON: version, effective options, counters, uptime;
+  - C{GET /connz}: JSON: a page of the client table (C{limit}, C{offset},
+    C{sort}, C{order}) and the last clients that left, with why;
+  - C{GET /}: a live page drawing the rates and the table (no asset from
+    the internet).
+
+With a C{token}, every path but C{/healthz} and the page itself (which holds
+no data and asks for the token) requires C{Authorization: Bearer <token>}.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.metadata
+import json
+from dataclasses import asdict
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from tcphub._reactor import default_reactor
+from tcphub.errors import ListenFailed
+from tcphub.hub.protocol import format_address
+from tcphub.ops import views
+from tcphub.ops.collector import TcpHubCollector
+
+if TYPE_CHECKING:
+    from tcphub.hub.service import TcpServer
+    from tcphub.ws.handler import WebSocketHandler
+
+__all__ = ["AdminService"]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tcphub")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Path(Resource):
+    """One path: C{render} returns (status, content type, body)."""
+
+    isLeaf = True
+
+    def __init__(self, admin: AdminService, render: Callable[[Request], tuple[int, str, bytes]],
+                 open_to_all: bool = False) -> None:
+        super().__init__()
+        self._admin = admin
+        self._render = render
+        self._open = open_to_all
+
+    def render_GET(self, request: Request) -> bytes:
+        if not self._open and not self._admin.authorized(request):
+            request.setResponseCode(401)
+            request.setHeader(b"www-authenticate", b'Bearer realm="tcphub"')
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"401: this path needs Authorization: Bearer <token>\n"
+        try:
+            status, content_type, body = self._render(request)
+        except ValueError as error:
+            status, content_type, body = 400, "text/plain; charset=utf-8", f"400: {error}\n".encode()
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return body
+
+
+def _json(document: Any) -> tuple[int, str, bytes]:
+    return 200, "application/json", json.dumps(document, indent=1).encode("utf-8") + b"\n"
+
+
+def _query_int(request: Request, name: str, default: int) -> int:
+    values = (request.args or {}).get(name.encode("ascii"))
+    if not values:
+        return default
+    text = values[0].decode("ascii", "replace")
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{name} takes a whole number, not {text!r}") from None
+
+
+def _query_str(request: Request, name: str, default: str) -> str:
+    values = (request.args or {}).get(name.encode("ascii"))
+    return values[0].decode("utf-8", "replace") if values else default
+
+
+class AdminService(Service):
+    """
+    The operations port on C{endpoint} (a Twisted server endpoint string or
+    object; bind it to loopback unless C{token} is set), reading C{hub} (a
+    L{TcpServer}) and/or C{upstream} (a L{WebSocketHandler}).  C{options} is
+    shown as is by C{/varz} (the effective settings, for the operator).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        endpoint: str | IStreamServerEndpoint,
+        *,
+        hub: TcpServer | None = None,
+        upstream: WebSocketHandler | None = None,
+        token: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        reactor: Any = None,
+    ) -> None:
+        if hub is None and upstream is None:
+            raise ValueError("AdminService needs a hub, an upstream handler, or both")
+        if token is not None and not token:
+            raise ValueError("token cannot be empty: give none to leave the port open")
+        self._reactor = reactor if reactor is not None else default_reactor()
+        self._description = endpoint if isinstance(endpoint, str) else repr(endpoint)
+        if isinstance(endpoint, str):
+            try:
+                self.endpoint: IStreamServerEndpoint = serverFromString(self._reactor, endpoint)
+            except Exception as error:
+                raise ValueError(f"admin endpoint {endpoint!r}: {error}") from None
+        else:
+            self.endpoint = endpoint
+        self.hub = hub
+        self.upstream = upstream
+        self.options = dict(options or {})
+        self._token = token.encode("utf-8") if token is not None else None
+        self._draining = False
+        self._port: IListeningPort | None = None
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
+                                                self._clock()))
+        root = Resource()
+        root.putChild(b"", _Path(self, self._page, open_to_all=True))
+        root.putChild(b"healthz", _Path(self, lambda request: (200, "text/plain", b"ok\n"), open_to_all=True))
+        root.putChild(b"readyz", _Path(self, self._readyz))
+        root.putChild(b"metrics", _Path(self, self._metrics))
+        root.putChild(b"varz", _Path(self, self._varz))
+        root.putChild(b"connz", _Path(self, self._connz))
+        self.site = Site(root)
+        self.site.noisy = False
+        self.site.displayTracebacks = False
+
+    def _clock(self) -> Any:
+        return self.hub.factory.clock if self.hub is not None else self._reactor
+
+    # -- what the paths answer --------------------------------------------------
+
+    def authorized(self, request: Request) -> bool:
+        if self._token is None:
+            return True
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, given = header.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+
+    @property
+    def ready(self) -> bool:
+        """Whether new clients are welcome (what C{/readyz} says)."""
+        if self._draining:
+            return False
+        if self.hub is not None:
+            return self.hub.accepting
+        assert self.upstream is not None
+        return self.upstream.get_status().connected
+
+    def _readyz(self, request: Request) -> tuple[int, str, bytes]:
+        if self.ready:
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"draining\n" if self._draining else b"not ready\n"
+
+    def _metrics(self, request: Request) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+
+    def _varz(self, request: Request) -> tuple[int, str, bytes]:
+        upstream = None
+        if self.upstream is not None:
+            upstream = {"url": self.upstream.url, "state": self.upstream.state.value,
+                        **asdict(self.upstream.get_status())}
+        return _json(views.varz(
+            version=_version(),
+            options=self.options,
+            metrics=self.hub.get_metrics() if self.hub is not None else None,
+            upstream=upstream,
+            now=self._clock().seconds(),
+        ))
+
+    def _connz(self, request: Request) -> tuple[int, str, bytes]:
+        if self.hub is None:
+            raise ValueError("no hub in this process: /connz lists a hub's clients")
+        return _json(views.connz(
+            self.hub.clients(),
+            self.hub.factory.closed_connections(),
+            now=self._clock().seconds(),
+            limit=_query_int(request, "limit", 100),
+            offset=_query_int(request, "offset", 0),
+            sort=_query_str(request, "sort", "connected"),
+            order=_query_str(request, "order", "asc"),
+        ))
+
+    def _page(self, request: Request) -> tuple[int, str, bytes]:
+        return 200, "text/html; charset=utf-8", files("tcphub.ops").joinpath("page.html").read_bytes()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        # As TcpServer does: a port that cannot be bound ends twistd at once.
+        super().privilegedStartService()
+        failure: list[Failure] = []
+        self.endpoint.listen(self.site).addCallbacks(self._listened, failure.append)
+        if failure:
+            raise self._listen_failed(failure[0])
+
+    def startService(self) -> None:
+        super().startService()
+        if self._port is None:
+            self.endpoint.listen(self.site).addCallbacks(self._listened, self._log_failure)
+
+    def _listened(self, port: IListeningPort) -> None:
+        self._port = port
+        self._reactor.callWhenRunning(
+            self._log.info, "tcphub admin listening on {address}", address=format_address(port.getHost())
+        )
+
+    def _listen_failed(self, failure: Failure) -> ListenFailed:
+        error = ListenFailed(f"tcphub admin cannot listen on {self._description}: {failure.getErrorMessage()}")
+        error.__cause__ = failure.value
+        return error
+
+    def _log_failure(self, failure: Failure) -> None:
+        self._log.error("{error}", error=self._listen_failed(failure))
+
+    @property
+    def port(self) -> int:
+        """The bound port number (useful with port 0)."""
+        if self._port is None:
+            raise RuntimeError("the operations port is not listening")
+        return int(getattr(self._port.getHost(), "port"))
+
+    def stopService(self) -> Deferred[None]:
+        """Answer 503 on C{/readyz} at once; keep answering while the hub
+        drains; then close the port."""
+        super().stopService()
+        self._draining = True
+        drained = self.hub.when_stopped() if self.hub is not None else succeed(None)
+
+        def close(_: object) -> Deferred[None] | None:
+            port, self._port = self._port, None
+            return port.stopListening() if port is not None else None
+
+        return drained.addCallback(close)

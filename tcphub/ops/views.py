@@ -1,0 +1,66 @@
+"""
+The JSON documents of the operations port, built from snapshots: pure
+functions of their arguments (the site passes the clock's time), so that
+they can be tested without a server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Mapping
+
+from tcphub.hub.metrics import ClientInfo, ClosedConnection, Metrics
+
+__all__ = ["SORT_FIELDS", "connz", "varz"]
+
+SORT_FIELDS = ("connected", "idle", "bytes_received", "bytes_sent", "messages_received",
+               "messages_sent", "pending_bytes", "held_bytes")
+MAX_LIMIT = 1000
+
+
+def varz(*, version: str, options: Mapping[str, Any], metrics: Metrics | None,
+         upstream: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+    """The process at a glance: version, effective options and limits, counters, uptime."""
+    document: dict[str, Any] = {"version": version, "now": now, "options": dict(options)}
+    if metrics is not None:
+        document["hub"] = asdict(metrics)
+    if upstream is not None:
+        document["upstream"] = dict(upstream)
+    return document
+
+
+def _client(info: ClientInfo, now: float) -> dict[str, Any]:
+    record = asdict(info)
+    record["idle"] = round(max(0.0, now - info.active), 3)
+    del record["active"]
+    return record
+
+
+def connz(clients: list[ClientInfo], closed: list[ClosedConnection], *, now: float,
+          limit: int = 100, offset: int = 0, sort: str = "connected", order: str = "asc",
+          closed_limit: int = 20) -> dict[str, Any]:
+    """
+    A page of the client table, sorted by one numeric field, and the last
+    clients that left with why.  Raises L{ValueError} (the site answers 400)
+    for an unknown field or order, or a limit or offset out of range.
+    """
+    if sort not in SORT_FIELDS:
+        raise ValueError(f"sort takes one of {', '.join(SORT_FIELDS)}, not {sort!r}")
+    if order not in ("asc", "desc"):
+        raise ValueError(f"order takes asc or desc, not {order!r}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit takes 1 to {MAX_LIMIT}, not {limit}")
+    if offset < 0:
+        raise ValueError(f"offset cannot be negative, not {offset}")
+    records = [_client(info, now) for info in clients]
+    records.sort(key=lambda record: (record[sort], record["id"]), reverse=order == "desc")
+    return {
+        "now": now,
+        "total": len(records),
+        "offset": offset,
+        "limit": limit,
+        "sort": sort,
+        "order": order,
+        "connections": records[offset : offset + limit],
+        "closed": [asdict(record) for record in closed[:closed_limit]],
+    }

@@ -1,0 +1,278 @@
+"""
+The operations port: its documents in memory, then the real HTTP port of a
+hub run by twistd, read with urllib and parsed with prometheus_client's own
+text parser.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tcphub import EchoProtocol
+from tcphub.hub.metrics import ClientInfo
+from tcphub.ops import views
+from tcphub.ops.collector import TcpHubCollector
+from tests.processes import Twistd
+
+ADMIN = r"tcphub admin listening on (?P<host>[^ ]+):(?P<port>\d+)"
+
+
+def samples(text: str) -> dict[str, float]:
+    return {sample.name: sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+# -- in memory -------------------------------------------------------------------
+
+
+def test_metrics_follow_the_prometheus_conventions_and_match_get_metrics(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    protocol, transport = hub.connect()
+    protocol.dataReceived(b"one\ntwo\n")
+    hub.clock.advance(7)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TcpHubCollector(hub.factory, None, hub.clock))
+    values = samples(generate_latest(registry).decode())
+    metrics = hub.factory.get_metrics()
+    assert values["tcphub_connections"] == metrics.connections == 1
+    assert values["tcphub_uptime_seconds"] == metrics.uptime == 7
+    for name, value in asdict(metrics).items():
+        if name not in ("connections", "uptime"):
+            assert values[f"tcphub_{name}_total"] == value, name
+    assert values["tcphub_messages_received_total"] == 2
+    assert values["tcphub_bytes_sent_total"] == len(b"one\ntwo\n")
+
+
+def _info(client_id: str, received: int, connected: float, active: float) -> ClientInfo:
+    return ClientInfo(id=client_id, address="127.0.0.1:1", connected=connected, bytes_received=received,
+                      bytes_sent=0, messages_received=0, messages_sent=0, pending_bytes=0, held_bytes=0,
+                      active=active)
+
+
+def test_connz_sorts_by_any_numeric_field_and_pages():
+    clients = [_info("a", 30, 1.0, 9.0), _info("b", 10, 2.0, 5.0), _info("c", 20, 3.0, 8.0)]
+    page = views.connz(clients, [], now=10.0, sort="bytes_received", order="desc", limit=2)
+    assert [c["id"] for c in page["connections"]] == ["a", "c"] and page["total"] == 3
+    rest = views.connz(clients, [], now=10.0, sort="bytes_received", order="desc", limit=2, offset=2)
+    assert [c["id"] for c in rest["connections"]] == ["b"]
+    idle = views.connz(clients, [], now=10.0, sort="idle", order="desc")
+    assert [(c["id"], c["idle"]) for c in idle["connections"]] == [("b", 5.0), ("c", 2.0), ("a", 1.0)]
+    assert [c["id"] for c in views.connz(clients, [], now=10.0)["connections"]] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"sort": "address"}, "sort takes one of"),
+    ({"order": "up"}, "order takes asc or desc"),
+    ({"limit": 0}, "limit takes 1 to 1000"),
+    ({"offset": -1}, "offset cannot be negative"),
+])
+def test_connz_refuses_what_it_cannot_do(query, message):
+    with pytest.raises(ValueError, match=message):
+        views.connz([], [], now=0.0, **query)
+
+
+# -- the real port, on a hub run by twistd -------------------------------------------
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def start(*options: str) -> tuple[Twistd, int, int]:
+    hub = Twistd("tcphub", "--port", "0", "--admin", "tcp:0:interface=127.0.0.1", *options)
+    _, port = hub.wait_listening()
+    return hub, port, int(hub.wait_for(ADMIN)["port"])
+
+
+def echo_client(port: int, lines: list[bytes]) -> socket.socket:
+    client = socket.create_connection(("127.0.0.1", port), timeout=30)
+    client.sendall(b"".join(line + b"\n" for line in lines))
+    expected = sum(len(line) + 1 for line in lines)
+    received = b""
+    while len(received) < expected:
+        received += client.recv(65536)
+    return client
+
+
+def test_twistd_serves_metrics_varz_and_connz_that_match_the_traffic():
+    hub, port, admin = start("--mode", "echo")
+    try:
+        assert get(admin, "/healthz") == (200, "ok\n")
+        assert get(admin, "/readyz") == (200, "ready\n")
+        first = echo_client(port, [b"hello", b"world"])
+        second = echo_client(port, [b"x" * 100])
+        third = echo_client(port, [b"y" * 10])
+        third.close()
+
+        status, text = get(admin, "/metrics")
+        assert status == 200
+        values = samples(text)
+        assert values["tcphub_messages_received_total"] == 4
+        assert values["tcphub_bytes_received_total"] == len(b"hello\nworld\n") + 101 + 11
+        assert values["tcphub_accepted_total"] == 3
+
+        connz = {}
+        for _ in range(100):  # until the hub has seen the third client go (an event, not a delay)
+            connz = json.loads(get(admin, "/connz?sort=bytes_received&order=desc&limit=1")[1])
+            if connz["closed"]:
+                break
+        assert connz["total"] == 2 and len(connz["connections"]) == 1
+        assert connz["connections"][0]["bytes_received"] == 101, "the largest first"
+        assert connz["closed"][0]["bytes_received"] == 11
+        assert connz["closed"][0]["reason"].startswith("ConnectionDone")
+        page_two = json.loads(get(admin, "/connz?sort=bytes_received&order=desc&limit=1&offset=1")[1])
+        assert page_two["connections"][0]["bytes_received"] == len(b"hello\nworld\n")
+        assert get(admin, "/connz?sort=nope")[0] == 400
+
+        varz = json.loads(get(admin, "/varz")[1])
+        assert varz["hub"]["connections"] == 2 and varz["hub"]["messages_sent"] == 4
+        assert varz["options"]["mode"] == "echo" and "admin-token" not in varz["options"]
+        first.close()
+        second.close()
+    finally:
+        hub.shutdown()
+
+
+def test_the_token_guards_every_path_but_healthz_and_the_page():
+    hub, port, admin = start("--admin-token", "s3cret")
+    try:
+        for path in ("/metrics", "/varz", "/connz", "/readyz"):
+            assert get(admin, path)[0] == 401, path
+            assert get(admin, path, token="wrong")[0] == 401, path
+            assert get(admin, path, token="s3cret")[0] == 200, path
+        assert get(admin, "/healthz")[0] == 200
+        status, page = get(admin, "/")
+        assert status == 200 and "<canvas" in page
+    finally:
+        hub.shutdown()
+
+
+def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
+    hub, port, admin = start("--mode", "echo", "--max-pending", str(64 << 20), "--drain-timeout", "60")
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", port))
+    try:
+        line = b"z" * 60_000 + b"\n"
+        stuck.sendall(line * 200)  # 12 MB echoed to a client that does not read
+        for _ in range(1000):  # until the hub queues for it (an event, not a delay)
+            clients = json.loads(get(admin, "/connz")[1])["connections"]
+            if clients and clients[0]["pending_bytes"] > 0:
+                break
+        else:
+            raise AssertionError("the hub never queued for the stuck client")
+        assert get(admin, "/readyz")[0] == 200
+
+        hub.process.send_signal(signal.SIGTERM)
+        for _ in range(1000):
+            status, body = get(admin, "/readyz")
+            if status == 503:
+                break
+        assert (status, body) == (503, "draining\n")
+        assert json.loads(get(admin, "/connz")[1])["total"] == 1, "still draining its client"
+        assert get(admin, "/healthz")[0] == 200
+        stuck.close()  # the drain ends with its last client
+        assert hub.process.wait(timeout=60) == -signal.SIGTERM
+        hub.drain()
+        assert "Server Shut Down." in hub.output, hub.output
+    finally:
+        stuck.close()
+        hub.kill()
+
+
+# -- the live page, in a real headless browser ----------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+# As root and on a closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _browse(url: str, step, screenshot: str) -> dict:
+    """Open C{url} in headless Chromium (on a thread of its own: Playwright's
+    sync API runs its own loop), wait for each stage of the page, calling
+    C{step()} (traffic) between them; return what the page showed."""
+    from playwright.sync_api import sync_playwright
+
+    seen: dict = {}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function("document.querySelectorAll('#clients tr').length === 2")
+            page.wait_for_function("Number(document.getElementById('messages').dataset.samples) >= 2")
+            seen["rows"] = page.eval_on_selector_all("#clients tr td:nth-child(2)", "cells => cells.length")
+            seen["before"] = page.eval_on_selector("#messages", "c => c.dataset.last")
+            step()
+            page.wait_for_function(
+                "document.getElementById('messages').dataset.last.split(',')[0] !== '0'"
+            )
+            seen["after"] = page.eval_on_selector("#messages", "c => c.dataset.last")
+            seen["connections"] = page.text_content("#connections-now")
+            seen["status"] = page.text_content("#status")
+            page.screenshot(path=screenshot, full_page=True)
+        finally:
+            browser.close()
+    return seen
+
+
+def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
+    import os
+    import threading
+
+    if not os.path.exists(CHROMIUM):
+        if os.environ.get("CI"):
+            raise AssertionError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    hub, port, admin = start("--mode", "echo")
+    clients = [echo_client(port, [b"first"]), echo_client(port, [b"second"])]
+    screenshot = str(tmp_path / "live-page.png")
+
+    def traffic() -> None:
+        for _ in range(3):
+            clients[0].sendall(b"ping " * 100 + b"\n")
+            clients[0].recv(65536)
+
+    result: dict = {}
+    failure: list = []
+
+    def run() -> None:
+        try:
+            result.update(_browse(f"http://127.0.0.1:{admin}/", traffic, screenshot))
+        except BaseException as error:  # reported on the test's thread
+            failure.append(error)
+
+    browsing = threading.Thread(target=run)
+    try:
+        browsing.start()
+        browsing.join(timeout=90)
+        assert not browsing.is_alive(), "the browser did not finish in 90 s"
+        if failure:
+            raise failure[0]
+        assert result["rows"] == 2
+        assert result["before"].split(",")[0] == "0", "idle: no messages per second yet"
+        assert int(result["after"].split(",")[0]) > 0, "traffic drew a rate"
+        assert result["connections"] == "now 2"
+        assert "2 connected" in result["status"]
+        assert os.path.getsize(screenshot) > 1000
+    finally:
+        for client in clients:
+            client.close()
+        hub.shutdown()
