@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tcphub._bursts import first_of_a_burst
+from tcphub._repeats import RepeatedLog
 from tcphub.errors import HandlerError
 
 Callback = Callable[..., Any]
@@ -74,14 +73,15 @@ class Events:
 class HandlerFailures:
     """
     User code raised (a hook, a route handler, an event callback): count it,
-    log it with its traceback once per burst, and report it as a
+    log it at error level with its traceback (then once per interval while
+    such failures repeat), and report it as a
     L{HandlerError} on the owner's C{error} event, unless an C{error}
     callback is what raised (reporting that would call it again).
     """
 
     def __init__(
         self,
-        log: Logger,
+        log: RepeatedLog,
         count: Callable[[], int],
         report: Callable[[str | None, HandlerError], None],
         goes_on: str,
@@ -96,9 +96,8 @@ class HandlerFailures:
         """C{where} raised C{failure}; C{client_id} is the client concerned,
         C{event} the event whose callback it was."""
         count = self._count()
-        if first_of_a_burst(count):
-            self._log.failure("{where} raised ({goes_on}; {count} so far)", failure,
-                              where=where, goes_on=self._goes_on, count=count)
+        self._log.failure("handler_errors", failure, "{where} raised ({goes_on}; {count} so far)",
+                          where=where, goes_on=self._goes_on, count=count)
         if event != "error":
             self._report(client_id, HandlerError.from_failure(where, failure))
 

@@ -87,6 +87,11 @@ class Hub:
         self.lost.add(protocol)
         protocol.connectionLost(Failure(ConnectionDone("bye")))
 
+    def timers(self) -> list:
+        """The clock's delayed calls, but the windows of the hub's repeated-fault log."""
+        return [call for call in self.clock.getDelayedCalls()
+                if getattr(call.func, "__self__", None) is not self.factory.repeats]
+
     def errors(self) -> list:
         return [event[2] for event in self.events if event[0] == "error"]
 

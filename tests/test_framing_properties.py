@@ -57,6 +57,7 @@ def test_raw_keeps_every_byte_in_order(data, cuts):
 def test_arbitrary_bytes_decode_or_close_the_connection_cleanly(chunks, name):
     clock = Clock()
     hub = HubFactory(protocol=EchoProtocol, framing=name, max_frame=MAX_FRAME, clock=clock, timeout=10)
+    hub.doStart()
     address = IPv4Address("TCP", "127.0.0.1", 40000)
     protocol = hub.buildProtocol(address)
     transport = StringTransport(peerAddress=address)
@@ -77,6 +78,7 @@ def test_arbitrary_bytes_decode_or_close_the_connection_cleanly(chunks, name):
         else:
             assert transport.value() == b"".join(framing.encode(m) for m in decode(name, chunks, MAX_FRAME).frames)
     protocol.connectionLost(Failure(ConnectionDone()))
+    hub.doStop()  # the factory's log windows end with it
     assert hub.clients() == [] and clock.getDelayedCalls() == []
 
 

@@ -155,7 +155,7 @@ def test_the_idle_deadline_is_exact_to_the_clock_after_the_last_write(hub_factor
     assert reader_transport.disconnecting
     assert [type(e) for e in hub.errors()] == [IdleTimeout, IdleTimeout]
     assert talker_transport.disconnecting
-    assert hub.clock.getDelayedCalls() == []
+    assert hub.timers() == []
 
 
 def test_a_send_counts_as_traffic(hub_factory):
@@ -201,7 +201,7 @@ def test_the_frame_deadline_stops_when_the_frame_completes(hub_factory):
     protocol, transport = hub.connect()
     protocol.dataReceived(b"half")
     protocol.dataReceived(b" done\n")
-    assert hub.clock.getDelayedCalls() == []
+    assert hub.timers() == []
 
 
 # -- connections per address -------------------------------------------------------
@@ -364,7 +364,7 @@ def test_a_frame_begun_after_the_closing_message_gets_no_deadline(hub_factory):
     hub = hub_factory(protocol=ClosesOnBye, framing="int32")
     protocol, transport = hub.connect()
     protocol.dataReceived(int32(b"bye") + struct.pack(">I", 10) + b"part")
-    assert hub.clock.getDelayedCalls() == []
+    assert hub.timers() == []
     hub.clock.advance(60)
     assert hub.factory.get_metrics().frame_timeouts == 0
 
@@ -399,7 +399,7 @@ def test_held_messages_stop_at_the_one_that_closes_the_client(hub_factory):
     protocol.resumeReading()
     assert transport.value() == b"one\nbye\n"
     assert hub.factory.get_metrics().messages_received == 2
-    assert hub.clock.getDelayedCalls() == [], "no idle deadline re-armed for a departing client"
+    assert hub.timers() == [], "no idle deadline re-armed for a departing client"
     assert transport.producerState == "paused", "nor its reading resumed"
 
 

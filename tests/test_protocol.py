@@ -193,7 +193,7 @@ def test_idle_timeout_on_the_injected_clock(hub_factory):
     assert hub.factory.get_metrics().timed_out == 1
     assert [type(e) for e in hub.errors()] == [IdleTimeout]
     hub.lose(protocol)
-    assert hub.clock.getDelayedCalls() == []
+    assert hub.timers() == []
 
 
 def test_no_timer_is_left_when_a_client_leaves(hub_factory):
@@ -201,7 +201,7 @@ def test_no_timer_is_left_when_a_client_leaves(hub_factory):
     protocol, _ = hub.connect()
     assert len(hub.clock.getDelayedCalls()) == 1
     hub.lose(protocol)
-    assert hub.clock.getDelayedCalls() == []
+    assert hub.timers() == []
 
 
 def test_connections_past_max_connections_are_refused_and_counted(hub_factory):
@@ -327,7 +327,7 @@ def test_close_all_waits_for_the_drain_then_aborts(hub_factory):
     assert done.called
     assert isinstance(queued.result.value, ClientDisconnected)
     queued.addErrback(lambda _: None)
-    assert hub.clock.getDelayedCalls() == []
+    assert hub.timers() == []
 
 
 def test_two_clients_chat_in_memory_through_iosim():

@@ -13,13 +13,13 @@ from typing import Any, Callable, Iterable
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from tcphub import _checks
-from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
+from tcphub._repeats import RepeatedLog
 from tcphub.errors import (
     AddressLimitReached,
     ClientDisconnected,
@@ -101,8 +101,10 @@ class HubFactory(Factory):
         self.counters = HubCounters()
         self.batch = ReadBatch(self.counters, self.clock)
         """Gathers what the hub writes while it handles a read (see L{ReadBatch})."""
+        self.repeats = RepeatedLog(self._log, self.clock)
+        """Logs each kind of fault once, then once per interval while it repeats."""
         self.handler_failed = HandlerFailures(
-            self._log, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
+            self.repeats, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
         )
         """Called with C{(where, failure, client_id)} when a hook raised."""
         self.events = Events(("connection", "data", "disconnect", "error"), self.handler_failed.event_failed)
@@ -126,6 +128,9 @@ class HubFactory(Factory):
 
     def startFactory(self) -> None:
         self.started_at = self.clock.seconds()
+
+    def stopFactory(self) -> None:
+        self.repeats.stop()
 
     # -- the public API -------------------------------------------------
 
@@ -284,8 +289,7 @@ class HubFactory(Factory):
             f"{count} connections refused so far: no file descriptor "
             "left (EMFILE); raise the open-file limit (ulimit -n) or lower max_connections"
         )
-        if first_of_a_burst(count):
-            self._log.warn("{error}", error=error)
+        self.repeats.emit("descriptor_refusals", LogLevel.warn, "{error}", error=error)
         self.report(None, error)
 
     # -- called by HubProtocol --------------------------------------------
@@ -313,9 +317,8 @@ class HubFactory(Factory):
         if error is None:
             return True
         self._refused.add(client)
-        count = self.counters.add("rejected")
-        if first_of_a_burst(count):
-            self._log.warn("{error} ({count} refused so far)", error=error, count=count)
+        self.counters.add("rejected")
+        self.repeats.emit("refused", LogLevel.warn, "{error}", error=error)
         self.report(None, error)
         return False
 

@@ -30,7 +30,6 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
 from tcphub.errors import (
     ClientDisconnected,
@@ -467,10 +466,8 @@ class HubProtocol(Protocol):
               level: LogLevel = LogLevel.warn) -> None:
         """Count C{error} in the hub's C{counter}, log it (once per burst),
         report it on the C{error} event, and abort the client."""
-        count = self.factory.counters.add(counter)
-        if first_of_a_burst(count):
-            self._log.emit(level, "{departure} ({count} {counter} so far)",
-                           departure=departure, count=count, counter=counter)
+        self.factory.counters.add(counter)
+        self.factory.repeats.emit(counter, level, "{departure}", departure=departure)
         self.factory.report(self.client_id, error)
         self._abort(departure)
 

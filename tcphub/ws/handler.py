@@ -23,14 +23,14 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import _checks
-from tcphub._bursts import first_of_a_burst
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
+from tcphub._repeats import RepeatedLog
 from tcphub.errors import (
     FatalClose,
     HandlerClosed,
@@ -231,8 +231,10 @@ class WebSocketHandler(Service):
         self.reactor = reactor
         self.context = ConnectionContext()
         self.router: Router[RouteHandler] = Router()
+        self.repeats = RepeatedLog(self._log, self.clock)
+        """Logs each kind of fault once, then once per interval while it repeats."""
         self.handler_failed = HandlerFailures(
-            self._log, lambda: self._count("handler_errors"),
+            self.repeats, lambda: self._count("handler_errors"),
             lambda client_id, error: self.events.emit("error", error, self.context),
             "the connection stays up",
         )
@@ -358,6 +360,7 @@ class WebSocketHandler(Service):
             return self._closed.when_fired()
         service = self._service
         if service is None:
+            self.repeats.stop()
             return succeed(None)
         self._state = HandlerState.CLOSING
         self._closed = closed = OneShotObserver()
@@ -520,9 +523,8 @@ class WebSocketHandler(Service):
             envelope = decode(payload, is_binary)
         except InvalidMessage as error:
             count = self._count("invalid_messages")
-            if first_of_a_burst(count):
-                self._log.warn("dropped an invalid message ({count} so far): {error}",
-                               error=error, count=count)
+            self.repeats.emit("invalid_messages", LogLevel.warn,
+                              "dropped an invalid message ({count} so far): {error}", error=error, count=count)
             self.events.emit("error", error, context)
             return
         if self._requests.is_ours(envelope.id):
@@ -605,9 +607,9 @@ class WebSocketHandler(Service):
         handler = self.router.match(envelope.path)
         if handler is None:
             count = self._count("unrouted_messages")
-            if first_of_a_burst(count):
-                self._log.info("no route for path {path!r} ({count} unrouted so far)",
-                               path=envelope.path, count=count)
+            self.repeats.emit("unrouted_messages", LogLevel.info,
+                              "no route for path {path!r} ({count} unrouted so far)",
+                              path=envelope.path, count=count)
             self.events.emit("unrouted", envelope, context)
             return
         where = f"handler for {envelope.path!r}"
@@ -715,6 +717,7 @@ class WebSocketHandler(Service):
         def stopped(_: object) -> None:
             self._service = None
             self._state = HandlerState.CLOSED
+            self.repeats.stop()
             closed.fire(None)
 
         service.stopService().addBoth(stopped)

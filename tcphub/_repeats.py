@@ -1,0 +1,80 @@
+"""
+Logging a fault that may repeat thousands of times: the first at once, then
+one line per interval for as long as more come ("279 more refused in the
+last 10 s"), on the owner's clock.  The metrics count every one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger, LogLevel, formatEvent
+from twisted.python.failure import Failure
+
+__all__ = ["DEFAULT_INTERVAL", "RepeatedLog"]
+
+DEFAULT_INTERVAL = 10.0
+
+
+class _Window:
+    __slots__ = ("level", "count", "last", "call")
+
+    def __init__(self, level: LogLevel, call: IDelayedCall) -> None:
+        self.level = level
+        self.count = 0
+        self.last = ""
+        self.call = call
+
+
+class RepeatedLog:
+    """Per kind of fault (a short name: "refused", "slow_consumers"...), at
+    most one line at its first occurrence and one per C{interval} after it."""
+
+    def __init__(self, log: Logger, clock: IReactorTime, interval: float = DEFAULT_INTERVAL) -> None:
+        self._log = log
+        self._clock = clock
+        self.interval = interval
+        self._windows: dict[str, _Window] = {}
+
+    def emit(self, kind: str, level: LogLevel, format: str, **fields: Any) -> None:
+        """Log C{format} with C{fields}, or count it in the open window of C{kind}."""
+        window = self._windows.get(kind)
+        if window is None:
+            self._log.emit(level, format, **fields)
+            self._open(kind, level)
+        else:
+            window.count += 1
+            window.last = formatEvent({"log_format": format, **fields})
+
+    def failure(self, kind: str, failure: Failure, format: str, **fields: Any) -> None:
+        """As L{emit}, at error level, the first with C{failure}'s traceback."""
+        window = self._windows.get(kind)
+        if window is None:
+            self._log.failure(format, failure, level=LogLevel.error, **fields)
+            self._open(kind, LogLevel.error)
+        else:
+            window.count += 1
+            window.last = f"{formatEvent({'log_format': format, **fields})}: {failure.getErrorMessage()}"
+
+    def _open(self, kind: str, level: LogLevel) -> None:
+        self._windows[kind] = _Window(level, self._clock.callLater(self.interval, self._close, kind))
+
+    def _close(self, kind: str) -> None:
+        window = self._windows.pop(kind)
+        if window.count:
+            self._summarise(kind, window)
+            # Still coming: keep counting for another interval.
+            self._open(kind, window.level)
+
+    def _summarise(self, kind: str, window: _Window) -> None:
+        self._log.emit(window.level, "{count} more {kind} in the last {interval:g} s (the last: {last})",
+                       count=window.count, kind=kind, interval=self.interval, last=window.last)
+
+    def stop(self) -> None:
+        """Say what is still counted, and cancel the timers (the owner stops)."""
+        windows, self._windows = self._windows, {}
+        for kind, window in windows.items():
+            window.call.cancel()
+            if window.count:
+                self._summarise(kind, window)
