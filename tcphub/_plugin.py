@@ -6,18 +6,27 @@ import atexit
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol
 from urllib.parse import urlparse
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import Logger
+from twisted.internet.defer import Deferred
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from tcphub import _checks
 from tcphub.errors import ListenFailed, RetryLimitReached
 
+class Listener(Protocol):
+    """A service that binds ports: the hub, the operations port."""
+
+    def when_listening(self) -> Deferred[None]: ...
+
+
 if TYPE_CHECKING:
     from tcphub.hub.service import TcpServer
+    from tcphub.ops.service import AdminService
     from tcphub.ws.handler import WebSocketHandler
 
 
@@ -40,6 +49,26 @@ def number(option: str, kind: type[int] | type[float], **limits: float) -> Calla
     return coerce
 
 
+def choice(option: str, choices: Iterable[str]) -> Callable[[str], str]:
+    """A C{usage.Options} coercer that takes one of C{choices}."""
+    names = tuple(choices)
+
+    def coerce(text: str) -> str:
+        if text not in names:
+            raise ValueError(f"--{option} must be one of {', '.join(names)}, not {text!r}")
+        return text
+
+    return coerce
+
+
+LOG_OPTIONS = [
+    ["log-level", None, "info",
+     "lowest level logged: debug (one line per connection), info, warn, error, critical",
+     choice("log-level", ("debug", "info", "warn", "error", "critical"))],
+    ["log-format", None, "text", "text, or json (one object per line)", choice("log-format", ("text", "json"))],
+]
+"""The options both plugins take for their logs (under twistd; `twist` has its own)."""
+
 ADMIN_OPTIONS = [
     ["admin", None, None,
      "serve the operations port (/metrics, /healthz, /readyz, /varz, /connz, a live page) "
@@ -48,6 +77,17 @@ ADMIN_OPTIONS = [
      "require 'Authorization: Bearer TOKEN' on the operations port (but for /healthz and the page)"],
 ]
 """The options both plugins take for the operations port."""
+
+
+def log_observer(config: Any) -> ILogObserver | None:
+    """The observer for --log-level and --log-format, when run by twistd
+    (whose options are the plugin options' parent); None otherwise."""
+    server_options = getattr(config, "parent", None)
+    if server_options is None or "logfile" not in server_options:
+        return None
+    from tcphub._logging import twistd_observer
+
+    return twistd_observer(server_options, config["log-format"], config["log-level"])
 
 
 def check_admin(config: Mapping[str, Any]) -> None:
@@ -66,7 +106,7 @@ def check_admin(config: Mapping[str, Any]) -> None:
 
 
 def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | None = None,
-                  upstream: WebSocketHandler | None = None) -> list[IService]:
+                  upstream: WebSocketHandler | None = None) -> list[AdminService]:
     """The operations port the options ask for, as a list of none or one service."""
     if config["admin"] is None:
         return []
@@ -77,18 +117,6 @@ def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | N
                          options=shown, reactor=reactor)
     admin.setName("admin")
     return [admin]
-
-
-def choice(option: str, choices: Iterable[str]) -> Callable[[str], str]:
-    """A C{usage.Options} coercer that takes one of C{choices}."""
-    names = tuple(choices)
-
-    def coerce(text: str) -> str:
-        if text not in names:
-            raise ValueError(f"--{option} must be one of {', '.join(names)}, not {text!r}")
-        return text
-
-    return coerce
 
 
 def ws_url(option: str) -> Callable[[str], str]:
@@ -121,8 +149,8 @@ def stop_when_given_up(handler: WebSocketHandler, reactor: Any) -> None:
 
 
 def exit_status_after_twistd(status: int) -> None:
-    """Make the process exit with C{status} once twistd has shut down
-    cleanly: twistd has no way to exit non-zero after C{reactor.stop()}.
+    """Make the process exit with C{status} once twistd (or twist) has shut
+    down cleanly: neither has a way to exit non-zero after C{reactor.stop()}.
     Registered last, this exit handler runs first and ends the process."""
 
     def exit_now() -> None:
@@ -144,11 +172,25 @@ class PluginProcess(MultiService):
 
     _log = Logger()
 
-    def __init__(self, service: IService, reactor: Any, *beside: IService) -> None:
+    def __init__(self, service: IService, reactor: Any, *beside: IService,
+                 log_observer: ILogObserver | None = None,
+                 listeners: Iterable[Listener] = ()) -> None:
         super().__init__()
         self._reactor = reactor
+        self._log_observer = log_observer
+        self._listeners = tuple(listeners)
         for each in (service, *beside):
             each.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd hands its Application here before it starts logging, and
+        # logs to the application's ILogObserver component if it has one
+        # (unless twistd --logger is given): the place for --log-level and
+        # --log-format.
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, self._log_observer)
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:
@@ -158,9 +200,19 @@ class PluginProcess(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        # Under twistd the ports are bound already (a failure ended it in
+        # privilegedStartService); `twist` binds them only now.
+        for listener in self._listeners:
+            listener.when_listening().addErrback(self._listen_failed)
         self._reactor.addSystemEventTrigger("before", "shutdown", self._arm_second_interrupt)
         if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
             signal.signal(signal.SIGHUP, self._hangup)
+
+    def _listen_failed(self, failure: object) -> None:
+        # The service has logged why; a process that listens nowhere exits 1.
+        # (Under `twist` this runs while the reactor starts: stop on its next turn.)
+        exit_status_after_twistd(1)
+        self._reactor.callLater(0, self._reactor.stop)
 
     def _hangup(self, signum: int, frame: object) -> None:
         self._log.info("Received SIGHUP, shutting down (queued output is drained first).")

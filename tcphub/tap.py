@@ -12,10 +12,12 @@ from twisted.python import usage
 from tcphub._reactor import default_reactor
 from tcphub._plugin import (
     ADMIN_OPTIONS,
+    LOG_OPTIONS,
     PluginProcess,
     admin_service,
     check_admin,
     choice,
+    log_observer,
     stop_when_given_up,
     ws_url,
 )
@@ -99,6 +101,7 @@ class Options(usage.Options):
         ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
          _number("upstream-ping-interval", float, minimum=0)],
         *ADMIN_OPTIONS,
+        *LOG_OPTIONS,
     ]
     optFlags = [
         ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],
@@ -153,7 +156,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         reactor = default_reactor()
     service, hub, upstream = _hub_service(config, reactor)
-    return PluginProcess(service, reactor, *admin_service(config, reactor, hub=hub, upstream=upstream))
+    admin = admin_service(config, reactor, hub=hub, upstream=upstream)
+    return PluginProcess(service, reactor, *admin, log_observer=log_observer(config), listeners=[hub, *admin])
 
 
 def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, WebSocketHandler | None]:

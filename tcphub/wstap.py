@@ -13,10 +13,12 @@ from twisted.python import usage
 from tcphub._reactor import default_reactor
 from tcphub._plugin import (
     ADMIN_OPTIONS,
+    LOG_OPTIONS,
     PluginProcess,
     admin_service,
     check_admin,
     choice,
+    log_observer,
     number,
     stop_when_given_up,
     ws_url,
@@ -48,6 +50,7 @@ class Options(usage.Options):
         ["max-message-size", None, 1024 * 1024, "largest message accepted, in bytes",
          number("max-message-size", int, minimum=1)],
         *ADMIN_OPTIONS,
+        *LOG_OPTIONS,
     ]
     optFlags = [
         ["no-reconnect", None, "exit on the first failure instead of retrying"],
@@ -88,4 +91,5 @@ def makeService(config: Options, reactor: Any = None) -> PluginProcess:
     handler.on("message", _log_message)
     handler.setName("tcphub-ws")
     stop_when_given_up(handler, reactor)
-    return PluginProcess(handler, reactor, *admin_service(config, reactor, upstream=handler))
+    admin = admin_service(config, reactor, upstream=handler)
+    return PluginProcess(handler, reactor, *admin, log_observer=log_observer(config), listeners=admin)

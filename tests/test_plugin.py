@@ -5,6 +5,7 @@ exactly as the README runs it, with plain sockets as clients.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -94,6 +95,8 @@ def test_listen_is_repeatable():
         (["--upstream-max-retries", "-1"], "--upstream-max-retries cannot be negative"),
         (["--admin", "bogus:1"], "--admin 'bogus:1': Unknown endpoint type: 'bogus'"),
         (["--admin-token", "t"], "--admin-token goes with --admin"),
+        (["--log-level", "loud"], "--log-level must be one of debug, info, warn, error, critical"),
+        (["--log-format", "xml"], "--log-format must be one of text, json"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
@@ -473,3 +476,47 @@ def test_a_gateway_that_gives_up_on_its_upstream_exits_1():
     assert code == 1, twistd.output
     assert "gave up after 0 retries" in twistd.output
     assert "Scheduling retry" not in twistd.output
+
+
+# -- logs, and the newer runner ----------------------------------------------------
+
+
+@pytest.mark.parametrize("level, shown", [("info", False), ("debug", True)])
+def test_connections_are_logged_only_at_debug(level, shown):
+    with Twistd("tcphub", "--port", "0", "--mode", "echo", "--log-level", level) as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as client:
+            client.sendall(b"hi\n")
+            assert client.recv(10) == b"hi\n"
+        twistd.shutdown()
+    assert ("connected from 127.0.0.1:" in twistd.output) is shown, twistd.output
+    assert "tcphub stopped" in twistd.output
+
+
+def test_json_logs_are_one_object_per_line_with_the_events_fields():
+    with Twistd("tcphub", "--port", "0", "--log-format", "json") as twistd:
+        twistd.wait_listening()
+        twistd.shutdown()
+    records = [json.loads(line) for line in twistd.lines if line.strip()]
+    listening = next(record for record in records if record["message"].startswith("tcphub listening on"))
+    assert listening["level"] == "info" and listening["namespace"] == "tcphub.hub.service.TcpServer"
+    assert listening["framing"] == "line" and listening["time"].endswith("+00:00")
+    assert {"time", "level", "namespace", "message"} <= set(records[0])
+
+
+@pytest.mark.parametrize("flag", ["--port", "--admin"])
+def test_twist_exits_1_with_one_line_when_a_port_is_busy(flag):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        args = ["--port", str(taken)] if flag == "--port" else [
+            "--port", "0", "--admin", f"tcp:{taken}:interface=127.0.0.1"]
+        result = subprocess.run(
+            [str(Path(twistd_command()).with_name("twist")), "--log-format", "text", "tcphub", *args],
+            capture_output=True, text=True, timeout=60, cwd=REPO,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "cannot listen on" in output and "Address already in use" in output
+    assert "Traceback" not in output and "Unhandled error" not in output

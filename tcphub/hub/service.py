@@ -123,6 +123,7 @@ class TcpServer(Service):
         self.endpoints = self._endpoints(reactor, endpoint, port, host, backlog)
         self.listening_ports: list[IListeningPort] = []
         self._listening: OneShotObserver | None = None
+        self._attempts: list[Deferred[IListeningPort]] | None = None
         self._listen_failure: ListenFailed | None = None
         self._stopped: OneShotObserver | None = None
         self._stopping = False
@@ -161,15 +162,19 @@ class TcpServer(Service):
         """Start listening; fires when every endpoint listens, errbacks if one fails."""
         if not self.running:
             self.startService()
-        listening = self._listening
-        assert listening is not None, "startService listens"
-        return listening.when_fired()
+        return self.when_listening()
 
     def stop(self) -> Deferred[None]:
         """Fires when the listening ports are closed and every client is gone."""
         if not self.running:
             return succeed(None)
         return self.stopService()
+
+    def when_listening(self) -> Deferred[None]:
+        """Fires once every endpoint listens; errbacks with why one could not."""
+        if self._listening is None:
+            self._listening = OneShotObserver()
+        return self._listening.when_fired()
 
     def when_stopped(self) -> Deferred[None]:
         """Fires when the next stop (or the one under way) is complete: the
@@ -203,7 +208,7 @@ class TcpServer(Service):
         if self._descriptor_watch is None:
             self._descriptor_watch = self._count_descriptor_refusals
             globalLogPublisher.addObserver(cast(ILogObserver, self._descriptor_watch))
-        if self._listening is None:
+        if self._attempts is None:  # not bound by privilegedStartService
             self._listen()
 
     def _fit_descriptor_limit(self) -> None:
@@ -244,6 +249,7 @@ class TcpServer(Service):
         super().stopService()
         self._stopping = True
         listening, self._listening = self._listening, None
+        self._attempts = None
         ports, self.listening_ports = self.listening_ports, []
         d = listening.when_fired() if listening is not None else succeed(None)
         d.addErrback(lambda _: None)
@@ -261,9 +267,11 @@ class TcpServer(Service):
         return result
 
     def _listen(self) -> None:
-        self._listening = listening = OneShotObserver()
+        if self._listening is None:
+            self._listening = OneShotObserver()
+        listening = self._listening
         self._listen_failure = None
-        attempts = [endpoint.listen(self.factory) for endpoint in self.endpoints]
+        self._attempts = attempts = [endpoint.listen(self.factory) for endpoint in self.endpoints]
 
         def listened(ports: list[IListeningPort]) -> None:
             self.listening_ports = ports

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub.errors import ListenFailed
 from tcphub.hub.protocol import format_address
@@ -144,6 +145,7 @@ class AdminService(Service):
         self._token = token.encode("utf-8") if token is not None else None
         self._draining = False
         self._port: IListeningPort | None = None
+        self._listening = OneShotObserver()
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
                                                 self._clock()))
@@ -219,6 +221,10 @@ class AdminService(Service):
 
     # -- lifecycle ----------------------------------------------------------------
 
+    def when_listening(self) -> Deferred[None]:
+        """Fires once the port listens; errbacks with L{ListenFailed}."""
+        return self._listening.when_fired()
+
     def privilegedStartService(self) -> None:
         # As TcpServer does: a port that cannot be bound ends twistd at once.
         super().privilegedStartService()
@@ -234,6 +240,7 @@ class AdminService(Service):
 
     def _listened(self, port: IListeningPort) -> None:
         self._port = port
+        self._listening.fire(None)
         self._reactor.callWhenRunning(
             self._log.info, "tcphub admin listening on {address}", address=format_address(port.getHost())
         )
@@ -244,7 +251,9 @@ class AdminService(Service):
         return error
 
     def _log_failure(self, failure: Failure) -> None:
-        self._log.error("{error}", error=self._listen_failed(failure))
+        error = self._listen_failed(failure)
+        self._log.error("{error}", error=error)
+        self._listening.fire(Failure(error))
 
     @property
     def port(self) -> int:
