@@ -1,8 +1,9 @@
 # A gateway composed by hand:  twistd -ny examples/bridge.tac
 # Lines from TCP clients go up a WebSocket, tagged with the sender's address;
 # what comes down on hub.* goes to the client it names, or to everyone.
-# TCPHUB_PORT and TCPHUB_UPSTREAM override the defaults. (tcphub.Bridge does
-# the same with byte-exact payloads and flow control: see the README.)
+# TCPHUB_PORT and TCPHUB_UPSTREAM override the defaults; TCPHUB_ADMIN adds the
+# operations port (e.g. tcp:9100:interface=127.0.0.1, loopback only).
+# (tcphub.Bridge does the same with byte-exact payloads and flow control: see the README.)
 import os
 
 from twisted.application.service import Application, MultiService
@@ -35,3 +36,8 @@ def downstream(message, context):
 
 
 upstream.add_route("hub.#", downstream)
+
+if os.environ.get("TCPHUB_ADMIN"):
+    from tcphub.ops.service import AdminService
+
+    AdminService(os.environ["TCPHUB_ADMIN"], hub=hub, upstream=upstream).setServiceParent(services)

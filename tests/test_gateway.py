@@ -5,7 +5,9 @@ The gateway end to end, as an operator runs it: plain TCP clients <->
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.request
 import struct
 from pathlib import Path
 
@@ -84,13 +86,18 @@ def test_bridge_example_tags_messages(monkeypatch):
     try:
         monkeypatch.setenv("TCPHUB_PORT", "0")
         monkeypatch.setenv("TCPHUB_UPSTREAM", upstream.url)
+        monkeypatch.setenv("TCPHUB_ADMIN", "tcp:0:interface=127.0.0.1")
         with Twistd("-y", str(REPO / "examples" / "bridge.tac")) as twistd:
             host, port = twistd.wait_listening()
+            admin = int(twistd.wait_for(r"tcphub admin listening on [^ ]+:(\d+)")[1])
             twistd.wait_for(r"connected to ws://")
             with socket.create_connection((host, port), timeout=30) as client:
                 client.sendall(b"hello upstream\n")
                 line = client.makefile("rb").readline()
                 assert line == b"[127.0.0.1:%d] hello upstream\n" % client.getsockname()[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/varz", timeout=30) as response:
+                varz = json.load(response)
+            assert varz["hub"]["messages_received"] == 1 and varz["upstream"]["messages_sent"] == 1
             twistd.shutdown()
     finally:
         upstream.kill()

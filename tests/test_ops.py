@@ -21,7 +21,7 @@ from tcphub import EchoProtocol
 from tcphub.hub.metrics import ClientInfo
 from tcphub.ops import views
 from tcphub.ops.collector import TcpHubCollector
-from tests.processes import Twistd
+from tests.processes import Twistd, WebSocketServer
 
 ADMIN = r"tcphub admin listening on (?P<host>[^ ]+):(?P<port>\d+)"
 
@@ -143,6 +143,7 @@ def test_twistd_serves_metrics_varz_and_connz_that_match_the_traffic():
         varz = json.loads(get(admin, "/varz")[1])
         assert varz["hub"]["connections"] == 2 and varz["hub"]["messages_sent"] == 4
         assert varz["options"]["mode"] == "echo" and "admin-token" not in varz["options"]
+        assert varz["limits"]["max_connections"] <= 10_000 and varz["limits"]["framing"] == "line"
         first.close()
         second.close()
     finally:
@@ -194,6 +195,32 @@ def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
     finally:
         stuck.close()
         hub.kill()
+
+
+def test_the_websocket_plugin_serves_the_upstreams_status():
+    server = WebSocketServer()
+    client = Twistd("tcphub-ws", "--url", server.url, "--ping-interval", "0",
+                    "--admin", "tcp:0:interface=127.0.0.1")
+    try:
+        admin = int(client.wait_for(ADMIN)["port"])
+        client.wait_for(r"connected to ws://")
+        assert get(admin, "/readyz") == (200, "ready\n")
+        values = samples(get(admin, "/metrics")[1])
+        assert values["tcphub_upstream_connected"] == 1
+        assert values["tcphub_upstream_retries_total"] == 0
+        assert "tcphub_connections" not in values, "no hub in this process"
+        varz = json.loads(get(admin, "/varz")[1])
+        assert varz["upstream"]["state"] == "open" and varz["upstream"]["url"] == server.url
+        assert get(admin, "/connz")[0] == 400
+        server.stop(signal.SIGKILL)
+        for _ in range(1000):  # until the handler has seen the server go (an event, not a delay)
+            if get(admin, "/readyz")[0] == 503:
+                break
+        assert get(admin, "/readyz") == (503, "not ready\n")
+        client.shutdown()
+    finally:
+        client.kill()
+        server.kill()
 
 
 # -- the live page, in a real headless browser ----------------------------------------

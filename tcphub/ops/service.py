@@ -198,10 +198,30 @@ class AdminService(Service):
         return _json(views.varz(
             version=_version(),
             options=self.options,
+            limits=self._limits(),
             metrics=self.hub.get_metrics() if self.hub is not None else None,
             upstream=upstream,
             now=self._clock().seconds(),
         ))
+
+    def _limits(self) -> dict[str, Any] | None:
+        """The hub's limits as in force (max_connections may have been
+        lowered to fit the open-file limit)."""
+        if self.hub is None:
+            return None
+        hub = self.hub.factory
+        return {
+            "max_connections": hub.max_connections,
+            "max_connections_per_ip": hub.max_connections_per_ip,
+            "max_frame": hub.max_frame,
+            "max_pending": hub.max_pending,
+            "timeout": hub.timeout,
+            "frame_timeout": hub.frame_timeout,
+            "max_rate": hub.max_rate,
+            "max_burst": hub.max_burst,
+            "framing": hub.framing.name,
+            "drain_timeout": self.hub.drain_timeout,
+        }
 
     def _connz(self, request: Request) -> tuple[int, str, bytes]:
         if self.hub is None:

@@ -18,10 +18,12 @@ SORT_FIELDS = ("connected", "idle", "bytes_received", "bytes_sent", "messages_re
 MAX_LIMIT = 1000
 
 
-def varz(*, version: str, options: Mapping[str, Any], metrics: Metrics | None,
-         upstream: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+def varz(*, version: str, options: Mapping[str, Any], limits: Mapping[str, Any] | None,
+         metrics: Metrics | None, upstream: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
     """The process at a glance: version, effective options and limits, counters, uptime."""
     document: dict[str, Any] = {"version": version, "now": now, "options": dict(options)}
+    if limits is not None:
+        document["limits"] = dict(limits)
     if metrics is not None:
         document["hub"] = asdict(metrics)
     if upstream is not None:
