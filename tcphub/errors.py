@@ -77,6 +77,18 @@ class DescriptorLimitReached(ConnectionLimitReached):
     Twisted closed it before the hub saw it."""
 
 
+class RoomError(TcpHubError):
+    """A room operation the hub refuses."""
+
+
+class InvalidRoomName(RoomError, ValueError):
+    """A room name that is not a non-empty string of at most C{MAX_ROOM_NAME} characters."""
+
+
+class RoomLimitReached(RoomError):
+    """The client is in C{max_rooms_per_client} rooms already."""
+
+
 class ListenFailed(TcpHubError):
     """A listening endpoint could not be set up (port in use, missing
     directory or certificate, ...)."""

@@ -68,7 +68,7 @@ class Hub:
         self.factory = HubFactory(clock=self.clock, **options)
         self.factory.doStart()
         self.events: list[tuple] = []
-        for name in ("connection", "data", "disconnect", "error"):
+        for name in ("connection", "data", "disconnect", "error", "join", "leave"):
             self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
         self._next_port = 40000
         self.protocols: list[HubProtocol] = []

@@ -34,6 +34,7 @@ from tcphub.hub.framing import Framing, get_framing
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.protocol import HubProtocol, check_payload
+from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, Rooms
 
 __all__ = ["HubFactory"]
 
@@ -54,6 +55,10 @@ class HubFactory(Factory):
       - C{data(client_id: str, payload: bytes)}
       - C{disconnect(client_id: str, reason: Failure)}
       - C{error(client_id: str | None, error: TcpHubError)}
+      - C{join(client_id: str, room: str)}
+      - C{leave(client_id: str, room: str, reason: str)}: C{"left"}, or
+        C{"disconnected"} for each room of a client that goes (before its
+        C{disconnect} event)
 
     Its clients call the methods under "called by HubProtocol"; nothing else should.
     """
@@ -77,6 +82,7 @@ class HubFactory(Factory):
         max_burst: int | None = None,
         keep_alive: bool = True,
         closed_history: int = DEFAULT_CLOSED_HISTORY,
+        max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         clock: IReactorTime | None = None,
     ) -> None:
         if protocol is not None:
@@ -107,7 +113,9 @@ class HubFactory(Factory):
             self.repeats, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
         )
         """Called with C{(where, failure, client_id)} when a hook raised."""
-        self.events = Events(("connection", "data", "disconnect", "error"), self.handler_failed.event_failed)
+        self.events = Events(("connection", "data", "disconnect", "error", "join", "leave"),
+                             self.handler_failed.event_failed)
+        self._rooms: Rooms[HubProtocol] = Rooms(_checks.count("max_rooms_per_client", max_rooms_per_client))
         self.started_at: float | None = None
         self.reading_paused = False
         self._clients: dict[str, HubProtocol] = {}
@@ -158,9 +166,10 @@ class HubFactory(Factory):
             return succeed(None)
         return waiter
 
-    def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
+    def broadcast(self, data: bytes, exclude: Iterable[str] = (), room: str | None = None) -> Deferred[None]:
         """
-        Send one message to every client not in C{exclude}, framed once.  Fires
+        Send one message to every client (of C{room}, if given: the cost is
+        the room's size, not the hub's) not in C{exclude}, framed once.  Fires
         when every receiver has taken it or gone; clients that leave meanwhile
         do not fail it.  Errbacks only with L{UnframeableMessage}.  Raises
         L{TypeError} for C{str} data, or one id given as C{exclude} instead of
@@ -176,18 +185,19 @@ class HubFactory(Factory):
             frame = self.framing.encode(data)
         except UnframeableMessage:
             return fail()
-        countdown = self.broadcast_frame(frame, frozenset(exclude))
+        countdown = self.broadcast_frame(frame, frozenset(exclude), room=room)
         if countdown is None:
             return succeed(None)
         countdown.tick()
         return countdown.done
 
     def broadcast_frame(
-        self, frame: bytes, excluded: frozenset[str] = frozenset(), skip: HubProtocol | None = None
+        self, frame: bytes, excluded: frozenset[str] = frozenset(), skip: HubProtocol | None = None,
+        room: str | None = None,
     ) -> Countdown | None:
         """
-        Deliver an encoded C{frame} to every client but C{skip} and the
-        C{excluded} ids.  Returns None if every receiver took it at once, else
+        Deliver an encoded C{frame} to every client (of C{room}, if given) but
+        C{skip} and the C{excluded} ids.  Returns None if every receiver took it at once, else
         a countdown for the queueing ones, still held once (the caller ticks
         it).  The hot path: for a receiver in mode WRITE, the frame joins its
         outbox's C{frames} inline; the batch writes them when it ends.
@@ -195,9 +205,10 @@ class HubFactory(Factory):
         countdown = None
         batch = self.batch
         dirty = batch.dirty
+        receivers = tuple(self._clients.values() if room is None else self._rooms.members(room))
         batch.begin()
         try:
-            for client in tuple(self._clients.values()):
+            for client in receivers:
                 if client is skip or (excluded and client.client_id in excluded):
                     continue
                 outbox = client.outbox
@@ -241,6 +252,37 @@ class HubFactory(Factory):
         for client in list(self._clients.values()):
             client.resumeReading()
 
+    def join(self, client_id: str, room: str) -> None:
+        """Put a client in C{room} (created by its first member) and emit
+        C{join}; nothing if it is there already.  Raises L{UnknownClient},
+        L{InvalidRoomName}, or L{RoomLimitReached} past C{max_rooms_per_client}."""
+        client = self._clients.get(client_id)
+        if client is None:
+            raise UnknownClient(client_id)
+        if self._rooms.join(client, room):
+            self.events.emit("join", client_id, room)
+
+    def leave(self, client_id: str, room: str) -> None:
+        """Take a client out of C{room} (gone once empty) and emit C{leave};
+        nothing if it was not there.  Raises L{UnknownClient}."""
+        client = self._clients.get(client_id)
+        if client is None:
+            raise UnknownClient(client_id)
+        if self._rooms.leave(client, room):
+            self.events.emit("leave", client_id, room, "left")
+
+    def rooms(self) -> dict[str, int]:
+        """Every room with its number of members."""
+        return self._rooms.counts()
+
+    def members(self, room: str) -> list[ClientInfo]:
+        """Snapshots of C{room}'s members, in the order they joined (none if no such room)."""
+        return [client.info() for client in self._rooms.members(room)]
+
+    def rooms_of(self, client: HubProtocol) -> tuple[str, ...]:
+        """The rooms of one client, in the order it joined them."""
+        return self._rooms.rooms_of(client)
+
     def clients(self) -> list[ClientInfo]:
         """Snapshots of every connected client."""
         return [client.info() for client in self._clients.values()]
@@ -258,7 +300,9 @@ class HubFactory(Factory):
 
     def get_metrics(self) -> Metrics:
         uptime = 0.0 if self.started_at is None else self.clock.seconds() - self.started_at
-        return self.counters.snapshot(connections=len(self._clients), uptime=uptime)
+        return self.counters.snapshot(connections=len(self._clients), uptime=uptime,
+                                      rooms=self._rooms.room_count,
+                                      room_members=self._rooms.membership_count)
 
     def close_all(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> Deferred[None]:
         """
@@ -335,6 +379,8 @@ class HubFactory(Factory):
                             departure: ClientDisconnected | None) -> None:
         """An admitted client's connection is gone; C{departure} is what the
         hub dropped it for, if it did."""
+        for room in self._rooms.leave_all(client):
+            self.events.emit("leave", client.client_id, room, "disconnected")
         del self._clients[client.client_id]
         if self._closed.maxlen:
             info = client.info()

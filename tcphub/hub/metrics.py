@@ -29,6 +29,8 @@ class ClientInfo:
     """Received messages held while reading from the client is paused."""
     active: float
     """When traffic last went either way, in the hub clock's seconds."""
+    rooms: tuple[str, ...] = ()
+    """The rooms the client is in, in the order it joined them."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ class Metrics:
     """The hub's counters; all totals since the hub started, except C{connections}."""
 
     connections: int
+    rooms: int
+    """Rooms with at least one member."""
+    room_members: int
+    """Memberships across all rooms (a client in 3 rooms counts 3)."""
     bytes_received: int
     bytes_sent: int
     uptime: float
@@ -126,9 +132,11 @@ class HubCounters:
         setattr(self, name, count)
         return count
 
-    def snapshot(self, connections: int, uptime: float) -> Metrics:
+    def snapshot(self, connections: int, uptime: float, rooms: int = 0, room_members: int = 0) -> Metrics:
         return Metrics(
             connections=connections,
+            rooms=rooms,
+            room_members=room_members,
             uptime=uptime,
             **{name: getattr(self, name) for name in self.__slots__},
         )

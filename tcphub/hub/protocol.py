@@ -426,15 +426,31 @@ class HubProtocol(Protocol):
         else:
             self.deliver(frame)
 
-    def broadcastMessage(self, payload: bytes) -> None:
-        """Frame C{payload} once and send it to every other client; the
-        fire-and-forget form of C{factory.broadcast(payload, exclude=[self.client_id])}."""
+    def broadcastMessage(self, payload: bytes, room: str | None = None) -> None:
+        """Frame C{payload} once and send it to every other client (of
+        C{room}, if given); the fire-and-forget form of
+        C{factory.broadcast(payload, exclude=[self.client_id], room=room)}."""
         if type(payload) is not bytes:
             check_payload(payload, "broadcastMessage")
         hub = self.factory
-        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self)
+        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room)
         if countdown is not None:
             countdown.tick()
+
+    # -- rooms ----------------------------------------------------------
+
+    def join(self, room: str) -> None:
+        """Join C{room} (see L{HubFactory.join})."""
+        self.factory.join(self.client_id, room)
+
+    def leave(self, room: str) -> None:
+        """Leave C{room} (see L{HubFactory.leave})."""
+        self.factory.leave(self.client_id, room)
+
+    @property
+    def rooms(self) -> tuple[str, ...]:
+        """The rooms this client is in, in the order it joined them."""
+        return self.factory.rooms_of(self)
 
     def deliver(self, frame: bytes, waiter: Waiter = None) -> bool:
         """
@@ -531,4 +547,5 @@ class HubProtocol(Protocol):
             pending_bytes=outbox.queued_bytes,
             held_bytes=sum(map(len, self._held or ())),
             active=max(self._read_at, outbox.written_at),
+            rooms=self.factory.rooms_of(self),
         )

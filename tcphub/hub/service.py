@@ -36,6 +36,7 @@ from tcphub.hub.factory import (
 from tcphub.hub.framing import Framing
 from tcphub.hub.metrics import ClientInfo, Metrics
 from tcphub.hub.protocol import HubProtocol, format_address
+from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT
 
 __all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host"]
 
@@ -89,6 +90,7 @@ class TcpServer(Service):
         max_burst: int | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         closed_history: int = DEFAULT_CLOSED_HISTORY,
+        max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         protocol: type[HubProtocol] = HubProtocol,
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
         raise_descriptor_limit: bool = True,
@@ -111,6 +113,7 @@ class TcpServer(Service):
             timeout=timeout,
             frame_timeout=frame_timeout,
             closed_history=closed_history,
+            max_rooms_per_client=max_rooms_per_client,
             max_rate=max_rate,
             max_burst=max_burst,
             keep_alive=keep_alive,
@@ -336,8 +339,20 @@ class TcpServer(Service):
     def send(self, client_id: str, data: bytes) -> Deferred[None]:
         return self.factory.send(client_id, data)
 
-    def broadcast(self, data: bytes, exclude: Iterable[str] = ()) -> Deferred[None]:
-        return self.factory.broadcast(data, exclude)
+    def broadcast(self, data: bytes, exclude: Iterable[str] = (), room: str | None = None) -> Deferred[None]:
+        return self.factory.broadcast(data, exclude, room)
+
+    def join(self, client_id: str, room: str) -> None:
+        self.factory.join(client_id, room)
+
+    def leave(self, client_id: str, room: str) -> None:
+        self.factory.leave(client_id, room)
+
+    def rooms(self) -> dict[str, int]:
+        return self.factory.rooms()
+
+    def members(self, room: str) -> list[ClientInfo]:
+        return self.factory.members(room)
 
     def disconnect(self, client_id: str) -> Deferred[None]:
         return self.factory.disconnect(client_id)

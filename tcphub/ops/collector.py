@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 __all__ = ["TcpHubCollector"]
 
 # Metrics fields that go up and down, or are not counts.
-_GAUGES = {"connections": "Clients connected now."}
+_GAUGES = {
+    "connections": "Clients connected now.",
+    "rooms": "Rooms with at least one member.",
+    "room_members": "Memberships across all rooms.",
+}
 _UPSTREAM_COUNTS = ("retries", "reconnects", "messages_sent", "messages_received",
                     "invalid_messages", "unrouted_messages", "handler_errors",
                     "late_replies", "protocol_errors")

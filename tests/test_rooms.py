@@ -1,0 +1,169 @@
+"""
+Rooms and presence: the pure bookkeeping, the hub's API and events, room
+broadcasts in memory (StringTransport clients on a Clock), and a property:
+after any sequence of joins, leaves and disconnects, the hub's membership is
+a simple model's.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tcphub import HubProtocol, InvalidRoomName, RoomLimitReached, UnknownClient
+from tcphub.hub.rooms import MAX_ROOM_NAME, Rooms
+
+
+class Talker(HubProtocol):
+    """Joins the rooms it is told to: "join ROOM", "leave ROOM", "to ROOM text"."""
+
+    def messageReceived(self, payload: bytes) -> None:
+        verb, _, rest = payload.decode().partition(" ")
+        if verb == "join":
+            self.join(rest)
+        elif verb == "leave":
+            self.leave(rest)
+        elif verb == "to":
+            room, _, text = rest.partition(" ")
+            self.broadcastMessage(text.encode(), room=room)
+
+
+def test_rooms_keep_join_order_and_vanish_when_empty():
+    rooms: Rooms[str] = Rooms(max_rooms_per_member=2)
+    assert rooms.join("ann", "a") and rooms.join("bob", "a") and rooms.join("ann", "b")
+    assert not rooms.join("ann", "a"), "joining twice changes nothing"
+    assert list(rooms.members("a")) == ["ann", "bob"] and rooms.rooms_of("ann") == ("a", "b")
+    with pytest.raises(RoomLimitReached, match="max_rooms_per_client=2"):
+        rooms.join("ann", "c")
+    assert rooms.leave_all("ann") == ["a", "b"]
+    assert rooms.counts() == {"a": 1} and not rooms.leave("ann", "a")
+    rooms.leave("bob", "a")
+    assert rooms.counts() == {} and list(rooms.members("a")) == []
+
+
+@pytest.mark.parametrize("name", ["", "x" * (MAX_ROOM_NAME + 1), None, b"bytes"])
+def test_a_bad_room_name_is_refused_by_name(name):
+    with pytest.raises(InvalidRoomName, match="1 to 128 characters"):
+        Rooms().join("ann", name)
+
+
+def test_a_room_broadcast_reaches_its_members_but_the_excluded_and_no_one_else(hub_factory):
+    hub = hub_factory(protocol=Talker)
+    (ann, ann_t), (bob, bob_t), (cat, cat_t), (dan, dan_t) = [hub.connect() for _ in range(4)]
+    for protocol in (ann, bob, cat):
+        protocol.dataReceived(b"join chess\n")
+    dan.dataReceived(b"join go\n")
+    hub.factory.broadcast(b"move e4", exclude=[cat.client_id], room="chess")
+    assert (ann_t.value(), bob_t.value(), cat_t.value(), dan_t.value()) == (b"move e4\n", b"move e4\n", b"", b"")
+    ann.dataReceived(b"to chess hello\n")
+    assert ann_t.value() == b"move e4\n", "not to the sender"
+    assert bob_t.value().endswith(b"hello\n") and cat_t.value() == b"hello\n" and dan_t.value() == b""
+    assert hub.factory.broadcast(b"nobody", room="empty").called
+    assert hub.factory.rooms() == {"chess": 3, "go": 1}
+    assert [info.id for info in hub.factory.members("chess")] == [ann.client_id, bob.client_id, cat.client_id]
+    assert hub.factory.client(ann.client_id).rooms == ("chess",) and ann.rooms == ("chess",)
+
+
+def test_presence_events_and_a_disconnect_leaves_every_room(hub_factory):
+    hub = hub_factory(protocol=Talker)
+    ann, _ = hub.connect()
+    bob, _ = hub.connect()
+    ann.dataReceived(b"join a\njoin b\njoin a\n")
+    bob.dataReceived(b"join a\nleave a\nleave never-joined\n")
+    hub.lose(ann)
+    presence = [event for event in hub.events if event[0] in ("join", "leave", "disconnect")]
+    assert [event if event[0] != "disconnect" else event[:2] for event in presence] == [
+        ("join", ann.client_id, "a"), ("join", ann.client_id, "b"),
+        ("join", bob.client_id, "a"), ("leave", bob.client_id, "a", "left"),
+        ("leave", ann.client_id, "a", "disconnected"), ("leave", ann.client_id, "b", "disconnected"),
+        ("disconnect", ann.client_id),
+    ]
+    assert hub.factory.rooms() == {}
+    metrics = hub.factory.get_metrics()
+    assert (metrics.rooms, metrics.room_members) == (0, 0)
+
+
+def test_room_bounds_and_unknown_clients_are_named_errors(hub_factory):
+    hub = hub_factory(max_rooms_per_client=2)
+    ann, _ = hub.connect()
+    hub.factory.join(ann.client_id, "a")
+    hub.factory.join(ann.client_id, "b")
+    with pytest.raises(RoomLimitReached):
+        hub.factory.join(ann.client_id, "c")
+    with pytest.raises(InvalidRoomName):
+        hub.factory.join(ann.client_id, "")
+    with pytest.raises(UnknownClient):
+        hub.factory.join("nobody", "a")
+    with pytest.raises(UnknownClient):
+        hub.factory.leave("nobody", "a")
+    assert hub.factory.get_metrics().room_members == 2
+
+
+def test_a_raising_hook_in_a_room_is_counted_and_the_room_goes_on(hub_factory):
+    class Broken(Talker):
+        def messageReceived(self, payload: bytes) -> None:
+            if payload == b"boom":
+                raise RuntimeError("hook bug")
+            super().messageReceived(payload)
+
+    hub = hub_factory(protocol=Broken)
+    ann, _ = hub.connect()
+    bob, bob_t = hub.connect()
+    for protocol in (ann, bob):
+        protocol.dataReceived(b"join r\n")
+    ann.dataReceived(b"boom\nto r still\n")
+    assert bob_t.value() == b"still\n" and hub.factory.get_metrics().handler_errors == 1
+
+
+# An operation: (verb, client index, room index).
+operations = st.lists(
+    st.tuples(st.sampled_from(["join", "leave", "disconnect", "reconnect"]),
+              st.integers(0, 4), st.integers(0, 3)),
+    max_size=60,
+)
+
+
+@given(operations)
+def test_membership_equals_a_simple_model_after_any_sequence(steps):
+    from tests.conftest import Hub
+
+    hub = Hub(max_rooms_per_client=3)
+    try:
+        clients = [hub.connect()[0] for _ in range(5)]
+        model: dict[int, list[str]] = {index: [] for index in range(5)}
+        for verb, index, room_index in steps:
+            client, room = clients[index], f"room{room_index}"
+            gone = client in hub.lost
+            if verb == "reconnect":
+                if gone:
+                    clients[index] = hub.connect()[0]
+                    model[index] = []
+            elif gone:
+                continue
+            elif verb == "disconnect":
+                hub.lose(client)
+                model[index] = []
+            elif verb == "join":
+                if room in model[index]:
+                    hub.factory.join(client.client_id, room)
+                elif len(model[index]) >= 3:
+                    with pytest.raises(RoomLimitReached):
+                        hub.factory.join(client.client_id, room)
+                else:
+                    hub.factory.join(client.client_id, room)
+                    model[index].append(room)
+            else:
+                hub.factory.leave(client.client_id, room)
+                if room in model[index]:
+                    model[index].remove(room)
+            expected: dict[str, int] = {}
+            for rooms in model.values():
+                for name in rooms:
+                    expected[name] = expected.get(name, 0) + 1
+            assert hub.factory.rooms() == expected
+            for position, each in enumerate(clients):
+                if each not in hub.lost:
+                    assert hub.factory.client(each.client_id).rooms == tuple(model[position])
+    finally:
+        hub.close()
