@@ -1,29 +1,25 @@
-# A chat room with nicknames, by subclassing the hub's protocol:
+# The line chat of `twistd tcphub`, extended by subclassing:
 #   twistd -ny examples/chat.tac     then     nc 127.0.0.1 3000
-# The first line a client sends is its name; every later line goes to the
-# others as "name: text". TCPHUB_PORT overrides the port.
+# Everything ChatProtocol does (/nick, /join, /leave, /who, /rooms, #lobby),
+# plus a /me command, built on the hub's rooms: self.join(room),
+# self.leave(room), self.rooms, self.broadcastMessage(payload, room=...).
+# TCPHUB_PORT overrides the port.
 import os
 
 from twisted.application.service import Application
 
-from tcphub import HubProtocol, TcpServer
+from tcphub import TcpServer
+from tcphub.hub.modes import ChatProtocol
 
 
-class ChatProtocol(HubProtocol):
-    name = None
-
+class Chat(ChatProtocol):
     def messageReceived(self, payload):
-        if self.name is None:
-            self.name = payload.strip() or self.client_id.encode()
-            self.sendMessage(b"welcome, " + self.name)
-            self.factory.broadcast(self.name + b" joined", exclude=[self.client_id])
+        if payload.startswith(b"/me ") and self.room is not None:
+            action = b"#%s * %s %s" % (self.room.encode(), self.nick.encode(), payload[4:])
+            self.broadcastMessage(action, room=self.room)
+            self.sendMessage(action)
         else:
-            self.factory.broadcast(self.name + b": " + payload, exclude=[self.client_id])
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        if self.name is not None:
-            self.factory.broadcast(self.name + b" left")
+            super().messageReceived(payload)
 
 
 application = Application("tcphub-chat")
@@ -31,5 +27,5 @@ TcpServer(
     port=int(os.environ.get("TCPHUB_PORT", "3000")),
     framing="line",
     timeout=600,
-    protocol=ChatProtocol,
+    protocol=Chat,
 ).setServiceParent(application)

@@ -48,7 +48,8 @@ class Options(usage.Options):
     longdesc = (
         "Run a TCP hub: clients connect, their streams are cut into messages by "
         "--framing, and each message is echoed or broadcast to the other clients "
-        "(--mode). The defaults make 'nc 127.0.0.1 3000' a chat room. With "
+        "(--mode). The defaults make 'nc 127.0.0.1 3000' a chat with nicks and "
+        "rooms (/nick, /join, /leave, /who, /rooms). With "
         "--upstream, the hub is a gateway: every message goes up a WebSocket, and "
         "what comes down goes to the clients."
     )
@@ -69,7 +70,8 @@ class Options(usage.Options):
          choice("framing", FRAMINGS)],
         ["mode", "m", None,
          f"what the hub does with a message: {', '.join(MODES)} "
-         "[default: broadcast, or none with --upstream]", choice("mode", MODES)],
+         "[default: chat with line framing, broadcast with the others, none with --upstream]",
+         choice("mode", MODES)],
         ["max-frame", None, DEFAULT_MAX_FRAME, "largest frame a client may send, in bytes",
          _number("max-frame", int, minimum=1)],
         ["max-connections", None, DEFAULT_MAX_CONNECTIONS, "clients connected at once",
@@ -128,7 +130,10 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["mode"] is None:
-            self["mode"] = "none" if self["upstream"] else "broadcast"
+            if self["upstream"]:
+                self["mode"] = "none"
+            else:
+                self["mode"] = "chat" if self["framing"] == "line" else "broadcast"
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         check_admin(self)

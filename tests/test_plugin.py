@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from tcphub import BroadcastProtocol, EchoProtocol
+from tcphub import EchoProtocol
+from tcphub.hub.modes import ChatProtocol
 from tcphub.tap import Options, makeService
 from tests.clients import make_certificate
 from tests.processes import REPO, Twistd, twistd_command
@@ -39,7 +40,7 @@ def test_defaults_make_a_line_chat_on_localhost_3000():
     server = hub_service()
     (endpoint,) = server.endpoints
     assert (endpoint._port, endpoint._interface, endpoint._backlog) == (3000, "127.0.0.1", 511)
-    assert server.factory.protocol is BroadcastProtocol
+    assert server.factory.protocol is ChatProtocol
     assert server.factory.framing.name == "line"
     assert server.factory.keep_alive is True
     assert server.factory.timeout == 300
@@ -132,8 +133,8 @@ def test_twistd_echo_over_a_plain_socket():
         assert "tcphub stopped" in twistd.output
 
 
-def test_twistd_default_mode_is_a_chat_room():
-    with Twistd("tcphub", "--port", "0") as twistd:
+def test_twistd_broadcast_mode_relays_plain_lines():
+    with Twistd("tcphub", "--port", "0", "--mode", "broadcast") as twistd:
         host, port = twistd.wait_listening()
         with socket.create_connection((host, port), timeout=30) as alice, \
                 socket.create_connection((host, port), timeout=30) as bob:
@@ -228,7 +229,7 @@ def test_twistd_echo_answers_a_client_that_half_closes():
 
 
 def test_twistd_broadcast_listener_that_half_closes_keeps_receiving():
-    with Twistd("tcphub", "--port", "0") as twistd:
+    with Twistd("tcphub", "--port", "0", "--mode", "broadcast") as twistd:
         host, port = twistd.wait_listening()
         with socket.create_connection((host, port), timeout=30) as listener, \
                 socket.create_connection((host, port), timeout=30) as talker:
@@ -274,7 +275,7 @@ def test_twistd_raises_the_open_file_limit_as_far_as_max_connections_needs():
 
 def test_twistd_refuses_clients_past_the_open_file_limit_and_says_so():
     count = 260
-    with Twistd("tcphub", "--port", "0", "--framing", "line",
+    with Twistd("tcphub", "--port", "0", "--framing", "line", "--mode", "broadcast",
                 preexec_fn=_nofile(200, 200)) as twistd:
         host, port = twistd.wait_listening()
         assert re.search(r"open-file limit \(ulimit -n\) of 200 leaves room for about 136 clients",
@@ -331,18 +332,21 @@ def test_examples_run_with_twistd_ny(example, monkeypatch):
                 assert read_line(first_in) == b"echo me\n"
                 twistd.wait_for("Client connected: [0-9a-f]{32}")
             else:
-                first.sendall(b"ada\n")
-                assert read_line(first_in) == b"welcome, ada\n"
+                first.sendall(b"/nick ada\n")
+                while read_line(first_in) != b"* you are now ada\n":
+                    pass
                 with socket.create_connection((host, port), timeout=30) as second:
                     second_in = second.makefile("rb")
-                    second.sendall(b"bob\n")
-                    assert read_line(second_in) == b"welcome, bob\n"
-                    assert read_line(first_in) == b"bob joined\n"
+                    second.sendall(b"/nick bob\n/me waves\n")
+                    while read_line(second_in) != b"#lobby * bob waves\n":
+                        pass
+                    while read_line(first_in) != b"#lobby * bob waves\n":
+                        pass
                     first.sendall(b"hello bob\n")
-                    assert read_line(second_in) == b"ada: hello bob\n"
+                    assert read_line(second_in) == b"#lobby <ada> hello bob\n"
                     # The file object holds the socket open until it is closed too.
                     second_in.close()
-                assert read_line(first_in) == b"bob left\n"
+                assert read_line(first_in) == b"* bob left #lobby\n"
         twistd.shutdown()
 
 

@@ -283,6 +283,14 @@ class HubFactory(Factory):
         """The rooms of one client, in the order it joined them."""
         return self._rooms.rooms_of(client)
 
+    def protocol_for(self, client_id: str) -> HubProtocol:
+        """The protocol of a connected client, for subclasses that talk to
+        their peers (a chat's nicknames); raises L{UnknownClient}."""
+        try:
+            return self._clients[client_id]
+        except KeyError:
+            raise UnknownClient(client_id) from None
+
     def clients(self) -> list[ClientInfo]:
         """Snapshots of every connected client."""
         return [client.info() for client in self._clients.values()]

@@ -5,7 +5,11 @@ C{--mode} option of the plugin picks, and examples of the C{messageReceived} hoo
 
 from __future__ import annotations
 
-from tcphub.hub.protocol import HubProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+
+from tcphub.errors import TcpHubError
+from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
 
 
 class EchoProtocol(HubProtocol):
@@ -27,9 +31,119 @@ class BroadcastProtocol(HubProtocol):
         """Stay a receiver."""
 
 
+
+
+LOBBY = "lobby"
+_HELP = (b"* commands: /nick NAME, /join ROOM, /leave [ROOM], /who (the current room), /rooms; "
+         b"any other line goes to the current room")
+
+
+class ChatProtocol(HubProtocol):
+    """
+    A chat people can use with C{nc}: each client starts in #lobby as
+    C{guest-XXXXXX}; a line goes to the others in its current room as
+    C{#room <nick> text}; commands: C{/nick NAME}, C{/join ROOM} (also makes
+    it the current room; the others are kept), C{/leave [ROOM]}, C{/who}, C{/rooms}.
+    """
+
+    __slots__ = ("nick", "room")
+
+    nick: str
+    room: str | None
+    """The room a plain line goes to (the last one joined)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.state != OPEN:
+            return  # refused
+        self.nick = f"guest-{self.client_id[:6]}"
+        self.room = None
+        self._say(f"* welcome, {self.nick}")
+        self._join(LOBBY)
+        self.sendMessage(_HELP)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.state in (OPEN, DRAINING):
+            for room in self.rooms:
+                self._announce(room, f"* {self.nick} left #{room}")
+        super().connectionLost(reason)
+
+    def messageReceived(self, payload: bytes) -> None:
+        if payload.startswith(b"/"):
+            command, _, argument = payload.decode("utf-8", "replace").partition(" ")
+            handler = self._COMMANDS.get(command)
+            if handler is None:
+                self.sendMessage(b"* unknown command " + command.encode() + b"; " + _HELP[2:])
+            else:
+                handler(self, argument.strip())
+        elif self.room is None:
+            self._say("* you are in no room: /join ROOM")
+        else:
+            self.broadcastMessage(b"#%s <%s> %s" % (self.room.encode(), self.nick.encode(), payload),
+                                  room=self.room)
+
+    # -- commands -------------------------------------------------------------
+
+    def _nick(self, name: str) -> None:
+        if not name or len(name) > 32 or not name.isprintable() or " " in name:
+            self._say("* a nick is 1 to 32 printable characters, without spaces")
+            return
+        old, self.nick = self.nick, name
+        self._say(f"* you are now {name}")
+        for room in self.rooms:
+            self._announce(room, f"* {old} is now {name}")
+
+    def _join_command(self, room: str) -> None:
+        try:
+            self._join(room)
+        except TcpHubError as error:  # InvalidRoomName, RoomLimitReached
+            self._say(f"* cannot join: {error}")
+
+    def _leave(self, room: str) -> None:
+        room = room or self.room or ""
+        if room not in self.rooms:
+            self._say(f"* you are not in #{room}")
+            return
+        self.leave(room)
+        self._announce(room, f"* {self.nick} left #{room}")
+        rooms = self.rooms
+        self.room = rooms[-1] if rooms else None
+        self._say(f"* you left #{room}" + (f"; now in #{self.room}" if self.room else "; you are in no room"))
+
+    def _who(self, _: str) -> None:
+        if self.room is None:
+            self._say("* you are in no room: /join ROOM")
+            return
+        hub = self.factory
+        nicks = [getattr(hub.protocol_for(info.id), "nick", info.id) for info in hub.members(self.room)]
+        self._say(f"* in #{self.room}: {', '.join(nicks)}")
+
+    def _rooms(self, _: str) -> None:
+        rooms = sorted(self.factory.rooms().items())
+        self._say("* rooms: " + ", ".join(f"#{room} ({count})" for room, count in rooms))
+
+    _COMMANDS = {"/nick": _nick, "/join": _join_command, "/leave": _leave, "/who": _who, "/rooms": _rooms}
+
+    # -- inside ---------------------------------------------------------------
+
+    def _join(self, room: str) -> None:
+        self.join(room)
+        self.room = room
+        self._say(f"* you are in #{room}")
+        self._announce(room, f"* {self.nick} joined #{room}")
+
+    def _say(self, text: str) -> None:
+        self.sendMessage(text.encode("utf-8"))
+
+    def _announce(self, room: str, text: str) -> None:
+        self.broadcastMessage(text.encode("utf-8"), room=room)
+
+
 MODES: dict[str, type[HubProtocol]] = {
     "echo": EchoProtocol,
     "broadcast": BroadcastProtocol,
+    # The line chat with nicks, rooms and commands, for nc.
+    "chat": ChatProtocol,
     # Messages go only to the event subscribers, e.g. the bridge's upstream.
     "none": HubProtocol,
 }

@@ -1,0 +1,111 @@
+"""
+The line chat of twistd tcphub's default mode: in memory, then as people use
+it, with three real sockets against twistd.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from tcphub.hub.modes import ChatProtocol
+from tests.processes import Twistd
+
+
+def lines(transport) -> list[bytes]:
+    value = transport.value()
+    transport.clear()
+    return value.splitlines()
+
+
+def test_a_client_starts_in_the_lobby_and_talks_to_its_current_room(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    ann, ann_t = hub.connect()
+    assert lines(ann_t)[:2] == [f"* welcome, guest-{ann.client_id[:6]}".encode(), b"* you are in #lobby"]
+    bob, bob_t = hub.connect()
+    assert f"* guest-{bob.client_id[:6]} joined #lobby".encode() in lines(ann_t)
+    lines(bob_t)
+    ann.dataReceived(b"/nick ann\n")
+    bob.dataReceived(b"/nick bob\n")
+    assert lines(ann_t) == [b"* you are now ann", f"* guest-{bob.client_id[:6]} is now bob".encode()]
+    lines(bob_t)
+    ann.dataReceived(b"hello\n")
+    assert lines(bob_t) == [b"#lobby <ann> hello"] and lines(ann_t) == []
+    bob.dataReceived(b"/join chess\n")
+    assert lines(bob_t) == [b"* you are in #chess"]
+    bob.dataReceived(b"e4\n")
+    assert lines(ann_t) == [], "chess is bob's current room; ann is not in it"
+    ann.dataReceived(b"/who\n/rooms\n")
+    assert lines(ann_t) == [b"* in #lobby: ann, bob", b"* rooms: #chess (1), #lobby (2)"]
+    bob.dataReceived(b"/leave\n")
+    assert lines(bob_t) == [b"* you left #chess; now in #lobby"]
+    hub.lose(bob)
+    assert lines(ann_t) == [b"* bob left #lobby"]
+    assert hub.factory.rooms() == {"lobby": 1}
+
+
+def test_bad_commands_and_names_get_a_clear_answer(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol, max_rooms_per_client=2)
+    ann, ann_t = hub.connect()
+    lines(ann_t)
+    ann.dataReceived(b"/dance\n/nick two words\n/join " + b"x" * 200 + b"\n/join a\n/join b\n/leave nowhere\n")
+    assert lines(ann_t) == [
+        b"* unknown command /dance; commands: /nick NAME, /join ROOM, /leave [ROOM], /who (the current room), "
+        b"/rooms; any other line goes to the current room",
+        b"* a nick is 1 to 32 printable characters, without spaces",
+        b"* cannot join: a room is named by 1 to 128 characters, not '" + b"x" * 79,
+        b"* you are in #a",
+        b"* cannot join: already in 2 rooms (max_rooms_per_client=2)",
+        b"* you are not in #nowhere",
+    ]
+    ann.dataReceived(b"/leave a\n/leave lobby\nanyone?\n/who\n")
+    assert lines(ann_t)[-2:] == [b"* you are in no room: /join ROOM"] * 2
+
+
+def _reader(sock: socket.socket):
+    stream = sock.makefile("rb")
+
+    def until(expected: bytes) -> list[bytes]:
+        """Lines up to and including the first that starts with C{expected}."""
+        seen = []
+        while True:
+            line = stream.readline()
+            assert line, f"closed before {expected!r}; saw {seen}"
+            seen.append(line.rstrip(b"\n"))
+            if line.startswith(expected):
+                return seen
+
+    return until
+
+
+def test_three_people_with_nc_two_rooms_and_who():
+    with Twistd("tcphub", "--port", "0") as twistd:
+        host, port = twistd.wait_listening()
+        people = {}
+        for name in ("ann", "bob", "cat"):
+            sock = socket.create_connection((host, port), timeout=30)
+            until = _reader(sock)
+            until(b"* commands:")
+            sock.sendall(b"/nick " + name.encode() + b"\n")
+            until(b"* you are now " + name.encode())
+            people[name] = (sock, until)
+        try:
+            cat, cat_until = people["cat"]
+            cat.sendall(b"/join games\n")
+            cat_until(b"* you are in #games")
+            ann, ann_until = people["ann"]
+            bob, bob_until = people["bob"]
+            ann.sendall(b"hello lobby\n")
+            assert bob_until(b"#lobby <ann>")[-1] == b"#lobby <ann> hello lobby"
+            cat.sendall(b"gg\n")
+            bob.sendall(b"/who\n")
+            assert bob_until(b"* in #lobby")[-1] == b"* in #lobby: ann, bob, cat"
+            cat.sendall(b"/who\n")
+            assert cat_until(b"* in #games")[-1] == b"* in #games: cat"
+            ann.sendall(b"/rooms\n")
+            seen = ann_until(b"* rooms:")
+            assert seen[-1] == b"* rooms: #games (1), #lobby (3)"
+            assert not any(b"gg" in line for line in seen), "cat's line stayed in #games"
+        finally:
+            for sock, _ in people.values():
+                sock.close()
+        twistd.shutdown()
