@@ -4,6 +4,8 @@
 //
 //   node loadgen.js echo   PORT CONNS INFLIGHT SIZE SECONDS
 //   node loadgen.js fanout PORT RECEIVERS SIZE MESSAGES
+//   node loadgen.js room   PORT IDLE RECEIVERS SIZE MESSAGES  (fan-out to a room of RECEIVERS
+//                          among IDLE other connections: receivers join with a "Jr" frame)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
 "use strict";
@@ -113,9 +115,25 @@ async function echo(conns, inflight, size, seconds) {
            p50_us: percentile(latencies, 0.5), p99_us: percentile(latencies, 0.99) };
 }
 
-async function fanout(receivers, size, messages) {
+async function room(idleCount, receivers, size, messages) {
+  const idle = [];
+  for (let i = 0; i < idleCount; i += 500) {
+    idle.push(...await Promise.all(Array.from({ length: Math.min(500, idleCount - i) }, connect)));
+  }
+  try {
+    return { ...await fanout(receivers, size, messages, true), idle: idle.length };
+  } finally {
+    idle.forEach((socket) => socket.destroy());
+  }
+}
+
+async function fanout(receivers, size, messages, joinRoom = false) {
   const sockets = [];
-  for (let i = 0; i < receivers; i++) sockets.push(await connect());
+  for (let i = 0; i < receivers; i++) {
+    const socket = await connect();
+    if (joinRoom) socket.write(frame(Buffer.from("Jr")));
+    sockets.push(socket);
+  }
   const sender = await connect();
   sender.on("data", () => {});
   const counts = new Array(receivers).fill(0);
@@ -185,8 +203,8 @@ async function churn(concurrency, seconds) {
 }
 
 const numbers = rest.map(Number);
-const modes = { echo, fanout, idle, churn };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|idle|churn PORT ...`);
+const modes = { echo, fanout, idle, churn, room };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|idle|churn|room PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);

@@ -146,6 +146,9 @@ def scenarios(quick: bool):
          lambda port: load("fanout", port, 100, 64, int(20000 * scale)), "deliveries_per_second"),
         ("fan-out to 1,000: deliveries/s", "broadcast",
          lambda port: load("fanout", port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
+        # tcphub only: the room of 100 among 10,000 connections, against fan-out to 100 above.
+        ("room of 100 among 10,000: deliveries/s", "room",
+         lambda port: load("room", port, 10_000, 100, 64, int(20000 * scale)), "deliveries_per_second"),
         ("churn: connections/s", "echo", lambda port: load("churn", port, 50, seconds), "per_second"),
     ]
 
@@ -166,6 +169,8 @@ def main() -> None:
         print(f"== {name}", flush=True)
         last = {}
         for label, mode, run, key in scenarios(args.quick):
+            if mode == "room" and not name.startswith("tcphub"):
+                continue  # rooms are tcphub's
             if run is not None:
                 server = Server(name, mode)
                 try:

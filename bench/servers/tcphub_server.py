@@ -1,7 +1,10 @@
 """tcphub's TcpServer, as twistd tcphub builds it, on a chosen reactor; prints
 its metrics as JSON when a line arrives on stdin (to check the client table).
 
-    python tcphub_server.py echo|broadcast [default|asyncio|uvloop]
+    python tcphub_server.py echo|broadcast|room [default|asyncio|uvloop]
+
+room: a frame "J<name>" joins that room; any other frame goes to room "r",
+to every member but the sender.
 """
 
 import json
@@ -30,7 +33,7 @@ from twisted.logger import (  # noqa: E402
 )
 from twisted.protocols.basic import LineReceiver  # noqa: E402
 
-from tcphub import TcpServer  # noqa: E402
+from tcphub import HubProtocol, TcpServer  # noqa: E402
 from tcphub.hub.modes import MODES  # noqa: E402
 
 # As twistd does: log to a file (here stderr, info and up). Until logging
@@ -40,8 +43,16 @@ globalLogBeginner.beginLoggingTo(
     redirectStandardIO=False,
 )
 
+class RoomFanout(HubProtocol):
+    def messageReceived(self, payload):
+        if payload[:1] == b"J":
+            self.join(payload[1:].decode())
+        else:
+            self.broadcastMessage(payload, room="r")
+
+
 server = TcpServer(
-    port=0, framing="int32", protocol=MODES[sys.argv[1]], backlog=4096, timeout=None,
+    port=0, framing="int32", protocol=RoomFanout if sys.argv[1] == "room" else MODES[sys.argv[1]], backlog=4096, timeout=None,
     max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
 )
 
