@@ -32,6 +32,7 @@ from tcphub.hub.factory import (
 )
 from tcphub.hub.framing import FRAMINGS
 from tcphub.hub.modes import MODES
+from tcphub.hub.rooms import DEFAULT_ROOM_HISTORY_BYTES
 from tcphub.hub.service import DEFAULT_BACKLOG, TcpServer, check_host
 from tcphub.ws.reconnect import BACKOFFS
 
@@ -88,6 +89,11 @@ class Options(usage.Options):
         ["max-pending", None, DEFAULT_MAX_PENDING,
          "bytes queued for a client that does not read before it is dropped",
          _number("max-pending", int, minimum=1)],
+        ["room-history", None, 0,
+         "messages each room keeps and replays to a client that joins it (0: none)",
+         _number("room-history", int, minimum=0)],
+        ["room-history-bytes", None, DEFAULT_ROOM_HISTORY_BYTES,
+         "bytes of history each room keeps at most", _number("room-history-bytes", int, minimum=0)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "seconds to let queued output drain on shutdown",
          _number("drain-timeout", float, minimum=0)],
@@ -181,6 +187,8 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         max_rate=config["max-rate"],
         max_burst=config["max-burst"],
         drain_timeout=config["drain-timeout"],
+        room_history=config["room-history"],
+        room_history_bytes=config["room-history-bytes"],
         protocol=MODES[config["mode"]],
         endpoint=config["listen"] or None,
         reactor=reactor,

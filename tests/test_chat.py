@@ -109,3 +109,13 @@ def test_three_people_with_nc_two_rooms_and_who():
             for sock, _ in people.values():
                 sock.close()
         twistd.shutdown()
+
+
+def test_with_history_a_newcomer_reads_what_was_said_before_it_came(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol, room_history=5)
+    ann, ann_t = hub.connect()
+    ann.dataReceived(b"/nick ann\nanyone here?\n")
+    bob, bob_t = hub.connect()
+    received = lines(bob_t)
+    assert b"#lobby <ann> anyone here?" in received
+    assert received.index(b"#lobby <ann> anyone here?") < received.index(b"* you are in #lobby")

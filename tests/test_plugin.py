@@ -62,6 +62,22 @@ def test_every_option_reaches_the_server():
     assert server.drain_timeout == 2
 
 
+def test_room_history_options_reach_the_hub():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    factory = hub_service("--room-history", "2", "--room-history-bytes", "999",
+                          "--timeout", "0", "--frame-timeout", "0").factory
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    client = factory.buildProtocol(address)
+    client.makeConnection(StringTransport(peerAddress=address))
+    factory.join(client.client_id, "r")
+    for text in (b"one", b"two", b"three", b"x" * 1000):
+        factory.broadcast(text, room="r")
+    assert [frame for _, frame in factory.room_history("r")] == [b"two\n", b"three\n"]
+    client.connectionLost()
+
+
 def test_listen_is_repeatable():
     server = hub_service("--listen", "tcp:0", "--listen", "unix:/tmp/hub.sock")
     assert len(server.endpoints) == 2

@@ -167,3 +167,67 @@ def test_membership_equals_a_simple_model_after_any_sequence(steps):
                     assert hub.factory.client(each.client_id).rooms == tuple(model[position])
     finally:
         hub.close()
+
+
+# -- numbering and history -----------------------------------------------------------
+
+
+def test_room_messages_are_numbered_per_room_until_the_room_empties(hub_factory):
+    hub = hub_factory(protocol=Talker)
+    ann, _ = hub.connect()
+    bob, _ = hub.connect()
+    ann.dataReceived(b"join r\njoin s\n")
+    bob.dataReceived(b"join r\n")
+    assert [ann.broadcastMessage(b"m", room="r") for _ in range(3)] == [1, 2, 3]
+    assert ann.broadcastMessage(b"m", room="s") == 1
+    assert hub.factory.room_sequence("r") == 3 and hub.factory.room_sequence("nowhere") == 0
+    ann.dataReceived(b"leave s\n")
+    assert hub.factory.room_sequence("s") == 0, "an empty room is gone, its numbering too"
+
+
+def test_history_is_off_by_default(hub_factory):
+    hub = hub_factory(protocol=Talker)
+    ann, _ = hub.connect()
+    ann.dataReceived(b"join r\n")
+    hub.factory.broadcast(b"before", room="r")
+    bob, bob_t = hub.connect()
+    bob.dataReceived(b"join r\n")
+    assert bob_t.value() == b"" and hub.factory.room_history("r") == []
+
+
+def test_a_joiner_gets_the_rooms_last_messages_in_order_before_live_ones(hub_factory):
+    hub = hub_factory(protocol=Talker, room_history=2)
+    ann, _ = hub.connect()
+    ann.dataReceived(b"join r\n")
+    for text in (b"one", b"two", b"three"):
+        hub.factory.broadcast(text, room="r")
+    assert [number for number, _ in hub.factory.room_history("r")] == [2, 3]
+    bob, bob_t = hub.connect()
+    bob.dataReceived(b"join r\n")
+    ann.dataReceived(b"to r four\n")
+    assert bob_t.value() == b"two\nthree\nfour\n"
+    bob.dataReceived(b"join r\n")
+    assert bob_t.value() == b"two\nthree\nfour\n", "joining again replays nothing"
+
+
+def test_history_is_bounded_in_bytes_too():
+    rooms: Rooms[str] = Rooms(history=100, history_bytes=10)
+    rooms.join("ann", "r")
+    assert rooms.record("r", b"x" * 11) == 1 and rooms.history("r") == [], "larger than the bound: not kept"
+    for number in range(2, 6):
+        rooms.record("r", b"%d---" % number)  # 5 bytes each
+    assert rooms.history("r") == [(4, b"4---"), (5, b"5---")]
+    assert rooms.record("nowhere", b"x") is None and rooms.history("nowhere") == []
+
+
+@given(st.lists(st.binary(max_size=20), max_size=50), st.integers(0, 5), st.integers(0, 60))
+def test_history_never_passes_its_bounds(messages, size, limit):
+    rooms: Rooms[str] = Rooms(history=size, history_bytes=limit)
+    rooms.join("ann", "r")
+    for message in messages:
+        rooms.record("r", message)
+    kept = rooms.history("r")
+    assert len(kept) <= size and sum(len(message) for _, message in kept) <= limit
+    assert [number for number, _ in kept] == sorted(number for number, _ in kept)
+    eligible = [message for message in messages if len(message) <= limit] if size else []
+    assert [message for _, message in kept] == eligible[len(eligible) - len(kept):], "the newest, in order"

@@ -34,7 +34,7 @@ from tcphub.hub.framing import Framing, get_framing
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.protocol import HubProtocol, check_payload
-from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, Rooms
+from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Rooms
 
 __all__ = ["HubFactory"]
 
@@ -83,6 +83,8 @@ class HubFactory(Factory):
         keep_alive: bool = True,
         closed_history: int = DEFAULT_CLOSED_HISTORY,
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
+        room_history: int = 0,
+        room_history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES,
         clock: IReactorTime | None = None,
     ) -> None:
         if protocol is not None:
@@ -115,7 +117,11 @@ class HubFactory(Factory):
         """Called with C{(where, failure, client_id)} when a hook raised."""
         self.events = Events(("connection", "data", "disconnect", "error", "join", "leave"),
                              self.handler_failed.event_failed)
-        self._rooms: Rooms[HubProtocol] = Rooms(_checks.count("max_rooms_per_client", max_rooms_per_client))
+        self._rooms: Rooms[HubProtocol] = Rooms(
+            _checks.count("max_rooms_per_client", max_rooms_per_client),
+            history=_checks.count("room_history", room_history, minimum=0),
+            history_bytes=_checks.count("room_history_bytes", room_history_bytes, minimum=0),
+        )
         self.started_at: float | None = None
         self.reading_paused = False
         self._clients: dict[str, HubProtocol] = {}
@@ -205,7 +211,11 @@ class HubFactory(Factory):
         countdown = None
         batch = self.batch
         dirty = batch.dirty
-        receivers = tuple(self._clients.values() if room is None else self._rooms.members(room))
+        if room is None:
+            receivers = tuple(self._clients.values())
+        else:
+            self._rooms.record(room, frame)
+            receivers = tuple(self._rooms.members(room))
         batch.begin()
         try:
             for client in receivers:
@@ -253,14 +263,18 @@ class HubFactory(Factory):
             client.resumeReading()
 
     def join(self, client_id: str, room: str) -> None:
-        """Put a client in C{room} (created by its first member) and emit
-        C{join}; nothing if it is there already.  Raises L{UnknownClient},
+        """Put a client in C{room} (created by its first member), emit
+        C{join}, and send it the room's history (with C{room_history});
+        nothing if it is there already.  Raises L{UnknownClient},
         L{InvalidRoomName}, or L{RoomLimitReached} past C{max_rooms_per_client}."""
         client = self._clients.get(client_id)
         if client is None:
             raise UnknownClient(client_id)
         if self._rooms.join(client, room):
             self.events.emit("join", client_id, room)
+            # The room's history, oldest first, before anything sent to it from now on.
+            for _, frame in self._rooms.history(room):
+                client.deliver(frame)
 
     def leave(self, client_id: str, room: str) -> None:
         """Take a client out of C{room} (gone once empty) and emit C{leave};
@@ -270,6 +284,17 @@ class HubFactory(Factory):
             raise UnknownClient(client_id)
         if self._rooms.leave(client, room):
             self.events.emit("leave", client_id, room, "left")
+
+    def room_sequence(self, room: str) -> int:
+        """The number of the last message sent to C{room}: messages to a room
+        are numbered 1, 2, ... for as long as it has members (0: none yet)."""
+        return self._rooms.sequence(room)
+
+    def room_history(self, room: str) -> list[tuple[int, bytes]]:
+        """The last C{room_history} messages of C{room} (at most
+        C{room_history_bytes} in all), each as C{(number, frame)}, the frame
+        as sent on the wire (framing included), oldest first."""
+        return self._rooms.history(room)
 
     def rooms(self) -> dict[str, int]:
         """Every room with its number of members."""

@@ -426,16 +426,18 @@ class HubProtocol(Protocol):
         else:
             self.deliver(frame)
 
-    def broadcastMessage(self, payload: bytes, room: str | None = None) -> None:
+    def broadcastMessage(self, payload: bytes, room: str | None = None) -> int | None:
         """Frame C{payload} once and send it to every other client (of
         C{room}, if given); the fire-and-forget form of
-        C{factory.broadcast(payload, exclude=[self.client_id], room=room)}."""
+        C{factory.broadcast(payload, exclude=[self.client_id], room=room)}.
+        Returns the message's number in the room (see C{room_sequence})."""
         if type(payload) is not bytes:
             check_payload(payload, "broadcastMessage")
         hub = self.factory
         countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room)
         if countdown is not None:
             countdown.tick()
+        return None if room is None else hub.room_sequence(room)
 
     # -- rooms ----------------------------------------------------------
 

@@ -1,19 +1,23 @@
 """
 Who is in which room: pure bookkeeping (no Twisted, no I/O), bounded by the
-length of a room's name and the rooms one member may be in.  The hub's
-factory owns one and says what membership means for delivery and events.
+length of a room's name and the rooms one member may be in; and, for each
+room, the sequence number of its last message and (if asked) the last
+messages themselves, bounded in count and bytes.  The hub's factory owns one
+and says what membership means for delivery and events.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Generic, Hashable, Iterable, TypeVar
 
 from tcphub.errors import InvalidRoomName, RoomLimitReached
 
-__all__ = ["DEFAULT_MAX_ROOMS_PER_CLIENT", "MAX_ROOM_NAME", "Rooms", "check_room"]
+__all__ = ["DEFAULT_MAX_ROOMS_PER_CLIENT", "DEFAULT_ROOM_HISTORY_BYTES", "MAX_ROOM_NAME", "Rooms", "check_room"]
 
 MAX_ROOM_NAME = 128
 DEFAULT_MAX_ROOMS_PER_CLIENT = 100
+DEFAULT_ROOM_HISTORY_BYTES = 64 * 1024
 
 M = TypeVar("M", bound=Hashable)
 
@@ -33,10 +37,16 @@ class Rooms(Generic[M]):
     joined), each member's rooms likewise.  An empty room does not exist.
     """
 
-    def __init__(self, max_rooms_per_member: int = DEFAULT_MAX_ROOMS_PER_CLIENT) -> None:
+    def __init__(self, max_rooms_per_member: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
+                 history: int = 0, history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES) -> None:
         self.max_rooms_per_member = max_rooms_per_member
+        self.history_size = history
+        self.history_bytes = history_bytes
         self._members: dict[str, dict[M, None]] = {}
         self._rooms: dict[M, dict[str, None]] = {}
+        self._sequence: dict[str, int] = {}
+        self._history: dict[str, deque[tuple[int, bytes]]] = {}
+        self._history_size: dict[str, int] = {}
 
     def join(self, member: M, room: str) -> bool:
         """Put C{member} in C{room}; False if it was there already.  Raises
@@ -64,8 +74,36 @@ class Rooms(Generic[M]):
         members = self._members[room]
         del members[member]
         if not members:
+            # An empty room is gone, and its numbering and history with it.
             del self._members[room]
+            self._sequence.pop(room, None)
+            self._history.pop(room, None)
+            self._history_size.pop(room, None)
         return True
+
+    def record(self, room: str, message: bytes) -> int | None:
+        """Number a message sent to C{room} (1, 2, ...) and keep it in the
+        room's history if history is on; None if the room does not exist."""
+        if room not in self._members:
+            return None
+        sequence = self._sequence.get(room, 0) + 1
+        self._sequence[room] = sequence
+        if self.history_size and len(message) <= self.history_bytes:
+            history = self._history.setdefault(room, deque())
+            history.append((sequence, message))
+            size = self._history_size.get(room, 0) + len(message)
+            while len(history) > self.history_size or size > self.history_bytes:
+                size -= len(history.popleft()[1])
+            self._history_size[room] = size
+        return sequence
+
+    def sequence(self, room: str) -> int:
+        """The number of the last message sent to C{room} (0 if none, or no such room)."""
+        return self._sequence.get(room, 0)
+
+    def history(self, room: str) -> list[tuple[int, bytes]]:
+        """The room's last messages with their numbers, oldest first."""
+        return list(self._history.get(room, ()))
 
     def leave_all(self, member: M) -> list[str]:
         """Take C{member} out of every room; return them, in the order joined."""

@@ -36,7 +36,7 @@ from tcphub.hub.factory import (
 from tcphub.hub.framing import Framing
 from tcphub.hub.metrics import ClientInfo, Metrics
 from tcphub.hub.protocol import HubProtocol, format_address
-from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT
+from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES
 
 __all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host"]
 
@@ -91,6 +91,8 @@ class TcpServer(Service):
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         closed_history: int = DEFAULT_CLOSED_HISTORY,
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
+        room_history: int = 0,
+        room_history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES,
         protocol: type[HubProtocol] = HubProtocol,
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
         raise_descriptor_limit: bool = True,
@@ -114,6 +116,8 @@ class TcpServer(Service):
             frame_timeout=frame_timeout,
             closed_history=closed_history,
             max_rooms_per_client=max_rooms_per_client,
+            room_history=room_history,
+            room_history_bytes=room_history_bytes,
             max_rate=max_rate,
             max_burst=max_burst,
             keep_alive=keep_alive,
