@@ -89,3 +89,41 @@ def test_only_a_connection_that_stays_up_for_min_uptime_resets_the_count(uptime,
     assert scheduled == attempts
     service.stopService()
     reactor.advance(0)
+
+
+def test_a_thousand_handlers_that_lose_one_server_spread_their_first_retries():
+    """Full jitter by default: the first retries of 1,000 handlers whose
+    connections fail at the same instant cover the whole first interval,
+    about a tenth of them in each tenth of it."""
+    import random
+
+    from twisted.internet.error import ConnectionRefusedError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python.failure import Failure
+
+    from tcphub import WebSocketHandler
+
+    state = random.getstate()
+    random.seed(6455)
+    try:
+        reactor = MemoryReactorClock()
+        handlers = []
+        for _ in range(1000):
+            handler = WebSocketHandler(reactor=reactor, clock=reactor, max_retries=None, ping_interval=0)
+            handler.connect("ws://127.0.0.1:9/").addErrback(lambda failure: None)
+            handlers.append(handler)
+        for _, _, factory, _, _ in list(reactor.tcpClients):
+            factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        # The endpoint reports the failures when its own attempt timer (0.3 s) fires.
+        (endpoint_timer,) = {call.getTime() for call in reactor.getDelayedCalls()}
+        reactor.advance(endpoint_timer)
+        failed_at = reactor.seconds()
+        retries = sorted(call.getTime() - failed_at for call in reactor.getDelayedCalls())
+        assert len(retries) == 1000 and 0 < retries[0] and retries[-1] <= 1.0
+        tenths = [sum(1 for delay in retries if n / 10 <= delay < (n + 1) / 10) for n in range(10)]
+        assert all(60 <= count <= 140 for count in tenths), tenths
+    finally:
+        random.setstate(state)
+        for handler in handlers:
+            handler.close()
+        reactor.advance(0)

@@ -45,7 +45,7 @@ from tcphub.errors import (
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.ws.envelope import Envelope, decode, encode
 from tcphub.ws.protocol import HandlerFactory, HandlerProtocol
-from tcphub.ws.reconnect import ReconnectingClientService, backoff_policy
+from tcphub.ws.reconnect import DEFAULT_JITTER, ReconnectingClientService, backoff_policy
 from tcphub.ws.requests import PendingRequests
 from tcphub.ws.routing import Router
 
@@ -169,7 +169,7 @@ class WebSocketHandler(Service):
         ping_timeout: float | None = None,
         initial_delay: float = 1.0,
         max_delay: float = 30.0,
-        jitter: float = 0.1,
+        jitter: float = DEFAULT_JITTER,
         open_timeout: float = 10.0,
         close_timeout: float = 5.0,
         min_uptime: float = 5.0,

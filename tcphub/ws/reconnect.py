@@ -27,6 +27,11 @@ RetryPolicy = Callable[[int], float]
 _NEVER = 24 * 3600.0
 
 
+DEFAULT_JITTER = 1.0
+"""Full jitter: a retry waits anywhere in (0, delay], so that clients that
+lost the same server do not come back in step (RFC 6455, section 7.2.3)."""
+
+
 def _jittered(delay: float, jitter: float, random: Callable[[], float]) -> float:
     # Subtract the jitter so that the delay never passes max_delay.
     return delay * (1.0 - jitter * random())
@@ -35,11 +40,12 @@ def _jittered(delay: float, jitter: float, random: Callable[[], float]) -> float
 def linear_backoff(
     initial_delay: float = 1.0,
     max_delay: float = 30.0,
-    jitter: float = 0.1,
+    jitter: float = DEFAULT_JITTER,
     random: Callable[[], float] = _random.random,
 ) -> RetryPolicy:
     """Retry C{n} waits C{initial_delay * n} seconds, at most C{max_delay},
-    less up to C{jitter} of it at random (so that clients do not retry in step)."""
+    less up to C{jitter} of it at random (so that clients do not retry in
+    step; the default, 1, spreads retries over the whole interval)."""
 
     def policy(attempt: int) -> float:
         return _jittered(min(initial_delay * attempt, max_delay), jitter, random)
@@ -51,7 +57,7 @@ def exponential_backoff(
     initial_delay: float = 1.0,
     max_delay: float = 30.0,
     factor: float = 2.0,
-    jitter: float = 0.1,
+    jitter: float = DEFAULT_JITTER,
     random: Callable[[], float] = _random.random,
 ) -> RetryPolicy:
     """Retry C{n} waits C{initial_delay * factor ** (n - 1)} seconds, at most
