@@ -49,6 +49,17 @@ class Options(usage.Options):
          number("ping-interval", float, minimum=0)],
         ["max-message-size", None, 1024 * 1024, "largest message accepted, in bytes",
          number("max-message-size", int, minimum=1)],
+        ["open-timeout", None, 10.0, "seconds for TCP and the opening handshake",
+         number("open-timeout", float, above=0)],
+        ["ping-timeout", None, None, "seconds a pong may take [default: the ping interval, at most 10]",
+         number("ping-timeout", float, above=0)],
+        ["initial-delay", None, 1.0, "seconds before the first retry (at most: full jitter)",
+         number("initial-delay", float, minimum=0)],
+        ["max-delay", None, 30.0, "longest delay between retries, in seconds",
+         number("max-delay", float, minimum=0)],
+        ["origin", None, None, "the Origin header of the handshake"],
+        ["proxy", None, None, "connect through this HTTP CONNECT proxy, host:port (ws:// only)"],
+        ["ca-file", None, None, "trust the CA certificates in this PEM file for wss:// (a private CA)"],
         *ADMIN_OPTIONS,
         *LOG_OPTIONS,
     ]
@@ -57,9 +68,30 @@ class Options(usage.Options):
         ["no-compression", None, "do not offer permessage-deflate"],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["header"] = {}
+        self["subprotocol"] = []
+
+    def opt_header(self, header: str) -> None:
+        """Add a handshake header, 'Name: value' (repeatable), e.g. an Authorization."""
+        name, colon, value = header.partition(":")
+        if not colon or not name.strip():
+            raise usage.UsageError(f"--header takes 'Name: value', not {header!r}")
+        self["header"][name.strip()] = value.strip()
+
+    def opt_subprotocol(self, name: str) -> None:
+        """Offer this subprotocol in the handshake (repeatable, in order of preference)."""
+        self["subprotocol"].append(name)
+
     def postOptions(self) -> None:
         if not self["url"]:
             raise usage.UsageError("--url is required, e.g. --url ws://127.0.0.1:8765/")
+        if self["ca-file"] is not None and not self["url"].startswith("wss:"):
+            raise usage.UsageError("--ca-file goes with a wss:// --url")
+        if self["proxy"] is not None and self["url"].startswith("wss:"):
+            raise usage.UsageError("--proxy is not supported with a wss:// --url yet")
+        self["tls-options"] = _trusting(self["url"], self["ca-file"])
         check_admin(self)
 
 
@@ -71,6 +103,22 @@ def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
         "message on {path} from connection {connection_id}: {data}",
         path=envelope.path, connection_id=context.connection_id, data=data,
     )
+
+
+def _trusting(url: str, ca_file: str | None) -> Any:
+    """TLS options for C{url}'s host that trust the CAs of C{ca_file}."""
+    if ca_file is None:
+        return None
+    from urllib.parse import urlparse
+
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    try:
+        with open(ca_file, "rb") as pem:
+            trust = Certificate.loadPEM(pem.read())
+    except (OSError, ValueError) as error:
+        raise usage.UsageError(f"--ca-file {ca_file!r}: {error}") from None
+    return optionsForClientTLS(urlparse(url).hostname or "", trustRoot=trust)
 
 
 def makeService(config: Options, reactor: Any = None) -> PluginProcess:
@@ -86,6 +134,15 @@ def makeService(config: Options, reactor: Any = None) -> PluginProcess:
         ping_interval=config["ping-interval"],
         max_message_size=config["max-message-size"],
         compression=not config["no-compression"],
+        open_timeout=config["open-timeout"],
+        ping_timeout=config["ping-timeout"],
+        initial_delay=config["initial-delay"],
+        max_delay=config["max-delay"],
+        headers=config["header"] or None,
+        subprotocols=config["subprotocol"],
+        origin=config["origin"],
+        proxy=config["proxy"],
+        tls_options=config["tls-options"],
         reactor=reactor,
     )
     handler.on("message", _log_message)

@@ -16,7 +16,8 @@ import struct
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock, deferLater
@@ -742,3 +743,116 @@ def test_the_close_event_reports_the_protocol_error_we_closed_with(drop, handler
     finally:
         yield ws.close()
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_handshake_options_reach_the_server_and_the_token_is_fetched_anew_for_each_attempt(servers, handler):
+    server = servers.start("--require-auth", "--subprotocols", "chat.v1,chat.v2", "--close-at-open", "4000")
+    fetched: list[int] = []
+
+    def token():
+        fetched.append(len(fetched) + 1)
+        return succeed({"Authorization": f"Bearer token-{len(fetched)}"})
+
+    ws = handler(ping_interval=0, max_retries=None, headers=token, subprotocols=["chat.v2"],
+                 origin="https://app.example")
+    retried = when_event(ws, "retry")
+    yield ws.connect(server.url)
+    first = server.wait_for(r"^handshake (.*)")
+    assert first[1].startswith("auth='Bearer token-1' origin='https://app.example' agent='tcphub/")
+    assert server.wait_for(r"^subprotocol (.*)")[1] == "chat.v2"
+    assert ws.context.subprotocol == "chat.v2"
+    since = len(server.lines)
+    _, delay, _ = yield retried
+    # The retry event comes from inside the retry policy: the retry is
+    # scheduled once the policy returns, on the next turn of the reactor.
+    yield deferLater(reactor, 0, lambda: None)
+    opened = when_event(ws, "open")
+    ws.clock.advance(delay)
+    yield opened
+    assert server.wait_for(r"^handshake (.*)", since=since)[1].startswith("auth='Bearer token-2'")
+    assert fetched == [1, 2]
+
+
+@pytest_twisted.inlineCallbacks
+def test_static_headers_and_a_chosen_user_agent(servers, handler):
+    server = servers.start("--require-auth")
+    ws = handler(ping_interval=0, headers={"Authorization": "Bearer fixed"}, user_agent="probe/1")
+    yield ws.connect(server.url)
+    assert server.wait_for(r"^handshake (.*)")[1] == "auth='Bearer fixed' origin=None agent='probe/1'"
+    assert ws.get_status().subprotocol is None
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"headers": "Authorization: x"}, "headers takes a mapping or a callable"),
+    ({"subprotocols": ["ok", ""]}, "subprotocols takes names"),
+    ({"proxy": "nohost"}, "proxy takes host:port"),
+    ({"proxy": "127.0.0.1:3128", "url": "wss://h/"}, "not supported with wss://"),
+])
+def test_bad_handshake_options_are_refused_by_name(options, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        WebSocketHandler(**options)
+
+
+class _ConnectProxy(Protocol):
+    """A small HTTP CONNECT proxy: reads one CONNECT request, connects to
+    its target, answers 200, then pipes bytes both ways."""
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.pipe: _Pipe | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.pipe is not None:
+            self.pipe.transport.write(data)
+            return
+        self.buffer += data
+        head, found, rest = self.buffer.partition(b"\r\n\r\n")
+        if not found:
+            return
+        target = head.split(b" ")[1].decode()
+        self.factory.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        self.transport.pauseProducing()
+        endpoint = TCP4ClientEndpoint(reactor, host, int(port))
+        connectProtocol(endpoint, _Pipe(self)).addCallback(self._connected, rest)
+
+    def _connected(self, pipe: _Pipe, rest: bytes) -> None:
+        self.pipe = pipe
+        self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if rest:
+            pipe.transport.write(rest)
+        self.transport.resumeProducing()
+
+    def connectionLost(self, reason=None) -> None:
+        if self.pipe is not None:
+            self.pipe.transport.loseConnection()
+
+
+class _Pipe(Protocol):
+    def __init__(self, other: _ConnectProxy) -> None:
+        self.other = other
+
+    def dataReceived(self, data: bytes) -> None:
+        self.other.transport.write(data)
+
+    def connectionLost(self, reason=None) -> None:
+        self.other.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_connection_through_an_http_connect_proxy(servers, handler):
+    server = servers.start()
+    factory = Factory.forProtocol(_ConnectProxy)
+    factory.targets = []
+    proxy = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        ws = handler(ping_interval=0, proxy=f"127.0.0.1:{proxy.getHost().port}")
+        seen, echoed = route_into(ws, "through", 1)
+        yield ws.connect(server.url)
+        yield ws.send("through", "the proxy")
+        assert (yield echoed)[0][0] == "the proxy"
+        assert factory.targets == [f"127.0.0.1:{server.port}"]
+        yield ws.close()
+    finally:
+        yield proxy.stopListening()

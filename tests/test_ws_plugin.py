@@ -75,3 +75,54 @@ def test_ws_client_example(monkeypatch):
             # The server echoes the client's answer, which no route handles.
             twistd.wait_for(r"nobody handles client\.hello")
             twistd.shutdown()
+
+
+def test_handshake_and_timing_options_reach_the_handler():
+    handler = makeService(parse(
+        "--url", "ws://127.0.0.1:1/", "--header", "Authorization: Bearer x", "--header", "X-Id:7",
+        "--subprotocol", "chat.v2", "--subprotocol", "chat.v1", "--origin", "https://app.example",
+        "--open-timeout", "3", "--ping-timeout", "2", "--initial-delay", "0.5", "--max-delay", "9",
+        "--proxy", "127.0.0.1:3128",
+    )).getServiceNamed("tcphub-ws")
+    assert handler.headers == {"Authorization": "Bearer x", "X-Id": "7"}
+    assert handler.subprotocols == ("chat.v2", "chat.v1") and handler.origin == "https://app.example"
+    assert (handler.open_timeout, handler.ping_timeout, handler.proxy) == (3, 2, "127.0.0.1:3128")
+    assert handler.user_agent.startswith("tcphub/")
+
+
+def test_a_private_ca_file_makes_tls_options(tmp_path):
+    from tests.clients import make_certificate
+
+    _, cert = make_certificate(tmp_path)
+    handler = makeService(parse("--url", "wss://localhost:1/", "--ca-file", str(cert))).getServiceNamed("tcphub-ws")
+    assert handler.tls_options is not None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--header", "no colon"], "--header takes 'Name: value'"),
+    (["--ca-file", "/etc/hostname"], "--ca-file goes with a wss:// --url"),
+    (["--proxy", "127.0.0.1:3128", "--url", "wss://h/"], "--proxy is not supported with a wss://"),
+])
+def test_bad_handshake_options_are_usage_errors(args, message):
+    url = [] if "--url" in args else ["--url", "ws://h/"]
+    with pytest.raises(usage.UsageError, match=message):
+        parse(*url, *args)
+
+
+def test_a_missing_ca_file_is_a_usage_error(tmp_path):
+    with pytest.raises(usage.UsageError, match="--ca-file"):
+        parse("--url", "wss://h/", "--ca-file", str(tmp_path / "none.pem"))
+
+
+def test_twistd_tcphub_ws_sends_the_header_and_subprotocol_it_is_given():
+    server = WebSocketServer("--require-auth", "--subprotocols", "chat.v2")
+    try:
+        with Twistd("tcphub-ws", "--url", server.url, "--ping-interval", "0",
+                    "--header", "Authorization: Bearer from-the-command-line",
+                    "--subprotocol", "chat.v2") as twistd:
+            twistd.wait_for(r"connected to ws://")
+            assert server.wait_for(r"^handshake (.*)")[1].startswith("auth='Bearer from-the-command-line'")
+            assert server.wait_for(r"^subprotocol (.*)")[1] == "chat.v2"
+            twistd.shutdown()
+    finally:
+        server.kill()

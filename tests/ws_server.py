@@ -9,9 +9,11 @@ It echoes every message, except text messages whose JSON path is:
 With --reject it answers every handshake with HTTP 503; with --greet it sends
 {"path": "server.hello", "data": {"greeting": "hello"}} on every connection;
 with --close-at-open CODE it closes every connection with CODE
-("authentication failed") right after the handshake; with --cert and --key
-it speaks TLS (wss://).
-It prints "listening on PORT" once ready, and "open <extensions>" per connection.
+("authentication failed") right after the handshake; with --require-auth it
+answers 401 to a handshake without "Authorization: Bearer ..."; with
+--subprotocols a,b it offers those; with --cert and --key it speaks TLS (wss://).
+It prints "listening on PORT" once ready, and per connection "handshake
+auth=... origin=... agent=...", "open <extensions>" and "subprotocol <name>".
 """
 
 import argparse
@@ -31,6 +33,7 @@ CLOSE_AT_OPEN = None
 async def echo(connection) -> None:
     extensions = ",".join(e.name for e in connection.protocol.extensions) or "none"
     print(f"open {extensions}", flush=True)
+    print(f"subprotocol {connection.subprotocol}", flush=True)
     if CLOSE_AT_OPEN is not None:
         await connection.close(CLOSE_AT_OPEN, "authentication failed")
         print(f"connection closed: code {connection.close_code}", flush=True)
@@ -69,8 +72,19 @@ async def serve_messages(connection, held) -> None:
             await connection.send(message)
 
 
-def reject(connection, request):
-    return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+REJECT = False
+REQUIRE_AUTH = False
+
+
+def check_handshake(connection, request):
+    headers = request.headers
+    print(f"handshake auth={headers.get('Authorization')!r} origin={headers.get('Origin')!r} "
+          f"agent={headers.get('User-Agent')!r}", flush=True)
+    if REJECT:
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+    if REQUIRE_AUTH and not (headers.get("Authorization") or "").startswith("Bearer "):
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "token needed\n")
+    return None
 
 
 async def main() -> None:
@@ -79,19 +93,24 @@ async def main() -> None:
     parser.add_argument("--reject", action="store_true")
     parser.add_argument("--greet", action="store_true")
     parser.add_argument("--close-at-open", type=int)
+    parser.add_argument("--require-auth", action="store_true")
+    parser.add_argument("--subprotocols")
     parser.add_argument("--cert")
     parser.add_argument("--key")
     args = parser.parse_args()
-    global GREET, CLOSE_AT_OPEN
+    global GREET, CLOSE_AT_OPEN, REJECT, REQUIRE_AUTH
     GREET = args.greet
     CLOSE_AT_OPEN = args.close_at_open
+    REJECT = args.reject
+    REQUIRE_AUTH = args.require_auth
     context = None
     if args.cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(args.cert, args.key)
     async with serve(
         echo, "127.0.0.1", args.port, ssl=context,
-        process_request=reject if args.reject else None,
+        process_request=check_handshake,
+        subprotocols=args.subprotocols.split(",") if args.subprotocols else None,
     ) as server:
         port = server.sockets[0].getsockname()[1]
         print(f"listening on {port}", flush=True)

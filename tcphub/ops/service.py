@@ -21,7 +21,6 @@ no data and asks for the token) requires C{Authorization: Bearer <token>}.
 from __future__ import annotations
 
 import hmac
-import importlib.metadata
 import json
 from dataclasses import asdict
 from importlib.resources import files
@@ -39,6 +38,7 @@ from twisted.web.server import Request, Site
 
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
+from tcphub._version import version
 from tcphub.errors import ListenFailed
 from tcphub.hub.protocol import format_address
 from tcphub.ops import views
@@ -49,13 +49,6 @@ if TYPE_CHECKING:
     from tcphub.ws.handler import WebSocketHandler
 
 __all__ = ["AdminService"]
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("tcphub")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _Path(Resource):
@@ -196,7 +189,7 @@ class AdminService(Service):
             upstream = {"url": self.upstream.url, "state": self.upstream.state.value,
                         **asdict(self.upstream.get_status())}
         return _json(views.varz(
-            version=_version(),
+            version=version(),
             options=self.options,
             limits=self._limits(),
             metrics=self.hub.get_metrics() if self.hub is not None else None,

@@ -15,7 +15,7 @@ import inspect
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable, Mapping, cast
 
 from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
@@ -30,6 +30,7 @@ from zope.interface import implementer
 from tcphub import _checks
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
+from tcphub._version import version
 from tcphub._repeats import RepeatedLog
 from tcphub.errors import (
     FatalClose,
@@ -44,7 +45,7 @@ from tcphub.errors import (
 )
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.ws.envelope import Envelope, decode, encode
-from tcphub.ws.protocol import HandlerFactory, HandlerProtocol
+from tcphub.ws.protocol import HandlerFactory, HandlerProtocol, Headers, HeadersEndpoint
 from tcphub.ws.reconnect import DEFAULT_JITTER, ReconnectingClientService, backoff_policy
 from tcphub.ws.requests import PendingRequests
 from tcphub.ws.routing import Router
@@ -91,6 +92,8 @@ class ConnectionContext:
     """When the last message arrived, in the handler clock's seconds."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Yours to fill; kept across reconnections."""
+    subprotocol: str | None = None
+    """The subprotocol the server chose among C{subprotocols}, for the current connection."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class Status:
     (close codes 1002, 1003, 1007, 1009)."""
     compression: str | None
     """The negotiated compression extension, e.g. C{permessage-deflate}."""
+    subprotocol: str | None
+    """The negotiated subprotocol, if any."""
 
 
 @implementer(IPushProducer)
@@ -181,6 +186,11 @@ class WebSocketHandler(Service):
         max_queue_bytes: int = 16 * 1024 * 1024,
         request_timeout: float = 30.0,
         compression: bool = True,
+        headers: Headers | None = None,
+        subprotocols: Iterable[str] = (),
+        origin: str | None = None,
+        user_agent: str | None = None,
+        proxy: str | None = None,
         tls_options: Any = None,
         protocol: type[HandlerProtocol] = HandlerProtocol,
         clock: IReactorTime | None = None,
@@ -225,6 +235,21 @@ class WebSocketHandler(Service):
         self.max_queue_bytes = _checks.count("max_queue_bytes", max_queue_bytes, minimum=0)
         self.request_timeout = request_timeout
         self.compression = compression
+        if headers is not None and not (isinstance(headers, Mapping) or callable(headers)):
+            raise TypeError(f"headers takes a mapping or a callable returning one, not {headers!r:.80}")
+        self.headers = headers
+        self.subprotocols = tuple(subprotocols)
+        if any(not isinstance(name, str) or not name for name in self.subprotocols):
+            raise ValueError(f"subprotocols takes names, not {self.subprotocols!r:.80}")
+        self.origin = origin
+        self.user_agent = user_agent if user_agent is not None else f"tcphub/{version()}"
+        if proxy is not None:
+            host, _, port = proxy.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"proxy takes host:port, not {proxy!r}")
+            if url is not None and url.startswith("wss:"):
+                raise ValueError("a proxy is not supported with wss:// yet")
+        self.proxy = proxy
         self.tls_options = tls_options
         self.protocol = protocol
         self.clock: IReactorTime = clock if clock is not None else reactor
@@ -289,12 +314,20 @@ class WebSocketHandler(Service):
         if self.tls_options is not None and not secure:
             raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
         self.url = url
+        if self.proxy is not None:
+            if secure:
+                raise ValueError("a proxy is not supported with wss:// yet")
+            proxy_host, _, proxy_port = self.proxy.rpartition(":")
+            host, port = proxy_host.strip("[]"), int(proxy_port)
         endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
         if secure:
             endpoint = wrapClientTLS(self.tls_options or optionsForClientTLS(host), endpoint)
+        factory = HandlerFactory(self, url, self.protocol, self.reactor)
+        if callable(self.headers):
+            endpoint = HeadersEndpoint(endpoint, self.headers, factory)
         service = self._service = ReconnectingClientService(
             endpoint,
-            HandlerFactory(self, url, self.protocol, self.reactor),
+            factory,
             backoff=self._retry_policy,
             max_retries=self.max_retries,
             confirm_open=True,
@@ -392,6 +425,7 @@ class WebSocketHandler(Service):
             handlers_in_flight=self._in_flight,
             reading_paused=self._reading_paused,
             compression=extensions[0].EXTENSION_NAME if extensions else None,
+            subprotocol=self.context.subprotocol,
             **self._counts,
         )
 
@@ -457,6 +491,7 @@ class WebSocketHandler(Service):
         context = self.context
         context.connection_id = uuid.uuid4().hex
         context.connected = True
+        context.subprotocol = protocol.websocket_protocol_in_use
         self._opens += 1
         self._log.info(
             "connected to {url} (connection {connection_id})",

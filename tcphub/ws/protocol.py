@@ -10,7 +10,7 @@ class as C{protocol=} to the handler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import (
@@ -20,15 +20,28 @@ from autobahn.websocket.compress import (
 )
 from OpenSSL.SSL import Error as TLSError
 from service_identity import VerificationError
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from tcphub.ws.handler import WebSocketHandler
 
-__all__ = ["HandlerFactory", "HandlerProtocol"]
+__all__ = ["Headers", "HeadersEndpoint", "HandlerFactory", "HandlerProtocol"]
+
+Headers = Union[Mapping[str, str], Callable[[], Union[Mapping[str, str], "Deferred[Mapping[str, str]]"]]]
+"""Extra handshake headers: a mapping, or a callable returning one (or a
+Deferred of one), called before every attempt (a fresh token each time)."""
+
+
+def _proxy(proxy: str | None) -> dict[str, Any] | None:
+    if proxy is None:
+        return None
+    host, _, port = proxy.rpartition(":")
+    return {"host": host.strip("[]"), "port": int(port)}
 
 
 class HandlerProtocol(WebSocketClientProtocol):
@@ -213,15 +226,25 @@ class HandlerFactory(WebSocketClientFactory):
     """
     Autobahn's client factory for one handler: builds its C{protocol} class,
     with Autobahn's own timers off (the protocol keeps every deadline on the
-    handler's clock), the handler's size limit, failing by close frame, and
-    permessage-deflate offered if the handler asks for compression.
+    handler's clock), the handler's size limit, failing by close frame,
+    permessage-deflate offered if the handler asks for compression, and the
+    handler's handshake options (origin, subprotocols, user agent, proxy;
+    the headers are set before each attempt, see L{HeadersEndpoint}).
     """
 
     protocol: type[HandlerProtocol]  # type: ignore[assignment]
 
     def __init__(self, handler: WebSocketHandler, url: str, protocol: type[HandlerProtocol],
                  reactor: Any) -> None:
-        super().__init__(url, reactor=reactor)
+        super().__init__(
+            url,
+            origin=handler.origin,
+            protocols=list(handler.subprotocols) or None,
+            useragent=handler.user_agent,
+            headers=dict(handler.headers) if isinstance(handler.headers, Mapping) else None,
+            proxy=_proxy(handler.proxy),
+            reactor=reactor,
+        )
         self.handler = handler
         self.protocol = protocol
         options: dict[str, Any] = {
@@ -239,3 +262,24 @@ class HandlerFactory(WebSocketClientFactory):
             options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
             options["perMessageCompressionAccept"] = _accept_deflate
         self.setProtocolOptions(**options)
+
+
+@implementer(IStreamClientEndpoint)
+class HeadersEndpoint:
+    """Sets a L{HandlerFactory}'s handshake headers from a callable before
+    each connection attempt (a token fetched anew on every reconnect); a
+    callable that fails fails the attempt, which is retried like any other.
+    (The factory given to C{connect} is ClientService's wrapper of it.)"""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, headers: Callable[[], Any],
+                 factory: HandlerFactory) -> None:
+        self._endpoint = endpoint
+        self._headers = headers
+        self._factory = factory
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
+        def connect(headers: Mapping[str, str]) -> Deferred[Any]:
+            self._factory.headers = dict(headers)
+            return self._endpoint.connect(factory)
+
+        return maybeDeferred(self._headers).addCallback(connect)
