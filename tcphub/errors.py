@@ -138,6 +138,20 @@ class HandlerClosed(WebSocketError):
     """The handler was closed: its pending connect, sends and requests fail with this."""
 
 
+class HandshakeRejected(WebSocketError):
+    """The server answered the opening handshake with an HTTP status other
+    than 101: C{status}, C{headers} (lower-case names), and for a redirect
+    its C{location}."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str]) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.location = headers.get("location")
+        where = f"; it redirects to {self.location} (not followed)" if self.location else ""
+        super().__init__(f"the server rejected the handshake: HTTP {status} {reason}{where}".rstrip())
+
+
 class RequestInterrupted(WebSocketError):
     """The connection closed while a request waited for its reply."""
 

@@ -24,12 +24,14 @@ from twisted.internet.task import Clock, deferLater
 
 from tcphub import (
     FatalClose,
-    MessageTooLarge,
     HandlerClosed,
     HandlerError,
     HandlerProtocol,
+    HandlerState,
+    HandshakeRejected,
     InvalidCloseCode,
     InvalidMessage,
+    MessageTooLarge,
     NotConnected,
     QueueFull,
     RequestTimeout,
@@ -856,3 +858,42 @@ def test_a_connection_through_an_http_connect_proxy(servers, handler):
         yield ws.close()
     finally:
         yield proxy.stopListening()
+
+
+@pytest.mark.parametrize("options, status", [
+    (["--require-auth"], 401),
+    (["--reject-status", "403"], 403),
+    (["--reject-status", "302", "--location", "ws://elsewhere.example/"], 302),
+])
+@pytest_twisted.inlineCallbacks
+def test_a_handshake_refused_for_good_fails_at_once(options, status, servers, handler):
+    server = servers.start(*options)
+    ws = handler(ping_interval=0, max_retries=None)
+    retries = []
+    ws.on("retry", lambda *args: retries.append(args))
+    with pytest.raises(HandshakeRejected) as refused:
+        yield ws.connect(server.url)
+    assert refused.value.status == status and retries == []
+    assert ws.state is HandlerState.GIVEN_UP
+    if status == 302:
+        assert refused.value.location == "ws://elsewhere.example/"
+        assert "redirects to ws://elsewhere.example/" in str(refused.value)
+
+
+@pytest.mark.parametrize("retry_after, delay", [
+    ("7", 7.0),
+    ("100", 30.0),  # at most max_delay
+    ("Thu, 01 Jan 1970 00:00:00 GMT", 0.0),  # an HTTP date: now, on the test's clock
+    ("soon", 1.0),  # not understood: the policy's delay
+])
+@pytest_twisted.inlineCallbacks
+def test_a_503_with_retry_after_is_retried_when_the_server_says_at_most_max_delay(
+        retry_after, delay, servers, handler):
+    server = servers.start("--reject-status", "503", "--retry-after", retry_after)
+    ws = handler(ping_interval=0, max_retries=None, max_delay=30.0)
+    retried = when_event(ws, "retry")
+    ws.connect(server.url).addErrback(lambda failure: None)
+    attempt, seconds, _ = yield retried
+    assert (attempt, seconds) == (1, delay)
+    yield deferLater(reactor, 0, lambda: None)  # out of the retry policy, where the event came from
+    yield ws.close()

@@ -11,6 +11,8 @@ With --reject it answers every handshake with HTTP 503; with --greet it sends
 with --close-at-open CODE it closes every connection with CODE
 ("authentication failed") right after the handshake; with --require-auth it
 answers 401 to a handshake without "Authorization: Bearer ..."; with
+--reject-status CODE it answers that status (with --retry-after N and
+--location URL as headers); with
 --subprotocols a,b it offers those; with --cert and --key it speaks TLS (wss://).
 It prints "listening on PORT" once ready, and per connection "handshake
 auth=... origin=... agent=...", "open <extensions>" and "subprotocol <name>".
@@ -74,6 +76,9 @@ async def serve_messages(connection, held) -> None:
 
 REJECT = False
 REQUIRE_AUTH = False
+REJECT_STATUS = None
+RETRY_AFTER = None
+LOCATION = None
 
 
 def check_handshake(connection, request):
@@ -82,6 +87,13 @@ def check_handshake(connection, request):
           f"agent={headers.get('User-Agent')!r}", flush=True)
     if REJECT:
         return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "busy\n")
+    if REJECT_STATUS is not None:
+        response = connection.respond(HTTPStatus(REJECT_STATUS), "no\n")
+        if RETRY_AFTER is not None:
+            response.headers["Retry-After"] = RETRY_AFTER
+        if LOCATION is not None:
+            response.headers["Location"] = LOCATION
+        return response
     if REQUIRE_AUTH and not (headers.get("Authorization") or "").startswith("Bearer "):
         return connection.respond(HTTPStatus.UNAUTHORIZED, "token needed\n")
     return None
@@ -94,15 +106,21 @@ async def main() -> None:
     parser.add_argument("--greet", action="store_true")
     parser.add_argument("--close-at-open", type=int)
     parser.add_argument("--require-auth", action="store_true")
+    parser.add_argument("--reject-status", type=int)
+    parser.add_argument("--retry-after")
+    parser.add_argument("--location")
     parser.add_argument("--subprotocols")
     parser.add_argument("--cert")
     parser.add_argument("--key")
     args = parser.parse_args()
-    global GREET, CLOSE_AT_OPEN, REJECT, REQUIRE_AUTH
+    global GREET, CLOSE_AT_OPEN, REJECT, REQUIRE_AUTH, REJECT_STATUS, RETRY_AFTER, LOCATION
     GREET = args.greet
     CLOSE_AT_OPEN = args.close_at_open
     REJECT = args.reject
     REQUIRE_AUTH = args.require_auth
+    REJECT_STATUS = args.reject_status
+    RETRY_AFTER = args.retry_after
+    LOCATION = args.location
     context = None
     if args.cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -10,6 +10,7 @@ C{protocol=}, or by subscribing to the handler's events.
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import inspect
 import uuid
@@ -35,6 +36,7 @@ from tcphub._repeats import RepeatedLog
 from tcphub.errors import (
     FatalClose,
     HandlerClosed,
+    HandshakeRejected,
     InvalidCloseCode,
     InvalidMessage,
     MessageTooLarge,
@@ -55,6 +57,22 @@ __all__ = ["ConnectionContext", "HandlerState", "Status", "WebSocketHandler"]
 RouteHandler = Callable[[Any, "ConnectionContext"], Any]
 
 CLOSE_MESSAGE_TOO_BIG = 1009
+# Refused handshakes that retrying may cure: timeout, rate limit (the rest of 4xx are final).
+_RETRIED_STATUSES = frozenset({408, 429})
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from C{Retry-After}: a number of seconds, or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
 # Close codes with which this side fails a connection the peer broke:
 # protocol error, unsupported data, invalid payload (bad UTF-8), too big.
 _PROTOCOL_ERRORS = frozenset({1002, 1003, 1007, 1009})
@@ -219,6 +237,7 @@ class WebSocketHandler(Service):
         self.reconnect = reconnect
         self.max_retries = max_retries if reconnect else 0
         self.backoff = backoff
+        self._max_delay = max_delay
         self._retry_policy = backoff_policy(
             backoff, initial_delay=initial_delay, max_delay=max_delay, jitter=jitter
         )
@@ -507,10 +526,16 @@ class WebSocketHandler(Service):
                           reason: str | None) -> None:
         """C{protocol}'s connection ended, opened or not."""
         if protocol is not self._protocol:
-            why = f"WebSocket handshake failed: {protocol.ended_by or reason or 'connection closed'} (code {code})"
+            rejection = protocol.rejection
+            if rejection is not None:
+                why = f"WebSocket handshake failed: {rejection}"
+            else:
+                why = f"WebSocket handshake failed: {protocol.ended_by or reason or 'connection closed'} (code {code})"
             if self._service is not None:
                 self._service.connection_failed(why)
             self._log.info("{why}", why=why)
+            if rejection is not None and self._state is HandlerState.CONNECTING:
+                self._handshake_rejected(rejection)
             return
         self._protocol = None
         if self._state is HandlerState.OPEN:
@@ -583,6 +608,22 @@ class WebSocketHandler(Service):
         count = self._counts[name] + 1
         self._counts[name] = count
         return count
+
+    def _handshake_rejected(self, rejection: HandshakeRejected) -> None:
+        """What a refused handshake means: a client error (4xx but 408 and
+        429) or a redirect will not change by retrying: give up at once;
+        429 and 503 may say when to come back (C{Retry-After}, at most
+        C{max_delay}); the rest is retried like a network error."""
+        service = self._service
+        assert service is not None
+        status = rejection.status
+        if 300 <= status < 500 and status not in _RETRIED_STATUSES:
+            service.stop_retrying()
+            self._gave_up(Failure(rejection))
+            return
+        seconds = _retry_after(rejection.headers.get("retry-after"), self.clock.seconds())
+        if seconds is not None:
+            service.retry_after(min(seconds, self._max_delay))
 
     @staticmethod
     def _ending(protocol: HandlerProtocol, code: int | None, reason: str | None) -> tuple[int | None, str | None]:

@@ -25,6 +25,8 @@ from twisted.internet.error import AlreadyCalled, AlreadyCancelled
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
+
+from tcphub.errors import HandshakeRejected
 from zope.interface import implementer
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ class HandlerProtocol(WebSocketClientProtocol):
     """
 
     factory: HandlerFactory
+    rejection: HandshakeRejected | None = None
+    """The server's refusal of the opening handshake (an HTTP status other than 101), if it refused."""
     maxMessagePayloadSize: int
     """Autobahn's bound on an incoming message (the handler's C{max_message_size})."""
     ended_by: str | None = None
@@ -173,6 +177,9 @@ class HandlerProtocol(WebSocketClientProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for timer in ("_open_call", "_ping_call", "_pong_call", "_close_call"):
             self._cancel(timer)
+        if not self._opened:
+            self.rejection = _rejection(getattr(self, "http_status_line", None),
+                                        getattr(self, "http_headers", None))
         if not self._opened and self.ended_by is None:
             self.ended_by = _handshake_failure(cast(BaseException, reason.value), self._reply_start)
         super().connectionLost(reason)
@@ -187,6 +194,15 @@ class HandlerProtocol(WebSocketClientProtocol):
 
 
 _REPLY_PREVIEW = 64
+
+
+def _rejection(status_line: str | None, headers: Any) -> HandshakeRejected | None:
+    """The server's answer, if it was an HTTP status other than 101."""
+    parts = (status_line or "").split(None, 2)
+    if len(parts) < 2 or not parts[1].isdigit() or parts[1] == "101":
+        return None
+    reason = parts[2] if len(parts) > 2 else ""
+    return HandshakeRejected(int(parts[1]), reason, {str(k): str(v) for k, v in dict(headers or {}).items()})
 
 
 def _identity(mismatch: object) -> str:

@@ -171,6 +171,7 @@ class ReconnectingClientService(ClientService):
         self._last_error = "no attempt yet"
         self._in_policy = False
         self._deferred_stop: OneShotObserver | None = None
+        self._retry_after: float | None = None
         self._given_up = OneShotObserver()
         self.on_retry: Callable[[int, float], None] | None = None
         # With confirm_open, the protocol calls connection_opened itself once
@@ -198,6 +199,11 @@ class ReconnectingClientService(ClientService):
         """Remember why the last attempt failed or the last connection ended,
         for the logs and the L{RetryLimitReached} message."""
         self._last_error = reason
+
+    def retry_after(self, seconds: float) -> None:
+        """Make the next retry wait C{seconds} instead of the policy's delay
+        (a server's C{Retry-After}); it still counts toward C{max_retries}."""
+        self._retry_after = seconds
 
     def stop_retrying(self) -> None:
         """Schedule no more retries: the caller is closing the connection and
@@ -251,7 +257,9 @@ class ReconnectingClientService(ClientService):
                 self._given_up.fire(Failure(error))
                 return _NEVER
             self.retries += 1
-            delay = self._policy(self.attempt)
+            delay, self._retry_after = (
+                (self._retry_after, None) if self._retry_after is not None else (self._policy(self.attempt), None)
+            )
             self._log.info(
                 "retry {attempt} in {delay:.2f} s (last: {error})",
                 attempt=self.attempt, delay=delay, error=self._last_error,
