@@ -244,3 +244,45 @@ def test_without_reconnect_a_send_before_the_first_open_is_not_queued():
     assert link.ws.get_status().queued == 0
     link.open()
     link.finish()
+
+
+def test_cancelling_connect_stops_the_attempts():
+    from twisted.internet.defer import CancelledError
+
+    link = Link(ping_interval=0, reconnect=True, max_retries=None, jitter=0.0)
+    link.transport.loseConnection()
+    link.protocol.connectionLost(_lost())  # the first attempt failed: a retry is scheduled
+    assert link.ws.state is HandlerState.CONNECTING
+    link.connected.cancel()
+    assert _failure_type(link.connected) is CancelledError
+    link.reactor.advance(0)
+    assert link.ws.state is HandlerState.CLOSED
+    attempts = len(link.reactor.tcpClients)
+    link.reactor.advance(60)
+    assert len(link.reactor.tcpClients) == attempts, "no more attempts"
+    assert link.reactor.getDelayedCalls() == []
+
+
+def test_cancelling_a_queued_send_takes_it_out_of_the_queue():
+    link = Link(ping_interval=0, reconnect=True, max_retries=None)
+    first, second, third = (link.ws.send("q", n) for n in (1, 22, 333))
+    assert link.ws.get_status().queued == 3
+    second.cancel()
+    second.addErrback(lambda failure: None)
+    status = link.ws.get_status()
+    assert status.queued == 2 and status.queued_bytes == sum(
+        len(b'{"path":"q","data":%d}' % n) for n in (1, 333))
+    link.open()
+    assert first.called and third.called and link.ws.get_status().messages_sent == 2
+    link.finish()
+
+
+def test_cancelling_a_request_frees_it_at_once():
+    link = Link(ping_interval=0)
+    link.open()
+    reply = link.ws.request("rpc", 1, timeout=30)
+    assert link.ws.get_status().pending_requests == 1
+    reply.cancel()
+    reply.addErrback(lambda failure: None)
+    assert link.ws.get_status().pending_requests == 0
+    link.finish()

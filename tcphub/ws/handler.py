@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, cast
 
 from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
@@ -359,7 +359,23 @@ class WebSocketHandler(Service):
         service.when_given_up().addErrback(self._gave_up)
         service.on_retry = self._retry_scheduled
         service.startService()
-        return self._first_open.when_fired()
+        # Cancelling the Deferred (e.g. with addTimeout) stops the attempts.
+        opened: Deferred[None] = Deferred(self._connect_cancelled)
+
+        def relay(result: object) -> None:
+            if not opened.called:  # else it was cancelled
+                if isinstance(result, Failure):
+                    opened.errback(result)
+                else:
+                    opened.callback(None)
+
+        self._first_open.when_fired().addBoth(relay)
+        return opened
+
+    def _connect_cancelled(self, cancelled: Deferred[None]) -> None:
+        # Only a connect() still waiting for its first open can be cancelled.
+        cancelled.errback(Failure(CancelledError()))
+        self.close(1000, "connect() was cancelled")
 
     def add_route(self, path: str, handler: RouteHandler, replace: bool = False) -> None:
         """
@@ -751,8 +767,20 @@ class WebSocketHandler(Service):
                 f"{self._queued_bytes} bytes already wait for the connection; "
                 f"{len(payload)} more would pass max_queue_bytes={self.max_queue_bytes}"
             ))
-        sent: Deferred[None] = Deferred()
-        self._queue.append((payload, is_binary, sent))
+        entry: tuple[bytes, bool, Deferred[None]]
+
+        def cancelled(_: Deferred[None]) -> None:
+            # A queued send that is cancelled leaves the queue.
+            queue = self._queue
+            for index, each in enumerate(queue):
+                if each is entry:
+                    del queue[index]
+                    self._queued_bytes -= len(payload)
+                    return
+
+        sent: Deferred[None] = Deferred(cancelled)
+        entry = (payload, is_binary, sent)
+        self._queue.append(entry)
         self._queued_bytes += len(payload)
         return sent
 

@@ -35,7 +35,8 @@ class PendingRequests:
         reply's data, or errbacks with L{RequestTimeout} after C{timeout} s."""
         self._counter += 1
         request_id = f"{self._prefix}{self._counter}"
-        reply: Deferred[Any] = Deferred()
+        # Cancelling the reply frees the request at once.
+        reply: Deferred[Any] = Deferred(lambda _: self._forget(request_id))
         timer = self._clock.callLater(timeout, self._expired, request_id, path, timeout)
         self._waiting[request_id] = (reply, timer)
         return request_id, reply
@@ -68,6 +69,11 @@ class PendingRequests:
         """Errback every request (the connection closed, or the handler did)."""
         for request_id in list(self._waiting):
             self.fail(request_id, Failure(error))
+
+    def _forget(self, request_id: str) -> None:
+        waiting = self._waiting.pop(request_id, None)
+        if waiting is not None:
+            waiting[1].cancel()
 
     def _expired(self, request_id: str, path: str, seconds: float) -> None:
         reply, _ = self._waiting.pop(request_id)
