@@ -39,6 +39,7 @@ from tcphub import (
     RouteConflict,
     WebSocketHandler,
 )
+from tcphub.ws.envelope import Envelope
 from tests.clients import make_certificate
 from tests.events import when_event
 from tests.processes import WebSocketServer
@@ -897,3 +898,25 @@ def test_a_503_with_retry_after_is_retried_when_the_server_says_at_most_max_dela
     assert (attempt, seconds) == (1, delay)
     yield deferLater(reactor, 0, lambda: None)  # out of the retry policy, where the event came from
     yield ws.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_route_handler_answers_the_servers_request_with_its_id(servers, handler):
+    server = servers.start()
+    ws = handler(ping_interval=0)
+    answered: Deferred = Deferred()
+
+    def ask(envelope, context):
+        if isinstance(envelope.data, dict):  # the server's question
+            return ws.reply(envelope, envelope.data["n"] * 2)
+        answered.callback(envelope)  # our answer, echoed back by the server
+        return None
+
+    ws.add_route("server.ask", ask, envelope=True)
+    yield ws.connect(server.url)
+    # The echo server sends this text as is: a request from the server, id q1.
+    yield ws.send("server.say", ['{"path": "server.ask", "id": "q1", "data": {"n": 21}}'])
+    echoed = yield answered
+    assert (echoed.path, echoed.id, echoed.data) == ("server.ask", "q1", 42)
+    with pytest.raises(ValueError, match="has no id"):
+        ws.reply(Envelope(path="server.ask", data=1), 2)

@@ -274,7 +274,8 @@ class WebSocketHandler(Service):
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.reactor = reactor
         self.context = ConnectionContext()
-        self.router: Router[RouteHandler] = Router()
+        self.router: Router[tuple[RouteHandler, bool]] = Router()
+        """Path patterns to C{(handler, whether it takes the whole envelope)}."""
         self.repeats = RepeatedLog(self._log, self.clock)
         """Logs each kind of fault once, then once per interval while it repeats."""
         self.handler_failed = HandlerFailures(
@@ -377,14 +378,17 @@ class WebSocketHandler(Service):
         cancelled.errback(Failure(CancelledError()))
         self.close(1000, "connect() was cancelled")
 
-    def add_route(self, path: str, handler: RouteHandler, replace: bool = False) -> None:
+    def add_route(self, path: str, handler: RouteHandler, replace: bool = False,
+                  envelope: bool = False) -> None:
         """
         Call C{handler(data, context)} for messages whose path matches C{path}
-        (exact, or with C{*} for one segment and C{#} for any number).  Raises
-        L{RouteConflict} if C{path} is routed already, unless C{replace}.
-        The handler may return a Deferred or be a coroutine function.
+        (exact, or with C{*} for one segment and C{#} for any number); with
+        C{envelope=True}, C{handler(envelope, context)}, so that it can see
+        the message's C{id} and L{reply}.  Raises L{RouteConflict} if C{path}
+        is routed already, unless C{replace}.  The handler may return a
+        Deferred or be a coroutine function.
         """
-        self.router.add(path, handler, replace=replace)
+        self.router.add(path, (handler, envelope), replace=replace)
 
     def remove_route(self, path: str) -> None:
         """Remove the route for exactly C{path}; raises L{KeyError} if there is none."""
@@ -399,6 +403,16 @@ class WebSocketHandler(Service):
         L{HandlerClosed}.
         """
         return self._send(Envelope(path=path, data=data))
+
+    def reply(self, envelope: Envelope, data: Any) -> Deferred[None]:
+        """
+        Answer a message the server sent with an C{id} (its request): send
+        C{{"path": envelope.path, "id": envelope.id, "data": data}}, as
+        L{send} does.  Raises L{ValueError} if the message has no C{id}.
+        """
+        if envelope.id is None:
+            raise ValueError(f"the message on {envelope.path!r} has no id: there is nothing to reply to")
+        return self._send(Envelope(path=envelope.path, data=data, id=envelope.id))
 
     def request(self, path: str, data: Any, timeout: float | None = None) -> Deferred[Any]:
         """
@@ -696,8 +710,8 @@ class WebSocketHandler(Service):
     def _dispatch(self, envelope: Envelope) -> None:
         context = self.context
         self.events.emit("message", envelope, context)
-        handler = self.router.match(envelope.path)
-        if handler is None:
+        route = self.router.match(envelope.path)
+        if route is None:
             count = self._count("unrouted_messages")
             self.repeats.emit("unrouted_messages", LogLevel.info,
                               "no route for path {path!r} ({count} unrouted so far)",
@@ -705,8 +719,9 @@ class WebSocketHandler(Service):
             self.events.emit("unrouted", envelope, context)
             return
         where = f"handler for {envelope.path!r}"
+        handler, whole = route
         try:
-            result = handler(envelope.data, context)
+            result = handler(envelope if whole else envelope.data, context)
         except Exception:
             self.handler_failed(where, Failure())
             return
