@@ -920,3 +920,37 @@ def test_a_route_handler_answers_the_servers_request_with_its_id(servers, handle
     assert (echoed.path, echoed.id, echoed.data) == ("server.ask", "q1", 42)
     with pytest.raises(ValueError, match="has no id"):
         ws.reply(Envelope(path="server.ask", data=1), 2)
+
+
+class TypePayload:
+    """A third-party service's JSON: {"type": ..., "payload": ...}."""
+
+    def decode(self, payload: bytes, is_binary: bool) -> Envelope:
+        import json
+
+        try:
+            message = json.loads(payload)
+            return Envelope(path=message["type"], data=message.get("payload"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise InvalidMessage(f"not a typed message: {error}") from None
+
+    def encode(self, envelope: Envelope) -> tuple[bytes, bool]:
+        import json
+
+        return json.dumps({"type": envelope.path, "payload": envelope.data}).encode(), False
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_plugged_codec_speaks_another_services_json(servers, handler):
+    server = servers.start()
+    ws = handler(ping_interval=0, codec=TypePayload())
+    seen, echoed = route_into(ws, "trade.*", 1)
+    yield ws.connect(server.url)
+    yield ws.send("trade.eur", {"price": 1.08})
+    assert (yield echoed)[0][0] == {"price": 1.08}
+    assert ws.get_status().invalid_messages == 0
+
+
+def test_a_codec_without_decode_and_encode_is_refused():
+    with pytest.raises(TypeError, match="codec takes an object with decode"):
+        WebSocketHandler(codec=object())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import struct
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -18,6 +19,7 @@ from tcphub import (
     HandlerClosed,
     HandlerProtocol,
     HandlerState,
+    InvalidMessage,
     NotConnected,
     RetryLimitReached,
     WebSocketHandler,
@@ -285,4 +287,21 @@ def test_cancelling_a_request_frees_it_at_once():
     reply.cancel()
     reply.addErrback(lambda failure: None)
     assert link.ws.get_status().pending_requests == 0
+    link.finish()
+
+
+def test_a_plugged_codecs_invalid_messages_and_unbounded_paths_are_counted():
+    from tests.test_websocket import TypePayload
+
+    link = Link(ping_interval=0, codec=TypePayload())
+    link.open()
+    errors = []
+    link.ws.on("error", lambda error, context: errors.append(error))
+    for text in (b'{"no": "type"}', b'{"type": "' + b"a." * 70 + b'z"}'):
+        # A server's text frame: unmasked, with a 16-bit length past 125 bytes.
+        length = bytes([len(text)]) if len(text) < 126 else b"\x7e" + struct.pack(">H", len(text))
+        link.protocol.dataReceived(b"\x81" + length + text)
+    assert [type(error) for error in errors] == [InvalidMessage, InvalidMessage]
+    assert "not a typed message" in str(errors[0]) and "passes the bound" in str(errors[1])
+    assert link.ws.get_status().invalid_messages == 2
     link.finish()

@@ -12,6 +12,10 @@ A binary message carries C{bytes} data::
 C{path} is a non-empty string of at most L{MAX_PATH_LENGTH} characters and
 L{MAX_PATH_SEGMENTS} dotted segments.  C{id} is optional: L{WebSocketHandler.request}
 sets it, and a reply to a request carries the same C{id}.
+
+That is L{PathDataCodec}, the default L{Codec}; a handler given another one
+speaks a third-party service's own JSON (its messages still become
+envelopes, with the same bounds on their paths).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tcphub.errors import InvalidMessage
 
@@ -36,6 +40,46 @@ class Envelope:
     path: str
     data: Any
     id: str | None = None
+
+
+class Codec(Protocol):
+    """How messages and envelopes map to each other on the wire."""
+
+    def decode(self, payload: bytes, is_binary: bool) -> Envelope:
+        """The envelope of one incoming message; raise L{InvalidMessage} saying what is wrong."""
+
+    def encode(self, envelope: Envelope) -> tuple[bytes, bool]:
+        """C{(payload, is_binary)} for one outgoing envelope; raise
+        L{TypeError} or L{ValueError} for what the format cannot carry."""
+
+
+class PathDataCodec:
+    """The default codec: C{{"path", "data", "id"}} (see the module docstring)."""
+
+    def decode(self, payload: bytes, is_binary: bool) -> Envelope:
+        return decode(payload, is_binary)
+
+    def encode(self, envelope: Envelope) -> tuple[bytes, bool]:
+        return encode(envelope)
+
+
+def check_envelope(envelope: object) -> Envelope:
+    """Return C{envelope} if a codec's result can be routed: an L{Envelope}
+    with a bounded path and a string or no id; raise L{InvalidMessage}."""
+    if not isinstance(envelope, Envelope):
+        raise InvalidMessage(f"a codec returned {type(envelope).__name__}, not an Envelope")
+    path = envelope.path
+    if not isinstance(path, str) or not path:
+        raise InvalidMessage(f"message without a path (a non-empty string): {path!r:.80}")
+    if len(path) > MAX_PATH_LENGTH or path.count(".") >= MAX_PATH_SEGMENTS:
+        raise InvalidMessage(
+            f"message path of {len(path)} characters and {path.count('.') + 1} segments passes "
+            f"the bound of {MAX_PATH_LENGTH} characters and {MAX_PATH_SEGMENTS} segments: "
+            f"{_preview(path.encode('utf-8', 'replace'))}"
+        )
+    if envelope.id is not None and not isinstance(envelope.id, str):
+        raise InvalidMessage(f"message id must be a string, not {envelope.id!r:.80}")
+    return envelope
 
 
 def encode(envelope: Envelope) -> tuple[bytes, bool]:
@@ -69,16 +113,7 @@ def decode(payload: bytes, is_binary: bool) -> Envelope:
     path = header.get("path")
     if not isinstance(path, str) or not path:
         raise InvalidMessage(f"message without a path (a non-empty string): {_preview(payload)}")
-    if len(path) > MAX_PATH_LENGTH or path.count(".") >= MAX_PATH_SEGMENTS:
-        raise InvalidMessage(
-            f"message path of {len(path)} characters and {path.count('.') + 1} segments passes "
-            f"the bound of {MAX_PATH_LENGTH} characters and {MAX_PATH_SEGMENTS} segments: "
-            f"{_preview(path.encode('utf-8', 'replace'))}"
-        )
-    message_id = header.get("id")
-    if message_id is not None and not isinstance(message_id, str):
-        raise InvalidMessage(f"message id must be a string, not {message_id!r}")
-    return Envelope(path=path, data=data, id=message_id)
+    return check_envelope(Envelope(path=path, data=data, id=header.get("id")))
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from tcphub.errors import (
     WebSocketError,
 )
 from tcphub.events import Events, HandlerFailures, Subscription
-from tcphub.ws.envelope import Envelope, decode, encode
+from tcphub.ws.envelope import Codec, Envelope, PathDataCodec, check_envelope
 from tcphub.ws.protocol import HandlerFactory, HandlerProtocol, Headers, HeadersEndpoint
 from tcphub.ws.reconnect import DEFAULT_JITTER, ReconnectingClientService, backoff_policy
 from tcphub.ws.requests import PendingRequests
@@ -209,6 +209,7 @@ class WebSocketHandler(Service):
         origin: str | None = None,
         user_agent: str | None = None,
         proxy: str | None = None,
+        codec: Codec | None = None,
         tls_options: Any = None,
         protocol: type[HandlerProtocol] = HandlerProtocol,
         clock: IReactorTime | None = None,
@@ -269,6 +270,11 @@ class WebSocketHandler(Service):
             if url is not None and url.startswith("wss:"):
                 raise ValueError("a proxy is not supported with wss:// yet")
         self.proxy = proxy
+        if codec is not None and not (callable(getattr(codec, "decode", None))
+                                      and callable(getattr(codec, "encode", None))):
+            raise TypeError(f"codec takes an object with decode() and encode(), not {codec!r:.80}")
+        self.codec: Codec = codec if codec is not None else PathDataCodec()
+        """How messages map to envelopes (see L{tcphub.ws.envelope.Codec})."""
         self.tls_options = tls_options
         self.protocol = protocol
         self.clock: IReactorTime = clock if clock is not None else reactor
@@ -610,7 +616,7 @@ class WebSocketHandler(Service):
         context = self.context
         context.last_message_at = self.clock.seconds()
         try:
-            envelope = decode(payload, is_binary)
+            envelope = check_envelope(self.codec.decode(payload, is_binary))
         except InvalidMessage as error:
             count = self._count("invalid_messages")
             self.repeats.emit("invalid_messages", LogLevel.warn,
@@ -758,7 +764,7 @@ class WebSocketHandler(Service):
 
     def _send(self, envelope: Envelope) -> Deferred[None]:
         try:
-            payload, is_binary = encode(envelope)
+            payload, is_binary = self.codec.encode(envelope)
         except (TypeError, ValueError):
             return fail()
         if self.max_send_size is not None and len(payload) > self.max_send_size:
