@@ -954,3 +954,26 @@ def test_a_plugged_codec_speaks_another_services_json(servers, handler):
 def test_a_codec_without_decode_and_encode_is_refused():
     with pytest.raises(TypeError, match="codec takes an object with decode"):
         WebSocketHandler(codec=object())
+
+
+@pytest_twisted.inlineCallbacks
+def test_sends_to_a_peer_that_stopped_reading_are_paced_and_bounded(servers, handler):
+    server = servers.start()
+    ws = handler(ping_interval=0, max_queue_bytes=4 << 20, compression=False)
+    yield ws.connect(server.url)
+    server.pause()  # SIGSTOP: the server reads nothing more
+    chunk = b"x" * (512 << 10)
+    sends = [ws.send("bulk", chunk) for _ in range(40)]
+    refused = []
+    for sent in sends:
+        sent.addErrback(lambda failure: refused.append(failure.trap(QueueFull)))
+    status = ws.get_status()
+    # The first fills the connection's write buffer; the next wait in the
+    # queue (its bound: 4 MiB), their Deferreds unfired; the rest are refused.
+    assert sends[0].called and not sends[1].called
+    assert status.queued == 7 and status.queued_bytes <= 4 << 20
+    assert len(refused) == 40 - 1 - 7
+    assert not ws.writable, "flow control tells a producer to pause"
+    server.resume()
+    yield gatherResults(sends[1:8])
+    assert ws.get_status().queued == 0

@@ -680,11 +680,11 @@ class WebSocketHandler(Service):
         return code, reason
 
     def _flush_queue(self, protocol: HandlerProtocol) -> None:
-        """Write what waited for a connection, in order; one message that
-        fails is errbacked alone; if the connection closes meanwhile, the
-        rest waits for the next one."""
+        """Write what waited, in order, until the write buffer is full again;
+        one message that fails is errbacked alone; if the connection closes
+        meanwhile, the rest waits for the next one."""
         queue = self._queue
-        while queue and protocol.can_send:
+        while queue and protocol.can_send and not self._write_buffer_full:
             payload, is_binary, sent = queue.popleft()
             self._queued_bytes -= len(payload)
             failure = self._write(protocol, payload, is_binary)
@@ -695,6 +695,8 @@ class WebSocketHandler(Service):
 
     def _transport_full(self, full: bool) -> None:
         self._write_buffer_full = full
+        if not full and self._protocol is not None:
+            self._flush_queue(self._protocol)
         self._update_flow()
 
     def _update_flow(self) -> None:
@@ -776,10 +778,13 @@ class WebSocketHandler(Service):
         if state in _CLOSED_BY_USER:
             return fail(HandlerClosed("the handler was closed"))
         protocol = self._open_protocol()
-        if protocol is not None and not self._queue:
+        if protocol is not None and not self._queue and not self._write_buffer_full:
             failure = self._write(protocol, payload, is_binary)
             return succeed(None) if failure is None else fail(failure)
-        if state is not HandlerState.CONNECTING and state is not HandlerState.OPEN or not self.reconnect:
+        # Queue: while reconnecting, or while the open connection's write
+        # buffer is past its high-water mark (so that a loop of sends is
+        # paced by the peer's reading, and memory stays bounded).
+        if not (state is HandlerState.OPEN or (state is HandlerState.CONNECTING and self.reconnect)):
             return fail(NotConnected(f"not connected; cannot send to {envelope.path!r}"))
         if len(self._queue) >= self.max_queue:
             return fail(QueueFull(f"{self.max_queue} messages already wait for the connection"))
