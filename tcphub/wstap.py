@@ -40,7 +40,6 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["url", "u", None, "the server's ws:// or wss:// URL (required)", ws_url("url")],
         ["max-retries", None, 5, "retries in a row before giving up",
          number("max-retries", int, minimum=0)],
         ["backoff", None, "exponential", f"delay between retries: {', '.join(BACKOFFS)}",
@@ -70,8 +69,22 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        self["url"] = None
+        self["urls"] = []
         self["header"] = {}
         self["subprotocol"] = []
+
+    def opt_url(self, url: str) -> None:
+        """The server's ws:// or wss:// URL (required); repeat it to name
+        standby servers, tried in turn when the one before does not answer."""
+        try:
+            ws_url("url")(url)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self["urls"].append(url)
+        self["url"] = self["urls"][0]
+
+    opt_u = opt_url
 
     def opt_header(self, header: str) -> None:
         """Add a handshake header, 'Name: value' (repeatable), e.g. an Authorization."""
@@ -127,7 +140,7 @@ def makeService(config: Options, reactor: Any = None) -> PluginProcess:
     if reactor is None:
         reactor = default_reactor()
     handler = WebSocketHandler(
-        url=config["url"],
+        url=config["urls"],
         reconnect=not config["no-reconnect"],
         max_retries=config["max-retries"],
         backoff=config["backoff"],

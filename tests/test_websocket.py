@@ -977,3 +977,30 @@ def test_sends_to_a_peer_that_stopped_reading_are_paced_and_bounded(servers, han
     server.resume()
     yield gatherResults(sends[1:8])
     assert ws.get_status().queued == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_standby_url_takes_over_at_once_and_rounds_are_what_retries_count(servers, handler):
+    server = servers.start()
+    down = f"ws://127.0.0.1:{refused_port()}/"
+    ws = handler(ping_interval=0, max_retries=1)
+    retries = []
+    ws.on("retry", lambda attempt, delay, context: retries.append(attempt))
+    connected = ws.connect([down, server.url])
+    while not connected.called:  # the next URL is tried at once: "at once" on the handler's clock
+        ws.clock.advance(0)
+        yield deferLater(reactor, 0.001, lambda: None)
+    yield connected
+    assert ws.url == server.url and retries == [], "the standby answered within the first round"
+    assert server.wait_for(r"^open (.*)")
+    yield ws.close()
+
+    both_down = handler(ping_interval=0, max_retries=1, reconnect=True)
+    failures = []
+    both_down.on("retry", lambda attempt, delay, context: retries.append(attempt))
+    connecting = both_down.connect([down, f"ws://127.0.0.1:{refused_port()}/"])
+    connecting.addErrback(failures.append)
+    while not failures:  # two rounds of two refused URLs, on the handler's clock
+        both_down.clock.advance(0.5)
+        yield deferLater(reactor, 0.001, lambda: None)
+    assert retries == [1] and failures[0].check(RetryLimitReached)

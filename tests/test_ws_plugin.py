@@ -126,3 +126,8 @@ def test_twistd_tcphub_ws_sends_the_header_and_subprotocol_it_is_given():
             twistd.shutdown()
     finally:
         server.kill()
+
+
+def test_url_is_repeatable_for_standby_servers():
+    handler = makeService(parse("--url", "ws://a.example/", "-u", "ws://b.example/")).getServiceNamed("tcphub-ws")
+    assert handler.urls == ["ws://a.example/", "ws://b.example/"] and handler.url == "ws://a.example/"

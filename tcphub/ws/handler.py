@@ -16,7 +16,7 @@ import inspect
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, cast
+from typing import Any, Callable, Iterable, Mapping, Sequence, cast
 
 from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
@@ -145,6 +145,25 @@ class Status:
     """The negotiated subprotocol, if any."""
 
 
+@implementer(IStreamClientEndpoint)
+class _RoundRobin:
+    """Each connection attempt to the next of several URLs."""
+
+    def __init__(self, targets: list[tuple[IStreamClientEndpoint, str]], factory: HandlerFactory,
+                 aimed: Callable[[str], None]) -> None:
+        self._targets = targets
+        self._factory = factory
+        self._aimed = aimed
+        self._next = 0
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        endpoint, url = self._targets[self._next]
+        self._next = (self._next + 1) % len(self._targets)
+        self._factory.aim(url)
+        self._aimed(url)
+        return endpoint.connect(factory)
+
+
 @implementer(IPushProducer)
 class _TransportFlow:
     """Registered on a connection's transport, which tells it when its write
@@ -188,7 +207,7 @@ class WebSocketHandler(Service):
         backoff: str = "exponential",
         ping_interval: float = 30.0,
         *,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         ping_timeout: float | None = None,
         initial_delay: float = 1.0,
         max_delay: float = 30.0,
@@ -230,11 +249,16 @@ class WebSocketHandler(Service):
         for fatal in fatal_close_codes:
             _checks.number("fatal_close_codes", fatal, minimum=1000, maximum=4999, integer=True)
         _checks.number("request_timeout", request_timeout, above=0)
+        urls = [url] if isinstance(url, str) else list(url or ())
+        url = urls[0] if urls else None
         if tls_options is not None and url is not None and not url.startswith("wss:"):
             raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
         if reactor is None:
             reactor = default_reactor()
         self.url = url
+        """The URL connected to (or tried last)."""
+        self.urls = urls
+        """The URLs connect() tries in turn, when given several."""
         self.reconnect = reconnect
         self.max_retries = max_retries if reconnect else 0
         self.backoff = backoff
@@ -322,35 +346,25 @@ class WebSocketHandler(Service):
         """Where the handler is in its life (see L{HandlerState})."""
         return self._state
 
-    def connect(self, url: str | None = None) -> Deferred[None]:
+    def connect(self, url: str | Sequence[str] | None = None) -> Deferred[None]:
         """
-        Connect to C{url} (ws:// or wss://).  Fires on the first open; errbacks
-        with L{RetryLimitReached} when the retries are used up (at once, after
-        the first failure, with C{reconnect=False}), or L{HandlerClosed}.
+        Connect to C{url} (ws:// or wss://), or to the first of several that
+        answers: each attempt goes to the next URL, and the backoff delay
+        comes after each round of them (a standby server takes over at once).
+        Fires on the first open; errbacks with L{RetryLimitReached} when the
+        retries (rounds) are used up (at once, after the first round, with
+        C{reconnect=False}), L{HandshakeRejected}, or L{HandlerClosed}.
         """
         if self._state not in _CAN_CONNECT:
             raise RuntimeError(f"the handler is {self._state.value}: close() it before connecting again")
-        url = url or self.url
-        if url is None:
+        urls = [url] if isinstance(url, str) else list(url or self.urls)
+        if not urls:
             raise ValueError("no URL to connect to")
-        try:
-            secure, host, port, _, _, _ = parse_url(url)
-        except Exception as error:
-            raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
-        if self.tls_options is not None and not secure:
-            raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
-        self.url = url
-        if self.proxy is not None:
-            if secure:
-                raise ValueError("a proxy is not supported with wss:// yet")
-            proxy_host, _, proxy_port = self.proxy.rpartition(":")
-            host, port = proxy_host.strip("[]"), int(proxy_port)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
-        if secure:
-            endpoint = wrapClientTLS(self.tls_options or optionsForClientTLS(host), endpoint)
-        factory = HandlerFactory(self, url, self.protocol, self.reactor)
-        if callable(self.headers):
-            endpoint = HeadersEndpoint(endpoint, self.headers, factory)
+        self.urls = urls
+        factory = HandlerFactory(self, urls[0], self.protocol, self.reactor)
+        targets = [(self._endpoint(each, factory), each) for each in urls]
+        self.url = urls[0]
+        endpoint = targets[0][0] if len(targets) == 1 else _RoundRobin(targets, factory, self._aimed)
         service = self._service = ReconnectingClientService(
             endpoint,
             factory,
@@ -358,6 +372,7 @@ class WebSocketHandler(Service):
             max_retries=self.max_retries,
             confirm_open=True,
             min_uptime=self.min_uptime,
+            round_size=len(targets),
             clock=self.clock,
         )
         self._state = HandlerState.CONNECTING
@@ -378,6 +393,31 @@ class WebSocketHandler(Service):
 
         self._first_open.when_fired().addBoth(relay)
         return opened
+
+    def _endpoint(self, url: str, factory: HandlerFactory) -> IStreamClientEndpoint:
+        """Where the connections to C{url} go: TCP (TLS for wss://), through
+        the proxy if any, with fresh headers before each attempt if asked."""
+        try:
+            secure, host, port, _, _, _ = parse_url(url)
+        except Exception as error:
+            raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
+        if self.tls_options is not None and not secure:
+            raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
+        if self.proxy is not None:
+            if secure:
+                raise ValueError("a proxy is not supported with wss:// yet")
+            proxy_host, _, proxy_port = self.proxy.rpartition(":")
+            host, port = proxy_host.strip("[]"), int(proxy_port)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
+        if secure:
+            endpoint = wrapClientTLS(self.tls_options or optionsForClientTLS(host), endpoint)
+        if callable(self.headers):
+            endpoint = HeadersEndpoint(endpoint, self.headers, factory)
+        return endpoint
+
+    def _aimed(self, url: str) -> None:
+        # The URL of the attempt under way: the one the next open is on.
+        self.url = url
 
     def _connect_cancelled(self, cancelled: Deferred[None]) -> None:
         # Only a connect() still waiting for its first open can be cancelled.

@@ -263,6 +263,12 @@ class HandlerFactory(WebSocketClientFactory):
         )
         self.handler = handler
         self.protocol = protocol
+        self._handshake = {
+            "origin": handler.origin,
+            "protocols": list(handler.subprotocols) or None,
+            "useragent": handler.user_agent,
+            "proxy": _proxy(handler.proxy),
+        }
         options: dict[str, Any] = {
             "openHandshakeTimeout": 0,
             "closeHandshakeTimeout": 0,
@@ -278,6 +284,11 @@ class HandlerFactory(WebSocketClientFactory):
             options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
             options["perMessageCompressionAccept"] = _accept_deflate
         self.setProtocolOptions(**options)
+
+    def aim(self, url: str) -> None:
+        """Make the next handshake for C{url} (one of several the handler
+        fails over between), keeping the handshake options and headers."""
+        self.setSessionParameters(url, headers=self.headers, **self._handshake)
 
 
 @implementer(IStreamClientEndpoint)

@@ -151,6 +151,7 @@ class ReconnectingClientService(ClientService):
         max_retries: int | None = None,
         confirm_open: bool = False,
         min_uptime: float = 0.0,
+        round_size: int = 1,
         clock: IReactorTime | None = None,
         **backoff_options: float,
     ) -> None:
@@ -172,6 +173,10 @@ class ReconnectingClientService(ClientService):
         self._in_policy = False
         self._deferred_stop: OneShotObserver | None = None
         self._retry_after: float | None = None
+        self.round_size = round_size
+        """Attempts in one round (one per URL of a fail-over list): only a
+        whole round that failed counts as a retry and waits for the backoff."""
+        self._in_round = 0
         self._given_up = OneShotObserver()
         self.on_retry: Callable[[int, float], None] | None = None
         # With confirm_open, the protocol calls connection_opened itself once
@@ -243,6 +248,10 @@ class ReconnectingClientService(ClientService):
         # connection; ours (self.attempt) only resets after min_uptime.
         if not self._retrying:
             return _NEVER
+        self._in_round += 1
+        if self._in_round < self.round_size:
+            return 0.0  # the next URL of this round, at once
+        self._in_round = 0
         if self._opened_at is not None:
             if self._clock.seconds() - self._opened_at >= self.min_uptime:
                 self.attempt = 0
