@@ -148,7 +148,7 @@ class HandshakeRejected(WebSocketError):
         self.reason = reason
         self.headers = headers
         self.location = headers.get("location")
-        where = f"; it redirects to {self.location} (not followed)" if self.location else ""
+        where = f"; it redirects to {self.location}" if self.location else ""
         super().__init__(f"the server rejected the handshake: HTTP {status} {reason}{where}".rstrip())
 
 

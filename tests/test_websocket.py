@@ -864,7 +864,6 @@ def test_a_connection_through_an_http_connect_proxy(servers, handler):
 @pytest.mark.parametrize("options, status", [
     (["--require-auth"], 401),
     (["--reject-status", "403"], 403),
-    (["--reject-status", "302", "--location", "ws://elsewhere.example/"], 302),
 ])
 @pytest_twisted.inlineCallbacks
 def test_a_handshake_refused_for_good_fails_at_once(options, status, servers, handler):
@@ -876,9 +875,34 @@ def test_a_handshake_refused_for_good_fails_at_once(options, status, servers, ha
         yield ws.connect(server.url)
     assert refused.value.status == status and retries == []
     assert ws.state is HandlerState.GIVEN_UP
-    if status == 302:
-        assert refused.value.location == "ws://elsewhere.example/"
-        assert "redirects to ws://elsewhere.example/" in str(refused.value)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_redirect_is_followed(servers, handler):
+    target = servers.start()
+    redirecting = servers.start("--reject-status", "302", "--location", target.url.replace("ws:", "http:"))
+    ws = handler(ping_interval=0, max_retries=3)
+    connected = ws.connect(redirecting.url)
+    while not connected.called:  # the redirect is followed at once, on the handler's clock
+        ws.clock.advance(0)
+        yield deferLater(reactor, 0.001, lambda: None)
+    yield connected
+    assert ws.url == target.url and target.wait_for(r"^open ")
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_redirect_loop_ends_with_the_location_named(servers, handler):
+    looping = servers.start("--reject-status", "307", "--location", "/again")
+    ws = handler(ping_interval=0, max_retries=10)
+    connected = ws.connect(looping.url)
+    failures = []
+    connected.addErrback(failures.append)
+    while not failures:
+        ws.clock.advance(0)
+        yield deferLater(reactor, 0.001, lambda: None)
+    rejected = failures[0].value
+    assert isinstance(rejected, HandshakeRejected) and rejected.status == 307
+    assert "redirects to /again" in str(rejected)
 
 
 @pytest.mark.parametrize("retry_after, delay", [

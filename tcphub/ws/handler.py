@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+from urllib.parse import urljoin, urlsplit, urlunsplit
 import inspect
 import uuid
 from collections import deque
@@ -59,6 +60,10 @@ RouteHandler = Callable[[Any, "ConnectionContext"], Any]
 CLOSE_MESSAGE_TOO_BIG = 1009
 # Refused handshakes that retrying may cure: timeout, rate limit (the rest of 4xx are final).
 _RETRIED_STATUSES = frozenset({408, 429})
+_REDIRECTS = frozenset({301, 302, 307, 308})
+MAX_REDIRECTS = 3
+"""Redirects followed in a row before a redirect is a final L{HandshakeRejected}."""
+_WS_SCHEMES = {"http": "ws", "https": "wss"}
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -147,21 +152,30 @@ class Status:
 
 @implementer(IStreamClientEndpoint)
 class _RoundRobin:
-    """Each connection attempt to the next of several URLs."""
+    """Each connection attempt to the next of the handler's URLs (one, or
+    several to fail over between), the factory aimed at it."""
 
     def __init__(self, targets: list[tuple[IStreamClientEndpoint, str]], factory: HandlerFactory,
                  aimed: Callable[[str], None]) -> None:
         self._targets = targets
-        self._factory = factory
+        self.factory = factory
         self._aimed = aimed
         self._next = 0
 
     def connect(self, factory: Any) -> Deferred[Any]:
         endpoint, url = self._targets[self._next]
         self._next = (self._next + 1) % len(self._targets)
-        self._factory.aim(url)
+        self.factory.aim(url)
         self._aimed(url)
         return endpoint.connect(factory)
+
+    def redirect(self, old: str, new: str, endpoint: IStreamClientEndpoint) -> None:
+        """The server at C{old} sent us to C{new}: try it next, in its place."""
+        for index, (_, url) in enumerate(self._targets):
+            if url == old:
+                self._targets[index] = (endpoint, new)
+                self._next = index
+                return
 
 
 @implementer(IPushProducer)
@@ -364,7 +378,8 @@ class WebSocketHandler(Service):
         factory = HandlerFactory(self, urls[0], self.protocol, self.reactor)
         targets = [(self._endpoint(each, factory), each) for each in urls]
         self.url = urls[0]
-        endpoint = targets[0][0] if len(targets) == 1 else _RoundRobin(targets, factory, self._aimed)
+        self._targets = endpoint = _RoundRobin(targets, factory, self._aimed)
+        self._redirects = 0
         service = self._service = ReconnectingClientService(
             endpoint,
             factory,
@@ -588,6 +603,7 @@ class WebSocketHandler(Service):
         context.connected = True
         context.subprotocol = protocol.websocket_protocol_in_use
         self._opens += 1
+        self._redirects = 0
         self._log.info(
             "connected to {url} (connection {connection_id})",
             url=self.url, connection_id=context.connection_id,
@@ -693,6 +709,19 @@ class WebSocketHandler(Service):
         service = self._service
         assert service is not None
         status = rejection.status
+        if status in _REDIRECTS and rejection.location and self._redirects < MAX_REDIRECTS:
+            parts = urlsplit(urljoin(self.url or "", rejection.location))
+            target = urlunsplit(parts._replace(scheme=_WS_SCHEMES.get(parts.scheme, parts.scheme)))
+            try:
+                self._targets.redirect(self.url or "", target, self._endpoint(target, self._targets.factory))
+            except ValueError as error:
+                self._log.warn("not following the redirect to {target}: {error}", target=target, error=error)
+            else:
+                self._redirects += 1
+                self._log.info("{url} redirects ({status}) to {target}: following",
+                               url=self.url, status=status, target=target)
+                service.retry_after(0.0)
+                return
         if 300 <= status < 500 and status not in _RETRIED_STATUSES:
             service.stop_retrying()
             self._gave_up(Failure(rejection))
