@@ -148,7 +148,10 @@ def test_twistd_serves_metrics_varz_and_connz_that_match_the_traffic():
         first.close()
         second.close()
     finally:
-        hub.shutdown()
+        try:
+            hub.shutdown()
+        finally:
+            hub.kill()  # closes its output pipe too
 
 
 def test_the_token_guards_every_path_but_healthz_and_the_page():
@@ -162,7 +165,10 @@ def test_the_token_guards_every_path_but_healthz_and_the_page():
         status, page = get(admin, "/")
         assert status == 200 and "<canvas" in page
     finally:
-        hub.shutdown()
+        try:
+            hub.shutdown()
+        finally:
+            hub.kill()  # closes its output pipe too
 
 
 def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
@@ -303,4 +309,7 @@ def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
     finally:
         for client in clients:
             client.close()
-        hub.shutdown()
+        try:
+            hub.shutdown()
+        finally:
+            hub.kill()
