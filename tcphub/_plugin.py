@@ -16,7 +16,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from tcphub import _checks
-from tcphub.errors import ListenFailed, RetryLimitReached
+from tcphub.errors import FatalClose, HandshakeRejected, ListenFailed, RetryLimitReached
 
 class Listener(Protocol):
     """A service that binds ports: the hub, the operations port."""
@@ -141,7 +141,8 @@ def stop_when_given_up(handler: WebSocketHandler, reactor: Any) -> None:
     supervisor restarts it."""
 
     def stop(error: Exception, context: object) -> None:
-        if isinstance(error, RetryLimitReached):
+        # Out of retries, a fatal close code, a handshake refused for good.
+        if isinstance(error, (RetryLimitReached, FatalClose, HandshakeRejected)):
             exit_status_after_twistd(EXIT_GAVE_UP)
             reactor.stop()
 

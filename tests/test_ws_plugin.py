@@ -131,3 +131,13 @@ def test_twistd_tcphub_ws_sends_the_header_and_subprotocol_it_is_given():
 def test_url_is_repeatable_for_standby_servers():
     handler = makeService(parse("--url", "ws://a.example/", "-u", "ws://b.example/")).getServiceNamed("tcphub-ws")
     assert handler.urls == ["ws://a.example/", "ws://b.example/"] and handler.url == "ws://a.example/"
+
+
+def test_twistd_tcphub_ws_exits_at_once_when_the_server_refuses_it_for_good():
+    with WebSocketServer("--require-auth") as server, \
+            Twistd("tcphub-ws", "--url", server.url) as twistd:
+        code = twistd.process.wait(timeout=60)
+        twistd.drain()
+        assert code == 1, twistd.output
+        assert "the server rejected the handshake: HTTP 401" in twistd.output
+        assert "retry 1" not in twistd.output, "a 401 is not retried"
