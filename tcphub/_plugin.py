@@ -16,7 +16,7 @@ from twisted.python import usage
 from twisted.python.components import Componentized
 
 from tcphub import _checks
-from tcphub.errors import FatalClose, HandshakeRejected, ListenFailed, RetryLimitReached
+from tcphub.errors import ListenFailed
 
 class Listener(Protocol):
     """A service that binds ports: the hub, the operations port."""
@@ -140,9 +140,12 @@ def stop_when_given_up(handler: WebSocketHandler, reactor: Any) -> None:
     (the handler has logged why), and exit with L{EXIT_GAVE_UP} so that a
     supervisor restarts it."""
 
+    from tcphub.ws.handler import HandlerState
+
     def stop(error: Exception, context: object) -> None:
-        # Out of retries, a fatal close code, a handshake refused for good.
-        if isinstance(error, (RetryLimitReached, FatalClose, HandshakeRejected)):
+        # Whatever made it give up (out of retries, a fatal close code, a
+        # handshake refused for good), the handler is in GIVEN_UP by now.
+        if handler.state is HandlerState.GIVEN_UP:
             exit_status_after_twistd(EXIT_GAVE_UP)
             reactor.stop()
 

@@ -48,7 +48,7 @@ from tcphub.errors import (
 )
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.ws.envelope import Codec, Envelope, PathDataCodec, check_envelope
-from tcphub.ws.protocol import HandlerFactory, HandlerProtocol, Headers, HeadersEndpoint
+from tcphub.ws.protocol import HandlerFactory, HandlerProtocol, Headers, HeadersEndpoint, parse_proxy
 from tcphub.ws.reconnect import DEFAULT_JITTER, ReconnectingClientService, backoff_policy
 from tcphub.ws.requests import PendingRequests
 from tcphub.ws.routing import Router
@@ -302,9 +302,7 @@ class WebSocketHandler(Service):
         self.origin = origin
         self.user_agent = user_agent if user_agent is not None else f"tcphub/{version()}"
         if proxy is not None:
-            host, _, port = proxy.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"proxy takes host:port, not {proxy!r}")
+            parse_proxy(proxy)
             if url is not None and url.startswith("wss:"):
                 raise ValueError("a proxy is not supported with wss:// yet")
         self.proxy = proxy
@@ -421,8 +419,7 @@ class WebSocketHandler(Service):
         if self.proxy is not None:
             if secure:
                 raise ValueError("a proxy is not supported with wss:// yet")
-            proxy_host, _, proxy_port = self.proxy.rpartition(":")
-            host, port = proxy_host.strip("[]"), int(proxy_port)
+            host, port = parse_proxy(self.proxy)
         endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
         if secure:
             endpoint = wrapClientTLS(self.tls_options or optionsForClientTLS(host), endpoint)

@@ -39,11 +39,20 @@ Headers = Union[Mapping[str, str], Callable[[], Union[Mapping[str, str], "Deferr
 Deferred of one), called before every attempt (a fresh token each time)."""
 
 
+def parse_proxy(proxy: str) -> tuple[str, int]:
+    """C{(host, port)} of a C{host:port} proxy (C{[::1]:3128} for IPv6);
+    raise L{ValueError} for anything else."""
+    host, _, port = proxy.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"proxy takes host:port, not {proxy!r}")
+    return host.strip("[]"), int(port)
+
+
 def _proxy(proxy: str | None) -> dict[str, Any] | None:
     if proxy is None:
         return None
-    host, _, port = proxy.rpartition(":")
-    return {"host": host.strip("[]"), "port": int(port)}
+    host, port = parse_proxy(proxy)
+    return {"host": host, "port": port}
 
 
 class HandlerProtocol(WebSocketClientProtocol):
