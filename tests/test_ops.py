@@ -113,7 +113,7 @@ def echo_client(port: int, lines: list[bytes]) -> socket.socket:
 
 def test_twistd_serves_metrics_varz_and_connz_that_match_the_traffic():
     hub, port, admin = start("--mode", "echo")
-    try:
+    with hub:  # its exit kills twistd if need be, and closes its output
         assert get(admin, "/healthz") == (200, "ok\n")
         assert get(admin, "/readyz") == (200, "ready\n")
         first = echo_client(port, [b"hello", b"world"])
@@ -147,16 +147,12 @@ def test_twistd_serves_metrics_varz_and_connz_that_match_the_traffic():
         assert varz["limits"]["max_connections"] <= 10_000 and varz["limits"]["framing"] == "line"
         first.close()
         second.close()
-    finally:
-        try:
-            hub.shutdown()
-        finally:
-            hub.kill()  # closes its output pipe too
+        hub.shutdown()
 
 
 def test_the_token_guards_every_path_but_healthz_and_the_page():
     hub, port, admin = start("--admin-token", "s3cret")
-    try:
+    with hub:  # its exit kills twistd if need be, and closes its output
         for path in ("/metrics", "/varz", "/connz", "/readyz"):
             assert get(admin, path)[0] == 401, path
             assert get(admin, path, token="wrong")[0] == 401, path
@@ -164,11 +160,7 @@ def test_the_token_guards_every_path_but_healthz_and_the_page():
         assert get(admin, "/healthz")[0] == 200
         status, page = get(admin, "/")
         assert status == 200 and "<canvas" in page
-    finally:
-        try:
-            hub.shutdown()
-        finally:
-            hub.kill()  # closes its output pipe too
+        hub.shutdown()
 
 
 def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
@@ -276,40 +268,38 @@ def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
             raise AssertionError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     hub, port, admin = start("--mode", "echo")
-    clients = [echo_client(port, [b"first"]), echo_client(port, [b"second"])]
-    screenshot = str(tmp_path / "live-page.png")
+    with hub:  # its exit kills twistd if need be, and closes its output
+        clients = [echo_client(port, [b"first"]), echo_client(port, [b"second"])]
+        screenshot = str(tmp_path / "live-page.png")
 
-    def traffic() -> None:
-        for _ in range(3):
-            clients[0].sendall(b"ping " * 100 + b"\n")
-            clients[0].recv(65536)
+        def traffic() -> None:
+            for _ in range(3):
+                clients[0].sendall(b"ping " * 100 + b"\n")
+                clients[0].recv(65536)
 
-    result: dict = {}
-    failure: list = []
+        result: dict = {}
+        failure: list = []
 
-    def run() -> None:
+        def run() -> None:
+            try:
+                result.update(_browse(f"http://127.0.0.1:{admin}/", traffic, screenshot))
+            except BaseException as error:  # reported on the test's thread
+                failure.append(error)
+
+        browsing = threading.Thread(target=run)
         try:
-            result.update(_browse(f"http://127.0.0.1:{admin}/", traffic, screenshot))
-        except BaseException as error:  # reported on the test's thread
-            failure.append(error)
-
-    browsing = threading.Thread(target=run)
-    try:
-        browsing.start()
-        browsing.join(timeout=90)
-        assert not browsing.is_alive(), "the browser did not finish in 90 s"
-        if failure:
-            raise failure[0]
-        assert result["rows"] == 2
-        assert result["before"].split(",")[0] == "0", "idle: no messages per second yet"
-        assert int(result["after"].split(",")[0]) > 0, "traffic drew a rate"
-        assert result["connections"] == "now 2"
-        assert "2 connected" in result["status"]
-        assert os.path.getsize(screenshot) > 1000
-    finally:
-        for client in clients:
-            client.close()
-        try:
-            hub.shutdown()
+            browsing.start()
+            browsing.join(timeout=90)
+            assert not browsing.is_alive(), "the browser did not finish in 90 s"
+            if failure:
+                raise failure[0]
+            assert result["rows"] == 2
+            assert result["before"].split(",")[0] == "0", "idle: no messages per second yet"
+            assert int(result["after"].split(",")[0]) > 0, "traffic drew a rate"
+            assert result["connections"] == "now 2"
+            assert "2 connected" in result["status"]
+            assert os.path.getsize(screenshot) > 1000
         finally:
-            hub.kill()
+            for client in clients:
+                client.close()
+        hub.shutdown()
