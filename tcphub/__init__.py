@@ -32,6 +32,8 @@ from tcphub.errors import (
     MalformedFrame,
     MessageTooLarge,
     NotConnected,
+    OriginRejected,
+    PingTimeout,
     QueueFull,
     RequestInterrupted,
     RequestTimeout,
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from tcphub.bridge import Bridge
     from tcphub.ws.handler import ConnectionContext, HandlerState, Status, WebSocketHandler
     from tcphub.ws.protocol import HandlerProtocol
+    from tcphub.web.service import WebSocketMembers
     from tcphub.ws.reconnect import ReconnectingClientService, exponential_backoff, linear_backoff
 
 _LAZY = {
@@ -68,6 +71,7 @@ _LAZY = {
     "ReconnectingClientService": "tcphub.ws.reconnect",
     "exponential_backoff": "tcphub.ws.reconnect",
     "linear_backoff": "tcphub.ws.reconnect",
+    "WebSocketMembers": "tcphub.web.service",
 }
 
 
@@ -113,6 +117,8 @@ __all__ = [
     "MessageTooLarge",
     "Metrics",
     "NotConnected",
+    "OriginRejected",
+    "PingTimeout",
     "QueueFull",
     "ReconnectingClientService",
     "RequestInterrupted",
@@ -129,6 +135,7 @@ __all__ = [
     "UnknownClient",
     "WebSocketError",
     "WebSocketHandler",
+    "WebSocketMembers",
     "exponential_backoff",
     "linear_backoff",
 ]

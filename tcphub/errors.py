@@ -63,6 +63,15 @@ class IdleTimeout(TcpHubError):
     """The client sent nothing for longer than the hub's C{timeout}."""
 
 
+class PingTimeout(IdleTimeout):
+    """A WebSocket member did not answer the hub's ping within C{ping_timeout}."""
+
+
+class OriginRejected(TcpHubError):
+    """A browser's WebSocket handshake came from a page whose C{Origin} the
+    hub does not allow (refused with HTTP 403)."""
+
+
 class ConnectionLimitReached(TcpHubError):
     """A connection arrived while C{max_connections} clients were connected."""
 

@@ -4,6 +4,7 @@ The C{twistd tcphub} plugin: command-line options in, a L{TcpServer} out.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService
@@ -34,9 +35,11 @@ from tcphub.hub.framing import FRAMINGS
 from tcphub.hub.modes import MODES
 from tcphub.hub.rooms import DEFAULT_ROOM_HISTORY_BYTES
 from tcphub.hub.service import DEFAULT_BACKLOG, TcpServer, check_host
+from tcphub.web.member import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT
 from tcphub.ws.reconnect import BACKOFFS
 
 if TYPE_CHECKING:
+    from tcphub.web.service import WebSocketMembers
     from tcphub.ws.handler import WebSocketHandler
 
 DEFAULT_PORT = 3000
@@ -97,6 +100,14 @@ class Options(usage.Options):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "seconds to let queued output drain on shutdown",
          _number("drain-timeout", float, minimum=0)],
+        ["web-root", None, None,
+         "with --websocket: serve this directory's files at / instead of the chat page"],
+        ["websocket-ping-interval", None, DEFAULT_PING_INTERVAL,
+         "seconds between the hub's pings to WebSocket members (0: none)",
+         _number("websocket-ping-interval", float, minimum=0)],
+        ["websocket-ping-timeout", None, DEFAULT_PING_TIMEOUT,
+         "seconds a WebSocket member has to answer a ping before it is dropped",
+         _number("websocket-ping-timeout", float, above=0)],
         ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL", ws_url("upstream")],
         ["upstream-path", None, DEFAULT_UPSTREAM_PATH, "path of the messages sent upstream"],
         ["upstream-route", None, DEFAULT_UPSTREAM_ROUTE,
@@ -120,6 +131,8 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["websocket"] = []
+        self["allowed-origin"] = []
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint, e.g. tcp:3000:interface=127.0.0.1,
@@ -134,6 +147,29 @@ class Options(usage.Options):
             raise usage.UsageError(f"--listen {description!r}: {error}") from None
         self["listen"].append(description)
 
+    def opt_websocket(self, description: str) -> None:
+        """Let WebSocket clients (browsers) join the hub on this endpoint, at
+        /ws, with a chat page at / (repeatable): e.g. tcp:8080:interface=127.0.0.1,
+        or ssl:8443:privateKey=key.pem:certKey=cert.pem for wss://."""
+        from twisted.internet.endpoints import serverFromString
+
+        try:
+            serverFromString(default_reactor(), description)
+        except Exception as error:
+            raise usage.UsageError(f"--websocket {description!r}: {error}") from None
+        self["websocket"].append(description)
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """A page origin (https://chat.example.com, or *) whose scripts may
+        join over --websocket (repeatable) [default: the same host and port only]."""
+        from tcphub.web.origins import OriginPolicy
+
+        try:
+            OriginPolicy([origin])
+        except ValueError as error:
+            raise usage.UsageError(f"--allowed-origin: {error}") from None
+        self["allowed-origin"].append(origin)
+
     def postOptions(self) -> None:
         if self["mode"] is None:
             if self["upstream"]:
@@ -143,6 +179,12 @@ class Options(usage.Options):
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         check_admin(self)
+        if not self["websocket"]:
+            given = [f"--{name}" for name in ("allowed-origin", "web-root") if self[name]]
+            if given:
+                raise usage.UsageError(f"{', '.join(given)} goes with --websocket")
+        elif self["web-root"] is not None and not os.path.isdir(self["web-root"]):
+            raise usage.UsageError(f"--web-root {self['web-root']!r} is not a directory")
         if self["max-burst"] is not None and self["max-rate"] is None:
             raise usage.UsageError("--max-burst goes with --max-rate")
         if self["host"] is not None:
@@ -167,8 +209,29 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         reactor = default_reactor()
     service, hub, upstream = _hub_service(config, reactor)
-    admin = admin_service(config, reactor, hub=hub, upstream=upstream)
-    return PluginProcess(service, reactor, *admin, log_observer=log_observer(config), listeners=[hub, *admin])
+    beside: list[Any] = [*_members_service(config, hub, reactor),
+              *admin_service(config, reactor, hub=hub, upstream=upstream)]
+    return PluginProcess(service, reactor, *beside, log_observer=log_observer(config), listeners=[hub, *beside])
+
+
+def _members_service(config: Options, hub: TcpServer, reactor: Any) -> list[WebSocketMembers]:
+    """With --websocket, the site that lets browsers join the hub, named "websocket"."""
+    if not config["websocket"]:
+        return []
+    # Imported when used: a hub without --websocket does not load Autobahn.
+    from tcphub.web.service import WebSocketMembers
+
+    members = WebSocketMembers(
+        hub,
+        config["websocket"],
+        allowed_origins=config["allowed-origin"],
+        web_root=config["web-root"],
+        ping_interval=config["websocket-ping-interval"] or None,
+        ping_timeout=config["websocket-ping-timeout"],
+        reactor=reactor,
+    )
+    members.setName("websocket")
+    return [members]
 
 
 def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, WebSocketHandler | None]:

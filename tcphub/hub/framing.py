@@ -79,6 +79,16 @@ class Framing:
         """Return C{payload} as it goes on the wire, or raise L{UnframeableMessage}."""
         raise NotImplementedError
 
+    def check(self, payload: bytes) -> None:
+        """Raise L{UnframeableMessage} if C{encode} cannot carry C{payload}
+        (a member whose transport frames messages itself, a WebSocket, may
+        send what a stream member could not)."""
+
+    def payload(self, frame: bytes) -> bytes:
+        """The payload of a C{frame} that C{encode} made (for a member whose
+        transport frames messages itself)."""
+        raise NotImplementedError
+
     def decoder(self, sink: FrameSink, max_frame: int) -> FrameDecoder:
         """Return a fresh decoder for one connection."""
         raise NotImplementedError
@@ -180,6 +190,9 @@ class Int32Framing(Framing):
             raise UnframeableMessage(f"{len(payload)} bytes do not fit an int32 length prefix")
         return _INT32.pack(len(payload)) + payload
 
+    def payload(self, frame: bytes) -> bytes:
+        return frame[4:]
+
     def decoder(self, sink: FrameSink, max_frame: int) -> FrameDecoder:
         return _Int32Decoder(sink, max_frame)
 
@@ -273,9 +286,15 @@ class LineFraming(Framing):
     name = "line"
 
     def encode(self, payload: bytes) -> bytes:
+        self.check(payload)
+        return payload + b"\n"
+
+    def check(self, payload: bytes) -> None:
         if b"\n" in payload:
             raise UnframeableMessage("a line frame cannot carry a newline byte")
-        return payload + b"\n"
+
+    def payload(self, frame: bytes) -> bytes:
+        return frame[:-1]
 
     def decoder(self, sink: FrameSink, max_frame: int) -> FrameDecoder:
         return _LineDecoder(sink, max_frame)
@@ -330,6 +349,9 @@ class NetstringFraming(Framing):
     def encode(self, payload: bytes) -> bytes:
         return b"%d:%s," % (len(payload), payload)
 
+    def payload(self, frame: bytes) -> bytes:
+        return frame[frame.index(b":") + 1:-1]
+
     def decoder(self, sink: FrameSink, max_frame: int) -> FrameDecoder:
         return _NetstringDecoder(sink, max_frame)
 
@@ -358,6 +380,9 @@ class RawFraming(Framing):
 
     def encode(self, payload: bytes) -> bytes:
         return payload
+
+    def payload(self, frame: bytes) -> bytes:
+        return frame
 
     def decoder(self, sink: FrameSink, max_frame: int) -> FrameDecoder:
         return _RawDecoder(sink)

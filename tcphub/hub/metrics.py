@@ -31,6 +31,8 @@ class ClientInfo:
     """When traffic last went either way, in the hub clock's seconds."""
     rooms: tuple[str, ...] = ()
     """The rooms the client is in, in the order it joined them."""
+    kind: str = "tcp"
+    """What carries it: C{tcp}, C{tls}, C{unix} or C{websocket}."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Metrics:
     """Connections the process had no file descriptor left for (EMFILE):
     closed at once by Twisted, before the hub saw them (counted by every hub
     listening in the process, since descriptors are the process's)."""
+    rejected_origin: int
+    """WebSocket handshakes refused for their C{Origin} (HTTP 403)."""
 
 
 class HubCounters:
@@ -108,6 +112,7 @@ class HubCounters:
         "rejected_per_ip",
         "rate_limited",
         "descriptor_refusals",
+        "rejected_origin",
     )
 
     def __init__(self) -> None:
@@ -125,6 +130,7 @@ class HubCounters:
         self.rejected_per_ip = 0
         self.rate_limited = 0
         self.descriptor_refusals = 0
+        self.rejected_origin = 0
 
     def add(self, name: str) -> int:
         """Count one more of C{name} (one of the fields); return the new total."""

@@ -169,6 +169,10 @@ class Outbox:
             return
         size = sum(map(len, frames))
         self._handed_over(size, len(frames))
+        self._write_many(frames)
+
+    def _write_many(self, frames: list[bytes]) -> None:
+        """Hand several frames to the transport at once."""
         if len(frames[0]) >= 1024:
             # Large frames: hand them over as they are, rather than copy them
             # all once more only for the transport to join them again.
@@ -192,7 +196,7 @@ class Outbox:
         size, self.queued_bytes = self.queued_bytes, 0
         self._handed_over(size, len(queue))
         self.written_at = self.batch.clock.seconds()
-        self.transport.write(b"".join([frame for frame, _ in queue]))
+        self._write_many([frame for frame, _ in queue])
         for _, waiter in queue:
             _written(waiter)
 

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    ISSLTransport,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -40,6 +46,7 @@ from tcphub.errors import (
     TcpHubError,
 )
 from tcphub.hub.framing import FrameDecoder
+from tcphub.hub.messages import IMessageTransport, MessageDecoder, MessageOutbox
 from tcphub.hub.metrics import ClientInfo
 from tcphub.hub.outbox import CLOSED, QUEUE, WRITE, Outbox, Waiter, notify_gone
 from tcphub.hub.rate import TokenBucket
@@ -136,10 +143,14 @@ class HubProtocol(Protocol):
         self._idle_call: IDelayedCall | None = None
         self._frame_call: IDelayedCall | None = None
         self._rate_call: IDelayedCall | None = None
-        # Created at the first byte: a client that only listens never needs one.
-        self._decoder: FrameDecoder | None = None
         self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
-        self.outbox = Outbox(self.transport, hub.batch, now)
+        if IMessageTransport.providedBy(self.transport):
+            self._decoder: FrameDecoder | None = MessageDecoder(self, hub.framing)
+            self.outbox = MessageOutbox(self.transport, hub.batch, now)
+        else:
+            # Created at the first byte: a client that only listens never needs one.
+            self._decoder = None
+            self.outbox = Outbox(self.transport, hub.batch, now)
         if not hub.admit(self):
             self.state = REFUSED
             self.outbox.mode = CLOSED
@@ -159,6 +170,17 @@ class HubProtocol(Protocol):
         """The peer's address, C{host:port} (formatted when asked: it is
         rarely needed, and each idle connection's bytes count)."""
         return format_address(self.transport.getPeer())
+
+    @property
+    def kind(self) -> str:
+        """What carries this client: C{tcp}, C{tls}, C{unix}, or a message
+        transport's own kind (C{websocket})."""
+        transport = self.transport
+        if IMessageTransport.providedBy(transport):
+            return str(transport.kind)
+        if ISSLTransport.providedBy(transport):
+            return "tls"
+        return "unix" if isinstance(transport.getPeer(), UNIXAddress) else "tcp"
 
     @property
     def bytes_sent(self) -> int:
@@ -237,7 +259,7 @@ class HubProtocol(Protocol):
             f"client {self.client_id} ({self.address}) began a frame and did not "
             f"finish it within {self.factory.frame_timeout} seconds"
         )
-        self._drop("frame_timeouts", error, ClientDisconnected(str(error)))
+        self.drop("frame_timeouts", error)
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client ended its input (FIN)."""
@@ -333,7 +355,7 @@ class HubProtocol(Protocol):
         if self.state != OPEN:
             return  # closed by a handler earlier in this read: what follows does not matter
         what = f"protocol error from client {self.client_id} ({self.address}): {error}"
-        self._drop("protocol_errors", error, ClientDisconnected(what))
+        self.drop("protocol_errors", error, ClientDisconnected(what))
 
     def messageReceived(self, payload: bytes) -> None:
         """Override: called for each complete message, framing removed."""
@@ -411,7 +433,7 @@ class HubProtocol(Protocol):
         """Override: no traffic either way for C{timeout} seconds.  By
         default: count it, report L{IdleTimeout}, and drop the client."""
         error = IdleTimeout(f"client {self.client_id} idle for {self.factory.timeout} seconds")
-        self._drop("timed_out", error, ClientDisconnected(str(error)), LogLevel.info)
+        self.drop("timed_out", error, level=LogLevel.info)
 
     # -- outbound -------------------------------------------------------
 
@@ -478,12 +500,23 @@ class HubProtocol(Protocol):
             f"client {self.client_id} ({self.address}) stopped reading with "
             f"{self.outbox.queued_bytes} bytes queued (max_pending={self.factory.max_pending})"
         )
-        self._drop("slow_consumers", error, error)
+        self.drop("slow_consumers", error)
 
-    def _drop(self, counter: str, error: TcpHubError, departure: ClientDisconnected,
-              level: LogLevel = LogLevel.warn) -> None:
-        """Count C{error} in the hub's C{counter}, log it (once per burst),
-        report it on the C{error} event, and abort the client."""
+    def drop(self, counter: str, error: TcpHubError, departure: ClientDisconnected | None = None,
+             level: LogLevel = LogLevel.warn) -> None:
+        """
+        Drop this client for C{error}: count it in the hub's C{counter} (a
+        L{Metrics} field), log it (once per burst of its kind), report it on
+        the C{error} event, and abort the connection.  C{departure} is what
+        the client's pending sends fail with (by default C{error} itself if it
+        is a L{ClientDisconnected}, else one that names it).  For a subclass
+        that finds a peer breaking its own protocol, and for transports that
+        find one breaking theirs (a WebSocket member that stops answering pings).
+        """
+        if self.state not in (OPEN, DRAINING):
+            return
+        if departure is None:
+            departure = error if isinstance(error, ClientDisconnected) else ClientDisconnected(str(error))
         self.factory.counters.add(counter)
         self.factory.repeats.emit(counter, level, "{departure}", departure=departure)
         self.factory.report(self.client_id, error)
@@ -550,4 +583,5 @@ class HubProtocol(Protocol):
             held_bytes=sum(map(len, self._held or ())),
             active=max(self._read_at, outbox.written_at),
             rooms=self.factory.rooms_of(self),
+            kind=self.kind,
         )

@@ -27,20 +27,14 @@ from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
+from tcphub._site import SiteService, parse_endpoints
 from tcphub._version import version
-from tcphub.errors import ListenFailed
-from tcphub.hub.protocol import format_address
 from tcphub.ops import views
 from tcphub.ops.collector import TcpHubCollector
 
@@ -99,15 +93,13 @@ def _query_str(request: Request, name: str, default: str) -> str:
     return values[0].decode("utf-8", "replace") if values else default
 
 
-class AdminService(Service):
+class AdminService(SiteService):
     """
     The operations port on C{endpoint} (a Twisted server endpoint string or
     object; bind it to loopback unless C{token} is set), reading C{hub} (a
     L{TcpServer}) and/or C{upstream} (a L{WebSocketHandler}).  C{options} is
     shown as is by C{/varz} (the effective settings, for the operator).
     """
-
-    _log = Logger()
 
     def __init__(
         self,
@@ -123,22 +115,14 @@ class AdminService(Service):
             raise ValueError("AdminService needs a hub, an upstream handler, or both")
         if token is not None and not token:
             raise ValueError("token cannot be empty: give none to leave the port open")
-        self._reactor = reactor if reactor is not None else default_reactor()
-        self._description = endpoint if isinstance(endpoint, str) else repr(endpoint)
-        if isinstance(endpoint, str):
-            try:
-                self.endpoint: IStreamServerEndpoint = serverFromString(self._reactor, endpoint)
-            except Exception as error:
-                raise ValueError(f"admin endpoint {endpoint!r}: {error}") from None
-        else:
-            self.endpoint = endpoint
+        reactor = reactor if reactor is not None else default_reactor()
+        endpoints = parse_endpoints(reactor, endpoint, "admin")
         self.hub = hub
         self.upstream = upstream
         self.options = dict(options or {})
         self._token = token.encode("utf-8") if token is not None else None
         self._draining = False
-        self._port: IListeningPort | None = None
-        self._listening = OneShotObserver()
+        self._reactor = reactor
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
                                                 self._clock()))
@@ -149,9 +133,10 @@ class AdminService(Service):
         root.putChild(b"metrics", _Path(self, self._metrics))
         root.putChild(b"varz", _Path(self, self._varz))
         root.putChild(b"connz", _Path(self, self._connz))
-        self.site = Site(root)
-        self.site.noisy = False
-        self.site.displayTracebacks = False
+        site = Site(root)
+        site.noisy = False
+        site.displayTracebacks = False
+        super().__init__(reactor, site, endpoints, "admin")
 
     def _clock(self) -> Any:
         return self.hub.factory.clock if self.hub is not None else self._reactor
@@ -234,47 +219,6 @@ class AdminService(Service):
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def when_listening(self) -> Deferred[None]:
-        """Fires once the port listens; errbacks with L{ListenFailed}."""
-        return self._listening.when_fired()
-
-    def privilegedStartService(self) -> None:
-        # As TcpServer does: a port that cannot be bound ends twistd at once.
-        super().privilegedStartService()
-        failure: list[Failure] = []
-        self.endpoint.listen(self.site).addCallbacks(self._listened, failure.append)
-        if failure:
-            raise self._listen_failed(failure[0])
-
-    def startService(self) -> None:
-        super().startService()
-        if self._port is None:
-            self.endpoint.listen(self.site).addCallbacks(self._listened, self._log_failure)
-
-    def _listened(self, port: IListeningPort) -> None:
-        self._port = port
-        self._listening.fire(None)
-        self._reactor.callWhenRunning(
-            self._log.info, "tcphub admin listening on {address}", address=format_address(port.getHost())
-        )
-
-    def _listen_failed(self, failure: Failure) -> ListenFailed:
-        error = ListenFailed(f"tcphub admin cannot listen on {self._description}: {failure.getErrorMessage()}")
-        error.__cause__ = failure.value
-        return error
-
-    def _log_failure(self, failure: Failure) -> None:
-        error = self._listen_failed(failure)
-        self._log.error("{error}", error=error)
-        self._listening.fire(Failure(error))
-
-    @property
-    def port(self) -> int:
-        """The bound port number (useful with port 0)."""
-        if self._port is None:
-            raise RuntimeError("the operations port is not listening")
-        return int(getattr(self._port.getHost(), "port"))
-
     def stopService(self) -> Deferred[None]:
         """Answer 503 on C{/readyz} at once; keep answering while the hub
         drains; then close the port."""
@@ -282,8 +226,4 @@ class AdminService(Service):
         self._draining = True
         drained = self.hub.when_stopped() if self.hub is not None else succeed(None)
 
-        def close(_: object) -> Deferred[None] | None:
-            port, self._port = self._port, None
-            return port.stopListening() if port is not None else None
-
-        return drained.addCallback(close)
+        return drained.addCallback(lambda _: self.close_ports())

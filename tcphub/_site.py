@@ -1,0 +1,114 @@
+"""
+L{SiteService}: a C{twisted.web} site on one or more server endpoints, as
+the operations port and the WebSocket members' port both are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, cast
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from tcphub._observer import OneShotObserver
+from tcphub.errors import ListenFailed
+from tcphub.hub.protocol import format_address
+
+__all__ = ["SiteService", "parse_endpoints"]
+
+
+def parse_endpoints(reactor: Any, endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint],
+                    what: str) -> list[tuple[str, IStreamServerEndpoint]]:
+    """Each endpoint (a string is parsed; a bad one raises L{ValueError}
+    naming C{what}) with its description for the logs."""
+    given = [endpoint] if isinstance(endpoint, str) or IStreamServerEndpoint.providedBy(endpoint) else endpoint
+    parsed = []
+    for each in given:
+        if isinstance(each, str):
+            try:
+                parsed.append((each, serverFromString(reactor, each)))
+            except Exception as error:
+                raise ValueError(f"{what} endpoint {each!r}: {error}") from None
+        else:
+            parsed.append((repr(each), each))
+    if not parsed:
+        raise ValueError(f"{what} needs at least one endpoint")
+    return parsed
+
+
+class SiteService(Service):
+    """
+    Serves C{site} on C{endpoints}.  Under twistd the ports are bound before
+    the reactor runs, so that one that cannot be bound ends twistd with
+    L{ListenFailed}; L{when_listening} fires once every port listens.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, site: Site, endpoints: list[tuple[str, IStreamServerEndpoint]],
+                 what: str) -> None:
+        self._reactor = reactor
+        self.site = site
+        self._endpoints = endpoints
+        self._what = what
+        self._ports: list[IListeningPort] = []
+        self._attempt: Deferred[list[IListeningPort]] | None = None
+        self._listening = OneShotObserver()
+
+    def when_listening(self) -> Deferred[None]:
+        """Fires once every port listens; errbacks with L{ListenFailed}."""
+        return self._listening.when_fired()
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        failure: list[Failure] = []
+        self._listen().addErrback(failure.append)
+        if failure:
+            failure[0].raiseException()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._attempt is None:
+            self._listen().addErrback(lambda failure: self._log.error("{error}", error=failure.value))
+
+    def _listen(self) -> Deferred[list[IListeningPort]]:
+        attempts = [endpoint.listen(self.site) for _, endpoint in self._endpoints]
+        self._attempt = gatherResults(attempts, consumeErrors=True)
+        return self._attempt.addCallbacks(self._listened, self._failed, errbackArgs=(attempts,))
+
+    def _listened(self, ports: list[IListeningPort]) -> list[IListeningPort]:
+        self._ports = ports
+        self._listening.fire(None)
+        for port in ports:
+            self._reactor.callWhenRunning(self._log.info, "tcphub {what} listening on {address}",
+                                          what=self._what, address=format_address(port.getHost()))
+        return ports
+
+    def _failed(self, failure: Failure, attempts: list[Deferred[IListeningPort]]) -> Failure:
+        for attempt in attempts:  # a half-open site is worse than none
+            attempt.addCallbacks(lambda port: port.stopListening() if port is not None else None,
+                                 lambda _: None)
+        first = cast(FirstError, failure.value)
+        description = self._endpoints[first.index][0]
+        error = ListenFailed(f"tcphub {self._what} cannot listen on {description}: "
+                             f"{first.subFailure.getErrorMessage()}")
+        error.__cause__ = first.subFailure.value
+        self._listening.fire(Failure(error))
+        return Failure(error)
+
+    @property
+    def port(self) -> int:
+        """The first bound port number (useful with port 0)."""
+        if not self._ports:
+            raise RuntimeError(f"the {self._what} port is not listening")
+        return int(getattr(self._ports[0].getHost(), "port"))
+
+    def close_ports(self) -> Deferred[Any]:
+        """Stop listening (the connections stay)."""
+        ports, self._ports = self._ports, []
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports])

@@ -1,0 +1,71 @@
+"""
+Members whose transport carries whole messages rather than a byte stream (a
+WebSocket connection, served by L{tcphub.web}).  The hub stays ignorant of
+what carries them: such a transport provides L{IMessageTransport}, and a
+L{HubProtocol} on it takes each C{dataReceived} as one message and hands each
+frame to the transport alone.
+
+What the hub sends is framed once for every member (C{Framing.encode}); the
+transport gets the frame and takes the framing off (C{Framing.payload}).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from twisted.internet.interfaces import ITransport
+from zope.interface import Attribute
+
+from tcphub.errors import UnframeableMessage
+from tcphub.hub.framing import FrameSink, Framing
+from tcphub.hub.outbox import Outbox
+
+__all__ = ["IMessageTransport", "MessageDecoder", "MessageOutbox"]
+
+
+class IMessageTransport(ITransport):
+    """
+    A transport of whole messages.  C{write(frame)} takes one frame of the
+    hub's framing and delivers its payload as one message; C{writeSequence}
+    takes several, each one message.  Each C{dataReceived} it makes is one
+    message.  Like a TCP transport it is a consumer (it pauses its registered
+    producer when its peer does not read), a push producer (pausing it stops
+    reading), and it has C{abortConnection}.
+    """
+
+    kind = Attribute("What carries the messages, for the client table: e.g. C{'websocket'}.")
+
+
+class MessageDecoder:
+    """The decoder of a message transport's member: each read is a message,
+    refused (as L{UnframeableMessage}) if the hub's framing cannot carry it
+    to the stream members (a newline in a line hub)."""
+
+    __slots__ = ("_sink", "_framing")
+    partial: Final = False
+
+    def __init__(self, sink: FrameSink, framing: Framing) -> None:
+        self._sink = sink
+        self._framing = framing
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._framing.check(data)
+        except UnframeableMessage as error:
+            self._sink.frameError(error)
+        else:
+            self._sink.frameReceived(data)
+
+    def inputEnded(self) -> int:
+        """Nothing is ever buffered."""
+        return 0
+
+
+class MessageOutbox(Outbox):
+    """The outbox of a message transport: frames are handed over each on its
+    own (never joined), so that each stays one message."""
+
+    __slots__ = ()
+
+    def _write_many(self, frames: list[bytes]) -> None:
+        self.transport.writeSequence(frames)

@@ -1,0 +1,331 @@
+"""
+A WebSocket connection as a member of the hub, alongside its TCP clients.
+
+L{MemberConnection} is the Autobahn server protocol.  Once the handshake is
+done it builds the hub's protocol (the same class as the TCP clients', with
+the same hooks, limits and events) on a L{MemberTransport}, which carries
+whole messages (L{IMessageTransport}):
+
+  - a WebSocket message in (text or binary) is one hub message, its bytes as
+    they came; one the hub's framing cannot carry to the TCP clients (a
+    newline in a line hub) closes the member with 1007;
+  - a message out goes as text when it is valid UTF-8, else as binary, its
+    bytes as they are; the WebSocket frame is built once per broadcast and
+    shared by every member (Autobahn's prepared message);
+  - flow control: when the peer does not read, the TCP transport pauses the
+    member, whose outbox queues up to the hub's C{max_pending}; when the hub
+    pauses reading from the member (C{max_rate}, C{pauseReading}), the TCP
+    transport stops reading;
+  - heartbeat: a ping every C{ping_interval} seconds on the hub's clock (not
+    Autobahn's timers, which round to whole seconds); a member that does not
+    answer within C{ping_timeout} is dropped (L{PingTimeout}, counted in
+    C{timed_out});
+  - closing: the hub's gentle close sends close code 1000 after the queued
+    output; messages over C{max_frame} close with 1009, invalid UTF-8 text
+    with 1007, other protocol errors with 1002 (each counted in
+    C{protocol_errors}); a close the peer does not answer within
+    C{close_timeout} seconds drops the TCP connection; the hub's abort (a
+    slow consumer, a timeout) drops it at once.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, Iterable, cast
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, ISSLTransport, ITCPTransport
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcphub._version import version
+from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginRejected, PingTimeout, UnframeableMessage
+from tcphub.hub.messages import IMessageTransport
+from tcphub.hub.protocol import OPEN, HubProtocol, format_address
+from tcphub.web.origins import OriginPolicy
+
+if TYPE_CHECKING:
+    from tcphub.hub.factory import HubFactory
+
+__all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT",
+           "MemberConnection", "MemberFactory", "MemberTransport"]
+
+DEFAULT_PING_INTERVAL: Final = 30.0
+DEFAULT_PING_TIMEOUT: Final = 30.0
+DEFAULT_CLOSE_TIMEOUT: Final = 5.0
+
+_STATE_OPEN: Final = WebSocketProtocol.STATE_OPEN
+_STATE_CLOSING: Final = WebSocketProtocol.STATE_CLOSING
+
+
+class _Prepared:
+    """The WebSocket frame of the last hub frame sent, shared by every member
+    a broadcast reaches: framed (and checked for UTF-8) once, not per member."""
+
+    __slots__ = ("_framing", "_frame", "_wire")
+
+    def __init__(self, hub: HubFactory) -> None:
+        self._framing = hub.framing
+        self._frame: bytes | None = None
+        self._wire = b""
+
+    def wire(self, frame: bytes) -> bytes:
+        if frame is not self._frame:
+            payload = self._framing.payload(frame)
+            try:
+                payload.decode("utf-8")
+                binary = False
+            except UnicodeDecodeError:
+                binary = True
+            self._wire = PreparedMessage(payload, binary, applyMask=False, doNotCompress=True).payloadHybi
+            self._frame = frame
+        return self._wire
+
+
+class _Beat(Enum):
+    STOPPED = "stopped"
+    """Not open yet, paused, or gone: no ping is due."""
+    WAITING = "waiting"
+    """The next ping is due after C{ping_interval}."""
+    PINGED = "pinged"
+    """A ping is out: its pong is due within C{ping_timeout}."""
+
+
+@implementer(IMessageTransport, IPushProducer)
+class MemberTransport:
+    """
+    The transport the hub's protocol sees for a WebSocket member: it takes
+    the hub's frames and sends their payloads as messages, and passes flow
+    control, closing and addresses to the connection's TCP transport.
+    """
+
+    kind = "websocket"
+
+    def __init__(self, connection: MemberConnection) -> None:
+        self._connection = connection
+        self._tcp: Any = connection.transport
+        self._prepared = connection.factory.prepared
+
+    def write(self, frame: bytes) -> None:
+        if self._connection.state == _STATE_OPEN:
+            # Straight to TCP: Autobahn's sendData would only add a debug log line per message.
+            self._tcp.write(self._prepared.wire(frame))
+
+    def writeSequence(self, frames: Iterable[bytes]) -> None:
+        if self._connection.state == _STATE_OPEN:
+            wire = self._prepared.wire
+            self._tcp.write(b"".join([wire(frame) for frame in frames]))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._tcp.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._tcp.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        """The hub stops reading this member: so does TCP, and the heartbeat
+        waits (an unread pong is not the peer's fault)."""
+        self._tcp.pauseProducing()
+        self._connection.heartbeat_stop()
+
+    def resumeProducing(self) -> None:
+        self._tcp.resumeProducing()
+        self._connection.heartbeat_start()
+
+    def stopProducing(self) -> None:
+        self._tcp.stopProducing()
+
+    def loseConnection(self) -> None:
+        """Close with code 1000 (after what was written)."""
+        self._connection.close_gently()
+
+    def abortConnection(self) -> None:
+        """Drop the TCP connection at once, unless a close frame we sent is
+        already on its way (the peer then learns why: e.g. 1009)."""
+        self._connection.abort()
+
+    def getPeer(self) -> IAddress:
+        return self._tcp.getPeer()  # type: ignore[no-any-return]
+
+    def getHost(self) -> IAddress:
+        return self._tcp.getHost()  # type: ignore[no-any-return]
+
+
+class MemberConnection(WebSocketServerProtocol):
+    """One WebSocket connection, and the hub member on it once it is open."""
+
+    factory: MemberFactory
+    transport: Any
+    """The TCP (or TLS) transport, taken over from twisted.web's HTTP channel."""
+    member: HubProtocol | None = None
+    _beat = _Beat.STOPPED
+    _beat_call: IDelayedCall | None = None
+    _close_call: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        # Autobahn's own dataReceived formats a debug line per read; skip it.
+        self._dataReceived(data)
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        origin = request.headers.get("origin")
+        secure = ISSLTransport.providedBy(self.transport)
+        if not self.factory.origins.allows(origin, request.headers.get("host"), secure):
+            hub = self.factory.hub
+            error = OriginRejected(f"refused a WebSocket from {format_address(self.transport.getPeer())}: "
+                                   f"origin {origin!r} is not allowed")
+            hub.counters.add("rejected_origin")
+            hub.repeats.emit("rejected_origin", LogLevel.warn, "{error}", error=error)
+            hub.report(None, error)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+
+    def onOpen(self) -> None:
+        # twisted.web's HTTP channel registered itself as the TCP transport's
+        # producer; the connection is the member's now.
+        self.transport.unregisterProducer()
+        hub = self.factory.hub
+        if hub.keep_alive and ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpKeepAlive(True)
+        member = self.member = cast(HubProtocol, hub.buildProtocol(self.transport.getPeer()))
+        member.makeConnection(MemberTransport(self))
+        if member.state == OPEN and not hub.reading_paused:
+            self.heartbeat_start()
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        member = self.member
+        assert member is not None, "messages come once the connection is open"
+        try:
+            self.factory.hub.framing.check(payload)
+        except UnframeableMessage as error:
+            self._fail(1007, str(error), error)
+            return
+        member.dataReceived(payload)
+
+    # -- protocol errors: Autobahn closes with its code, the hub counts ----
+
+    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+        self._member_error(FrameTooLong(msg_size, max_msg_size))
+
+    def _invalid_payload(self, reason: str) -> bool:
+        result: bool = super()._invalid_payload(reason)
+        self._member_error(MalformedFrame(reason))
+        return result
+
+    def _protocol_violation(self, reason: str) -> bool:
+        result: bool = super()._protocol_violation(reason)
+        self._member_error(MalformedFrame(reason))
+        return result
+
+    def _fail(self, code: int, reason: str, error: FramingError) -> None:
+        self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+        self._member_error(error)
+
+    def _member_error(self, error: FramingError) -> None:
+        # Before the handshake is done there is no member: Autobahn answers alone.
+        if self.member is not None:
+            self.member.frameError(error)
+
+    # -- the heartbeat, on the hub's clock --------------------------------
+
+    def heartbeat_start(self) -> None:
+        """Ping every C{ping_interval} seconds from now on."""
+        interval = self.factory.ping_interval
+        if interval is None or self._beat is not _Beat.STOPPED or self.state != _STATE_OPEN:
+            return
+        self._beat = _Beat.WAITING
+        self._beat_call = self.factory.hub.clock.callLater(interval, self._ping)
+
+    def heartbeat_stop(self) -> None:
+        self._beat = _Beat.STOPPED
+        call, self._beat_call = self._beat_call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _ping(self) -> None:
+        self._beat = _Beat.PINGED
+        self._beat_call = self.factory.hub.clock.callLater(self.factory.ping_timeout, self._ping_timed_out)
+        self.sendPing()
+
+    def onPong(self, payload: bytes) -> None:
+        if self._beat is _Beat.PINGED:
+            self.heartbeat_stop()
+            self.heartbeat_start()
+
+    def _ping_timed_out(self) -> None:
+        self._beat_call = None
+        self._beat = _Beat.STOPPED
+        assert self.member is not None
+        error = PingTimeout(f"client {self.member.client_id} ({self.member.address}) did not answer "
+                            f"a ping within {self.factory.ping_timeout} seconds")
+        self.member.drop("timed_out", error, level=LogLevel.info)
+
+    # -- closing ------------------------------------------------------------
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if self.closedByMe and self.state == _STATE_CLOSING and self._close_call is None:
+            self.heartbeat_stop()
+            self._close_call = self.factory.hub.clock.callLater(self.factory.close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_call = None
+        self.wasClean = False
+        self.wasNotCleanReason = f"no close reply within {self.factory.close_timeout} seconds"
+        self.dropConnection(abort=True)
+
+    def close_gently(self) -> None:
+        if self.state == _STATE_OPEN:
+            self.sendClose(1000)
+
+    def abort(self) -> None:
+        self.heartbeat_stop()
+        if self.state != _STATE_CLOSING or not self.closedByMe:
+            self.transport.abortConnection()
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        # Autobahn calls this once the TCP connection is gone.
+        self.heartbeat_stop()
+        call, self._close_call = self._close_call, None
+        if call is not None and call.active():
+            call.cancel()
+        if self.member is None:
+            return
+        why = f"WebSocket closed with code {code}" + (f": {reason}" if reason else "")
+        self.member.connectionLost(Failure(ConnectionDone(why) if wasClean else ConnectionLost(why)))
+
+
+class MemberFactory(WebSocketServerFactory):
+    """
+    Builds a L{MemberConnection} per WebSocket handshake, for C{hub}.  Its
+    settings (the origin policy, heartbeat and close deadlines) are read by
+    every connection; messages are bounded by the hub's C{max_frame}.
+    """
+
+    protocol = MemberConnection  # type: ignore[assignment]
+
+    def __init__(self, hub: HubFactory, *, origins: OriginPolicy, ping_interval: float | None,
+                 ping_timeout: float, close_timeout: float) -> None:
+        super().__init__(server=f"tcphub/{version()}")
+        self.hub = hub
+        self.origins = origins
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self.prepared = _Prepared(hub)
+        self.setProtocolOptions(
+            maxMessagePayloadSize=hub.max_frame,
+            maxFramePayloadSize=hub.max_frame,
+            # Autobahn's own timers round to whole seconds: the hub's clock
+            # runs the heartbeat and the close deadline instead.
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            autoPingInterval=0,
+            # Tell the peer why (1009, 1007, 1002) rather than drop the TCP connection.
+            failByDrop=False,
+        )
+        self.noisy = False

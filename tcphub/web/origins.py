@@ -1,0 +1,64 @@
+"""
+Which pages may open a WebSocket to the hub: a browser sends the page's
+origin in the handshake's C{Origin} header, and a page from another site must
+not be able to join the hub with the visitor's network position.  Pure: no
+I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+from urllib.parse import urlsplit
+
+__all__ = ["OriginPolicy"]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _normalize(origin: str) -> str:
+    """C{scheme://host:port}, lowercased, with the default port written out;
+    an origin that is not one (C{null}, garbage) is kept as is, lowercased."""
+    parts = urlsplit(origin.strip().lower())
+    if not parts.scheme or not parts.hostname:
+        return origin.strip().lower()
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return origin.strip().lower()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
+class OriginPolicy:
+    """
+    C{allowed}: origins such as C{https://chat.example.com} or
+    C{http://127.0.0.1:8080}, or C{*} for any.  None given: the same origin
+    only (the page's host and port are the ones the handshake was sent to,
+    as the C{Host} header says).
+
+    A handshake without an C{Origin} header does not come from a browser
+    page (C{websocat}, a Python client, the C{websockets} package): it is
+    allowed, since such a client could send any header it likes anyway.
+    """
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        allowed = list(allowed)
+        for origin in allowed:
+            if not isinstance(origin, str) or not origin or (
+                origin != "*" and not (urlsplit(origin).scheme and urlsplit(origin).hostname)
+            ):
+                raise ValueError(f"an allowed origin looks like https://example.com, or is *, not {origin!r}")
+        self.any = "*" in allowed
+        self.allowed = frozenset(_normalize(origin) for origin in allowed if origin != "*")
+
+    def allows(self, origin: str | None, host: str | None, secure: bool) -> bool:
+        """Whether a handshake with this C{Origin} header, sent to C{host}
+        (the C{Host} header) over TLS or not, may proceed."""
+        if origin is None or self.any:
+            return True
+        normalized = _normalize(origin)
+        if self.allowed:
+            return normalized in self.allowed
+        if not host:
+            return False
+        return normalized == _normalize(("https://" if secure else "http://") + host)

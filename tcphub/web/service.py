@@ -1,0 +1,95 @@
+"""
+L{WebSocketMembers}: a C{twisted.web} site that lets browsers (and any
+WebSocket client) join a hub as members, beside its TCP clients:
+
+  - C{/ws}: the WebSocket; each connection is a member (see L{tcphub.web.member});
+  - C{/}: a small chat page that joins the hub (no asset from the internet),
+    or, with C{web_root}, the files of that directory.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data, File
+
+from tcphub import _checks
+from tcphub._reactor import default_reactor
+from tcphub._site import SiteService, parse_endpoints
+from tcphub.web.member import DEFAULT_CLOSE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, MemberFactory
+from tcphub.web.origins import OriginPolicy
+
+if TYPE_CHECKING:
+    from tcphub.hub.service import TcpServer
+
+__all__ = ["DEFAULT_HTTP_TIMEOUT", "WebSocketMembers"]
+
+DEFAULT_HTTP_TIMEOUT = 30.0
+"""Seconds an HTTP connection may stay silent before the upgrade (a slowloris
+holding connections open with half-sent requests)."""
+
+
+class WebSocketMembers(SiteService):
+    """
+    Serves C{hub}'s WebSocket members on C{endpoint} (a Twisted server
+    endpoint string or object, or several: C{ssl:...} for C{wss://}).
+
+    C{allowed_origins}: the pages (C{https://chat.example.com}, or C{*}) whose
+    scripts may connect; by default only pages served from this same host
+    and port.  A handshake without an C{Origin} header (not a browser) is
+    allowed.  C{web_root}: a directory served at C{/} instead of the chat
+    page.  C{ping_interval} (None: no pings), C{ping_timeout} and
+    C{close_timeout} are in seconds, on the hub's clock.
+    """
+
+    def __init__(
+        self,
+        hub: TcpServer,
+        endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint],
+        *,
+        allowed_origins: Iterable[str] = (),
+        web_root: str | None = None,
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float = DEFAULT_PING_TIMEOUT,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        http_timeout: float = DEFAULT_HTTP_TIMEOUT,
+        reactor: Any = None,
+    ) -> None:
+        reactor = reactor if reactor is not None else default_reactor()
+        endpoints = parse_endpoints(reactor, endpoint, "websocket")
+        if isinstance(allowed_origins, str):
+            raise TypeError("allowed_origins takes a collection of origins, not one: "
+                            f"allowed_origins=[{allowed_origins!r}]")
+        factory = hub.factory
+        self.members = MemberFactory(
+            factory,
+            origins=OriginPolicy(allowed_origins),
+            ping_interval=_checks.seconds_or_none("ping_interval", ping_interval),
+            ping_timeout=_checks.number("ping_timeout", ping_timeout, above=0),
+            close_timeout=_checks.number("close_timeout", close_timeout, above=0),
+        )
+        if web_root is not None:
+            if not os.path.isdir(web_root):
+                raise ValueError(f"web_root {web_root!r} is not a directory")
+            root: Resource = File(web_root)
+        else:
+            root = Resource()
+            page = files("tcphub.web").joinpath("page.html").read_bytes()
+            root.putChild(b"", Data(page, "text/html; charset=utf-8"))
+        root.putChild(b"ws", WebSocketResource(self.members))
+        site = Site(root, timeout=_checks.number("http_timeout", http_timeout, above=0), reactor=factory.clock)
+        site.noisy = False
+        site.displayTracebacks = False
+        super().__init__(reactor, site, endpoints, "websocket")
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop taking new members; those connected go with the hub's drain."""
+        super().stopService()
+        return self.close_ports()
