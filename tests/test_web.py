@@ -1,0 +1,185 @@
+"""
+WebSocket members of a real hub: C{twistd tcphub --websocket} run as the
+README says, joined by the C{websockets} package's client, by raw sockets
+(TCP members, and a WebSocket peer that never reads), and read back through
+the operations port's C{/varz} and C{/connz}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from tests.processes import Twistd
+
+WEBSOCKET = r"tcphub websocket listening on (?P<host>[^ ]+):(?P<port>\d+)"
+ADMIN = r"tcphub admin listening on (?P<host>[^ ]+):(?P<port>\d+)"
+
+
+class Hub:
+    """A twistd hub with TCP, WebSocket and admin ports, all on port 0."""
+
+    def __init__(self, *options: str) -> None:
+        self.twistd = Twistd("tcphub", "--port", "0", "--websocket", "tcp:0:interface=127.0.0.1",
+                             "--admin", "tcp:0:interface=127.0.0.1", *options)
+        _, self.port = self.twistd.wait_listening()
+        self.ws_port = int(self.twistd.wait_for(WEBSOCKET)["port"])
+        self.admin_port = int(self.twistd.wait_for(ADMIN)["port"])
+        self.url = f"ws://127.0.0.1:{self.ws_port}/ws"
+
+    def __enter__(self) -> Hub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.twistd.__exit__(*exc_info)
+
+    def get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def metrics(self) -> dict:
+        return self.get("/varz")["hub"]
+
+    def member(self, **options) -> ClientConnection:
+        """A WebSocket member: the websockets package's client."""
+        return connect(self.url, proxy=None, open_timeout=30, **options)
+
+    def tcp(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=30)
+
+    def wait_connections(self, count: int) -> None:
+        # Each member is in the table once its handshake is answered; the
+        # TCP clients once accepted: wait on the table, not on time.
+        for _ in range(3000):
+            if self.get("/varz")["hub"]["connections"] == count:
+                return
+        raise AssertionError(f"never {count} connections: {self.get('/varz')['hub']}")
+
+
+def int32(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+def read_int32(sock: socket.socket, count: int) -> list[bytes]:
+    data, frames = b"", []
+    while len(frames) < count:
+        while len(data) < 4 or len(data) < 4 + struct.unpack("!I", data[:4])[0]:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {frames}"
+            data += chunk
+        size = struct.unpack("!I", data[:4])[0]
+        frames.append(data[4:4 + size])
+        data = data[4 + size:]
+    return frames
+
+
+def as_bytes(message: str | bytes) -> tuple[str, bytes]:
+    return ("text", message.encode("utf-8")) if isinstance(message, str) else ("binary", message)
+
+
+def test_websocket_and_tcp_members_exchange_text_and_binary_byte_exact():
+    with Hub("--framing", "int32", "--mode", "broadcast") as hub:
+        tcp = hub.tcp()
+        with hub.member() as member:
+            hub.wait_connections(2)
+            sent = [b"plain", "h\u00e9llo \u2603".encode(), b"\xff\x00\xfe", b"", bytes(range(256)) * 64]
+            tcp.sendall(b"".join(int32(payload) for payload in sent))
+            received = [as_bytes(member.recv(timeout=30)) for _ in sent]
+            assert received == [("text", sent[0]), ("text", sent[1]), ("binary", sent[2]),
+                                ("text", sent[3]), ("binary", sent[4])]
+            member.send("\u00fcnic\u00f8de")
+            member.send(b"\x00\xff\x80binary")
+            assert read_int32(tcp, 2) == ["\u00fcnic\u00f8de".encode(), b"\x00\xff\x80binary"]
+            kinds = sorted(record["kind"] for record in hub.get("/connz")["connections"])
+            assert kinds == ["tcp", "websocket"]
+        tcp.close()
+        hub.twistd.shutdown()
+
+
+def test_an_oversize_message_closes_with_1009_is_counted_and_the_others_go_on():
+    with Hub("--framing", "int32", "--mode", "broadcast", "--max-frame", "1000") as hub:
+        tcp = hub.tcp()
+        with hub.member() as big, hub.member() as other:
+            hub.wait_connections(3)
+            big.send(b"x" * 1001)
+            with pytest.raises(ConnectionClosed) as closed:
+                big.recv(timeout=30)
+            assert closed.value.rcvd.code == 1009
+            assert hub.metrics()["protocol_errors"] == 1
+            other.send(b"y" * 1000)
+            assert read_int32(tcp, 1) == [b"y" * 1000]
+        tcp.close()
+        hub.twistd.shutdown()
+
+
+def test_a_websocket_member_that_never_reads_is_dropped_while_the_others_get_everything():
+    count, size = 400, 32 * 1024  # 12.5 MiB: more than max_pending and the kernel's buffers hold
+    with Hub("--framing", "int32", "--mode", "broadcast", "--max-pending", "1048576") as hub:
+        sender, reader = hub.tcp(), hub.tcp()
+        # A WebSocket peer that completes its handshake and never reads again.
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", hub.ws_port))
+        stalled.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        with hub.member(max_size=None) as member:
+            hub.wait_connections(4)
+            payloads = [bytes([i % 256]) * size for i in range(count)]
+            got_tcp, got_member = [], []
+            for start in range(0, count, 20):  # the sender's writes stay ahead of the readers by 20
+                sender.sendall(b"".join(int32(payload) for payload in payloads[start:start + 20]))
+                got_tcp += read_int32(reader, 20)
+                got_member += [as_bytes(member.recv(timeout=30))[1] for _ in range(20)]
+            assert got_tcp == payloads and got_member == payloads
+            metrics = hub.metrics()
+            assert metrics["slow_consumers"] == 1 and metrics["connections"] == 3
+        for each in (sender, reader, stalled):
+            each.close()
+        hub.twistd.shutdown()
+
+
+def test_a_page_from_another_origin_is_refused_and_counted():
+    with Hub("--allowed-origin", "https://chat.example.com") as hub:
+        with pytest.raises(InvalidStatus) as refused:
+            hub.member(origin="http://evil.example")
+        assert refused.value.response.status_code == 403
+        with hub.member(origin="https://chat.example.com") as allowed:
+            assert allowed.recv(timeout=30).startswith("* welcome")
+        assert hub.metrics()["rejected_origin"] == 1
+        hub.twistd.shutdown()
+
+
+def test_by_default_only_pages_of_the_same_origin_may_connect():
+    with Hub() as hub:
+        with pytest.raises(InvalidStatus):
+            hub.member(origin="http://localhost:1")
+        with hub.member(origin=f"http://127.0.0.1:{hub.ws_port}") as same:
+            assert same.recv(timeout=30).startswith("* welcome")
+        hub.twistd.shutdown()
+
+
+def test_the_chat_page_is_served_at_the_root():
+    with Hub() as hub:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hub.ws_port}/", timeout=30) as response:
+            page = response.read().decode()
+            assert response.headers["content-type"] == "text/html; charset=utf-8"
+        assert "new WebSocket(" in page
+        assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "no asset from the internet"
+        hub.twistd.shutdown()
+
+
+def test_web_root_serves_the_users_files_instead(tmp_path):
+    (tmp_path / "index.html").write_text("<p>my own page</p>")
+    with Hub("--web-root", str(tmp_path)) as hub:
+        with urllib.request.urlopen(f"http://127.0.0.1:{hub.ws_port}/", timeout=30) as response:
+            assert response.read() == b"<p>my own page</p>"
+        with hub.member() as member:
+            assert member.recv(timeout=30).startswith("* welcome")
+        hub.twistd.shutdown()

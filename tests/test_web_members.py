@@ -1,0 +1,297 @@
+"""
+WebSocket members in memory: the hub on a Clock, twisted.web's site and
+Autobahn's server protocol on StringTransports, fed the bytes a browser
+sends (masked frames).  The heartbeat and the close deadline are exact to
+the hub's clock.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from tcphub import BroadcastProtocol, EchoProtocol, PingTimeout
+from tcphub.web.member import MemberConnection, MemberFactory
+from tcphub.web.origins import OriginPolicy
+
+HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+PING, PONG, CLOSE, TEXT, BINARY = 0x9, 0xA, 0x8, 0x1, 0x2
+
+
+def client_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """A frame as a browser sends it: final, masked."""
+    mask = b"\x37\xfa\x21\x3d"
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", size)
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", size)
+    return head + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (opcode, payload) of each unmasked frame in C{data}."""
+    frames = []
+    while data:
+        opcode, size = data[0] & 0x0F, data[1] & 0x7F
+        offset = 2
+        if size == 126:
+            size, offset = struct.unpack("!H", data[2:4])[0], 4
+        elif size == 127:
+            size, offset = struct.unpack("!Q", data[2:10])[0], 10
+        frames.append((opcode, data[offset:offset + size]))
+        data = data[offset + size:]
+    return frames
+
+
+class TcpLikeTransport(StringTransport):
+    """A StringTransport that, like Twisted's TCP transports, lets a
+    producer be unregistered twice (the member does, then Autobahn as it
+    drops the connection)."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+class Members:
+    """WebSocket members of an in-memory hub, over StringTransports."""
+
+    def __init__(self, hub, ping_interval: float | None = 10.0, ping_timeout: float = 5.0,
+                 close_timeout: float = 3.0, origins: OriginPolicy | None = None) -> None:
+        self.hub = hub
+        self.factory = MemberFactory(hub.factory, origins=origins or OriginPolicy(), ping_interval=ping_interval,
+                                     ping_timeout=ping_timeout, close_timeout=close_timeout)
+        root = Resource()
+        root.putChild(b"ws", WebSocketResource(self.factory))
+        self.site = Site(root, reactor=hub.clock)
+        self.connections: list[MemberConnection] = []
+        self.lost: set[MemberConnection] = set()
+        self._port = 50000
+
+    def connect(self, headers: bytes = b"") -> tuple[MemberConnection, StringTransport]:
+        self._port += 1
+        address = IPv4Address("TCP", "127.0.0.1", self._port)
+        channel = self.site.buildProtocol(address)
+        # StringTransport refuses a second producer: the member must replace
+        # the HTTP channel, which registered itself, rather than add to it.
+        transport = TcpLikeTransport(peerAddress=address)
+        transport.protocol = channel  # as a TCP transport has: WebSocketResource swaps it
+        channel.makeConnection(transport)
+        channel.dataReceived(HANDSHAKE + headers + b"\r\n")
+        connection = transport.protocol
+        self.connections.append(connection)
+        return connection, transport
+
+    def open(self) -> tuple[MemberConnection, StringTransport]:
+        connection, transport = self.connect()
+        assert transport.value().startswith(b"HTTP/1.1 101"), transport.value()
+        transport.clear()
+        return connection, transport
+
+    def lose(self, connection: MemberConnection) -> None:
+        self.lost.add(connection)
+        connection.connectionLost(Failure(ConnectionDone("bye")))
+
+    def close(self) -> None:
+        # What the transports would do: tell each connection left that it is gone.
+        for connection in self.connections:
+            if connection not in self.lost:
+                self.lose(connection)
+
+
+@pytest.fixture
+def members(hub_factory):
+    made: list[Members] = []
+
+    def make(hub_options: dict | None = None, **options) -> Members:
+        each = Members(hub_factory(**(hub_options or {})), **options)
+        made.append(each)
+        return each
+
+    yield make
+    for each in made:
+        each.close()
+
+
+def test_a_websocket_member_is_a_hub_member_of_kind_websocket(members):
+    web = members({"protocol": EchoProtocol, "framing": "int32"})
+    tcp_protocol, _ = web.hub.connect()
+    connection, transport = web.open()
+    kinds = {info.id: info.kind for info in web.hub.factory.clients()}
+    assert kinds == {tcp_protocol.client_id: "tcp", connection.member.client_id: "websocket"}
+    connection.dataReceived(client_frame(TEXT, b"echo me"))
+    assert server_frames(transport.value()) == [(TEXT, b"echo me")]
+    assert [event[0] for event in web.hub.events] == ["connection", "connection", "data"]
+
+
+def test_what_the_hub_sends_goes_as_text_when_it_is_utf8_and_else_as_binary(members):
+    web = members({"protocol": BroadcastProtocol, "framing": "netstring"})
+    connection, transport = web.open()
+    for payload in (b"plain", "h\u00e9llo \u2603".encode(), b"\xff\xfe\x00", b""):
+        web.hub.factory.broadcast(payload)
+    assert server_frames(transport.value()) == [
+        (TEXT, b"plain"), (TEXT, "h\u00e9llo \u2603".encode()), (BINARY, b"\xff\xfe\x00"), (TEXT, b""),
+    ]
+
+
+def test_one_broadcast_gives_every_member_the_same_frame(members):
+    web = members({"protocol": BroadcastProtocol})
+    opened = [web.open() for _ in range(3)]
+    sender, _ = opened[0]
+    sender.dataReceived(client_frame(TEXT, b"to all"))
+    assert [server_frames(transport.value()) for _, transport in opened] == [[], [(TEXT, b"to all")],
+                                                                           [(TEXT, b"to all")]]
+
+
+def test_members_are_pinged_on_the_hubs_clock_and_dropped_exactly_at_the_ping_timeout(members):
+    web = members(ping_interval=10.0, ping_timeout=5.0)
+    connection, transport = web.open()
+    clock = web.hub.clock
+    # Binary fractions, so that the clock's sums are exact.
+    clock.advance(9.75)
+    assert transport.value() == b""
+    clock.advance(0.25)
+    assert server_frames(transport.value()) == [(PING, b"")]
+    clock.advance(4.75)
+    assert web.hub.factory.get_metrics().timed_out == 0
+    clock.advance(0.25)
+    assert web.hub.factory.get_metrics().timed_out == 1
+    assert transport.disconnected, "a silent peer's connection is aborted"
+    assert isinstance(web.hub.errors()[-1], PingTimeout)
+    web.lose(connection)
+    assert "did not answer a ping within 5.0 seconds" in web.hub.factory.closed_connections()[0].reason
+
+
+def test_a_pong_keeps_a_member_and_the_next_ping_comes_one_interval_later(members):
+    web = members(ping_interval=10.0, ping_timeout=5.0)
+    connection, transport = web.open()
+    clock = web.hub.clock
+    clock.advance(10)
+    clock.advance(2)
+    connection.dataReceived(client_frame(PONG))
+    transport.clear()
+    clock.advance(9.75)
+    assert transport.value() == b"" and web.hub.factory.get_metrics().timed_out == 0
+    clock.advance(0.25)
+    assert server_frames(transport.value()) == [(PING, b"")]
+
+
+def test_a_member_the_hub_stopped_reading_is_not_pinged_until_it_reads_again(members):
+    web = members(ping_interval=10.0, ping_timeout=5.0)
+    connection, transport = web.open()
+    clock = web.hub.clock
+    clock.advance(10)  # a ping is out
+    web.hub.factory.pause_reading()  # its pong would wait unread in the socket
+    assert transport.producerState == "paused"
+    clock.advance(100)
+    assert web.hub.factory.get_metrics().timed_out == 0
+    transport.clear()
+    web.hub.factory.resume_reading()
+    clock.advance(10)
+    assert server_frames(transport.value()) == [(PING, b"")]
+
+
+def test_a_close_the_peer_does_not_answer_is_dropped_at_the_close_timeout(members):
+    web = members(close_timeout=3.0)
+    connection, transport = web.open()
+    web.hub.factory.disconnect(connection.member.client_id)
+    assert server_frames(transport.value()) == [(CLOSE, struct.pack("!H", 1000))]
+    web.hub.clock.advance(2.75)
+    assert not transport.disconnected
+    web.hub.clock.advance(0.25)
+    assert transport.disconnected
+
+
+def test_a_close_the_peer_answers_ends_the_connection_without_waiting(members):
+    web = members(close_timeout=3.0)
+    connection, transport = web.open()
+    web.hub.factory.disconnect(connection.member.client_id)
+    connection.dataReceived(client_frame(CLOSE, struct.pack("!H", 1000)))
+    assert transport.disconnecting
+    web.lose(connection)
+    assert web.hub.clock.getDelayedCalls() == []
+    assert web.hub.factory.clients() == []
+
+
+def test_a_message_over_max_frame_closes_with_1009_and_counts_as_a_protocol_error(members):
+    web = members({"max_frame": 100})
+    connection, transport = web.open()
+    connection.dataReceived(client_frame(BINARY, b"x" * 101))
+    [(opcode, payload)] = server_frames(transport.value())
+    assert (opcode, payload[:2]) == (CLOSE, struct.pack("!H", 1009))
+    assert web.hub.factory.get_metrics().protocol_errors == 1
+    assert not transport.disconnected, "the close frame is on its way: no abort"
+    web.hub.clock.advance(3)
+    assert transport.disconnected
+
+
+def test_a_message_a_line_hub_cannot_relay_closes_with_1007(members):
+    web = members({"framing": "line", "protocol": BroadcastProtocol})
+    connection, transport = web.open()
+    connection.dataReceived(client_frame(TEXT, b"two\nlines"))
+    [(opcode, payload)] = server_frames(transport.value())
+    assert (opcode, payload[:2]) == (CLOSE, struct.pack("!H", 1007))
+    assert b"newline" in payload
+    assert web.hub.factory.get_metrics().protocol_errors == 1
+    assert [event[0] for event in web.hub.events].count("data") == 0
+
+
+def test_invalid_utf8_text_closes_with_1007_and_counts_as_a_protocol_error(members):
+    web = members()
+    connection, transport = web.open()
+    connection.dataReceived(client_frame(TEXT, b"\xff\xfe"))
+    [(opcode, payload)] = server_frames(transport.value())
+    assert (opcode, payload[:2]) == (CLOSE, struct.pack("!H", 1007))
+    assert web.hub.factory.get_metrics().protocol_errors == 1
+
+
+def test_a_page_from_another_origin_is_refused_with_403_and_counted(members):
+    web = members()
+    _, refused = web.connect(b"Origin: http://evil.example\r\n")
+    assert refused.value().startswith(b"HTTP/1.1 403")
+    _, same = web.connect(b"Origin: http://127.0.0.1:8080\r\n")
+    assert same.value().startswith(b"HTTP/1.1 101")
+    metrics = web.hub.factory.get_metrics()
+    assert (metrics.rejected_origin, metrics.connections) == (1, 1)
+
+
+def test_a_refused_member_is_never_in_the_client_table(members):
+    web = members({"max_connections": 1})
+    web.open()
+    connection, transport = web.open()
+    assert transport.disconnected
+    web.lose(connection)
+    assert len(web.hub.factory.clients()) == 1
+    assert web.hub.factory.get_metrics().rejected == 1
+
+
+def test_a_member_that_stops_reading_queues_and_is_dropped_past_max_pending(members):
+    web = members({"protocol": BroadcastProtocol, "max_pending": 1000})
+    sender, _ = web.open()
+    slow, transport = web.open()
+    slow.member.pauseProducing()  # what TCP does when the peer's window is full
+    for _ in range(9):
+        sender.dataReceived(client_frame(TEXT, b"x" * 100))
+    assert slow.member.info().pending_bytes == 9 * 101
+    sender.dataReceived(client_frame(TEXT, b"x" * 100))
+    assert transport.disconnected and web.hub.factory.get_metrics().slow_consumers == 1
+
+
+def test_dropping_a_member_that_is_gone_does_nothing(members):
+    web = members()
+    connection, _ = web.open()
+    member = connection.member
+    web.lose(connection)
+    member.drop("timed_out", PingTimeout("late"))
+    assert web.hub.factory.get_metrics().timed_out == 0
