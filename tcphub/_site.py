@@ -54,7 +54,7 @@ class SiteService(Service):
                  what: str) -> None:
         self._reactor = reactor
         self.site = site
-        self._endpoints = endpoints
+        self.endpoints = endpoints
         self._what = what
         self._ports: list[IListeningPort] = []
         self._attempt: Deferred[list[IListeningPort]] | None = None
@@ -77,7 +77,7 @@ class SiteService(Service):
             self._listen().addErrback(lambda failure: self._log.error("{error}", error=failure.value))
 
     def _listen(self) -> Deferred[list[IListeningPort]]:
-        attempts = [endpoint.listen(self.site) for _, endpoint in self._endpoints]
+        attempts = [endpoint.listen(self.site) for _, endpoint in self.endpoints]
         self._attempt = gatherResults(attempts, consumeErrors=True)
         return self._attempt.addCallbacks(self._listened, self._failed, errbackArgs=(attempts,))
 
@@ -94,7 +94,7 @@ class SiteService(Service):
             attempt.addCallbacks(lambda port: port.stopListening() if port is not None else None,
                                  lambda _: None)
         first = cast(FirstError, failure.value)
-        description = self._endpoints[first.index][0]
+        description = self.endpoints[first.index][0]
         error = ListenFailed(f"tcphub {self._what} cannot listen on {description}: "
                              f"{first.subFailure.getErrorMessage()}")
         error.__cause__ = first.subFailure.value

@@ -78,6 +78,16 @@ def test_room_history_options_reach_the_hub():
     client.connectionLost()
 
 
+def test_websocket_options_reach_the_members_site():
+    process = makeService(parse("--websocket", "tcp:0", "--websocket", "tcp:0", "--allowed-origin", "*",
+                                "--websocket-ping-interval", "0", "--websocket-ping-timeout", "7"))
+    members = process.getServiceNamed("websocket")
+    assert members.members.hub is process.getServiceNamed("tcphub").factory
+    assert len(members.endpoints) == 2
+    assert members.members.origins.any and members.members.ping_interval is None
+    assert members.members.ping_timeout == 7
+
+
 def test_listen_is_repeatable():
     server = hub_service("--listen", "tcp:0", "--listen", "unix:/tmp/hub.sock")
     assert len(server.endpoints) == 2
@@ -114,6 +124,14 @@ def test_listen_is_repeatable():
         (["--admin-token", "t"], "--admin-token goes with --admin"),
         (["--log-level", "loud"], "--log-level must be one of debug, info, warn, error, critical"),
         (["--log-format", "xml"], "--log-format must be one of text, json"),
+        (["--websocket", "bogus:1"], "--websocket 'bogus:1': Unknown endpoint type: 'bogus'"),
+        (["--allowed-origin", "https://a.example"], "--allowed-origin goes with --websocket"),
+        (["--web-root", "/"], "--web-root goes with --websocket"),
+        (["--websocket", "tcp:0", "--web-root", "/nonexistent"], "--web-root '/nonexistent' is not a directory"),
+        (["--websocket", "tcp:0", "--allowed-origin", "example.com"],
+         "--allowed-origin: an allowed origin looks like https://example.com, or is \\*, not 'example.com'"),
+        (["--websocket-ping-timeout", "0"], "--websocket-ping-timeout must be more than 0"),
+        (["--websocket-ping-interval", "-1"], "--websocket-ping-interval cannot be negative"),
     ],
 )
 def test_bad_options_are_usage_errors(args, message):
@@ -217,6 +235,8 @@ def test_twistd_rejects_bad_options_with_a_usage_message():
          "tcphub cannot listen on unix:/nonexistent/dir/hub.sock"),
         (["--port", "0", "--admin", "unix:/nonexistent/dir/admin.sock"],
          "tcphub admin cannot listen on unix:/nonexistent/dir/admin.sock"),
+        (["--port", "0", "--websocket", "unix:/nonexistent/dir/ws.sock"],
+         "tcphub websocket cannot listen on unix:/nonexistent/dir/ws.sock"),
     ],
 )
 def test_twistd_turns_a_bad_value_into_one_line_and_status_1(args, message):
@@ -524,14 +544,14 @@ def test_json_logs_are_one_object_per_line_with_the_events_fields():
     assert {"time", "level", "namespace", "message"} <= set(records[0])
 
 
-@pytest.mark.parametrize("flag", ["--port", "--admin"])
+@pytest.mark.parametrize("flag", ["--port", "--admin", "--websocket"])
 def test_twist_exits_1_with_one_line_when_a_port_is_busy(flag):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         taken = busy.getsockname()[1]
         args = ["--port", str(taken)] if flag == "--port" else [
-            "--port", "0", "--admin", f"tcp:{taken}:interface=127.0.0.1"]
+            "--port", "0", flag, f"tcp:{taken}:interface=127.0.0.1"]
         result = subprocess.run(
             [str(Path(twistd_command()).with_name("twist")), "--log-format", "text", "tcphub", *args],
             capture_output=True, text=True, timeout=60, cwd=REPO,

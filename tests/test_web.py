@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import struct
 import urllib.request
 
@@ -17,6 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.clients import make_certificate
 from tests.processes import Twistd
 
 WEBSOCKET = r"tcphub websocket listening on (?P<host>[^ ]+):(?P<port>\d+)"
@@ -183,3 +185,25 @@ def test_web_root_serves_the_users_files_instead(tmp_path):
         with hub.member() as member:
             assert member.recv(timeout=30).startswith("* welcome")
         hub.twistd.shutdown()
+
+
+def test_wss_members_over_tls_and_the_same_origin_is_https(tmp_path):
+    key, cert = make_certificate(tmp_path)
+    twistd = Twistd("tcphub", "--port", "0", "--websocket",
+                    f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+    with twistd:
+        _, port = twistd.wait_listening()
+        ws_port = int(twistd.wait_for(WEBSOCKET)["port"])
+        context = ssl.create_default_context(cafile=str(cert))
+        url = f"wss://127.0.0.1:{ws_port}/ws"
+        with pytest.raises(InvalidStatus):
+            connect(url, ssl=context, proxy=None, origin=f"http://127.0.0.1:{ws_port}")
+        with connect(url, ssl=context, proxy=None, origin=f"https://127.0.0.1:{ws_port}") as member:
+            assert member.recv(timeout=30).startswith("* welcome")
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as tcp:
+                tcp.sendall(b"over tls\n")
+                while True:
+                    message = member.recv(timeout=30)
+                    if message.endswith("> over tls"):
+                        break
+        twistd.shutdown()

@@ -135,14 +135,13 @@ def test_a_websocket_member_is_a_hub_member_of_kind_websocket(members):
     assert [event[0] for event in web.hub.events] == ["connection", "connection", "data"]
 
 
-def test_what_the_hub_sends_goes_as_text_when_it_is_utf8_and_else_as_binary(members):
+def test_what_the_hub_sends_goes_as_text_when_it_is_utf8_without_control_bytes_and_else_as_binary(members):
     web = members({"protocol": BroadcastProtocol, "framing": "netstring"})
     connection, transport = web.open()
-    for payload in (b"plain", "h\u00e9llo \u2603".encode(), b"\xff\xfe\x00", b""):
+    payloads = [b"plain", "h\u00e9llo \u2603".encode(), b"tab\tcr\rlf\n", b"\xff\xfe", b"\x00\x00\x00\x0f{}", b""]
+    for payload in payloads:
         web.hub.factory.broadcast(payload)
-    assert server_frames(transport.value()) == [
-        (TEXT, b"plain"), (TEXT, "h\u00e9llo \u2603".encode()), (BINARY, b"\xff\xfe\x00"), (TEXT, b""),
-    ]
+    assert server_frames(transport.value()) == list(zip([TEXT, TEXT, TEXT, BINARY, BINARY, TEXT], payloads))
 
 
 def test_one_broadcast_gives_every_member_the_same_frame(members):
@@ -295,3 +294,36 @@ def test_dropping_a_member_that_is_gone_does_nothing(members):
     web.lose(connection)
     member.drop("timed_out", PingTimeout("late"))
     assert web.hub.factory.get_metrics().timed_out == 0
+
+
+def test_the_per_address_cap_counts_websocket_members_with_the_tcp_clients(members):
+    web = members({"max_connections_per_ip": 1})
+    web.hub.connect(host="127.0.0.1")
+    connection, transport = web.open()
+    assert transport.disconnected
+    metrics = web.hub.factory.get_metrics()
+    assert (metrics.rejected_per_ip, metrics.connections) == (1, 1)
+
+
+def test_a_member_over_max_rate_is_paused_not_dropped(members):
+    web = members({"protocol": EchoProtocol, "max_rate": 1.0, "max_burst": 1})
+    connection, transport = web.open()
+    connection.dataReceived(client_frame(TEXT, b"one") + client_frame(TEXT, b"two"))
+    assert server_frames(transport.value()) == [(TEXT, b"one")]
+    assert transport.producerState == "paused", "TCP stops reading the member"
+    transport.clear()
+    web.hub.clock.advance(1)
+    assert server_frames(transport.value()) == [(TEXT, b"two")]
+    assert transport.producerState == "producing"
+
+
+def test_the_idle_timeout_counts_messages_not_pongs(members):
+    web = members({"timeout": 30.0}, ping_interval=10.0, ping_timeout=5.0)
+    connection, transport = web.open()
+    for _ in range(2):
+        web.hub.clock.advance(10)
+        connection.dataReceived(client_frame(PONG))
+    web.hub.clock.advance(9.75)
+    assert web.hub.factory.get_metrics().timed_out == 0
+    web.hub.clock.advance(0.25)
+    assert web.hub.factory.get_metrics().timed_out == 1 and transport.disconnected

@@ -9,8 +9,9 @@ whole messages (L{IMessageTransport}):
   - a WebSocket message in (text or binary) is one hub message, its bytes as
     they came; one the hub's framing cannot carry to the TCP clients (a
     newline in a line hub) closes the member with 1007;
-  - a message out goes as text when it is valid UTF-8, else as binary, its
-    bytes as they are; the WebSocket frame is built once per broadcast and
+  - a message out goes as text when it is valid UTF-8 without control
+    characters (but tab, CR and LF), else as binary, its bytes as they are
+    either way; the WebSocket frame is built once per broadcast and
     shared by every member (Autobahn's prepared message);
   - flow control: when the peer does not read, the TCP transport pauses the
     member, whose outbox queues up to the hub's C{max_pending}; when the hub
@@ -30,6 +31,7 @@ whole messages (L{IMessageTransport}):
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Iterable, cast
 
@@ -58,6 +60,9 @@ DEFAULT_PING_INTERVAL: Final = 30.0
 DEFAULT_PING_TIMEOUT: Final = 30.0
 DEFAULT_CLOSE_TIMEOUT: Final = 5.0
 
+# Bytes that text never holds (JSON escapes them), and binary formats often
+# do (a length prefix, such as the one of a WebSocketHandler's binary message).
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _STATE_OPEN: Final = WebSocketProtocol.STATE_OPEN
 _STATE_CLOSING: Final = WebSocketProtocol.STATE_CLOSING
 
@@ -78,7 +83,7 @@ class _Prepared:
             payload = self._framing.payload(frame)
             try:
                 payload.decode("utf-8")
-                binary = False
+                binary = _CONTROL.search(payload) is not None
             except UnicodeDecodeError:
                 binary = True
             self._wire = PreparedMessage(payload, binary, applyMask=False, doNotCompress=True).payloadHybi

@@ -17,8 +17,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
-from twisted.web.server import Site
-from twisted.web.static import Data, File
+from twisted.web.server import Request, Site
 
 from tcphub import _checks
 from tcphub._reactor import default_reactor
@@ -34,6 +33,18 @@ __all__ = ["DEFAULT_HTTP_TIMEOUT", "WebSocketMembers"]
 DEFAULT_HTTP_TIMEOUT = 30.0
 """Seconds an HTTP connection may stay silent before the upgrade (a slowloris
 holding connections open with half-sent requests)."""
+
+
+class _Page(Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body = body
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return self._body
 
 
 class WebSocketMembers(SiteService):
@@ -78,11 +89,13 @@ class WebSocketMembers(SiteService):
         if web_root is not None:
             if not os.path.isdir(web_root):
                 raise ValueError(f"web_root {web_root!r} is not a directory")
+            # Imported when used: importing twisted.web.static warns of its own deprecations.
+            from twisted.web.static import File
+
             root: Resource = File(web_root)
         else:
             root = Resource()
-            page = files("tcphub.web").joinpath("page.html").read_bytes()
-            root.putChild(b"", Data(page, "text/html; charset=utf-8"))
+            root.putChild(b"", _Page(files("tcphub.web").joinpath("page.html").read_bytes()))
         root.putChild(b"ws", WebSocketResource(self.members))
         site = Site(root, timeout=_checks.number("http_timeout", http_timeout, above=0), reactor=factory.clock)
         site.noisy = False
