@@ -21,6 +21,7 @@ from tcphub import EchoProtocol
 from tcphub.hub.metrics import ClientInfo
 from tcphub.ops import views
 from tcphub.ops.collector import TcpHubCollector
+from tests.browser import in_browser, require_chromium
 from tests.processes import Twistd, WebSocketServer
 
 ADMIN = r"tcphub admin listening on (?P<host>[^ ]+):(?P<port>\d+)"
@@ -224,49 +225,32 @@ def test_the_websocket_plugin_serves_the_upstreams_status():
 
 # -- the live page, in a real headless browser ----------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-# As root and on a closed network: no sandbox, no background connections.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+def _look(url: str, step, screenshot: str):
+    """What the live page at C{url} shows before and after C{step()} (traffic)."""
 
+    def use(browser) -> dict:
+        seen: dict = {}
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.querySelectorAll('#clients tr').length === 2")
+        page.wait_for_function("Number(document.getElementById('messages').dataset.samples) >= 2")
+        seen["rows"] = page.eval_on_selector_all("#clients tr td:nth-child(2)", "cells => cells.length")
+        seen["before"] = page.eval_on_selector("#messages", "c => c.dataset.last")
+        step()
+        page.wait_for_function("document.getElementById('messages').dataset.last.split(',')[0] !== '0'")
+        seen["after"] = page.eval_on_selector("#messages", "c => c.dataset.last")
+        seen["connections"] = page.text_content("#connections-now")
+        seen["status"] = page.text_content("#status")
+        page.screenshot(path=screenshot, full_page=True)
+        return seen
 
-def _browse(url: str, step, screenshot: str) -> dict:
-    """Open C{url} in headless Chromium (on a thread of its own: Playwright's
-    sync API runs its own loop), wait for each stage of the page, calling
-    C{step()} (traffic) between them; return what the page showed."""
-    from playwright.sync_api import sync_playwright
-
-    seen: dict = {}
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_function("document.querySelectorAll('#clients tr').length === 2")
-            page.wait_for_function("Number(document.getElementById('messages').dataset.samples) >= 2")
-            seen["rows"] = page.eval_on_selector_all("#clients tr td:nth-child(2)", "cells => cells.length")
-            seen["before"] = page.eval_on_selector("#messages", "c => c.dataset.last")
-            step()
-            page.wait_for_function(
-                "document.getElementById('messages').dataset.last.split(',')[0] !== '0'"
-            )
-            seen["after"] = page.eval_on_selector("#messages", "c => c.dataset.last")
-            seen["connections"] = page.text_content("#connections-now")
-            seen["status"] = page.text_content("#status")
-            page.screenshot(path=screenshot, full_page=True)
-        finally:
-            browser.close()
-    return seen
+    return use
 
 
 def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
     import os
-    import threading
 
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            raise AssertionError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    require_chromium()
     hub, port, admin = start("--mode", "echo")
     with hub:  # its exit kills twistd if need be, and closes its output
         clients = [echo_client(port, [b"first"]), echo_client(port, [b"second"])]
@@ -277,22 +261,8 @@ def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
                 clients[0].sendall(b"ping " * 100 + b"\n")
                 clients[0].recv(65536)
 
-        result: dict = {}
-        failure: list = []
-
-        def run() -> None:
-            try:
-                result.update(_browse(f"http://127.0.0.1:{admin}/", traffic, screenshot))
-            except BaseException as error:  # reported on the test's thread
-                failure.append(error)
-
-        browsing = threading.Thread(target=run)
         try:
-            browsing.start()
-            browsing.join(timeout=90)
-            assert not browsing.is_alive(), "the browser did not finish in 90 s"
-            if failure:
-                raise failure[0]
+            result = in_browser(_look(f"http://127.0.0.1:{admin}/", traffic, screenshot))
             assert result["rows"] == 2
             assert result["before"].split(",")[0] == "0", "idle: no messages per second yet"
             assert int(result["after"].split(",")[0]) > 0, "traffic drew a rate"
