@@ -13,10 +13,13 @@ import pytest
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from tcphub import BroadcastProtocol, EchoProtocol, PingTimeout
 from tcphub.web.member import MemberConnection, MemberFactory
@@ -55,13 +58,22 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+@implementer(ITCPTransport)
 class TcpLikeTransport(StringTransport):
     """A StringTransport that, like Twisted's TCP transports, lets a
     producer be unregistered twice (the member does, then Autobahn as it
-    drops the connection)."""
+    drops the connection), and keeps its socket options."""
+
+    keep_alive = False
 
     def unregisterProducer(self) -> None:
         self.producer = None
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        pass
+
+    def setTcpKeepAlive(self, enabled: bool) -> None:
+        self.keep_alive = enabled
 
 
 class Members:
@@ -108,6 +120,20 @@ class Members:
         for connection in self.connections:
             if connection not in self.lost:
                 self.lose(connection)
+
+
+@pytest.fixture
+def logged_failures():
+    """The failures logged during the test (Autobahn logs what a callback raised)."""
+    failures: list = []
+
+    def observe(event) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture
@@ -327,3 +353,66 @@ def test_the_idle_timeout_counts_messages_not_pongs(members):
     assert web.hub.factory.get_metrics().timed_out == 0
     web.hub.clock.advance(0.25)
     assert web.hub.factory.get_metrics().timed_out == 1 and transport.disconnected
+
+
+def test_nothing_follows_the_answer_to_a_peers_close(members):
+    web = members({"protocol": BroadcastProtocol})
+    sender, _ = web.open()
+    leaving, transport = web.open()
+    leaving.dataReceived(client_frame(CLOSE, struct.pack("!H", 1001)))
+    # The member is told when TCP is gone, a turn later: what the hub sends meanwhile is dropped.
+    web.hub.factory.broadcast(b"one message")
+    sender.dataReceived(client_frame(TEXT, b"two") + client_frame(TEXT, b"messages"))
+    assert server_frames(transport.value()) == [(CLOSE, struct.pack("!H", 1000))]
+
+
+def test_without_a_ping_interval_nothing_is_scheduled(members, logged_failures):
+    web = members(ping_interval=None)
+    _, transport = web.open()
+    assert web.hub.timers() == []
+    web.hub.clock.advance(3600)
+    assert transport.value() == b""
+    assert logged_failures == []
+
+
+def test_a_close_the_hub_asks_for_after_the_peers_adds_no_deadline(members):
+    web = members()
+    connection, _ = web.open()
+    connection.dataReceived(client_frame(CLOSE, struct.pack("!H", 1001)))
+    web.hub.factory.disconnect(connection.member.client_id)  # before TCP is known to be gone
+    web.lose(connection)
+    assert web.hub.timers() == []
+
+
+def test_the_messages_of_one_read_go_out_as_one_write_per_receiver(members):
+    web = members({"protocol": BroadcastProtocol})
+    sender, _ = web.open()
+    _, transport = web.open()
+    writes = []
+    transport.write = writes.append
+    sender.dataReceived(client_frame(TEXT, b"one") + client_frame(TEXT, b"two"))
+    assert [server_frames(data) for data in writes] == [[(TEXT, b"one"), (TEXT, b"two")]]
+
+
+def test_a_pong_the_hub_did_not_ask_for_does_not_move_the_next_ping(members):
+    web = members(ping_interval=10.0, ping_timeout=5.0)
+    connection, transport = web.open()
+    web.hub.clock.advance(5)
+    connection.dataReceived(client_frame(PONG))
+    web.hub.clock.advance(5)
+    assert server_frames(transport.value()) == [(PING, b"")]
+
+
+def test_a_member_that_joins_a_hub_that_is_not_reading_is_not_pinged(members):
+    web = members(ping_interval=10.0, ping_timeout=5.0)
+    web.hub.factory.pause_reading()
+    _, transport = web.open()
+    web.hub.clock.advance(100)
+    assert transport.value() == b"" and web.hub.factory.get_metrics().timed_out == 0
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+def test_tcp_keep_alive_follows_the_hubs_option(members, keep_alive):
+    web = members({"keep_alive": keep_alive})
+    _, transport = web.open()
+    assert transport.keep_alive is keep_alive

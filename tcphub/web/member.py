@@ -47,7 +47,7 @@ from zope.interface import implementer
 from tcphub._version import version
 from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginRejected, PingTimeout, UnframeableMessage
 from tcphub.hub.messages import IMessageTransport
-from tcphub.hub.protocol import OPEN, HubProtocol, format_address
+from tcphub.hub.protocol import HubProtocol, format_address
 from tcphub.web.origins import OriginPolicy
 
 if TYPE_CHECKING:
@@ -172,8 +172,15 @@ class MemberConnection(WebSocketServerProtocol):
     _close_call: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        # Autobahn's own dataReceived formats a debug line per read; skip it.
-        self._dataReceived(data)
+        # As for a TCP client, what the messages of one read make the hub
+        # write goes out as one write per receiver.  (Autobahn's own
+        # dataReceived only adds a debug line per read.)
+        batch = self.factory.hub.batch
+        batch.begin()
+        try:
+            self._dataReceived(data)
+        finally:
+            batch.end()
 
     def onConnect(self, request: ConnectionRequest) -> None:
         origin = request.headers.get("origin")
@@ -196,7 +203,7 @@ class MemberConnection(WebSocketServerProtocol):
             self.transport.setTcpKeepAlive(True)
         member = self.member = cast(HubProtocol, hub.buildProtocol(self.transport.getPeer()))
         member.makeConnection(MemberTransport(self))
-        if member.state == OPEN and not hub.reading_paused:
+        if not hub.reading_paused:
             self.heartbeat_start()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -230,16 +237,15 @@ class MemberConnection(WebSocketServerProtocol):
         self._member_error(error)
 
     def _member_error(self, error: FramingError) -> None:
-        # Before the handshake is done there is no member: Autobahn answers alone.
-        if self.member is not None:
-            self.member.frameError(error)
+        assert self.member is not None, "frames come once the connection is open"
+        self.member.frameError(error)
 
     # -- the heartbeat, on the hub's clock --------------------------------
 
     def heartbeat_start(self) -> None:
         """Ping every C{ping_interval} seconds from now on."""
         interval = self.factory.ping_interval
-        if interval is None or self._beat is not _Beat.STOPPED or self.state != _STATE_OPEN:
+        if interval is None:
             return
         self._beat = _Beat.WAITING
         self._beat_call = self.factory.hub.clock.callLater(interval, self._ping)
@@ -247,7 +253,7 @@ class MemberConnection(WebSocketServerProtocol):
     def heartbeat_stop(self) -> None:
         self._beat = _Beat.STOPPED
         call, self._beat_call = self._beat_call, None
-        if call is not None and call.active():
+        if call is not None:
             call.cancel()
 
     def _ping(self) -> None:
@@ -272,9 +278,10 @@ class MemberConnection(WebSocketServerProtocol):
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:
+        # Whoever closed, the TCP connection must be gone within close_timeout;
+        # one deadline (a close the hub asks for after the peer's is ignored).
         super().sendCloseFrame(code, reasonUtf8, isReply)
-        if self.closedByMe and self.state == _STATE_CLOSING and self._close_call is None:
-            self.heartbeat_stop()
+        if self._close_call is None:
             self._close_call = self.factory.hub.clock.callLater(self.factory.close_timeout, self._close_timed_out)
 
     def _close_timed_out(self) -> None:
@@ -284,19 +291,18 @@ class MemberConnection(WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def close_gently(self) -> None:
-        if self.state == _STATE_OPEN:
-            self.sendClose(1000)
+        # Autobahn ignores it if a close is under way already.
+        self.sendClose(1000)
 
     def abort(self) -> None:
-        self.heartbeat_stop()
         if self.state != _STATE_CLOSING or not self.closedByMe:
             self.transport.abortConnection()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        # Autobahn calls this once the TCP connection is gone.
+        # Autobahn calls this once the TCP connection is gone: the timers go with it.
         self.heartbeat_stop()
         call, self._close_call = self._close_call, None
-        if call is not None and call.active():
+        if call is not None:
             call.cancel()
         if self.member is None:
             return
