@@ -6,6 +6,8 @@
 //   node loadgen.js fanout PORT RECEIVERS SIZE MESSAGES
 //   node loadgen.js room   PORT IDLE RECEIVERS SIZE MESSAGES  (fan-out to a room of RECEIVERS
 //                          among IDLE other connections: receivers join with a "Jr" frame)
+//   node loadgen.js wsfanout PORT WSPORT RECEIVERS SIZE MESSAGES  (the sender on TCP, the receivers
+//                          WebSocket clients of ws://127.0.0.1:WSPORT/ws)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
 "use strict";
@@ -134,24 +136,111 @@ async function fanout(receivers, size, messages, joinRoom = false) {
     if (joinRoom) socket.write(frame(Buffer.from("Jr")));
     sockets.push(socket);
   }
+  const deliveries = receiving(receivers, messages);
+  sockets.forEach((socket, index) => socket.on("data", framer((payload) => deliveries.take(index, payload))));
+  try {
+    return await broadcastFrom(receivers, size, messages, deliveries);
+  } finally {
+    sockets.forEach((socket) => socket.destroy());
+  }
+}
+
+async function wsfanout(wsPort, receivers, size, messages) {
+  // Receivers are raw sockets that do the WebSocket handshake and cut the
+  // server's (unmasked) frames themselves: Node 20's WebSocket client is
+  // slower than the servers measured.
+  const sockets = [];
+  for (let i = 0; i < receivers; i += 100) {
+    sockets.push(...await Promise.all(Array.from({ length: Math.min(100, receivers - i) },
+                                                 () => wsConnect(Number(wsPort)))));
+  }
+  const deliveries = receiving(receivers, messages);
+  sockets.forEach((socket, index) => socket.on("data", wsFramer((payload) => deliveries.take(index, payload))));
+  try {
+    return await broadcastFrom(receivers, size, messages, deliveries);
+  } finally {
+    sockets.forEach((socket) => socket.destroy());
+  }
+}
+
+function wsConnect(wsPort) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: HOST, port: wsPort }, () => {
+      socket.write(`GET /ws HTTP/1.1\r\nHost: ${HOST}:${wsPort}\r\nUpgrade: websocket\r\n`
+                   + "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                   + "Sec-WebSocket-Version: 13\r\n\r\n");
+    });
+    socket.setNoDelay(true);
+    socket.once("error", reject);
+    let head = Buffer.alloc(0);
+    const onHead = (chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      if (!head.subarray(0, 12).toString().includes("101")) reject(new Error(`wsfanout: ${head.toString()}`));
+      socket.removeListener("data", onHead);
+      resolve(socket);
+      const rest = head.subarray(end + 4);
+      if (rest.length) socket.emit("data", rest);
+    };
+    socket.on("data", onHead);
+  });
+}
+
+// A stream cut into the server's WebSocket frames (final, unmasked).
+function wsFramer(onPayload) {
+  let buffered = Buffer.alloc(0);
+  return (chunk) => {
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    let offset = 0;
+    while (buffered.length - offset >= 2) {
+      let length = buffered[offset + 1] & 0x7f;
+      let header = 2;
+      if (length === 126) {
+        if (buffered.length - offset < 4) break;
+        length = buffered.readUInt16BE(offset + 2);
+        header = 4;
+      } else if (length === 127) {
+        if (buffered.length - offset < 10) break;
+        length = Number(buffered.readBigUInt64BE(offset + 2));
+        header = 10;
+      }
+      if (buffered.length - offset - header < length) break;
+      const opcode = buffered[offset] & 0x0f;
+      if (opcode === 1 || opcode === 2) onPayload(buffered.subarray(offset + header, offset + header + length));
+      offset += header + length;
+    }
+    buffered = buffered.subarray(offset);
+  };
+}
+
+// Counts each receiver's messages, checking their order.
+function receiving(receivers, messages) {
+  const counts = new Array(receivers).fill(0);
+  const seenProbe = new Array(receivers).fill(false);
+  let finished;
+  const state = {
+    probed: 0,
+    complete: 0,
+    done: new Promise((resolve) => { finished = resolve; }),
+    take(index, payload) {
+      if (payload[0] === 0x50) {  // "P": a probe, to know every receiver is registered
+        if (!seenProbe[index]) { seenProbe[index] = true; state.probed += 1; }
+        return;
+      }
+      if (payload.readUInt32BE(1) !== counts[index]) fail(`fanout: receiver ${index} got a message out of order`);
+      counts[index] += 1;
+      if (counts[index] === messages) { state.complete += 1; if (state.complete === receivers) finished(); }
+    },
+  };
+  return state;
+}
+
+// A TCP sender broadcasts MESSAGES once every receiver has seen a probe.
+async function broadcastFrom(receivers, size, messages, deliveries) {
   const sender = await connect();
   sender.on("data", () => {});
-  const counts = new Array(receivers).fill(0);
-  let probed = 0;
-  let complete = 0;
-  let finished;
-  const allDone = new Promise((resolve) => { finished = resolve; });
-  const seenProbe = new Array(receivers).fill(false);
-  sockets.forEach((socket, index) => socket.on("data", framer((payload) => {
-    if (payload[0] === 0x50) {  // "P": a probe, to know every receiver is registered
-      if (!seenProbe[index]) { seenProbe[index] = true; probed += 1; }
-      return;
-    }
-    if (payload.readUInt32BE(1) !== counts[index]) fail(`fanout: receiver ${index} got a message out of order`);
-    counts[index] += 1;
-    if (counts[index] === messages) { complete += 1; if (complete === receivers) finished(); }
-  })));
-  while (probed < receivers) {
+  while (deliveries.probed < receivers) {
     sender.write(frame(Buffer.from("P")));
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
@@ -163,10 +252,10 @@ async function fanout(receivers, size, messages, joinRoom = false) {
     if (!sender.write(frame(payload))) await new Promise((resolve) => sender.once("drain", resolve));
   }
   const timeout = setTimeout(() => fail(`fanout: not every receiver got all ${messages} in 120 s`), 120000);
-  await allDone;
+  await deliveries.done;
   clearTimeout(timeout);
   const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
-  sockets.concat([sender]).forEach((socket) => socket.destroy());
+  sender.destroy();
   return { messages, receivers, seconds: elapsed, deliveries_per_second: (messages * receivers) / elapsed };
 }
 
@@ -203,8 +292,8 @@ async function churn(concurrency, seconds) {
 }
 
 const numbers = rest.map(Number);
-const modes = { echo, fanout, idle, churn, room };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|idle|churn|room PORT ...`);
+const modes = { echo, fanout, wsfanout, idle, churn, room };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|wsfanout|idle|churn|room PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);

@@ -33,7 +33,8 @@ PY = sys.executable
 TASKSET = shutil.which("taskset")
 
 SERVERS = {
-    "bare Twisted": lambda mode: [PY, HERE / "servers" / "twisted_int32.py", mode],
+    "bare Twisted": lambda mode: [PY, HERE / "servers" / ("autobahn_ws.py" if mode == "wsfanout" else "twisted_int32.py"),
+                                  mode],
     "tcphub": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "default"],
     "tcphub asyncio": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "asyncio"],
     "tcphub uvloop": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "uvloop"],
@@ -62,10 +63,11 @@ class Server:
             pinned(0, SERVERS[name](mode)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         line = self.process.stdout.readline()
-        match = re.search(r"listening on (\d+)", line)
+        match = re.search(r"listening on (\d+)(?: ws (\d+))?", line)
         if not match:
             raise SystemExit(f"{name} did not start: {line!r}")
         self.port = int(match[1])
+        self.ws_port = int(match[2]) if match[2] else None
         time.sleep(0.2)  # let the interpreter settle before RSS is read; not a correctness wait
 
     def metrics(self) -> dict:
@@ -80,7 +82,8 @@ class Server:
 
 def load(*args, timeout: float = 300) -> dict:
     result = subprocess.run(
-        pinned(1, ["node", HERE / "loadgen.js", *args]), capture_output=True, text=True, timeout=timeout
+        pinned(1, ["node", HERE / "loadgen.js", *args]),
+        capture_output=True, text=True, timeout=timeout,
     )
     if result.returncode != 0:
         raise SystemExit(f"load generator failed: {result.stderr.strip()}")
@@ -136,20 +139,24 @@ def scenarios(quick: bool):
     seconds = 2 if quick else 5
     scale = 0.25 if quick else 1
     return [
-        ("echo 64 B: msg/s", "echo", lambda port: load("echo", port, 50, 16, 64, seconds), "per_second"),
+        ("echo 64 B: msg/s", "echo", lambda server: load("echo", server.port, 50, 16, 64, seconds), "per_second"),
         ("echo 64 B: p50 µs", "echo", None, "p50_us"),
         ("echo 64 B: p99 µs", "echo", None, "p99_us"),
-        ("echo 4 KiB: msg/s", "echo", lambda port: load("echo", port, 50, 16, 4096, seconds), "per_second"),
+        ("echo 4 KiB: msg/s", "echo", lambda server: load("echo", server.port, 50, 16, 4096, seconds), "per_second"),
         ("echo 4 KiB: p50 µs", "echo", None, "p50_us"),
         ("echo 4 KiB: p99 µs", "echo", None, "p99_us"),
         ("fan-out to 100: deliveries/s", "broadcast",
-         lambda port: load("fanout", port, 100, 64, int(20000 * scale)), "deliveries_per_second"),
+         lambda server: load("fanout", server.port, 100, 64, int(20000 * scale)), "deliveries_per_second"),
         ("fan-out to 1,000: deliveries/s", "broadcast",
-         lambda port: load("fanout", port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
+         lambda server: load("fanout", server.port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
+        # tcphub and bare Autobahn only: 1,000 WebSocket receivers, the sender on TCP.
+        ("WebSocket fan-out to 1,000: deliveries/s", "wsfanout",
+         lambda server: load("wsfanout", server.port, server.ws_port, 1000, 64, int(2000 * scale)),
+         "deliveries_per_second"),
         # tcphub only: the room of 100 among 10,000 connections, against fan-out to 100 above.
         ("room of 100 among 10,000: deliveries/s", "room",
-         lambda port: load("room", port, 10_000, 100, 64, int(20000 * scale)), "deliveries_per_second"),
-        ("churn: connections/s", "echo", lambda port: load("churn", port, 50, seconds), "per_second"),
+         lambda server: load("room", server.port, 10_000, 100, 64, int(20000 * scale)), "deliveries_per_second"),
+        ("churn: connections/s", "echo", lambda server: load("churn", server.port, 50, seconds), "per_second"),
     ]
 
 
@@ -171,10 +178,12 @@ def main() -> None:
         for label, mode, run, key in scenarios(args.quick):
             if mode == "room" and not name.startswith("tcphub"):
                 continue  # rooms are tcphub's
+            if mode == "wsfanout" and name not in ("tcphub", BASELINE):
+                continue  # the baseline is bare Autobahn; the other servers speak no WebSocket
             if run is not None:
                 server = Server(name, mode)
                 try:
-                    last = run(server.port)
+                    last = run(server)
                     if name.startswith("tcphub") and label.startswith("churn"):
                         connections = server.metrics()["connections"]
                         if connections:

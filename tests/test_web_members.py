@@ -418,3 +418,13 @@ def test_tcp_keep_alive_follows_the_hubs_option(members, keep_alive):
     web = members({"keep_alive": keep_alive})
     _, transport = web.open()
     assert transport.keep_alive is keep_alive
+
+
+def test_the_shared_websocket_frames_are_bounded_in_bytes(members):
+    web = members({"protocol": BroadcastProtocol, "framing": "int32", "max_frame": 1 << 20})
+    _, transport = web.open()
+    payloads = [bytes([i]) * 60_000 for i in range(100)]  # 6 MB in all
+    for payload in payloads:
+        web.hub.factory.broadcast(payload)
+    assert [payload for _, payload in server_frames(transport.value())] == payloads
+    assert web.factory.prepared.size <= web.factory.prepared.LIMIT + 2 * 60_010

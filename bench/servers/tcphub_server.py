@@ -1,7 +1,9 @@
 """tcphub's TcpServer, as twistd tcphub builds it, on a chosen reactor; prints
 its metrics as JSON when a line arrives on stdin (to check the client table).
 
-    python tcphub_server.py echo|broadcast|room [default|asyncio|uvloop]
+    python tcphub_server.py echo|broadcast|room|wsfanout [default|asyncio|uvloop]
+
+wsfanout: broadcast, with WebSocket members on a second port (printed as "ws PORT").
 
 room: a frame "J<name>" joins that room; any other frame goes to room "r",
 to every member but the sender.
@@ -51,10 +53,16 @@ class RoomFanout(HubProtocol):
             self.broadcastMessage(payload, room="r")
 
 
+mode = sys.argv[1]
 server = TcpServer(
-    port=0, framing="int32", protocol=RoomFanout if sys.argv[1] == "room" else MODES[sys.argv[1]], backlog=4096, timeout=None,
-    max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
+    port=0, framing="int32", protocol=RoomFanout if mode == "room" else MODES["broadcast" if mode == "wsfanout" else mode],
+    backlog=4096, timeout=None, max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
 )
+members = None
+if mode == "wsfanout":
+    from tcphub import WebSocketMembers
+
+    members = WebSocketMembers(server, "tcp:0:interface=127.0.0.1:backlog=4096", ping_interval=None, reactor=reactor)
 
 
 class Metrics(LineReceiver):
@@ -65,9 +73,11 @@ class Metrics(LineReceiver):
 
 
 def started(_):
-    print(f"listening on {server.port}", flush=True)
+    print(f"listening on {server.port}" + (f" ws {members.port}" if members else ""), flush=True)
     stdio.StandardIO(Metrics())
 
 
-server.start().addCallback(started)
+if members is not None:
+    members.startService()
+server.start().addCallback(lambda _: members.when_listening() if members else None).addCallback(started)
 reactor.run()

@@ -68,27 +68,45 @@ _STATE_CLOSING: Final = WebSocketProtocol.STATE_CLOSING
 
 
 class _Prepared:
-    """The WebSocket frame of the last hub frame sent, shared by every member
-    a broadcast reaches: framed (and checked for UTF-8) once, not per member."""
+    """
+    The WebSocket frames of the hub's recent frames, shared by every member:
+    a broadcast is framed (and checked for UTF-8) once, not once per member.
+    The hub hands each member the frames of a read together, so the cache
+    holds several (keyed by the frame object, which it keeps alive, so that
+    its id is not reused), up to C{LIMIT} bytes; then it starts again.
+    """
 
-    __slots__ = ("_framing", "_frame", "_wire")
+    __slots__ = ("_framing", "_cache", "_size")
+    LIMIT: Final = 1 << 20
 
     def __init__(self, hub: HubFactory) -> None:
         self._framing = hub.framing
-        self._frame: bytes | None = None
-        self._wire = b""
+        self._cache: dict[int, tuple[bytes, bytes]] = {}
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes held: the frames and their WebSocket frames."""
+        return self._size
 
     def wire(self, frame: bytes) -> bytes:
-        if frame is not self._frame:
-            payload = self._framing.payload(frame)
-            try:
-                payload.decode("utf-8")
-                binary = _CONTROL.search(payload) is not None
-            except UnicodeDecodeError:
-                binary = True
-            self._wire = PreparedMessage(payload, binary, applyMask=False, doNotCompress=True).payloadHybi
-            self._frame = frame
-        return self._wire
+        """The WebSocket frame of the hub's C{frame}, text or binary."""
+        entry = self._cache.get(id(frame))
+        if entry is not None:
+            return entry[1]
+        payload = self._framing.payload(frame)
+        try:
+            payload.decode("utf-8")
+            binary = _CONTROL.search(payload) is not None
+        except UnicodeDecodeError:
+            binary = True
+        wire = PreparedMessage(payload, binary, applyMask=False, doNotCompress=True).payloadHybi
+        if self._size > self.LIMIT:
+            self._cache.clear()
+            self._size = 0
+        self._cache[id(frame)] = (frame, wire)
+        self._size += len(frame) + len(wire)
+        return wire
 
 
 class _Beat(Enum):
