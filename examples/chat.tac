@@ -3,12 +3,13 @@
 # Everything ChatProtocol does (/nick, /join, /leave, /who, /rooms, #lobby),
 # plus a /me command, built on the hub's rooms: self.join(room),
 # self.leave(room), self.rooms, self.broadcastMessage(payload, room=...).
-# TCPHUB_PORT overrides the port.
+# Browsers join the same chat at http://127.0.0.1:8080/ (WebSocketMembers).
+# TCPHUB_PORT overrides the port, TCPHUB_WEBSOCKET the browsers' endpoint.
 import os
 
 from twisted.application.service import Application
 
-from tcphub import TcpServer
+from tcphub import TcpServer, WebSocketMembers
 from tcphub.hub.modes import ChatProtocol
 
 
@@ -23,9 +24,11 @@ class Chat(ChatProtocol):
 
 
 application = Application("tcphub-chat")
-TcpServer(
+hub = TcpServer(
     port=int(os.environ.get("TCPHUB_PORT", "3000")),
     framing="line",
     timeout=600,
     protocol=Chat,
-).setServiceParent(application)
+)
+hub.setServiceParent(application)
+WebSocketMembers(hub, os.environ.get("TCPHUB_WEBSOCKET", "tcp:8080:interface=127.0.0.1")).setServiceParent(application)

@@ -22,6 +22,7 @@ from twisted.python import usage
 from tcphub import EchoProtocol
 from tcphub.hub.modes import ChatProtocol
 from tcphub.tap import Options, makeService
+from websockets.sync.client import connect
 from tests.clients import make_certificate
 from tests.processes import REPO, Twistd, twistd_command
 
@@ -359,6 +360,7 @@ def test_twistd_tls_listen_as_in_the_readme(tmp_path):
 @pytest.mark.parametrize("example", ["echo.tac", "chat.tac"])
 def test_examples_run_with_twistd_ny(example, monkeypatch):
     monkeypatch.setenv("TCPHUB_PORT", "0")
+    monkeypatch.setenv("TCPHUB_WEBSOCKET", "tcp:0:interface=127.0.0.1")
     with Twistd("-y", str(REPO / "examples" / example)) as twistd:
         host, port = twistd.wait_listening()
         with socket.create_connection((host, port), timeout=30) as first:
@@ -380,9 +382,15 @@ def test_examples_run_with_twistd_ny(example, monkeypatch):
                         pass
                     first.sendall(b"hello bob\n")
                     assert read_line(second_in) == b"#lobby <ada> hello bob\n"
+                    ws_port = twistd.wait_for(r"tcphub websocket listening on [^ ]+:(\d+)")[1]
+                    with connect(f"ws://127.0.0.1:{ws_port}/ws", proxy=None) as browser:
+                        browser.send("/me is a browser")
+                        while not read_line(second_in).endswith(b" is a browser\n"):
+                            pass
                     # The file object holds the socket open until it is closed too.
                     second_in.close()
-                assert read_line(first_in) == b"* bob left #lobby\n"
+                while read_line(first_in) != b"* bob left #lobby\n":  # after the browser's lines
+                    pass
         twistd.shutdown()
 
 
