@@ -35,7 +35,7 @@ from tcphub.hub.framing import FRAMINGS
 from tcphub.hub.modes import MODES
 from tcphub.hub.rooms import DEFAULT_ROOM_HISTORY_BYTES
 from tcphub.hub.service import DEFAULT_BACKLOG, TcpServer, check_host
-from tcphub.web.member import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT
+from tcphub.web.limits import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT
 from tcphub.ws.reconnect import BACKOFFS
 
 if TYPE_CHECKING:

@@ -53,12 +53,7 @@ from tcphub.web.origins import OriginPolicy
 if TYPE_CHECKING:
     from tcphub.hub.factory import HubFactory
 
-__all__ = ["DEFAULT_CLOSE_TIMEOUT", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT",
-           "MemberConnection", "MemberFactory", "MemberTransport"]
-
-DEFAULT_PING_INTERVAL: Final = 30.0
-DEFAULT_PING_TIMEOUT: Final = 30.0
-DEFAULT_CLOSE_TIMEOUT: Final = 5.0
+__all__ = ["MemberConnection", "MemberFactory", "MemberTransport"]
 
 # Bytes that text never holds (JSON escapes them), and binary formats often
 # do (a length prefix, such as the one of a WebSocketHandler's binary message).

@@ -22,17 +22,19 @@ from twisted.web.server import Request, Site
 from tcphub import _checks
 from tcphub._reactor import default_reactor
 from tcphub._site import SiteService, parse_endpoints
-from tcphub.web.member import DEFAULT_CLOSE_TIMEOUT, DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, MemberFactory
+from tcphub.web.limits import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_HTTP_TIMEOUT,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+)
+from tcphub.web.member import MemberFactory
 from tcphub.web.origins import OriginPolicy
 
 if TYPE_CHECKING:
     from tcphub.hub.service import TcpServer
 
-__all__ = ["DEFAULT_HTTP_TIMEOUT", "WebSocketMembers"]
-
-DEFAULT_HTTP_TIMEOUT = 30.0
-"""Seconds an HTTP connection may stay silent before the upgrade (a slowloris
-holding connections open with half-sent requests)."""
+__all__ = ["WebSocketMembers"]
 
 
 class _Page(Resource):
