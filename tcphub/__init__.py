@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from tcphub.errors import (
     AddressLimitReached,
+    BusError,
+    BusQueueFull,
     ClientDisconnected,
     ConnectionLimitReached,
     DescriptorLimitReached,
@@ -86,6 +88,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AddressLimitReached",
+    "BusError",
+    "BusQueueFull",
     "Bridge",
     "BroadcastProtocol",
     "ClientDisconnected",

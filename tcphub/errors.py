@@ -98,6 +98,14 @@ class RoomLimitReached(RoomError):
     """The client is in C{max_rooms_per_client} rooms already."""
 
 
+class BusError(TcpHubError):
+    """The bus that joins several hubs (Redis) failed, or sent what it should not."""
+
+
+class BusQueueFull(BusError):
+    """A publish made while the bus was down or slow found its queue full: it was dropped."""
+
+
 class ListenFailed(TcpHubError):
     """A listening endpoint could not be set up (port in use, missing
     directory or certificate, ...)."""

@@ -39,8 +39,17 @@ from tcphub.web.limits import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT
 from tcphub.ws.reconnect import BACKOFFS
 
 if TYPE_CHECKING:
+    from tcphub.bus.redis import RedisBus
     from tcphub.web.service import WebSocketMembers
     from tcphub.ws.handler import WebSocketHandler
+
+def redis_url(text: str) -> str:
+    """A C{usage.Options} coercer for --redis."""
+    from tcphub.bus.redis import redis_endpoint
+
+    redis_endpoint(text)
+    return text
+
 
 DEFAULT_PORT = 3000
 DEFAULT_HOST = "127.0.0.1"
@@ -108,6 +117,11 @@ class Options(usage.Options):
         ["websocket-ping-timeout", None, DEFAULT_PING_TIMEOUT,
          "seconds a WebSocket member has to answer a ping before it is dropped",
          _number("websocket-ping-timeout", float, above=0)],
+        ["redis", None, None,
+         "join the other hubs on this Redis as one hub: redis://host:port/db, rediss://…, "
+         "unix:///path/to/redis.sock?db=N", redis_url],
+        ["node-id", None, None, "with --redis: this hub's name in client ids, logs and metrics "
+         "[default: random]"],
         ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL", ws_url("upstream")],
         ["upstream-path", None, DEFAULT_UPSTREAM_PATH, "path of the messages sent upstream"],
         ["upstream-route", None, DEFAULT_UPSTREAM_ROUTE,
@@ -179,6 +193,11 @@ class Options(usage.Options):
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         check_admin(self)
+        if self["node-id"] is not None:
+            if self["redis"] is None:
+                raise usage.UsageError("--node-id goes with --redis")
+            if not self["node-id"] or "-" in self["node-id"] or not self["node-id"].isprintable():
+                raise usage.UsageError(f"--node-id is printable, without '-', and not empty: {self['node-id']!r}")
         if not self["websocket"]:
             given = [f"--{name}" for name in ("allowed-origin", "web-root") if self[name]]
             if given:
@@ -205,13 +224,27 @@ class Options(usage.Options):
 
 def makeService(config: Options, reactor: Any = None) -> IService:
     """The hub (or, with --upstream, the gateway) as the service named
-    "tcphub", and with --admin the operations port, named "admin"."""
+    "tcphub"; with --redis the bus, named "bus"; with --websocket the
+    members' site, "websocket"; with --admin the operations port, "admin"."""
     if reactor is None:
         reactor = default_reactor()
     service, hub, upstream = _hub_service(config, reactor)
-    beside: list[Any] = [*_members_service(config, hub, reactor),
-              *admin_service(config, reactor, hub=hub, upstream=upstream)]
-    return PluginProcess(service, reactor, *beside, log_observer=log_observer(config), listeners=[hub, *beside])
+    bus = _bus_service(config, hub, reactor)
+    listening: list[Any] = [*_members_service(config, hub, reactor),
+                            *admin_service(config, reactor, hub=hub, upstream=upstream, bus=bus[0] if bus else None)]
+    return PluginProcess(service, reactor, *bus, *listening, log_observer=log_observer(config),
+                         listeners=[hub, *listening])
+
+
+def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus]:
+    """With --redis, the bus that joins this hub with the others, named "bus"."""
+    if config["redis"] is None:
+        return []
+    from tcphub.bus.redis import RedisBus
+
+    bus = RedisBus(hub, config["redis"], node_id=config["node-id"], reactor=reactor)
+    bus.setName("bus")
+    return [bus]
 
 
 def _members_service(config: Options, hub: TcpServer, reactor: Any) -> list[WebSocketMembers]:

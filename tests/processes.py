@@ -79,6 +79,19 @@ class OutputProcess:
             if match := regex.search(line):
                 return match
 
+    def mark(self) -> int:
+        """Take in what the process has printed so far and return its line
+        count: C{wait_for(..., since=mark())} waits for a line printed later."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return len(self.lines)
+            if line is None:  # the end of the output: leave it for wait_for
+                self._queue.put(None)
+                return len(self.lines)
+            self.lines.append(line)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -158,3 +171,33 @@ class WebSocketServer(OutputProcess):
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+class RedisServer(OutputProcess):
+    """A real Redis server on a UNIX socket in C{directory} (no TCP port, no
+    persistence); killed and started again on the same socket by L{restart}."""
+
+    def __init__(self, directory: Path) -> None:
+        if not os.path.exists(REDIS_SERVER):
+            if os.environ.get("CI"):
+                raise AssertionError(f"{REDIS_SERVER} is missing: .ci/run installs Debian's redis-server")
+            import pytest
+
+            pytest.skip(f"{REDIS_SERVER} is not installed (apt-get install redis-server)")
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        super().__init__([REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                          "--save", "", "--appendonly", "no", "--dir", str(directory)])
+        self.wait_for("Ready to accept connections|ready to accept connections")
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def restart(self) -> RedisServer:
+        """Start the same server again (this one is killed if it still runs)."""
+        self.kill()
+        return RedisServer(self.directory)

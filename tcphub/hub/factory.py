@@ -34,6 +34,7 @@ from tcphub.hub.framing import Framing, get_framing
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.protocol import HubProtocol, check_payload
+from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Rooms
 
 __all__ = ["HubFactory"]
@@ -124,6 +125,10 @@ class HubFactory(Factory):
         )
         self.started_at: float | None = None
         self.reading_paused = False
+        self.relay: Relay | None = None
+        """The other hubs this one is joined with (L{join_relay}), if any."""
+        self.id_prefix = ""
+        """What every client id begins with: the node's id and a dash, once joined."""
         self._clients: dict[str, HubProtocol] = {}
         # Connections that are not in the client table (refused ones, until
         # they are gone): stop() waits for these too.
@@ -134,6 +139,18 @@ class HubFactory(Factory):
         self._closed: deque[ClosedConnection] = deque(
             maxlen=_checks.count("closed_history", closed_history, minimum=0)
         )
+
+    def join_relay(self, relay: Relay, node_id: str) -> None:
+        """Join other hubs through C{relay}: from now on every broadcast is
+        relayed, a send to a client of another hub goes through it, and client
+        ids begin with C{node_id} and a dash (so that the others know where a
+        client is).  Only before any client connects."""
+        if self._clients or self._refused:
+            raise RuntimeError("join_relay before any client connects: their ids would not say where they are")
+        if not node_id or "-" in node_id or not node_id.isprintable():
+            raise ValueError(f"a node id is printable, without '-', and not empty: {node_id!r}")
+        self.relay = relay
+        self.id_prefix = f"{node_id}-"
 
     def limit_connections(self, allowed: int) -> None:
         """Admit at most C{allowed} clients, fewer than C{max_connections}:
@@ -162,6 +179,8 @@ class HubFactory(Factory):
         check_payload(data, "send")
         client = self._clients.get(client_id)
         if client is None:
+            if self.relay is not None and self.relay.send(client_id, data):
+                return succeed(None)
             return fail(UnknownClient(client_id))
         try:
             frame = self.framing.encode(data)
@@ -187,11 +206,26 @@ class HubFactory(Factory):
                 f"broadcast's exclude takes a collection of client ids, not one id: "
                 f"exclude=[{exclude!r}]"
             )
+        excluded = frozenset(exclude)
         try:
             frame = self.framing.encode(data)
         except UnframeableMessage:
             return fail()
-        countdown = self.broadcast_frame(frame, frozenset(exclude), room=room)
+        if self.relay is not None:
+            self.relay.broadcast(data, excluded, room)
+        return self._broadcast(frame, excluded, room)
+
+    def broadcast_local(self, data: bytes, exclude: Iterable[str] = (), room: str | None = None) -> Deferred[None]:
+        """L{broadcast} to this hub's clients only: what a relay calls with
+        another hub's broadcast."""
+        try:
+            frame = self.framing.encode(data)
+        except UnframeableMessage:
+            return fail()
+        return self._broadcast(frame, frozenset(exclude), room)
+
+    def _broadcast(self, frame: bytes, excluded: frozenset[str], room: str | None) -> Deferred[None]:
+        countdown = self.broadcast_frame(frame, excluded, room=room)
         if countdown is None:
             return succeed(None)
         countdown.tick()

@@ -129,7 +129,7 @@ class HubProtocol(Protocol):
 
     def connectionMade(self) -> None:
         hub = self.factory
-        self.client_id = uuid.uuid4().hex
+        self.client_id = hub.id_prefix + uuid.uuid4().hex
         self.connected_at = self._read_at = now = hub.clock.seconds()
         self.bytes_received = 0
         self.messages_received = 0
@@ -459,6 +459,8 @@ class HubProtocol(Protocol):
         countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room)
         if countdown is not None:
             countdown.tick()
+        if hub.relay is not None:
+            hub.relay.broadcast(payload, (self.client_id,), room)
         return None if room is None else hub.room_sequence(room)
 
     # -- rooms ----------------------------------------------------------

@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorTime
 from tcphub.hub.metrics import Metrics
 
 if TYPE_CHECKING:
+    from tcphub.bus.redis import RedisBus
     from tcphub.hub.factory import HubFactory
     from tcphub.ws.handler import WebSocketHandler
 
@@ -27,6 +28,7 @@ _GAUGES = {
     "rooms": "Rooms with at least one member.",
     "room_members": "Memberships across all rooms.",
 }
+_BUS_COUNTS = ("published", "received", "dropped", "publish_errors", "bad_messages")
 _UPSTREAM_COUNTS = ("retries", "reconnects", "messages_sent", "messages_received",
                     "invalid_messages", "unrouted_messages", "handler_errors",
                     "late_replies", "protocol_errors")
@@ -41,16 +43,33 @@ class TcpHubCollector:
     C{prometheus_client.CollectorRegistry}."""
 
     def __init__(self, hub: HubFactory | None, upstream: WebSocketHandler | None,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, bus: RedisBus | None = None) -> None:
         self._hub = hub
         self._upstream = upstream
         self._clock = clock
+        self._bus = bus
 
     def collect(self) -> Iterator[Metric]:
         if self._hub is not None:
             yield from self._hub_metrics(self._hub.get_metrics())
         if self._upstream is not None:
             yield from self._upstream_metrics()
+        if self._bus is not None:
+            yield from self._bus_metrics()
+
+    def _bus_metrics(self) -> Iterator[Metric]:
+        assert self._bus is not None
+        status = self._bus.status()
+        yield GaugeMetricFamily("tcphub_bus_connected", "1 while publishes flow to Redis.",
+                                value=int(status.publisher == "flowing"))
+        yield GaugeMetricFamily("tcphub_bus_subscribed", "1 while this node takes the others' messages.",
+                                value=int(status.subscribed))
+        yield GaugeMetricFamily("tcphub_bus_queued", "Publishes waiting for Redis.", value=status.queued)
+        yield GaugeMetricFamily("tcphub_bus_queued_bytes", "Bytes waiting for Redis.", value=status.queued_bytes)
+        yield GaugeMetricFamily("tcphub_bus_nodes", "Live nodes at the last heartbeat.", value=status.nodes)
+        for name in _BUS_COUNTS:
+            yield CounterMetricFamily(f"tcphub_bus_{name}", f"Bus {name.replace('_', ' ')}.",
+                                      value=getattr(status, name))
 
     def _hub_metrics(self, metrics: Metrics) -> Iterator[Metric]:
         for field in fields(Metrics):

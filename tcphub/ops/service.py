@@ -39,6 +39,7 @@ from tcphub.ops import views
 from tcphub.ops.collector import TcpHubCollector
 
 if TYPE_CHECKING:
+    from tcphub.bus.redis import RedisBus
     from tcphub.hub.service import TcpServer
     from tcphub.ws.handler import WebSocketHandler
 
@@ -97,7 +98,8 @@ class AdminService(SiteService):
     """
     The operations port on C{endpoint} (a Twisted server endpoint string or
     object; bind it to loopback unless C{token} is set), reading C{hub} (a
-    L{TcpServer}) and/or C{upstream} (a L{WebSocketHandler}).  C{options} is
+    L{TcpServer}) and/or C{upstream} (a L{WebSocketHandler}), and the C{bus}
+    (a L{RedisBus}) that joins the hub with others.  C{options} is
     shown as is by C{/varz} (the effective settings, for the operator).
     """
 
@@ -107,6 +109,7 @@ class AdminService(SiteService):
         *,
         hub: TcpServer | None = None,
         upstream: WebSocketHandler | None = None,
+        bus: RedisBus | None = None,
         token: str | None = None,
         options: Mapping[str, Any] | None = None,
         reactor: Any = None,
@@ -119,13 +122,14 @@ class AdminService(SiteService):
         endpoints = parse_endpoints(reactor, endpoint, "admin")
         self.hub = hub
         self.upstream = upstream
+        self.bus = bus
         self.options = dict(options or {})
         self._token = token.encode("utf-8") if token is not None else None
         self._draining = False
         self._reactor = reactor
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
-                                                self._clock()))
+                                                self._clock(), bus=bus))
         root = Resource()
         root.putChild(b"", _Path(self, self._page, open_to_all=True))
         root.putChild(b"healthz", _Path(self, lambda request: (200, "text/plain", b"ok\n"), open_to_all=True))
@@ -179,6 +183,8 @@ class AdminService(SiteService):
             limits=self._limits(),
             metrics=self.hub.get_metrics() if self.hub is not None else None,
             upstream=upstream,
+            bus=None if self.bus is None else {**asdict(self.bus.status()),
+                                               "cluster_rooms": self.bus.cluster_rooms()},
             now=self._clock().seconds(),
         ))
 

@@ -19,7 +19,8 @@ MAX_LIMIT = 1000
 
 
 def varz(*, version: str, options: Mapping[str, Any], limits: Mapping[str, Any] | None,
-         metrics: Metrics | None, upstream: Mapping[str, Any] | None, now: float) -> dict[str, Any]:
+         metrics: Metrics | None, upstream: Mapping[str, Any] | None, now: float,
+         bus: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The process at a glance: version, effective options and limits, counters, uptime."""
     document: dict[str, Any] = {"version": version, "now": now, "options": dict(options)}
     if limits is not None:
@@ -28,6 +29,8 @@ def varz(*, version: str, options: Mapping[str, Any], limits: Mapping[str, Any] 
         document["hub"] = asdict(metrics)
     if upstream is not None:
         document["upstream"] = dict(upstream)
+    if bus is not None:
+        document["bus"] = dict(bus)
     return document
 
 

@@ -1,0 +1,67 @@
+"""
+What goes over the bus, and how it is written: one L{BusMessage} per
+broadcast or send a hub makes, tagged with the node that made it (a node
+drops its own when they come back).  Pure: no I/O.
+
+The encoding starts with a NUL byte and a version, then a JSON header line,
+then the payload as it is: no payload can look like a number to a client
+that guesses types, and any bytes pass.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+from tcphub.errors import BusError
+
+__all__ = ["BROADCAST", "SEND", "BusMessage", "decode", "encode"]
+
+BROADCAST: Final = "b"
+"""To every client (of C{room}, if set) but those in C{exclude}."""
+SEND: Final = "s"
+"""To the one client C{target}, on whichever node holds it."""
+
+_MAGIC: Final = b"\x00th1\n"
+
+
+@dataclass(frozen=True)
+class BusMessage:
+    node: str
+    """The node that published it."""
+    kind: str
+    """L{BROADCAST} or L{SEND}."""
+    payload: bytes
+    room: str | None = None
+    exclude: tuple[str, ...] = ()
+    target: str | None = None
+
+
+def encode(message: BusMessage) -> bytes:
+    header = {"n": message.node, "k": message.kind}
+    if message.room is not None:
+        header["r"] = message.room
+    if message.exclude:
+        header["x"] = list(message.exclude)  # type: ignore[assignment]
+    if message.target is not None:
+        header["t"] = message.target
+    return _MAGIC + json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + message.payload
+
+
+def decode(data: bytes) -> BusMessage:
+    """Raise L{BusError} for what no tcphub wrote."""
+    if not data.startswith(_MAGIC):
+        raise BusError(f"not a tcphub bus message: {data[:20]!r}")
+    end = data.find(b"\n", len(_MAGIC))
+    if end < 0:
+        raise BusError("a bus message without its header line")
+    try:
+        header = json.loads(data[len(_MAGIC):end])
+        node, kind = header["n"], header["k"]
+        room, exclude, target = header.get("r"), tuple(header.get("x", ())), header.get("t")
+    except (ValueError, KeyError, TypeError) as error:
+        raise BusError(f"a bus message with a bad header: {error}") from None
+    if kind not in (BROADCAST, SEND) or not isinstance(node, str) or (kind == SEND and not isinstance(target, str)):
+        raise BusError(f"a bus message with a bad header: {header!r:.100}")
+    return BusMessage(node=node, kind=kind, payload=data[end + 1:], room=room, exclude=exclude, target=target)

@@ -1,0 +1,481 @@
+"""
+L{RedisBus}: several hubs (processes on one machine, or machines) as one,
+through Redis pub/sub, as socket.io's Redis adapter and Centrifugo's Redis
+engine do.
+
+Each hub publishes its broadcasts and its sends to clients it does not hold
+on one channel, tagged with its node id, and takes the others' from it:
+
+  - a broadcast or room broadcast reaches every matching client on every node
+    once, in the order its node published it, with C{exclude} honoured on
+    every node; a hub's own clients get it at once, the others through Redis;
+  - C{send(client_id, ...)} reaches a client of another node: client ids
+    begin with their node's id;
+  - while Redis is down or slow (its connection's buffer full), publishes
+    wait in a bounded queue (C{max_queue} messages, C{max_queue_bytes}),
+    flushed in order once Redis is back and the nodes seen before have
+    subscribed again (or after C{flush_wait} seconds); past the bound they
+    are dropped and counted;
+  - each node writes its room sizes and members to Redis every C{heartbeat}
+    seconds with a time to live of C{node_ttl}: a node that dies is
+    forgotten within C{node_ttl}.
+
+At most once: a publish in flight when the connection to Redis drops, and
+what a node misses while its own subscription is down, are not delivered
+again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcphub import _checks
+from tcphub._reactor import default_reactor
+from tcphub.bus import codec
+from tcphub.bus.resp import RedisProtocol, RedisReplyError
+from tcphub.errors import BusError, BusQueueFull
+
+if TYPE_CHECKING:
+    from tcphub.hub.service import TcpServer
+
+__all__ = ["BusStatus", "PublisherState", "RedisBus", "redis_endpoint"]
+
+DEFAULT_HEARTBEAT = 1.0
+DEFAULT_MAX_QUEUE = 10_000
+DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
+DEFAULT_FLUSH_WAIT = 5.0
+
+
+class PublisherState(Enum):
+    DOWN = "down"
+    """No connection to Redis: publishes are queued."""
+    WAITING = "waiting"
+    """Connected again: publishes are queued until the nodes seen before have
+    subscribed again (or C{flush_wait} passed), then the queue is flushed."""
+    FLOWING = "flowing"
+    """Publishes go to Redis as they are made."""
+    PAUSED = "paused"
+    """Redis does not read fast enough (the connection's buffer is full): publishes are queued."""
+
+
+@dataclass(frozen=True)
+class BusStatus:
+    node_id: str
+    publisher: str
+    """A L{PublisherState} value."""
+    subscribed: bool
+    published: int
+    """Messages handed to Redis."""
+    received: int
+    """Messages of other nodes taken from Redis."""
+    queued: int
+    queued_bytes: int
+    dropped: int
+    """Publishes dropped because the queue was full (L{BusQueueFull})."""
+    publish_errors: int
+    """Publishes Redis answered with an error."""
+    bad_messages: int
+    """What came on the channel that no tcphub wrote (counted and dropped)."""
+    nodes: int
+    """Live nodes at the last heartbeat (this one included)."""
+
+
+def redis_endpoint(url: str) -> tuple[str, str | None, str | None, int]:
+    """C{(client endpoint string, username, password, db)} for C{redis://host:port/db},
+    C{rediss://...} (TLS) or C{unix:///path/to/redis.sock?db=N}; L{ValueError} otherwise."""
+    parts = urlsplit(url)
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    try:
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("no socket path")
+            db = int(parse_qs(parts.query).get("db", ["0"])[0])
+            return f"unix:path={parts.path}", username, password, db
+        if parts.scheme in ("redis", "rediss"):
+            host, port = parts.hostname or "localhost", parts.port or 6379
+            db = int(parts.path.strip("/") or 0)
+            kind = "tls" if parts.scheme == "rediss" else "tcp"
+            return f"{kind}:host={host}:port={port}", username, password, db
+    except ValueError as error:
+        raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, "
+                         f"not {url!r}: {error}") from None
+    raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, not {url!r}")
+
+
+class _ConnectionFactory(Factory):
+    def __init__(self, on_ready: Callable[[RedisProtocol], None], on_lost: Callable[[], None],
+                 on_push: Callable[[bytes, bytes], None] | None = None) -> None:
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._on_push = on_push
+        self.noisy = False
+
+    def buildProtocol(self, addr: Any) -> RedisProtocol:
+        protocol = RedisProtocol(self._on_ready, self._on_lost, self._on_push)
+        protocol.factory = self
+        return protocol
+
+
+@implementer(IPushProducer)
+class RedisBus(Service):
+    """
+    Joins C{hub} (a L{TcpServer}, before any client connects) with the other
+    hubs on the Redis at C{url}, as node C{node_id} (default: random).
+    All the nodes use the same C{channel} and the same framing.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hub: TcpServer,
+        url: str,
+        *,
+        node_id: str | None = None,
+        channel: str = "tcphub",
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        node_ttl: float | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        flush_wait: float = DEFAULT_FLUSH_WAIT,
+        reactor: Any = None,
+    ) -> None:
+        reactor = reactor if reactor is not None else default_reactor()
+        description, self._username, self._password, self._db = redis_endpoint(url)
+        self.url = url
+        self.node_id = node_id if node_id is not None else uuid.uuid4().hex[:8]
+        self.heartbeat = _checks.number("heartbeat", heartbeat, above=0)
+        self.node_ttl = _checks.number("node_ttl", node_ttl if node_ttl is not None else 3 * heartbeat,
+                                       above=heartbeat)
+        self.max_queue = _checks.count("max_queue", max_queue, minimum=0)
+        self.max_queue_bytes = _checks.count("max_queue_bytes", max_queue_bytes, minimum=0)
+        self.flush_wait = _checks.number("flush_wait", flush_wait, minimum=0)
+        self._hub = hub.factory
+        self._hub.join_relay(self, self.node_id)
+        self._clock = self._hub.clock
+        self._channel = channel.encode("utf-8")
+        self._keys = f"{channel}:{self._db}"
+        endpoint = clientFromString(reactor, description)
+        retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
+        self._publisher_service = ClientService(endpoint, _ConnectionFactory(self._publisher_ready, self._publisher_lost),
+                                                retryPolicy=retry, clock=self._clock)
+        self._subscriber_service = ClientService(endpoint, _ConnectionFactory(self._subscriber_ready, self._subscriber_lost,
+                                                                    self._pushed),
+                                                 retryPolicy=retry, clock=self._clock)
+        self.state = PublisherState.DOWN
+        self._publisher: RedisProtocol | None = None
+        self._subscriber: RedisProtocol | None = None
+        self._subscribed = False
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._counts = {"published": 0, "received": 0, "dropped": 0, "publish_errors": 0, "bad_messages": 0}
+        self._peers = 0  # live nodes at the last heartbeat while publishes flowed
+        self._waiting_since = 0.0
+        self._wait_call: IDelayedCall | None = None
+        self._beat_call: IDelayedCall | None = None
+        self._rooms_dirty = True
+        self._cluster_rooms: dict[str, int] = {}
+        self._nodes = 0
+        for event in ("join", "leave"):
+            self._hub.on(event, self._rooms_changed)
+
+    # -- the relay: what the hub calls --------------------------------------
+
+    def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None) -> None:
+        self._publish(codec.encode(codec.BusMessage(
+            node=self.node_id, kind=codec.BROADCAST, payload=bytes(payload), room=room, exclude=tuple(exclude))))
+
+    def send(self, client_id: str, payload: bytes) -> bool:
+        node, dash, _ = client_id.partition("-")
+        if not dash or node == self.node_id:
+            return False  # not a node's client id, or ours and gone
+        self._publish(codec.encode(codec.BusMessage(
+            node=self.node_id, kind=codec.SEND, payload=bytes(payload), target=client_id)))
+        return True
+
+    def _publish(self, data: bytes) -> None:
+        if self.state is PublisherState.FLOWING and not self._queue:
+            self._write(data)
+            return
+        if len(self._queue) >= self.max_queue or self._queued_bytes + len(data) > self.max_queue_bytes:
+            count = self._counts["dropped"] = self._counts["dropped"] + 1
+            error = BusQueueFull(f"{count} publishes dropped so far: the bus queue is full "
+                                 f"({len(self._queue)} messages, {self._queued_bytes} bytes) "
+                                 f"while Redis is {self.state.value}")
+            self._hub.repeats.emit("bus_dropped", LogLevel.warn, "{error}", error=error)
+            self._hub.report(None, error)
+            return
+        self._queue.append(data)
+        self._queued_bytes += len(data)
+
+    def _write(self, data: bytes) -> None:
+        assert self._publisher is not None
+        self._counts["published"] += 1
+        self._publisher.command(b"PUBLISH", self._channel, data).addErrback(self._publish_failed)
+
+    def _publish_failed(self, failure: Failure) -> None:
+        if failure.check(ConnectionDone, ConnectionLost):
+            return  # in flight when the connection dropped: at most once
+        count = self._counts["publish_errors"] = self._counts["publish_errors"] + 1
+        self._hub.repeats.emit("bus_publish_errors", LogLevel.warn,
+                               "Redis refused a publish ({count} so far): {error}",
+                               count=count, error=failure.value)
+
+    def _fire(self, protocol: RedisProtocol, *args: bytes | str | int) -> None:
+        """A command whose reply only matters if it is an error."""
+        protocol.command(*args).addErrback(self._command_failed, args[0])
+
+    def _command_failed(self, failure: Failure, name: bytes) -> None:
+        if failure.check(ConnectionDone, ConnectionLost):
+            return
+        self._hub.repeats.emit("bus_command_errors", LogLevel.warn, "Redis refused {name}: {error}",
+                               name=name.decode("ascii", "replace"), error=failure.value)
+
+    def _flush(self) -> None:
+        """Hand the queue to Redis, in order, while it takes it."""
+        queue = self._queue
+        while queue and self.state is PublisherState.FLOWING:
+            data = queue.popleft()
+            self._queued_bytes -= len(data)
+            self._write(data)
+
+    # -- the publisher's connection -----------------------------------------
+
+    def _prepare(self, protocol: RedisProtocol) -> None:
+        if self._password is not None:
+            auth = (self._username, self._password) if self._username else (self._password,)
+            protocol.command(b"AUTH", *auth).addErrback(self._refused, protocol)
+
+    def _refused(self, failure: Failure, protocol: RedisProtocol) -> None:
+        if failure.check(RedisReplyError):
+            self._log.error("Redis refused tcphub's login: {error}", error=failure.value)
+            protocol.transport.loseConnection()
+
+    def _publisher_ready(self, protocol: RedisProtocol) -> None:
+        self._prepare(protocol)
+        if self._db:
+            self._fire(protocol, b"SELECT", self._db)
+        self._publisher = protocol
+        protocol.transport.registerProducer(self, True)
+        self._log.info("bus: node {node} publishing to {url}", node=self.node_id, url=self.url)
+        self.state = PublisherState.WAITING
+        self._waiting_since = self._clock.seconds()
+        self._write_presence()
+        self._await_peers()
+
+    def _await_peers(self) -> None:
+        """Flush once as many nodes subscribe as before the outage: a node
+        that has not subscribed again would miss what was queued."""
+        self._wait_call = None
+        publisher = self._publisher
+        if publisher is None or self.state is not PublisherState.WAITING:
+            return
+
+        def counted(reply: Any) -> None:
+            if self._publisher is not publisher or self.state is not PublisherState.WAITING:
+                return
+            subscribers = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else 0
+            waited = self._clock.seconds() - self._waiting_since
+            if subscribers >= self._peers or waited >= self.flush_wait:
+                self.state = PublisherState.FLOWING
+                self._flush()
+            else:
+                self._wait_call = self._clock.callLater(0.05, self._await_peers)
+
+        publisher.command(b"PUBSUB", b"NUMSUB", self._channel).addCallbacks(counted, lambda _: None)
+
+    def _publisher_lost(self) -> None:
+        self._publisher = None
+        self.state = PublisherState.DOWN
+        if self._wait_call is not None:
+            self._wait_call.cancel()
+            self._wait_call = None
+        self._log.warn("bus: lost Redis at {url}; publishes are queued", url=self.url)
+
+    # IPushProducer, for the publisher's transport: Redis is slow.
+    def pauseProducing(self) -> None:
+        if self.state is PublisherState.FLOWING:
+            self.state = PublisherState.PAUSED
+
+    def resumeProducing(self) -> None:
+        if self.state is PublisherState.PAUSED:
+            self.state = PublisherState.FLOWING
+            self._flush()
+
+    def stopProducing(self) -> None:
+        pass
+
+    # -- the subscriber's connection ----------------------------------------
+
+    def _subscriber_ready(self, protocol: RedisProtocol) -> None:
+        self._prepare(protocol)
+        self._subscriber = protocol
+
+        def subscribed(_: object) -> None:
+            self._subscribed = True
+            self._log.info("bus: node {node} subscribed to {channel}", node=self.node_id,
+                           channel=self._channel.decode("utf-8"))
+
+        protocol.command(b"SUBSCRIBE", self._channel).addCallbacks(subscribed, lambda _: None)
+
+    def _subscriber_lost(self) -> None:
+        self._subscriber = None
+        self._subscribed = False
+
+    def _pushed(self, channel: bytes, data: bytes) -> None:
+        try:
+            message = codec.decode(data)
+        except BusError as error:
+            count = self._counts["bad_messages"] = self._counts["bad_messages"] + 1
+            self._hub.repeats.emit("bus_bad_messages", LogLevel.warn,
+                                   "dropped a message on the bus channel ({count} so far): {error}",
+                                   count=count, error=error)
+            return
+        if message.node == self.node_id:
+            return  # our own, back from Redis: our clients have it
+        self._counts["received"] += 1
+        if message.kind == codec.BROADCAST:
+            self._hub.broadcast_local(message.payload, message.exclude, message.room).addErrback(
+                self._delivery_failed)
+        elif message.target is not None and message.target.startswith(self._hub.id_prefix):
+            self._hub.send(message.target, message.payload).addErrback(self._delivery_failed)
+
+    def _delivery_failed(self, failure: Failure) -> None:
+        # The client left, or another node's payload does not fit our framing.
+        self._log.debug("bus: a message from another node was not delivered: {error}", error=failure.value)
+
+    # -- presence: room sizes and members, with a time to live --------------
+
+    def _rooms_changed(self, *args: object) -> None:
+        self._rooms_dirty = True
+
+    def _key(self, kind: str, node: str) -> bytes:
+        return f"{self._keys}:{kind}:{node}".encode("utf-8")
+
+    def _write_presence(self) -> None:
+        publisher = self._publisher
+        if publisher is None:
+            return
+        ttl = int(self.node_ttl * 1000)
+        node = self.node_id
+        self._fire(publisher, b"SET", self._key("alive", node), b"1", b"PX", ttl)
+        self._fire(publisher, b"SADD", f"{self._keys}:nodes".encode(), node)
+        rooms, members = self._key("rooms", node), self._key("members", node)
+        if self._rooms_dirty:
+            self._rooms_dirty = False
+            counts = self._hub.rooms()
+            self._fire(publisher, b"MULTI")
+            self._fire(publisher, b"DEL", rooms, members)
+            if counts:
+                self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
+                                                        for part in (room, count)])
+                self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
+                    room, " ".join(info.id for info in self._hub.members(room)))])
+            self._fire(publisher, b"PEXPIRE", rooms, ttl)
+            self._fire(publisher, b"PEXPIRE", members, ttl)
+            publisher.command(b"EXEC").addErrback(lambda _: setattr(self, "_rooms_dirty", True))
+        else:
+            self._fire(publisher, b"PEXPIRE", rooms, ttl)
+            self._fire(publisher, b"PEXPIRE", members, ttl)
+
+        self._read_cluster(publisher)
+
+    def _read_cluster(self, publisher: RedisProtocol) -> None:
+        def read(nodes: Any) -> Deferred[Any]:
+            names = [name.decode("utf-8", "replace") for name in nodes or ()]
+            checks = [gatherResults([publisher.command(b"EXISTS", self._key("alive", name)),
+                                     publisher.command(b"HGETALL", self._key("rooms", name))], consumeErrors=True)
+                      for name in names]
+            return DeferredList(checks, consumeErrors=True).addCallback(add_up, names)
+
+        def add_up(results: list[tuple[bool, Any]], names: list[str]) -> None:
+            total: dict[str, int] = {}
+            alive = 0
+            for name, (ok, result) in zip(names, results):
+                if not ok:
+                    continue
+                exists, pairs = result
+                if not exists:
+                    self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), name)
+                    continue
+                alive += 1
+                for room, count in zip(pairs[::2], pairs[1::2]):
+                    key = room.decode("utf-8", "replace")
+                    total[key] = total.get(key, 0) + int(count)
+            self._cluster_rooms = total
+            self._nodes = alive
+            if self.state is PublisherState.FLOWING:
+                # After an outage, the queue waits for as many subscribers (_await_peers).
+                self._peers = alive
+
+        publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read).addErrback(lambda _: None)
+
+    def _beat(self) -> None:
+        self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
+        self._write_presence()
+
+    def cluster_rooms(self) -> dict[str, int]:
+        """Every room of every live node with its members, as of the last
+        heartbeat (at most C{heartbeat} seconds old)."""
+        return dict(self._cluster_rooms)
+
+    def cluster_members(self, room: str) -> Deferred[list[str]]:
+        """The ids of C{room}'s members on every live node (asks Redis)."""
+        publisher = self._publisher
+        if publisher is None:
+            return succeed([info.id for info in self._hub.members(room)])
+
+        def read(nodes: Any) -> Deferred[Any]:
+            names = [name.decode("utf-8", "replace") for name in nodes or ()]
+            return gatherResults([publisher.command(b"HGET", self._key("members", name), room) for name in names],
+                                 consumeErrors=True)
+
+        def union(replies: list[Any]) -> list[str]:
+            return [client for reply in replies if reply for client in reply.decode("utf-8").split()]
+
+        return publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read).addCallback(union)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def status(self) -> BusStatus:
+        return BusStatus(node_id=self.node_id, publisher=self.state.value, subscribed=self._subscribed,
+                         queued=len(self._queue), queued_bytes=self._queued_bytes, nodes=self._nodes,
+                         **self._counts)
+
+    def startService(self) -> None:
+        super().startService()
+        self._publisher_service.startService()
+        self._subscriber_service.startService()
+        self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        for call in (self._beat_call, self._wait_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._beat_call = self._wait_call = None
+        publisher = self._publisher
+        if publisher is not None:
+            # Leave at once rather than after node_ttl.
+            node = self.node_id
+            self._fire(publisher, b"DEL", self._key("alive", node), self._key("rooms", node), self._key("members", node))
+            self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), node)
+        return gatherResults([self._publisher_service.stopService(),
+                              self._subscriber_service.stopService()]).addCallback(lambda _: None)

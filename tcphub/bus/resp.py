@@ -1,0 +1,162 @@
+"""
+A small Redis client protocol (RESP2), for the bus: commands go out as
+arrays of bulk strings, pipelined; replies come back in order, bytes as
+bytes (no decoding, no guessing at numbers), parsed in time linear in the
+bytes received however they are cut into reads.  A subscribed connection's
+pushed messages go to a callback instead.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Union
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tcphub.errors import BusError
+
+__all__ = ["RedisProtocol", "RedisReplyError", "Reply", "encode_command", "parse"]
+
+Reply = Union[bytes, int, None, "RedisReplyError", list[Any]]
+
+MAX_BULK = 512 * 1024 * 1024
+"""Redis's own limit on a string."""
+
+
+class RedisReplyError(BusError):
+    """Redis answered a command with an error (C{-ERR ...})."""
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a reply; C{need} is the length it must reach first."""
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+
+
+def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+        parts.append(b"$%d\r\n" % len(data))
+        parts.append(data)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def parse(buffer: bytes | bytearray, at: int) -> tuple[Reply, int]:
+    """The reply that begins at offset C{at}, and the offset after it;
+    raises L{_Incomplete} if the buffer ends first, L{BusError} if it is not RESP."""
+    end = buffer.find(b"\r\n", at)
+    if end < 0:
+        raise _Incomplete(len(buffer) + 1)
+    kind, line = buffer[at:at + 1], bytes(buffer[at + 1:end])
+    after = end + 2
+    if kind == b"+":
+        return line, after
+    if kind == b"-":
+        return RedisReplyError(line.decode("utf-8", "replace")), after
+    try:
+        number = int(line)
+    except ValueError:
+        raise BusError(f"not a Redis reply: {bytes(buffer[at:end])[:40]!r}") from None
+    if kind == b":":
+        return number, after
+    if kind == b"$":
+        if number < 0:
+            return None, after
+        if number > MAX_BULK:
+            raise BusError(f"a Redis reply of {number} bytes")
+        if len(buffer) < after + number + 2:
+            raise _Incomplete(after + number + 2)
+        return bytes(buffer[after:after + number]), after + number + 2
+    if kind == b"*":
+        if number < 0:
+            return None, after
+        items = []
+        for _ in range(number):
+            item, after = parse(buffer, after)
+            items.append(item)
+        return items, after
+    raise BusError(f"not a Redis reply: {bytes(buffer[at:end])[:40]!r}")
+
+
+class RedisProtocol(Protocol):
+    """
+    One connection to Redis.  L{command} pipelines a command and returns a
+    Deferred of its reply (errback L{RedisReplyError}).  With C{on_push}, the
+    connection is a subscriber's: C{message} pushes go there.  C{on_ready}
+    is called with the protocol once connected (the bus subscribes there, so
+    that every new connection subscribes again), C{on_lost} once it is gone.
+    """
+
+    transport: Any
+    _log = Logger()
+
+    def __init__(self, on_ready: Callable[[RedisProtocol], None], on_lost: Callable[[], None],
+                 on_push: Callable[[bytes, bytes], None] | None = None) -> None:
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._on_push = on_push
+        self._waiting: deque[Deferred[Reply]] = deque()
+        self._buffer = bytearray()
+        self._need = 0
+
+    def connectionMade(self) -> None:
+        self._on_ready(self)
+
+    def command(self, *args: bytes | str | int) -> Deferred[Reply]:
+        d: Deferred[Reply] = Deferred()
+        self._waiting.append(d)
+        self.transport.write(encode_command(args))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        if len(buffer) < self._need:
+            return  # a long reply still coming: do not parse it again
+        at = 0
+        try:
+            while at < len(buffer):
+                try:
+                    reply, at = parse(buffer, at)
+                except _Incomplete as incomplete:
+                    self._need = incomplete.need - at
+                    break
+                self._dispatch(reply)
+            else:
+                self._need = 0
+        except BusError as error:
+            self._log.error("dropping the connection to Redis: {error}", error=error)
+            self._fail_all(Failure(error))
+            self.transport.abortConnection()
+            return
+        finally:
+            del buffer[:at]
+
+    def _dispatch(self, reply: Reply) -> None:
+        if (self._on_push is not None and isinstance(reply, list) and len(reply) == 3
+                and reply[0] == b"message"):
+            self._on_push(reply[1], reply[2])
+            return
+        if not self._waiting:
+            raise BusError(f"a Redis reply nobody asked for: {reply!r:.60}")
+        d = self._waiting.popleft()
+        if isinstance(reply, RedisReplyError):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self._fail_all(reason)
+        self._on_lost()
+
+    def _fail_all(self, reason: Failure) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(reason)

@@ -1,0 +1,23 @@
+"""
+L{Relay}: where a hub joined with others (several processes or machines as
+one hub, see L{tcphub.bus}) tells them of what it sends.  The hub knows no
+bus: it calls its relay, if it has one, for each broadcast (its own clients
+have theirs already) and for each send to a client it does not hold.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol
+
+__all__ = ["Relay"]
+
+
+class Relay(Protocol):
+    def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None) -> None:
+        """A broadcast this hub made: the other hubs give it to their clients
+        (of C{room}) but those in C{exclude}."""
+
+    def send(self, client_id: str, payload: bytes) -> bool:
+        """A send to a client this hub does not hold: True if C{client_id}
+        names another hub's client, and the message is on its way there (at
+        most once); False if the id is no client's anywhere."""

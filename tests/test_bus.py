@@ -1,0 +1,256 @@
+"""
+Several hubs as one through a real Redis server (on a UNIX socket in the
+test's directory): twistd processes, raw socket clients on every node.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.processes import REPO, RedisServer, Twistd
+
+ADMIN = r"tcphub admin listening on (?P<host>[^ ]+):(?P<port>\d+)"
+
+
+@pytest.fixture
+def redis(tmp_path):
+    servers: list[RedisServer] = []
+
+    class Redis:
+        def start(self) -> RedisServer:
+            server = RedisServer(tmp_path)
+            servers.append(server)
+            return server
+
+        def restart(self, server: RedisServer) -> RedisServer:
+            again = server.restart()
+            servers.append(again)
+            return again
+
+    yield Redis()
+    for server in servers:
+        server.kill()
+
+
+class Client:
+    """A line client of one node."""
+
+    def __init__(self, port: int) -> None:
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.lines = self.socket.makefile("rb")
+
+    def say(self, line: str) -> None:
+        self.socket.sendall(line.encode() + b"\n")
+
+    def read(self) -> str:
+        line = self.lines.readline()
+        assert line.endswith(b"\n"), f"closed after {line!r}"
+        return line[:-1].decode()
+
+    def read_until(self, last: str) -> list[str]:
+        """The lines up to and including C{last}."""
+        seen = []
+        while not seen or seen[-1] != last:
+            seen.append(self.read())
+        return seen
+
+    def ask_id(self) -> str:
+        self.say("id")
+        return self.read().removeprefix("id ")
+
+    def close(self) -> None:
+        self.lines.close()
+        self.socket.close()
+
+
+class Node:
+    """C{twistd -ny tests/bus_hub.tac} as node C{name}."""
+
+    def __init__(self, name: str, redis: RedisServer, monkeypatch) -> None:
+        monkeypatch.setenv("TCPHUB_REDIS", redis.url)
+        monkeypatch.setenv("TCPHUB_NODE", name)
+        self.twistd = Twistd("-y", str(REPO / "tests" / "bus_hub.tac"))
+        _, self.port = self.twistd.wait_listening()
+        self.twistd.wait_for(f"bus: node {name} subscribed")
+
+    def client(self) -> Client:
+        return Client(self.port)
+
+
+def eventually(check, what: str, attempts: int = 3000) -> None:
+    """Ask C{check()} until it holds (each ask is an HTTP round trip to a
+    node), up to C{attempts} times."""
+    for _ in range(attempts):
+        if check():
+            return
+    raise AssertionError(f"never {what}")
+
+
+def get_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_broadcasts_room_broadcasts_and_sends_cross_three_nodes_once_and_in_order(redis, monkeypatch):
+    server = redis.start()
+    nodes = [Node(name, server, monkeypatch) for name in "abc"]
+    try:
+        clients = {f"{node}{i}": nodes["abc".index(node)].client() for node in "abc" for i in (1, 2)}
+        ids = {name: client.ask_id() for name, client in clients.items()}
+        assert all(ids[name].startswith(name[0] + "-") for name in ids), ids
+        for name in ("a1", "b1", "b2", "c1"):
+            clients[name].say("join r")
+            assert clients[name].read() == "joined r"
+        # The others of every node get every broadcast once, in order.
+        for n in range(50):
+            clients["a1"].say(f"all {n}")
+        clients["a1"].say("end")
+        expected = [f"all {n}" for n in range(50)] + ["end"]
+        for name, client in clients.items():
+            if name != "a1":
+                assert client.read_until("end") == expected, name
+        # A room broadcast, with ids of two other nodes excluded.
+        clients["a2"].say(f"roomx r {ids['b1']},{ids['c1']} to the room")
+        clients["a2"].say("end")
+        for name in ("a1", "b2"):
+            assert clients[name].read_until("end") == ["to the room", "end"], name
+        for name in ("b1", "c1"):
+            assert clients[name].read() == "end", f"{name} was excluded"
+        # A room broadcast from a member: the room's others on every node.
+        clients["b1"].say("room r from b1")
+        clients["b1"].say("end")
+        for name in ("a1", "b2", "c1"):
+            assert clients[name].read_until("end") == ["from b1", "end"], name
+        # A send to a client of another node; one to a client of this node that
+        # is not there fails (one to another node's is at most once: it cannot).
+        clients["c2"].say(f"send {ids['a2']} just for a2")
+        assert clients["a2"].read_until("end") == ["end"]  # b1's, then:
+        assert clients["a2"].read() == "just for a2"
+        clients["c2"].say("send z-00 nobody")
+        clients["c2"].say(f"send c-{'0' * 32} nobody here")
+        assert [clients["c2"].read() for _ in range(3)] == ["end", "end", "failed"]
+        for client in clients.values():
+            client.close()
+        for node in nodes:
+            node.twistd.shutdown()
+    finally:
+        for node in nodes:
+            node.twistd.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class PluginNode:
+    """C{twistd tcphub --redis … --admin …} as the README runs it."""
+
+    def __init__(self, name: str, redis: RedisServer, *options: str) -> None:
+        self.twistd = Twistd("tcphub", "--redis", redis.url, "--node-id", name,
+                             "--admin", "tcp:0:interface=127.0.0.1", *options)
+        _, self.port = self.twistd.wait_listening()
+        self.admin = int(self.twistd.wait_for(ADMIN)["port"])
+        self.twistd.wait_for(f"bus: node {name} subscribed")
+
+    def varz(self) -> dict:
+        return get_json(self.admin, "/varz")
+
+
+def test_two_processes_share_one_port_and_are_one_hub(redis):
+    server = redis.start()
+    port = free_port()
+    listen = ("--listen", f"reuseport:{port}:interface=127.0.0.1", "--mode", "broadcast")
+    nodes = [PluginNode(name, server, *listen) for name in "ab"]
+    try:
+        clients = [Client(port) for _ in range(20)]
+        # The kernel spreads connections over both processes (each gets one
+        # with probability 1 - 2 * 2**-20): wait until both tables hold all 20.
+        eventually(lambda: sum(node.varz()["hub"]["connections"] for node in nodes) == 20, "20 clients")
+        counts = [node.varz()["hub"]["connections"] for node in nodes]
+        assert min(counts) > 0, counts
+        for n in range(100):
+            clients[0].say(f"message {n}")
+        clients[0].say("end")
+        expected = [f"message {n}" for n in range(100)] + ["end"]
+        for client in clients[1:]:
+            assert client.read_until("end") == expected
+        for client in clients:
+            client.close()
+        for node in nodes:
+            node.twistd.shutdown()
+    finally:
+        for node in nodes:
+            node.twistd.kill()
+
+
+def test_redis_killed_and_restarted_mid_stream(redis):
+    server = redis.start()
+    a, b = PluginNode("a", server, "--port", "0", "--mode", "broadcast"), \
+        PluginNode("b", server, "--port", "0", "--mode", "broadcast")
+    try:
+        sender, local, remote = Client(a.port), Client(a.port), Client(b.port)
+        eventually(lambda: (a.varz()["hub"]["connections"], b.varz()["hub"]["connections"]) == (2, 1),
+                   "every client in its node's table")
+        # Node a knows of b (a heartbeat): after the outage it waits for b to
+        # subscribe again before it sends what it queued.
+        eventually(lambda: a.varz()["bus"]["nodes"] == 2, "node a seeing node b", 100_000)
+        for n in range(50):
+            sender.say(f"before {n}")
+        sender.say("up")
+        before = [f"before {n}" for n in range(50)] + ["up"]
+        assert local.read_until("up") == before and remote.read_until("up") == before
+        since = a.twistd.mark()
+        server.kill()
+        a.twistd.wait_for("bus: lost Redis", since=since)
+        for n in range(50):
+            sender.say(f"during {n}")
+        sender.say("down")
+        during = [f"during {n}" for n in range(50)] + ["down"]
+        assert local.read_until("down") == during, "local delivery goes on without Redis"
+        assert a.varz()["bus"]["queued"] == 51
+        since = a.twistd.mark()
+        server = redis.restart(server)
+        a.twistd.wait_for("bus: node a publishing", since=since)
+        sender.say("after")
+        assert remote.read_until("after") == during + ["after"], "the queue arrives once, in order"
+        assert local.read() == "after"
+        bus = a.varz()["bus"]
+        assert (bus["queued"], bus["dropped"], bus["publisher"]) == (0, 0, "flowing")
+        for client in (sender, local, remote):
+            client.close()
+        for node in (a, b):
+            node.twistd.shutdown()
+    finally:
+        for node in (a, b):
+            node.twistd.kill()
+
+
+def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_live(redis):
+    server = redis.start()
+    a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")
+    try:
+        # The default mode is the chat: every client starts in #lobby.
+        clients = [Client(a.port), Client(b.port), Client(b.port)]
+        for client in clients:
+            client.read_until("* you are in #lobby")
+        eventually(lambda: a.varz()["bus"]["cluster_rooms"] == {"lobby": 3}, "3 in the cluster's lobby")
+        assert a.varz()["bus"]["nodes"] == 2
+        b.twistd.stop(signal.SIGKILL)
+        # Gone within node_ttl (3 s) and a heartbeat (1 s); the bound here is
+        # a count of asks, not a time: the suite has no timed assertions.
+        eventually(lambda: a.varz()["bus"]["cluster_rooms"] == {"lobby": 1}, "node b forgotten", 100_000)
+        assert a.varz()["bus"]["nodes"] == 1
+        for client in clients:
+            client.close()
+        a.twistd.shutdown()
+    finally:
+        for node in (a, b):
+            node.twistd.kill()
