@@ -9,7 +9,6 @@ import json
 import signal
 import socket
 import urllib.request
-from pathlib import Path
 
 import pytest
 

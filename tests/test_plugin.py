@@ -89,6 +89,13 @@ def test_websocket_options_reach_the_members_site():
     assert members.members.ping_timeout == 7
 
 
+def test_redis_options_make_a_bus_beside_the_hub():
+    process = makeService(parse("--redis", "unix:///tmp/redis.sock?db=2", "--node-id", "n7"))
+    bus = process.getServiceNamed("bus")
+    hub = process.getServiceNamed("tcphub").factory
+    assert (bus.node_id, bus.url, hub.relay, hub.id_prefix) == ("n7", "unix:///tmp/redis.sock?db=2", bus, "n7-")
+
+
 def test_listen_is_repeatable():
     server = hub_service("--listen", "tcp:0", "--listen", "unix:/tmp/hub.sock")
     assert len(server.endpoints) == 2
@@ -132,6 +139,9 @@ def test_listen_is_repeatable():
         (["--websocket", "tcp:0", "--allowed-origin", "example.com"],
          "--allowed-origin: an allowed origin looks like https://example.com, or is \\*, not 'example.com'"),
         (["--websocket-ping-timeout", "0"], "--websocket-ping-timeout must be more than 0"),
+        (["--redis", "http://localhost"], "a Redis URL is redis://host:port/db"),
+        (["--node-id", "a"], "--node-id goes with --redis"),
+        (["--redis", "redis://localhost", "--node-id", "a-b"], "--node-id is printable, without '-'"),
         (["--websocket-ping-interval", "-1"], "--websocket-ping-interval cannot be negative"),
     ],
 )

@@ -238,9 +238,9 @@ class RedisBus(Service):
                                "Redis refused a publish ({count} so far): {error}",
                                count=count, error=failure.value)
 
-    def _fire(self, protocol: RedisProtocol, *args: bytes | str | int) -> None:
+    def _fire(self, protocol: RedisProtocol, name: bytes, *args: bytes | str | int) -> None:
         """A command whose reply only matters if it is an error."""
-        protocol.command(*args).addErrback(self._command_failed, args[0])
+        protocol.command(name, *args).addErrback(self._command_failed, name)
 
     def _command_failed(self, failure: Failure, name: bytes) -> None:
         if failure.check(ConnectionDone, ConnectionLost):

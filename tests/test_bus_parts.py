@@ -1,0 +1,271 @@
+"""
+The bus's parts in memory: the Redis protocol on a StringTransport, the
+message codec, the hub's relay hook with a recording relay, the bus's
+bounded queue with no Redis to reach, the URLs and the reuseport: endpoint.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from tcphub import BroadcastProtocol, BusError, BusQueueFull, TcpServer, UnframeableMessage, UnknownClient
+from tcphub.bus import codec, resp
+from tcphub.bus.redis import RedisBus, redis_endpoint
+
+
+# -- the Redis protocol ---------------------------------------------------------
+
+
+class Connection:
+    def __init__(self, pushes: list | None = None) -> None:
+        self.ready: list = []
+        self.lost: list = []
+        self.protocol = resp.RedisProtocol(self.ready.append, lambda: self.lost.append(True),
+                                           (lambda channel, data: pushes.append((channel, data)))
+                                           if pushes is not None else None)
+        self.transport = StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+
+def test_commands_are_arrays_of_bulk_strings_and_replies_come_back_in_order():
+    connection = Connection()
+    assert connection.ready == [connection.protocol]
+    replies: list = []
+    connection.protocol.command(b"SET", "k", 5).addCallback(replies.append)
+    connection.protocol.command(b"HGETALL", b"h").addCallback(replies.append)
+    connection.protocol.command(b"GET", b"missing").addCallback(replies.append)
+    assert connection.transport.value() == (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n"
+                                            b"*2\r\n$7\r\nHGETALL\r\n$1\r\nh\r\n*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n")
+    wire = b"+OK\r\n*2\r\n$4\r\nroom\r\n$2\r\n12\r\n$-1\r\n"
+    for byte in range(len(wire)):  # one byte at a time
+        connection.protocol.dataReceived(wire[byte:byte + 1])
+    assert replies == [b"OK", [b"room", b"12"], None], "bytes stay bytes, numbers are not guessed"
+
+
+def test_an_error_reply_fails_its_command_only():
+    connection = Connection()
+    errors, replies = [], []
+    connection.protocol.command(b"BAD").addErrback(lambda failure: errors.append(failure.value))
+    connection.protocol.command(b"PING").addCallback(replies.append)
+    connection.protocol.dataReceived(b"-ERR unknown command\r\n:1\r\n")
+    assert [str(error) for error in errors] == ["ERR unknown command"]
+    assert isinstance(errors[0], resp.RedisReplyError) and replies == [1]
+
+
+def test_pushed_messages_go_to_the_subscriber_callback():
+    pushes: list = []
+    connection = Connection(pushes)
+    subscribed: list = []
+    connection.protocol.command(b"SUBSCRIBE", b"ch").addCallback(subscribed.append)
+    connection.protocol.dataReceived(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+                                     b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\n\x00\r\n\n1\r\n")
+    assert subscribed == [[b"subscribe", b"ch", 1]]
+    assert pushes == [(b"ch", b"\x00\r\n\n1")]
+
+
+def test_a_long_reply_in_many_reads_is_parsed_once(monkeypatch):
+    calls = []
+    real = resp.parse
+    monkeypatch.setattr(resp, "parse", lambda buffer, at: calls.append(at) or real(buffer, at))
+    connection = Connection()
+    replies: list = []
+    connection.protocol.command(b"GET", b"big").addCallback(replies.append)
+    payload = b"x" * (1024 * 1024)
+    wire = b"$%d\r\n%s\r\n" % (len(payload), payload)
+    for at in range(0, len(wire), 1024):
+        connection.protocol.dataReceived(wire[at:at + 1024])
+    assert replies == [payload]
+    assert len(calls) <= 3, f"parsed {len(calls)} times: the work per byte would grow with the reply"
+
+
+def test_garbage_from_redis_drops_the_connection_and_fails_what_waits():
+    connection = Connection()
+    errors: list = []
+    connection.protocol.command(b"PING").addErrback(lambda failure: errors.append(failure.value))
+    connection.protocol.dataReceived(b"HTTP/1.1 400 Bad Request\r\n")
+    assert connection.transport.disconnecting
+    assert isinstance(errors[0], BusError)
+
+
+def test_a_lost_connection_fails_what_waits_and_says_so():
+    connection = Connection()
+    errors: list = []
+    connection.protocol.command(b"PING").addErrback(lambda failure: errors.append(failure.value))
+    connection.protocol.connectionLost(Failure(ConnectionLost("gone")))
+    assert isinstance(errors[0], ConnectionLost) and connection.lost == [True]
+
+
+# -- the codec --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message", [
+    codec.BusMessage(node="a", kind=codec.BROADCAST, payload=b"\x00\n12\xff"),
+    codec.BusMessage(node="a", kind=codec.BROADCAST, payload=b"42", room="r\u00e9", exclude=("a-1", "b-2")),
+    codec.BusMessage(node="b", kind=codec.SEND, payload=b"", target="a-1"),
+])
+def test_bus_messages_survive_the_trip(message):
+    data = codec.encode(message)
+    assert data[:1] == b"\x00", "never a number to a client that guesses"
+    assert codec.decode(data) == message
+
+
+@pytest.mark.parametrize("data", [b"42", b"\x00th1\n", b"\x00th1\n{bad json\npayload",
+                                  b'\x00th1\n{"n": "a", "k": "s"}\npayload', b'\x00th1\n{"n": "a", "k": "?"}\nx'])
+def test_what_no_tcphub_wrote_is_a_bus_error(data):
+    with pytest.raises(BusError):
+        codec.decode(data)
+
+
+# -- the hub's relay ----------------------------------------------------------------
+
+
+class RecordingRelay:
+    def __init__(self, takes_sends: bool = True) -> None:
+        self.broadcasts: list = []
+        self.sends: list = []
+        self.takes_sends = takes_sends
+
+    def broadcast(self, payload, exclude, room) -> None:
+        self.broadcasts.append((payload, frozenset(exclude), room))
+
+    def send(self, client_id, payload) -> bool:
+        self.sends.append((client_id, payload))
+        return self.takes_sends
+
+
+def test_a_joined_hub_relays_its_broadcasts_and_names_its_clients(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol)
+    relay = RecordingRelay()
+    hub.factory.join_relay(relay, "n1")
+    sender, _ = hub.connect()
+    receiver, transport = hub.connect()
+    assert sender.client_id.startswith("n1-")
+    sender.dataReceived(b"hello\n")
+    hub.factory.broadcast(b"to all", exclude=iter([receiver.client_id]), room=None)
+    hub.factory.broadcast_local(b"from another node")
+    assert relay.broadcasts == [(b"hello", frozenset([sender.client_id]), None),
+                                (b"to all", frozenset([receiver.client_id]), None)]
+    assert transport.value() == b"hello\nfrom another node\n"
+
+
+def test_what_the_framing_cannot_carry_is_not_relayed(hub_factory):
+    hub = hub_factory()
+    relay = RecordingRelay()
+    hub.factory.join_relay(relay, "n1")
+    failures: list = []
+    hub.factory.broadcast(b"two\nlines").addErrback(failures.append)
+    assert relay.broadcasts == [] and failures[0].check(UnframeableMessage)
+
+
+def test_a_send_to_a_client_the_hub_does_not_hold_goes_to_the_relay(hub_factory):
+    hub = hub_factory()
+    relay = RecordingRelay()
+    hub.factory.join_relay(relay, "n1")
+    sent: list = []
+    hub.factory.send("n2-abc", b"over there").addCallback(sent.append)
+    assert relay.sends == [("n2-abc", b"over there")] and sent == [None]
+    refused = RecordingRelay(takes_sends=False)
+    other = hub_factory()
+    other.factory.join_relay(refused, "n3")
+    failures: list = []
+    other.factory.send("n3-gone", b"x").addErrback(failures.append)
+    assert failures[0].check(UnknownClient)
+
+
+def test_a_hub_joins_before_its_first_client_with_a_usable_node_id(hub_factory):
+    hub = hub_factory()
+    for bad in ("", "a-b", "tab\t"):
+        with pytest.raises(ValueError):
+            hub.factory.join_relay(RecordingRelay(), bad)
+    hub.connect()
+    with pytest.raises(RuntimeError):
+        hub.factory.join_relay(RecordingRelay(), "late")
+
+
+# -- the bus with no Redis to reach ------------------------------------------------
+
+
+@pytest.fixture
+def unreachable_bus(tmp_path):
+    made: list = []
+
+    def make(**options) -> tuple[TcpServer, RedisBus]:
+        hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
+        bus = RedisBus(hub, f"unix://{tmp_path}/nobody.sock", node_id="a", **options)
+        bus.startService()
+        made.append(bus)
+        return hub, bus
+
+    yield make
+    for bus in made:
+        pytest_twisted.blockon(bus.stopService())
+
+
+def test_publishes_wait_in_a_bounded_queue_while_redis_is_down(unreachable_bus):
+    hub, bus = unreachable_bus(max_queue=3)
+    errors: list = []
+    hub.on("error", lambda client_id, error: errors.append(error))
+    for n in range(5):
+        hub.broadcast(b"message %d" % n)
+    status = bus.status()
+    assert (status.publisher, status.queued, status.dropped) == ("down", 3, 2)
+    assert [type(error) for error in errors] == [BusQueueFull, BusQueueFull]
+
+
+def test_the_queue_is_bounded_in_bytes_too(unreachable_bus):
+    hub, bus = unreachable_bus(max_queue_bytes=1000)
+    for _ in range(3):
+        hub.broadcast(b"x" * 400)
+    assert (bus.status().queued, bus.status().dropped) == (2, 1)
+
+
+def test_sends_to_other_nodes_clients_go_on_the_bus_and_the_others_do_not(unreachable_bus):
+    hub, bus = unreachable_bus()
+    assert bus.send("b-123", b"x") is True
+    assert bus.send("a-123", b"x") is False, "a client of this node that is gone"
+    assert bus.send("nodash", b"x") is False
+    assert bus.status().queued == 1
+
+
+@pytest.mark.parametrize("url, endpoint", [
+    ("redis://127.0.0.1:6380/2", ("tcp:host=127.0.0.1:port=6380", None, None, 2)),
+    ("redis://:s%40cret@localhost", ("tcp:host=localhost:port=6379", None, "s@cret", 0)),
+    ("rediss://user:pw@redis.example:6390", ("tls:host=redis.example:port=6390", "user", "pw", 0)),
+    ("unix:///run/redis/redis.sock?db=3", ("unix:path=/run/redis/redis.sock", None, None, 3)),
+])
+def test_redis_urls(url, endpoint):
+    assert redis_endpoint(url) == endpoint
+
+
+@pytest.mark.parametrize("url", ["http://x", "redis://host/notanumber", "unix://", "redis://host:99999"])
+def test_bad_redis_urls_are_refused(url):
+    with pytest.raises(ValueError, match="a Redis URL is"):
+        redis_endpoint(url)
+
+
+# -- reuseport: ---------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_reuseport_lets_two_listeners_share_a_port_that_plain_tcp_cannot():
+    factory = Factory.forProtocol(Protocol)
+    first = yield serverFromString(reactor, "reuseport:0:interface=127.0.0.1").listen(factory)
+    port = first.getHost().port
+    try:
+        second = yield serverFromString(reactor, f"reuseport:{port}:interface=127.0.0.1").listen(factory)
+        try:
+            assert second.getHost().port == port
+            with pytest.raises(CannotListenError):
+                yield serverFromString(reactor, f"tcp:{port}:interface=127.0.0.1").listen(factory)
+        finally:
+            yield second.stopListening()
+    finally:
+        yield first.stopListening()
