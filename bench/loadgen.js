@@ -8,6 +8,8 @@
 //                          among IDLE other connections: receivers join with a "Jr" frame)
 //   node loadgen.js wsfanout PORT WSPORT RECEIVERS SIZE MESSAGES  (the sender on TCP, the receivers
 //                          WebSocket clients of ws://127.0.0.1:WSPORT/ws)
+//   node loadgen.js splitfanout PORT PORT2 RECEIVERS SIZE MESSAGES  (receivers alternate between
+//                          the two ports, the sender on PORT: two nodes of one hub)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
 "use strict";
@@ -43,9 +45,9 @@ function frame(payload) {
   return Buffer.concat([header, payload]);
 }
 
-function connect() {
+function connect(to = port) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: HOST, port: Number(port) }, () => resolve(socket));
+    const socket = net.connect({ host: HOST, port: Number(to) }, () => resolve(socket));
     socket.setNoDelay(true);
     socket.once("error", reject);
   });
@@ -129,10 +131,10 @@ async function room(idleCount, receivers, size, messages) {
   }
 }
 
-async function fanout(receivers, size, messages, joinRoom = false) {
+async function fanout(receivers, size, messages, joinRoom = false, secondPort = null) {
   const sockets = [];
   for (let i = 0; i < receivers; i++) {
-    const socket = await connect();
+    const socket = await connect(secondPort !== null && i % 2 ? secondPort : port);
     if (joinRoom) socket.write(frame(Buffer.from("Jr")));
     sockets.push(socket);
   }
@@ -143,6 +145,10 @@ async function fanout(receivers, size, messages, joinRoom = false) {
   } finally {
     sockets.forEach((socket) => socket.destroy());
   }
+}
+
+async function splitfanout(port2, receivers, size, messages) {
+  return fanout(receivers, size, messages, false, port2);
 }
 
 async function wsfanout(wsPort, receivers, size, messages) {
@@ -292,8 +298,8 @@ async function churn(concurrency, seconds) {
 }
 
 const numbers = rest.map(Number);
-const modes = { echo, fanout, wsfanout, idle, churn, room };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|wsfanout|idle|churn|room PORT ...`);
+const modes = { echo, fanout, splitfanout, wsfanout, idle, churn, room };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|idle|churn|room PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import platform
 import re
 import resource
@@ -57,10 +59,11 @@ def rss_kib(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, name: str, mode: str) -> None:
+    def __init__(self, name: str, mode: str, env: dict | None = None) -> None:
         self.name = name
         self.process = subprocess.Popen(
-            pinned(0, SERVERS[name](mode)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            pinned(0, SERVERS[name](mode)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
         )
         line = self.process.stdout.readline()
         match = re.search(r"listening on (\d+)(?: ws (\d+))?", line)
@@ -88,6 +91,44 @@ def load(*args, timeout: float = 300) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"load generator failed: {result.stderr.strip()}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def two_node_fanout(messages: int) -> dict:
+    """Fan-out to 1,000 receivers split over two tcphub nodes joined through
+    a Redis on a UNIX socket, the sender on the first; with the CPU each
+    process spent per broadcast."""
+    with tempfile.TemporaryDirectory() as directory:
+        sock = f"{directory}/redis.sock"
+        redis = subprocess.Popen(
+            pinned(0, ["redis-server", "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no"]),
+            stdout=subprocess.PIPE, text=True,
+        )
+        try:
+            for line in redis.stdout:
+                if "eady to accept connections" in line:
+                    break
+            nodes = [Server("tcphub", "bus", env={"TCPHUB_REDIS": f"unix://{sock}", "TCPHUB_NODE": name})
+                     for name in "ab"]
+            try:
+                pids = [node.process.pid for node in nodes] + [redis.pid]
+                before = [cpu_seconds(pid) for pid in pids]
+                result = load("splitfanout", nodes[0].port, nodes[1].port, 1000, 64, messages)
+                spent = [cpu_seconds(pid) - start for pid, start in zip(pids, before)]
+            finally:
+                for node in nodes:
+                    node.stop()
+        finally:
+            redis.kill()
+            redis.wait()
+    # The CPU includes the connections' setup and the probes: an upper bound per broadcast.
+    for name, seconds in zip(("sender_node", "other_node", "redis"), spent):
+        result[f"{name}_us_per_broadcast"] = seconds / messages * 1e6
+    return result
 
 
 def idle_bytes_per_connection(server: Server, connections: int) -> tuple[float, int]:
@@ -153,6 +194,9 @@ def scenarios(quick: bool):
         ("WebSocket fan-out to 1,000: deliveries/s", "wsfanout",
          lambda server: load("wsfanout", server.port, server.ws_port, 1000, 64, int(2000 * scale)),
          "deliveries_per_second"),
+        # tcphub only: the same fan-out, the receivers split over two nodes joined through Redis.
+        ("fan-out to 1,000 over 2 nodes and Redis: deliveries/s", "bus",
+         lambda server: two_node_fanout(int(2000 * scale)), "deliveries_per_second"),
         # tcphub only: the room of 100 among 10,000 connections, against fan-out to 100 above.
         ("room of 100 among 10,000: deliveries/s", "room",
          lambda server: load("room", server.port, 10_000, 100, 64, int(20000 * scale)), "deliveries_per_second"),
@@ -176,11 +220,16 @@ def main() -> None:
         print(f"== {name}", flush=True)
         last = {}
         for label, mode, run, key in scenarios(args.quick):
-            if mode == "room" and not name.startswith("tcphub"):
-                continue  # rooms are tcphub's
+            if mode in ("room", "bus") and name != "tcphub":
+                continue  # rooms and the bus are tcphub's
             if mode == "wsfanout" and name not in ("tcphub", BASELINE):
                 continue  # the baseline is bare Autobahn; the other servers speak no WebSocket
-            if run is not None:
+            if mode == "bus":
+                last = run(None)
+                for key_name in ("sender_node", "other_node", "redis"):
+                    print(f"   CPU per broadcast, {key_name.replace('_', ' ')}: "
+                          f"{last[key_name + '_us_per_broadcast']:,.0f} µs", flush=True)
+            elif run is not None:
                 server = Server(name, mode)
                 try:
                     last = run(server)

@@ -29,8 +29,7 @@ class Connection:
         self.ready: list = []
         self.lost: list = []
         self.protocol = resp.RedisProtocol(self.ready.append, lambda: self.lost.append(True),
-                                           (lambda channel, data: pushes.append((channel, data)))
-                                           if pushes is not None else None)
+                                           pushes.append if pushes is not None else None)
         self.transport = StringTransport()
         self.protocol.makeConnection(self.transport)
 
@@ -68,7 +67,7 @@ def test_pushed_messages_go_to_the_subscriber_callback():
     connection.protocol.dataReceived(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
                                      b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\n\x00\r\n\n1\r\n")
     assert subscribed == [[b"subscribe", b"ch", 1]]
-    assert pushes == [(b"ch", b"\x00\r\n\n1")]
+    assert pushes == [[(b"ch", b"\x00\r\n\n1")]]
 
 
 def test_a_long_reply_in_many_reads_is_parsed_once(monkeypatch):

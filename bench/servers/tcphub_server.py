@@ -4,6 +4,8 @@ its metrics as JSON when a line arrives on stdin (to check the client table).
     python tcphub_server.py echo|broadcast|room|wsfanout [default|asyncio|uvloop]
 
 wsfanout: broadcast, with WebSocket members on a second port (printed as "ws PORT").
+bus: broadcast, joined with the other nodes through the Redis of $TCPHUB_REDIS
+as node $TCPHUB_NODE; starts listening once subscribed.
 
 room: a frame "J<name>" joins that room; any other frame goes to room "r",
 to every member but the sender.
@@ -55,7 +57,7 @@ class RoomFanout(HubProtocol):
 
 mode = sys.argv[1]
 server = TcpServer(
-    port=0, framing="int32", protocol=RoomFanout if mode == "room" else MODES["broadcast" if mode == "wsfanout" else mode],
+    port=0, framing="int32", protocol=RoomFanout if mode == "room" else MODES["broadcast" if mode in ("wsfanout", "bus") else mode],
     backlog=4096, timeout=None, max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
 )
 members = None
@@ -79,5 +81,22 @@ def started(_):
 
 if members is not None:
     members.startService()
-server.start().addCallback(lambda _: members.when_listening() if members else None).addCallback(started)
+if mode == "bus":
+    import os
+
+    from twisted.internet.task import deferLater
+
+    from tcphub.bus.redis import RedisBus
+
+    bus = RedisBus(server, os.environ["TCPHUB_REDIS"], node_id=os.environ["TCPHUB_NODE"], reactor=reactor)
+    bus.startService()
+
+    def subscribed(_=None):
+        if not bus.status().subscribed:
+            return deferLater(reactor, 0.05, subscribed)
+        return None
+
+    server.start().addCallback(subscribed).addCallback(started)
+else:
+    server.start().addCallback(lambda _: members.when_listening() if members else None).addCallback(started)
 reactor.run()

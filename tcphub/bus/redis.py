@@ -121,7 +121,7 @@ def redis_endpoint(url: str) -> tuple[str, str | None, str | None, int]:
 
 class _ConnectionFactory(Factory):
     def __init__(self, on_ready: Callable[[RedisProtocol], None], on_lost: Callable[[], None],
-                 on_push: Callable[[bytes, bytes], None] | None = None) -> None:
+                 on_push: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> None:
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._on_push = on_push
@@ -339,7 +339,18 @@ class RedisBus(Service):
         self._subscriber = None
         self._subscribed = False
 
-    def _pushed(self, channel: bytes, data: bytes) -> None:
+    def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
+        # As for a client's read: what the messages of one read make the hub
+        # write goes out as one write per client.
+        batch = self._hub.batch
+        batch.begin()
+        try:
+            for _, data in pushes:
+                self._take(data)
+        finally:
+            batch.end()
+
+    def _take(self, data: bytes) -> None:
         try:
             message = codec.decode(data)
         except BusError as error:

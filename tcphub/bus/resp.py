@@ -89,7 +89,8 @@ class RedisProtocol(Protocol):
     """
     One connection to Redis.  L{command} pipelines a command and returns a
     Deferred of its reply (errback L{RedisReplyError}).  With C{on_push}, the
-    connection is a subscriber's: C{message} pushes go there.  C{on_ready}
+    connection is a subscriber's: the C{message} pushes of each read go
+    there together, as C{(channel, data)} pairs, in order.  C{on_ready}
     is called with the protocol once connected (the bus subscribes there, so
     that every new connection subscribes again), C{on_lost} once it is gone.
     """
@@ -98,13 +99,14 @@ class RedisProtocol(Protocol):
     _log = Logger()
 
     def __init__(self, on_ready: Callable[[RedisProtocol], None], on_lost: Callable[[], None],
-                 on_push: Callable[[bytes, bytes], None] | None = None) -> None:
+                 on_push: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> None:
         self._on_ready = on_ready
         self._on_lost = on_lost
         self._on_push = on_push
         self._waiting: deque[Deferred[Reply]] = deque()
         self._buffer = bytearray()
         self._need = 0
+        self._pushes: list[tuple[bytes, bytes]] = []
 
     def connectionMade(self) -> None:
         self._on_ready(self)
@@ -138,11 +140,15 @@ class RedisProtocol(Protocol):
             return
         finally:
             del buffer[:at]
+        pushes, self._pushes = self._pushes, []
+        if pushes:
+            assert self._on_push is not None
+            self._on_push(pushes)
 
     def _dispatch(self, reply: Reply) -> None:
         if (self._on_push is not None and isinstance(reply, list) and len(reply) == 3
                 and reply[0] == b"message"):
-            self._on_push(reply[1], reply[2])
+            self._pushes.append((reply[1], reply[2]))
             return
         if not self._waiting:
             raise BusError(f"a Redis reply nobody asked for: {reply!r:.60}")
