@@ -131,9 +131,13 @@ def test_broadcasts_room_broadcasts_and_sends_cross_three_nodes_once_and_in_orde
         clients["c2"].say(f"send {ids['a2']} just for a2")
         assert clients["a2"].read_until("end") == ["end"]  # b1's, then:
         assert clients["a2"].read() == "just for a2"
+        clients["c2"].say("end")
+        assert clients["a2"].read() == "end"
+        clients["b1"].say("end 2")  # published by b after anything b did with c2's send
+        assert clients["a2"].read() == "end 2", "the send came once, from c2's node only"
         clients["c2"].say("send z-00 nobody")
         clients["c2"].say(f"send c-{'0' * 32} nobody here")
-        assert [clients["c2"].read() for _ in range(3)] == ["end", "end", "failed"]
+        assert [clients["c2"].read() for _ in range(4)] == ["end", "end", "end 2", "failed"]
         for client in clients.values():
             client.close()
         for node in nodes:
@@ -215,9 +219,17 @@ def test_redis_killed_and_restarted_mid_stream(redis):
         during = [f"during {n}" for n in range(50)] + ["down"]
         assert local.read_until("down") == during, "local delivery goes on without Redis"
         assert a.varz()["bus"]["queued"] == 51
-        since = a.twistd.mark()
-        server = redis.restart(server)
-        a.twistd.wait_for("bus: node a publishing", since=since)
+        # Node b is frozen while Redis comes back: node a must hold its queue
+        # until b has subscribed again, or b would miss it.
+        b.twistd.process.send_signal(signal.SIGSTOP)
+        try:
+            since = a.twistd.mark()
+            server = redis.restart(server)
+            a.twistd.wait_for("bus: node a subscribed", since=since)
+            a.twistd.wait_for("bus: node a publishing", since=since)
+            assert (a.varz()["bus"]["publisher"], a.varz()["bus"]["queued"]) == ("waiting", 51)
+        finally:
+            b.twistd.process.send_signal(signal.SIGCONT)
         sender.say("after")
         assert remote.read_until("after") == during + ["after"], "the queue arrives once, in order"
         assert local.read() == "after"
@@ -251,5 +263,45 @@ def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_li
             client.close()
         a.twistd.shutdown()
     finally:
+        for node in (a, b):
+            node.twistd.kill()
+
+
+def test_a_slow_redis_pauses_the_publisher_and_nothing_is_lost(redis):
+    server = redis.start()
+    a, b = PluginNode("a", server, "--port", "0", "--mode", "broadcast"), \
+        PluginNode("b", server, "--port", "0", "--mode", "broadcast")
+    try:
+        sender, local, remote = Client(a.port), Client(a.port), Client(b.port)
+        eventually(lambda: (a.varz()["hub"]["connections"], b.varz()["hub"]["connections"]) == (2, 1),
+                   "every client in its node's table")
+        server.process.send_signal(signal.SIGSTOP)  # Redis reads nothing more
+        sent = []
+        try:
+            for n in range(1000):  # 60 MB at most; the buffers fill long before
+                line = f"{n} " + "x" * 60_000
+                sender.say(line)
+                sent.append(line)
+                assert local.read() == line, "local delivery goes on"
+                if a.varz()["bus"]["publisher"] == "paused":
+                    break
+            assert a.varz()["bus"]["publisher"] == "paused"
+            for n in range(5):  # these wait in the queue
+                line = f"queued {n}"
+                sender.say(line)
+                sent.append(line)
+                assert local.read() == line
+            assert a.varz()["bus"]["queued"] >= 5
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        assert [remote.read() for _ in sent] == sent
+        bus = a.varz()["bus"]
+        assert (bus["publisher"], bus["queued"], bus["dropped"]) == ("flowing", 0, 0)
+        for client in (sender, local, remote):
+            client.close()
+        for node in (a, b):
+            node.twistd.shutdown()
+    finally:
+        server.process.send_signal(signal.SIGCONT)
         for node in (a, b):
             node.twistd.kill()

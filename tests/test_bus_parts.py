@@ -10,15 +10,18 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError, ConnectionLost
+from twisted.internet.defer import succeed
+from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, TcpServer, UnframeableMessage, UnknownClient
 from tcphub.bus import codec, resp
-from tcphub.bus.redis import RedisBus, redis_endpoint
+from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
 
 
 # -- the Redis protocol ---------------------------------------------------------
@@ -268,3 +271,98 @@ def test_reuseport_lets_two_listeners_share_a_port_that_plain_tcp_cannot():
             yield second.stopListening()
     finally:
         yield first.stopListening()
+
+
+def test_heartbeats_while_redis_is_down_write_nothing_and_raise_nothing(unreachable_bus):
+    hub, bus = unreachable_bus()
+    hub.factory.clock.advance(bus.heartbeat)
+    hub.factory.clock.advance(bus.heartbeat)
+    assert bus.status().nodes == 0 and bus.cluster_rooms() == {}
+
+
+# -- the bus against an in-memory Redis ------------------------------------------
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryRedis:
+    """An endpoint whose connections are StringTransports, answered by
+    L{answer}: +OK to everything but SMEMBERS (none), PUBSUB NUMSUB (C{subscribers})
+    and SUBSCRIBE."""
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[resp.RedisProtocol, StringTransport]] = []
+        self.subscribers = 1
+        self.published: list[bytes] = []
+        self._read: dict[int, int] = {}
+
+    def connect(self, factory):
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+    def answer(self) -> None:
+        for index, (protocol, transport) in enumerate(self.connections):
+            data = transport.value()
+            at = self._read.get(index, 0)
+            replies = []
+            while at < len(data):
+                command, at = resp.parse(data, at)
+                name = command[0]
+                if name == b"PUBLISH":
+                    self.published.append(command[2])
+                    replies.append(b":1\r\n")
+                elif name == b"SMEMBERS":
+                    replies.append(b"*0\r\n")
+                elif name == b"PUBSUB":
+                    replies.append(b"*2\r\n$%d\r\n%s\r\n:%d\r\n" % (len(command[2]), command[2], self.subscribers))
+                elif name == b"SUBSCRIBE":
+                    replies.append(b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(command[1]), command[1]))
+                else:
+                    replies.append(b"+OK\r\n")
+            self._read[index] = at
+            if replies:
+                protocol.dataReceived(b"".join(replies))
+
+
+@pytest.fixture
+def memory_bus():
+    made: list = []
+
+    def make(**options):
+        redis = MemoryRedis()
+        hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
+        bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, **options)
+        bus.startService()
+        redis.answer()
+        made.append((bus, redis))
+        return hub, bus, redis
+
+    yield make
+    for bus, redis in made:
+        stopped: list = []
+        bus.stopService().addBoth(stopped.append)
+        for protocol, _ in redis.connections:  # what the transports would do once closed
+            protocol.connectionLost(Failure(ConnectionDone()))
+        assert stopped == [None]
+
+
+def test_a_flush_stops_as_soon_as_redis_stops_keeping_up(memory_bus):
+    hub, bus, redis = memory_bus()
+    assert bus.state is PublisherState.FLOWING
+    publisher, transport = redis.connections[0]
+    transport.producer.pauseProducing()  # the transport's buffer is full
+    for n in range(3):
+        hub.broadcast(b"queued %d" % n)
+    assert bus.status().queued == 3
+    real_write = transport.write
+
+    def write_then_fill(data: bytes) -> None:
+        real_write(data)
+        transport.producer.pauseProducing()  # full again after one more message
+
+    transport.write = write_then_fill
+    transport.producer.resumeProducing()
+    assert (bus.status().queued, bus.state) == (2, PublisherState.PAUSED)
+

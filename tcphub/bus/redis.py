@@ -36,10 +36,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -138,7 +138,9 @@ class RedisBus(Service):
     """
     Joins C{hub} (a L{TcpServer}, before any client connects) with the other
     hubs on the Redis at C{url}, as node C{node_id} (default: random).
-    All the nodes use the same C{channel} and the same framing.
+    All the nodes use the same C{channel} and the same framing.  C{endpoint}
+    reaches Redis another way than the URL's host (the URL still gives the
+    database and the credentials): a proxy, or a test's in-memory Redis.
     """
 
     _log = Logger()
@@ -155,6 +157,7 @@ class RedisBus(Service):
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         flush_wait: float = DEFAULT_FLUSH_WAIT,
+        endpoint: IStreamClientEndpoint | None = None,
         reactor: Any = None,
     ) -> None:
         reactor = reactor if reactor is not None else default_reactor()
@@ -172,7 +175,8 @@ class RedisBus(Service):
         self._clock = self._hub.clock
         self._channel = channel.encode("utf-8")
         self._keys = f"{channel}:{self._db}"
-        endpoint = clientFromString(reactor, description)
+        if endpoint is None:
+            endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         self._publisher_service = ClientService(endpoint, _ConnectionFactory(self._publisher_ready, self._publisher_lost),
                                                 retryPolicy=retry, clock=self._clock)
@@ -186,15 +190,12 @@ class RedisBus(Service):
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self._counts = {"published": 0, "received": 0, "dropped": 0, "publish_errors": 0, "bad_messages": 0}
-        self._peers = 0  # live nodes at the last heartbeat while publishes flowed
+        self._peers = 0  # live nodes when the connection was lost: the queue waits for them
         self._waiting_since = 0.0
         self._wait_call: IDelayedCall | None = None
         self._beat_call: IDelayedCall | None = None
-        self._rooms_dirty = True
         self._cluster_rooms: dict[str, int] = {}
         self._nodes = 0
-        for event in ("join", "leave"):
-            self._hub.on(event, self._rooms_changed)
 
     # -- the relay: what the hub calls --------------------------------------
 
@@ -211,7 +212,7 @@ class RedisBus(Service):
         return True
 
     def _publish(self, data: bytes) -> None:
-        if self.state is PublisherState.FLOWING and not self._queue:
+        if self.state is PublisherState.FLOWING:
             self._write(data)
             return
         if len(self._queue) >= self.max_queue or self._queued_bytes + len(data) > self.max_queue_bytes:
@@ -231,11 +232,11 @@ class RedisBus(Service):
         self._publisher.command(b"PUBLISH", self._channel, data).addErrback(self._publish_failed)
 
     def _publish_failed(self, failure: Failure) -> None:
-        if failure.check(ConnectionDone, ConnectionLost):
-            return  # in flight when the connection dropped: at most once
+        # Refused by Redis, or in flight when the connection dropped (maybe
+        # delivered, maybe not: never sent again, at most once).
         count = self._counts["publish_errors"] = self._counts["publish_errors"] + 1
         self._hub.repeats.emit("bus_publish_errors", LogLevel.warn,
-                               "Redis refused a publish ({count} so far): {error}",
+                               "a publish failed ({count} so far): {error}",
                                count=count, error=failure.value)
 
     def _fire(self, protocol: RedisProtocol, name: bytes, *args: bytes | str | int) -> None:
@@ -273,7 +274,6 @@ class RedisBus(Service):
         if self._db:
             self._fire(protocol, b"SELECT", self._db)
         self._publisher = protocol
-        protocol.transport.registerProducer(self, True)
         self._log.info("bus: node {node} publishing to {url}", node=self.node_id, url=self.url)
         self.state = PublisherState.WAITING
         self._waiting_since = self._clock.seconds()
@@ -282,19 +282,20 @@ class RedisBus(Service):
 
     def _await_peers(self) -> None:
         """Flush once as many nodes subscribe as before the outage: a node
-        that has not subscribed again would miss what was queued."""
+        that has not subscribed again would miss what was queued.  (Called
+        while WAITING: losing the connection cancels the next call, and fails
+        the pending reply's Deferred.)"""
         self._wait_call = None
         publisher = self._publisher
-        if publisher is None or self.state is not PublisherState.WAITING:
-            return
+        assert publisher is not None and self.state is PublisherState.WAITING
 
         def counted(reply: Any) -> None:
-            if self._publisher is not publisher or self.state is not PublisherState.WAITING:
-                return
             subscribers = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else 0
             waited = self._clock.seconds() - self._waiting_since
             if subscribers >= self._peers or waited >= self.flush_wait:
                 self.state = PublisherState.FLOWING
+                # From now on the transport says when Redis does not keep up.
+                publisher.transport.registerProducer(self, True)
                 self._flush()
             else:
                 self._wait_call = self._clock.callLater(0.05, self._await_peers)
@@ -304,20 +305,19 @@ class RedisBus(Service):
     def _publisher_lost(self) -> None:
         self._publisher = None
         self.state = PublisherState.DOWN
+        self._peers = self._nodes
         if self._wait_call is not None:
             self._wait_call.cancel()
             self._wait_call = None
         self._log.warn("bus: lost Redis at {url}; publishes are queued", url=self.url)
 
-    # IPushProducer, for the publisher's transport: Redis is slow.
+    # IPushProducer, for the publisher's transport once FLOWING: Redis is slow.
     def pauseProducing(self) -> None:
-        if self.state is PublisherState.FLOWING:
-            self.state = PublisherState.PAUSED
+        self.state = PublisherState.PAUSED
 
     def resumeProducing(self) -> None:
-        if self.state is PublisherState.PAUSED:
-            self.state = PublisherState.FLOWING
-            self._flush()
+        self.state = PublisherState.FLOWING
+        self._flush()
 
     def stopProducing(self) -> None:
         pass
@@ -374,9 +374,6 @@ class RedisBus(Service):
 
     # -- presence: room sizes and members, with a time to live --------------
 
-    def _rooms_changed(self, *args: object) -> None:
-        self._rooms_dirty = True
-
     def _key(self, kind: str, node: str) -> bytes:
         return f"{self._keys}:{kind}:{node}".encode("utf-8")
 
@@ -389,22 +386,19 @@ class RedisBus(Service):
         self._fire(publisher, b"SET", self._key("alive", node), b"1", b"PX", ttl)
         self._fire(publisher, b"SADD", f"{self._keys}:nodes".encode(), node)
         rooms, members = self._key("rooms", node), self._key("members", node)
-        if self._rooms_dirty:
-            self._rooms_dirty = False
-            counts = self._hub.rooms()
-            self._fire(publisher, b"MULTI")
-            self._fire(publisher, b"DEL", rooms, members)
-            if counts:
-                self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
-                                                        for part in (room, count)])
-                self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
-                    room, " ".join(info.id for info in self._hub.members(room)))])
-            self._fire(publisher, b"PEXPIRE", rooms, ttl)
-            self._fire(publisher, b"PEXPIRE", members, ttl)
-            publisher.command(b"EXEC").addErrback(lambda _: setattr(self, "_rooms_dirty", True))
-        else:
-            self._fire(publisher, b"PEXPIRE", rooms, ttl)
-            self._fire(publisher, b"PEXPIRE", members, ttl)
+        # The whole picture each time, in one transaction: a reader sees the
+        # last one or the one before, never half of one.
+        counts = self._hub.rooms()
+        self._fire(publisher, b"MULTI")
+        self._fire(publisher, b"DEL", rooms, members)
+        if counts:
+            self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
+                                                    for part in (room, count)])
+            self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
+                room, " ".join(info.id for info in self._hub.members(room)))])
+        self._fire(publisher, b"PEXPIRE", rooms, ttl)
+        self._fire(publisher, b"PEXPIRE", members, ttl)
+        self._fire(publisher, b"EXEC")
 
         self._read_cluster(publisher)
 
@@ -414,15 +408,13 @@ class RedisBus(Service):
             checks = [gatherResults([publisher.command(b"EXISTS", self._key("alive", name)),
                                      publisher.command(b"HGETALL", self._key("rooms", name))], consumeErrors=True)
                       for name in names]
-            return DeferredList(checks, consumeErrors=True).addCallback(add_up, names)
+            # A read that fails (the connection dropped) leaves the last view.
+            return gatherResults(checks, consumeErrors=True).addCallback(add_up, names)
 
-        def add_up(results: list[tuple[bool, Any]], names: list[str]) -> None:
+        def add_up(results: list[Any], names: list[str]) -> None:
             total: dict[str, int] = {}
             alive = 0
-            for name, (ok, result) in zip(names, results):
-                if not ok:
-                    continue
-                exists, pairs = result
+            for name, (exists, pairs) in zip(names, results):
                 if not exists:
                     self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), name)
                     continue
@@ -432,9 +424,6 @@ class RedisBus(Service):
                     total[key] = total.get(key, 0) + int(count)
             self._cluster_rooms = total
             self._nodes = alive
-            if self.state is PublisherState.FLOWING:
-                # After an outage, the queue waits for as many subscribers (_await_peers).
-                self._peers = alive
 
         publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read).addErrback(lambda _: None)
 
