@@ -239,6 +239,7 @@ def test_redis_killed_and_restarted_mid_stream(redis):
             client.close()
         for node in (a, b):
             node.twistd.shutdown()
+        assert "Redis refused" not in a.twistd.output, "commands cut by the outage are not Redis's refusals"
     finally:
         for node in (a, b):
             node.twistd.kill()

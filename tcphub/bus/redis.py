@@ -178,14 +178,12 @@ class RedisBus(Service):
         if endpoint is None:
             endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
-        self._publisher_service = ClientService(endpoint, _ConnectionFactory(self._publisher_ready, self._publisher_lost),
-                                                retryPolicy=retry, clock=self._clock)
-        self._subscriber_service = ClientService(endpoint, _ConnectionFactory(self._subscriber_ready, self._subscriber_lost,
-                                                                    self._pushed),
-                                                 retryPolicy=retry, clock=self._clock)
+        publisher = _ConnectionFactory(self._publisher_ready, self._publisher_lost)
+        subscriber = _ConnectionFactory(self._subscriber_ready, self._subscriber_lost, self._pushed)
+        self._publisher_service = ClientService(endpoint, publisher, retryPolicy=retry, clock=self._clock)
+        self._subscriber_service = ClientService(endpoint, subscriber, retryPolicy=retry, clock=self._clock)
         self.state = PublisherState.DOWN
         self._publisher: RedisProtocol | None = None
-        self._subscriber: RedisProtocol | None = None
         self._subscribed = False
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -326,7 +324,6 @@ class RedisBus(Service):
 
     def _subscriber_ready(self, protocol: RedisProtocol) -> None:
         self._prepare(protocol)
-        self._subscriber = protocol
 
         def subscribed(_: object) -> None:
             self._subscribed = True
@@ -336,7 +333,6 @@ class RedisBus(Service):
         protocol.command(b"SUBSCRIBE", self._channel).addCallbacks(subscribed, lambda _: None)
 
     def _subscriber_lost(self) -> None:
-        self._subscriber = None
         self._subscribed = False
 
     def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
@@ -475,7 +471,7 @@ class RedisBus(Service):
         if publisher is not None:
             # Leave at once rather than after node_ttl.
             node = self.node_id
-            self._fire(publisher, b"DEL", self._key("alive", node), self._key("rooms", node), self._key("members", node))
+            self._fire(publisher, b"DEL", *[self._key(kind, node) for kind in ("alive", "rooms", "members")])
             self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), node)
         return gatherResults([self._publisher_service.stopService(),
                               self._subscriber_service.stopService()]).addCallback(lambda _: None)
