@@ -48,7 +48,8 @@ class OutputProcess:
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         for raw in self.process.stdout:
@@ -124,6 +125,9 @@ class OutputProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        # The reader stops at the end of the output; closing the pipe under it
+        # would fail its read.
+        self._reader.join(timeout=30)
         self.process.stdout.close()
 
 
