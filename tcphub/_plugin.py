@@ -91,17 +91,24 @@ def log_observer(config: Any) -> ILogObserver | None:
     return twistd_observer(server_options, config["log-format"], config["log-level"])
 
 
-def check_admin(config: Mapping[str, Any]) -> None:
-    """Refuse an --admin endpoint that does not parse, and a token without --admin."""
+def server_endpoint(option: str, description: str) -> str:
+    """Return C{description} if it parses as a Twisted server endpoint, else
+    raise the usage error that names C{--option}."""
     from twisted.internet.endpoints import serverFromString
 
     from tcphub._reactor import default_reactor
 
+    try:
+        serverFromString(default_reactor(), description)
+    except Exception as error:
+        raise usage.UsageError(f"--{option} {description!r}: {error}") from None
+    return description
+
+
+def check_admin(config: Mapping[str, Any]) -> None:
+    """Refuse an --admin endpoint that does not parse, and a token without --admin."""
     if config["admin"] is not None:
-        try:
-            serverFromString(default_reactor(), config["admin"])
-        except Exception as error:
-            raise usage.UsageError(f"--admin {config['admin']!r}: {error}") from None
+        server_endpoint("admin", config["admin"])
     elif config["admin-token"] is not None:
         raise usage.UsageError("--admin-token goes with --admin")
 

@@ -19,6 +19,7 @@ from tcphub._plugin import (
     check_admin,
     choice,
     log_observer,
+    server_endpoint,
     stop_when_given_up,
     ws_url,
 )
@@ -153,25 +154,13 @@ class Options(usage.Options):
         ssl:3443:privateKey=key.pem:certKey=cert.pem or unix:/tmp/hub.sock
         (repeatable; replaces --port, --host and --backlog). Unlike --port,
         tcp:3000 alone listens on every interface: add interface=127.0.0.1."""
-        from twisted.internet.endpoints import serverFromString
-
-        try:
-            serverFromString(default_reactor(), description)
-        except Exception as error:
-            raise usage.UsageError(f"--listen {description!r}: {error}") from None
-        self["listen"].append(description)
+        self["listen"].append(server_endpoint("listen", description))
 
     def opt_websocket(self, description: str) -> None:
         """Let WebSocket clients (browsers) join the hub on this endpoint, at
         /ws, with a chat page at / (repeatable): e.g. tcp:8080:interface=127.0.0.1,
         or ssl:8443:privateKey=key.pem:certKey=cert.pem for wss://."""
-        from twisted.internet.endpoints import serverFromString
-
-        try:
-            serverFromString(default_reactor(), description)
-        except Exception as error:
-            raise usage.UsageError(f"--websocket {description!r}: {error}") from None
-        self["websocket"].append(description)
+        self["websocket"].append(server_endpoint("websocket", description))
 
     def opt_allowed_origin(self, origin: str) -> None:
         """A page origin (https://chat.example.com, or *) whose scripts may

@@ -6,6 +6,7 @@ test's directory): twistd processes, raw socket clients on every node.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import signal
 import socket
 import urllib.request
@@ -91,6 +92,24 @@ def eventually(check, what: str, attempts: int = 3000) -> None:
     raise AssertionError(f"never {what}")
 
 
+def shut_down(clients, nodes) -> None:
+    """Close the clients, then stop each node as an operator would."""
+    for client in clients:
+        client.close()
+    for node in nodes:
+        node.twistd.shutdown()
+
+
+@contextmanager
+def killed_after(nodes):
+    """Whatever happens in the block, no node outlives it."""
+    try:
+        yield
+    finally:
+        for node in nodes:
+            node.twistd.kill()
+
+
 def get_json(port: int, path: str) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as response:
         return json.loads(response.read())
@@ -99,7 +118,7 @@ def get_json(port: int, path: str) -> dict:
 def test_broadcasts_room_broadcasts_and_sends_cross_three_nodes_once_and_in_order(redis, monkeypatch):
     server = redis.start()
     nodes = [Node(name, server, monkeypatch) for name in "abc"]
-    try:
+    with killed_after(nodes):
         clients = {f"{node}{i}": nodes["abc".index(node)].client() for node in "abc" for i in (1, 2)}
         ids = {name: client.ask_id() for name, client in clients.items()}
         assert all(ids[name].startswith(name[0] + "-") for name in ids), ids
@@ -138,13 +157,7 @@ def test_broadcasts_room_broadcasts_and_sends_cross_three_nodes_once_and_in_orde
         clients["c2"].say("send z-00 nobody")
         clients["c2"].say(f"send c-{'0' * 32} nobody here")
         assert [clients["c2"].read() for _ in range(4)] == ["end", "end", "end 2", "failed"]
-        for client in clients.values():
-            client.close()
-        for node in nodes:
-            node.twistd.shutdown()
-    finally:
-        for node in nodes:
-            node.twistd.kill()
+        shut_down(clients.values(), nodes)
 
 
 def free_port() -> int:
@@ -167,12 +180,41 @@ class PluginNode:
         return get_json(self.admin, "/varz")
 
 
+
+class BroadcastPair:
+    """Nodes a and b (broadcast mode) on one Redis, a sender and a local
+    client on a, a remote client on b; every process is killed on exit."""
+
+    def __init__(self, redis: RedisServer) -> None:
+        self.a = self.b = None
+        try:
+            self.a = PluginNode("a", redis, "--port", "0", "--mode", "broadcast")
+            self.b = PluginNode("b", redis, "--port", "0", "--mode", "broadcast")
+        except BaseException:
+            self.__exit__()
+            raise
+        self.sender, self.local, self.remote = Client(self.a.port), Client(self.a.port), Client(self.b.port)
+        eventually(lambda: (self.a.varz()["hub"]["connections"], self.b.varz()["hub"]["connections"]) == (2, 1),
+                   "every client in its node's table")
+
+    def __enter__(self) -> BroadcastPair:
+        return self
+
+    def shutdown(self) -> None:
+        shut_down((self.sender, self.local, self.remote), (self.a, self.b))
+
+    def __exit__(self, *exc_info: object) -> None:
+        for node in (self.a, self.b):
+            if node is not None:
+                node.twistd.kill()
+
+
 def test_two_processes_share_one_port_and_are_one_hub(redis):
     server = redis.start()
     port = free_port()
     listen = ("--listen", f"reuseport:{port}:interface=127.0.0.1", "--mode", "broadcast")
     nodes = [PluginNode(name, server, *listen) for name in "ab"]
-    try:
+    with killed_after(nodes):
         clients = [Client(port) for _ in range(20)]
         # The kernel spreads connections over both processes (each gets one
         # with probability 1 - 2 * 2**-20): wait until both tables hold all 20.
@@ -185,23 +227,13 @@ def test_two_processes_share_one_port_and_are_one_hub(redis):
         expected = [f"message {n}" for n in range(100)] + ["end"]
         for client in clients[1:]:
             assert client.read_until("end") == expected
-        for client in clients:
-            client.close()
-        for node in nodes:
-            node.twistd.shutdown()
-    finally:
-        for node in nodes:
-            node.twistd.kill()
+        shut_down(clients, nodes)
 
 
 def test_redis_killed_and_restarted_mid_stream(redis):
     server = redis.start()
-    a, b = PluginNode("a", server, "--port", "0", "--mode", "broadcast"), \
-        PluginNode("b", server, "--port", "0", "--mode", "broadcast")
-    try:
-        sender, local, remote = Client(a.port), Client(a.port), Client(b.port)
-        eventually(lambda: (a.varz()["hub"]["connections"], b.varz()["hub"]["connections"]) == (2, 1),
-                   "every client in its node's table")
+    with BroadcastPair(server) as pair:
+        a, b, sender, local, remote = pair.a, pair.b, pair.sender, pair.local, pair.remote
         # Node a knows of b (a heartbeat): after the outage it waits for b to
         # subscribe again before it sends what it queued.
         eventually(lambda: a.varz()["bus"]["nodes"] == 2, "node a seeing node b", 100_000)
@@ -235,20 +267,13 @@ def test_redis_killed_and_restarted_mid_stream(redis):
         assert local.read() == "after"
         bus = a.varz()["bus"]
         assert (bus["queued"], bus["dropped"], bus["publisher"]) == (0, 0, "flowing")
-        for client in (sender, local, remote):
-            client.close()
-        for node in (a, b):
-            node.twistd.shutdown()
+        pair.shutdown()
         assert "Redis refused" not in a.twistd.output, "commands cut by the outage are not Redis's refusals"
-    finally:
-        for node in (a, b):
-            node.twistd.kill()
-
 
 def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_live(redis):
     server = redis.start()
     a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")
-    try:
+    with killed_after((a, b)):
         # The default mode is the chat: every client starts in #lobby.
         clients = [Client(a.port), Client(b.port), Client(b.port)]
         for client in clients:
@@ -260,22 +285,13 @@ def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_li
         # a count of asks, not a time: the suite has no timed assertions.
         eventually(lambda: a.varz()["bus"]["cluster_rooms"] == {"lobby": 1}, "node b forgotten", 100_000)
         assert a.varz()["bus"]["nodes"] == 1
-        for client in clients:
-            client.close()
-        a.twistd.shutdown()
-    finally:
-        for node in (a, b):
-            node.twistd.kill()
+        shut_down(clients, (a,))
 
 
 def test_a_slow_redis_pauses_the_publisher_and_nothing_is_lost(redis):
     server = redis.start()
-    a, b = PluginNode("a", server, "--port", "0", "--mode", "broadcast"), \
-        PluginNode("b", server, "--port", "0", "--mode", "broadcast")
-    try:
-        sender, local, remote = Client(a.port), Client(a.port), Client(b.port)
-        eventually(lambda: (a.varz()["hub"]["connections"], b.varz()["hub"]["connections"]) == (2, 1),
-                   "every client in its node's table")
+    with BroadcastPair(server) as pair:
+        a, sender, local, remote = pair.a, pair.sender, pair.local, pair.remote
         server.process.send_signal(signal.SIGSTOP)  # Redis reads nothing more
         sent = []
         try:
@@ -298,11 +314,4 @@ def test_a_slow_redis_pauses_the_publisher_and_nothing_is_lost(redis):
         assert [remote.read() for _ in sent] == sent
         bus = a.varz()["bus"]
         assert (bus["publisher"], bus["queued"], bus["dropped"]) == ("flowing", 0, 0)
-        for client in (sender, local, remote):
-            client.close()
-        for node in (a, b):
-            node.twistd.shutdown()
-    finally:
-        server.process.send_signal(signal.SIGCONT)
-        for node in (a, b):
-            node.twistd.kill()
+        pair.shutdown()
