@@ -1,9 +1,9 @@
 """
 tcphub: a TCP hub server and a WebSocket client handler for Twisted.
 
-The hub's names are imported with the package; the WebSocket half's (and the
-bridge's) when first used, so that a hub without an upstream does not load
-Autobahn.
+The hub's names are imported with the package; the WebSocket half's, the
+bridge's, the browser members' and the bus's when first used, so that a hub
+without them does not load Autobahn.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ from tcphub.hub.service import TcpServer
 
 if TYPE_CHECKING:
     from tcphub.bridge import Bridge
+    from tcphub.bus.redis import RedisBus
     from tcphub.ws.handler import ConnectionContext, HandlerState, Status, WebSocketHandler
     from tcphub.ws.protocol import HandlerProtocol
     from tcphub.web.service import WebSocketMembers
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Bridge": "tcphub.bridge",
+    "RedisBus": "tcphub.bus.redis",
     "ConnectionContext": "tcphub.ws.handler",
     "HandlerState": "tcphub.ws.handler",
     "Status": "tcphub.ws.handler",
@@ -125,6 +127,7 @@ __all__ = [
     "PingTimeout",
     "QueueFull",
     "ReconnectingClientService",
+    "RedisBus",
     "RequestInterrupted",
     "RequestTimeout",
     "RetryLimitReached",

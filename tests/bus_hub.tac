@@ -7,8 +7,7 @@ import os
 
 from twisted.application.service import Application
 
-from tcphub import HubProtocol, TcpServer
-from tcphub.bus.redis import RedisBus
+from tcphub import HubProtocol, RedisBus, TcpServer
 
 
 class Commands(HubProtocol):
