@@ -12,6 +12,7 @@ import socket
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.processes import REPO, RedisServer, Twistd
 
@@ -280,6 +281,11 @@ def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_li
             client.read_until("* you are in #lobby")
         eventually(lambda: a.varz()["bus"]["cluster_rooms"] == {"lobby": 3}, "3 in the cluster's lobby")
         assert a.varz()["bus"]["nodes"] == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{a.admin}/metrics", timeout=30) as response:
+            metrics = {sample.name: sample.value for family in text_string_to_metric_families(response.read().decode())
+                       for sample in family.samples if sample.name.startswith("tcphub_bus_")}
+        assert (metrics["tcphub_bus_nodes"], metrics["tcphub_bus_connected"], metrics["tcphub_bus_subscribed"]) == (2, 1, 1)
+        assert metrics["tcphub_bus_published_total"] >= 1, "the joins' announcements went on the bus"
         b.twistd.stop(signal.SIGKILL)
         # Gone within node_ttl (3 s) and a heartbeat (1 s); the bound here is
         # a count of asks, not a time: the suite has no timed assertions.
