@@ -12,8 +12,16 @@ import socket
 import urllib.request
 
 import pytest
+import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+
+from tcphub import RedisBus, TcpServer
+from tcphub.hub.modes import ChatProtocol
+from tests.clients import LineClient
 from tests.processes import REPO, RedisServer, Twistd
 
 ADMIN = r"tcphub admin listening on (?P<host>[^ ]+):(?P<port>\d+)"
@@ -322,3 +330,36 @@ def test_a_slow_redis_pauses_the_publisher_and_nothing_is_lost(redis):
         bus = a.varz()["bus"]
         assert (bus["publisher"], bus["queued"], bus["dropped"]) == ("flowing", 0, 0)
         pair.shutdown()
+
+
+@pytest_twisted.inlineCallbacks
+def test_cluster_members_lists_the_room_on_every_live_node(redis):
+    server = redis.start()
+    a = PluginNode("a", server, "--port", "0")
+    with killed_after((a,)):
+        client = Client(a.port)
+        client.read_until("* you are in #lobby")
+        eventually(lambda: a.varz()["bus"]["cluster_rooms"] == {"lobby": 1}, "a's lobby in Redis")
+        [a_member] = get_json(a.admin, "/connz")["connections"]
+        # An observer node in this process, with a member of its own.
+        hub = TcpServer(port=0, protocol=ChatProtocol)
+        observer = RedisBus(hub, server.url, node_id="o")
+        yield hub.start()
+        observer.startService()
+        try:
+            local = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", hub.port), LineClient())
+            yield local.when_received(2)  # the welcome: it is in the lobby
+            for _ in range(1000):  # until o's heartbeat has written its room and read a's
+                if observer.cluster_rooms() == {"lobby": 2}:
+                    break
+                yield deferLater(reactor, 0.01, lambda: None)
+            assert observer.cluster_rooms() == {"lobby": 2}
+            members = yield observer.cluster_members("lobby")
+            assert sorted(members) == sorted([a_member["id"], hub.clients()[0].id])
+            local.transport.loseConnection()
+            yield local.lost
+        finally:
+            yield observer.stopService()
+            yield hub.stop()
+        client.close()
+        a.twistd.shutdown()
