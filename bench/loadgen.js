@@ -119,11 +119,17 @@ async function echo(conns, inflight, size, seconds) {
            p50_us: percentile(latencies, 0.5), p99_us: percentile(latencies, 0.99) };
 }
 
-async function room(idleCount, receivers, size, messages) {
-  const idle = [];
-  for (let i = 0; i < idleCount; i += 500) {
-    idle.push(...await Promise.all(Array.from({ length: Math.min(500, idleCount - i) }, connect)));
+// COUNT connections opened by OPEN, BATCH at a time (the listen backlog holds a batch).
+async function connectMany(count, batch, open) {
+  const sockets = [];
+  for (let i = 0; i < count; i += batch) {
+    sockets.push(...await Promise.all(Array.from({ length: Math.min(batch, count - i) }, () => open())));
   }
+  return sockets;
+}
+
+async function room(idleCount, receivers, size, messages) {
+  const idle = await connectMany(idleCount, 500, connect);
   try {
     return { ...await fanout(receivers, size, messages, true), idle: idle.length };
   } finally {
@@ -138,13 +144,7 @@ async function fanout(receivers, size, messages, joinRoom = false, secondPort = 
     if (joinRoom) socket.write(frame(Buffer.from("Jr")));
     sockets.push(socket);
   }
-  const deliveries = receiving(receivers, messages);
-  sockets.forEach((socket, index) => socket.on("data", framer((payload) => deliveries.take(index, payload))));
-  try {
-    return await broadcastFrom(receivers, size, messages, deliveries);
-  } finally {
-    sockets.forEach((socket) => socket.destroy());
-  }
+  return fanoutTo(sockets, framer, size, messages);
 }
 
 async function splitfanout(port2, receivers, size, messages) {
@@ -155,15 +155,16 @@ async function wsfanout(wsPort, receivers, size, messages) {
   // Receivers are raw sockets that do the WebSocket handshake and cut the
   // server's (unmasked) frames themselves: Node 20's WebSocket client is
   // slower than the servers measured.
-  const sockets = [];
-  for (let i = 0; i < receivers; i += 100) {
-    sockets.push(...await Promise.all(Array.from({ length: Math.min(100, receivers - i) },
-                                                 () => wsConnect(Number(wsPort)))));
-  }
-  const deliveries = receiving(receivers, messages);
-  sockets.forEach((socket, index) => socket.on("data", wsFramer((payload) => deliveries.take(index, payload))));
+  return fanoutTo(await connectMany(receivers, 100, () => wsConnect(Number(wsPort))), wsFramer, size, messages);
+}
+
+// The receivers' SOCKETS, each cut into payloads by CUT, count a broadcast of
+// MESSAGES from a TCP sender; they are closed after.
+async function fanoutTo(sockets, cut, size, messages) {
+  const deliveries = receiving(sockets.length, messages);
+  sockets.forEach((socket, index) => socket.on("data", cut((payload) => deliveries.take(index, payload))));
   try {
-    return await broadcastFrom(receivers, size, messages, deliveries);
+    return await broadcastFrom(sockets.length, size, messages, deliveries);
   } finally {
     sockets.forEach((socket) => socket.destroy());
   }
@@ -266,10 +267,7 @@ async function broadcastFrom(receivers, size, messages, deliveries) {
 }
 
 async function idle(conns) {
-  const sockets = [];
-  for (let i = 0; i < conns; i += 500) {
-    sockets.push(...await Promise.all(Array.from({ length: Math.min(500, conns - i) }, connect)));
-  }
+  const sockets = await connectMany(conns, 500, connect);
   console.log(JSON.stringify({ ready: sockets.length }));
   process.stdin.resume();
   await new Promise((resolve) => process.stdin.on("end", resolve));
