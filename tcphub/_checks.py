@@ -7,6 +7,7 @@ same message into a usage error): one rule per option, one wording.
 from __future__ import annotations
 
 import math
+import os
 
 
 def number(
@@ -52,6 +53,20 @@ def flag(name: str, value: object) -> bool:
     """Return C{value} if it is a bool (C{"no"} is not)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} takes True or False, not {value!r}")
+    return value
+
+
+def node_id(name: str, value: object) -> str:
+    """A node's name, the prefix of its client ids: printable, without the dash that ends it."""
+    if not isinstance(value, str) or not value or "-" in value or not value.isprintable():
+        raise ValueError(f"{name} is printable, without '-', and not empty: {value!r}")
+    return value
+
+
+def directory(name: str, value: str) -> str:
+    """The path of an existing directory."""
+    if not os.path.isdir(value):
+        raise ValueError(f"{name} {value!r} is not a directory")
     return value
 
 

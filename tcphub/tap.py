@@ -4,12 +4,12 @@ The C{twistd tcphub} plugin: command-line options in, a L{TcpServer} out.
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from tcphub import _checks
 from tcphub._reactor import default_reactor
 from tcphub._plugin import (
     ADMIN_OPTIONS,
@@ -43,6 +43,14 @@ if TYPE_CHECKING:
     from tcphub.bus.redis import RedisBus
     from tcphub.web.service import WebSocketMembers
     from tcphub.ws.handler import WebSocketHandler
+
+def _usage(check: Callable[[str, Any], Any], option: str, value: Any) -> None:
+    """One of L{tcphub._checks}' rules, its error a usage error."""
+    try:
+        check(option, value)
+    except ValueError as error:
+        raise usage.UsageError(str(error)) from None
+
 
 def redis_url(text: str) -> str:
     """A C{usage.Options} coercer for --redis."""
@@ -185,14 +193,13 @@ class Options(usage.Options):
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
-            if not self["node-id"] or "-" in self["node-id"] or not self["node-id"].isprintable():
-                raise usage.UsageError(f"--node-id is printable, without '-', and not empty: {self['node-id']!r}")
+            _usage(_checks.node_id, "--node-id", self["node-id"])
         if not self["websocket"]:
             given = [f"--{name}" for name in ("allowed-origin", "web-root") if self[name]]
             if given:
                 raise usage.UsageError(f"{', '.join(given)} goes with --websocket")
-        elif self["web-root"] is not None and not os.path.isdir(self["web-root"]):
-            raise usage.UsageError(f"--web-root {self['web-root']!r} is not a directory")
+        elif self["web-root"] is not None:
+            _usage(_checks.directory, "--web-root", self["web-root"])
         if self["max-burst"] is not None and self["max-rate"] is None:
             raise usage.UsageError("--max-burst goes with --max-rate")
         if self["host"] is not None:

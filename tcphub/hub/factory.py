@@ -147,10 +147,8 @@ class HubFactory(Factory):
         client is).  Only before any client connects."""
         if self._clients or self._refused:
             raise RuntimeError("join_relay before any client connects: their ids would not say where they are")
-        if not node_id or "-" in node_id or not node_id.isprintable():
-            raise ValueError(f"a node id is printable, without '-', and not empty: {node_id!r}")
         self.relay = relay
-        self.id_prefix = f"{node_id}-"
+        self.id_prefix = f"{_checks.node_id('node_id', node_id)}-"
 
     def limit_connections(self, allowed: int) -> None:
         """Admit at most C{allowed} clients, fewer than C{max_connections}:

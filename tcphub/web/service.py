@@ -9,7 +9,6 @@ WebSocket client) join a hub as members, beside its TCP clients:
 
 from __future__ import annotations
 
-import os
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -89,8 +88,7 @@ class WebSocketMembers(SiteService):
             close_timeout=_checks.number("close_timeout", close_timeout, above=0),
         )
         if web_root is not None:
-            if not os.path.isdir(web_root):
-                raise ValueError(f"web_root {web_root!r} is not a directory")
+            _checks.directory("web_root", web_root)
             # Imported when used: importing twisted.web.static warns of its own deprecations.
             from twisted.web.static import File
 
