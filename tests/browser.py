@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Callable
 
-import pytest
+from tests.processes import require_program
 
 CHROMIUM = "/usr/bin/chromium"
 # As root and on a closed network: no sandbox, no background connections.
@@ -15,11 +14,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def require_chromium() -> None:
-    """Skip off CI when Chromium is missing; on CI (where .ci/run installs it) fail."""
-    if not os.path.exists(CHROMIUM):
-        if os.environ.get("CI"):
-            raise AssertionError(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    require_program(CHROMIUM, "chromium")
 
 
 def in_browser(use: Callable[[Any], Any], timeout: float = 90) -> Any:
