@@ -5,11 +5,10 @@ the operations port and the WebSocket members' port both are.
 
 from __future__ import annotations
 
-from typing import Any, Sequence, cast
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,26 +18,7 @@ from tcphub._observer import OneShotObserver
 from tcphub.errors import ListenFailed
 from tcphub.hub.protocol import format_address
 
-__all__ = ["SiteService", "parse_endpoints"]
-
-
-def parse_endpoints(reactor: Any, endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint],
-                    what: str) -> list[tuple[str, IStreamServerEndpoint]]:
-    """Each endpoint (a string is parsed; a bad one raises L{ValueError}
-    naming C{what}) with its description for the logs."""
-    given = [endpoint] if isinstance(endpoint, str) or IStreamServerEndpoint.providedBy(endpoint) else endpoint
-    parsed = []
-    for each in given:
-        if isinstance(each, str):
-            try:
-                parsed.append((each, serverFromString(reactor, each)))
-            except Exception as error:
-                raise ValueError(f"{what} endpoint {each!r}: {error}") from None
-        else:
-            parsed.append((repr(each), each))
-    if not parsed:
-        raise ValueError(f"{what} needs at least one endpoint")
-    return parsed
+__all__ = ["SiteService"]
 
 
 class SiteService(Service):
@@ -52,6 +32,8 @@ class SiteService(Service):
 
     def __init__(self, reactor: Any, site: Site, endpoints: list[tuple[str, IStreamServerEndpoint]],
                  what: str) -> None:
+        if not endpoints:
+            raise ValueError(f"{what} needs at least one endpoint")
         self._reactor = reactor
         self.site = site
         self.endpoints = endpoints

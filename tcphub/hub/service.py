@@ -38,7 +38,7 @@ from tcphub.hub.metrics import ClientInfo, Metrics
 from tcphub.hub.protocol import HubProtocol, format_address
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES
 
-__all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host"]
+__all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host", "parse_endpoints"]
 
 # Twisted and Node use 50, which a burst of a few hundred connects overflows:
 # the kernel then drops the handshakes and the clients stall on SYN-ACK retries.
@@ -47,6 +47,23 @@ DEFAULT_BACKLOG = 511
 # upstream connection, the reactor's own.
 DESCRIPTOR_RESERVE = 64
 _HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+
+
+def parse_endpoints(reactor: Any, endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint],
+                    what: str) -> list[tuple[str, IStreamServerEndpoint]]:
+    """Each endpoint (a string is parsed; a bad one raises L{ValueError}
+    naming C{what}) with its description for the logs."""
+    given = [endpoint] if isinstance(endpoint, str) or IStreamServerEndpoint.providedBy(endpoint) else endpoint
+    parsed = []
+    for each in given:
+        if isinstance(each, str):
+            try:
+                parsed.append((each, serverFromString(reactor, each)))
+            except Exception as error:
+                raise ValueError(f"{what} endpoint {each!r}: {error}") from None
+        else:
+            parsed.append((repr(each), each))
+    return parsed
 
 
 def check_host(host: object) -> str:
@@ -149,17 +166,9 @@ class TcpServer(Service):
             listening = tcp(reactor, port, backlog=backlog, interface=host)
             self._descriptions[id(listening)] = f"{host}:{port}"
             return [listening]
-        if isinstance(endpoint, (str, bytes)) or IStreamServerEndpoint.providedBy(endpoint):
-            endpoint = [endpoint]
         endpoints = []
-        for each in endpoint:
-            if isinstance(each, str):
-                try:
-                    parsed = serverFromString(reactor, each)
-                except Exception as error:
-                    raise ValueError(f"endpoint {each!r}: {error}") from None
-                self._descriptions[id(parsed)] = each
-                each = parsed
+        for description, each in parse_endpoints(reactor, endpoint, "tcphub"):
+            self._descriptions[id(each)] = description
             endpoints.append(each)
         return endpoints
 

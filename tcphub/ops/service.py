@@ -33,7 +33,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from tcphub._reactor import default_reactor
-from tcphub._site import SiteService, parse_endpoints
+from tcphub._site import SiteService
+from tcphub.hub.service import parse_endpoints
 from tcphub._version import version
 from tcphub.ops import views
 from tcphub.ops.collector import TcpHubCollector

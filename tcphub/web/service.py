@@ -20,7 +20,8 @@ from twisted.web.server import Request, Site
 
 from tcphub import _checks
 from tcphub._reactor import default_reactor
-from tcphub._site import SiteService, parse_endpoints
+from tcphub._site import SiteService
+from tcphub.hub.service import parse_endpoints
 from tcphub.web.limits import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HTTP_TIMEOUT,
