@@ -16,8 +16,7 @@ from typing import Final
 from twisted.internet.interfaces import ITransport
 from zope.interface import Attribute
 
-from tcphub.errors import UnframeableMessage
-from tcphub.hub.framing import FrameSink, Framing
+from tcphub.hub.framing import FrameSink
 from tcphub.hub.outbox import Outbox
 
 __all__ = ["IMessageTransport", "MessageDecoder", "MessageOutbox"]
@@ -28,7 +27,9 @@ class IMessageTransport(ITransport):
     A transport of whole messages.  C{write(frame)} takes one frame of the
     hub's framing and delivers its payload as one message; C{writeSequence}
     takes several, each one message.  Each C{dataReceived} it makes is one
-    message.  Like a TCP transport it is a consumer (it pauses its registered
+    message, and one the hub's framing can carry to the stream members
+    (C{Framing.check}): the transport refuses the others itself, telling its
+    peer why in its own protocol's terms.  Like a TCP transport it is a consumer (it pauses its registered
     producer when its peer does not read), a push producer (pausing it stops
     reading), and it has C{abortConnection}.
     """
@@ -37,24 +38,17 @@ class IMessageTransport(ITransport):
 
 
 class MessageDecoder:
-    """The decoder of a message transport's member: each read is a message,
-    refused (as L{UnframeableMessage}) if the hub's framing cannot carry it
-    to the stream members (a newline in a line hub)."""
+    """The decoder of a message transport's member: each read is a message
+    (checked against the hub's framing by the transport)."""
 
-    __slots__ = ("_sink", "_framing")
+    __slots__ = ("_sink",)
     partial: Final = False
 
-    def __init__(self, sink: FrameSink, framing: Framing) -> None:
+    def __init__(self, sink: FrameSink) -> None:
         self._sink = sink
-        self._framing = framing
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            self._framing.check(data)
-        except UnframeableMessage as error:
-            self._sink.frameError(error)
-        else:
-            self._sink.frameReceived(data)
+        self._sink.frameReceived(data)
 
     def inputEnded(self) -> int:
         """Nothing is ever buffered."""

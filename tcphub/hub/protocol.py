@@ -145,7 +145,7 @@ class HubProtocol(Protocol):
         self._rate_call: IDelayedCall | None = None
         self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         if IMessageTransport.providedBy(self.transport):
-            self._decoder: FrameDecoder | None = MessageDecoder(self, hub.framing)
+            self._decoder: FrameDecoder | None = MessageDecoder(self)
             self.outbox = MessageOutbox(self.transport, hub.batch, now)
         else:
             # Created at the first byte: a client that only listens never needs one.
