@@ -18,12 +18,13 @@ DEFAULT_INTERVAL = 10.0
 
 
 class _Window:
-    __slots__ = ("level", "count", "last", "call")
+    __slots__ = ("level", "count", "last", "error", "call")
 
     def __init__(self, level: LogLevel, call: IDelayedCall) -> None:
         self.level = level
         self.count = 0
         self.last = ""
+        self.error: BaseException | None = None
         self.call = call
 
 
@@ -56,6 +57,7 @@ class RepeatedLog:
         else:
             window.count += 1
             window.last = f"{formatEvent({'log_format': format, **fields})}: {failure.getErrorMessage()}"
+            window.error = failure.value
 
     def _open(self, kind: str, level: LogLevel) -> None:
         self._windows[kind] = _Window(level, self._clock.callLater(self.interval, self._close, kind))
@@ -68,8 +70,10 @@ class RepeatedLog:
             self._open(kind, window.level)
 
     def _summarise(self, kind: str, window: _Window) -> None:
+        # The last exception goes along as a field, for observers that sort by type.
         self._log.emit(window.level, "{count} more {kind} in the last {interval:g} s (the last: {last})",
-                       count=window.count, kind=kind, interval=self.interval, last=window.last)
+                       count=window.count, kind=kind, interval=self.interval, last=window.last,
+                       last_error=window.error)
 
     def stop(self) -> None:
         """Say what is still counted, and cancel the timers (the owner stops)."""

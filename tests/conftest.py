@@ -2,7 +2,8 @@
 Fixtures shared by every test.
 
 The autouse C{clean_reactor} fixture fails a test that leaves delayed calls,
-listening ports or connections behind on the global reactor; C{hub_factory}
+listening ports or connections behind on the global reactor, or that logs an
+error it did not say it expects (see L{tests.logged}); C{hub_factory}
 makes in-memory hubs (a HubFactory on a Clock, StringTransport clients);
 C{tcp_server} starts real hubs on 127.0.0.1 and stops them after the test.
 """
@@ -25,6 +26,8 @@ from twisted.internet.defer import Deferred
 
 from tcphub import HubFactory, HubProtocol, TcpServer
 
+from tests.logged import LoggedErrors
+
 
 # The default run must be deterministic: hypothesis derives its examples from
 # each test's source. HYPOTHESIS_PROFILE=explore searches at random, and more.
@@ -37,12 +40,26 @@ def _open_selectables() -> set:
     return set(reactor.getReaders()) | set(reactor.getWriters())
 
 
+@pytest.fixture
+def logged_errors(request) -> LoggedErrors:
+    """This test's errors: C{logged_errors.expected(SomeError)} around code
+    that logs one on purpose."""
+    return request.node.stash[_LOGGED]
+
+
+_LOGGED = pytest.StashKey[LoggedErrors]()
+
+
 @pytest.fixture(autouse=True)
-def clean_reactor():
+def clean_reactor(request):
     # Let the reactor start (pytest-twisted starts it lazily) so that its own
     # wakers are part of the baseline.
     pytest_twisted.blockon(deferLater(reactor, 0, lambda: None))
     before = _open_selectables()
+    logged = request.node.stash[_LOGGED] = LoggedErrors()
+    logged.expect(*((marker.args[1:], marker.kwargs.get("match"))
+                    for marker in request.node.iter_markers("logs_errors")))
+    logged.start()
     yield
     # One turn of the reactor runs the connectionLost calls that
     # abortConnection schedules with callLater(0).
@@ -56,6 +73,8 @@ def clean_reactor():
     for selectable in leftover_selectables:
         reactor.removeReader(selectable)
         reactor.removeWriter(selectable)
+    unexpected = logged.stop()
+    assert not unexpected, "errors logged that the test did not expect:\n" + "\n".join(unexpected)
     assert leftover_calls == [], f"delayed calls left on the reactor: {leftover_calls}"
     assert not leftover_selectables, f"ports or connections left open: {leftover_selectables}"
 

@@ -88,6 +88,7 @@ def test_a_long_reply_in_many_reads_is_parsed_once(monkeypatch):
     assert len(calls) <= 3, f"parsed {len(calls)} times: the work per byte would grow with the reply"
 
 
+@pytest.mark.logs_errors("a reply that is not RESP drops the connection, at error", BusError)
 def test_garbage_from_redis_drops_the_connection_and_fails_what_waits():
     connection = Connection()
     errors: list = []

@@ -72,6 +72,7 @@ def test_fin_inside_a_frame_drops_the_unfinished_frame_quietly(hub_factory):
     assert hub.factory.get_metrics().protocol_errors == 0
 
 
+@pytest.mark.logs_errors("the hook raises on purpose", RuntimeError)
 def test_an_inputended_hook_that_raises_is_counted_and_the_hub_goes_on(hub_factory):
     class Broken(EchoProtocol):
         def inputEnded(self) -> None:

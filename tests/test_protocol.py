@@ -223,6 +223,7 @@ class Fragile(HubProtocol):
         self.sendMessage(payload)
 
 
+@pytest.mark.logs_errors("the hook raises on purpose", RuntimeError)
 def test_a_raising_hook_is_counted_and_the_connection_goes_on(hub_factory):
     hub = hub_factory(protocol=Fragile)
     protocol, transport = hub.connect()
@@ -235,6 +236,7 @@ def test_a_raising_hook_is_counted_and_the_connection_goes_on(hub_factory):
     assert isinstance(error.__cause__, RuntimeError)
 
 
+@pytest.mark.logs_errors("the hook raises on purpose", ValueError)
 def test_a_raising_event_callback_does_not_stop_the_others(hub_factory):
     hub = hub_factory()
     seen = []

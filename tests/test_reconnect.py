@@ -7,7 +7,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 
-from tcphub import ReconnectingClientService, exponential_backoff, linear_backoff
+from tcphub import ReconnectingClientService, RetryLimitReached, exponential_backoff, linear_backoff
 
 
 def test_linear_grows_by_the_initial_delay_up_to_the_cap():
@@ -38,6 +38,7 @@ def test_an_unknown_backoff_or_a_negative_limit_is_refused():
         ReconnectingClientService(endpoint, Factory(), max_retries=-1, clock=Clock())
 
 
+@pytest.mark.logs_errors("the service gives up, at error", RetryLimitReached)
 def test_retries_follow_the_policy_and_stop_at_the_limit():
     """An endpoint that fails at once (a Clock cannot connect): every retry lands on the Clock."""
     clock = Clock()

@@ -70,6 +70,7 @@ def test_kinds_are_counted_apart_and_stop_says_what_is_pending():
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors("the hook raises on purpose", ValueError)
 def test_a_raising_handler_is_logged_at_error_with_its_traceback_then_counted(hub_factory, hub_log):
     class Broken(HubProtocol):
         def messageReceived(self, payload: bytes) -> None:

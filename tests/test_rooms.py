@@ -100,6 +100,7 @@ def test_room_bounds_and_unknown_clients_are_named_errors(hub_factory):
     assert hub.factory.get_metrics().room_members == 2
 
 
+@pytest.mark.logs_errors("the hook raises on purpose", RuntimeError)
 def test_a_raising_hook_in_a_room_is_counted_and_the_room_goes_on(hub_factory):
     class Broken(Talker):
         def messageReceived(self, payload: bytes) -> None:

@@ -21,12 +21,13 @@ from tcphub import (
     EchoProtocol,
     FrameTooLong,
     HubProtocol,
+    ListenFailed,
     MalformedFrame,
     SlowConsumer,
     TcpServer,
 )
 from tests.clients import LineClient, connect, make_certificate
-from tests.events import when_events
+from tests.events import when_event, when_events
 
 
 @pytest_twisted.inlineCallbacks
@@ -191,7 +192,7 @@ def test_ipv6_loopback(tcp_server):
         pytest.skip("no IPv6 on this machine")
     try:
         server = yield tcp_server(host="::1", protocol=EchoProtocol)
-    except CannotListenError:
+    except ListenFailed:
         pytest.skip("::1 is not configured here")
     assert server.address.host == "::1"
     client = LineClient()
@@ -221,12 +222,18 @@ def test_stop_fires_only_when_port_and_clients_are_gone(tcp_server):
         yield connect(port)
 
 
+@pytest.mark.logs_errors("the port is taken on purpose", ListenFailed)
 @pytest_twisted.inlineCallbacks
-def test_a_busy_port_fails_start_and_leaves_nothing_open(tcp_server):
+def test_a_busy_port_fails_start_with_listen_failed_on_the_error_event_and_leaves_nothing_open(tcp_server):
     first = yield tcp_server()
     second = TcpServer(endpoint=["tcp:0:interface=127.0.0.1", f"tcp:{first.port}:interface=127.0.0.1"])
-    with pytest.raises(CannotListenError):
+    reported = when_event(second, "error")
+    with pytest.raises(ListenFailed) as raised:
         yield second.start()
+    assert isinstance(raised.value.__cause__, CannotListenError)
+    assert f"tcp:{first.port}:interface=127.0.0.1" in str(raised.value)
+    client_id, error = yield reported
+    assert client_id is None and error is raised.value
     assert second.listening_ports == []
     yield second.stop()
 

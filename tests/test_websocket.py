@@ -138,6 +138,7 @@ def test_compression_can_be_turned_off(servers, handler):
     assert ws.get_status().compression is None
 
 
+@pytest.mark.logs_errors("the route handlers raise on purpose", ZeroDivisionError, KeyError)
 @pytest_twisted.inlineCallbacks
 def test_invalid_messages_and_a_raising_handler_leave_the_connection_up(servers, handler):
     server = servers.start()
@@ -210,6 +211,7 @@ def test_server_restart_reconnects_flushes_the_queue_in_order_and_counts(servers
     assert ws.clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest.mark.parametrize("backoff, delays", [("linear", [1.0, 2.0, 3.0]), ("exponential", [1.0, 2.0, 4.0])])
 @pytest_twisted.inlineCallbacks
 def test_a_refused_port_uses_up_max_retries_with_the_right_delays(backoff, delays, handler):
@@ -237,6 +239,7 @@ def test_a_refused_port_uses_up_max_retries_with_the_right_delays(backoff, delay
     assert ws.clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest_twisted.inlineCallbacks
 def test_without_reconnect_the_first_failure_is_final(handler):
     ws = handler(reconnect=False)
@@ -250,6 +253,7 @@ def test_without_reconnect_the_first_failure_is_final(handler):
     assert ws.clock.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest_twisted.inlineCallbacks
 def test_a_server_refusing_the_handshake_uses_up_retries(servers, handler):
     """ClientService alone would count every TCP connect as a success."""
@@ -581,6 +585,7 @@ class _SilentServer(Protocol):
     """Accepts TCP and never answers the opening handshake."""
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest_twisted.inlineCallbacks
 def test_the_open_timeout_is_exact_on_the_handlers_clock(handler):
     port = reactor.listenTCP(0, Factory.forProtocol(_SilentServer), interface="127.0.0.1")
@@ -606,6 +611,7 @@ def test_the_open_timeout_is_exact_on_the_handlers_clock(handler):
         yield port.stopListening()
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest_twisted.inlineCallbacks
 def test_a_server_that_closes_at_once_is_retried_with_growing_backoff_to_the_limit(servers, handler):
     # Every open used to reset the retry count: 20 handshakes in 6 s, 0.3 s
@@ -692,6 +698,7 @@ class _Answers(Protocol):
         (b"", "the server closed the connection before answering the opening handshake"),
     ],
 )
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest_twisted.inlineCallbacks
 def test_a_broken_handshake_says_what_was_wrong(reply, cause, handler):
     answering = type("Answering", (_Answers,), {"reply": reply})
@@ -705,6 +712,8 @@ def test_a_broken_handshake_says_what_was_wrong(reply, cause, handler):
         yield port.stopListening()
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
+@pytest.mark.logs_errors("Autobahn logs a failed TLS handshake at error", match="SSL error")
 @pytest_twisted.inlineCallbacks
 def test_tls_failures_name_their_cause(servers, tmp_path, handler):
     key, cert = make_certificate(tmp_path)
@@ -1003,6 +1012,7 @@ def test_sends_to_a_peer_that_stopped_reading_are_paced_and_bounded(servers, han
     assert ws.get_status().queued == 0
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 @pytest_twisted.inlineCallbacks
 def test_a_standby_url_takes_over_at_once_and_rounds_are_what_retries_count(servers, handler):
     server = servers.start()

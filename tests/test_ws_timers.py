@@ -81,10 +81,12 @@ class Link:
         self.protocol.dataReceived(b"\x8a\x00")
 
     def finish(self) -> None:
-        if not self.transport.disconnecting:
+        # Closed first: a handler without reconnect whose connection drops gives up (an error).
+        lost = self.transport.disconnecting
+        self.ws.close()
+        if not lost:
             self.transport.loseConnection()
             self.protocol.connectionLost(_lost())
-        self.ws.close()
         self.reactor.advance(0)
         assert self.reactor.getDelayedCalls() == []
 
@@ -108,6 +110,7 @@ def test_pings_number_the_time_over_the_interval_for_any_interval(interval):
     link.finish()
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 def test_a_missing_pong_drops_the_connection_exactly_at_the_ping_timeout():
     link = Link(ping_interval=1.0, ping_timeout=0.5)
     link.open()
@@ -122,6 +125,7 @@ def test_a_missing_pong_drops_the_connection_exactly_at_the_ping_timeout():
     link.finish()
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 def test_the_open_timeout_is_exact():
     link = Link(open_timeout=0.5)
     link.reactor.advance(0.25)
@@ -206,6 +210,7 @@ def test_a_handshake_that_completes_after_close_is_closed_at_once():
     assert link.reactor.getDelayedCalls() == []
 
 
+@pytest.mark.logs_errors("the handler gives up, at error", RetryLimitReached)
 def test_the_handler_gives_up_and_may_connect_again():
     link = Link(ping_interval=0)
     link.protocol.connectionLost(_lost())

@@ -314,7 +314,8 @@ class TcpServer(Service):
             error.__cause__ = cause.value
             self._listen_failure = error
             self._log.error("{error}", error=error)
-            listening.fire(cause)
+            self.factory.report(None, error)
+            listening.fire(Failure(error))
 
         gatherResults(attempts, consumeErrors=True).addCallbacks(listened, failed)
 
