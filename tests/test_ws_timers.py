@@ -310,3 +310,54 @@ def test_a_plugged_codecs_invalid_messages_and_unbounded_paths_are_counted():
     assert "not a typed message" in str(errors[0]) and "passes the bound" in str(errors[1])
     assert link.ws.get_status().invalid_messages == 2
     link.finish()
+
+
+def test_close_from_a_retry_callback_stops_at_once_and_schedules_nothing():
+    """The retry event is emitted inside ClientService's state machine, which
+    cannot take a stop there (automat's re-entry error on Twisted 26.10)."""
+    link = Link(ping_interval=0, reconnect=True, max_retries=None, jitter=0.0)
+    link.open()
+    closed = []
+    link.ws.on("retry", lambda attempt, delay, context: closed.append(link.ws.close()))
+    link.transport.loseConnection()
+    link.protocol.connectionLost(_lost())
+    assert len(closed) == 1 and link.ws.state is HandlerState.CLOSING
+    link.reactor.advance(0)
+    assert link.ws.state is HandlerState.CLOSED and closed[0].called
+    attempts = len(link.reactor.tcpClients)
+    link.reactor.advance(60)
+    assert len(link.reactor.tcpClients) == attempts, "no more attempts"
+    assert link.reactor.getDelayedCalls() == []
+
+
+def test_an_error_callback_that_raises_is_logged_once_and_not_reported_to_itself(logged_errors):
+    link = Link(ping_interval=0)
+    link.open()
+    calls = []
+
+    def broken(error, context):
+        calls.append(error)
+        raise RuntimeError("error callback bug")
+
+    link.ws.on("error", broken)
+    with logged_errors.expected(RuntimeError, match="error event callback raised") as seen:
+        link.protocol.dataReceived(b"\x81\x03{{{")  # invalid JSON
+    assert len(calls) == 1 and isinstance(calls[0], InvalidMessage)
+    assert len(seen) == 1
+    status = link.ws.get_status()
+    assert status.invalid_messages == 1 and status.handler_errors == 1
+    assert status.connected
+    link.finish()
+
+
+def test_cancelling_connect_from_a_retry_callback_closes_once():
+    link = Link(ping_interval=0, reconnect=True, max_retries=None, jitter=0.0)
+    link.ws.on("retry", lambda attempt, delay, context: link.connected.cancel())
+    link.transport.loseConnection()
+    link.protocol.connectionLost(_lost())
+    from twisted.internet.defer import CancelledError
+
+    assert _failure_type(link.connected) is CancelledError
+    link.reactor.advance(0)
+    assert link.ws.state is HandlerState.CLOSED
+    assert link.reactor.getDelayedCalls() == []
