@@ -492,3 +492,30 @@ def test_a_refused_client_that_ends_its_input_is_simply_gone(hub_factory):
     metrics = hub.factory.get_metrics()
     assert (metrics.rejected, metrics.connections, metrics.messages_received) == (1, 1, 0)
     assert hub.errors()[0].__class__.__name__ == "ConnectionLimitReached" and len(hub.errors()) == 1
+
+
+def test_the_hub_resuming_every_client_does_not_resume_one_a_subclass_paused(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    held, transport = hub.connect()
+    other, other_transport = hub.connect()
+    held.pauseReading()  # e.g. a subclass waiting on a database
+    held.dataReceived(b"kept\n")
+    hub.factory.pause_reading()  # e.g. a gateway's upstream stalls, then comes back
+    other.dataReceived(b"later\n")
+    hub.factory.resume_reading()
+    assert transport.value() == b"" and transport.producerState == "paused", "still the subclass's pause"
+    assert other_transport.value() == b"later\n"
+    held.resumeReading()
+    assert transport.value() == b"kept\n" and transport.producerState == "producing"
+
+
+def test_a_subclass_resuming_does_not_resume_a_client_the_hub_paused(hub_factory):
+    hub = hub_factory(protocol=EchoProtocol)
+    hub.factory.pause_reading()
+    protocol, transport = hub.connect()  # paused as it connects
+    protocol.pauseReading()
+    protocol.dataReceived(b"kept\n")
+    protocol.resumeReading()
+    assert transport.value() == b"" and transport.producerState == "paused", "still the hub's pause"
+    hub.factory.resume_reading()
+    assert transport.value() == b"kept\n"

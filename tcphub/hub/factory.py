@@ -287,12 +287,14 @@ class HubFactory(Factory):
         until L{resume_reading} (see L{HubProtocol.pauseReading})."""
         self.reading_paused = True
         for client in list(self._clients.values()):
-            client.pauseReading()
+            client.hubPausedReading()
 
     def resume_reading(self) -> None:
+        """Lift L{pause_reading}; a client that its protocol paused itself
+        (L{HubProtocol.pauseReading}) stays paused."""
         self.reading_paused = False
         for client in list(self._clients.values()):
-            client.resumeReading()
+            client.hubResumedReading()
 
     def join(self, client_id: str, room: str) -> None:
         """Put a client in C{room} (created by its first member), emit

@@ -67,8 +67,10 @@ GONE: Final = 3
 """Aborted, or the connection is gone: nothing flows."""
 
 # Why reading from a client is paused (HubProtocol._read_paused is a set of these bits).
-_PAUSED_BY_USER: Final = 1  # pauseReading(), e.g. the hub-wide flow control of a gateway
+# Each reason is resumed only by its own owner.
+_PAUSED_BY_USER: Final = 1  # pauseReading(): a subclass's own flow control
 _PAUSED_BY_RATE: Final = 2  # the client is over max_rate: resumed when its bucket refills
+_PAUSED_BY_HUB: Final = 4  # HubFactory.pause_reading(), e.g. a gateway whose upstream stalls
 
 
 def format_address(address: IAddress) -> str:
@@ -163,7 +165,7 @@ class HubProtocol(Protocol):
         self._arm_idle()
         hub.client_connected(self)
         if hub.reading_paused:
-            self.pauseReading()
+            self._pause(_PAUSED_BY_HUB)
 
     @property
     def address(self) -> str:
@@ -367,8 +369,18 @@ class HubProtocol(Protocol):
         self._pause(_PAUSED_BY_USER)
 
     def resumeReading(self) -> None:
-        """Deliver the held messages, in order, and read again."""
+        """Deliver the held messages, in order, and read again, unless the
+        hub or the rate limit holds reading too (each pause has its owner)."""
         self._resume(_PAUSED_BY_USER)
+
+    def hubPausedReading(self) -> None:
+        """Called by L{HubFactory.pause_reading}: a pause of the hub's own,
+        which L{resumeReading} does not lift.  Not an override point."""
+        self._pause(_PAUSED_BY_HUB)
+
+    def hubResumedReading(self) -> None:
+        """Called by L{HubFactory.resume_reading}: lifts only the hub's pause."""
+        self._resume(_PAUSED_BY_HUB)
 
     def _pause(self, why: int) -> None:
         was_paused = self._read_paused
