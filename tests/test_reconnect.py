@@ -128,3 +128,20 @@ def test_a_thousand_handlers_that_lose_one_server_spread_their_first_retries():
         for handler in handlers:
             handler.close()
         reactor.advance(0)
+
+
+@pytest.mark.parametrize("make", [linear_backoff, exponential_backoff])
+@pytest.mark.parametrize("options, message", [
+    ({"jitter": 2.0}, "jitter must be at most 1"),
+    ({"jitter": -0.5}, "jitter cannot be negative"),
+    ({"initial_delay": -1.0}, "initial_delay cannot be negative"),
+    ({"max_delay": float("nan")}, "max_delay takes a finite number"),
+])
+def test_the_exported_policies_refuse_values_that_would_give_a_negative_delay(make, options, message):
+    with pytest.raises(ValueError, match=message):
+        make(**options)
+
+
+def test_an_exponential_factor_under_one_is_refused():
+    with pytest.raises(ValueError, match="factor must be at least 1"):
+        exponential_backoff(factor=0.5)

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcphub import _checks
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub.errors import RetryLimitReached
@@ -32,6 +33,12 @@ DEFAULT_JITTER = 1.0
 lost the same server do not come back in step (RFC 6455, section 7.2.3)."""
 
 
+def _check_policy(initial_delay: float, max_delay: float, jitter: float) -> None:
+    _checks.number("initial_delay", initial_delay, minimum=0)
+    _checks.number("max_delay", max_delay, minimum=0)
+    _checks.number("jitter", jitter, minimum=0, maximum=1)
+
+
 def _jittered(delay: float, jitter: float, random: Callable[[], float]) -> float:
     # Subtract the jitter so that the delay never passes max_delay.
     return delay * (1.0 - jitter * random())
@@ -45,7 +52,9 @@ def linear_backoff(
 ) -> RetryPolicy:
     """Retry C{n} waits C{initial_delay * n} seconds, at most C{max_delay},
     less up to C{jitter} of it at random (so that clients do not retry in
-    step; the default, 1, spreads retries over the whole interval)."""
+    step; the default, 1, spreads retries over the whole interval).  Raises
+    L{ValueError} for a negative delay or a jitter outside [0, 1]."""
+    _check_policy(initial_delay, max_delay, jitter)
 
     def policy(attempt: int) -> float:
         return _jittered(min(initial_delay * attempt, max_delay), jitter, random)
@@ -61,7 +70,10 @@ def exponential_backoff(
     random: Callable[[], float] = _random.random,
 ) -> RetryPolicy:
     """Retry C{n} waits C{initial_delay * factor ** (n - 1)} seconds, at most
-    C{max_delay}, less up to C{jitter} of it at random."""
+    C{max_delay}, less up to C{jitter} of it at random.  Raises
+    L{ValueError} as L{linear_backoff} does, and for a C{factor} under 1."""
+    _check_policy(initial_delay, max_delay, jitter)
+    _checks.number("factor", factor, minimum=1)
 
     def policy(attempt: int) -> float:
         try:
