@@ -46,13 +46,13 @@ class Counting(HandlerProtocol):
 class Link:
     """One handler and its in-memory connection."""
 
-    def __init__(self, **options) -> None:
+    def __init__(self, connect_to: str = "ws://127.0.0.1:9/", **options) -> None:
         self.reactor = MemoryReactorClock()
         Counting.pings = self.pings = []
         options.setdefault("reconnect", False)
         self.ws = WebSocketHandler(reactor=self.reactor, clock=self.reactor,
                                    compression=False, protocol=Counting, **options)
-        self.connected = self.ws.connect("ws://127.0.0.1:9/")
+        self.connected = self.ws.connect(connect_to)
         self.closes: list[tuple] = []
         self.ws.on("close", lambda context, code, reason: self.closes.append((code, reason)))
         self.attach()
@@ -361,3 +361,15 @@ def test_cancelling_connect_from_a_retry_callback_closes_once():
     link.reactor.advance(0)
     assert link.ws.state is HandlerState.CLOSED
     assert link.reactor.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("url, host", [
+    ("ws://[::1]:9/", b"[::1]:9"),
+    ("ws://127.0.0.1:9/", b"127.0.0.1:9"),
+])
+def test_the_host_header_brackets_an_ipv6_address(url, host):
+    """RFC 7230, section 5.4: Host is uri-host [":" port], an IPv6 literal in brackets."""
+    link = Link(connect_to=url, ping_interval=0)
+    assert re.search(rb"\r\nHost: ([^\r]+)\r\n", link.transport.value())[1] == host
+    link.open()
+    link.finish()

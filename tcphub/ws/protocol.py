@@ -298,6 +298,10 @@ class HandlerFactory(WebSocketClientFactory):
         """Make the next handshake for C{url} (one of several the handler
         fails over between), keeping the handshake options and headers."""
         self.setSessionParameters(url, headers=self.headers, **self._handshake)
+        if ":" in self.host:
+            # Autobahn writes Host (and a proxy's CONNECT) as host:port; an
+            # IPv6 literal needs its brackets there (RFC 7230, section 5.4).
+            self.host = f"[{self.host}]"
 
 
 @implementer(IStreamClientEndpoint)
