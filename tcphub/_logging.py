@@ -13,13 +13,14 @@ from typing import IO, Any, Mapping, cast
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
-    LegacyLogObserverWrapper,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
 )
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
+
+from tcphub._upstream.twisted_parts import twistd_destination
 
 __all__ = ["FORMATS", "LEVELS", "JsonLines", "twistd_observer"]
 
@@ -67,12 +68,7 @@ def twistd_observer(server_options: Mapping[str, Any], log_format: str, level: s
     if log_format == "json":
         destination = JsonLines(_log_stream(server_options))
     else:
-        # twistd's own choice of destination (a file with SIGUSR1 rotation,
-        # stdout, or syslog); its only entry point is this method.
-        from twisted.scripts.twistd import _SomeApplicationRunner
-
-        made = _SomeApplicationRunner.loggerFactory(server_options)._getLogObserver()
-        destination = made if ILogObserver.providedBy(made) else LegacyLogObserverWrapper(made)
+        destination = twistd_destination(server_options)
     return FilteringLogObserver(destination, [LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])])
 
 

@@ -289,3 +289,43 @@ def test_a_subclassed_protocol_over_a_real_socket(tcp_server):
     assert reply == b"hi from 127.0.0.1:%d" % client.transport.getHost().port
     client.transport.loseConnection()
     yield client.lost
+
+
+@pytest_twisted.inlineCallbacks
+def test_bytes_sent_counts_what_a_dropped_slow_consumer_could_have_received(tcp_server):
+    """
+    A raw socket with a small receive buffer reads 4 KiB, then stops; the
+    hub drops it as a slow consumer.  What was in Twisted's buffer and the
+    kernel's send queue then never reached it: bytes_sent counts only what
+    the peer got (read, or waiting in its own receive buffer).
+    """
+    server = yield tcp_server(framing="int32", protocol=BroadcastProtocol, max_pending=64 * 1024)
+    connected = when_events(server, "connection", 3)
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    receive_buffer = stuck.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    stuck.connect(("127.0.0.1", server.port))
+    sender, receiver = yield gatherResults([connect(server.port), connect(server.port)])
+    yield connected
+    frame = 4 + 1024
+    sent = 0
+    for _ in range(400):
+        for _ in range(64):
+            sender.sendString(b"p" * 1024)
+            sent += 1
+        yield receiver.when_received(sent)
+        if sent == 64:
+            read = len(stuck.recv(4096, socket.MSG_WAITALL))
+        if server.get_metrics().slow_consumers:
+            break
+    assert server.get_metrics().slow_consumers == 1
+    credited = server.get_metrics().bytes_sent - sent * frame  # the receiver got every frame
+    assert read == 4096
+    assert read <= credited <= read + receive_buffer, (
+        f"{credited} bytes counted as sent to a peer that read {read} "
+        f"and can hold {receive_buffer} more"
+    )
+    stuck.close()
+    for client in (sender, receiver):
+        client.transport.loseConnection()
+    yield gatherResults([c.lost for c in (sender, receiver)])

@@ -15,8 +15,7 @@ from __future__ import annotations
 import struct
 from typing import ClassVar, Protocol
 
-from twisted.protocols import basic
-
+from tcphub._upstream.twisted_parts import NetstringParser
 from tcphub.errors import (
     FrameTooLong,
     FramingError,
@@ -300,45 +299,33 @@ class LineFraming(Framing):
         return _LineDecoder(sink, max_frame)
 
 
-class _NetstringDecoder(basic.NetstringReceiver):
-    """Twisted's netstring parser, which is linear already (it collects the
-    payload in a C{BytesIO})."""
+class _NetstringDecoder:
+    """Twisted's netstring parser (linear already), through its adapter."""
 
-    _error: basic.NetstringParseError | None = None
+    __slots__ = ("_sink", "_max", "_parser")
 
     def __init__(self, sink: FrameSink, max_frame: int) -> None:
         self._sink = sink
-        self.MAX_LENGTH = max_frame
-        self.makeConnection(None)
+        self._max = max_frame
+        self._parser = NetstringParser(max_frame, sink.frameReceived, self._too_long, self._malformed)
 
     @property
     def partial(self) -> bool:
-        return bool(self._remainingData) or self._state == self._PARSING_PAYLOAD
+        return self._parser.partial
+
+    def dataReceived(self, data: bytes) -> None:
+        self._parser.dataReceived(data)
 
     def inputEnded(self) -> int:
-        dropped = len(self._remainingData) + self._currentPayloadSize if self.partial else 0
-        self.brokenPeer = 1
+        dropped = self._parser.unfinished()
+        self._parser.stop()
         return dropped
 
-    def stringReceived(self, string: bytes) -> None:
-        self._sink.frameReceived(string)
+    def _too_long(self) -> None:
+        self._sink.frameError(FrameTooLong(None, self._max))
 
-    def _consumeData(self) -> None:
-        # NetstringReceiver swallows the parse error before calling
-        # _handleParseError; keep it, to tell an over-long frame from garbage.
-        try:
-            super()._consumeData()
-        except basic.NetstringParseError as error:
-            self._error = error
-            raise
-
-    def _handleParseError(self) -> None:
-        self.brokenPeer = 1
-        message = str(self._error)
-        if message == self._TOO_LONG % (self.MAX_LENGTH,):
-            self._sink.frameError(FrameTooLong(None, self.MAX_LENGTH))
-        else:
-            self._sink.frameError(MalformedFrame(f"invalid netstring: {message}"))
+    def _malformed(self, message: str) -> None:
+        self._sink.frameError(MalformedFrame(f"invalid netstring: {message}"))
 
 
 class NetstringFraming(Framing):

@@ -109,7 +109,7 @@ class Outbox:
     to) by the broadcast loop; everything else goes through the methods.
 
     Bytes and messages count as sent when they are handed to the transport,
-    in L{_handed_over}, and nowhere else.
+    in L{_handed_over}; an abort takes back the bytes its peer never got.
     """
 
     __slots__ = ("transport", "batch", "mode", "frames", "queue", "queued_bytes",
@@ -205,10 +205,16 @@ class Outbox:
         self.mode = CLOSED
         self.flush(self.batch.clock.seconds())
 
-    def abort(self, departure: ClientDisconnected) -> None:
+    def abort(self, departure: ClientDisconnected, unsent: int | None = None) -> None:
         """Take no new frame, and forget what waits: the frames of this read
         (never handed over, so never counted) and the queue, whose waiters
-        learn of C{departure}."""
+        learn of C{departure}; C{unsent} bytes, handed over but still in the
+        transport's and the kernel's buffers, are taken back from the sent
+        counts: the peer never got them."""
+        if unsent:
+            unsent = min(unsent, self.bytes_sent)
+            self.bytes_sent -= unsent
+            self.batch.counters.bytes_sent -= unsent
         self.mode = CLOSED
         self.frames = None
         queue, self.queue = self.queue, None

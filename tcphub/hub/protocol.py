@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub._observer import OneShotObserver
+from tcphub._upstream.twisted_parts import unsent_bytes
 from tcphub.errors import (
     ClientDisconnected,
     FrameTimeout,
@@ -565,7 +566,7 @@ class HubProtocol(Protocol):
     def _abort(self, departure: ClientDisconnected) -> None:
         self.state = GONE
         self._departure = departure
-        self.outbox.abort(departure)
+        self.outbox.abort(departure, unsent_bytes(self.transport))
         self._cancel_timers()
         self.transport.abortConnection()
 

@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from tcphub import _checks
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
+from tcphub._upstream.twisted_parts import is_emfile_recovery
 from tcphub.errors import ListenFailed
 from tcphub.events import Subscription
 from tcphub.hub import descriptors
@@ -253,9 +254,7 @@ class TcpServer(Service):
         # inside its listening port, before any factory sees it; its log line
         # is the only trace, and it does not say which port: descriptors are
         # the process's, and so is this count.
-        if self.listening_ports and event.get("log_format", "").startswith(
-            "EMFILE recovery: Closed socket"
-        ):
+        if self.listening_ports and is_emfile_recovery(event):
             self.factory.count_descriptor_refusal()
 
     def stopService(self) -> Deferred[None]:

@@ -35,7 +35,7 @@ import re
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Iterable, cast
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -44,6 +44,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcphub._upstream.autobahn_parts import FailureHooks, parse_frames
 from tcphub._version import version
 from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginRejected, PingTimeout, UnframeableMessage
 from tcphub.hub.messages import IMessageTransport
@@ -173,7 +174,7 @@ class MemberTransport:
         return self._tcp.getHost()  # type: ignore[no-any-return]
 
 
-class MemberConnection(WebSocketServerProtocol):
+class MemberConnection(FailureHooks):
     """One WebSocket connection, and the hub member on it once it is open."""
 
     factory: MemberFactory
@@ -191,7 +192,7 @@ class MemberConnection(WebSocketServerProtocol):
         batch = self.factory.hub.batch
         batch.begin()
         try:
-            self._dataReceived(data)
+            parse_frames(self, data)
         finally:
             batch.end()
 
@@ -231,19 +232,12 @@ class MemberConnection(WebSocketServerProtocol):
 
     # -- protocol errors: Autobahn closes with its code, the hub counts ----
 
-    def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
-        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
-        self._member_error(FrameTooLong(msg_size, max_msg_size))
-
-    def _invalid_payload(self, reason: str) -> bool:
-        result: bool = super()._invalid_payload(reason)
-        self._member_error(MalformedFrame(reason))
-        return result
-
-    def _protocol_violation(self, reason: str) -> bool:
-        result: bool = super()._protocol_violation(reason)
-        self._member_error(MalformedFrame(reason))
-        return result
+    def peerFailed(self, kind: str, reason: str, size: int | None = None, limit: int | None = None) -> None:
+        if kind == "too_big":
+            assert limit is not None
+            self._member_error(FrameTooLong(size, limit))
+        else:
+            self._member_error(MalformedFrame(reason))
 
     def _fail(self, code: int, reason: str, error: FramingError) -> None:
         self.sendCloseFrame(code, reason.encode("utf-8")[:123])

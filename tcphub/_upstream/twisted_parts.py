@@ -1,0 +1,111 @@
+"""
+Adapters to private parts of Twisted (see L{tcphub._upstream}).
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import socket
+import termios
+from typing import Any, Callable, Mapping
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.logger import ILogObserver, LegacyLogObserverWrapper
+from twisted.protocols import basic
+
+__all__ = ["NetstringParser", "is_emfile_recovery", "twistd_destination", "unsent_bytes"]
+
+
+def unsent_bytes(transport: Any) -> int | None:
+    """
+    Bytes written to a TCP or UNIX C{transport} that its peer has not yet
+    acknowledged: Twisted's write buffer (C{FileDescriptor.dataBuffer} past
+    C{offset}, plus C{_tempDataLen}) and the kernel's send queue
+    (C{SIOCOUTQ}).  C{None} for other transports (TLS, WebSocket, tests'
+    doubles), whose buffers say nothing about what the peer received.
+    """
+    if not isinstance(transport, FileDescriptor):
+        return None
+    buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    sock = getattr(transport, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return buffered
+    queued = array.array("i", [0])
+    try:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, queued)  # SIOCOUTQ on Linux
+    except OSError:
+        return buffered
+    return buffered + queued[0]
+
+
+EMFILE_RECOVERY_FORMAT = "EMFILE recovery: Closed socket from {address}"
+"""The line C{twisted.internet.tcp.Port.doRead} logs when it closes a
+connection it had no descriptor for: its only trace."""
+
+
+def is_emfile_recovery(event: Mapping[str, Any]) -> bool:
+    """Whether a log event is Twisted closing a connection for want of a descriptor."""
+    return event.get("log_format") == EMFILE_RECOVERY_FORMAT
+
+
+def twistd_destination(server_options: Mapping[str, Any]) -> ILogObserver:
+    """What twistd itself would log to for C{server_options} (a file with
+    SIGUSR1 rotation, stdout, or syslog): its only entry point is
+    C{_SomeApplicationRunner.loggerFactory(...)._getLogObserver()}."""
+    from twisted.scripts.twistd import _SomeApplicationRunner
+
+    made = _SomeApplicationRunner.loggerFactory(server_options)._getLogObserver()
+    return made if ILogObserver.providedBy(made) else LegacyLogObserverWrapper(made)
+
+
+class NetstringParser(basic.NetstringReceiver):
+    """
+    Twisted's netstring parser (linear already: it collects a payload in a
+    C{BytesIO}), told apart from its private state: L{partial},
+    L{unfinished}, and the two ways a stream breaks, C{too_long} and
+    C{malformed(message)}.
+    """
+
+    _error: basic.NetstringParseError | None = None
+
+    def __init__(self, max_length: int, frame: Callable[[bytes], None],
+                 too_long: Callable[[], None], malformed: Callable[[str], None]) -> None:
+        self.MAX_LENGTH = max_length
+        self._frame = frame
+        self._too_long = too_long
+        self._malformed = malformed
+        self.makeConnection(None)
+
+    @property
+    def partial(self) -> bool:
+        """A netstring has begun and is not complete."""
+        return bool(self._remainingData) or self._state == self._PARSING_PAYLOAD
+
+    def unfinished(self) -> int:
+        """The bytes of the netstring begun, dropped if the input ends now."""
+        return len(self._remainingData) + self._currentPayloadSize if self.partial else 0
+
+    def stop(self) -> None:
+        """Parse nothing more."""
+        self.brokenPeer = 1
+
+    def stringReceived(self, string: bytes) -> None:
+        self._frame(string)
+
+    def _consumeData(self) -> None:
+        # NetstringReceiver swallows the parse error before calling
+        # _handleParseError; keep it, to tell an over-long frame from garbage.
+        try:
+            super()._consumeData()
+        except basic.NetstringParseError as error:
+            self._error = error
+            raise
+
+    def _handleParseError(self) -> None:
+        self.brokenPeer = 1
+        message = str(self._error)
+        if message == self._TOO_LONG % (self.MAX_LENGTH,):
+            self._too_long()
+        else:
+            self._malformed(message)

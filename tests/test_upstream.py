@@ -1,0 +1,125 @@
+"""
+The private parts of Twisted and Autobahn that tcphub relies on (all behind
+L{tcphub._upstream}): each still exists and still behaves as the adapter
+expects.  A failure here names the upstream symbol an upgrade changed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import StringTransport
+
+from tcphub._upstream import PRIVATE_SYMBOLS
+from tcphub._upstream.twisted_parts import (
+    EMFILE_RECOVERY_FORMAT,
+    NetstringParser,
+    is_emfile_recovery,
+    twistd_destination,
+    unsent_bytes,
+)
+
+
+@pytest.mark.parametrize("module, owner, name", PRIVATE_SYMBOLS,
+                         ids=[f"{owner}.{name}" for _, owner, name in PRIVATE_SYMBOLS])
+def test_every_private_symbol_still_exists(module, owner, name):
+    cls = getattr(importlib.import_module(module), owner)
+    # Instance fields set in __init__ are found in its source.
+    found = hasattr(cls, name) or f"self.{name} =" in inspect.getsource(cls)
+    assert found, f"{module}.{owner}.{name} is gone: update tcphub._upstream"
+
+
+def test_the_emfile_recovery_line_is_the_one_twisted_logs():
+    from twisted.internet import tcp
+
+    # Twisted writes the format as adjacent literals; compare without the seams.
+    source = re.sub(r'"\s*"', "", inspect.getsource(tcp))
+    assert EMFILE_RECOVERY_FORMAT in source, (
+        "twisted.internet.tcp no longer logs "
+        f"{EMFILE_RECOVERY_FORMAT!r}: descriptor_refusals would stay 0"
+    )
+    assert is_emfile_recovery({"log_format": EMFILE_RECOVERY_FORMAT, "address": "x"})
+    assert not is_emfile_recovery({"log_format": "something else"})
+
+
+def test_the_twistd_destination_is_an_observer(tmp_path):
+    observer = twistd_destination({"logfile": str(tmp_path / "t.log"), "nodaemon": True})
+    observer({"log_format": "hello {who}", "who": "there", "log_time": 0.0, "log_system": "-",
+              "log_namespace": "test", "log_level": None})
+    stop = getattr(observer, "stop", None)
+    assert "hello there" in (tmp_path / "t.log").read_text()
+    if stop is not None:
+        stop()
+
+
+def test_the_netstring_parser_tells_frames_too_long_and_garbage_apart():
+    seen = []
+    parser = NetstringParser(5, lambda frame: seen.append(("frame", frame)),
+                             lambda: seen.append(("too_long",)), lambda message: seen.append(("bad", message)))
+    parser.dataReceived(b"3:abc,2:x")
+    assert seen == [("frame", b"abc")] and parser.partial and parser.unfinished() == 1
+    parser.dataReceived(b"y,")
+    assert not parser.partial and parser.unfinished() == 0
+    parser.dataReceived(b"6:abcdef,")
+    assert seen[-1] == ("too_long",)
+
+    other = NetstringParser(5, seen.append, lambda: seen.append("too_long"), lambda message: seen.append(message))
+    other.dataReceived(b"x:")
+    assert isinstance(seen[-1], str) and seen[-1] != "too_long"
+
+
+def test_unsent_bytes_is_none_for_a_transport_without_buffers():
+    assert unsent_bytes(StringTransport()) is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_unsent_bytes_sees_twisteds_buffer_and_the_kernels_send_queue():
+    """A peer that never reads: what was written is in the kernel's queue
+    and Twisted's buffer, and unsent_bytes finds all of it but what the
+    peer's own receive buffer took."""
+    accepted: Deferred[Protocol] = Deferred()
+
+    class Accept(Protocol):
+        def connectionMade(self) -> None:
+            accepted.callback(self)
+
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Accept))
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    room = peer.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    peer.connect(("127.0.0.1", port.getHost().port))
+    server = yield accepted
+    written = 8 * 1024 * 1024
+    server.transport.write(b"x" * written)
+    unsent = unsent_bytes(server.transport)
+    assert unsent is not None and written - room * 2 <= unsent <= written
+    server.transport.abortConnection()
+    peer.close()
+    yield port.stopListening()
+    # Let abortConnection's connectionLost run.
+    done: Deferred[None] = Deferred()
+    reactor.callLater(0, done.callback, None)
+    yield done
+
+
+def test_autobahn_fails_a_peer_through_the_three_hooks():
+    """Autobahn's frame parser, fed a frame of each kind of fault, calls the
+    hook the adapter overrides (with the arguments it expects)."""
+    from autobahn.websocket.protocol import WebSocketProtocol
+
+    for name, arguments in (("_max_message_size_exceeded", ["self", "msg_size", "max_msg_size", "reason"]),
+                            ("_invalid_payload", ["self", "reason"]),
+                            ("_protocol_violation", ["self", "reason"])):
+        parameters = list(inspect.signature(getattr(WebSocketProtocol, name)).parameters)
+        assert parameters == arguments, f"autobahn's WebSocketProtocol.{name} now takes {parameters}"
+    parameters = list(inspect.signature(WebSocketProtocol._dataReceived).parameters)
+    assert parameters == ["self", "data"], f"autobahn's WebSocketProtocol._dataReceived now takes {parameters}"
