@@ -8,9 +8,12 @@ a simple model's.
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.clients import LineClient, connect
+from tests.events import when_event
 from tcphub import HubProtocol, InvalidRoomName, RoomLimitReached, UnknownClient
 from tcphub.hub.rooms import MAX_ROOM_NAME, Rooms
 
@@ -232,3 +235,19 @@ def test_history_never_passes_its_bounds(messages, size, limit):
     assert [number for number, _ in kept] == sorted(number for number, _ in kept)
     eligible = [message for message in messages if len(message) <= limit] if size else []
     assert [message for _, message in kept] == eligible[len(eligible) - len(kept):], "the newest, in order"
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_server_answers_room_sequence_and_room_history_as_its_hub_does(tcp_server):
+    server = yield tcp_server(room_history=2)
+    connected = when_event(server, "connection")
+    client = yield connect(server.port, LineClient())
+    (info,) = yield connected
+    server.join(info.id, "news")
+    for text in (b"one", b"two", b"three"):
+        yield server.broadcast(text, room="news")
+    yield client.when_received(3)
+    assert server.room_sequence("news") == 3
+    assert server.room_history("news") == [(2, b"two\n"), (3, b"three\n")]
+    client.transport.loseConnection()
+    yield client.lost

@@ -367,6 +367,12 @@ class TcpServer(Service):
     def members(self, room: str) -> list[ClientInfo]:
         return self.factory.members(room)
 
+    def room_sequence(self, room: str) -> int:
+        return self.factory.room_sequence(room)
+
+    def room_history(self, room: str) -> list[tuple[int, bytes]]:
+        return self.factory.room_history(room)
+
     def disconnect(self, client_id: str) -> Deferred[None]:
         return self.factory.disconnect(client_id)
 
