@@ -22,6 +22,7 @@ from tcphub import (
     IdleTimeout,
     TcpServer,
 )
+from tcphub.hub.protocol import REFUSED
 
 
 def int32(payload: bytes) -> bytes:
@@ -519,3 +520,28 @@ def test_a_subclass_resuming_does_not_resume_a_client_the_hub_paused(hub_factory
     assert transport.value() == b"" and transport.producerState == "paused", "still the hub's pause"
     hub.factory.resume_reading()
     assert transport.value() == b"kept\n"
+
+
+@pytest.mark.parametrize("limits", [{"max_connections": 1}, {"max_connections_per_ip": 1}])
+def test_a_refused_connection_never_reaches_the_protocols_hooks(hub_factory, limits):
+    calls = []
+
+    class Hooked(EchoProtocol):
+        def connectionMade(self) -> None:
+            calls.append("connectionMade")
+            super().connectionMade()
+
+        def connectionLost(self, reason) -> None:
+            calls.append("connectionLost")
+            super().connectionLost(reason)
+
+    hub = hub_factory(protocol=Hooked, **limits)
+    hub.connect()
+    refused, transport = hub.connect()
+    assert not isinstance(refused, Hooked) and refused.state == REFUSED
+    assert transport.disconnected, "aborted as it is made"
+    hub.lose(refused)
+    assert calls == ["connectionMade"], "only the admitted client's hook ran"
+    metrics = hub.factory.get_metrics()
+    assert (metrics.rejected, metrics.connections) == (1, 1)
+    assert metrics.rejected_per_ip == (1 if "max_connections_per_ip" in limits else 0)

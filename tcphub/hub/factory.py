@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
@@ -33,7 +33,7 @@ from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.hub.framing import Framing, get_framing
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
-from tcphub.hub.protocol import HubProtocol, check_payload
+from tcphub.hub.protocol import HubProtocol, RefusedConnection, check_payload, format_address
 from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Rooms
 
@@ -132,7 +132,7 @@ class HubFactory(Factory):
         self._clients: dict[str, HubProtocol] = {}
         # Connections that are not in the client table (refused ones, until
         # they are gone): stop() waits for these too.
-        self._refused: set[HubProtocol] = set()
+        self._refused: set[RefusedConnection] = set()
         self._per_ip: dict[str, int] = {}
         self._hosts: dict[str, str] = {}  # client id -> host, when max_connections_per_ip is set
         self._all_gone: OneShotObserver | None = None
@@ -381,7 +381,8 @@ class HubFactory(Factory):
         if self._all_gone is None:
             self._all_gone = OneShotObserver()
         done: Deferred[None] = self._all_gone.when_fired()
-        for client in [*self._clients.values(), *self._refused]:
+        # The refused ones are being aborted already.
+        for client in list(self._clients.values()):
             client.loseConnection()
         deadline = self.clock.callLater(drain_timeout, self._abort_stragglers)
 
@@ -405,37 +406,50 @@ class HubFactory(Factory):
 
     # -- called by HubProtocol --------------------------------------------
 
-    def admit(self, client: HubProtocol) -> bool:
-        """Whether a new connection may join (else it is refused, counted and reported)."""
-        error: ConnectionLimitReached | None = None
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        """The protocol of a new connection: an instance of C{protocol}, or,
+        over C{max_connections} or C{max_connections_per_ip}, a
+        L{RefusedConnection} that aborts it, so that a refused connection
+        never reaches your protocol's hooks."""
+        error = None if addr is None else self._refusal(addr)
+        if error is not None:
+            return RefusedConnection(self, error)
+        return cast("Protocol | None", super().buildProtocol(addr))
+
+    def _refusal(self, addr: IAddress) -> ConnectionLimitReached | None:
+        """Why a connection from C{addr} may not join, if it may not."""
         if len(self._clients) >= self.max_connections:
-            error = ConnectionLimitReached(
-                f"refused {client.address}: {self.max_connections} clients connected"
+            return ConnectionLimitReached(
+                f"refused {format_address(addr)}: {self.max_connections} clients connected"
             )
-        elif self.max_connections_per_ip is not None:
-            host = getattr(client.transport.getPeer(), "host", None)
-            if host is not None:
-                count = self._per_ip.get(host, 0)
-                if count >= self.max_connections_per_ip:
-                    self.counters.rejected_per_ip += 1
-                    error = AddressLimitReached(
-                        f"refused {client.address}: {count} clients connected from "
-                        f"{host} (max_connections_per_ip={self.max_connections_per_ip})"
-                    )
-                else:
-                    self._per_ip[host] = count + 1
-                    self._hosts[client.client_id] = host
-        if error is None:
-            return True
-        self._refused.add(client)
+        host = getattr(addr, "host", None)
+        if self.max_connections_per_ip is not None and host is not None:
+            count = self._per_ip.get(host, 0)
+            if count >= self.max_connections_per_ip:
+                return AddressLimitReached(
+                    f"refused {format_address(addr)}: {count} clients connected from "
+                    f"{host} (max_connections_per_ip={self.max_connections_per_ip})"
+                )
+        return None
+
+    def refused(self, connection: RefusedConnection, error: ConnectionLimitReached) -> None:
+        """A refused connection is made: count it, say so once per burst,
+        report it, and wait for it to go."""
+        self._refused.add(connection)
         self.counters.add("rejected")
+        if isinstance(error, AddressLimitReached):
+            self.counters.rejected_per_ip += 1
         self.repeats.emit("refused", LogLevel.warn, "{error}", error=error)
         self.report(None, error)
-        return False
 
     def client_connected(self, client: HubProtocol) -> None:
         """An admitted client joins the table."""
         self._clients[client.client_id] = client
+        if self.max_connections_per_ip is not None:
+            host = getattr(client.transport.getPeer(), "host", None)
+            if host is not None:
+                self._per_ip[host] = self._per_ip.get(host, 0) + 1
+                self._hosts[client.client_id] = host
         self.counters.accepted += 1
         self._log.debug("client {client_id} connected from {address}",
                         client_id=client.client_id, address=client.address)
@@ -470,7 +484,7 @@ class HubFactory(Factory):
         self.events.emit("disconnect", client.client_id, reason)
         self.client_gone(client)
 
-    def client_gone(self, client: HubProtocol) -> None:
+    def client_gone(self, client: HubProtocol | RefusedConnection) -> None:
         """A connection, admitted or refused, is gone."""
         self._refused.discard(client)
         if not self._clients and not self._refused and self._all_gone is not None:
@@ -482,7 +496,7 @@ class HubFactory(Factory):
         self.events.emit("error", client_id, error)
 
     def _abort_stragglers(self) -> None:
-        for client in [*self._clients.values(), *self._refused]:
+        for client in list(self._clients.values()):
             self._log.info("aborting {address}: still open after the drain timeout",
                            address=client.address)
             client.abortConnection()

@@ -40,6 +40,7 @@ from tcphub._observer import OneShotObserver
 from tcphub._upstream.twisted_parts import unsent_bytes
 from tcphub.errors import (
     ClientDisconnected,
+    ConnectionLimitReached,
     FrameTimeout,
     FramingError,
     IdleTimeout,
@@ -55,11 +56,13 @@ from tcphub.hub.rate import TokenBucket
 if TYPE_CHECKING:
     from tcphub.hub.factory import HubFactory
 
-__all__ = ["GONE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "check_payload", "format_address"]
+__all__ = ["GONE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "RefusedConnection", "check_payload", "format_address"]
 
 # A client's lifecycle (HubProtocol.state).
 REFUSED: Final = 0
-"""Not admitted (a connection limit): aborted at once, never in the client table."""
+"""Not admitted (a connection limit): the state of a L{RefusedConnection},
+which stands in for the hub's protocol, is aborted at once, and is never in
+the client table."""
 OPEN: Final = 1
 """In the client table: messages flow both ways."""
 DRAINING: Final = 2
@@ -154,11 +157,6 @@ class HubProtocol(Protocol):
             # Created at the first byte: a client that only listens never needs one.
             self._decoder = None
             self.outbox = Outbox(self.transport, hub.batch, now)
-        if not hub.admit(self):
-            self.state = REFUSED
-            self.outbox.mode = CLOSED
-            self.transport.abortConnection()
-            return
         self.state = OPEN
         self.transport.registerProducer(self, True)
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
@@ -200,9 +198,6 @@ class HubProtocol(Protocol):
         state, self.state = self.state, GONE
         if self._lost is not None:
             self._lost.fire(None)
-        if state == REFUSED:
-            self.factory.client_gone(self)
-            return
         departure = self._departure or ClientDisconnected(
             f"client {self.client_id} disconnected: {reason.getErrorMessage()}"
         )
@@ -600,3 +595,39 @@ class HubProtocol(Protocol):
             rooms=self.factory.rooms_of(self),
             kind=self.kind,
         )
+
+
+@implementer(IHalfCloseableProtocol)
+class RefusedConnection(Protocol):
+    """
+    What a connection over a connection limit gets instead of the hub's
+    protocol (see L{HubFactory.buildProtocol}): it is counted and aborted
+    as it is made, ignores what it receives, and tells the hub when it is
+    gone.  Your protocol's hooks never run for it.
+    """
+
+    state = REFUSED
+    transport: Any
+
+    def __init__(self, hub: HubFactory, error: ConnectionLimitReached) -> None:
+        self.factory = hub
+        self.error = error
+
+    def connectionMade(self) -> None:
+        self.factory.refused(self, self.error)
+        self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Ignored: the connection is being aborted."""
+
+    def readConnectionLost(self) -> None:
+        """Ignored, as its data is."""
+
+    def writeConnectionLost(self) -> None:
+        """Ignored."""
+
+    def abortConnection(self) -> None:
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.client_gone(self)
