@@ -51,7 +51,7 @@ from tcphub.errors import (
 )
 from tcphub.hub.factory import HubFactory
 from tcphub.hub.framing import FRAMINGS, Framing
-from tcphub.hub.metrics import ClientInfo, Metrics
+from tcphub.hub.metrics import ClientInfo, Drop, Metrics
 from tcphub.hub.modes import BroadcastProtocol, EchoProtocol
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.service import TcpServer
@@ -99,6 +99,7 @@ __all__ = [
     "ConnectionContext",
     "ConnectionLimitReached",
     "DescriptorLimitReached",
+    "Drop",
     "EchoProtocol",
     "FRAMINGS",
     "FatalClose",

@@ -435,3 +435,23 @@ def test_a_close_during_a_read_flushes_what_the_read_wrote_first(hub_factory):
     counted.dataReceived(b"x\ny\nquit\nz\n")
     assert transport.value() == b"x\ny\n" and transport.writes == 1
     assert transport.disconnecting
+
+
+def test_drop_counts_under_a_named_reason_and_refuses_an_unknown_one(hub_factory):
+    from tcphub import Drop, MalformedFrame
+
+    hub = hub_factory()
+    protocol, transport = hub.connect()
+    with pytest.raises(ValueError, match="'protocol_error' is not a valid Drop"):
+        protocol.drop("protocol_error", MalformedFrame("typo in the counter's name"))
+    assert not transport.disconnected and hub.factory.get_metrics().protocol_errors == 0
+    protocol.drop(Drop.PROTOCOL_ERROR, MalformedFrame("bad"))
+    assert transport.disconnected and hub.factory.get_metrics().protocol_errors == 1
+
+
+def test_every_drop_reason_is_a_metrics_field():
+    from dataclasses import fields
+
+    from tcphub import Drop, Metrics
+
+    assert {reason.value for reason in Drop} <= {field.name for field in fields(Metrics)}

@@ -8,6 +8,8 @@ them and serialise them (C{dataclasses.asdict}) without racing the reactor.
 
 from __future__ import annotations
 
+import enum
+
 from dataclasses import dataclass
 
 
@@ -93,6 +95,20 @@ class Metrics:
     """WebSocket handshakes refused for their C{Origin} (HTTP 403)."""
 
 
+class Drop(enum.Enum):
+    """Why the hub drops a client (L{HubProtocol.drop}); the value is the
+    L{Metrics} field it is counted in."""
+
+    PROTOCOL_ERROR = "protocol_errors"
+    """The peer broke the framing or its transport's protocol."""
+    TIMED_OUT = "timed_out"
+    """Idle for C{timeout}, or no pong in time."""
+    FRAME_TIMEOUT = "frame_timeouts"
+    """A frame begun and not finished within C{frame_timeout}."""
+    SLOW_CONSUMER = "slow_consumers"
+    """Its queued output passed C{max_pending}."""
+
+
 class HubCounters:
     """The mutable totals behind L{Metrics}; the hub's hot path adds to
     these fields directly."""
@@ -131,6 +147,10 @@ class HubCounters:
         self.rate_limited = 0
         self.descriptor_refusals = 0
         self.rejected_origin = 0
+
+    def dropped(self, reason: Drop) -> int:
+        """Count one more client dropped for C{reason}; return the new total."""
+        return self.add(reason.value)
 
     def add(self, name: str) -> int:
         """Count one more of C{name} (one of the fields); return the new total."""

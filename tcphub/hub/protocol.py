@@ -49,7 +49,7 @@ from tcphub.errors import (
 )
 from tcphub.hub.framing import FrameDecoder
 from tcphub.hub.messages import IMessageTransport, MessageDecoder, MessageOutbox
-from tcphub.hub.metrics import ClientInfo
+from tcphub.hub.metrics import ClientInfo, Drop
 from tcphub.hub.outbox import CLOSED, QUEUE, WRITE, Outbox, Waiter, notify_gone
 from tcphub.hub.rate import TokenBucket
 
@@ -257,7 +257,7 @@ class HubProtocol(Protocol):
             f"client {self.client_id} ({self.address}) began a frame and did not "
             f"finish it within {self.factory.frame_timeout} seconds"
         )
-        self.drop("frame_timeouts", error)
+        self.drop(Drop.FRAME_TIMEOUT, error)
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client ended its input (FIN)."""
@@ -353,7 +353,7 @@ class HubProtocol(Protocol):
         if self.state != OPEN:
             return  # closed by a handler earlier in this read: what follows does not matter
         what = f"protocol error from client {self.client_id} ({self.address}): {error}"
-        self.drop("protocol_errors", error, ClientDisconnected(what))
+        self.drop(Drop.PROTOCOL_ERROR, error, ClientDisconnected(what))
 
     def messageReceived(self, payload: bytes) -> None:
         """Override: called for each complete message, framing removed."""
@@ -441,7 +441,7 @@ class HubProtocol(Protocol):
         """Override: no traffic either way for C{timeout} seconds.  By
         default: count it, report L{IdleTimeout}, and drop the client."""
         error = IdleTimeout(f"client {self.client_id} idle for {self.factory.timeout} seconds")
-        self.drop("timed_out", error, level=LogLevel.info)
+        self.drop(Drop.TIMED_OUT, error, level=LogLevel.info)
 
     # -- outbound -------------------------------------------------------
 
@@ -510,25 +510,27 @@ class HubProtocol(Protocol):
             f"client {self.client_id} ({self.address}) stopped reading with "
             f"{self.outbox.queued_bytes} bytes queued (max_pending={self.factory.max_pending})"
         )
-        self.drop("slow_consumers", error)
+        self.drop(Drop.SLOW_CONSUMER, error)
 
-    def drop(self, counter: str, error: TcpHubError, departure: ClientDisconnected | None = None,
+    def drop(self, reason: Drop | str, error: TcpHubError, departure: ClientDisconnected | None = None,
              level: LogLevel = LogLevel.warn) -> None:
         """
-        Drop this client for C{error}: count it in the hub's C{counter} (a
-        L{Metrics} field), log it (once per burst of its kind), report it on
-        the C{error} event, and abort the connection.  C{departure} is what
+        Drop this client for C{error}: count it under C{reason} (a L{Drop},
+        or its value, the L{Metrics} field: anything else is a L{ValueError}),
+        log it (once per burst of its kind), report it on the C{error}
+        event, and abort the connection.  C{departure} is what
         the client's pending sends fail with (by default C{error} itself if it
         is a L{ClientDisconnected}, else one that names it).  For a subclass
         that finds a peer breaking its own protocol, and for transports that
         find one breaking theirs (a WebSocket member that stops answering pings).
         """
+        reason = Drop(reason)
         if self.state not in (OPEN, DRAINING):
             return
         if departure is None:
             departure = error if isinstance(error, ClientDisconnected) else ClientDisconnected(str(error))
-        self.factory.counters.add(counter)
-        self.factory.repeats.emit(counter, level, "{departure}", departure=departure)
+        self.factory.counters.dropped(reason)
+        self.factory.repeats.emit(reason.value, level, "{departure}", departure=departure)
         self.factory.report(self.client_id, error)
         self._abort(departure)
 

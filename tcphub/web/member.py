@@ -48,6 +48,7 @@ from tcphub._upstream.autobahn_parts import FailureHooks, parse_frames
 from tcphub._version import version
 from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginRejected, PingTimeout, UnframeableMessage
 from tcphub.hub.messages import IMessageTransport
+from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import HubProtocol, format_address
 from tcphub.web.origins import OriginPolicy
 
@@ -279,7 +280,7 @@ class MemberConnection(FailureHooks):
         assert self.member is not None
         error = PingTimeout(f"client {self.member.client_id} ({self.member.address}) did not answer "
                             f"a ping within {self.factory.ping_timeout} seconds")
-        self.member.drop("timed_out", error, level=LogLevel.info)
+        self.member.drop(Drop.TIMED_OUT, error, level=LogLevel.info)
 
     # -- closing ------------------------------------------------------------
 
