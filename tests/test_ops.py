@@ -14,6 +14,7 @@ import urllib.request
 from dataclasses import asdict
 
 import pytest
+import pytest_twisted
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -211,7 +212,7 @@ def test_the_websocket_plugin_serves_the_upstreams_status():
         assert "tcphub_connections" not in values, "no hub in this process"
         varz = json.loads(get(admin, "/varz")[1])
         assert varz["upstream"]["state"] == "open" and varz["upstream"]["url"] == server.url
-        assert get(admin, "/connz")[0] == 400
+        assert get(admin, "/connz") == (404, "404: no hub in this process: /connz lists a hub's clients\n")
         server.stop(signal.SIGKILL)
         for _ in range(1000):  # until the handler has seen the server go (an event, not a delay)
             if get(admin, "/readyz")[0] == 503:
@@ -273,3 +274,42 @@ def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
             for client in clients:
                 client.close()
         hub.shutdown()
+
+
+# -- in this process, over a real port -----------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def _get_in_process(port: int, path: str):
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, readBody
+
+    response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
+    body = yield readBody(response)
+    return response.code, body.decode()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_bad_query_is_a_400_but_a_bug_while_rendering_is_a_500(tcp_server, monkeypatch, logged_errors):
+    from tcphub.ops.service import AdminService
+
+    server = yield tcp_server()
+    admin = AdminService("tcp:0:interface=127.0.0.1", hub=server)
+    admin.startService()
+    try:
+        yield admin.when_listening()
+        port = admin.port
+        code, body = yield _get_in_process(port, "/connz?limit=many")
+        assert (code, body) == (400, "400: limit takes a whole number, not 'many'\n"), body
+
+        def broken(*args, **kwargs):
+            raise ValueError("a bug, not the query's fault")
+
+        monkeypatch.setattr(views, "connz", broken)
+        with logged_errors.expected(ValueError, match=""):
+            code, body = yield _get_in_process(port, "/connz")
+        assert code == 500 and "a bug" not in body, "a bug is not the client's to read"
+    finally:
+        stopped = admin.stopService()  # answers until the hub has stopped
+        yield server.stop()
+        yield stopped

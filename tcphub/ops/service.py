@@ -67,7 +67,7 @@ class _Path(Resource):
             return b"401: this path needs Authorization: Bearer <token>\n"
         try:
             status, content_type, body = self._render(request)
-        except ValueError as error:
+        except views.BadQuery as error:
             status, content_type, body = 400, "text/plain; charset=utf-8", f"400: {error}\n".encode()
         request.setResponseCode(status)
         request.setHeader(b"content-type", content_type.encode("ascii"))
@@ -87,7 +87,7 @@ def _query_int(request: Request, name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"{name} takes a whole number, not {text!r}") from None
+        raise views.BadQuery(f"{name} takes a whole number, not {text!r}") from None
 
 
 def _query_str(request: Request, name: str, default: str) -> str:
@@ -210,7 +210,7 @@ class AdminService(SiteService):
 
     def _connz(self, request: Request) -> tuple[int, str, bytes]:
         if self.hub is None:
-            raise ValueError("no hub in this process: /connz lists a hub's clients")
+            return 404, "text/plain; charset=utf-8", b"404: no hub in this process: /connz lists a hub's clients\n"
         return _json(views.connz(
             self.hub.clients(),
             self.hub.factory.closed_connections(),

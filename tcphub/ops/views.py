@@ -11,11 +11,16 @@ from typing import Any, Mapping
 
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, Metrics
 
-__all__ = ["SORT_FIELDS", "connz", "varz"]
+__all__ = ["SORT_FIELDS", "BadQuery", "connz", "varz"]
 
 SORT_FIELDS = ("connected", "idle", "bytes_received", "bytes_sent", "messages_received",
                "messages_sent", "pending_bytes", "held_bytes")
 MAX_LIMIT = 1000
+
+
+class BadQuery(ValueError):
+    """A request's query cannot be answered (the site answers 400 with the
+    message); any other exception while rendering is a bug, and a 500."""
 
 
 def varz(*, version: str, options: Mapping[str, Any], limits: Mapping[str, Any] | None,
@@ -46,17 +51,17 @@ def connz(clients: list[ClientInfo], closed: list[ClosedConnection], *, now: flo
           closed_limit: int = 20) -> dict[str, Any]:
     """
     A page of the client table, sorted by one numeric field, and the last
-    clients that left with why.  Raises L{ValueError} (the site answers 400)
+    clients that left with why.  Raises L{BadQuery} (the site answers 400)
     for an unknown field or order, or a limit or offset out of range.
     """
     if sort not in SORT_FIELDS:
-        raise ValueError(f"sort takes one of {', '.join(SORT_FIELDS)}, not {sort!r}")
+        raise BadQuery(f"sort takes one of {', '.join(SORT_FIELDS)}, not {sort!r}")
     if order not in ("asc", "desc"):
-        raise ValueError(f"order takes asc or desc, not {order!r}")
+        raise BadQuery(f"order takes asc or desc, not {order!r}")
     if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit takes 1 to {MAX_LIMIT}, not {limit}")
+        raise BadQuery(f"limit takes 1 to {MAX_LIMIT}, not {limit}")
     if offset < 0:
-        raise ValueError(f"offset cannot be negative, not {offset}")
+        raise BadQuery(f"offset cannot be negative, not {offset}")
     records = [_client(info, now) for info in clients]
     records.sort(key=lambda record: (record[sort], record["id"]), reverse=order == "desc")
     return {
