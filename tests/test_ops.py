@@ -313,3 +313,26 @@ def test_a_bad_query_is_a_400_but_a_bug_while_rendering_is_a_500(tcp_server, mon
         stopped = admin.stopService()  # answers until the hub has stopped
         yield server.stop()
         yield stopped
+
+
+def test_every_number_of_the_upstreams_and_the_bus_status_is_on_metrics():
+    """The collector reads its lists from the status dataclasses: none of
+    their counts or levels is missing, and a renamed field renames its metric."""
+    from dataclasses import fields
+
+    from tcphub import WebSocketHandler
+    from tcphub.bus.redis import BusStatus
+    from tcphub.ws.handler import Status
+
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TcpHubCollector(None, WebSocketHandler(clock=clock, reactor=clock), clock))
+    names = {family.name for family in text_string_to_metric_families(generate_latest(registry).decode())}
+    for field in fields(Status):
+        if field.type == "int":
+            assert f"tcphub_upstream_{field.name}" in names, field.name
+    for field in fields(BusStatus):
+        if field.type == "int":
+            assert field.metadata, f"BusStatus.{field.name} is neither a counter nor a gauge"

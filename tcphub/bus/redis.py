@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import _checks
+from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._reactor import default_reactor
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
@@ -80,19 +81,19 @@ class BusStatus:
     publisher: str
     """A L{PublisherState} value."""
     subscribed: bool
-    published: int
+    published: int = field(metadata=COUNTER)
     """Messages handed to Redis."""
-    received: int
+    received: int = field(metadata=COUNTER)
     """Messages of other nodes taken from Redis."""
-    queued: int
-    queued_bytes: int
-    dropped: int
+    queued: int = field(metadata=GAUGE)
+    queued_bytes: int = field(metadata=GAUGE)
+    dropped: int = field(metadata=COUNTER)
     """Publishes dropped because the queue was full (L{BusQueueFull})."""
-    publish_errors: int
+    publish_errors: int = field(metadata=COUNTER)
     """Publishes Redis answered with an error."""
-    bad_messages: int
+    bad_messages: int = field(metadata=COUNTER)
     """What came on the channel that no tcphub wrote (counted and dropped)."""
-    nodes: int
+    nodes: int = field(metadata=GAUGE)
     """Live nodes at the last heartbeat (this one included)."""
 
 

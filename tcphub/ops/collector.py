@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 
+from tcphub._metric_fields import counters, gauges
 from tcphub.hub.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -28,10 +29,6 @@ _GAUGES = {
     "rooms": "Rooms with at least one member.",
     "room_members": "Memberships across all rooms.",
 }
-_BUS_COUNTS = ("published", "received", "dropped", "publish_errors", "bad_messages")
-_UPSTREAM_COUNTS = ("retries", "reconnects", "messages_sent", "messages_received",
-                    "invalid_messages", "unrouted_messages", "handler_errors",
-                    "late_replies", "protocol_errors")
 
 
 def _help(name: str) -> str:
@@ -64,10 +61,9 @@ class TcpHubCollector:
                                 value=int(status.publisher == "flowing"))
         yield GaugeMetricFamily("tcphub_bus_subscribed", "1 while this node takes the others' messages.",
                                 value=int(status.subscribed))
-        yield GaugeMetricFamily("tcphub_bus_queued", "Publishes waiting for Redis.", value=status.queued)
-        yield GaugeMetricFamily("tcphub_bus_queued_bytes", "Bytes waiting for Redis.", value=status.queued_bytes)
-        yield GaugeMetricFamily("tcphub_bus_nodes", "Live nodes at the last heartbeat.", value=status.nodes)
-        for name in _BUS_COUNTS:
+        for name, text in gauges(type(status)):
+            yield GaugeMetricFamily(f"tcphub_bus_{name}", f"Bus: {text}", value=getattr(status, name))
+        for name in counters(type(status)):
             yield CounterMetricFamily(f"tcphub_bus_{name}", f"Bus {name.replace('_', ' ')}.",
                                       value=getattr(status, name))
 
@@ -87,11 +83,9 @@ class TcpHubCollector:
         status = self._upstream.get_status()
         yield GaugeMetricFamily("tcphub_upstream_connected", "1 while the upstream connection is open.",
                                 value=int(status.connected))
-        yield GaugeMetricFamily("tcphub_upstream_queued", "Messages waiting for the upstream connection.",
-                                value=status.queued)
-        yield GaugeMetricFamily("tcphub_upstream_queued_bytes", "Bytes waiting for the upstream connection.",
-                                value=status.queued_bytes)
-        for name in _UPSTREAM_COUNTS:
+        for name, text in gauges(type(status)):
+            yield GaugeMetricFamily(f"tcphub_upstream_{name}", f"Upstream: {text}", value=getattr(status, name))
+        for name in counters(type(status)):
             yield CounterMetricFamily(f"tcphub_upstream_{name}", f"Upstream {name.replace('_', ' ')}.",
                                       value=getattr(status, name))
         if status.last_ping is not None:

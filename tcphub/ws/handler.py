@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import _checks
+from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub._version import version
@@ -122,26 +123,26 @@ class ConnectionContext:
 @dataclass(frozen=True)
 class Status:
     connected: bool
-    retries: int
+    retries: int = field(metadata=COUNTER)
     """Reconnection attempts scheduled over the handler's life."""
-    messages_sent: int
-    messages_received: int
+    messages_sent: int = field(metadata=COUNTER)
+    messages_received: int = field(metadata=COUNTER)
     last_ping: float | None
     """When the last ping or pong was seen, in the handler clock's seconds."""
-    reconnects: int
+    reconnects: int = field(metadata=COUNTER)
     """Connections opened after the first one."""
-    queued: int
-    queued_bytes: int
-    pending_requests: int
-    handlers_in_flight: int
+    queued: int = field(metadata=GAUGE)
+    queued_bytes: int = field(metadata=GAUGE)
+    pending_requests: int = field(metadata=GAUGE)
+    handlers_in_flight: int = field(metadata=GAUGE)
     """Route handlers whose Deferred (or coroutine) has not ended yet."""
     reading_paused: bool
     """Whether reading stopped because C{max_concurrent_handlers} calls are in flight."""
-    invalid_messages: int
-    unrouted_messages: int
-    handler_errors: int
-    late_replies: int
-    protocol_errors: int
+    invalid_messages: int = field(metadata=COUNTER)
+    unrouted_messages: int = field(metadata=COUNTER)
+    handler_errors: int = field(metadata=COUNTER)
+    late_replies: int = field(metadata=COUNTER)
+    protocol_errors: int = field(metadata=COUNTER)
     """Connections this side closed because the peer broke the protocol
     (close codes 1002, 1003, 1007, 1009)."""
     compression: str | None
