@@ -26,6 +26,7 @@ class Listener(Protocol):
 
 if TYPE_CHECKING:
     from tcphub.bus.redis import RedisBus
+    from tcphub.web.service import WebSocketMembers
     from tcphub.hub.service import TcpServer
     from tcphub.ops.service import AdminService
     from tcphub.ws.handler import WebSocketHandler
@@ -114,14 +115,15 @@ def check_admin(config: Mapping[str, Any]) -> None:
 
 
 def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | None = None,
-                  upstream: WebSocketHandler | None = None, bus: RedisBus | None = None) -> list[AdminService]:
+                  upstream: WebSocketHandler | None = None, bus: RedisBus | None = None,
+                  web: WebSocketMembers | None = None) -> list[AdminService]:
     """The operations port the options ask for, as a list of none or one service."""
     if config["admin"] is None:
         return []
     from tcphub.ops.service import AdminService
 
     shown = {key: value for key, value in config.items() if key != "admin-token"}
-    admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, token=config["admin-token"],
+    admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, web=web, token=config["admin-token"],
                          options=shown, reactor=reactor)
     admin.setName("admin")
     return [admin]

@@ -226,8 +226,10 @@ def makeService(config: Options, reactor: Any = None) -> IService:
         reactor = default_reactor()
     service, hub, upstream = _hub_service(config, reactor)
     bus = _bus_service(config, hub, reactor)
-    listening: list[Any] = [*_members_service(config, hub, reactor),
-                            *admin_service(config, reactor, hub=hub, upstream=upstream, bus=bus[0] if bus else None)]
+    members = _members_service(config, hub, reactor)
+    listening: list[Any] = [*members, *admin_service(config, reactor, hub=hub, upstream=upstream,
+                                                     bus=bus[0] if bus else None,
+                                                     web=members[0] if members else None)]
     return PluginProcess(service, reactor, *bus, *listening, log_observer=log_observer(config),
                          listeners=[hub, *listening])
 

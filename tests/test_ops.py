@@ -336,3 +336,13 @@ def test_every_number_of_the_upstreams_and_the_bus_status_is_on_metrics():
     for field in fields(BusStatus):
         if field.type == "int":
             assert field.metadata, f"BusStatus.{field.name} is neither a counter nor a gauge"
+
+
+def test_the_members_ports_own_counts_are_on_metrics_under_their_names():
+    from twisted.internet.task import Clock
+
+    from tcphub.web.member import MemberCounters
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TcpHubCollector(None, None, Clock(), web=MemberCounters(rejected_origin=3)))
+    assert samples(generate_latest(registry).decode())["tcphub_rejected_origin_total"] == 3

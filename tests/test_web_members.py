@@ -288,8 +288,7 @@ def test_a_page_from_another_origin_is_refused_with_403_and_counted(members):
     assert refused.value().startswith(b"HTTP/1.1 403")
     _, same = web.connect(b"Origin: http://127.0.0.1:8080\r\n")
     assert same.value().startswith(b"HTTP/1.1 101")
-    metrics = web.hub.factory.get_metrics()
-    assert (metrics.rejected_origin, metrics.connections) == (1, 1)
+    assert (web.factory.counters.rejected_origin, web.hub.factory.get_metrics().connections) == (1, 1)
 
 
 def test_a_refused_member_is_never_in_the_client_table(members):

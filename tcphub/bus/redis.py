@@ -219,8 +219,8 @@ class RedisBus(Service):
             error = BusQueueFull(f"{count} publishes dropped so far: the bus queue is full "
                                  f"({len(self._queue)} messages, {self._queued_bytes} bytes) "
                                  f"while Redis is {self.state.value}")
-            self._hub.repeats.emit("bus_dropped", LogLevel.warn, "{error}", error=error)
-            self._hub.report(None, error)
+            self._hub.surface.fault("bus_dropped", LogLevel.warn, "{error}", error=error)
+            self._hub.surface.report(error)
             return
         self._queue.append(data)
         self._queued_bytes += len(data)
@@ -234,7 +234,7 @@ class RedisBus(Service):
         # Refused by Redis, or in flight when the connection dropped (maybe
         # delivered, maybe not: never sent again, at most once).
         count = self._counts["publish_errors"] = self._counts["publish_errors"] + 1
-        self._hub.repeats.emit("bus_publish_errors", LogLevel.warn,
+        self._hub.surface.fault("bus_publish_errors", LogLevel.warn,
                                "a publish failed ({count} so far): {error}",
                                count=count, error=failure.value)
 
@@ -245,7 +245,7 @@ class RedisBus(Service):
     def _command_failed(self, failure: Failure, name: bytes) -> None:
         if failure.check(ConnectionDone, ConnectionLost):
             return
-        self._hub.repeats.emit("bus_command_errors", LogLevel.warn, "Redis refused {name}: {error}",
+        self._hub.surface.fault("bus_command_errors", LogLevel.warn, "Redis refused {name}: {error}",
                                name=name.decode("ascii", "replace"), error=failure.value)
 
     def _flush(self) -> None:
@@ -339,20 +339,20 @@ class RedisBus(Service):
     def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
         # As for a client's read: what the messages of one read make the hub
         # write goes out as one write per client.
-        batch = self._hub.batch
-        batch.begin()
+        surface = self._hub.surface
+        surface.read_begins()
         try:
             for _, data in pushes:
                 self._take(data)
         finally:
-            batch.end()
+            surface.read_ends()
 
     def _take(self, data: bytes) -> None:
         try:
             message = codec.decode(data)
         except BusError as error:
             count = self._counts["bad_messages"] = self._counts["bad_messages"] + 1
-            self._hub.repeats.emit("bus_bad_messages", LogLevel.warn,
+            self._hub.surface.fault("bus_bad_messages", LogLevel.warn,
                                    "dropped a message on the bus channel ({count} so far): {error}",
                                    count=count, error=error)
             return

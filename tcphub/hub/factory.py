@@ -36,6 +36,7 @@ from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.protocol import HubProtocol, RefusedConnection, check_payload, format_address
 from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Rooms
+from tcphub.hub.surface import HubSurface
 
 __all__ = ["HubFactory"]
 
@@ -61,7 +62,10 @@ class HubFactory(Factory):
         C{"disconnected"} for each room of a client that goes (before its
         C{disconnect} event)
 
-    Its clients call the methods under "called by HubProtocol"; nothing else should.
+    Its clients call the methods under "called by HubProtocol"; nothing else
+    should.  C{counters}, C{batch} and C{repeats} are the hub's and its
+    protocols' own: the rooms beside the hub (browser members, the bus) use
+    L{surface} and keep counters of their own.
     """
 
     protocol: type[HubProtocol] = HubProtocol  # type: ignore[assignment]
@@ -112,6 +116,8 @@ class HubFactory(Factory):
         """Gathers what the hub writes while it handles a read (see L{ReadBatch})."""
         self.repeats = RepeatedLog(self._log, self.clock)
         """Logs each kind of fault once, then once per interval while it repeats."""
+        self.surface = HubSurface(self.clock, self.batch, self.repeats, self.report)
+        """What the rooms beside the hub (browser members, the bus) use of it."""
         self.handler_failed = HandlerFailures(
             self.repeats, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
         )

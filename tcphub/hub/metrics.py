@@ -91,8 +91,6 @@ class Metrics:
     """Connections the process had no file descriptor left for (EMFILE):
     closed at once by Twisted, before the hub saw them (counted by every hub
     listening in the process, since descriptors are the process's)."""
-    rejected_origin: int
-    """WebSocket handshakes refused for their C{Origin} (HTTP 403)."""
 
 
 class Drop(enum.Enum):
@@ -128,7 +126,6 @@ class HubCounters:
         "rejected_per_ip",
         "rate_limited",
         "descriptor_refusals",
-        "rejected_origin",
     )
 
     def __init__(self) -> None:
@@ -146,7 +143,6 @@ class HubCounters:
         self.rejected_per_ip = 0
         self.rate_limited = 0
         self.descriptor_refusals = 0
-        self.rejected_origin = 0
 
     def dropped(self, reason: Drop) -> int:
         """Count one more client dropped for C{reason}; return the new total."""

@@ -8,7 +8,7 @@ goes up and down, seconds for durations.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
@@ -40,11 +40,13 @@ class TcpHubCollector:
     C{prometheus_client.CollectorRegistry}."""
 
     def __init__(self, hub: HubFactory | None, upstream: WebSocketHandler | None,
-                 clock: IReactorTime, bus: RedisBus | None = None) -> None:
+                 clock: IReactorTime, bus: RedisBus | None = None, web: Any = None) -> None:
         self._hub = hub
         self._upstream = upstream
         self._clock = clock
         self._bus = bus
+        self._web = web
+        """The members' port's counters (a dataclass of counter fields), if any."""
 
     def collect(self) -> Iterator[Metric]:
         if self._hub is not None:
@@ -53,6 +55,9 @@ class TcpHubCollector:
             yield from self._upstream_metrics()
         if self._bus is not None:
             yield from self._bus_metrics()
+        if self._web is not None:
+            for name in counters(type(self._web)):
+                yield CounterMetricFamily(f"tcphub_{name}", _help(name), value=getattr(self._web, name))
 
     def _bus_metrics(self) -> Iterator[Metric]:
         assert self._bus is not None

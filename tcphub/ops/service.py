@@ -42,6 +42,7 @@ from tcphub.ops.collector import TcpHubCollector
 if TYPE_CHECKING:
     from tcphub.bus.redis import RedisBus
     from tcphub.hub.service import TcpServer
+    from tcphub.web.service import WebSocketMembers
     from tcphub.ws.handler import WebSocketHandler
 
 __all__ = ["AdminService"]
@@ -111,6 +112,7 @@ class AdminService(SiteService):
         hub: TcpServer | None = None,
         upstream: WebSocketHandler | None = None,
         bus: RedisBus | None = None,
+        web: WebSocketMembers | None = None,
         token: str | None = None,
         options: Mapping[str, Any] | None = None,
         reactor: Any = None,
@@ -124,13 +126,15 @@ class AdminService(SiteService):
         self.hub = hub
         self.upstream = upstream
         self.bus = bus
+        self.web = web
         self.options = dict(options or {})
         self._token = token.encode("utf-8") if token is not None else None
         self._draining = False
         self._reactor = reactor
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
-                                                self._clock(), bus=bus))
+                                                self._clock(), bus=bus,
+                                                web=web.members.counters if web is not None else None))
         root = Resource()
         root.putChild(b"", _Path(self, self._page, open_to_all=True))
         root.putChild(b"healthz", _Path(self, lambda request: (200, "text/plain", b"ok\n"), open_to_all=True))
@@ -186,6 +190,7 @@ class AdminService(SiteService):
             upstream=upstream,
             bus=None if self.bus is None else {**asdict(self.bus.status()),
                                                "cluster_rooms": self.bus.cluster_rooms()},
+            websocket=None if self.web is None else asdict(self.web.members.counters),
             now=self._clock().seconds(),
         ))
 

@@ -25,7 +25,7 @@ class BadQuery(ValueError):
 
 def varz(*, version: str, options: Mapping[str, Any], limits: Mapping[str, Any] | None,
          metrics: Metrics | None, upstream: Mapping[str, Any] | None, now: float,
-         bus: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         bus: Mapping[str, Any] | None = None, websocket: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The process at a glance: version, effective options and limits, counters, uptime."""
     document: dict[str, Any] = {"version": version, "now": now, "options": dict(options)}
     if limits is not None:
@@ -36,6 +36,8 @@ def varz(*, version: str, options: Mapping[str, Any], limits: Mapping[str, Any] 
         document["upstream"] = dict(upstream)
     if bus is not None:
         document["bus"] = dict(bus)
+    if websocket is not None:
+        document["websocket"] = dict(websocket)
     return document
 
 

@@ -32,6 +32,7 @@ whole messages (L{IMessageTransport}):
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Iterable, cast
 
@@ -44,6 +45,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcphub._metric_fields import COUNTER
 from tcphub._upstream.autobahn_parts import FailureHooks, parse_frames
 from tcphub._version import version
 from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginRejected, PingTimeout, UnframeableMessage
@@ -190,12 +192,12 @@ class MemberConnection(FailureHooks):
         # As for a TCP client, what the messages of one read make the hub
         # write goes out as one write per receiver.  (Autobahn's own
         # dataReceived only adds a debug line per read.)
-        batch = self.factory.hub.batch
-        batch.begin()
+        surface = self.factory.hub.surface
+        surface.read_begins()
         try:
             parse_frames(self, data)
         finally:
-            batch.end()
+            surface.read_ends()
 
     def onConnect(self, request: ConnectionRequest) -> None:
         origin = request.headers.get("origin")
@@ -204,9 +206,9 @@ class MemberConnection(FailureHooks):
             hub = self.factory.hub
             error = OriginRejected(f"refused a WebSocket from {format_address(self.transport.getPeer())}: "
                                    f"origin {origin!r} is not allowed")
-            hub.counters.add("rejected_origin")
-            hub.repeats.emit("rejected_origin", LogLevel.warn, "{error}", error=error)
-            hub.report(None, error)
+            self.factory.counters.rejected_origin += 1
+            hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error)
+            hub.surface.report(error)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
 
     def onOpen(self) -> None:
@@ -318,6 +320,14 @@ class MemberConnection(FailureHooks):
         self.member.connectionLost(Failure(ConnectionDone(why) if wasClean else ConnectionLost(why)))
 
 
+@dataclass
+class MemberCounters:
+    """What the members' port counts of its own, on C{/metrics} and C{/varz}."""
+
+    rejected_origin: int = field(default=0, metadata=COUNTER)
+    """Handshakes refused for their C{Origin} (L{OriginRejected})."""
+
+
 class MemberFactory(WebSocketServerFactory):
     """
     Builds a L{MemberConnection} per WebSocket handshake, for C{hub}.  Its
@@ -336,6 +346,8 @@ class MemberFactory(WebSocketServerFactory):
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
         self.prepared = _Prepared(hub)
+        self.counters = MemberCounters()
+        """The members' port's own counts (the hub counts its members' traffic)."""
         self.setProtocolOptions(
             maxMessagePayloadSize=hub.max_frame,
             maxFramePayloadSize=hub.max_frame,
