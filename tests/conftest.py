@@ -4,7 +4,7 @@ Fixtures shared by every test.
 The autouse C{clean_reactor} fixture fails a test that leaves delayed calls,
 listening ports or connections behind on the global reactor, or that logs an
 error it did not say it expects (see L{tests.logged}); C{hub_factory}
-makes in-memory hubs (a HubFactory on a Clock, StringTransport clients);
+makes in-memory hubs (L{tcphub.testing.MemoryHub});
 C{tcp_server} starts real hubs on 127.0.0.1 and stops them after the test.
 """
 
@@ -16,16 +16,11 @@ import pytest
 import pytest_twisted
 from hypothesis import settings
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
-from tcphub import HubFactory, HubProtocol, TcpServer
-
+from tcphub import TcpServer
+from tcphub.testing import MemoryHub
 from tests.logged import LoggedErrors
 
 
@@ -79,62 +74,19 @@ def clean_reactor(request):
     assert not leftover_selectables, f"ports or connections left open: {leftover_selectables}"
 
 
-class Hub:
-    """A HubFactory on a Clock, with helpers to attach StringTransport clients."""
-
-    def __init__(self, **options) -> None:
-        self.clock = Clock()
-        self.factory = HubFactory(clock=self.clock, **options)
-        self.factory.doStart()
-        self.events: list[tuple] = []
-        for name in ("connection", "data", "disconnect", "error", "join", "leave"):
-            self.factory.on(name, lambda *args, name=name: self.events.append((name, *args)))
-        self._next_port = 40000
-        self.protocols: list[HubProtocol] = []
-        self.lost: set[HubProtocol] = set()
-
-    def connect(self, host: str = "127.0.0.1") -> tuple[HubProtocol, StringTransport]:
-        self._next_port += 1
-        address = IPv4Address("TCP", host, self._next_port)
-        protocol = self.factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        self.protocols.append(protocol)
-        return protocol, transport
-
-    def lose(self, protocol: HubProtocol) -> None:
-        self.lost.add(protocol)
-        protocol.connectionLost(Failure(ConnectionDone("bye")))
-
-    def timers(self) -> list:
-        """The clock's delayed calls, but the windows of the hub's repeated-fault log."""
-        return [call for call in self.clock.getDelayedCalls()
-                if getattr(call.func, "__self__", None) is not self.factory.repeats]
-
-    def errors(self) -> list:
-        return [event[2] for event in self.events if event[0] == "error"]
-
-    def close(self) -> None:
-        # Clients a test left connected go now; then no timer may be left.
-        for protocol in self.protocols:
-            if protocol not in self.lost:
-                self.lose(protocol)
-        self.factory.doStop()
-        assert self.clock.getDelayedCalls() == []
-
-
 @pytest.fixture
 def hub_factory():
     hubs: list[Hub] = []
 
-    def make(**options) -> Hub:
-        hub = Hub(**options)
+    def make(**options) -> MemoryHub:
+        hub = MemoryHub(**options)
         hubs.append(hub)
         return hub
 
     yield make
     for hub in hubs:
-        hub.close()
+        # Clients a test left connected go now; then no timer may be left.
+        assert hub.close() == []
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, TcpServer, UnframeableMessage, UnknownClient
 from tcphub.bus import codec, resp
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
+from tcphub.testing import MemoryRedis
 
 
 # -- the Redis protocol ---------------------------------------------------------
@@ -284,49 +285,6 @@ def test_heartbeats_while_redis_is_down_write_nothing_and_raise_nothing(unreacha
 # -- the bus against an in-memory Redis ------------------------------------------
 
 
-@implementer(IStreamClientEndpoint)
-class MemoryRedis:
-    """An endpoint whose connections are StringTransports, answered by
-    L{answer}: +OK to everything but SMEMBERS (none), PUBSUB NUMSUB (C{subscribers})
-    and SUBSCRIBE."""
-
-    def __init__(self) -> None:
-        self.connections: list[tuple[resp.RedisProtocol, StringTransport]] = []
-        self.subscribers = 1
-        self.published: list[bytes] = []
-        self._read: dict[int, int] = {}
-
-    def connect(self, factory):
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.connections.append((protocol, transport))
-        return succeed(protocol)
-
-    def answer(self) -> None:
-        for index, (protocol, transport) in enumerate(self.connections):
-            data = transport.value()
-            at = self._read.get(index, 0)
-            replies = []
-            while at < len(data):
-                command, at = resp.parse(data, at)
-                name = command[0]
-                if name == b"PUBLISH":
-                    self.published.append(command[2])
-                    replies.append(b":1\r\n")
-                elif name == b"SMEMBERS":
-                    replies.append(b"*0\r\n")
-                elif name == b"PUBSUB":
-                    replies.append(b"*2\r\n$%d\r\n%s\r\n:%d\r\n" % (len(command[2]), command[2], self.subscribers))
-                elif name == b"SUBSCRIBE":
-                    replies.append(b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(command[1]), command[1]))
-                else:
-                    replies.append(b"+OK\r\n")
-            self._read[index] = at
-            if replies:
-                protocol.dataReceived(b"".join(replies))
-
-
 @pytest.fixture
 def memory_bus():
     made: list = []
@@ -344,8 +302,7 @@ def memory_bus():
     for bus, redis in made:
         stopped: list = []
         bus.stopService().addBoth(stopped.append)
-        for protocol, _ in redis.connections:  # what the transports would do once closed
-            protocol.connectionLost(Failure(ConnectionDone()))
+        redis.drop()
         assert stopped == [None]
 
 

@@ -16,6 +16,7 @@ from tests.clients import LineClient, connect
 from tests.events import when_event
 from tcphub import HubProtocol, InvalidRoomName, RoomLimitReached, UnknownClient
 from tcphub.hub.rooms import MAX_ROOM_NAME, Rooms
+from tcphub.testing import MemoryHub
 
 
 class Talker(HubProtocol):
@@ -130,9 +131,7 @@ operations = st.lists(
 
 @given(operations)
 def test_membership_equals_a_simple_model_after_any_sequence(steps):
-    from tests.conftest import Hub
-
-    hub = Hub(max_rooms_per_client=3)
+    hub = MemoryHub(max_rooms_per_client=3)
     try:
         clients = [hub.connect()[0] for _ in range(5)]
         model: dict[int, list[str]] = {index: [] for index in range(5)}
@@ -170,7 +169,7 @@ def test_membership_equals_a_simple_model_after_any_sequence(steps):
                 if each not in hub.lost:
                     assert hub.factory.client(each.client_id).rooms == tuple(model[position])
     finally:
-        hub.close()
+        assert hub.close() == []
 
 
 # -- numbering and history -----------------------------------------------------------

@@ -13,8 +13,9 @@ import struct
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 
+from tcphub.testing import MemoryUpstream
 from tcphub import (
     HandlerClosed,
     HandlerProtocol,
@@ -26,15 +27,6 @@ from tcphub import (
 )
 
 
-class Transport(StringTransport):
-    """A StringTransport that, like Twisted's TCP transports, lets a protocol
-    unregister a producer it never registered (Autobahn's dropConnection does)."""
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        self.streaming = None
-
-
 class Counting(HandlerProtocol):
     pings: list[float]
 
@@ -43,52 +35,24 @@ class Counting(HandlerProtocol):
         super().sendPing(payload)
 
 
-class Link:
-    """One handler and its in-memory connection."""
+class Link(MemoryUpstream):
+    """One handler (with L{Counting} pings) and its in-memory connection."""
 
     def __init__(self, connect_to: str = "ws://127.0.0.1:9/", **options) -> None:
-        self.reactor = MemoryReactorClock()
         Counting.pings = self.pings = []
-        options.setdefault("reconnect", False)
-        self.ws = WebSocketHandler(reactor=self.reactor, clock=self.reactor,
-                                   compression=False, protocol=Counting, **options)
-        self.connected = self.ws.connect(connect_to)
+        super().__init__(connect_to, protocol=Counting, **options)
         self.closes: list[tuple] = []
         self.ws.on("close", lambda context, code, reason: self.closes.append((code, reason)))
-        self.attach()
-
-    def attach(self) -> None:
-        """Answer the handler's latest connection attempt with a transport."""
-        host, port, factory, _, _ = self.reactor.tcpClients[-1]
-        self.protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
-        self.transport = Transport()
-        self.protocol.makeConnection(self.transport)
 
     def open(self) -> None:
-        self.open_unchecked()
+        super().open()
         assert self.ws.get_status().connected
 
     def open_unchecked(self) -> None:
-        """The server's side of the opening handshake."""
-        key = re.search(rb"(?i)sec-websocket-key: *([^\r\n]+)", self.transport.value())[1]
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        self.protocol.dataReceived(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-        )
-
-    def pong(self) -> None:
-        self.protocol.dataReceived(b"\x8a\x00")
+        MemoryUpstream.open(self)
 
     def finish(self) -> None:
-        # Closed first: a handler without reconnect whose connection drops gives up (an error).
-        lost = self.transport.disconnecting
-        self.ws.close()
-        if not lost:
-            self.transport.loseConnection()
-            self.protocol.connectionLost(_lost())
-        self.reactor.advance(0)
-        assert self.reactor.getDelayedCalls() == []
+        assert super().finish() == []
 
 
 def _lost():
