@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from tcphub.bridge import Bridge
     from tcphub.bus.redis import RedisBus
     from tcphub.ws.handler import ConnectionContext, HandlerState, Status, WebSocketHandler
+    from tcphub.ws.options import HandlerOptions
     from tcphub.ws.protocol import HandlerProtocol
     from tcphub.web.service import WebSocketMembers
     from tcphub.ws.reconnect import ReconnectingClientService, exponential_backoff, linear_backoff
@@ -72,6 +73,7 @@ _LAZY = {
     "Status": "tcphub.ws.handler",
     "WebSocketHandler": "tcphub.ws.handler",
     "HandlerProtocol": "tcphub.ws.protocol",
+    "HandlerOptions": "tcphub.ws.options",
     "ReconnectingClientService": "tcphub.ws.reconnect",
     "exponential_backoff": "tcphub.ws.reconnect",
     "linear_backoff": "tcphub.ws.reconnect",
@@ -110,6 +112,7 @@ __all__ = [
     "HandlerClosed",
     "HandlerError",
     "HandshakeRejected",
+    "HandlerOptions",
     "HandlerProtocol",
     "HandlerState",
     "HubFactory",

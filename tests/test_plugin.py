@@ -457,10 +457,10 @@ def test_a_fresh_install_shows_the_plugin_in_twistd_help(tmp_path):
 def test_upstream_makes_a_gateway_that_retries_for_ever_by_default():
     gateway = hub_service("--upstream", "ws://127.0.0.1:1/", "--upstream-route", "hub.#")
     assert gateway.hub.factory.protocol.__name__ == "HubProtocol", "mode none: nothing local"
-    assert (gateway.upstream.url, gateway.upstream.max_retries) == ("ws://127.0.0.1:1/", None)
+    assert (gateway.upstream.url, gateway.upstream.options.max_retries) == ("ws://127.0.0.1:1/", None)
     assert gateway.upstream.router.match("hub.anything") is not None
     limited = hub_service("--upstream", "wss://h/", "--upstream-max-retries", "3", "--mode", "echo")
-    assert limited.upstream.max_retries == 3
+    assert limited.upstream.options.max_retries == 3
     assert limited.hub.factory.protocol is EchoProtocol
     with pytest.raises(usage.UsageError, match="ws:// or wss://"):
         parse("--upstream", "tcp://h/")

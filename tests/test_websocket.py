@@ -525,7 +525,7 @@ def test_send_during_the_closing_handshake_queues_instead_of_raising(handler):
         assert ws.get_status().queued == 1 and not queued.called
     finally:
         closed = ws.close()
-        ws.clock.advance(ws.close_timeout)  # the server never drops TCP
+        ws.clock.advance(ws.options.close_timeout)  # the server never drops TCP
         yield closed
         yield port.stopListening()
     with pytest.raises(HandlerClosed):
@@ -746,7 +746,7 @@ def test_the_close_event_reports_the_protocol_error_we_closed_with(drop, handler
         yield close_received
         if not drop:
             yield deferLater(reactor, 0, lambda: None)
-            ws.clock.advance(ws.close_timeout)
+            ws.clock.advance(ws.options.close_timeout)
         _, code, reason = yield closed
         assert code == 1002 and "RSV" in reason
         if not drop:

@@ -22,14 +22,14 @@ def test_options_reach_the_handler():
         "--max-message-size", "4096",
     )).getServiceNamed("tcphub-ws")
     assert handler.url == "wss://example.test/feed"
-    assert (handler.reconnect, handler.max_retries, handler.backoff) == (False, 0, "linear")
-    assert (handler.ping_interval, handler.compression, handler.max_message_size) == (5, False, 4096)
+    assert (handler.options.reconnect, handler.options.max_retries, handler.options.backoff) == (False, 0, "linear")
+    assert (handler.options.ping_interval, handler.options.compression, handler.options.max_message_size) == (5, False, 4096)
 
 
 def test_defaults():
     handler = makeService(parse("--url", "ws://127.0.0.1:1/")).getServiceNamed("tcphub-ws")
-    assert (handler.reconnect, handler.max_retries, handler.backoff) == (True, 5, "exponential")
-    assert (handler.ping_interval, handler.compression) == (30, True)
+    assert (handler.options.reconnect, handler.options.max_retries, handler.options.backoff) == (True, 5, "exponential")
+    assert (handler.options.ping_interval, handler.options.compression) == (30, True)
 
 
 @pytest.mark.parametrize(
@@ -84,10 +84,10 @@ def test_handshake_and_timing_options_reach_the_handler():
         "--open-timeout", "3", "--ping-timeout", "2", "--initial-delay", "0.5", "--max-delay", "9",
         "--proxy", "127.0.0.1:3128",
     )).getServiceNamed("tcphub-ws")
-    assert handler.headers == {"Authorization": "Bearer x", "X-Id": "7"}
-    assert handler.subprotocols == ("chat.v2", "chat.v1") and handler.origin == "https://app.example"
-    assert (handler.open_timeout, handler.ping_timeout, handler.proxy) == (3, 2, "127.0.0.1:3128")
-    assert handler.user_agent.startswith("tcphub/")
+    assert handler.options.headers == {"Authorization": "Bearer x", "X-Id": "7"}
+    assert handler.options.subprotocols == ("chat.v2", "chat.v1") and handler.options.origin == "https://app.example"
+    assert (handler.options.open_timeout, handler.options.ping_timeout, handler.options.proxy) == (3, 2, "127.0.0.1:3128")
+    assert handler.options.user_agent.startswith("tcphub/")
 
 
 def test_a_private_ca_file_makes_tls_options(tmp_path):
@@ -95,7 +95,7 @@ def test_a_private_ca_file_makes_tls_options(tmp_path):
 
     _, cert = make_certificate(tmp_path)
     handler = makeService(parse("--url", "wss://localhost:1/", "--ca-file", str(cert))).getServiceNamed("tcphub-ws")
-    assert handler.tls_options is not None
+    assert handler.options.tls_options is not None
 
 
 @pytest.mark.parametrize("args, message", [

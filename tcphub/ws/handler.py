@@ -10,30 +10,22 @@ C{protocol=}, or by subscribing to the handler's events.
 
 from __future__ import annotations
 
-import email.utils
 import enum
-from urllib.parse import urljoin, urlsplit, urlunsplit
 import inspect
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence, cast
+from typing import Any, Callable, Sequence, cast
 
-from autobahn.websocket.util import parse_url
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from tcphub import _checks
 from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
-from tcphub._version import version
 from tcphub._repeats import RepeatedLog
 from tcphub.errors import (
     FatalClose,
@@ -43,42 +35,24 @@ from tcphub.errors import (
     InvalidMessage,
     MessageTooLarge,
     NotConnected,
-    QueueFull,
     RequestInterrupted,
     WebSocketError,
 )
 from tcphub.events import Events, HandlerFailures, Subscription
-from tcphub.ws.envelope import Codec, Envelope, PathDataCodec, check_envelope
-from tcphub.ws.protocol import HandlerFactory, HandlerProtocol, Headers, HeadersEndpoint, parse_proxy
-from tcphub.ws.reconnect import DEFAULT_JITTER, ReconnectingClientService, backoff_policy
+from tcphub.ws.connector import Connector
+from tcphub.ws.envelope import Codec, Envelope, check_envelope
+from tcphub.ws.options import HandlerOptions
+from tcphub.ws.protocol import HandlerFactory, HandlerProtocol
+from tcphub.ws.reconnect import ReconnectingClientService
 from tcphub.ws.requests import PendingRequests
 from tcphub.ws.routing import Router
+from tcphub.ws.sendqueue import SendQueue
 
 __all__ = ["ConnectionContext", "HandlerState", "Status", "WebSocketHandler"]
 
 RouteHandler = Callable[[Any, "ConnectionContext"], Any]
 
 CLOSE_MESSAGE_TOO_BIG = 1009
-# Refused handshakes that retrying may cure: timeout, rate limit (the rest of 4xx are final).
-_RETRIED_STATUSES = frozenset({408, 429})
-_REDIRECTS = frozenset({301, 302, 307, 308})
-MAX_REDIRECTS = 3
-"""Redirects followed in a row before a redirect is a final L{HandshakeRejected}."""
-_WS_SCHEMES = {"http": "ws", "https": "wss"}
-
-
-def _retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from C{Retry-After}: a number of seconds, or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
 # Close codes with which this side fails a connection the peer broke:
 # protocol error, unsupported data, invalid payload (bad UTF-8), too big.
 _PROTOCOL_ERRORS = frozenset({1002, 1003, 1007, 1009})
@@ -151,52 +125,6 @@ class Status:
     """The negotiated subprotocol, if any."""
 
 
-@implementer(IStreamClientEndpoint)
-class _RoundRobin:
-    """Each connection attempt to the next of the handler's URLs (one, or
-    several to fail over between), the factory aimed at it."""
-
-    def __init__(self, targets: list[tuple[IStreamClientEndpoint, str]], factory: HandlerFactory,
-                 aimed: Callable[[str], None]) -> None:
-        self._targets = targets
-        self.factory = factory
-        self._aimed = aimed
-        self._next = 0
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        endpoint, url = self._targets[self._next]
-        self._next = (self._next + 1) % len(self._targets)
-        self.factory.aim(url)
-        self._aimed(url)
-        return endpoint.connect(factory)
-
-    def redirect(self, old: str, new: str, endpoint: IStreamClientEndpoint) -> None:
-        """The server at C{old} sent us to C{new}: try it next, in its place."""
-        for index, (_, url) in enumerate(self._targets):
-            if url == old:
-                self._targets[index] = (endpoint, new)
-                self._next = index
-                return
-
-
-@implementer(IPushProducer)
-class _TransportFlow:
-    """Registered on a connection's transport, which tells it when its write
-    buffer is full (pause) and drained (resume)."""
-
-    def __init__(self, full: Callable[[bool], None]) -> None:
-        self._full = full
-
-    def pauseProducing(self) -> None:
-        self._full(True)
-
-    def resumeProducing(self) -> None:
-        self._full(False)
-
-    def stopProducing(self) -> None:
-        self._full(True)
-
-
 class WebSocketHandler(Service):
     """
     A WebSocket client that routes JSON messages by path and stays connected.
@@ -219,101 +147,42 @@ class WebSocketHandler(Service):
         self,
         reconnect: bool = True,
         max_retries: int | None = 5,
-        backoff: str = "exponential",
+        backoff: Any = "exponential",
         ping_interval: float = 30.0,
         *,
         url: str | Sequence[str] | None = None,
-        ping_timeout: float | None = None,
-        initial_delay: float = 1.0,
-        max_delay: float = 30.0,
-        jitter: float = DEFAULT_JITTER,
-        open_timeout: float = 10.0,
-        close_timeout: float = 5.0,
-        min_uptime: float = 5.0,
-        fatal_close_codes: Iterable[int] = (),
-        max_concurrent_handlers: int = 1000,
-        max_message_size: int = 1024 * 1024,
-        max_send_size: int | None = None,
-        max_queue: int = 1000,
-        max_queue_bytes: int = 16 * 1024 * 1024,
-        request_timeout: float = 30.0,
-        compression: bool = True,
-        headers: Headers | None = None,
-        subprotocols: Iterable[str] = (),
-        origin: str | None = None,
-        user_agent: str | None = None,
-        proxy: str | None = None,
-        codec: Codec | None = None,
-        tls_options: Any = None,
-        protocol: type[HandlerProtocol] = HandlerProtocol,
+        options: HandlerOptions | None = None,
         clock: IReactorTime | None = None,
         reactor: Any = None,
+        **settings: Any,
     ) -> None:
-        _checks.flag("reconnect", reconnect)
-        _checks.count_or_none("max_retries", max_retries, minimum=0)
-        _checks.number("ping_interval", ping_interval, minimum=0)
-        if ping_timeout is not None:
-            _checks.number("ping_timeout", ping_timeout, above=0)
-        _checks.number("initial_delay", initial_delay, minimum=0)
-        _checks.number("max_delay", max_delay, minimum=0)
-        _checks.number("jitter", jitter, minimum=0, maximum=1)
-        _checks.number("open_timeout", open_timeout, above=0)
-        _checks.number("close_timeout", close_timeout, above=0)
-        _checks.number("min_uptime", min_uptime, minimum=0)
-        fatal_close_codes = frozenset(fatal_close_codes)
-        for fatal in fatal_close_codes:
-            _checks.number("fatal_close_codes", fatal, minimum=1000, maximum=4999, integer=True)
-        _checks.number("request_timeout", request_timeout, above=0)
+        """
+        C{reconnect}, C{max_retries}, C{backoff}, C{ping_interval} and the
+        keyword C{settings} are the fields of L{HandlerOptions} (an unknown
+        name is a L{TypeError}); or pass C{options} made beforehand.
+        C{url}: one URL, or several to fail over between, for L{connect}
+        and for starting as a service.
+        """
+        if options is None:
+            options = HandlerOptions(reconnect=reconnect, max_retries=max_retries, backoff=backoff,
+                                     ping_interval=ping_interval, **settings)
+        elif settings:
+            raise TypeError(f"pass the settings in options or as arguments, not both: {sorted(settings)}")
+        self.options = options
+        """The handler's settings (frozen; see L{HandlerOptions})."""
         urls = [url] if isinstance(url, str) else list(url or ())
-        url = urls[0] if urls else None
-        if tls_options is not None and url is not None and not url.startswith("wss:"):
-            raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
+        if options.tls_options is not None and urls and not urls[0].startswith("wss:"):
+            raise ValueError(f"tls_options is given, but {urls[0]!r} is not a wss:// URL")
+        if options.proxy is not None and urls and urls[0].startswith("wss:"):
+            raise ValueError("a proxy is not supported with wss:// yet")
         if reactor is None:
             reactor = default_reactor()
-        self.url = url
+        self.url = urls[0] if urls else None
         """The URL connected to (or tried last)."""
         self.urls = urls
         """The URLs connect() tries in turn, when given several."""
-        self.reconnect = reconnect
-        self.max_retries = max_retries if reconnect else 0
-        self.backoff = backoff
-        self._max_delay = max_delay
-        self._retry_policy = backoff_policy(
-            backoff, initial_delay=initial_delay, max_delay=max_delay, jitter=jitter
-        )
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout if ping_timeout is not None else min(ping_interval, 10.0)
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
-        self.min_uptime = min_uptime
-        self.fatal_close_codes = fatal_close_codes
-        self.max_concurrent_handlers = _checks.count("max_concurrent_handlers", max_concurrent_handlers)
-        self.max_message_size = _checks.count("max_message_size", max_message_size)
-        self.max_send_size = _checks.count_or_none("max_send_size", max_send_size)
-        self.max_queue = _checks.count("max_queue", max_queue, minimum=0)
-        self.max_queue_bytes = _checks.count("max_queue_bytes", max_queue_bytes, minimum=0)
-        self.request_timeout = request_timeout
-        self.compression = compression
-        if headers is not None and not (isinstance(headers, Mapping) or callable(headers)):
-            raise TypeError(f"headers takes a mapping or a callable returning one, not {headers!r:.80}")
-        self.headers = headers
-        self.subprotocols = tuple(subprotocols)
-        if any(not isinstance(name, str) or not name for name in self.subprotocols):
-            raise ValueError(f"subprotocols takes names, not {self.subprotocols!r:.80}")
-        self.origin = origin
-        self.user_agent = user_agent if user_agent is not None else f"tcphub/{version()}"
-        if proxy is not None:
-            parse_proxy(proxy)
-            if url is not None and url.startswith("wss:"):
-                raise ValueError("a proxy is not supported with wss:// yet")
-        self.proxy = proxy
-        if codec is not None and not (callable(getattr(codec, "decode", None))
-                                      and callable(getattr(codec, "encode", None))):
-            raise TypeError(f"codec takes an object with decode() and encode(), not {codec!r:.80}")
-        self.codec: Codec = codec if codec is not None else PathDataCodec()
+        self.codec: Codec = options.codec
         """How messages map to envelopes (see L{tcphub.ws.envelope.Codec})."""
-        self.tls_options = tls_options
-        self.protocol = protocol
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.reactor = reactor
         self.context = ConnectionContext()
@@ -332,11 +201,11 @@ class WebSocketHandler(Service):
         )
         self._state = HandlerState.IDLE
         self._service: ReconnectingClientService | None = None
+        self._connector: Connector | None = None
         self._protocol: HandlerProtocol | None = None
         self._first_open: OneShotObserver | None = None
         self._closed: OneShotObserver | None = None
-        self._queue: deque[tuple[bytes, bool, Deferred[None]]] = deque()
-        self._queued_bytes = 0
+        self._sends = SendQueue(options.max_queue, options.max_queue_bytes, self._write)
         self._requests = PendingRequests(self.clock)
         self._counts = dict.fromkeys(
             ("retries", "messages_sent", "messages_received", "invalid_messages",
@@ -348,9 +217,6 @@ class WebSocketHandler(Service):
         self._in_flight = 0
         self._held: deque[Envelope] = deque()
         self._reading_paused = False
-        self._write_buffer_full = False
-        self._producer: IPushProducer | None = None
-        self._producer_paused = False
 
     # -- the public API -------------------------------------------------
 
@@ -374,19 +240,18 @@ class WebSocketHandler(Service):
         if not urls:
             raise ValueError("no URL to connect to")
         self.urls = urls
-        factory = HandlerFactory(self, urls[0], self.protocol, self.reactor)
-        targets = [(self._endpoint(each, factory), each) for each in urls]
+        options = self.options
+        factory = HandlerFactory(self, options, self.clock, urls[0], self.reactor)
+        connector = self._connector = Connector(urls, options, factory, self.reactor, self._aimed)
         self.url = urls[0]
-        self._targets = endpoint = _RoundRobin(targets, factory, self._aimed)
-        self._redirects = 0
         service = self._service = ReconnectingClientService(
-            endpoint,
+            connector,
             factory,
-            backoff=self._retry_policy,
-            max_retries=self.max_retries,
+            backoff=options.retry_policy(),
+            max_retries=options.max_retries,
             confirm_open=True,
-            min_uptime=self.min_uptime,
-            round_size=len(targets),
+            min_uptime=options.min_uptime,
+            round_size=len(connector),
             clock=self.clock,
         )
         self._state = HandlerState.CONNECTING
@@ -407,26 +272,6 @@ class WebSocketHandler(Service):
 
         self._first_open.when_fired().addBoth(relay)
         return opened
-
-    def _endpoint(self, url: str, factory: HandlerFactory) -> IStreamClientEndpoint:
-        """Where the connections to C{url} go: TCP (TLS for wss://), through
-        the proxy if any, with fresh headers before each attempt if asked."""
-        try:
-            secure, host, port, _, _, _ = parse_url(url)
-        except Exception as error:
-            raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
-        if self.tls_options is not None and not secure:
-            raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
-        if self.proxy is not None:
-            if secure:
-                raise ValueError("a proxy is not supported with wss:// yet")
-            host, port = parse_proxy(self.proxy)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
-        if secure:
-            endpoint = wrapClientTLS(self.tls_options or optionsForClientTLS(host), endpoint)
-        if callable(self.headers):
-            endpoint = HeadersEndpoint(endpoint, self.headers, factory)
-        return endpoint
 
     def _aimed(self, url: str) -> None:
         # The URL of the attempt under way: the one the next open is on.
@@ -480,7 +325,7 @@ class WebSocketHandler(Service):
         L{RequestTimeout} after C{timeout} seconds (from this call, queueing
         included), or L{RequestInterrupted} if the connection drops first.
         """
-        seconds = self.request_timeout if timeout is None else timeout
+        seconds = self.options.request_timeout if timeout is None else timeout
         request_id, reply = self._requests.open(path, seconds)
         self._send(Envelope(path=path, data=data, id=request_id)).addErrback(
             lambda failure: self._requests.fail(request_id, failure)
@@ -507,7 +352,7 @@ class WebSocketHandler(Service):
         self._closed = closed = OneShotObserver()
         done: Deferred[None] = closed.when_fired()
         error = HandlerClosed(f"the handler was closed ({code} {reason})".strip())
-        self._fail_queue(error)
+        self._sends.fail_all(error)
         self._requests.fail_all(error)
         if self._first_open is not None:
             self._first_open.fire(Failure(error))
@@ -527,8 +372,8 @@ class WebSocketHandler(Service):
             connected=self.context.connected,
             last_ping=self._last_ping,
             reconnects=max(0, self._opens - 1),
-            queued=len(self._queue),
-            queued_bytes=self._queued_bytes,
+            queued=len(self._sends),
+            queued_bytes=self._sends.queued_bytes,
             pending_requests=len(self._requests),
             handlers_in_flight=self._in_flight,
             reading_paused=self._reading_paused,
@@ -544,11 +389,7 @@ class WebSocketHandler(Service):
     def writable(self) -> bool:
         """Whether a send goes straight out: a connection is open (no closing
         handshake begun) and its write buffer is not full."""
-        return self._open_protocol() is not None and not self._write_buffer_full
-
-    def _open_protocol(self) -> HandlerProtocol | None:
-        protocol = self._protocol
-        return protocol if protocol is not None and protocol.can_send else None
+        return self._sends.writable
 
     def registerProducer(self, producer: IPushProducer, streaming: bool = True) -> None:
         """
@@ -559,14 +400,10 @@ class WebSocketHandler(Service):
         """
         if not streaming:
             raise ValueError("only streaming (push) producers can be registered")
-        if self._producer is not None:
-            raise RuntimeError("a producer is registered already")
-        self._producer = producer
-        self._producer_paused = False
-        self._update_flow()
+        self._sends.register_producer(producer)
 
     def unregisterProducer(self) -> None:
-        self._producer = None
+        self._sends.unregister_producer()
 
     # -- IService ---------------------------------------------------------
 
@@ -593,22 +430,21 @@ class WebSocketHandler(Service):
         assert self._service is not None
         self._state = HandlerState.OPEN
         self._protocol = protocol
-        self._write_buffer_full = False
-        protocol.registerProducer(_TransportFlow(self._transport_full), True)
         self._service.connection_opened()
         context = self.context
         context.connection_id = uuid.uuid4().hex
         context.connected = True
         context.subprotocol = protocol.websocket_protocol_in_use
         self._opens += 1
-        self._redirects = 0
+        assert self._connector is not None
+        self._connector.opened()
         self._log.info(
             "connected to {url} (connection {connection_id})",
             url=self.url, connection_id=context.connection_id,
         )
-        self._flush_queue(protocol)
+        self._sends.attach(protocol)
         self.events.emit("open", context)
-        self._update_flow()
+        self._sends.update_flow()
         if self._first_open is not None:
             self._first_open.fire(None)
 
@@ -628,6 +464,7 @@ class WebSocketHandler(Service):
                 self._handshake_rejected(rejection)
             return
         self._protocol = None
+        self._sends.detach()
         if self._state is HandlerState.OPEN:
             self._state = HandlerState.CONNECTING
         self._reading_paused = False  # that transport is gone; a new one is read at once
@@ -641,15 +478,15 @@ class WebSocketHandler(Service):
             self._log.warn(
                 "closed the connection: an incoming message passed max_message_size "
                 "({limit} bytes); code 1009",
-                limit=self.max_message_size,
+                limit=self.options.max_message_size,
             )
         else:
             self._log.info("connection {connection_id} closed: {code} {reason}",
                            connection_id=self.context.connection_id, code=code, reason=reason or "")
         self._requests.fail_all(RequestInterrupted(f"the connection closed ({code} {reason or ''})".strip()))
-        self._update_flow()
+        self._sends.update_flow()
         self.events.emit("close", self.context, code, reason)
-        if protocol.remoteCloseCode in self.fatal_close_codes and self._state is HandlerState.CONNECTING:
+        if protocol.remoteCloseCode in self.options.fatal_close_codes and self._state is HandlerState.CONNECTING:
             assert self._service is not None
             self._service.stop_retrying()
             self._gave_up(Failure(FatalClose(protocol.remoteCloseCode, protocol.remoteCloseReason)))
@@ -658,7 +495,7 @@ class WebSocketHandler(Service):
         """A close frame went either way: nothing more can be sent on C{protocol}."""
         if protocol is self._protocol:
             self.context.connected = False
-            self._update_flow()
+            self._sends.update_flow()
 
     def heartbeat(self) -> None:
         """A ping or a pong arrived."""
@@ -684,7 +521,7 @@ class WebSocketHandler(Service):
                 self._log.info("dropped a late reply to request {id} on {path!r}",
                                id=envelope.id, path=envelope.path)
             return
-        if self._held or self._in_flight >= self.max_concurrent_handlers:
+        if self._held or self._in_flight >= self.options.max_concurrent_handlers:
             # At the bound: hold the message (at most the rest of this read)
             # and stop reading, so that TCP pushes back on the server.
             self._held.append(envelope)
@@ -700,33 +537,20 @@ class WebSocketHandler(Service):
         return count
 
     def _handshake_rejected(self, rejection: HandshakeRejected) -> None:
-        """What a refused handshake means: a client error (4xx but 408 and
-        429) or a redirect will not change by retrying: give up at once;
-        429 and 503 may say when to come back (C{Retry-After}, at most
-        C{max_delay}); the rest is retried like a network error."""
-        service = self._service
-        assert service is not None
-        status = rejection.status
-        if status in _REDIRECTS and rejection.location and self._redirects < MAX_REDIRECTS:
-            parts = urlsplit(urljoin(self.url or "", rejection.location))
-            target = urlunsplit(parts._replace(scheme=_WS_SCHEMES.get(parts.scheme, parts.scheme)))
-            try:
-                self._targets.redirect(self.url or "", target, self._endpoint(target, self._targets.factory))
-            except ValueError as error:
-                self._log.warn("not following the redirect to {target}: {error}", target=target, error=error)
-            else:
-                self._redirects += 1
-                self._log.info("{url} redirects ({status}) to {target}: following",
-                               url=self.url, status=status, target=target)
-                service.retry_after(0.0)
-                return
-        if 300 <= status < 500 and status not in _RETRIED_STATUSES:
+        """Act on what the connector says a refused handshake means."""
+        service, connector = self._service, self._connector
+        assert service is not None and connector is not None
+        refusal = connector.refused(self.url or "", rejection, self.clock.seconds())
+        if refusal.unfollowed is not None:
+            self._log.warn("not following the redirect to {target}", target=refusal.unfollowed)
+        if refusal.redirected_to is not None:
+            self._log.info("{url} redirects ({status}) to {target}: following",
+                           url=self.url, status=rejection.status, target=refusal.redirected_to)
+        if refusal.final:
             service.stop_retrying()
             self._gave_up(Failure(rejection))
-            return
-        seconds = _retry_after(rejection.headers.get("retry-after"), self.clock.seconds())
-        if seconds is not None:
-            service.retry_after(min(seconds, self._max_delay))
+        elif refusal.delay is not None:
+            service.retry_after(refusal.delay)
 
     @staticmethod
     def _ending(protocol: HandlerProtocol, code: int | None, reason: str | None) -> tuple[int | None, str | None]:
@@ -745,38 +569,6 @@ class WebSocketHandler(Service):
             # "closed uncleanly" says less than the deadline does.
             reason = f"{reason}; then {protocol.ended_by}" if reason and (local or remote) else protocol.ended_by
         return code, reason
-
-    def _flush_queue(self, protocol: HandlerProtocol) -> None:
-        """Write what waited, in order, until the write buffer is full again;
-        one message that fails is errbacked alone; if the connection closes
-        meanwhile, the rest waits for the next one."""
-        queue = self._queue
-        while queue and protocol.can_send and not self._write_buffer_full:
-            payload, is_binary, sent = queue.popleft()
-            self._queued_bytes -= len(payload)
-            failure = self._write(protocol, payload, is_binary)
-            if failure is None:
-                sent.callback(None)
-            else:
-                sent.errback(failure)
-
-    def _transport_full(self, full: bool) -> None:
-        self._write_buffer_full = full
-        if not full and self._protocol is not None:
-            self._flush_queue(self._protocol)
-        self._update_flow()
-
-    def _update_flow(self) -> None:
-        producer = self._producer
-        if producer is None:
-            return
-        writable = self.writable
-        if writable and self._producer_paused:
-            self._producer_paused = False
-            producer.resumeProducing()
-        elif not writable and not self._producer_paused:
-            self._producer_paused = True
-            producer.pauseProducing()
 
     def _retry_scheduled(self, attempt: int, delay: float) -> None:
         self._count("retries")
@@ -810,7 +602,7 @@ class WebSocketHandler(Service):
     def _handler_done(self, result: object) -> None:
         self._in_flight -= 1
         held = self._held
-        while held and self._in_flight < self.max_concurrent_handlers:
+        while held and self._in_flight < self.options.max_concurrent_handlers:
             self._dispatch(held.popleft())
         if not held and self._reading_paused:
             # Still the connection that was paused: connection_closed clears the flag.
@@ -836,46 +628,20 @@ class WebSocketHandler(Service):
             payload, is_binary = self.codec.encode(envelope)
         except (TypeError, ValueError):
             return fail()
-        if self.max_send_size is not None and len(payload) > self.max_send_size:
+        limit = self.options.max_send_size
+        if limit is not None and len(payload) > limit:
             return fail(MessageTooLarge(
-                f"a message of {len(payload)} bytes to {envelope.path!r} passes "
-                f"max_send_size={self.max_send_size}"
+                f"a message of {len(payload)} bytes to {envelope.path!r} passes max_send_size={limit}"
             ))
         state = self._state
         if state in _CLOSED_BY_USER:
             return fail(HandlerClosed("the handler was closed"))
-        protocol = self._open_protocol()
-        if protocol is not None and not self._queue and not self._write_buffer_full:
-            failure = self._write(protocol, payload, is_binary)
-            return succeed(None) if failure is None else fail(failure)
-        # Queue: while reconnecting, or while the open connection's write
+        # Queued while reconnecting, or while the open connection's write
         # buffer is past its high-water mark (so that a loop of sends is
         # paced by the peer's reading, and memory stays bounded).
-        if not (state is HandlerState.OPEN or (state is HandlerState.CONNECTING and self.reconnect)):
-            return fail(NotConnected(f"not connected; cannot send to {envelope.path!r}"))
-        if len(self._queue) >= self.max_queue:
-            return fail(QueueFull(f"{self.max_queue} messages already wait for the connection"))
-        if self._queued_bytes + len(payload) > self.max_queue_bytes:
-            return fail(QueueFull(
-                f"{self._queued_bytes} bytes already wait for the connection; "
-                f"{len(payload)} more would pass max_queue_bytes={self.max_queue_bytes}"
-            ))
-        entry: tuple[bytes, bool, Deferred[None]]
-
-        def cancelled(_: Deferred[None]) -> None:
-            # A queued send that is cancelled leaves the queue.
-            queue = self._queue
-            for index, each in enumerate(queue):
-                if each is entry:
-                    del queue[index]
-                    self._queued_bytes -= len(payload)
-                    return
-
-        sent: Deferred[None] = Deferred(cancelled)
-        entry = (payload, is_binary, sent)
-        self._queue.append(entry)
-        self._queued_bytes += len(payload)
-        return sent
+        may_queue = state is HandlerState.OPEN or (state is HandlerState.CONNECTING and self.options.reconnect)
+        return self._sends.send(payload, is_binary, may_queue,
+                                lambda: NotConnected(f"not connected; cannot send to {envelope.path!r}"))
 
     def _write(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> Failure | None:
         """Write one message; what Autobahn raises is returned, never raised,
@@ -891,18 +657,12 @@ class WebSocketHandler(Service):
 
     # -- endings ------------------------------------------------------------
 
-    def _fail_queue(self, error: WebSocketError) -> None:
-        queue, self._queue = self._queue, deque()
-        self._queued_bytes = 0
-        for _, _, sent in queue:
-            sent.errback(error)
-
     def _gave_up(self, failure: Failure) -> None:
         service, self._service = self._service, None
         self._state = HandlerState.GIVEN_UP
         assert service is not None
         service.stopService()
-        self._fail_queue(cast(WebSocketError, failure.value))
+        self._sends.fail_all(cast(WebSocketError, failure.value))
         if self._first_open is not None:
             self._first_open.fire(failure)
         self.events.emit("error", failure.value, self.context)

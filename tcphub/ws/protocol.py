@@ -10,7 +10,8 @@ class as C{protocol=} to the handler.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Union, cast
+from typing import Any, Callable, Mapping, cast
+from typing import Protocol as TypingProtocol
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.compress import (
@@ -22,30 +23,36 @@ from OpenSSL.SSL import Error as TLSError
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import AlreadyCalled, AlreadyCancelled
-from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from tcphub.errors import HandshakeRejected
 from zope.interface import implementer
 
-if TYPE_CHECKING:
-    from tcphub.ws.handler import WebSocketHandler
+from tcphub.errors import HandshakeRejected
+from tcphub.ws.options import Headers, HandlerOptions, parse_proxy
 
-__all__ = ["Headers", "HeadersEndpoint", "HandlerFactory", "HandlerProtocol"]
+__all__ = ["ConnectionListener", "Headers", "HeadersEndpoint", "HandlerFactory", "HandlerProtocol", "parse_proxy"]
 
-Headers = Union[Mapping[str, str], Callable[[], Union[Mapping[str, str], "Deferred[Mapping[str, str]]"]]]
-"""Extra handshake headers: a mapping, or a callable returning one (or a
-Deferred of one), called before every attempt (a fresh token each time)."""
+class ConnectionListener(TypingProtocol):
+    """What a L{HandlerProtocol} reports to (its handler): one method per
+    moment of a connection's life."""
 
+    def connection_opened(self, protocol: HandlerProtocol) -> None:
+        """The opening handshake of C{protocol} completed."""
 
-def parse_proxy(proxy: str) -> tuple[str, int]:
-    """C{(host, port)} of a C{host:port} proxy (C{[::1]:3128} for IPv6);
-    raise L{ValueError} for anything else."""
-    host, _, port = proxy.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"proxy takes host:port, not {proxy!r}")
-    return host.strip("[]"), int(port)
+    def connection_closed(self, protocol: HandlerProtocol, clean: bool, code: int | None,
+                          reason: str | None) -> None:
+        """C{protocol}'s connection ended, opened or not."""
+
+    def closing_handshake_began(self, protocol: HandlerProtocol) -> None:
+        """A close frame went either way: nothing more can be sent on C{protocol}."""
+
+    def heartbeat(self) -> None:
+        """A ping or a pong arrived."""
+
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        """A message arrived."""
 
 
 def _proxy(proxy: str | None) -> dict[str, Any] | None:
@@ -57,7 +64,9 @@ def _proxy(proxy: str | None) -> dict[str, Any] | None:
 
 class HandlerProtocol(WebSocketClientProtocol):
     """
-    One WebSocket connection; reports everything to C{factory.handler}.
+    One WebSocket connection; reads its settings from C{factory.options},
+    keeps its deadlines on C{factory.clock}, and reports everything to
+    C{factory.handler} (a L{ConnectionListener}).
 
     Its deadlines run on the handler's clock, not on Autobahn's timers
     (txaio's batched timer truncates deadlines to whole seconds, so they fire
@@ -85,9 +94,9 @@ class HandlerProtocol(WebSocketClientProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        handler = self.factory.handler
-        self._open_call = handler.clock.callLater(handler.open_timeout, self._missed, "_open_call",
-                                                  f"opening handshake timeout ({handler.open_timeout} s)")
+        timeout = self.factory.options.open_timeout
+        self._open_call = self.factory.clock.callLater(timeout, self._missed, "_open_call",
+                                                       f"opening handshake timeout ({timeout} s)")
 
     def dataReceived(self, data: bytes) -> None:
         if not self._opened and len(self._reply_start) < _REPLY_PREVIEW:
@@ -98,31 +107,28 @@ class HandlerProtocol(WebSocketClientProtocol):
     def onOpen(self) -> None:
         self._opened = True
         self._cancel("_open_call")
-        handler = self.factory.handler
-        if handler.ping_interval:
-            self._ping_call = handler.clock.callLater(handler.ping_interval, self._ping)
-        handler.connection_opened(self)
+        interval = self.factory.options.ping_interval
+        if interval:
+            self._ping_call = self.factory.clock.callLater(interval, self._ping)
+        self.factory.handler.connection_opened(self)
 
     def _ping(self) -> None:
-        handler = self.factory.handler
-        self._ping_call = handler.clock.callLater(handler.ping_interval, self._ping)
+        options, clock = self.factory.options, self.factory.clock
+        self._ping_call = clock.callLater(options.ping_interval, self._ping)
         if self.can_send:
             self.sendPing()
             if self._pong_call is None:
-                self._pong_call = handler.clock.callLater(
-                    handler.ping_timeout, self._missed, "_pong_call",
-                    f"ping timeout: no pong within {handler.ping_timeout} s",
-                )
+                timeout = options.effective_ping_timeout
+                self._pong_call = clock.callLater(timeout, self._missed, "_pong_call",
+                                                  f"ping timeout: no pong within {timeout} s")
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:
         super().sendCloseFrame(code, reasonUtf8, isReply)
         if self._close_call is None and self.transport is not None:
-            handler = self.factory.handler
-            self._close_call = handler.clock.callLater(
-                handler.close_timeout, self._missed, "_close_call",
-                f"closing handshake timeout ({handler.close_timeout} s)",
-            )
+            timeout = self.factory.options.close_timeout
+            self._close_call = self.factory.clock.callLater(timeout, self._missed, "_close_call",
+                                                            f"closing handshake timeout ({timeout} s)")
 
     def _missed(self, timer: str, why: str) -> None:
         setattr(self, timer, None)
@@ -259,40 +265,45 @@ class HandlerFactory(WebSocketClientFactory):
 
     protocol: type[HandlerProtocol]  # type: ignore[assignment]
 
-    def __init__(self, handler: WebSocketHandler, url: str, protocol: type[HandlerProtocol],
-                 reactor: Any) -> None:
+    def __init__(self, handler: ConnectionListener, options: HandlerOptions, clock: IReactorTime,
+                 url: str, reactor: Any) -> None:
         super().__init__(
             url,
-            origin=handler.origin,
-            protocols=list(handler.subprotocols) or None,
-            useragent=handler.user_agent,
-            headers=dict(handler.headers) if isinstance(handler.headers, Mapping) else None,
-            proxy=_proxy(handler.proxy),
+            origin=options.origin,
+            protocols=list(options.subprotocols) or None,
+            useragent=options.user_agent,
+            headers=dict(options.headers) if isinstance(options.headers, Mapping) else None,
+            proxy=_proxy(options.proxy),
             reactor=reactor,
         )
         self.handler = handler
-        self.protocol = protocol
+        """Told of every moment of each connection's life."""
+        self.options = options
+        """The handler's settings, which its connections read."""
+        self.clock = clock
+        """The clock of every deadline (the handler's)."""
+        self.protocol = options.protocol
         self._handshake = {
-            "origin": handler.origin,
-            "protocols": list(handler.subprotocols) or None,
-            "useragent": handler.user_agent,
-            "proxy": _proxy(handler.proxy),
+            "origin": options.origin,
+            "protocols": list(options.subprotocols) or None,
+            "useragent": options.user_agent,
+            "proxy": _proxy(options.proxy),
         }
-        options: dict[str, Any] = {
+        settings: dict[str, Any] = {
             "openHandshakeTimeout": 0,
             "closeHandshakeTimeout": 0,
             "serverConnectionDropTimeout": 0,
             "autoPingInterval": 0,
-            "maxMessagePayloadSize": handler.max_message_size,
-            "maxFramePayloadSize": handler.max_message_size,
+            "maxMessagePayloadSize": options.max_message_size,
+            "maxFramePayloadSize": options.max_message_size,
             # Fail with a close frame (1009 for an over-size message), not by
             # dropping TCP, so that the peer learns why.
             "failByDrop": False,
         }
-        if handler.compression:
-            options["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
-            options["perMessageCompressionAccept"] = _accept_deflate
-        self.setProtocolOptions(**options)
+        if options.compression:
+            settings["perMessageCompressionOffers"] = [PerMessageDeflateOffer()]
+            settings["perMessageCompressionAccept"] = _accept_deflate
+        self.setProtocolOptions(**settings)
 
     def aim(self, url: str) -> None:
         """Make the next handshake for C{url} (one of several the handler

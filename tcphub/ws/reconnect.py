@@ -33,7 +33,8 @@ DEFAULT_JITTER = 1.0
 lost the same server do not come back in step (RFC 6455, section 7.2.3)."""
 
 
-def _check_policy(initial_delay: float, max_delay: float, jitter: float) -> None:
+def check_backoff(initial_delay: float, max_delay: float, jitter: float) -> None:
+    """Raise L{ValueError} for a negative delay or a jitter outside [0, 1]."""
     _checks.number("initial_delay", initial_delay, minimum=0)
     _checks.number("max_delay", max_delay, minimum=0)
     _checks.number("jitter", jitter, minimum=0, maximum=1)
@@ -54,7 +55,7 @@ def linear_backoff(
     less up to C{jitter} of it at random (so that clients do not retry in
     step; the default, 1, spreads retries over the whole interval).  Raises
     L{ValueError} for a negative delay or a jitter outside [0, 1]."""
-    _check_policy(initial_delay, max_delay, jitter)
+    check_backoff(initial_delay, max_delay, jitter)
 
     def policy(attempt: int) -> float:
         return _jittered(min(initial_delay * attempt, max_delay), jitter, random)
@@ -72,7 +73,7 @@ def exponential_backoff(
     """Retry C{n} waits C{initial_delay * factor ** (n - 1)} seconds, at most
     C{max_delay}, less up to C{jitter} of it at random.  Raises
     L{ValueError} as L{linear_backoff} does, and for a C{factor} under 1."""
-    _check_policy(initial_delay, max_delay, jitter)
+    check_backoff(initial_delay, max_delay, jitter)
     _checks.number("factor", factor, minimum=1)
 
     def policy(attempt: int) -> float:
