@@ -50,7 +50,7 @@ from tcphub.errors import (
 from tcphub.hub.framing import FrameDecoder
 from tcphub.hub.messages import IMessageTransport, MessageDecoder, MessageOutbox
 from tcphub.hub.metrics import ClientInfo, Drop
-from tcphub.hub.outbox import CLOSED, QUEUE, WRITE, Outbox, Waiter, notify_gone
+from tcphub.hub.outbox import QUEUE, WRITE, Outbox, Waiter, notify_gone
 from tcphub.hub.rate import TokenBucket
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class HubProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
-        state, self.state = self.state, GONE
+        self.state = GONE
         if self._lost is not None:
             self._lost.fire(None)
         departure = self._departure or ClientDisconnected(

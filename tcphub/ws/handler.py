@@ -10,20 +10,15 @@ C{protocol=}, or by subscribing to the handler's events.
 
 from __future__ import annotations
 
-import enum
-import inspect
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub._repeats import RepeatedLog
@@ -32,7 +27,6 @@ from tcphub.errors import (
     HandlerClosed,
     HandshakeRejected,
     InvalidCloseCode,
-    InvalidMessage,
     MessageTooLarge,
     NotConnected,
     RequestInterrupted,
@@ -40,89 +34,22 @@ from tcphub.errors import (
 )
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.ws.connector import Connector
-from tcphub.ws.envelope import Codec, Envelope, check_envelope
+from tcphub.ws.envelope import Codec, Envelope
 from tcphub.ws.options import HandlerOptions
 from tcphub.ws.protocol import HandlerFactory, HandlerProtocol
 from tcphub.ws.reconnect import ReconnectingClientService
 from tcphub.ws.requests import PendingRequests
 from tcphub.ws.routing import Router
+from tcphub.ws.inbound import Inbound, RouteHandler
 from tcphub.ws.sendqueue import SendQueue
+from tcphub.ws.status import CAN_CONNECT, CLOSED_BY_USER, ConnectionContext, HandlerState, Status
 
 __all__ = ["ConnectionContext", "HandlerState", "Status", "WebSocketHandler"]
-
-RouteHandler = Callable[[Any, "ConnectionContext"], Any]
 
 CLOSE_MESSAGE_TOO_BIG = 1009
 # Close codes with which this side fails a connection the peer broke:
 # protocol error, unsupported data, invalid payload (bad UTF-8), too big.
 _PROTOCOL_ERRORS = frozenset({1002, 1003, 1007, 1009})
-
-
-class HandlerState(enum.Enum):
-    """Where a L{WebSocketHandler} is in its life (C{handler.state})."""
-
-    IDLE = "idle"
-    """Never connected: L{WebSocketHandler.connect} may be called."""
-    CONNECTING = "connecting"
-    """Connecting, or reconnecting after a connection ended: sends are queued."""
-    OPEN = "open"
-    """A connection is open."""
-    CLOSING = "closing"
-    """L{WebSocketHandler.close} was called: the connection closes, then the service stops."""
-    CLOSED = "closed"
-    """Closed by L{WebSocketHandler.close}; C{connect} may be called again."""
-    GIVEN_UP = "given up"
-    """The retries ran out (or the server closed with a fatal code); C{connect} may be called again."""
-
-
-_CAN_CONNECT = frozenset({HandlerState.IDLE, HandlerState.CLOSED, HandlerState.GIVEN_UP})
-_CLOSED_BY_USER = frozenset({HandlerState.CLOSING, HandlerState.CLOSED})
-
-
-@dataclass
-class ConnectionContext:
-    """Handed to every route handler; one object for the handler's life."""
-
-    connection_id: str | None = None
-    """New for every connection that opens."""
-    connected: bool = False
-    last_message_at: float | None = None
-    """When the last message arrived, in the handler clock's seconds."""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    """Yours to fill; kept across reconnections."""
-    subprotocol: str | None = None
-    """The subprotocol the server chose among C{subprotocols}, for the current connection."""
-
-
-@dataclass(frozen=True)
-class Status:
-    connected: bool
-    retries: int = field(metadata=COUNTER)
-    """Reconnection attempts scheduled over the handler's life."""
-    messages_sent: int = field(metadata=COUNTER)
-    messages_received: int = field(metadata=COUNTER)
-    last_ping: float | None
-    """When the last ping or pong was seen, in the handler clock's seconds."""
-    reconnects: int = field(metadata=COUNTER)
-    """Connections opened after the first one."""
-    queued: int = field(metadata=GAUGE)
-    queued_bytes: int = field(metadata=GAUGE)
-    pending_requests: int = field(metadata=GAUGE)
-    handlers_in_flight: int = field(metadata=GAUGE)
-    """Route handlers whose Deferred (or coroutine) has not ended yet."""
-    reading_paused: bool
-    """Whether reading stopped because C{max_concurrent_handlers} calls are in flight."""
-    invalid_messages: int = field(metadata=COUNTER)
-    unrouted_messages: int = field(metadata=COUNTER)
-    handler_errors: int = field(metadata=COUNTER)
-    late_replies: int = field(metadata=COUNTER)
-    protocol_errors: int = field(metadata=COUNTER)
-    """Connections this side closed because the peer broke the protocol
-    (close codes 1002, 1003, 1007, 1009)."""
-    compression: str | None
-    """The negotiated compression extension, e.g. C{permessage-deflate}."""
-    subprotocol: str | None
-    """The negotiated subprotocol, if any."""
 
 
 class WebSocketHandler(Service):
@@ -214,9 +141,9 @@ class WebSocketHandler(Service):
         )
         self._opens = 0
         self._last_ping: float | None = None
-        self._in_flight = 0
-        self._held: deque[Envelope] = deque()
-        self._reading_paused = False
+        self._inbound = Inbound(codec=self.codec, router=self.router, requests=self._requests,
+                                events=self.events, repeats=self.repeats, handler_failed=self.handler_failed,
+                                count=self._count, context=self.context, limit=options.max_concurrent_handlers)
 
     # -- the public API -------------------------------------------------
 
@@ -234,7 +161,7 @@ class WebSocketHandler(Service):
         retries (rounds) are used up (at once, after the first round, with
         C{reconnect=False}), L{HandshakeRejected}, or L{HandlerClosed}.
         """
-        if self._state not in _CAN_CONNECT:
+        if self._state not in CAN_CONNECT:
             raise RuntimeError(f"the handler is {self._state.value}: close() it before connecting again")
         urls = [url] if isinstance(url, str) else list(url or self.urls)
         if not urls:
@@ -375,8 +302,8 @@ class WebSocketHandler(Service):
             queued=len(self._sends),
             queued_bytes=self._sends.queued_bytes,
             pending_requests=len(self._requests),
-            handlers_in_flight=self._in_flight,
-            reading_paused=self._reading_paused,
+            handlers_in_flight=self._inbound.in_flight,
+            reading_paused=self._inbound.reading_paused,
             compression=extensions[0].EXTENSION_NAME if extensions else None,
             subprotocol=self.context.subprotocol,
             **self._counts,
@@ -409,7 +336,7 @@ class WebSocketHandler(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.url is not None and self._state in _CAN_CONNECT:
+        if self.url is not None and self._state in CAN_CONNECT:
             self.connect().addErrback(
                 lambda failure: self._log.error(
                     "could not connect to {url}: {error}", url=self.url, error=failure.getErrorMessage()
@@ -424,7 +351,7 @@ class WebSocketHandler(Service):
 
     def connection_opened(self, protocol: HandlerProtocol) -> None:
         """The opening handshake of C{protocol} completed."""
-        if self._state in _CLOSED_BY_USER:
+        if self._state in CLOSED_BY_USER:
             protocol.sendClose(1000, "the handler was closed")
             return
         assert self._service is not None
@@ -467,7 +394,7 @@ class WebSocketHandler(Service):
         self._sends.detach()
         if self._state is HandlerState.OPEN:
             self._state = HandlerState.CONNECTING
-        self._reading_paused = False  # that transport is gone; a new one is read at once
+        self._inbound.connection_lost()
         self.context.connected = False
         code, reason = self._ending(protocol, code, reason)
         if protocol.closedByMe and code in _PROTOCOL_ERRORS:
@@ -501,33 +428,11 @@ class WebSocketHandler(Service):
         """A ping or a pong arrived."""
         self._last_ping = self.clock.seconds()
 
-    def message_received(self, payload: bytes, is_binary: bool) -> None:
-        """A message arrived: a reply to a request, or one to route."""
-        count = self._count("messages_received")
-        context = self.context
-        context.last_message_at = self.clock.seconds()
-        try:
-            envelope = check_envelope(self.codec.decode(payload, is_binary))
-        except InvalidMessage as error:
-            count = self._count("invalid_messages")
-            self.repeats.emit("invalid_messages", LogLevel.warn,
-                              "dropped an invalid message ({count} so far): {error}", error=error, count=count)
-            self.events.emit("error", error, context)
-            return
-        if self._requests.is_ours(envelope.id):
-            assert envelope.id is not None
-            if not self._requests.answer(envelope.id, envelope.data):
-                self._count("late_replies")
-                self._log.info("dropped a late reply to request {id} on {path!r}",
-                               id=envelope.id, path=envelope.path)
-            return
-        if self._held or self._in_flight >= self.options.max_concurrent_handlers:
-            # At the bound: hold the message (at most the rest of this read)
-            # and stop reading, so that TCP pushes back on the server.
-            self._held.append(envelope)
-            self._pause_reading()
-            return
-        self._dispatch(envelope)
+    def message_received(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> None:
+        """A message arrived on C{protocol}: a reply to a request, or one to route."""
+        self._count("messages_received")
+        self.context.last_message_at = self.clock.seconds()
+        self._inbound.received(payload, is_binary, cast(IPushProducer, protocol.transport))
 
     # -- inside -------------------------------------------------------------
 
@@ -574,53 +479,6 @@ class WebSocketHandler(Service):
         self._count("retries")
         self.events.emit("retry", attempt, delay, self.context)
 
-    def _dispatch(self, envelope: Envelope) -> None:
-        context = self.context
-        self.events.emit("message", envelope, context)
-        route = self.router.match(envelope.path)
-        if route is None:
-            count = self._count("unrouted_messages")
-            self.repeats.emit("unrouted_messages", LogLevel.info,
-                              "no route for path {path!r} ({count} unrouted so far)",
-                              path=envelope.path, count=count)
-            self.events.emit("unrouted", envelope, context)
-            return
-        where = f"handler for {envelope.path!r}"
-        handler, whole = route
-        try:
-            result = handler(envelope if whole else envelope.data, context)
-        except Exception:
-            self.handler_failed(where, Failure())
-            return
-        if inspect.iscoroutine(result):
-            result = Deferred.fromCoroutine(result)
-        if isinstance(result, Deferred):
-            self._in_flight += 1
-            result.addErrback(lambda failure: self.handler_failed(where, failure))
-            result.addBoth(self._handler_done)
-
-    def _handler_done(self, result: object) -> None:
-        self._in_flight -= 1
-        held = self._held
-        while held and self._in_flight < self.options.max_concurrent_handlers:
-            self._dispatch(held.popleft())
-        if not held and self._reading_paused:
-            # Still the connection that was paused: connection_closed clears the flag.
-            self._reading_paused = False
-            assert self._protocol is not None
-            cast(IPushProducer, self._protocol.transport).resumeProducing()
-
-    def _pause_reading(self) -> None:
-        if self._reading_paused:
-            return
-        self._reading_paused = True
-        self._log.info(
-            "{count} handler calls in flight (max_concurrent_handlers): "
-            "not reading until one ends", count=self._in_flight,
-        )
-        assert self._protocol is not None
-        cast(IPushProducer, self._protocol.transport).pauseProducing()
-
     # -- sending ----------------------------------------------------------
 
     def _send(self, envelope: Envelope) -> Deferred[None]:
@@ -634,7 +492,7 @@ class WebSocketHandler(Service):
                 f"a message of {len(payload)} bytes to {envelope.path!r} passes max_send_size={limit}"
             ))
         state = self._state
-        if state in _CLOSED_BY_USER:
+        if state in CLOSED_BY_USER:
             return fail(HandlerClosed("the handler was closed"))
         # Queued while reconnecting, or while the open connection's write
         # buffer is past its high-water mark (so that a loop of sends is

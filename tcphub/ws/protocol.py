@@ -51,8 +51,8 @@ class ConnectionListener(TypingProtocol):
     def heartbeat(self) -> None:
         """A ping or a pong arrived."""
 
-    def message_received(self, payload: bytes, is_binary: bool) -> None:
-        """A message arrived."""
+    def message_received(self, protocol: HandlerProtocol, payload: bytes, is_binary: bool) -> None:
+        """A message arrived on C{protocol}."""
 
 
 def _proxy(proxy: str | None) -> dict[str, Any] | None:
@@ -143,7 +143,7 @@ class HandlerProtocol(WebSocketClientProtocol):
                 call.cancel()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.handler.message_received(payload, isBinary)
+        self.factory.handler.message_received(self, payload, isBinary)
 
     def onPing(self, payload: bytes) -> None:
         super().onPing(payload)
