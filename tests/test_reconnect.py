@@ -145,3 +145,74 @@ def test_the_exported_policies_refuse_values_that_would_give_a_negative_delay(ma
 def test_an_exponential_factor_under_one_is_refused():
     with pytest.raises(ValueError, match="factor must be at least 1"):
         exponential_backoff(factor=0.5)
+
+
+def test_the_service_is_an_explicit_state_machine_that_refuses_illegal_inputs():
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionLost
+    from twisted.internet.protocol import Protocol
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+    from twisted.python.failure import Failure
+
+    from tcphub.ws.reconnect import IllegalTransition, ReconnectState
+
+    reactor = MemoryReactorClock()
+    service = ReconnectingClientService(TCP4ClientEndpoint(reactor, "127.0.0.1", 1), Factory.forProtocol(Protocol),
+                                        backoff=lambda attempt: 2.0, clock=reactor)
+    assert service.state is ReconnectState.STOPPED
+    with pytest.raises(IllegalTransition, match="stopped cannot take 'retry_due'"):
+        service._input("retry_due")
+    service.startService()
+    assert service.state is ReconnectState.CONNECTING
+    with pytest.raises(IllegalTransition, match="connecting cannot take 'start'"):
+        service._input("start")
+    _, _, factory, _, _ = reactor.tcpClients[0]
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    assert service.state is ReconnectState.CONNECTED
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert service.state is ReconnectState.WAITING and reactor.getDelayedCalls()[0].getTime() == 2.0
+    reactor.advance(2.0)
+    assert service.state is ReconnectState.CONNECTING and len(reactor.tcpClients) == 2
+    _, _, factory, _, _ = reactor.tcpClients[1]
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    stopped = service.stopService()
+    assert service.state is ReconnectState.STOPPING and transport.disconnecting and not stopped.called
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert service.state is ReconnectState.STOPPED and stopped.called
+    assert reactor.getDelayedCalls() == []
+
+
+def test_scheduling_a_retry_logs_one_line_of_ours_and_nothing_of_twisteds(logged_errors):
+    """No "Scheduling retry ... <endpoint object at 0x...>" line, and none for a retry that never comes."""
+    from twisted.logger import globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event) -> None:
+        from twisted.logger import formatEvent
+
+        lines.append(formatEvent(event))
+
+    clock = Clock()
+    service = ReconnectingClientService(
+        TCP4ClientEndpoint(clock, "127.0.0.1", 1), Factory(),
+        backoff=lambda attempt: 3.0, max_retries=1, clock=clock,
+    )
+    globalLogPublisher.addObserver(observe)
+    try:
+        given_up = service.when_given_up()
+        with logged_errors.expected(RetryLimitReached):
+            service.startService()
+            clock.advance(3.0)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    given_up.addErrback(lambda _: None)
+    assert not any("Scheduling" in line or " at 0x" in line for line in lines), lines
+    assert [line for line in lines if line.startswith("retry")] == [
+        "retry 1 in 3.00 s (last: 'Clock' object has no attribute 'connectTCP')"
+    ]
+    assert clock.getDelayedCalls() == []

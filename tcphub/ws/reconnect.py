@@ -1,20 +1,24 @@
 """
-Reconnection: backoff policies and L{ReconnectingClientService}, Twisted's
-L{ClientService} with a retry limit and failures counted the way a protocol
-with its own handshake needs.
+Reconnection: backoff policies and L{ReconnectingClientService}, which
+keeps one outgoing connection up with a retry limit and failures counted
+the way a protocol with its own handshake needs, as an explicit state
+machine (Twisted's L{ClientService} counts a WebSocket refused after TCP
+as a success, and cannot take a stop from inside its retry policy).
 """
 
 from __future__ import annotations
 
+import enum
 import random as _random
-from typing import Callable
+from typing import Any, Callable
 
-from twisted.application.internet import ClientService
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory, IReactorTime, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, providedBy
 
 from tcphub import _checks
 from tcphub._observer import OneShotObserver
@@ -23,9 +27,6 @@ from tcphub.errors import RetryLimitReached
 
 RetryPolicy = Callable[[int], float]
 
-# The delay returned once the limit is passed: the service stops on the next
-# turn of its clock, which cancels this retry long before it is due.
-_NEVER = 24 * 3600.0
 
 
 DEFAULT_JITTER = 1.0
@@ -92,22 +93,6 @@ BACKOFFS: dict[str, Callable[..., RetryPolicy]] = {
 }
 
 
-@implementer(IStreamClientEndpoint)
-class _RecordingEndpoint:
-    """Passes connection failures (refused, DNS, TLS...) to C{record}."""
-
-    def __init__(self, endpoint: IStreamClientEndpoint, record: Callable[[str], None]) -> None:
-        self._endpoint = endpoint
-        self._record = record
-
-    def connect(self, factory: IProtocolFactory) -> Deferred:
-        def failed(failure: Failure) -> Failure:
-            self._record(failure.getErrorMessage())
-            return failure
-
-        return self._endpoint.connect(factory).addErrback(failed)
-
-
 def backoff_policy(backoff: str | RetryPolicy, **options: float) -> RetryPolicy:
     """The policy named C{backoff} (linear, exponential) made with C{options},
     or C{backoff} itself if it is a callable; raises ValueError for other names."""
@@ -122,39 +107,103 @@ def backoff_policy(backoff: str | RetryPolicy, **options: float) -> RetryPolicy:
     return make(**options)
 
 
-class _RetryLog(Logger):
-    """The service's logger, handed to L{ClientService} too: ClientService's
-    own "Scheduling retry" line is dropped, since it follows the policy even
-    when the policy gave up (a retry "in 86400 seconds" that never comes);
-    the service logs each real retry itself."""
+class ReconnectState(enum.Enum):
+    """Where a L{ReconnectingClientService} is (C{service.state})."""
 
-    def emit(self, level, format=None, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        if format is not None and format.startswith("Scheduling retry"):
-            return
-        super().emit(level, format, **kwargs)
+    STOPPED = "stopped"
+    """Not started, or stopped: no attempt, no connection, nothing scheduled."""
+    CONNECTING = "connecting"
+    """An attempt is under way."""
+    CONNECTED = "connected"
+    """A connection is up (its own handshake may still run)."""
+    WAITING = "waiting"
+    """The last attempt failed or the connection ended: a retry is scheduled
+    (or, after L{ReconnectingClientService.stop_retrying}, nothing is)."""
+    STOPPING = "stopping"
+    """Stopped while connected: the connection is closing."""
+    GIVEN_UP = "given up"
+    """The retry limit was passed."""
 
 
-class ReconnectingClientService(ClientService):
+class IllegalTransition(RuntimeError):
+    """An input the service's state does not take (a bug in its caller, or in it)."""
+
+
+_S = ReconnectState
+
+# (state, input) -> the method that handles it; any other pair is refused.
+_TRANSITIONS: dict[tuple[ReconnectState, str], str] = {
+    (_S.STOPPED, "start"): "_connect",
+    (_S.STOPPED, "stop"): "_stopped_already",
+    (_S.STOPPED, "lost"): "_stale_lost",
+    (_S.GIVEN_UP, "stop"): "_stopped_already",
+    (_S.CONNECTING, "connected"): "_connected",
+    (_S.CONNECTING, "failed"): "_retry_or_give_up",
+    (_S.CONNECTING, "stop"): "_cancel_attempt",
+    (_S.CONNECTED, "lost"): "_retry_or_give_up",
+    (_S.CONNECTED, "stop"): "_disconnect",
+    (_S.WAITING, "retry_due"): "_connect",
+    (_S.WAITING, "stop"): "_cancel_retry",
+    (_S.STOPPING, "lost"): "_gone",
+    (_S.STOPPING, "stop"): "_when_gone",
+}
+
+
+class _Watched:
+    """The protocol a connection runs, as its transport sees it: everything
+    goes to C{protocol}, and C{connectionLost} also tells the service."""
+
+    def __init__(self, protocol: IProtocol, lost: Callable[[], None]) -> None:
+        self._protocol = protocol
+        self._lost = lost
+        directlyProvides(self, providedBy(protocol))
+
+    def connectionLost(self, reason: Failure) -> None:
+        try:
+            self._protocol.connectionLost(reason)
+        finally:
+            self._lost()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._protocol, name)
+
+
+class _WatchingFactory(Factory):
+    """Builds the factory's protocols, watched."""
+
+    def __init__(self, factory: IProtocolFactory, lost: Callable[[], None]) -> None:
+        self._factory = factory
+        self._lost = lost
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = self._factory.buildProtocol(addr)
+        return None if protocol is None else _Watched(protocol, self._lost)
+
+
+class ReconnectingClientService(Service):
     """
     Keeps one outgoing connection up, retrying with a backoff policy, and
     gives up after C{max_retries} retries in a row (C{None}: never).
 
-    When the limit is passed, L{when_given_up} errbacks at once with
-    L{RetryLimitReached}, and the service stops itself on the next turn of
-    its clock.  C{on_retry(attempt, delay)}, if set, is called for every retry
-    scheduled.  Both run inside L{ClientService}'s state machine, which cannot
-    take a stop there: a C{stopService()} from them happens on the next turn
-    of the clock, and its Deferred fires then.
+    Its life is an explicit state machine (L{ReconnectState}, C{state}),
+    driven by a declared table of transitions: an input its state does not
+    take raises L{IllegalTransition}.  Each retry is logged as a line of its
+    own that names the peer's last error.
+
+    When the limit is passed, L{when_given_up} errbacks with
+    L{RetryLimitReached} and the service stops.  C{on_retry(attempt,
+    delay)}, if set, is called for every retry scheduled, and may stop the
+    service.
 
     A connection counts as made only when L{connection_opened} is called.  By
     default that happens when TCP connects; a protocol with a handshake of its
     own (WebSocket) passes C{confirm_open=True} and calls it when the
     handshake completes, so that a server that accepts TCP and then refuses
-    (say, with HTTP 503) still uses up retries.  L{ClientService} alone counts
-    such a server as a success every time.
+    (say, with HTTP 503) still uses up retries.  (Twisted's L{ClientService}
+    counts such a server as a success every time.)
     """
 
-    _log = _RetryLog()
+    _log = Logger()
 
     def __init__(
         self,
@@ -168,44 +217,51 @@ class ReconnectingClientService(ClientService):
         clock: IReactorTime | None = None,
         **backoff_options: float,
     ) -> None:
-        backoff = backoff_policy(backoff, **backoff_options)
+        policy = backoff_policy(backoff, **backoff_options)
         if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries cannot be negative, not {max_retries}")
         self.max_retries = max_retries
         self.retries = 0
         """Retries scheduled over the service's life."""
         self.attempt = 0
-        """Failed attempts in a row: reset only by a connection that stayed
+        """Failed rounds in a row: reset only by a connection that stayed
         open for C{min_uptime} seconds."""
         self.min_uptime = min_uptime
-        self._policy: RetryPolicy = backoff
-        self._clock: IReactorTime = clock if clock is not None else default_reactor()
-        self._opened_at: float | None = None
-        self._retrying = True
-        self._last_error = "no attempt yet"
-        self._in_policy = False
-        self._deferred_stop: OneShotObserver | None = None
-        self._retry_after: float | None = None
         self.round_size = round_size
         """Attempts in one round (one per URL of a fail-over list): only a
         whole round that failed counts as a retry and waits for the backoff."""
-        self._in_round = 0
-        self._given_up = OneShotObserver()
         self.on_retry: Callable[[int, float], None] | None = None
-        # With confirm_open, the protocol calls connection_opened itself once
-        # its handshake completes.  ClientService's prepareConnection looks
-        # made for this (return a Deferred that fires at the handshake), but a
-        # connection dropped before that Deferred fires raises automat's
-        # NoTransition inside ClientService's state machine (Twisted 26.10),
-        # and the service stops retrying: so the wait lives here, not there.
-        prepare = None if confirm_open else (lambda protocol: self.connection_opened())
-        super().__init__(
-            _RecordingEndpoint(endpoint, self.connection_failed),
-            factory,
-            retryPolicy=self._next_delay,
-            clock=self._clock,
-            prepareConnection=prepare,
-        )
+        self.state = ReconnectState.STOPPED
+        self._endpoint = endpoint
+        self._factory = _WatchingFactory(factory, lambda: self._input("lost"))
+        self._policy: RetryPolicy = policy
+        self._confirm_open = confirm_open
+        self._clock: IReactorTime = clock if clock is not None else default_reactor()
+        self._attempt: Deferred[Any] | None = None
+        self._connection: Any = None
+        self._retry_call: IDelayedCall | None = None
+        self._opened_at: float | None = None
+        self._in_round = 0
+        self._retrying = True
+        self._retry_after: float | None = None
+        self._last_error = "no attempt yet"
+        self._given_up = OneShotObserver()
+        self._closing: OneShotObserver | None = None
+
+    # -- what the owner calls -------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._retrying = True
+        self._input("start")
+
+    def stopService(self) -> Deferred[None]:
+        """Stop retrying, cancel what is under way, close the connection if
+        one is up; fires once it is gone."""
+        super().stopService()
+        self._retrying = False
+        result: Deferred[None] = self._input("stop")
+        return result
 
     def connection_opened(self) -> None:
         """The connection is up for real; if it stays up for C{min_uptime},
@@ -232,35 +288,54 @@ class ReconnectingClientService(ClientService):
         """Errbacks with L{RetryLimitReached} once the retry limit is passed."""
         return self._given_up.when_fired()
 
-    def startService(self) -> None:
-        self._retrying = True
-        super().startService()
+    # -- the state machine ---------------------------------------------------------
 
-    def stopService(self) -> Deferred[None]:
-        self._retrying = False
-        if self._deferred_stop is not None:
-            return self._deferred_stop.when_fired()
-        if self._in_policy:
-            return self._stop_soon()
-        if not self.running:
-            return succeed(None)
-        return super().stopService()
+    def _input(self, name: str) -> Any:
+        method = _TRANSITIONS.get((self.state, name))
+        if method is None:
+            raise IllegalTransition(f"a reconnecting service that is {self.state.value} cannot take {name!r}")
+        return getattr(self, method)()
 
-    def _stop_soon(self) -> Deferred[None]:
-        self._deferred_stop = stopped = OneShotObserver()
+    def _connect(self) -> None:
+        self.state = ReconnectState.CONNECTING
+        self._retry_call = None
+        attempt = self._attempt = self._endpoint.connect(self._factory)
+        attempt.addCallbacks(self._attempt_made, self._attempt_failed,
+                             callbackArgs=(attempt,), errbackArgs=(attempt,))
 
-        def stop() -> None:
-            self._deferred_stop = None
-            ClientService.stopService(self).addBoth(stopped.fire)
+    def _attempt_made(self, protocol: Any, attempt: Deferred[Any]) -> None:
+        if attempt is not self._attempt:
+            protocol.transport.loseConnection()  # connected as it was cancelled
+            return
+        self._attempt = None
+        self._connection = protocol
+        self._input("connected")
 
-        self._clock.callLater(0, stop)
-        return stopped.when_fired()
+    def _attempt_failed(self, failure: Failure, attempt: Deferred[Any]) -> None:
+        if attempt is not self._attempt:
+            return  # cancelled by a stop
+        self._attempt = None
+        self.connection_failed(failure.getErrorMessage())
+        self._input("failed")
 
-    def _next_delay(self, _: int) -> float:
-        # ClientService passes its count of failures since the last
-        # connection; ours (self.attempt) only resets after min_uptime.
+    def _connected(self) -> None:
+        self.state = ReconnectState.CONNECTED
+        if not self._confirm_open:
+            self.connection_opened()
+
+    def _retry_or_give_up(self) -> None:
+        self._connection = None
+        self.state = ReconnectState.WAITING
+        delay = self._next_delay()  # on_retry may stop the service from here
+        if self.state is not ReconnectState.WAITING or delay is None:
+            return
+        self._retry_call = self._clock.callLater(delay, self._input, "retry_due")
+
+    def _next_delay(self) -> float | None:
+        """The delay before the next attempt, or None for none (stopping,
+        or the limit passed, after which the service has given up)."""
         if not self._retrying:
-            return _NEVER
+            return None
         self._in_round += 1
         if self._in_round < self.round_size:
             return 0.0  # the next URL of this round, at once
@@ -270,24 +345,59 @@ class ReconnectingClientService(ClientService):
                 self.attempt = 0
             self._opened_at = None
         self.attempt += 1
-        self._in_policy = True
-        try:
-            if self.max_retries is not None and self.attempt > self.max_retries:
-                error = RetryLimitReached(self.max_retries, self._last_error)
-                self._log.error("{error}", error=error)
-                self._stop_soon()
-                self._given_up.fire(Failure(error))
-                return _NEVER
-            self.retries += 1
-            delay, self._retry_after = (
-                (self._retry_after, None) if self._retry_after is not None else (self._policy(self.attempt), None)
-            )
-            self._log.info(
-                "retry {attempt} in {delay:.2f} s (last: {error})",
-                attempt=self.attempt, delay=delay, error=self._last_error,
-            )
-            if self.on_retry is not None:
-                self.on_retry(self.attempt, delay)
-            return delay
-        finally:
-            self._in_policy = False
+        if self.max_retries is not None and self.attempt > self.max_retries:
+            error = RetryLimitReached(self.max_retries, self._last_error)
+            self._log.error("{error}", error=error)
+            self.state = ReconnectState.GIVEN_UP
+            self.running = False
+            self._given_up.fire(Failure(error))
+            return None
+        self.retries += 1
+        if self._retry_after is not None:
+            delay, self._retry_after = self._retry_after, None
+        else:
+            delay = self._policy(self.attempt)
+        self._log.info("retry {attempt} in {delay:.2f} s (last: {error})",
+                       attempt=self.attempt, delay=delay, error=self._last_error)
+        if self.on_retry is not None:
+            self.on_retry(self.attempt, delay)
+        return delay
+
+    def _stopped_already(self) -> Deferred[None]:
+        return succeed(None)
+
+    def _cancel_attempt(self) -> Deferred[None]:
+        attempt, self._attempt = self._attempt, None
+        self.state = ReconnectState.STOPPED
+        if attempt is not None:
+            attempt.addErrback(lambda _: None)
+            attempt.cancel()
+        return succeed(None)
+
+    def _cancel_retry(self) -> Deferred[None]:
+        call, self._retry_call = self._retry_call, None
+        self.state = ReconnectState.STOPPED
+        if call is not None and call.active():
+            call.cancel()
+        return succeed(None)
+
+    def _disconnect(self) -> Deferred[None]:
+        self.state = ReconnectState.STOPPING
+        closing = self._closing = OneShotObserver()
+        self._connection.transport.loseConnection()
+        gone: Deferred[None] = closing.when_fired()
+        return gone
+
+    def _when_gone(self) -> Deferred[None]:
+        assert self._closing is not None
+        gone: Deferred[None] = self._closing.when_fired()
+        return gone
+
+    def _gone(self) -> None:
+        self.state = ReconnectState.STOPPED
+        self._connection = None
+        assert self._closing is not None
+        self._closing.fire(None)
+
+    def _stale_lost(self) -> None:
+        """A connection made as its attempt was cancelled has closed."""
