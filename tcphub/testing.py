@@ -71,7 +71,7 @@ class MemoryHub:
 
     def connect(self, host: str = "127.0.0.1") -> tuple[HubProtocol, StringTransport]:
         """A new client from C{host} (a new port each time): its protocol
-        (or the L{RefusedConnection} standing in for it) and transport."""
+        (or the L{tcphub.hub.refused.RefusedConnection} standing in for it) and transport."""
         self._next_port += 1
         address = IPv4Address("TCP", host, self._next_port)
         protocol: Any = self.factory.buildProtocol(address)

@@ -33,7 +33,9 @@ from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.hub.framing import Framing, get_framing
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
-from tcphub.hub.protocol import HubProtocol, RefusedConnection, check_payload, format_address
+from tcphub.hub.addresses import check_payload, format_address
+from tcphub.hub.protocol import HubProtocol
+from tcphub.hub.refused import RefusedConnection
 from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Rooms
 from tcphub.hub.surface import HubSurface

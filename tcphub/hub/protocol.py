@@ -22,10 +22,9 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
-from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
-    IAddress,
     IDelayedCall,
     IHalfCloseableProtocol,
     ISSLTransport,
@@ -37,10 +36,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub._observer import OneShotObserver
+from tcphub.hub.addresses import check_payload, format_address
 from tcphub._upstream.twisted_parts import unsent_bytes
 from tcphub.errors import (
     ClientDisconnected,
-    ConnectionLimitReached,
     FrameTimeout,
     FramingError,
     IdleTimeout,
@@ -56,13 +55,13 @@ from tcphub.hub.rate import TokenBucket
 if TYPE_CHECKING:
     from tcphub.hub.factory import HubFactory
 
-__all__ = ["GONE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "RefusedConnection", "check_payload", "format_address"]
+__all__ = ["GONE", "DRAINING", "HubProtocol", "OPEN", "REFUSED", "check_payload", "format_address"]
 
 # A client's lifecycle (HubProtocol.state).
 REFUSED: Final = 0
-"""Not admitted (a connection limit): the state of a L{RefusedConnection},
-which stands in for the hub's protocol, is aborted at once, and is never in
-the client table."""
+"""Not admitted (a connection limit): the state of a
+L{tcphub.hub.refused.RefusedConnection}, which stands in for the hub's
+protocol, is aborted at once, and is never in the client table."""
 OPEN: Final = 1
 """In the client table: messages flow both ways."""
 DRAINING: Final = 2
@@ -75,27 +74,6 @@ GONE: Final = 3
 _PAUSED_BY_USER: Final = 1  # pauseReading(): a subclass's own flow control
 _PAUSED_BY_RATE: Final = 2  # the client is over max_rate: resumed when its bucket refills
 _PAUSED_BY_HUB: Final = 4  # HubFactory.pause_reading(), e.g. a gateway whose upstream stalls
-
-
-def format_address(address: IAddress) -> str:
-    """C{host:port} (C{[host]:port} for IPv6), or a UNIX socket's path."""
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, UNIXAddress):
-        name = address.name
-        return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or "unix")
-    return str(address)
-
-
-def check_payload(data: object, where: str) -> None:
-    """Raise L{TypeError} unless C{data} is bytes-like (text must be encoded first)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            f"{where} takes bytes, not {type(data).__name__}"
-            + (": encode text first, e.g. text.encode('utf-8')" if isinstance(data, str) else "")
-        )
 
 
 @implementer(IHalfCloseableProtocol)
@@ -598,38 +576,3 @@ class HubProtocol(Protocol):
             kind=self.kind,
         )
 
-
-@implementer(IHalfCloseableProtocol)
-class RefusedConnection(Protocol):
-    """
-    What a connection over a connection limit gets instead of the hub's
-    protocol (see L{HubFactory.buildProtocol}): it is counted and aborted
-    as it is made, ignores what it receives, and tells the hub when it is
-    gone.  Your protocol's hooks never run for it.
-    """
-
-    state = REFUSED
-    transport: Any
-
-    def __init__(self, hub: HubFactory, error: ConnectionLimitReached) -> None:
-        self.factory = hub
-        self.error = error
-
-    def connectionMade(self) -> None:
-        self.factory.refused(self, self.error)
-        self.transport.abortConnection()
-
-    def dataReceived(self, data: bytes) -> None:
-        """Ignored: the connection is being aborted."""
-
-    def readConnectionLost(self) -> None:
-        """Ignored, as its data is."""
-
-    def writeConnectionLost(self) -> None:
-        """Ignored."""
-
-    def abortConnection(self) -> None:
-        self.transport.abortConnection()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.client_gone(self)

@@ -396,7 +396,7 @@ class WebSocketHandler(Service):
             self._state = HandlerState.CONNECTING
         self._inbound.connection_lost()
         self.context.connected = False
-        code, reason = self._ending(protocol, code, reason)
+        code, reason = protocol.ending(code, reason)
         if protocol.closedByMe and code in _PROTOCOL_ERRORS:
             self._counts["protocol_errors"] += 1
         if self._service is not None:
@@ -457,23 +457,6 @@ class WebSocketHandler(Service):
         elif refusal.delay is not None:
             service.retry_after(refusal.delay)
 
-    @staticmethod
-    def _ending(protocol: HandlerProtocol, code: int | None, reason: str | None) -> tuple[int | None, str | None]:
-        """The code and reason that ended a connection, whichever side sent
-        the first close frame (Autobahn reports the peer's echo, often
-        without a reason, or 1006 when TCP ended before the echo), and the
-        deadline this side missed, if any."""
-        local, remote = protocol.localCloseCode, protocol.remoteCloseCode
-        local_reason = (protocol.localCloseReason or b"").decode("utf-8", "replace") or None
-        if local is not None and (protocol.closedByMe or remote is None):
-            code, reason = local, local_reason
-        elif remote is not None:
-            code, reason = remote, protocol.remoteCloseReason
-        if protocol.ended_by is not None:
-            # After a close frame, keep its reason; without one, Autobahn's
-            # "closed uncleanly" says less than the deadline does.
-            reason = f"{reason}; then {protocol.ended_by}" if reason and (local or remote) else protocol.ended_by
-        return code, reason
 
     def _retry_scheduled(self, attempt: int, delay: float) -> None:
         self._count("retries")

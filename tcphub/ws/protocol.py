@@ -161,6 +161,24 @@ class HandlerProtocol(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.handler.connection_closed(self, wasClean, code, reason)
 
+    def ending(self, code: int | None, reason: str | None) -> tuple[int | None, str | None]:
+        """The code and reason that ended this connection (Autobahn's
+        C{onClose} gives C{code} and C{reason}), whichever side sent the
+        first close frame (Autobahn reports the peer's echo, often without a
+        reason, or 1006 when TCP ended before the echo), and the deadline
+        this side missed, if any."""
+        local, remote = self.localCloseCode, self.remoteCloseCode
+        local_reason = (self.localCloseReason or b"").decode("utf-8", "replace") or None
+        if local is not None and (self.closedByMe or remote is None):
+            code, reason = local, local_reason
+        elif remote is not None:
+            code, reason = remote, self.remoteCloseReason
+        if self.ended_by is not None:
+            # After a close frame, keep its reason; without one, Autobahn's
+            # "closed uncleanly" says less than the deadline does.
+            reason = f"{reason}; then {self.ended_by}" if reason and (local or remote) else self.ended_by
+        return code, reason
+
     @property
     def can_send(self) -> bool:
         """Whether messages can be sent: open, and no closing handshake begun."""
