@@ -282,10 +282,27 @@ def test_the_live_page_draws_the_rates_and_lists_the_clients(tmp_path):
 @pytest_twisted.inlineCallbacks
 def _get_in_process(port: int, path: str):
     from twisted.internet import reactor
-    from twisted.web.client import Agent, readBody
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Protocol
+    from twisted.web.client import Agent, ResponseDone
 
     response = yield Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}{path}".encode())
-    body = yield readBody(response)
+    done: Deferred[bytes] = Deferred()
+
+    class Body(Protocol):
+        chunks: list[bytes] = []
+
+        def dataReceived(self, data: bytes) -> None:
+            self.chunks.append(data)
+
+        def connectionLost(self, reason) -> None:
+            if reason.check(ResponseDone):
+                done.callback(b"".join(self.chunks))
+            else:
+                done.errback(reason)
+
+    response.deliverBody(Body())
+    body = yield done
     return response.code, body.decode()
 
 
