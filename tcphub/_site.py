@@ -1,6 +1,10 @@
 """
 L{SiteService}: a C{twisted.web} site on one or more server endpoints, as
-the operations port and the WebSocket members' port both are.
+the operations port and the WebSocket members' port both are; and
+L{BodylessSite}, the site both serve, which refuses a request body before
+reading it (C{twisted.web} would read a body of any declared length, and
+spool a large one to a temporary file, before any resource or token check
+sees the request).
 """
 
 from __future__ import annotations
@@ -10,15 +14,74 @@ from typing import Any, cast
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from tcphub._observer import OneShotObserver
+from tcphub._repeats import RepeatedLog
 from tcphub.errors import ListenFailed
 from tcphub.hub.protocol import format_address
 
-__all__ = ["SiteService"]
+__all__ = ["BodylessSite", "SiteService"]
+
+_TOO_LARGE = (b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              b"Content-Length: 38\r\nConnection: close\r\n\r\n413: this port takes no request body\n")
+
+
+class _Discard:
+    """Where the bytes of a refused body go (those already read with the
+    headers): nowhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, offset: int, whence: int = 0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _BodylessRequest(Request):
+    """A request whose body, if it declares one, is refused with a 413
+    before a byte of it is read, and the connection closed."""
+
+    def gotLength(self, length: int | None) -> None:
+        if length == 0:
+            super().gotLength(length)
+            return
+        # A declared length, or chunked (None): no path of this site takes a body.
+        self.content = _Discard()
+        transport: Any = self.channel.transport
+        transport.write(_TOO_LARGE)
+        transport.loseConnection()
+        site: Any = cast(Any, self.channel).site
+        site.refused_bodies += 1
+        site.repeats.emit("refused_bodies", LogLevel.warn,
+                          "refused a request body from {peer} ({length} bytes declared): "
+                          "this port takes none ({count} so far)",
+                          peer=format_address(transport.getPeer()),
+                          length="chunked, unknown" if length is None else length, count=site.refused_bodies)
+
+
+
+class BodylessSite(Site):
+    """A C{Site} whose requests take no body (see L{_BodylessRequest});
+    C{refused_bodies} counts the refusals."""
+
+    requestFactory = _BodylessRequest
+
+    def __init__(self, resource: Any, *args: Any, clock: Any, **kwargs: Any) -> None:
+        super().__init__(resource, *args, **kwargs)
+        self.refused_bodies = 0
+        self.repeats = RepeatedLog(self._log, clock)
+
+    _log = Logger()
+
+    def stopFactory(self) -> None:
+        self.repeats.stop()
+        super().stopFactory()
 
 
 class SiteService(Service):

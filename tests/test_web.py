@@ -208,3 +208,31 @@ def test_wss_members_over_tls_and_the_same_origin_is_https(tmp_path):
                     if message.endswith("> over tls"):
                         break
         twistd.shutdown()
+
+
+def _send_headers_then_read(port: int, head: bytes) -> bytes:
+    """Send a request's head with a body declared but not sent; read the
+    answer to its end (the server closes).  A server that waits for the
+    body never answers, and the read times out."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(head)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("port_name, path", [("admin_port", "/healthz"), ("admin_port", "/varz"),
+                                             ("ws_port", "/"), ("ws_port", "/ws")])
+def test_a_request_body_is_refused_with_413_before_it_is_read(port_name, path):
+    """A gigabyte declared: twisted.web alone would wait for it (and spool it
+    to disk); each port answers at once, closes, and counts it."""
+    with Hub("--admin-token", "secret") as hub:
+        for head in (b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n",
+                     b"PUT %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"):
+            answer = _send_headers_then_read(getattr(hub, port_name), head % path.encode())
+            assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b"this port takes no request body\n")
+        hub.twistd.wait_for(r"refused a request body from 127\.0\.0\.1:\d+ \(1073741824 bytes declared\)")
+        with urllib.request.urlopen(f"http://127.0.0.1:{hub.admin_port}/healthz", timeout=30) as response:
+            assert response.status == 200, "the port goes on"
+        hub.twistd.shutdown()

@@ -30,10 +30,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from tcphub._reactor import default_reactor
-from tcphub._site import SiteService
+from tcphub._site import BodylessSite, SiteService
 from tcphub.hub.service import parse_endpoints
 from tcphub._version import version
 from tcphub.ops import views
@@ -142,7 +142,7 @@ class AdminService(SiteService):
         root.putChild(b"metrics", _Path(self, self._metrics))
         root.putChild(b"varz", _Path(self, self._varz))
         root.putChild(b"connz", _Path(self, self._connz))
-        site = Site(root)
+        site = BodylessSite(root, clock=self._clock())
         site.noisy = False
         site.displayTracebacks = False
         super().__init__(reactor, site, endpoints, "admin")

@@ -16,11 +16,11 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from tcphub import _checks
 from tcphub._reactor import default_reactor
-from tcphub._site import SiteService
+from tcphub._site import BodylessSite, SiteService
 from tcphub.hub.service import parse_endpoints
 from tcphub.web.limits import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -98,7 +98,8 @@ class WebSocketMembers(SiteService):
             root = Resource()
             root.putChild(b"", _Page(files("tcphub.web").joinpath("page.html").read_bytes()))
         root.putChild(b"ws", WebSocketResource(self.members))
-        site = Site(root, timeout=_checks.number("http_timeout", http_timeout, above=0), reactor=factory.clock)
+        site = BodylessSite(root, timeout=_checks.number("http_timeout", http_timeout, above=0),
+                            reactor=factory.clock, clock=factory.clock)
         site.noisy = False
         site.displayTracebacks = False
         super().__init__(reactor, site, endpoints, "websocket")
