@@ -12,6 +12,7 @@ import re
 import socket
 import ssl
 import struct
+import urllib.error
 import urllib.request
 
 import pytest
@@ -235,4 +236,38 @@ def test_a_request_body_is_refused_with_413_before_it_is_read(port_name, path):
         hub.twistd.wait_for(r"refused a request body from 127\.0\.0\.1:\d+ \(1073741824 bytes declared\)")
         with urllib.request.urlopen(f"http://127.0.0.1:{hub.admin_port}/healthz", timeout=30) as response:
             assert response.status == 200, "the port goes on"
+        hub.twistd.shutdown()
+
+
+def _status(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, b""
+
+
+def test_web_root_serves_regular_files_inside_it_and_nothing_else(tmp_path):
+    """No dotfiles, no listings, no link out of the root (twisted.web.static.File serves all three)."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "docs").mkdir()
+    (root / ".git").mkdir()
+    (root / "index.html").write_text("home")
+    (root / ".env").write_text("SECRET=1")
+    (root / ".git" / "config").write_text("[core]")
+    (root / "sub" / "page.txt").write_text("a page")
+    (root / "docs" / "index.html").write_text("docs")
+    (tmp_path / "outside.txt").write_text("not yours")
+    (root / "out").symlink_to(tmp_path / "outside.txt")
+    (root / "inside").symlink_to(root / "sub" / "page.txt")
+    with Hub("--web-root", str(root)) as hub:
+        base = f"http://127.0.0.1:{hub.ws_port}"
+        assert _status(f"{base}/") == (200, b"home")
+        assert _status(f"{base}/sub/page.txt") == (200, b"a page")
+        assert _status(f"{base}/docs/") == (200, b"docs")
+        assert _status(f"{base}/inside") == (200, b"a page"), "a link inside the root is followed"
+        for path in ("/.env", "/.git/config", "/sub/", "/out", "/sub/../.env", "/%2e%2e/outside.txt",
+                     "/..%2foutside.txt", "/nothing"):
+            assert _status(base + path)[0] == 404, path
         hub.twistd.shutdown()

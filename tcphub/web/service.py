@@ -22,6 +22,7 @@ from tcphub import _checks
 from tcphub._reactor import default_reactor
 from tcphub._site import BodylessSite, SiteService
 from tcphub.hub.service import parse_endpoints
+from tcphub.web.files import WebRoot
 from tcphub.web.limits import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_HTTP_TIMEOUT,
@@ -90,10 +91,7 @@ class WebSocketMembers(SiteService):
         )
         if web_root is not None:
             _checks.directory("web_root", web_root)
-            # Imported when used: importing twisted.web.static warns of its own deprecations.
-            from twisted.web.static import File
-
-            root: Resource = File(web_root)
+            root: Resource = WebRoot(web_root)
         else:
             root = Resource()
             root.putChild(b"", _Page(files("tcphub.web").joinpath("page.html").read_bytes()))
