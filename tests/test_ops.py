@@ -363,3 +363,28 @@ def test_the_members_ports_own_counts_are_on_metrics_under_their_names():
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TcpHubCollector(None, None, Clock(), web=MemberCounters(rejected_origin=3)))
     assert samples(generate_latest(registry).decode())["tcphub_rejected_origin_total"] == 3
+
+
+def test_no_password_or_key_of_a_url_reaches_varz_or_the_log():
+    """The Redis URL's password, the upstream's user:password and api_key
+    are shown as *** in /varz and never written to the log."""
+    server = WebSocketServer()
+    upstream = server.url.replace("ws://", "ws://alice:s3cret-pw@") + "?api_key=k3y-value&room=a"
+    hub = Twistd("tcphub", "--port", "0", "--admin", "tcp:0:interface=127.0.0.1",
+                 "--upstream", upstream, "--redis", "redis://:hunter2-pw@127.0.0.1:1/0")
+    try:
+        admin = int(hub.wait_for(ADMIN)["port"])
+        hub.wait_for(r"connected to ws://alice:\*\*\*@127\.0\.0\.1:\d+/\?api_key=\*\*\*&room=a")
+        varz = get(admin, "/varz")[1]
+        for secret in ("s3cret-pw", "k3y-value", "hunter2-pw"):
+            assert secret not in varz, secret
+        document = json.loads(varz)
+        assert document["options"]["redis"] == "redis://:***@127.0.0.1:1/0"
+        assert document["upstream"]["url"].startswith("ws://alice:***@127.0.0.1:")
+        hub.shutdown()
+    finally:
+        hub.kill()
+        server.stop()
+    log = "\n".join(hub.lines)
+    for secret in ("s3cret-pw", "k3y-value", "hunter2-pw"):
+        assert secret not in log, secret

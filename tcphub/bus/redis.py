@@ -48,6 +48,7 @@ from zope.interface import implementer
 from tcphub import _checks
 from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._reactor import default_reactor
+from tcphub._secrets import redact_url
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
 from tcphub.errors import BusError, BusQueueFull
@@ -116,8 +117,8 @@ def redis_endpoint(url: str) -> tuple[str, str | None, str | None, int]:
             return f"{kind}:host={host}:port={port}", username, password, db
     except ValueError as error:
         raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, "
-                         f"not {url!r}: {error}") from None
-    raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, not {url!r}")
+                         f"not {redact_url(url)!r}: {error}") from None
+    raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, not {redact_url(url)!r}")
 
 
 class _ConnectionFactory(Factory):
@@ -163,7 +164,8 @@ class RedisBus(Service):
     ) -> None:
         reactor = reactor if reactor is not None else default_reactor()
         description, self._username, self._password, self._db = redis_endpoint(url)
-        self.url = url
+        self.url = redact_url(url)
+        """The Redis URL, its password shown as ***."""
         self.node_id = node_id if node_id is not None else uuid.uuid4().hex[:8]
         self.heartbeat = _checks.number("heartbeat", heartbeat, above=0)
         self.node_ttl = _checks.number("node_ttl", node_ttl if node_ttl is not None else 3 * heartbeat,

@@ -33,6 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from tcphub._reactor import default_reactor
+from tcphub._secrets import redact_url
 from tcphub._site import BodylessSite, SiteService
 from tcphub.hub.service import parse_endpoints
 from tcphub._version import version
@@ -74,6 +75,18 @@ class _Path(Resource):
         request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return body
+
+
+def _shown(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options as /varz shows them: every URL's secrets as ***."""
+    def shown(value: Any) -> Any:
+        if isinstance(value, str) and "://" in value:
+            return redact_url(value)
+        if isinstance(value, (list, tuple)):
+            return [shown(each) for each in value]
+        return value
+
+    return {key: shown(value) for key, value in options.items()}
 
 
 def _json(document: Any) -> tuple[int, str, bytes]:
@@ -180,11 +193,11 @@ class AdminService(SiteService):
     def _varz(self, request: Request) -> tuple[int, str, bytes]:
         upstream = None
         if self.upstream is not None:
-            upstream = {"url": self.upstream.url, "state": self.upstream.state.value,
+            upstream = {"url": redact_url(self.upstream.url or ""), "state": self.upstream.state.value,
                         **asdict(self.upstream.get_status())}
         return _json(views.varz(
             version=version(),
-            options=self.options,
+            options=_shown(self.options),
             limits=self._limits(),
             metrics=self.hub.get_metrics() if self.hub is not None else None,
             upstream=upstream,

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub._repeats import RepeatedLog
+from tcphub._secrets import redact_url
 from tcphub.errors import (
     FatalClose,
     HandlerClosed,
@@ -339,7 +340,8 @@ class WebSocketHandler(Service):
         if self.url is not None and self._state in CAN_CONNECT:
             self.connect().addErrback(
                 lambda failure: self._log.error(
-                    "could not connect to {url}: {error}", url=self.url, error=failure.getErrorMessage()
+                    "could not connect to {url}: {error}", url=redact_url(self.url or ""),
+                    error=failure.getErrorMessage()
                 )
             )
 
@@ -367,7 +369,7 @@ class WebSocketHandler(Service):
         self._connector.opened()
         self._log.info(
             "connected to {url} (connection {connection_id})",
-            url=self.url, connection_id=context.connection_id,
+            url=redact_url(self.url or ""), connection_id=context.connection_id,
         )
         self._sends.attach(protocol)
         self.events.emit("open", context)
@@ -450,7 +452,8 @@ class WebSocketHandler(Service):
             self._log.warn("not following the redirect to {target}", target=refusal.unfollowed)
         if refusal.redirected_to is not None:
             self._log.info("{url} redirects ({status}) to {target}: following",
-                           url=self.url, status=rejection.status, target=refusal.redirected_to)
+                           url=redact_url(self.url or ""), status=rejection.status,
+                           target=redact_url(refusal.redirected_to))
         if refusal.final:
             service.stop_retrying()
             self._gave_up(Failure(rejection))
