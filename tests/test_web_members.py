@@ -427,3 +427,69 @@ def test_the_shared_websocket_frames_are_bounded_in_bytes(members):
         web.hub.factory.broadcast(payload)
     assert [payload for _, payload in server_frames(transport.value())] == payloads
     assert web.factory.prepared.size <= web.factory.prepared.LIMIT + 2 * 60_010
+
+
+# -- what a member may send: pings, frames, fragments ----------------------------
+
+
+def fragment(opcode: int, payload: bytes = b"", final: bool = False) -> bytes:
+    """A masked frame, final or not (opcode 0: a continuation)."""
+    frame = client_frame(opcode, payload)
+    return bytes([frame[0] if final else frame[0] & 0x7F]) + frame[1:]
+
+
+def test_a_member_that_pings_and_never_reads_owes_one_pong_not_a_pile(members):
+    web = members(ping_interval=None)
+    connection, transport = web.open()
+    transport.producer.pauseProducing()  # the peer's window is full: it does not read
+    for n in range(5):
+        connection.dataReceived(client_frame(PING, b"%d" % n))
+    assert transport.value() == b"", "no pong piles up in the transport"
+    transport.producer.resumeProducing()
+    assert server_frames(transport.value()) == [(PONG, b"4")], "the latest one, once it reads"
+    transport.clear()
+    connection.dataReceived(client_frame(PING, b"now"))
+    assert server_frames(transport.value()) == [(PONG, b"now")]
+
+
+def test_a_ping_flood_is_counted_and_the_member_dropped(members):
+    web = members(ping_interval=None)
+    connection, transport = web.open()
+    connection.dataReceived(client_frame(PING) * 10)
+    assert [opcode for opcode, _ in server_frames(transport.value())] == [PONG] * 10
+    transport.clear()
+    connection.dataReceived(client_frame(PING))
+    [(opcode, payload)] = server_frames(transport.value())
+    assert (opcode, payload) == (CLOSE, struct.pack("!H", 1008) + b"more than 10 pings a second")
+    assert web.hub.factory.get_metrics().protocol_errors == 1
+    web.hub.clock.advance(1)  # a second later, the others are as welcome as ever
+    other, other_transport = web.open()
+    other.dataReceived(client_frame(PING) * 10)
+    assert len(server_frames(other_transport.value())) == 10
+
+
+def test_a_message_in_too_many_fragments_closes_with_1008(members):
+    web = members({"protocol": EchoProtocol}, ping_interval=None)
+    connection, transport = web.open()
+    connection.dataReceived(fragment(TEXT, b"a") + fragment(0, b"b") * 126 + fragment(0, b"c", final=True))
+    assert server_frames(transport.value()) == [(TEXT, b"a" + b"b" * 126 + b"c")], "128 fragments are fine"
+    transport.clear()
+    connection.dataReceived(fragment(TEXT) + fragment(0) * 128)
+    [(opcode, payload)] = server_frames(transport.value())
+    assert (opcode, payload) == (CLOSE, struct.pack("!H", 1008) + b"a message in more than 128 frames")
+    assert web.hub.factory.get_metrics().protocol_errors == 1
+
+
+def test_a_flood_of_frames_is_bounded_per_second(members):
+    """Empty continuation frames complete no message: the frame rate bounds them."""
+    web = members({"protocol": EchoProtocol}, ping_interval=None)
+    connection, transport = web.open()
+    flood = b"".join(fragment(TEXT) + fragment(0) * 98 + fragment(0, final=True) for _ in range(20))
+    connection.dataReceived(flood)  # 2,000 frames in a second: allowed
+    assert len(server_frames(transport.value())) == 20
+    web.hub.clock.advance(1)
+    transport.clear()
+    connection.dataReceived(flood + fragment(TEXT, b"x", final=True))
+    frames = server_frames(transport.value())
+    assert frames[-1] == (CLOSE, struct.pack("!H", 1008) + b"more than 2000 frames a second")
+    assert web.hub.factory.get_metrics().protocol_errors == 1

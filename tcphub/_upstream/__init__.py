@@ -34,4 +34,7 @@ PRIVATE_SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol", "WebSocketProtocol", "_max_message_size_exceeded"),
     ("autobahn.websocket.protocol", "WebSocketProtocol", "_invalid_payload"),
     ("autobahn.websocket.protocol", "WebSocketProtocol", "_protocol_violation"),
+    ("autobahn.websocket.protocol", "WebSocketProtocol", "onFrameBegin"),
+    ("autobahn.websocket.protocol", "WebSocketProtocol", "current_frame"),
+    ("autobahn.websocket.protocol", "WebSocketProtocol", "inside_message"),
 )

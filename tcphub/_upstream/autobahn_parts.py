@@ -23,12 +23,24 @@ class FailureHooks(WebSocketServerProtocol):
     A server protocol whose peer's faults reach one hook: Autobahn fails a connection that
     broke the protocol through three private methods, after which it sends
     its close code (1009, 1007, 1002); each is turned into one public hook,
-    L{peerFailed}, called after Autobahn's own handling.
+    L{peerFailed}, called after Autobahn's own handling.  Each frame that
+    begins is told to L{frameBegan} (Autobahn bounds a message's size, not
+    its number of fragments, nor frames in time).
     """
 
     def peerFailed(self, kind: str, reason: str, size: int | None = None, limit: int | None = None) -> None:
         """Override: C{kind} is C{"too_big"} (with the message's C{size} and
         the C{limit}), C{"invalid_payload"} or C{"protocol_violation"}."""
+
+    def frameBegan(self, control: bool, continuation: bool) -> None:
+        """Override: a frame begins (a control frame, or a data frame that
+        continues a message already begun)."""
+
+    def onFrameBegin(self) -> None:
+        frame: Any = self.current_frame
+        control = frame.opcode > 7
+        self.frameBegan(control, not control and bool(self.inside_message))
+        super().onFrameBegin()
 
     def _max_message_size_exceeded(self, msg_size: int, max_msg_size: int, reason: str) -> None:
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)

@@ -52,6 +52,8 @@ from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginReje
 from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import HubProtocol, format_address
+from tcphub.hub.rate import TokenBucket
+from tcphub.web.limits import MAX_FRAGMENTS, MAX_FRAMES_PER_SECOND, MAX_PINGS_PER_SECOND
 from tcphub.web.origins import OriginPolicy
 
 if TYPE_CHECKING:
@@ -117,6 +119,27 @@ class _Beat(Enum):
     """A ping is out: its pong is due within C{ping_timeout}."""
 
 
+@implementer(IPushProducer)
+class _Flow:
+    """The member's protocol as the TCP transport's producer, with the
+    connection told when the peer stops and starts reading (its pongs wait)."""
+
+    def __init__(self, producer: Any, connection: MemberConnection) -> None:
+        self._producer = producer
+        self._connection = connection
+
+    def pauseProducing(self) -> None:
+        self._connection.peer_reads(False)
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._producer.resumeProducing()
+        self._connection.peer_reads(True)
+
+    def stopProducing(self) -> None:
+        self._producer.stopProducing()
+
+
 @implementer(IMessageTransport, IPushProducer)
 class MemberTransport:
     """
@@ -143,7 +166,7 @@ class MemberTransport:
             self._tcp.write(b"".join([wire(frame) for frame in frames]))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._tcp.registerProducer(producer, streaming)
+        self._tcp.registerProducer(_Flow(producer, self._connection), streaming)
 
     def unregisterProducer(self) -> None:
         self._tcp.unregisterProducer()
@@ -187,6 +210,11 @@ class MemberConnection(FailureHooks):
     _beat = _Beat.STOPPED
     _beat_call: IDelayedCall | None = None
     _close_call: IDelayedCall | None = None
+    _frames: TokenBucket | None = None
+    _pings: TokenBucket | None = None
+    _fragments = 0
+    _peer_reads = True
+    _owed_pong: bytes | None = None
 
     def dataReceived(self, data: bytes) -> None:
         # As for a TCP client, what the messages of one read make the hub
@@ -222,6 +250,43 @@ class MemberConnection(FailureHooks):
         member.makeConnection(MemberTransport(self))
         if not hub.reading_paused:
             self.heartbeat_start()
+
+    # -- what a member may send: frames, fragments, pings ------------------
+
+    def frameBegan(self, control: bool, continuation: bool) -> None:
+        now = self.factory.hub.clock.seconds()
+        if self._frames is None:
+            self._frames = TokenBucket(MAX_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND, now)
+            self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
+        if self.state != _STATE_OPEN or self.member is None:
+            return
+        if self._frames.take(now):
+            self._refuse(f"more than {MAX_FRAMES_PER_SECOND} frames a second")
+        elif not control:
+            self._fragments = self._fragments + 1 if continuation else 1
+            if self._fragments > MAX_FRAGMENTS:
+                self._refuse(f"a message in more than {MAX_FRAGMENTS} frames")
+
+    def _refuse(self, what: str) -> None:
+        self._fail(1008, what, MalformedFrame(what))
+
+    def onPing(self, payload: bytes) -> None:
+        assert self._pings is not None, "a frame began first"
+        if self._pings.take(self.factory.hub.clock.seconds()):
+            self._refuse(f"more than {MAX_PINGS_PER_SECOND} pings a second")
+        elif not self._peer_reads:
+            # A peer that does not read would pile our pongs up in the
+            # transport's buffer: owe it one, the latest, until it reads.
+            self._owed_pong = payload
+        else:
+            super().onPing(payload)
+
+    def peer_reads(self, reading: bool) -> None:
+        """The TCP transport's buffer filled (the peer stopped reading) or drained."""
+        self._peer_reads = reading
+        owed, self._owed_pong = self._owed_pong, None
+        if reading and owed is not None and self.state == _STATE_OPEN:
+            self.sendPong(owed)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         member = self.member
