@@ -493,3 +493,4 @@ def test_a_flood_of_frames_is_bounded_per_second(members):
     frames = server_frames(transport.value())
     assert frames[-1] == (CLOSE, struct.pack("!H", 1008) + b"more than 2000 frames a second")
     assert web.hub.factory.get_metrics().protocol_errors == 1
+    assert transport.producerState == "paused", "no more of the flood is read while the close goes out"

@@ -269,6 +269,8 @@ class MemberConnection(FailureHooks):
 
     def _refuse(self, what: str) -> None:
         self._fail(1008, what, MalformedFrame(what))
+        # A flood goes on while the close frame is on its way: read no more of it.
+        self.transport.pauseProducing()
 
     def onPing(self, payload: bytes) -> None:
         assert self._pings is not None, "a frame began first"
