@@ -494,3 +494,31 @@ def test_a_flood_of_frames_is_bounded_per_second(members):
     assert frames[-1] == (CLOSE, struct.pack("!H", 1008) + b"more than 2000 frames a second")
     assert web.hub.factory.get_metrics().protocol_errors == 1
     assert transport.producerState == "paused", "no more of the flood is read while the close goes out"
+
+
+@pytest.mark.parametrize("trickle", [
+    pytest.param(client_frame(TEXT, b"hello")[:1], id="half a frame header"),
+    pytest.param(client_frame(TEXT, b"hello")[:8], id="half a payload"),
+    pytest.param(fragment(TEXT, b"first of many"), id="a fragmented message begun"),
+])
+def test_an_unfinished_frame_or_message_is_dropped_at_the_frame_timeout(members, trickle):
+    web = members({"protocol": EchoProtocol, "frame_timeout": 10}, ping_interval=None)
+    connection, transport = web.open()
+    connection.dataReceived(trickle)
+    web.hub.clock.advance(9.9)
+    assert not transport.disconnected
+    web.hub.clock.advance(0.1)
+    assert transport.disconnected and web.hub.factory.get_metrics().frame_timeouts == 1
+
+
+def test_a_message_finished_in_time_clears_the_deadline_and_the_next_gets_its_own(members):
+    web = members({"protocol": EchoProtocol, "frame_timeout": 10}, ping_interval=None)
+    connection, transport = web.open()
+    whole = client_frame(TEXT, b"hello")
+    connection.dataReceived(whole[:3])
+    web.hub.clock.advance(9)
+    connection.dataReceived(whole[3:] + whole[:3])  # one finished, the next begun
+    web.hub.clock.advance(9)
+    assert not transport.disconnected, "the second message has its own 10 s"
+    connection.dataReceived(whole[3:])
+    assert web.hub.timers() == [] and server_frames(transport.value()) == [(TEXT, b"hello")] * 2

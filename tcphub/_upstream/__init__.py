@@ -37,4 +37,5 @@ PRIVATE_SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("autobahn.websocket.protocol", "WebSocketProtocol", "onFrameBegin"),
     ("autobahn.websocket.protocol", "WebSocketProtocol", "current_frame"),
     ("autobahn.websocket.protocol", "WebSocketProtocol", "inside_message"),
+    ("autobahn.websocket.protocol", "WebSocketProtocol", "data"),
 )

@@ -9,13 +9,19 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 
-__all__ = ["FailureHooks", "parse_frames"]
+__all__ = ["FailureHooks", "parse_frames", "unfinished"]
 
 
 def parse_frames(protocol: Any, data: bytes) -> None:
     """Feed C{data} to Autobahn's frame parser: what C{dataReceived} does,
     without the debug line it builds for every read."""
     protocol._dataReceived(data)
+
+
+def unfinished(protocol: Any) -> bool:
+    """Whether Autobahn holds part of a frame or of a fragmented message
+    (C{data}, C{current_frame}, C{inside_message})."""
+    return bool(protocol.data) or protocol.current_frame is not None or bool(protocol.inside_message)
 
 
 class FailureHooks(WebSocketServerProtocol):

@@ -46,9 +46,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub._metric_fields import COUNTER
-from tcphub._upstream.autobahn_parts import FailureHooks, parse_frames
+from tcphub._upstream.autobahn_parts import FailureHooks, parse_frames, unfinished
 from tcphub._version import version
-from tcphub.errors import FrameTooLong, FramingError, MalformedFrame, OriginRejected, PingTimeout, UnframeableMessage
+from tcphub.errors import (
+    FrameTimeout,
+    FrameTooLong,
+    FramingError,
+    MalformedFrame,
+    OriginRejected,
+    PingTimeout,
+    UnframeableMessage,
+)
 from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import HubProtocol, format_address
@@ -173,13 +181,13 @@ class MemberTransport:
 
     def pauseProducing(self) -> None:
         """The hub stops reading this member: so does TCP, and the heartbeat
-        waits (an unread pong is not the peer's fault)."""
+        and the unfinished-frame deadline wait (neither is the peer's fault)."""
         self._tcp.pauseProducing()
-        self._connection.heartbeat_stop()
+        self._connection.reading(False)
 
     def resumeProducing(self) -> None:
         self._tcp.resumeProducing()
-        self._connection.heartbeat_start()
+        self._connection.reading(True)
 
     def stopProducing(self) -> None:
         self._tcp.stopProducing()
@@ -215,17 +223,55 @@ class MemberConnection(FailureHooks):
     _fragments = 0
     _peer_reads = True
     _owed_pong: bytes | None = None
+    _messages = 0
+    _reading = True
+    _unfinished_call: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
         # As for a TCP client, what the messages of one read make the hub
         # write goes out as one write per receiver.  (Autobahn's own
         # dataReceived only adds a debug line per read.)
         surface = self.factory.hub.surface
+        messages = self._messages
         surface.read_begins()
         try:
             parse_frames(self, data)
         finally:
             surface.read_ends()
+        self._watch_unfinished(self._messages != messages)
+
+    def _watch_unfinished(self, completed: bool) -> None:
+        """The hub's C{frame_timeout}, for a member: a frame or a fragmented
+        message begun and not finished (a slowloris trickling one byte now
+        and then) must be finished in time; a message completed starts a
+        new deadline for the next."""
+        timeout = self.factory.hub.frame_timeout
+        call = self._unfinished_call
+        if timeout is not None and self.state == _STATE_OPEN and self._reading and unfinished(self):
+            if call is None:
+                self._unfinished_call = self.factory.hub.clock.callLater(timeout, self._unfinished_timed_out)
+            elif completed:
+                call.reset(timeout)
+        elif call is not None:
+            self._unfinished_call = None
+            call.cancel()
+
+    def _unfinished_timed_out(self) -> None:
+        self._unfinished_call = None
+        member = self.member
+        assert member is not None, "a deadline runs once the connection is open"
+        error = FrameTimeout(f"client {member.client_id} ({member.address}) began a WebSocket frame or "
+                             f"message and did not finish it within {self.factory.hub.frame_timeout} seconds")
+        member.drop(Drop.FRAME_TIMEOUT, error)
+
+    def reading(self, reading: bool) -> None:
+        """The hub stopped or started reading this member: its deadlines wait."""
+        self._reading = reading
+        if reading:
+            self.heartbeat_start()
+        else:
+            self.heartbeat_stop()
+        self._watch_unfinished(False)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         origin = request.headers.get("origin")
@@ -293,6 +339,7 @@ class MemberConnection(FailureHooks):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         member = self.member
         assert member is not None, "messages come once the connection is open"
+        self._messages += 1
         try:
             self.factory.hub.framing.check(payload)
         except UnframeableMessage as error:
@@ -378,6 +425,9 @@ class MemberConnection(FailureHooks):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         # Autobahn calls this once the TCP connection is gone: the timers go with it.
         self.heartbeat_stop()
+        unfinished_call, self._unfinished_call = self._unfinished_call, None
+        if unfinished_call is not None:
+            unfinished_call.cancel()
         call, self._close_call = self._close_call, None
         if call is not None:
             call.cancel()
