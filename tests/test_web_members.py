@@ -522,3 +522,11 @@ def test_a_message_finished_in_time_clears_the_deadline_and_the_next_gets_its_ow
     assert not transport.disconnected, "the second message has its own 10 s"
     connection.dataReceived(whole[3:])
     assert web.hub.timers() == [] and server_frames(transport.value()) == [(TEXT, b"hello")] * 2
+
+
+@pytest.mark.parametrize("origin", [b"null", b"file://", b"FILE:///home/page.html"])
+def test_a_null_or_file_origin_is_refused_by_the_hubs_policy_with_403_and_counted(members, origin):
+    web = members()
+    _, refused = web.connect(b"Origin: " + origin + b"\r\n")
+    assert refused.value().startswith(b"HTTP/1.1 403"), refused.value()[:60]
+    assert web.factory.counters.rejected_origin == 1
