@@ -79,6 +79,19 @@ class BodylessSite(Site):
 
     _log = Logger()
 
+    def log(self, request: Any) -> None:
+        """The access log: every request at debug (twisted.web writes each at
+        info, a line per failed token guess); a refusal (4xx, 5xx) once per
+        burst of its status at info, then counted."""
+        code = getattr(request, "code", 0)
+        peer = format_address(request.getClientAddress())
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("ascii", "replace")
+        self._log.debug("{peer} {method} {path} {code}", peer=peer, method=method, path=path, code=code)
+        if code >= 400:
+            self.repeats.emit(f"http_{code}", LogLevel.info, "HTTP {code} for {method} {path} from {peer}",
+                              code=code, method=method, path=path, peer=peer)
+
     def stopFactory(self) -> None:
         self.repeats.stop()
         super().stopFactory()

@@ -163,6 +163,12 @@ def test_the_token_guards_every_path_but_healthz_and_the_page():
         status, page = get(admin, "/")
         assert status == 200 and "<canvas" in page
         hub.shutdown()
+    # No access line at info; the eight refusals are one line and a summary.
+    assert not [line for line in hub.lines if "/healthz" in line or "GET /metrics 200" in line], hub.output
+    refusals = [line for line in hub.lines if "401" in line]
+    assert len(refusals) == 2, hub.output
+    assert "HTTP 401 for GET /metrics from 127.0.0.1:" in refusals[0]
+    assert "7 more http_401" in refusals[1]
 
 
 def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
