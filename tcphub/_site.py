@@ -45,7 +45,19 @@ class _Discard:
 
 class _BodylessRequest(Request):
     """A request whose body, if it declares one, is refused with a 413
-    before a byte of it is read, and the connection closed."""
+    before a byte of it is read, and the connection closed; and whose
+    method, if not GET or HEAD, is a 405 (twisted.web answers a method it
+    does not know with a 501 "Huh?")."""
+
+    def process(self) -> None:
+        if self.method not in (b"GET", b"HEAD"):
+            self.setResponseCode(405)
+            self.setHeader(b"allow", b"GET, HEAD")
+            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            self.write(b"405: this port answers GET and HEAD only\n")
+            self.finish()
+            return
+        super().process()
 
     def gotLength(self, length: int | None) -> None:
         if length == 0:

@@ -271,3 +271,37 @@ def test_web_root_serves_regular_files_inside_it_and_nothing_else(tmp_path):
                      "/..%2foutside.txt", "/nothing"):
             assert _status(base + path)[0] == 404, path
         hub.twistd.shutdown()
+
+
+def _raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(request)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and answer.endswith(b"\n") and b"Connection: close" not in answer:
+                break
+        return answer
+
+
+def test_ws_without_an_upgrade_is_a_426_and_other_methods_a_405_on_both_ports():
+    with Hub() as hub:
+        answer = _raw_request(hub.ws_port, b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 426 ") and b"Upgrade: websocket" in answer
+        assert b"utobahn" not in answer, "no banner"
+        for port in (hub.ws_port, hub.admin_port):
+            for method in (b"PUT", b"DELETE", b"OPTIONS", b"POST"):
+                answer = _raw_request(port, method + b" / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                                      b"Connection: close\r\n\r\n")
+                assert answer.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, HEAD" in answer, (port, method, answer)
+        hub.twistd.shutdown()
+
+
+def test_a_member_over_max_connections_gets_a_503_before_the_upgrade():
+    with Hub("--max-connections", "1") as hub:
+        with hub.tcp() as tcp:
+            assert tcp.recv(4096).startswith(b"* welcome"), "admitted: the hub is full now"
+            with pytest.raises(InvalidStatus) as refused:
+                hub.member()
+            assert refused.value.response.status_code == 503
+        hub.twistd.shutdown()

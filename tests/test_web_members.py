@@ -294,8 +294,9 @@ def test_a_page_from_another_origin_is_refused_with_403_and_counted(members):
 def test_a_refused_member_is_never_in_the_client_table(members):
     web = members({"max_connections": 1})
     web.open()
-    connection, transport = web.open()
-    assert transport.disconnected
+    connection, transport = web.connect()
+    assert transport.value().startswith(b"HTTP/1.1 503 the hub is full"), "not a TCP reset after the upgrade"
+    assert transport.disconnecting
     web.lose(connection)
     assert len(web.hub.factory.clients()) == 1
     assert web.hub.factory.get_metrics().rejected == 1
@@ -325,8 +326,8 @@ def test_dropping_a_member_that_is_gone_does_nothing(members):
 def test_the_per_address_cap_counts_websocket_members_with_the_tcp_clients(members):
     web = members({"max_connections_per_ip": 1})
     web.hub.connect(host="127.0.0.1")
-    connection, transport = web.open()
-    assert transport.disconnected
+    connection, transport = web.connect()
+    assert transport.value().startswith(b"HTTP/1.1 503 the hub is full"), "said before the upgrade"
     metrics = web.hub.factory.get_metrics()
     assert (metrics.rejected_per_ip, metrics.connections) == (1, 1)
 

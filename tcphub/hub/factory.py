@@ -419,13 +419,14 @@ class HubFactory(Factory):
         over C{max_connections} or C{max_connections_per_ip}, a
         L{RefusedConnection} that aborts it, so that a refused connection
         never reaches your protocol's hooks."""
-        error = None if addr is None else self._refusal(addr)
+        error = None if addr is None else self.refusal(addr)
         if error is not None:
             return RefusedConnection(self, error)
         return cast("Protocol | None", super().buildProtocol(addr))
 
-    def _refusal(self, addr: IAddress) -> ConnectionLimitReached | None:
-        """Why a connection from C{addr} may not join, if it may not."""
+    def refusal(self, addr: IAddress) -> ConnectionLimitReached | None:
+        """Why a connection from C{addr} may not join now, if it may not (a
+        transport with a handshake of its own asks before it answers it)."""
         if len(self._clients) >= self.max_connections:
             return ConnectionLimitReached(
                 f"refused {format_address(addr)}: {self.max_connections} clients connected"
@@ -444,6 +445,11 @@ class HubFactory(Factory):
         """A refused connection is made: count it, say so once per burst,
         report it, and wait for it to go."""
         self._refused.add(connection)
+        self.count_refusal(error)
+
+    def count_refusal(self, error: ConnectionLimitReached) -> None:
+        """A connection was refused for C{error} (here, or by a transport
+        before it reached the hub): count it, say so once per burst, report it."""
         self.counters.add("rejected")
         if isinstance(error, AddressLimitReached):
             self.counters.rejected_per_ip += 1

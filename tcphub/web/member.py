@@ -274,10 +274,15 @@ class MemberConnection(FailureHooks):
         self._watch_unfinished(False)
 
     def onConnect(self, request: ConnectionRequest) -> None:
+        hub = self.factory.hub
+        full = hub.refusal(self.transport.getPeer())
+        if full is not None:
+            # Said in HTTP before the upgrade, not with a TCP reset after it.
+            hub.count_refusal(full)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "the hub is full")
         origin = request.headers.get("origin")
         secure = ISSLTransport.providedBy(self.transport)
         if not self.factory.origins.allows(origin, request.headers.get("host"), secure):
-            hub = self.factory.hub
             error = OriginRejected(f"refused a WebSocket from {format_address(self.transport.getPeer())}: "
                                    f"origin {origin!r} is not allowed")
             self.factory.counters.rejected_origin += 1

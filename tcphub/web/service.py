@@ -50,6 +50,28 @@ class _Page(Resource):
         return self._body
 
 
+class _Upgrade(Resource):
+    """C{/ws}: a WebSocket handshake goes to Autobahn; any other request is
+    a 426 (Autobahn would answer it with its status page, version included)."""
+
+    isLeaf = True
+
+    def __init__(self, websocket: Any) -> None:
+        super().__init__()
+        self._websocket = websocket
+
+    def render(self, request: Request) -> bytes:
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if b"websocket" in upgrade:
+            result: bytes = self._websocket.render(request)
+            return result
+        request.setResponseCode(426)
+        request.setHeader(b"upgrade", b"websocket")
+        request.setHeader(b"connection", b"Upgrade")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"426: this path takes a WebSocket upgrade\n"
+
+
 class WebSocketMembers(SiteService):
     """
     Serves C{hub}'s WebSocket members on C{endpoint} (a Twisted server
@@ -95,7 +117,7 @@ class WebSocketMembers(SiteService):
         else:
             root = Resource()
             root.putChild(b"", _Page(files("tcphub.web").joinpath("page.html").read_bytes()))
-        root.putChild(b"ws", WebSocketResource(self.members))
+        root.putChild(b"ws", _Upgrade(WebSocketResource(self.members)))
         site = BodylessSite(root, timeout=_checks.number("http_timeout", http_timeout, above=0),
                             reactor=factory.clock, clock=factory.clock)
         site.noisy = False
