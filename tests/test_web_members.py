@@ -531,3 +531,16 @@ def test_a_null_or_file_origin_is_refused_by_the_hubs_policy_with_403_and_counte
     _, refused = web.connect(b"Origin: " + origin + b"\r\n")
     assert refused.value().startswith(b"HTTP/1.1 403"), refused.value()[:60]
     assert web.factory.counters.rejected_origin == 1
+
+
+@pytest.mark.parametrize("payload", [b"\x03", struct.pack("!H", 999)], ids=["one byte", "code 999"])
+def test_a_malformed_close_frame_is_answered_with_1002_not_a_reset(members, payload):
+    web = members(ping_interval=None)
+    connection, transport = web.open()
+    connection.dataReceived(client_frame(CLOSE, payload))
+    [(opcode, answer)] = server_frames(transport.value())
+    assert (opcode, answer[:2]) == (CLOSE, struct.pack("!H", 1002))
+    assert not transport.disconnected, "the close frame is not cut off by a reset"
+    assert web.hub.factory.get_metrics().protocol_errors == 1
+    web.hub.clock.advance(3)
+    assert transport.disconnected, "the close deadline ends it"

@@ -226,6 +226,7 @@ class MemberConnection(FailureHooks):
     _messages = 0
     _reading = True
     _unfinished_call: IDelayedCall | None = None
+    _in_close_frame = False
 
     def dataReceived(self, data: bytes) -> None:
         # As for a TCP client, what the messages of one read make the hub
@@ -413,6 +414,22 @@ class MemberConnection(FailureHooks):
         if self._close_call is None:
             self._close_call = self.factory.hub.clock.callLater(self.factory.close_timeout, self._close_timed_out)
 
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        self._in_close_frame = True
+        try:
+            result: bool | None = super().onCloseFrame(code, reasonRaw)
+            return result
+        finally:
+            self._in_close_frame = False
+
+    def dropConnection(self, abort: bool = False) -> None:
+        # Autobahn drops TCP as soon as a server has answered a close frame,
+        # even when its answer is a 1002 for a malformed one: that answer is
+        # let out, and the close deadline ends the connection.
+        if self._in_close_frame and self.failedByMe:
+            return
+        super().dropConnection(abort)
+
     def _close_timed_out(self) -> None:
         self._close_call = None
         self.wasClean = False
@@ -424,7 +441,10 @@ class MemberConnection(FailureHooks):
         self.sendClose(1000)
 
     def abort(self) -> None:
-        if self.state != _STATE_CLOSING or not self.closedByMe:
+        # A close frame of ours on its way (1009, 1008, or the 1002 for a
+        # malformed close of the peer's) is not cut off by a reset: the
+        # close deadline ends the connection.
+        if self.state != _STATE_CLOSING or self.localCloseCode is None:
             self.transport.abortConnection()
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
