@@ -61,15 +61,31 @@ def _info(client_id: str, received: int, connected: float, active: float) -> Cli
                       active=active)
 
 
-def test_connz_sorts_by_any_numeric_field_and_pages():
-    clients = [_info("a", 30, 1.0, 9.0), _info("b", 10, 2.0, 5.0), _info("c", 20, 3.0, 8.0)]
-    page = views.connz(clients, [], now=10.0, sort="bytes_received", order="desc", limit=2)
-    assert [c["id"] for c in page["connections"]] == ["a", "c"] and page["total"] == 3
-    rest = views.connz(clients, [], now=10.0, sort="bytes_received", order="desc", limit=2, offset=2)
-    assert [c["id"] for c in rest["connections"]] == ["b"]
-    idle = views.connz(clients, [], now=10.0, sort="idle", order="desc")
-    assert [(c["id"], c["idle"]) for c in idle["connections"]] == [("b", 5.0), ("c", 2.0), ("a", 1.0)]
-    assert [c["id"] for c in views.connz(clients, [], now=10.0)["connections"]] == ["a", "b", "c"]
+def test_the_hub_pages_its_clients_by_any_numeric_field_snapshotting_only_the_page(hub_factory, monkeypatch):
+    hub = hub_factory(protocol=EchoProtocol)
+    a, b, c = (hub.connect()[0] for _ in range(3))
+    for client, line, at in ((a, b"x" * 29, 1.0), (b, b"x" * 9, 2.0), (c, b"x" * 19, 3.0)):
+        hub.clock.advance(at - hub.clock.seconds())
+        client.dataReceived(line + b"\n")
+    total, page = hub.factory.page("bytes_received", True, 0, 2)
+    assert total == 3 and [info.id for info in page] == [a.client_id, c.client_id]
+    assert [info.id for info in hub.factory.page("bytes_received", True, 2, 2)[1]] == [b.client_id]
+    assert [info.id for info in hub.factory.page("idle", True, 0, 3)[1]] == [a.client_id, b.client_id, c.client_id]
+    document = views.connz(page, [], total=total, now=10.0, sort="bytes_received", order="desc", limit=2)
+    assert [(record["id"], record["idle"]) for record in document["connections"]] == [
+        (a.client_id, 9.0), (c.client_id, 7.0)]
+    from tcphub import HubProtocol
+
+    snapshots = []
+    real_info = HubProtocol.info
+
+    def counted(self):
+        snapshots.append(self)
+        return real_info(self)
+
+    monkeypatch.setattr(HubProtocol, "info", counted)
+    hub.factory.page("connected", False, 0, 1)
+    assert len(snapshots) == 1, "one snapshot for a page of one, not one per client"
 
 
 @pytest.mark.parametrize("query, message", [
@@ -79,8 +95,9 @@ def test_connz_sorts_by_any_numeric_field_and_pages():
     ({"offset": -1}, "offset cannot be negative"),
 ])
 def test_connz_refuses_what_it_cannot_do(query, message):
-    with pytest.raises(ValueError, match=message):
-        views.connz([], [], now=0.0, **query)
+    arguments = {"limit": 100, "offset": 0, "sort": "connected", "order": "asc", **query}
+    with pytest.raises(views.BadQuery, match=message):
+        views.check_connz(**arguments)
 
 
 # -- the real port, on a hub run by twistd -------------------------------------------

@@ -6,6 +6,7 @@ pause and resume reading, snapshots and metrics.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from typing import Any, Callable, Iterable, cast
@@ -48,6 +49,20 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 5.0
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_CLOSED_HISTORY = 100
+
+
+PAGE_KEYS: dict[str, Callable[[HubProtocol], float]] = {
+    "connected": lambda client: client.connected_at,
+    # The longest idle is the one least recently active.
+    "idle": lambda client: -client.active,
+    "bytes_received": lambda client: client.bytes_received,
+    "bytes_sent": lambda client: client.outbox.bytes_sent,
+    "messages_received": lambda client: client.messages_received,
+    "messages_sent": lambda client: client.outbox.messages_sent,
+    "pending_bytes": lambda client: client.outbox.queued_bytes,
+    "held_bytes": lambda client: client.held_bytes,
+}
+"""What L{HubFactory.page} sorts by: each read from a client where it lives."""
 
 
 class HubFactory(Factory):
@@ -361,6 +376,17 @@ class HubFactory(Factory):
     def clients(self) -> list[ClientInfo]:
         """Snapshots of every connected client."""
         return [client.info() for client in self._clients.values()]
+
+    def page(self, sort: str, descending: bool, offset: int, limit: int) -> tuple[int, list[ClientInfo]]:
+        """C{(clients in all, snapshots of the page)}: the clients ordered by
+        C{sort} (a key of L{PAGE_KEYS}; ties by id), from C{offset}, at most
+        C{limit}.  Each key is read where it lives and only the page is
+        snapshotted: O(n log(offset + limit)), not a snapshot per client."""
+        key_of = PAGE_KEYS[sort]
+        pick = heapq.nlargest if descending else heapq.nsmallest
+        first = pick(offset + limit, self._clients.values(),
+                     key=lambda client: (key_of(client), client.client_id))
+        return len(self._clients), [client.info() for client in first[offset:]]
 
     def client(self, client_id: str) -> ClientInfo:
         """A snapshot of one client; raises L{UnknownClient}."""

@@ -104,6 +104,10 @@ class HubProtocol(Protocol):
     client_id: str
     connected_at: float
     """When the connection was accepted, in the hub clock's seconds."""
+    bytes_received: int
+    """Bytes read from this client."""
+    messages_received: int
+    """Messages decoded from this client."""
     state: int
     """L{REFUSED}, L{OPEN}, L{DRAINING} or L{GONE}."""
     outbox: Outbox
@@ -558,6 +562,16 @@ class HubProtocol(Protocol):
     def stopProducing(self) -> None:
         self.outbox.pause()
 
+    @property
+    def active(self) -> float:
+        """When traffic last went either way, in the hub clock's seconds."""
+        return max(self._read_at, self.outbox.written_at)
+
+    @property
+    def held_bytes(self) -> int:
+        """Input held while reading is paused."""
+        return sum(map(len, self._held or ()))
+
     def info(self) -> ClientInfo:
         """A snapshot of this client's record."""
         outbox = self.outbox
@@ -570,8 +584,8 @@ class HubProtocol(Protocol):
             messages_received=self.messages_received,
             messages_sent=outbox.messages_sent,
             pending_bytes=outbox.queued_bytes,
-            held_bytes=sum(map(len, self._held or ())),
-            active=max(self._read_at, outbox.written_at),
+            held_bytes=self.held_bytes,
+            active=self.active,
             rooms=self.factory.rooms_of(self),
             kind=self.kind,
         )

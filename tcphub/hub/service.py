@@ -382,5 +382,8 @@ class TcpServer(Service):
     def client(self, client_id: str) -> ClientInfo:
         return self.factory.client(client_id)
 
+    def page(self, sort: str, descending: bool, offset: int, limit: int) -> tuple[int, list[ClientInfo]]:
+        return self.factory.page(sort, descending, offset, limit)
+
     def get_metrics(self) -> Metrics:
         return self.factory.get_metrics()

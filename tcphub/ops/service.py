@@ -229,15 +229,12 @@ class AdminService(SiteService):
     def _connz(self, request: Request) -> tuple[int, str, bytes]:
         if self.hub is None:
             return 404, "text/plain; charset=utf-8", b"404: no hub in this process: /connz lists a hub's clients\n"
-        return _json(views.connz(
-            self.hub.clients(),
-            self.hub.factory.closed_connections(),
-            now=self._clock().seconds(),
-            limit=_query_int(request, "limit", 100),
-            offset=_query_int(request, "offset", 0),
-            sort=_query_str(request, "sort", "connected"),
-            order=_query_str(request, "order", "asc"),
-        ))
+        limit, offset = _query_int(request, "limit", 100), _query_int(request, "offset", 0)
+        sort, order = _query_str(request, "sort", "connected"), _query_str(request, "order", "asc")
+        views.check_connz(limit=limit, offset=offset, sort=sort, order=order)
+        total, page = self.hub.page(sort, order == "desc", offset, limit)
+        return _json(views.connz(page, self.hub.factory.closed_connections(), total=total,
+                                 now=self._clock().seconds(), limit=limit, offset=offset, sort=sort, order=order))
 
     def _page(self, request: Request) -> tuple[int, str, bytes]:
         return 200, "text/html; charset=utf-8", files("tcphub.ops").joinpath("page.html").read_bytes()

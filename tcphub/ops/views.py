@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, Metrics
 
-__all__ = ["SORT_FIELDS", "BadQuery", "connz", "varz"]
+__all__ = ["SORT_FIELDS", "BadQuery", "check_connz", "connz", "varz"]
 
 SORT_FIELDS = ("connected", "idle", "bytes_received", "bytes_sent", "messages_received",
                "messages_sent", "pending_bytes", "held_bytes")
@@ -48,14 +48,9 @@ def _client(info: ClientInfo, now: float) -> dict[str, Any]:
     return record
 
 
-def connz(clients: list[ClientInfo], closed: list[ClosedConnection], *, now: float,
-          limit: int = 100, offset: int = 0, sort: str = "connected", order: str = "asc",
-          closed_limit: int = 20) -> dict[str, Any]:
-    """
-    A page of the client table, sorted by one numeric field, and the last
-    clients that left with why.  Raises L{BadQuery} (the site answers 400)
-    for an unknown field or order, or a limit or offset out of range.
-    """
+def check_connz(*, limit: int, offset: int, sort: str, order: str) -> None:
+    """Raise L{BadQuery} (the site answers 400) for an unknown field or
+    order, or a limit or offset out of range."""
     if sort not in SORT_FIELDS:
         raise BadQuery(f"sort takes one of {', '.join(SORT_FIELDS)}, not {sort!r}")
     if order not in ("asc", "desc"):
@@ -64,15 +59,23 @@ def connz(clients: list[ClientInfo], closed: list[ClosedConnection], *, now: flo
         raise BadQuery(f"limit takes 1 to {MAX_LIMIT}, not {limit}")
     if offset < 0:
         raise BadQuery(f"offset cannot be negative, not {offset}")
-    records = [_client(info, now) for info in clients]
-    records.sort(key=lambda record: (record[sort], record["id"]), reverse=order == "desc")
+
+
+def connz(page: list[ClientInfo], closed: list[ClosedConnection], *, total: int, now: float,
+          limit: int = 100, offset: int = 0, sort: str = "connected", order: str = "asc",
+          closed_limit: int = 20) -> dict[str, Any]:
+    """
+    The document of a page of the client table (C{HubFactory.page} sorted
+    and cut it), of C{total} clients, and the last clients that left with why.
+    """
+    check_connz(limit=limit, offset=offset, sort=sort, order=order)
     return {
         "now": now,
-        "total": len(records),
+        "total": total,
         "offset": offset,
         "limit": limit,
         "sort": sort,
         "order": order,
-        "connections": records[offset : offset + limit],
+        "connections": [_client(info, now) for info in page],
         "closed": [asdict(record) for record in closed[:closed_limit]],
     }
