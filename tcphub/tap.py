@@ -156,6 +156,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["websocket"] = []
         self["allowed-origin"] = []
+        self["public-name"] = []
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint, e.g. tcp:3000:interface=127.0.0.1,
@@ -181,6 +182,18 @@ class Options(usage.Options):
             raise usage.UsageError(f"--allowed-origin: {error}") from None
         self["allowed-origin"].append(origin)
 
+    def opt_public_name(self, name: str) -> None:
+        """A host name the --websocket port is served under (chat.example.com;
+        repeatable): same-origin pages are welcome only under an address,
+        localhost, or one of these (DNS rebinding)."""
+        from tcphub.web.origins import OriginPolicy
+
+        try:
+            OriginPolicy(public_names=[name])
+        except ValueError as error:
+            raise usage.UsageError(f"--public-name: {error}") from None
+        self["public-name"].append(name)
+
     def postOptions(self) -> None:
         if self["mode"] is None:
             if self["upstream"]:
@@ -195,7 +208,7 @@ class Options(usage.Options):
                 raise usage.UsageError("--node-id goes with --redis")
             _usage(_checks.node_id, "--node-id", self["node-id"])
         if not self["websocket"]:
-            given = [f"--{name}" for name in ("allowed-origin", "web-root") if self[name]]
+            given = [f"--{name}" for name in ("allowed-origin", "public-name", "web-root") if self[name]]
             if given:
                 raise usage.UsageError(f"{', '.join(given)} goes with --websocket")
         elif self["web-root"] is not None:
@@ -256,6 +269,7 @@ def _members_service(config: Options, hub: TcpServer, reactor: Any) -> list[WebS
         hub,
         config["websocket"],
         allowed_origins=config["allowed-origin"],
+        public_names=config["public-name"],
         web_root=config["web-root"],
         ping_interval=config["websocket-ping-interval"] or None,
         ping_timeout=config["websocket-ping-timeout"],

@@ -587,3 +587,15 @@ def test_a_hub_without_websocket_or_upstream_does_not_load_autobahn():
              "print(sorted(name for name in sys.modules if name.split('.')[0] in ('autobahn', 'txaio')))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_public_names_reach_the_members_origin_policy():
+    from tcphub.tap import Options
+
+    options = Options()
+    options.parseOptions(["--websocket", "tcp:0", "--public-name", "chat.example.com"])
+    assert options["public-name"] == ["chat.example.com"]
+    with pytest.raises(usage.UsageError, match="--public-name: a public name looks like"):
+        Options().parseOptions(["--websocket", "tcp:0", "--public-name", "not a name"])
+    with pytest.raises(usage.UsageError, match="--public-name goes with --websocket"):
+        Options().parseOptions(["--public-name", "chat.example.com"])

@@ -544,3 +544,26 @@ def test_a_malformed_close_frame_is_answered_with_1002_not_a_reset(members, payl
     assert web.hub.factory.get_metrics().protocol_errors == 1
     web.hub.clock.advance(3)
     assert transport.disconnected, "the close deadline ends it"
+
+
+@pytest.mark.parametrize("host, origin, allowed", [
+    ("127.0.0.1:8080", "http://127.0.0.1:8080", True),
+    ("[::1]:8080", "http://[::1]:8080", True),
+    ("localhost:8080", "http://localhost:8080", True),
+    ("chat.example.com", "https://chat.example.com", True),
+    ("CHAT.example.com:443", "https://chat.example.com", True),
+    ("rebind.example:8080", "http://rebind.example:8080", False),
+    ("rebind.example", "http://rebind.example", False),
+    ("127.0.0.1:8080", "http://rebind.example:8080", False),
+])
+def test_same_origin_holds_only_for_names_the_listener_is_reached_by(host, origin, allowed):
+    """DNS rebinding: a page of rebind.example, its name pointed at the hub,
+    sends Host and Origin both rebind.example."""
+    policy = OriginPolicy(public_names=["chat.example.com"])
+    assert policy.allows(origin, host, secure=origin.startswith("https")) is allowed
+
+
+@pytest.mark.parametrize("name", ["", "chat.example.com/path", "a b"])
+def test_a_public_name_must_be_a_host_name(name):
+    with pytest.raises(ValueError, match="a public name looks like"):
+        OriginPolicy(public_names=[name])

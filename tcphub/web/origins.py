@@ -7,12 +7,15 @@ I/O.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Iterable
 from urllib.parse import urlsplit
 
 __all__ = ["OriginPolicy"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+_NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 
 
 def _normalize(origin: str) -> str:
@@ -29,20 +32,51 @@ def _normalize(origin: str) -> str:
     return f"{parts.scheme}://{host}:{port}"
 
 
+def _hostname(host: str) -> str | None:
+    """The name in a C{Host} header (C{name:port}, C{[::1]:port}), lowercased."""
+    parts = urlsplit("//" + host.strip().lower())
+    try:
+        parts.port
+    except ValueError:
+        return None
+    return parts.hostname
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 class OriginPolicy:
     """
     C{allowed}: origins such as C{https://chat.example.com} or
     C{http://127.0.0.1:8080}, or C{*} for any.  None given: the same origin
     only (the page's host and port are the ones the handshake was sent to,
-    as the C{Host} header says).
+    as the C{Host} header says), and only for a C{Host} the listener is
+    really reached by: an address, C{localhost}, or one of C{public_names}.
+    "Same origin" judged by the C{Host} header alone is open to DNS
+    rebinding: a page of C{rebind.example}, whose name the attacker points
+    at the hub's address, sends C{Host} and C{Origin} both
+    C{rebind.example}.
 
     A handshake without an C{Origin} header does not come from a browser
     page (C{websocat}, a Python client, the C{websockets} package): it is
     allowed, since such a client could send any header it likes anyway.
     """
 
-    def __init__(self, allowed: Iterable[str] = ()) -> None:
+    def __init__(self, allowed: Iterable[str] = (), public_names: Iterable[str] = ()) -> None:
         allowed = list(allowed)
+        if isinstance(public_names, str):
+            raise TypeError(f"public_names takes a collection of names, not one: [{public_names!r}]")
+        names = [name.strip().lower() for name in public_names]
+        for name in names:
+            if not _NAME.fullmatch(name) or _hostname(name) != name:
+                raise ValueError(f"a public name looks like chat.example.com, not {name!r}")
+        self.public_names = frozenset(names) | {"localhost"}
+        """The names the listener is reached by, besides its addresses."""
         for origin in allowed:
             if not isinstance(origin, str) or not origin or (
                 origin != "*" and not (urlsplit(origin).scheme and urlsplit(origin).hostname)
@@ -61,4 +95,7 @@ class OriginPolicy:
             return normalized in self.allowed
         if not host:
             return False
+        name = _hostname(host)
+        if name is None or not (_is_address(name) or name in self.public_names):
+            return False  # a name the hub does not know it is reached by: DNS rebinding
         return normalized == _normalize(("https://" if secure else "http://") + host)

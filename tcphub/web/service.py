@@ -79,8 +79,10 @@ class WebSocketMembers(SiteService):
 
     C{allowed_origins}: the pages (C{https://chat.example.com}, or C{*}) whose
     scripts may connect; by default only pages served from this same host
-    and port.  A handshake without an C{Origin} header (not a browser) is
-    allowed.  C{web_root}: a directory served at C{/} instead of the chat
+    and port, reached by an address, C{localhost} or one of C{public_names}
+    (the names the port is served under: same origin judged by the C{Host}
+    header alone is open to DNS rebinding).  A handshake without an C{Origin}
+    header (not a browser) is allowed.  C{web_root}: a directory served at C{/} instead of the chat
     page.  C{ping_interval} (None: no pings), C{ping_timeout} and
     C{close_timeout} are in seconds, on the hub's clock.
     """
@@ -91,6 +93,7 @@ class WebSocketMembers(SiteService):
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint],
         *,
         allowed_origins: Iterable[str] = (),
+        public_names: Iterable[str] = (),
         web_root: str | None = None,
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float = DEFAULT_PING_TIMEOUT,
@@ -106,7 +109,7 @@ class WebSocketMembers(SiteService):
         factory = hub.factory
         self.members = MemberFactory(
             factory,
-            origins=OriginPolicy(allowed_origins),
+            origins=OriginPolicy(allowed_origins, public_names),
             ping_interval=_checks.seconds_or_none("ping_interval", ping_interval),
             ping_timeout=_checks.number("ping_timeout", ping_timeout, above=0),
             close_timeout=_checks.number("close_timeout", close_timeout, above=0),
