@@ -13,9 +13,11 @@ from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IDelayedCall, IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from tcphub._observer import OneShotObserver
@@ -78,16 +80,140 @@ class _BodylessRequest(Request):
 
 
 
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Content-Length: 30\r\nConnection: close\r\n\r\n503: too many HTTP connections\n")
+
+DEFAULT_MAX_HTTP_CONNECTIONS = 256
+"""HTTP connections a port holds open at once (before any upgrade)."""
+DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS = 16
+"""HTTP connections one address holds open at once on a port."""
+DEFAULT_REQUEST_TIMEOUT = 30.0
+"""Seconds a request's whole head may take to arrive."""
+
+
+class _GuardedChannel(HTTPChannel):
+    """
+    An HTTP connection held to the site's bounds: it counts against the
+    site's cap and its address's, and each request's head must arrive whole
+    within C{request_timeout} (an idle timeout alone lets a client that
+    sends one byte a second hold the connection for ever).
+    """
+
+    site: BodylessSite
+    transport: Any
+    _deadline: IDelayedCall | None = None
+    _counted = False
+    _host: str | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        site = self.site
+        peer = self.transport.getPeer()
+        if not site.admit(peer):
+            self.transport.write(_FULL)
+            self.transport.loseConnection()
+            return
+        self._counted = True
+        self._host = getattr(peer, "host", None)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._deadline = self.site.clock.callLater(self.site.request_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        call, self._deadline = self._deadline, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        site = self.site
+        site.slow_requests += 1
+        site.repeats.emit("slow_requests", LogLevel.warn,
+                          "closed an HTTP connection from {peer}: no whole request within {timeout:g} s "
+                          "({count} so far)", peer=format_address(self.transport.getPeer()),
+                          timeout=site.request_timeout, count=site.slow_requests)
+        self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._disarm()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent and self._counted and self._deadline is None and self.transport is not None:
+            self._arm()  # the next request of a kept-alive connection has its own deadline
+
+    def upgraded(self) -> None:
+        """The connection is no longer HTTP (a WebSocket took it over): it
+        counts against the member limits from now on."""
+        self._disarm()
+        self._release()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.site.release(self._host)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disarm()
+        self._release()
+        super().connectionLost(reason)
+
+
 class BodylessSite(Site):
-    """A C{Site} whose requests take no body (see L{_BodylessRequest});
-    C{refused_bodies} counts the refusals."""
+    """A C{Site} whose requests take no body (see L{_BodylessRequest}) and
+    whose connections are bounded in number and time (see
+    L{_GuardedChannel}); C{refused_bodies}, C{refused_connections} and
+    C{slow_requests} count the refusals."""
 
     requestFactory = _BodylessRequest
+    protocol = _GuardedChannel  # type: ignore[assignment]
 
-    def __init__(self, resource: Any, *args: Any, clock: Any, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, *args: Any, clock: Any,
+                 max_connections: int = DEFAULT_MAX_HTTP_CONNECTIONS,
+                 max_connections_per_address: int = DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS,
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(resource, *args, **kwargs)
+        self.clock = clock
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.request_timeout = request_timeout
         self.refused_bodies = 0
+        self.refused_connections = 0
+        self.slow_requests = 0
         self.repeats = RepeatedLog(self._log, clock)
+        self._open = 0
+        self._per_address: dict[str, int] = {}
+        self._hosts: dict[int, str] = {}
+
+    def admit(self, peer: Any) -> bool:
+        """Whether a new connection from C{peer} fits the caps (counted if it does)."""
+        host = getattr(peer, "host", None)
+        per_address = self._per_address.get(host, 0) if host is not None else 0
+        if self._open >= self.max_connections or per_address >= self.max_connections_per_address:
+            self.refused_connections += 1
+            self.repeats.emit("refused_http", LogLevel.warn,
+                              "refused an HTTP connection from {peer}: {open} open, {mine} from it "
+                              "(at most {limit} and {per_address} from one address; {count} so far)",
+                              peer=format_address(peer), open=self._open, mine=per_address,
+                              limit=self.max_connections, per_address=self.max_connections_per_address,
+                              count=self.refused_connections)
+            return False
+        self._open += 1
+        if host is not None:
+            self._per_address[host] = per_address + 1
+        return True
+
+    def release(self, host: str | None) -> None:
+        """A counted connection from C{host} closed, or was upgraded."""
+        self._open -= 1
+        if host is not None:
+            left = self._per_address.get(host, 1) - 1
+            if left:
+                self._per_address[host] = left
+            else:
+                self._per_address.pop(host, None)
 
     _log = Logger()
 

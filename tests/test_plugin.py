@@ -599,3 +599,15 @@ def test_public_names_reach_the_members_origin_policy():
         Options().parseOptions(["--websocket", "tcp:0", "--public-name", "not a name"])
     with pytest.raises(usage.UsageError, match="--public-name goes with --websocket"):
         Options().parseOptions(["--public-name", "chat.example.com"])
+
+
+def test_the_open_file_budget_covers_the_http_ports_connections():
+    """256 HTTP connections for each of --websocket and --admin, besides the
+    hub's 1,000 clients and the reserve: idle HTTP connections cannot use up
+    the descriptors the hub's clients were promised."""
+    with Twistd("tcphub", "--port", "0", "--max-connections", "1000",
+                "--websocket", "tcp:0:interface=127.0.0.1", "--admin", "tcp:0:interface=127.0.0.1",
+                preexec_fn=_nofile(200, 4096)) as twistd:
+        twistd.wait_listening()
+        assert "raised the open-file limit from 200 to 1576" in twistd.output
+        twistd.shutdown()

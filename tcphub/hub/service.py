@@ -144,6 +144,7 @@ class TcpServer(Service):
         self.drain_timeout = _checks.number("drain_timeout", drain_timeout, minimum=0)
         self.raise_descriptor_limit = raise_descriptor_limit
         self._descriptor_watch: Callable[[dict], None] | None = None
+        self._other_descriptors = 0
         self._reactor = reactor
         self.endpoints = self._endpoints(reactor, endpoint, port, host, backlog)
         self.listening_ports: list[IListeningPort] = []
@@ -232,7 +233,8 @@ class TcpServer(Service):
         """Raise the soft RLIMIT_NOFILE toward the hard one as far as
         C{max_connections} needs; if even the hard limit is short, admit only
         as many clients as it leaves room for, and say so."""
-        needed = self.factory.max_connections + DESCRIPTOR_RESERVE
+        reserve = DESCRIPTOR_RESERVE + self._other_descriptors
+        needed = self.factory.max_connections + reserve
         soft, hard = descriptors.limit()
         if soft >= needed:
             return
@@ -240,7 +242,7 @@ class TcpServer(Service):
         if raised > soft:
             self._log.info("raised the open-file limit from {soft} to {raised}", soft=soft, raised=raised)
         if raised < needed:
-            allowed = max(1, raised - DESCRIPTOR_RESERVE)
+            allowed = max(1, raised - reserve)
             self._log.warn(
                 "max_connections is {wanted}, but the open-file limit (ulimit -n) of {limit} "
                 "leaves room for about {allowed} clients: more are refused and counted "
@@ -248,6 +250,12 @@ class TcpServer(Service):
                 wanted=self.factory.max_connections, limit=raised, allowed=allowed,
             )
             self.factory.limit_connections(allowed)
+
+    def reserve_descriptors(self, count: int) -> None:
+        """Count C{count} more descriptors the process needs besides the
+        hub's clients (an HTTP port's connections) in the open-file budget
+        computed at start."""
+        self._other_descriptors += count
 
     def _count_descriptor_refusals(self, event: dict) -> None:
         # Twisted closes a connection it cannot give a descriptor to (EMFILE)

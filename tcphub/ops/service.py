@@ -156,6 +156,8 @@ class AdminService(SiteService):
         root.putChild(b"varz", _Path(self, self._varz))
         root.putChild(b"connz", _Path(self, self._connz))
         site = BodylessSite(root, clock=self._clock())
+        if hub is not None:
+            hub.reserve_descriptors(site.max_connections)
         site.noisy = False
         site.displayTracebacks = False
         super().__init__(reactor, site, endpoints, "admin")

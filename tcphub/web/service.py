@@ -10,7 +10,7 @@ WebSocket client) join a hub as members, beside its TCP clients:
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
@@ -63,6 +63,9 @@ class _Upgrade(Resource):
     def render(self, request: Request) -> bytes:
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if b"websocket" in upgrade:
+            # Autobahn takes the connection over: it is a member's from now
+            # on, under the hub's limits, no longer an HTTP connection.
+            cast(Any, request.channel).upgraded()
             result: bytes = self._websocket.render(request)
             return result
         request.setResponseCode(426)
@@ -121,8 +124,11 @@ class WebSocketMembers(SiteService):
             root = Resource()
             root.putChild(b"", _Page(files("tcphub.web").joinpath("page.html").read_bytes()))
         root.putChild(b"ws", _Upgrade(WebSocketResource(self.members)))
-        site = BodylessSite(root, timeout=_checks.number("http_timeout", http_timeout, above=0),
-                            reactor=factory.clock, clock=factory.clock)
+        http_timeout = _checks.number("http_timeout", http_timeout, above=0)
+        site = BodylessSite(root, timeout=http_timeout, reactor=factory.clock, clock=factory.clock,
+                            request_timeout=http_timeout)
+        # HTTP connections before their upgrade use descriptors too (members count as clients).
+        hub.reserve_descriptors(site.max_connections)
         site.noisy = False
         site.displayTracebacks = False
         super().__init__(reactor, site, endpoints, "websocket")

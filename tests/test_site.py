@@ -1,0 +1,99 @@
+"""The HTTP ports' own bounds, in memory on a Clock: a request's head within
+its deadline, the connection caps, and an upgrade that leaves the count."""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+
+from tcphub._site import BodylessSite
+
+
+class Hello(Resource):
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        return b"hello"
+
+
+class Upgrades(Resource):
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        request.channel.upgraded()
+        return b"upgraded"
+
+
+def site(**bounds) -> tuple[BodylessSite, Clock]:
+    clock = Clock()
+    root = Resource()
+    root.putChild(b"", Hello())
+    root.putChild(b"up", Upgrades())
+    made = BodylessSite(root, clock=clock, reactor=clock, **bounds)
+    made.doStart()
+    return made, clock
+
+
+def deadlines(clock: Clock) -> list:
+    """The request deadlines still scheduled."""
+    return [call for call in clock.getDelayedCalls() if getattr(call.func, "__name__", "") == "_too_slow"]
+
+
+def connect(made: BodylessSite, host: str = "127.0.0.1", port: int = 40000):
+    address = IPv4Address("TCP", host, port)
+    channel = made.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_a_request_head_trickled_past_the_deadline_is_closed_and_counted():
+    made, clock = site(request_timeout=10.0)
+    channel, transport = connect(made)
+    for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":
+        channel.dataReceived(bytes([byte]))
+        clock.advance(0.3)  # never idle for long: an idle timeout would not fire
+    assert not transport.disconnecting and clock.seconds() < 10.0
+    clock.advance(10.0 - clock.seconds())
+    assert transport.disconnecting and made.slow_requests == 1
+    channel.connectionLost(None)
+    assert deadlines(clock) == []
+
+
+def test_each_request_of_a_kept_alive_connection_has_its_own_deadline():
+    made, clock = site(request_timeout=10.0)
+    channel, transport = connect(made)
+    clock.advance(9)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().endswith(b"hello") and not transport.disconnecting
+    clock.advance(9.9)
+    assert not transport.disconnecting, "a new 10 s for the next request"
+    clock.advance(0.1)
+    assert transport.disconnecting and made.slow_requests == 1
+    channel.connectionLost(None)
+
+
+def test_connections_past_the_caps_get_a_503_and_a_closed_one_frees_its_place():
+    made, clock = site(max_connections=3, max_connections_per_address=2)
+    first, _ = connect(made, "10.0.0.1", 1)
+    connect(made, "10.0.0.1", 2)
+    _, third = connect(made, "10.0.0.1", 3)
+    assert third.value().startswith(b"HTTP/1.1 503 ") and third.disconnecting, "the address's cap"
+    connect(made, "10.0.0.2", 1)
+    _, fifth = connect(made, "10.0.0.3", 1)
+    assert fifth.value().startswith(b"HTTP/1.1 503 "), "the port's cap"
+    assert made.refused_connections == 2
+    first.connectionLost(None)
+    _, again = connect(made, "10.0.0.1", 4)
+    assert again.value() == b"" and not again.disconnecting
+
+
+def test_an_upgraded_connection_leaves_the_http_count():
+    made, clock = site(max_connections=1)
+    channel, transport = connect(made)
+    channel.dataReceived(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, other = connect(made, "10.0.0.9", 1)
+    assert other.value() == b"", "the upgraded one no longer counts"
+    assert len(deadlines(clock)) == 1, "the other's deadline only: the upgraded one has none"
