@@ -411,3 +411,27 @@ def test_no_password_or_key_of_a_url_reaches_varz_or_the_log():
     log = "\n".join(hub.lines)
     for secret in ("s3cret-pw", "k3y-value", "hunter2-pw"):
         assert secret not in log, secret
+
+
+def test_connz_answers_a_page_again_for_a_quarter_second_so_hammering_costs_one_page():
+    from twisted.internet.task import Clock
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from tcphub import TcpServer
+    from tcphub.ops.service import CONNZ_FRESH, AdminService
+
+    clock = Clock()
+    admin = AdminService("tcp:0:interface=127.0.0.1", hub=TcpServer(port=0, clock=clock))
+
+    def connz(query: dict) -> dict:
+        request = DummyRequest([b""])
+        request.args = {key.encode(): [value.encode()] for key, value in query.items()}
+        resource = admin.site.resource.getChildWithDefault(b"connz", request)
+        return json.loads(resource.render(request))
+
+    assert connz({})["now"] == 0.0
+    clock.advance(CONNZ_FRESH / 2)
+    assert connz({})["now"] == 0.0, "the same page again"
+    assert connz({"sort": "idle"})["now"] == CONNZ_FRESH / 2, "another query, its own page"
+    clock.advance(CONNZ_FRESH / 2)
+    assert connz({})["now"] == CONNZ_FRESH, "a quarter second later, a fresh page"
