@@ -17,7 +17,7 @@ from tcphub.testing import MemoryHub
 def main() -> None:
     for count in (2000, 10000):
         hub = MemoryHub(max_connections=20000)
-        clients = [hub.connect(host=f"10.0.{n // 250}.{n % 250}")[0] for n in range(count)]
+        clients = [hub.connect(host=f"127.0.{n // 250}.{n % 250 + 1}")[0] for n in range(count)]
         for n, client in enumerate(clients[: count // 2]):
             client.dataReceived(b"x" * (n % 50) + b"\n")
 

@@ -77,16 +77,16 @@ def test_each_request_of_a_kept_alive_connection_has_its_own_deadline():
 
 def test_connections_past_the_caps_get_a_503_and_a_closed_one_frees_its_place():
     made, clock = site(max_connections=3, max_connections_per_address=2)
-    first, _ = connect(made, "10.0.0.1", 1)
-    connect(made, "10.0.0.1", 2)
-    _, third = connect(made, "10.0.0.1", 3)
+    first, _ = connect(made, "127.0.0.11", 1)
+    connect(made, "127.0.0.11", 2)
+    _, third = connect(made, "127.0.0.11", 3)
     assert third.value().startswith(b"HTTP/1.1 503 ") and third.disconnecting, "the address's cap"
-    connect(made, "10.0.0.2", 1)
-    _, fifth = connect(made, "10.0.0.3", 1)
+    connect(made, "127.0.0.12", 1)
+    _, fifth = connect(made, "127.0.0.13", 1)
     assert fifth.value().startswith(b"HTTP/1.1 503 "), "the port's cap"
     assert made.refused_connections == 2
     first.connectionLost(None)
-    _, again = connect(made, "10.0.0.1", 4)
+    _, again = connect(made, "127.0.0.11", 4)
     assert again.value() == b"" and not again.disconnecting
 
 
@@ -94,6 +94,6 @@ def test_an_upgraded_connection_leaves_the_http_count():
     made, clock = site(max_connections=1)
     channel, transport = connect(made)
     channel.dataReceived(b"GET /up HTTP/1.1\r\nHost: x\r\n\r\n")
-    _, other = connect(made, "10.0.0.9", 1)
+    _, other = connect(made, "127.0.0.19", 1)
     assert other.value() == b"", "the upgraded one no longer counts"
     assert len(deadlines(clock)) == 1, "the other's deadline only: the upgraded one has none"
