@@ -24,7 +24,7 @@ from tcphub.errors import HandshakeRejected
 from tcphub.ws.options import HandlerOptions, parse_proxy
 from tcphub.ws.protocol import HandlerFactory, HeadersEndpoint
 
-__all__ = ["MAX_REDIRECTS", "Connector", "Refusal", "retry_after"]
+__all__ = ["MAX_REDIRECTS", "Connector", "Refusal", "check_fit", "retry_after"]
 
 MAX_REDIRECTS = 3
 """Redirects followed in a row before a redirect is a final L{HandshakeRejected}."""
@@ -62,6 +62,15 @@ class Refusal:
     """A redirect that could not be followed, and why."""
 
 
+def check_fit(url: str, secure: bool, options: HandlerOptions) -> None:
+    """Raise L{ValueError} if C{url} (wss:// if C{secure}) does not fit the
+    options: C{tls_options} without wss://, or a proxy with it."""
+    if options.tls_options is not None and not secure:
+        raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
+    if options.proxy is not None and secure:
+        raise ValueError("a proxy is not supported with wss:// yet")
+
+
 def endpoint_for(url: str, options: HandlerOptions, factory: HandlerFactory, reactor: Any) -> IStreamClientEndpoint:
     """Where the connections to C{url} go: TCP (TLS for wss://), through the
     proxy if any, with fresh headers before each attempt if asked.  Raises
@@ -71,11 +80,8 @@ def endpoint_for(url: str, options: HandlerOptions, factory: HandlerFactory, rea
         secure, host, port, _, _, _ = parse_url(url)
     except Exception as error:
         raise ValueError(f"not a WebSocket URL: {url!r} ({error})") from None
-    if options.tls_options is not None and not secure:
-        raise ValueError(f"tls_options is given, but {url!r} is not a wss:// URL")
+    check_fit(url, secure, options)
     if options.proxy is not None:
-        if secure:
-            raise ValueError("a proxy is not supported with wss:// yet")
         host, port = parse_proxy(options.proxy)
     endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=options.open_timeout)
     if secure:

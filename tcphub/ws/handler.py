@@ -34,7 +34,7 @@ from tcphub.errors import (
     WebSocketError,
 )
 from tcphub.events import Events, HandlerFailures, Subscription
-from tcphub.ws.connector import Connector
+from tcphub.ws.connector import Connector, check_fit
 from tcphub.ws.envelope import Codec, Envelope
 from tcphub.ws.options import HandlerOptions
 from tcphub.ws.protocol import HandlerFactory, HandlerProtocol
@@ -99,10 +99,8 @@ class WebSocketHandler(Service):
         self.options = options
         """The handler's settings (frozen; see L{HandlerOptions})."""
         urls = [url] if isinstance(url, str) else list(url or ())
-        if options.tls_options is not None and urls and not urls[0].startswith("wss:"):
-            raise ValueError(f"tls_options is given, but {urls[0]!r} is not a wss:// URL")
-        if options.proxy is not None and urls and urls[0].startswith("wss:"):
-            raise ValueError("a proxy is not supported with wss:// yet")
+        if urls:
+            check_fit(urls[0], urls[0].startswith("wss:"), options)
         if reactor is None:
             reactor = default_reactor()
         self.url = urls[0] if urls else None
