@@ -79,7 +79,6 @@ class _BodylessRequest(Request):
                           length="chunked, unknown" if length is None else length, count=site.refused_bodies)
 
 
-
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
          b"Content-Length: 30\r\nConnection: close\r\n\r\n503: too many HTTP connections\n")
 
@@ -185,7 +184,6 @@ class BodylessSite(Site):
         self.repeats = RepeatedLog(self._log, clock)
         self._open = 0
         self._per_address: dict[str, int] = {}
-        self._hosts: dict[int, str] = {}
 
     def admit(self, peer: Any) -> bool:
         """Whether a new connection from C{peer} fits the caps (counted if it does)."""

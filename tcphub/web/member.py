@@ -298,6 +298,9 @@ class MemberConnection(FailureHooks):
         hub = self.factory.hub
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
+        now = hub.clock.seconds()
+        self._frames = TokenBucket(MAX_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND, now)
+        self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
         member = self.member = cast(HubProtocol, hub.buildProtocol(self.transport.getPeer()))
         member.makeConnection(MemberTransport(self))
         if not hub.reading_paused:
@@ -306,13 +309,9 @@ class MemberConnection(FailureHooks):
     # -- what a member may send: frames, fragments, pings ------------------
 
     def frameBegan(self, control: bool, continuation: bool) -> None:
-        now = self.factory.hub.clock.seconds()
-        if self._frames is None:
-            self._frames = TokenBucket(MAX_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND, now)
-            self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
-        if self.state != _STATE_OPEN or self.member is None:
+        if self.state != _STATE_OPEN or self._frames is None:
             return
-        if self._frames.take(now):
+        if self._frames.take(self.factory.hub.clock.seconds()):
             self._refuse(f"more than {MAX_FRAMES_PER_SECOND} frames a second")
         elif not control:
             self._fragments = self._fragments + 1 if continuation else 1
@@ -325,7 +324,7 @@ class MemberConnection(FailureHooks):
         self.transport.pauseProducing()
 
     def onPing(self, payload: bytes) -> None:
-        assert self._pings is not None, "a frame began first"
+        assert self._pings is not None, "pings come once the connection is open"
         if self._pings.take(self.factory.hub.clock.seconds()):
             self._refuse(f"more than {MAX_PINGS_PER_SECOND} pings a second")
         elif not self._peer_reads:
