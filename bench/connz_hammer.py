@@ -11,47 +11,19 @@ connections send pipelined /connz requests as fast as they are answered.
 from __future__ import annotations
 
 import argparse
-import re
 import resource
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from tac_hub import start_hub
+
 HERE = Path(__file__).resolve().parent.parent
-TAC = """
-import sys
-sys.path.insert(0, {repo!r})
-from twisted.application.service import Application
-from tcphub.tap import Options, makeService
-options = Options()
-options.parseOptions(["--port", "0", "--mode", "echo", "--timeout", "0", "--max-connections", "20000",
-                      "--admin", "tcp:0:interface=127.0.0.1"])
-application = Application("hammer")
-makeService(options).setServiceParent(application)
-"""
-
-
-def start(repo: Path, directory: Path) -> tuple[subprocess.Popen, int, int]:
-    tac = directory / "hub.tac"
-    tac.write_text(TAC.format(repo=str(repo)))
-    log = directory / "hub.log"
-    process = subprocess.Popen([str(Path(sys.executable).with_name("twistd")), "-ny", str(tac),
-                                "--pidfile", "", "--logfile", str(log)], cwd=directory)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        hub = re.search(r"tcphub listening on 127\.0\.0\.1:(\d+)", text)
-        admin = re.search(r"tcphub admin listening on 127\.0\.0\.1:(\d+)", text)
-        if hub and admin:
-            return process, int(hub[1]), int(admin[1])
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the hub did not start")
+OPTIONS = ["--port", "0", "--mode", "echo", "--timeout", "0", "--max-connections", "20000",
+           "--admin", "tcp:0:interface=127.0.0.1"]
 
 
 def round_trips(port: int, count: int) -> list[float]:
@@ -101,7 +73,7 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.clients + 1000), hard))
     with tempfile.TemporaryDirectory() as directory:
-        process, port, admin = start(args.repo.resolve(), Path(directory))
+        process, (port, admin) = start_hub(args.repo, Path(directory), OPTIONS, ["tcphub", "tcphub admin"])
         idle = []
         try:
             for _ in range(args.clients):

@@ -19,41 +19,15 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import re
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from tac_hub import start_hub
+
 HERE = Path(__file__).resolve().parent.parent
-TAC = """
-import sys
-sys.path.insert(0, {repo!r})
-from twisted.application.service import Application
-from tcphub.tap import Options, makeService
-options = Options()
-options.parseOptions(["--port", "0", "--websocket", "tcp:0:interface=127.0.0.1", "--timeout", "0"])
-application = Application("flood")
-makeService(options).setServiceParent(application)
-"""
-
-
-def start(repo: Path, directory: Path) -> tuple[subprocess.Popen, int]:
-    tac = directory / "hub.tac"
-    tac.write_text(TAC.format(repo=str(repo)))
-    log = directory / "hub.log"
-    process = subprocess.Popen([str(Path(sys.executable).with_name("twistd")), "-ny", str(tac),
-                                "--pidfile", "", "--logfile", str(log)], cwd=directory)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = re.search(r"tcphub websocket listening on 127\.0\.0\.1:(\d+)", log.read_text() if log.exists() else "")
-        if found:
-            return process, int(found[1])
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("the hub did not start")
+OPTIONS = ["--port", "0", "--websocket", "tcp:0:interface=127.0.0.1", "--timeout", "0"]
 
 
 def rss_kib(pid: int) -> int:
@@ -107,7 +81,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        process, port = start(args.repo.resolve(), Path(directory))
+        process, (port,) = start_hub(args.repo, Path(directory), OPTIONS, ["tcphub websocket"])
         try:
             before = rss_kib(process.pid)
             pinger = member(port, receive_buffer=4096)
