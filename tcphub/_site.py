@@ -4,11 +4,13 @@ the operations port and the WebSocket members' port both are; and
 L{BodylessSite}, the site both serve, which refuses a request body before
 reading it (C{twisted.web} would read a body of any declared length, and
 spool a large one to a temporary file, before any resource or token check
-sees the request).
+sees the request), and paces each address's requests (C{twisted.web}
+answers every request a connection pipelined in one reactor turn).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from twisted.application.service import Service
@@ -20,12 +22,28 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
+from tcphub._metric_fields import COUNTER
 from tcphub._observer import OneShotObserver
 from tcphub._repeats import RepeatedLog
 from tcphub.errors import ListenFailed
 from tcphub.hub.protocol import format_address
+from tcphub.hub.rate import TokenBucket
 
-__all__ = ["BodylessSite", "SiteService"]
+__all__ = ["BodylessSite", "HttpCounters", "SiteService"]
+
+@dataclass
+class HttpCounters:
+    """What an HTTP port refuses and holds back, on C{/metrics} (by port) and C{/varz}."""
+
+    refused_bodies: int = field(default=0, metadata=COUNTER)
+    """Requests that declared a body (413)."""
+    refused_connections: int = field(default=0, metadata=COUNTER)
+    """Connections past the port's cap or their address's (503)."""
+    slow_requests: int = field(default=0, metadata=COUNTER)
+    """Connections whose request head did not arrive whole in time (aborted)."""
+    paced_requests: int = field(default=0, metadata=COUNTER)
+    """Requests that waited for their address's request rate."""
+
 
 _TOO_LARGE = (b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
               b"Content-Length: 38\r\nConnection: close\r\n\r\n413: this port takes no request body\n")
@@ -47,11 +65,33 @@ class _Discard:
 
 class _BodylessRequest(Request):
     """A request whose body, if it declares one, is refused with a 413
-    before a byte of it is read, and the connection closed; and whose
-    method, if not GET or HEAD, is a 405 (twisted.web answers a method it
-    does not know with a 501 "Huh?")."""
+    before a byte of it is read, and the connection closed; whose method,
+    if not GET or HEAD, is a 405 (twisted.web answers a method it does not
+    know with a 501 "Huh?"); and which is answered when its address's
+    request bucket has a token (until then the connection's next requests
+    wait unread, as twisted.web keeps them while one is being answered)."""
+
+    _paced: IDelayedCall | None = None
 
     def process(self) -> None:
+        site: BodylessSite = cast(Any, self.channel).site
+        wait = site.take_request_token(self.getClientAddress())
+        if wait:
+            self._paced = site.clock.callLater(wait, self._due)
+            return
+        self._answer()
+
+    def _due(self) -> None:
+        self._paced = None
+        self.process()
+
+    def connectionLost(self, reason: Failure) -> None:
+        call, self._paced = self._paced, None
+        if call is not None:
+            call.cancel()
+        super().connectionLost(reason)
+
+    def _answer(self) -> None:
         if self.method not in (b"GET", b"HEAD"):
             self.setResponseCode(405)
             self.setHeader(b"allow", b"GET, HEAD")
@@ -71,12 +111,12 @@ class _BodylessRequest(Request):
         transport.write(_TOO_LARGE)
         transport.loseConnection()
         site: Any = cast(Any, self.channel).site
-        site.refused_bodies += 1
+        site.counters.refused_bodies += 1
         site.repeats.emit("refused_bodies", LogLevel.warn,
                           "refused a request body from {peer} ({length} bytes declared): "
                           "this port takes none ({count} so far)",
                           peer=format_address(transport.getPeer()),
-                          length="chunked, unknown" if length is None else length, count=site.refused_bodies)
+                          length="chunked, unknown" if length is None else length, count=site.counters.refused_bodies)
 
 
 _FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -88,6 +128,10 @@ DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS = 16
 """HTTP connections one address holds open at once on a port."""
 DEFAULT_REQUEST_TIMEOUT = 30.0
 """Seconds a request's whole head may take to arrive."""
+DEFAULT_MAX_REQUEST_RATE = 10.0
+"""Requests a second one address has answered on a port, once its burst is spent."""
+DEFAULT_MAX_REQUEST_BURST = 40
+"""Requests one address may have answered at once on a port."""
 
 
 class _GuardedChannel(HTTPChannel):
@@ -127,11 +171,11 @@ class _GuardedChannel(HTTPChannel):
     def _too_slow(self) -> None:
         self._deadline = None
         site = self.site
-        site.slow_requests += 1
+        site.counters.slow_requests += 1
         site.repeats.emit("slow_requests", LogLevel.warn,
                           "closed an HTTP connection from {peer}: no whole request within {timeout:g} s "
                           "({count} so far)", peer=format_address(self.transport.getPeer()),
-                          timeout=site.request_timeout, count=site.slow_requests)
+                          timeout=site.request_timeout, count=site.counters.slow_requests)
         self.transport.abortConnection()
 
     def allHeadersReceived(self) -> None:
@@ -163,8 +207,10 @@ class _GuardedChannel(HTTPChannel):
 class BodylessSite(Site):
     """A C{Site} whose requests take no body (see L{_BodylessRequest}) and
     whose connections are bounded in number and time (see
-    L{_GuardedChannel}); C{refused_bodies}, C{refused_connections} and
-    C{slow_requests} count the refusals."""
+    L{_GuardedChannel}), and whose requests are paced per address:
+    C{max_request_burst} at once, then C{max_request_rate} a second (the
+    others wait their turn, unread; see L{_BodylessRequest}).
+    L{counters} counts the refusals and the waits."""
 
     requestFactory = _BodylessRequest
     protocol = _GuardedChannel  # type: ignore[assignment]
@@ -172,31 +218,69 @@ class BodylessSite(Site):
     def __init__(self, resource: Any, *args: Any, clock: Any,
                  max_connections: int = DEFAULT_MAX_HTTP_CONNECTIONS,
                  max_connections_per_address: int = DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS,
-                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT, **kwargs: Any) -> None:
+                 request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 max_request_rate: float = DEFAULT_MAX_REQUEST_RATE,
+                 max_request_burst: int = DEFAULT_MAX_REQUEST_BURST, **kwargs: Any) -> None:
+        if not max_request_rate > 0 or max_request_burst < 1:
+            raise ValueError(f"max_request_rate must be > 0 and max_request_burst >= 1, "
+                             f"not {max_request_rate!r} and {max_request_burst!r}")
         super().__init__(resource, *args, **kwargs)
         self.clock = clock
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.request_timeout = request_timeout
-        self.refused_bodies = 0
-        self.refused_connections = 0
-        self.slow_requests = 0
+        self.counters = HttpCounters()
+        self.max_request_rate = max_request_rate
+        self.max_request_burst = max_request_burst
         self.repeats = RepeatedLog(self._log, clock)
         self._open = 0
         self._per_address: dict[str, int] = {}
+        self._buckets: dict[str | None, TokenBucket] = {}
+
+    def take_request_token(self, peer: Any) -> float:
+        """Take a request token of C{peer}'s address: C{0.0}, or (taking
+        none) the seconds until its next one is due, counted."""
+        host = getattr(peer, "host", None)
+        now = self.clock.seconds()
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            if len(self._buckets) >= 2 * self.max_connections:
+                self._forget_rested(now)
+            bucket = self._buckets[host] = TokenBucket(self.max_request_rate, self.max_request_burst, now)
+        wait = bucket.take(now)
+        if wait:
+            self.counters.paced_requests += 1
+            self.repeats.emit("paced_requests", LogLevel.warn,
+                              "paced HTTP requests from {peer}: more than {burst} at once or {rate:g} a "
+                              "second wait their turn ({count} so far)", peer=format_address(peer),
+                              burst=self.max_request_burst, rate=self.max_request_rate,
+                              count=self.counters.paced_requests)
+        return wait
+
+    def _forget_rested(self, now: float) -> None:
+        """Drop the buckets of addresses with no connection open whose burst
+        is whole again (a fresh bucket would be the same); if that leaves
+        too many still, those of every address with no connection open."""
+        idle = [host for host in self._buckets if host not in self._per_address]
+        for host in idle:
+            if self._buckets[host].full(now):
+                del self._buckets[host]
+        if len(self._buckets) >= 2 * self.max_connections:
+            for host in idle:
+                self._buckets.pop(host, None)
 
     def admit(self, peer: Any) -> bool:
         """Whether a new connection from C{peer} fits the caps (counted if it does)."""
         host = getattr(peer, "host", None)
         per_address = self._per_address.get(host, 0) if host is not None else 0
         if self._open >= self.max_connections or per_address >= self.max_connections_per_address:
-            self.refused_connections += 1
+            self.counters.refused_connections += 1
             self.repeats.emit("refused_http", LogLevel.warn,
                               "refused an HTTP connection from {peer}: {open} open, {mine} from it "
                               "(at most {limit} and {per_address} from one address; {count} so far)",
                               peer=format_address(peer), open=self._open, mine=per_address,
                               limit=self.max_connections, per_address=self.max_connections_per_address,
-                              count=self.refused_connections)
+                              count=self.counters.refused_connections)
             return False
         self._open += 1
         if host is not None:
@@ -242,7 +326,7 @@ class SiteService(Service):
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, site: Site, endpoints: list[tuple[str, IStreamServerEndpoint]],
+    def __init__(self, reactor: Any, site: BodylessSite, endpoints: list[tuple[str, IStreamServerEndpoint]],
                  what: str) -> None:
         if not endpoints:
             raise ValueError(f"{what} needs at least one endpoint")

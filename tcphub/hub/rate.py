@@ -30,3 +30,7 @@ class TokenBucket:
             return 0.0
         self._tokens = tokens
         return (1.0 - tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        """Whether the whole burst is saved up again at C{now}."""
+        return self._tokens + (now - self._at) * self.rate >= self.burst

@@ -8,12 +8,13 @@ goes up and down, seconds for durations.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 
 from tcphub._metric_fields import counters, gauges
+from tcphub._site import HttpCounters
 from tcphub.hub.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -40,13 +41,16 @@ class TcpHubCollector:
     C{prometheus_client.CollectorRegistry}."""
 
     def __init__(self, hub: HubFactory | None, upstream: WebSocketHandler | None,
-                 clock: IReactorTime, bus: RedisBus | None = None, web: Any = None) -> None:
+                 clock: IReactorTime, bus: RedisBus | None = None, web: Any = None,
+                 http: Mapping[str, HttpCounters] | None = None) -> None:
         self._hub = hub
         self._upstream = upstream
         self._clock = clock
         self._bus = bus
         self._web = web
         """The members' port's counters (a dataclass of counter fields), if any."""
+        self._http = dict(http or {})
+        """Each HTTP port's own counters, by the port's name (the C{port} label)."""
 
     def collect(self) -> Iterator[Metric]:
         if self._hub is not None:
@@ -58,6 +62,16 @@ class TcpHubCollector:
         if self._web is not None:
             for name in counters(type(self._web)):
                 yield CounterMetricFamily(f"tcphub_{name}", _help(name), value=getattr(self._web, name))
+        if self._http:
+            yield from self._http_metrics()
+
+    def _http_metrics(self) -> Iterator[Metric]:
+        for name in counters(HttpCounters):
+            family = CounterMetricFamily(f"tcphub_http_{name}", f"HTTP {name.replace('_', ' ')}, by port.",
+                                         labels=["port"])
+            for port, counted in self._http.items():
+                family.add_metric([port], getattr(counted, name))
+            yield family
 
     def _bus_metrics(self) -> Iterator[Metric]:
         assert self._bus is not None
