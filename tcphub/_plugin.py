@@ -76,7 +76,9 @@ ADMIN_OPTIONS = [
      "serve the operations port (/metrics, /healthz, /readyz, /varz, /connz, a live page) "
      "on this Twisted endpoint, e.g. tcp:9100:interface=127.0.0.1 [default: off]"],
     ["admin-token", None, None,
-     "require 'Authorization: Bearer TOKEN' on the operations port (but for /healthz and the page)"],
+     "require 'Authorization: Bearer TOKEN' on the operations port (but for /healthz, /readyz and the "
+     "page); ps shows it: prefer --admin-token-file or $TCPHUB_ADMIN_TOKEN"],
+    ["admin-token-file", None, None, "the admin token, read from this file (one trailing newline dropped)"],
 ]
 """The options both plugins take for the operations port."""
 
@@ -106,12 +108,26 @@ def server_endpoint(option: str, description: str) -> str:
     return description
 
 
-def check_admin(config: Mapping[str, Any]) -> None:
-    """Refuse an --admin endpoint that does not parse, and a token without --admin."""
-    if config["admin"] is not None:
-        server_endpoint("admin", config["admin"])
-    elif config["admin-token"] is not None:
-        raise usage.UsageError("--admin-token goes with --admin")
+ADMIN_TOKEN_VARIABLE = "TCPHUB_ADMIN_TOKEN"
+"""The environment variable the admin token is read from when no option gives it."""
+
+
+def check_admin(config: dict[str, Any]) -> None:
+    """Refuse an --admin endpoint that does not parse, and a token without
+    --admin; set C{config["admin-token"]} from whichever source gives it."""
+    from tcphub._secrets import secret_from
+    from tcphub.errors import SecretUnreadable
+
+    if config["admin"] is None:
+        if config["admin-token"] is not None or config["admin-token-file"] is not None:
+            raise usage.UsageError("--admin-token goes with --admin")
+        return
+    server_endpoint("admin", config["admin"])
+    try:
+        config["admin-token"] = secret_from("admin-token", given=config["admin-token"],
+                                            path=config["admin-token-file"], variable=ADMIN_TOKEN_VARIABLE)
+    except SecretUnreadable as error:
+        raise usage.UsageError(str(error)) from None
 
 
 def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | None = None,

@@ -1,14 +1,23 @@
 """
-Secrets in URLs kept out of sight: L{redact_url} shows a URL with its
-password and any secret-looking query parameter as C{***}, for C{/varz},
-logs and error messages.
+Secrets kept out of sight: L{redact_url} shows a URL with its password and
+any secret-looking query parameter as C{***}, for C{/varz}, logs and error
+messages; L{secret_from} takes a secret from a file or the environment, so
+that it need not be on the command line, where C{ps} shows it.
 """
 
 from __future__ import annotations
 
+import os
+from typing import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["SECRET_PARAMETERS", "redact_url"]
+from tcphub.errors import SecretUnreadable
+
+__all__ = ["SECRET_PARAMETERS", "MAX_SECRET_FILE", "redact_url", "secret_from"]
+
+MAX_SECRET_FILE = 64 * 1024
+"""The largest file a secret is read from (a key, a token, a list of tokens)."""
+
 
 SECRET_PARAMETERS = frozenset({"api_key", "apikey", "key", "token", "access_token", "auth",
                                "password", "pass", "secret", "signature", "sig"})
@@ -39,3 +48,40 @@ def redact_url(url: str) -> str:
             query = urlencode([(name, _HIDDEN if name.lower() in SECRET_PARAMETERS else value)
                                for name, value in pairs], safe="*")
     return urlunsplit(parts._replace(netloc=netloc, query=query)) if changed else url
+
+
+def secret_from(name: str, *, given: str | None, path: str | None, variable: str | None = None,
+                environ: Mapping[str, str] | None = None) -> str | None:
+    """
+    The secret C{--name} (C{given} on the command line), C{--name-file}
+    (C{path}: its content, one trailing newline dropped), or the environment
+    variable C{variable}, in that order; None if none is set.  Raises
+    L{SecretUnreadable} if both the option and the file are given, or the
+    file cannot be read, or the secret is empty.
+    """
+    if given is not None and path is not None:
+        raise SecretUnreadable(f"--{name} and --{name}-file are one secret: give one of them")
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                content = file.read(MAX_SECRET_FILE + 1)
+        except OSError as error:
+            raise SecretUnreadable(f"--{name}-file {path!r}: {error.strerror or error}") from None
+        if len(content) > MAX_SECRET_FILE:
+            raise SecretUnreadable(f"--{name}-file {path!r}: larger than {MAX_SECRET_FILE} bytes")
+        try:
+            secret = content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SecretUnreadable(f"--{name}-file {path!r}: not UTF-8 text") from None
+        secret = secret[:-1] if secret.endswith("\n") else secret
+        secret = secret[:-1] if secret.endswith("\r") else secret
+        where = f"--{name}-file {path!r}"
+    elif given is not None:
+        secret, where = given, f"--{name}"
+    elif variable is not None and variable in (os.environ if environ is None else environ):
+        secret, where = (os.environ if environ is None else environ)[variable], f"${variable}"
+    else:
+        return None
+    if not secret:
+        raise SecretUnreadable(f"{where} is empty")
+    return secret

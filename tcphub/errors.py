@@ -111,6 +111,11 @@ class ListenFailed(TcpHubError):
     directory or certificate, ...)."""
 
 
+class SecretUnreadable(TcpHubError, ValueError):
+    """A secret's file cannot be read, is empty or too large, or the secret
+    was given twice; the message says where it was looked for, never the secret."""
+
+
 class HandlerError(TcpHubError):
     """A hook, route handler or event callback raised; the original is C{__cause__}."""
 

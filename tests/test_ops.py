@@ -169,23 +169,28 @@ def test_twistd_serves_metrics_varz_and_connz_that_match_the_traffic():
         hub.shutdown()
 
 
-def test_the_token_guards_every_path_but_healthz_and_the_page():
-    hub, port, admin = start("--admin-token", "s3cret")
+def test_the_token_guards_every_path_but_the_probes_and_the_page(tmp_path):
+    token = tmp_path / "admin-token"
+    token.write_text("s3cret\n")
+    hub, port, admin = start("--admin-token-file", str(token))
     with hub:  # its exit kills twistd if need be, and closes its output
-        for path in ("/metrics", "/varz", "/connz", "/readyz"):
+        for path in ("/metrics", "/varz", "/connz"):
             assert get(admin, path)[0] == 401, path
             assert get(admin, path, token="wrong")[0] == 401, path
             assert get(admin, path, token="s3cret")[0] == 200, path
+        # A load balancer's probes carry no credentials.
         assert get(admin, "/healthz")[0] == 200
+        assert get(admin, "/readyz")[0] == 200
+        assert "s3cret" not in get(admin, "/varz", token="s3cret")[1]
         status, page = get(admin, "/")
         assert status == 200 and "<canvas" in page
         hub.shutdown()
-    # No access line at info; the eight refusals are one line and a summary.
+    # No access line at info; the six refusals are one line and a summary.
     assert not [line for line in hub.lines if "/healthz" in line or "GET /metrics 200" in line], hub.output
     refusals = [line for line in hub.lines if "401" in line]
     assert len(refusals) == 2, hub.output
     assert "HTTP 401 for GET /metrics from 127.0.0.1:" in refusals[0]
-    assert "7 more http_401" in refusals[1]
+    assert "5 more http_401" in refusals[1]
 
 
 def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():

@@ -150,6 +150,37 @@ def test_bad_options_are_usage_errors(args, message):
         parse(*args)
 
 
+ADMIN = ["--admin", "tcp:0:interface=127.0.0.1"]
+
+
+def test_the_admin_token_comes_from_a_file_or_the_environment_and_not_twice(tmp_path, monkeypatch):
+    secret = tmp_path / "token"
+    secret.write_text("from-the-file\n")
+    assert parse(*ADMIN, "--admin-token-file", str(secret))["admin-token"] == "from-the-file"
+    monkeypatch.setenv("TCPHUB_ADMIN_TOKEN", "from-the-environment")
+    assert parse(*ADMIN)["admin-token"] == "from-the-environment"
+    assert parse(*ADMIN, "--admin-token", "given")["admin-token"] == "given", "the option wins"
+    assert parse()["admin-token"] is None, "without --admin the variable is not a mistake"
+    with pytest.raises(usage.UsageError, match="--admin-token and --admin-token-file are one secret"):
+        parse(*ADMIN, "--admin-token", "given", "--admin-token-file", str(secret))
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file or directory"),
+    (b"", "is empty"),
+    (b"\n", "is empty"),
+    (b"\xff\xfe", "not UTF-8 text"),
+    (b"x" * (64 * 1024 + 1), "larger than 65536 bytes"),
+])
+def test_an_unreadable_admin_token_file_is_a_usage_error_that_shows_no_secret(tmp_path, content, message):
+    secret = tmp_path / "token"
+    if content is not None:
+        secret.write_bytes(content)
+    with pytest.raises(usage.UsageError, match=message) as raised:
+        parse(*ADMIN, "--admin-token-file", str(secret))
+    assert "xxxx" not in str(raised.value)
+
+
 def read_line(stream) -> bytes:
     line = stream.readline()
     assert line.endswith(b"\n"), f"connection closed after {line!r}"

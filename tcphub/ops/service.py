@@ -14,8 +14,9 @@ a hub, a WebSocket handler, or both (a gateway).
   - C{GET /}: a live page drawing the rates and the table (no asset from
     the internet).
 
-With a C{token}, every path but C{/healthz} and the page itself (which holds
-no data and asks for the token) requires C{Authorization: Bearer <token>}.
+With a C{token}, every path but C{/healthz}, C{/readyz} and the page itself
+(which holds no data and asks for the token) requires C{Authorization:
+Bearer <token>}.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class AdminService(SiteService):
         root = Resource()
         root.putChild(b"", _Path(self, self._page, open_to_all=True))
         root.putChild(b"healthz", _Path(self, lambda request: (200, "text/plain", b"ok\n"), open_to_all=True))
-        root.putChild(b"readyz", _Path(self, self._readyz))
+        # Load balancers and orchestrators probe without credentials.
+        root.putChild(b"readyz", _Path(self, self._readyz, open_to_all=True))
         root.putChild(b"metrics", _Path(self, self._metrics))
         root.putChild(b"varz", _Path(self, self._varz))
         root.putChild(b"connz", _Path(self, self._connz))
