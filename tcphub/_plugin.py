@@ -108,6 +108,10 @@ def server_endpoint(option: str, description: str) -> str:
     return description
 
 
+SECRET_OPTIONS = frozenset({"admin-token", "redis-password"})
+"""The options (as read from the command line, a file or the environment)
+that /varz leaves out."""
+
 ADMIN_TOKEN_VARIABLE = "TCPHUB_ADMIN_TOKEN"
 """The environment variable the admin token is read from when no option gives it."""
 
@@ -138,7 +142,7 @@ def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | N
         return []
     from tcphub.ops.service import AdminService
 
-    shown = {key: value for key, value in config.items() if key != "admin-token"}
+    shown = {key: value for key, value in config.items() if key not in SECRET_OPTIONS}
     admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, web=web, token=config["admin-token"],
                          options=shown, reactor=reactor)
     admin.setName("admin")

@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from tcphub import _checks
 from tcphub._reactor import default_reactor
+from tcphub._secrets import secret_from
 from tcphub._plugin import (
     ADMIN_OPTIONS,
     LOG_OPTIONS,
@@ -25,6 +26,7 @@ from tcphub._plugin import (
 )
 from tcphub._plugin import number as _number
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
+from tcphub.errors import SecretUnreadable
 from tcphub.hub.factory import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FRAME_TIMEOUT,
@@ -50,6 +52,10 @@ def _usage(check: Callable[[str, Any], Any], option: str, value: Any) -> None:
         check(option, value)
     except ValueError as error:
         raise usage.UsageError(str(error)) from None
+
+
+REDIS_PASSWORD_VARIABLE = "TCPHUB_REDIS_PASSWORD"
+"""The environment variable the Redis password is read from when the URL has none."""
 
 
 def redis_url(text: str) -> str:
@@ -129,6 +135,9 @@ class Options(usage.Options):
         ["redis", None, None,
          "join the other hubs on this Redis as one hub: redis://host:port/db, rediss://…, "
          "unix:///path/to/redis.sock?db=N", redis_url],
+        ["redis-password-file", None, None,
+         "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
+         "than in the URL, which ps shows"],
         ["node-id", None, None, "with --redis: this hub's name in client ids, logs and metrics "
          "[default: random]"],
         ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL", ws_url("upstream")],
@@ -194,6 +203,27 @@ class Options(usage.Options):
             raise usage.UsageError(f"--public-name: {error}") from None
         self["public-name"].append(name)
 
+    def _redis_password(self) -> None:
+        """The Redis password from --redis-password-file or the environment,
+        in C{self["redis-password"]}; refused if the URL has one too."""
+        self["redis-password"] = None
+        if self["redis"] is None:
+            if self["redis-password-file"] is not None:
+                raise usage.UsageError("--redis-password-file goes with --redis")
+            return
+        from tcphub.bus.redis import redis_endpoint
+
+        in_url = redis_endpoint(self["redis"])[2] is not None
+        variable = None if in_url else REDIS_PASSWORD_VARIABLE
+        try:
+            password = secret_from("redis-password", given=None, path=self["redis-password-file"],
+                                   variable=variable)
+        except SecretUnreadable as error:
+            raise usage.UsageError(str(error)) from None
+        if password is not None and in_url:
+            raise usage.UsageError("the Redis password is given twice: in the --redis URL and its file")
+        self["redis-password"] = password
+
     def postOptions(self) -> None:
         if self["mode"] is None:
             if self["upstream"]:
@@ -203,6 +233,7 @@ class Options(usage.Options):
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         check_admin(self)
+        self._redis_password()
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
@@ -253,7 +284,8 @@ def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus
         return []
     from tcphub.bus.redis import RedisBus
 
-    bus = RedisBus(hub, config["redis"], node_id=config["node-id"], reactor=reactor)
+    bus = RedisBus(hub, config["redis"], node_id=config["node-id"], password=config["redis-password"],
+                   reactor=reactor)
     bus.setName("bus")
     return [bus]
 

@@ -195,12 +195,13 @@ class RedisServer(OutputProcess):
     """A real Redis server on a UNIX socket in C{directory} (no TCP port, no
     persistence); killed and started again on the same socket by L{restart}."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *options: str) -> None:
         require_program(REDIS_SERVER, "redis-server")
         self.directory = directory
+        self.options = options
         self.socket = directory / "redis.sock"
         super().__init__([REDIS_SERVER, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                          "--save", "", "--appendonly", "no", "--dir", str(directory)])
+                          "--save", "", "--appendonly", "no", "--dir", str(directory), *options])
         self.wait_for("Ready to accept connections|ready to accept connections")
 
     @property
@@ -210,4 +211,4 @@ class RedisServer(OutputProcess):
     def restart(self) -> RedisServer:
         """Start the same server again (this one is killed if it still runs)."""
         self.kill()
-        return RedisServer(self.directory)
+        return RedisServer(self.directory, *self.options)

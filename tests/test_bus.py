@@ -32,8 +32,8 @@ def redis(tmp_path):
     servers: list[RedisServer] = []
 
     class Redis:
-        def start(self) -> RedisServer:
-            server = RedisServer(tmp_path)
+        def start(self, *options: str) -> RedisServer:
+            server = RedisServer(tmp_path, *options)
             servers.append(server)
             return server
 
@@ -363,3 +363,40 @@ def test_cluster_members_lists_the_room_on_every_live_node(redis):
             yield hub.stop()
         client.close()
         a.twistd.shutdown()
+
+
+PASSWORD = "n0t-in-ps-or-logs"
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_the_redis_password_comes_from_a_file_or_the_environment_and_stays_out_of_sight(
+        redis, tmp_path, monkeypatch, source):
+    server = redis.start("--requirepass", PASSWORD)
+    if source == "file":
+        secret = tmp_path / "redis-password"
+        secret.write_text(PASSWORD + "\n")
+        options: tuple[str, ...] = ("--redis-password-file", str(secret))
+    else:
+        monkeypatch.setenv("TCPHUB_REDIS_PASSWORD", PASSWORD)  # twistd inherits the environment
+        options = ()
+    node = PluginNode("a", server, "--port", "0", *options)
+    try:
+        varz = json.dumps(node.varz())
+        node.twistd.shutdown()
+    finally:
+        node.twistd.kill()
+    assert PASSWORD not in varz and PASSWORD not in node.twistd.output
+    assert "refused tcphub's login" not in node.twistd.output
+
+
+def test_a_wrong_redis_password_is_logged_without_the_password(redis, tmp_path):
+    server = redis.start("--requirepass", PASSWORD)
+    secret = tmp_path / "redis-password"
+    secret.write_text("wrong-" + PASSWORD)
+    twistd = Twistd("tcphub", "--port", "0", "--redis", server.url, "--redis-password-file", str(secret))
+    try:
+        twistd.wait_for("Redis refused tcphub's login")
+        twistd.stop(signal.SIGTERM)
+    finally:
+        twistd.kill()
+    assert PASSWORD not in twistd.output

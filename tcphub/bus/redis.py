@@ -160,10 +160,15 @@ class RedisBus(Service):
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         flush_wait: float = DEFAULT_FLUSH_WAIT,
         endpoint: IStreamClientEndpoint | None = None,
+        password: str | None = None,
         reactor: Any = None,
     ) -> None:
         reactor = reactor if reactor is not None else default_reactor()
         description, self._username, self._password, self._db = redis_endpoint(url)
+        if password is not None:
+            if self._password is not None:
+                raise ValueError("the Redis password is given twice: in the URL and as password")
+            self._password = password
         self.url = redact_url(url)
         """The Redis URL, its password shown as ***."""
         self.node_id = node_id if node_id is not None else uuid.uuid4().hex[:8]
