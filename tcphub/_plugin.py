@@ -142,7 +142,11 @@ def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | N
         return []
     from tcphub.ops.service import AdminService
 
+    from tcphub._secrets import redact_headers
+
     shown = {key: value for key, value in config.items() if key not in SECRET_OPTIONS}
+    if "header" in shown:
+        shown["header"] = redact_headers(shown["header"], shown.pop("secret-headers", ()))
     admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, web=web, token=config["admin-token"],
                          options=shown, reactor=reactor)
     admin.setName("admin")

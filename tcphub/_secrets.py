@@ -8,12 +8,18 @@ that it need not be on the command line, where C{ps} shows it.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tcphub.errors import SecretUnreadable
 
-__all__ = ["SECRET_PARAMETERS", "MAX_SECRET_FILE", "redact_url", "secret_from"]
+__all__ = ["SECRET_HEADERS", "SECRET_PARAMETERS", "MAX_SECRET_FILE", "read_secret_file", "redact_headers",
+           "redact_url", "secret_from"]
+
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
+                            "x-auth-token", "x-access-token"})
+"""Headers whose values are shown as C{***} wherever the headers are shown
+(compared without case)."""
 
 MAX_SECRET_FILE = 64 * 1024
 """The largest file a secret is read from (a key, a token, a list of tokens)."""
@@ -50,6 +56,29 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query)) if changed else url
 
 
+def read_secret_file(option: str, path: str) -> str:
+    """The UTF-8 text of the file C{--option} names, at most
+    L{MAX_SECRET_FILE} bytes; else L{SecretUnreadable}, naming the file."""
+    try:
+        with open(path, "rb") as file:
+            content = file.read(MAX_SECRET_FILE + 1)
+    except OSError as error:
+        raise SecretUnreadable(f"--{option} {path!r}: {error.strerror or error}") from None
+    if len(content) > MAX_SECRET_FILE:
+        raise SecretUnreadable(f"--{option} {path!r}: larger than {MAX_SECRET_FILE} bytes")
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretUnreadable(f"--{option} {path!r}: not UTF-8 text") from None
+
+
+def redact_headers(headers: Mapping[str, str], secret: Iterable[str] = ()) -> dict[str, str]:
+    """C{headers} with the values of L{SECRET_HEADERS} and of the names in
+    C{secret} shown as C{***}."""
+    hidden = SECRET_HEADERS | {name.lower() for name in secret}
+    return {name: _HIDDEN if name.lower() in hidden else value for name, value in headers.items()}
+
+
 def secret_from(name: str, *, given: str | None, path: str | None, variable: str | None = None,
                 environ: Mapping[str, str] | None = None) -> str | None:
     """
@@ -62,17 +91,7 @@ def secret_from(name: str, *, given: str | None, path: str | None, variable: str
     if given is not None and path is not None:
         raise SecretUnreadable(f"--{name} and --{name}-file are one secret: give one of them")
     if path is not None:
-        try:
-            with open(path, "rb") as file:
-                content = file.read(MAX_SECRET_FILE + 1)
-        except OSError as error:
-            raise SecretUnreadable(f"--{name}-file {path!r}: {error.strerror or error}") from None
-        if len(content) > MAX_SECRET_FILE:
-            raise SecretUnreadable(f"--{name}-file {path!r}: larger than {MAX_SECRET_FILE} bytes")
-        try:
-            secret = content.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SecretUnreadable(f"--{name}-file {path!r}: not UTF-8 text") from None
+        secret = read_secret_file(f"{name}-file", path)
         secret = secret[:-1] if secret.endswith("\n") else secret
         secret = secret[:-1] if secret.endswith("\r") else secret
         where = f"--{name}-file {path!r}"

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tcphub._reactor import default_reactor
+from tcphub._secrets import read_secret_file
 from tcphub._plugin import (
     ADMIN_OPTIONS,
     LOG_OPTIONS,
@@ -23,6 +24,7 @@ from tcphub._plugin import (
     stop_when_given_up,
     ws_url,
 )
+from tcphub.errors import SecretUnreadable
 from tcphub.ws.envelope import Envelope
 from tcphub.ws.handler import ConnectionContext, WebSocketHandler
 from tcphub.ws.reconnect import BACKOFFS
@@ -72,6 +74,7 @@ class Options(usage.Options):
         self["url"] = None
         self["urls"] = []
         self["header"] = {}
+        self["secret-headers"] = set()
         self["subprotocol"] = []
 
     def opt_url(self, url: str) -> None:
@@ -87,11 +90,24 @@ class Options(usage.Options):
     opt_u = opt_url
 
     def opt_header(self, header: str) -> None:
-        """Add a handshake header, 'Name: value' (repeatable), e.g. an Authorization."""
-        name, colon, value = header.partition(":")
-        if not colon or not name.strip():
-            raise usage.UsageError(f"--header takes 'Name: value', not {header!r}")
-        self["header"][name.strip()] = value.strip()
+        """Add a handshake header, 'Name: value' (repeatable); /varz shows
+        the value of Authorization, Cookie and the like as ***, and ps shows
+        it whole: give secret ones with --header-file."""
+        name, value = _header("--header", header)
+        self["header"][name] = value
+
+    def opt_header_file(self, path: str) -> None:
+        """Add the handshake headers of this file, 'Name: value' a line
+        (blank lines and # comments skipped), each a secret: /varz shows ***."""
+        try:
+            text = read_secret_file("header-file", path)
+        except SecretUnreadable as error:
+            raise usage.UsageError(str(error)) from None
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                name, value = _header(f"--header-file {path!r} line {number}", line, show=False)
+                self["header"][name] = value
+                self["secret-headers"].add(name)
 
     def opt_subprotocol(self, name: str) -> None:
         """Offer this subprotocol in the handshake (repeatable, in order of preference)."""
@@ -106,6 +122,15 @@ class Options(usage.Options):
             raise usage.UsageError("--proxy is not supported with a wss:// --url yet")
         self["tls-options"] = _trusting(self["url"], self["ca-file"])
         check_admin(self)
+
+
+def _header(where: str, line: str, show: bool = True) -> tuple[str, str]:
+    """C{(name, value)} of a C{Name: value} line; a usage error (showing
+    the line only if C{show}: a header file's lines may be secrets) if none."""
+    name, colon, value = line.partition(":")
+    if not colon or not name.strip():
+        raise usage.UsageError(f"{where} takes 'Name: value'" + (f", not {line!r}" if show else ""))
+    return name.strip(), value.strip()
 
 
 def _log_message(envelope: Envelope, context: ConnectionContext) -> None:

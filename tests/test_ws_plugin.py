@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
+
 import pytest
 from twisted.python import usage
 
@@ -141,3 +144,37 @@ def test_twistd_tcphub_ws_exits_at_once_when_the_server_refuses_it_for_good():
         assert code == 1, twistd.output
         assert "the server rejected the handshake: HTTP 401" in twistd.output
         assert "retry 1" not in twistd.output, "a 401 is not retried"
+
+
+def test_headers_from_a_file_are_sent_and_varz_shows_no_secret_header_value(tmp_path):
+    headers = tmp_path / "headers"
+    headers.write_text("# the upstream's credentials\nAuthorization: Bearer from-the-file\n\nX-Tenant-Key: t3nant\n")
+    server = WebSocketServer("--require-auth")
+    try:
+        with Twistd("tcphub-ws", "--url", server.url, "--ping-interval", "0", "--header-file", str(headers),
+                    "--header", "Cookie: session=c00kie", "--header", "X-Id: 7",
+                    "--admin", "tcp:0:interface=127.0.0.1") as twistd:
+            admin = int(twistd.wait_for(r"tcphub admin listening on [^ ]+:(\d+)")[1])
+            twistd.wait_for(r"connected to ws://")
+            assert server.wait_for(r"^handshake (.*)")[1].startswith("auth='Bearer from-the-file'")
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/varz", timeout=30) as response:
+                varz = json.loads(response.read())
+            twistd.shutdown()
+    finally:
+        server.kill()
+    assert varz["options"]["header"] == {"Authorization": "***", "X-Tenant-Key": "***",
+                                         "Cookie": "***", "X-Id": "7"}
+    for secret in ("from-the-file", "t3nant", "c00kie"):
+        assert secret not in json.dumps(varz) and secret not in twistd.output, secret
+
+
+@pytest.mark.parametrize("content, message", [
+    ("Authorization Bearer s3cret\n", "line 1 takes 'Name: value'$"),
+    (None, "No such file"),
+])
+def test_a_bad_header_file_is_a_usage_error_that_shows_no_line(tmp_path, content, message):
+    headers = tmp_path / "headers"
+    if content is not None:
+        headers.write_text(content)
+    with pytest.raises(usage.UsageError, match=message):
+        parse("--url", "ws://h/", "--header-file", str(headers))
