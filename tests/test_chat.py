@@ -119,3 +119,51 @@ def test_with_history_a_newcomer_reads_what_was_said_before_it_came(hub_factory)
     received = lines(bob_t)
     assert b"#lobby <ann> anyone here?" in received
     assert received.index(b"#lobby <ann> anyone here?") < received.index(b"* you are in #lobby")
+
+
+def test_control_characters_reach_nobody_raw(hub_factory):
+    """An escape sequence (clear the screen, retitle the terminal) from one
+    nc user is shown escaped to the others; a tab and UTF-8 pass as they are."""
+    hub = hub_factory(protocol=ChatProtocol)
+    ann, ann_t = hub.connect()
+    bob, bob_t = hub.connect()
+    ann.dataReceived(b"/nick ann\n")
+    lines(bob_t)
+    ann.dataReceived(b"\x1b[2J\x1b]0;pwned\x07 caf\xc3\xa9\tok \xff\xc2\x85\n")
+    assert lines(bob_t) == [b"#lobby <ann> \\x1b[2J\\x1b]0;pwned\\x07 caf\xc3\xa9\tok \\xff\\x85"]
+    ann.dataReceived(b"/join \x1b[31mred\n")
+    assert lines(ann_t)[-1] == b"* you are in #\\x1b[31mred"
+    ann.dataReceived(b"hi\n")
+    ann.dataReceived(b"/join lobby\n")
+    bob.dataReceived(b"/who\n")
+    assert b"\x1b" not in bob_t.value() and b"\x1b" not in ann_t.value()
+
+
+def test_a_nick_in_use_is_refused_whatever_its_case_and_freed_when_its_owner_goes(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    ann, ann_t = hub.connect()
+    bob, bob_t = hub.connect()
+    ann.dataReceived(b"/nick alice\n")
+    lines(bob_t)
+    bob.dataReceived(b"/nick Alice\n")
+    assert lines(bob_t) == [b"* Alice is taken: choose another nick"]
+    ann.dataReceived(b"/nick ALICE\n")
+    assert lines(ann_t)[-1] == b"* you are now ALICE", "one's own nick, in another case"
+    ann.dataReceived(b"/nick ann\n")
+    bob.dataReceived(b"/nick alice\n")
+    assert lines(bob_t)[-1] == b"* you are now alice", "the old nick was freed"
+    hub.lose(bob)
+    cat, cat_t = hub.connect()
+    cat.dataReceived(b"/nick alice\n")
+    assert lines(cat_t)[-1] == b"* you are now alice", "a nick is free again once its owner left"
+
+
+def test_a_guest_nick_taken_by_nick_does_not_make_two_guests_alike(hub_factory, monkeypatch):
+    import uuid
+
+    hub = hub_factory(protocol=ChatProtocol)
+    ann, ann_t = hub.connect()
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID("abcdef00" * 4))
+    ann.dataReceived(b"/nick guest-abcdef\n")
+    bob, bob_t = hub.connect()
+    assert ann.nick == "guest-abcdef" and bob.nick == f"guest-{bob.client_id}"

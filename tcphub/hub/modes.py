@@ -5,7 +5,10 @@ C{--mode} option of the plugin picks, and examples of the C{messageReceived} hoo
 
 from __future__ import annotations
 
-from twisted.internet.protocol import connectionDone
+import re
+from weakref import WeakKeyDictionary
+
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
 from tcphub.errors import TcpHubError
@@ -33,6 +36,47 @@ class BroadcastProtocol(HubProtocol):
 
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """C{text} with every C0 and C1 control character but tab shown as
+    C{\\xNN}: a line from one C{nc} user cannot move another's cursor,
+    clear their screen or retitle their terminal."""
+    return _CONTROLS.sub(lambda control: f"\\x{ord(control.group()):02x}", text)
+
+
+class _Nicks:
+    """The nicks in use on one hub, compared without case: one owner (the
+    chat's clients reach it through L{_nicks_of}), a name taken at most once."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, object] = {}
+
+    def take(self, name: str, owner: object) -> bool:
+        """Give C{name} to C{owner}; False if another has it."""
+        key = name.casefold()
+        if self._owners.setdefault(key, owner) is not owner:
+            return False
+        return True
+
+    def release(self, name: str, owner: object) -> None:
+        key = name.casefold()
+        if self._owners.get(key) is owner:
+            del self._owners[key]
+
+
+_NICKS: WeakKeyDictionary[Factory, _Nicks] = WeakKeyDictionary()
+
+
+def _nicks_of(hub: Factory) -> _Nicks:
+    """The nick table of C{hub}'s chat (made when its first client comes)."""
+    nicks = _NICKS.get(hub)
+    if nicks is None:
+        nicks = _NICKS[hub] = _Nicks()
+    return nicks
+
+
 LOBBY = "lobby"
 _HELP = (b"* commands: /nick NAME, /join ROOM, /leave [ROOM], /who (the current room), /rooms; "
          b"any other line goes to the current room")
@@ -56,6 +100,10 @@ class ChatProtocol(HubProtocol):
         super().connectionMade()
         self.nick = f"guest-{self.client_id[:6]}"
         self.room = None
+        nicks = _nicks_of(self.factory)
+        if not nicks.take(self.nick, self):  # a guest-… nick /nick took first
+            self.nick = f"guest-{self.client_id}"
+            nicks.take(self.nick, self)
         self._say(f"* welcome, {self.nick}")
         self._join(LOBBY)
         self.sendMessage(_HELP)
@@ -64,6 +112,7 @@ class ChatProtocol(HubProtocol):
         if self.state in (OPEN, DRAINING):
             for room in self.rooms:
                 self._announce(room, f"* {self.nick} left #{room}")
+            _nicks_of(self.factory).release(self.nick, self)
         super().connectionLost(reason)
 
     def messageReceived(self, payload: bytes) -> None:
@@ -77,8 +126,8 @@ class ChatProtocol(HubProtocol):
         elif self.room is None:
             self._say("* you are in no room: /join ROOM")
         else:
-            self.broadcastMessage(b"#%s <%s> %s" % (self.room.encode(), self.nick.encode(), payload),
-                                  room=self.room)
+            text = printable(payload.decode("utf-8", "backslashreplace"))
+            self.broadcastMessage(f"#{printable(self.room)} <{self.nick}> {text}".encode("utf-8"), room=self.room)
 
     # -- commands -------------------------------------------------------------
 
@@ -86,7 +135,13 @@ class ChatProtocol(HubProtocol):
         if not name or len(name) > 32 or not name.isprintable() or " " in name:
             self._say("* a nick is 1 to 32 printable characters, without spaces")
             return
+        nicks = _nicks_of(self.factory)
+        if not nicks.take(name, self):
+            self._say(f"* {name} is taken: choose another nick")
+            return
         old, self.nick = self.nick, name
+        if old.casefold() != name.casefold():
+            nicks.release(old, self)
         self._say(f"* you are now {name}")
         for room in self.rooms:
             self._announce(room, f"* {old} is now {name}")
@@ -131,10 +186,10 @@ class ChatProtocol(HubProtocol):
         self._announce(room, f"* {self.nick} joined #{room}")
 
     def _say(self, text: str) -> None:
-        self.sendMessage(text.encode("utf-8"))
+        self.sendMessage(printable(text).encode("utf-8"))
 
     def _announce(self, room: str, text: str) -> None:
-        self.broadcastMessage(text.encode("utf-8"), room=room)
+        self.broadcastMessage(printable(text).encode("utf-8"), room=room)
 
 
 MODES: dict[str, type[HubProtocol]] = {
