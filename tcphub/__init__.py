@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from tcphub.errors import (
     AddressLimitReached,
+    AuthRefused,
     BusError,
     BusQueueFull,
     ClientDisconnected,
@@ -38,6 +39,7 @@ from tcphub.errors import (
     PingTimeout,
     QueueFull,
     RequestInterrupted,
+    RequestRefused,
     RequestTimeout,
     RetryLimitReached,
     RoomError,
@@ -93,6 +95,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AddressLimitReached",
+    "AuthRefused",
     "BusError",
     "BusQueueFull",
     "Bridge",
@@ -134,6 +137,7 @@ __all__ = [
     "ReconnectingClientService",
     "RedisBus",
     "RequestInterrupted",
+    "RequestRefused",
     "RequestTimeout",
     "RetryLimitReached",
     "RoomError",

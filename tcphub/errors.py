@@ -111,6 +111,17 @@ class ListenFailed(TcpHubError):
     directory or certificate, ...)."""
 
 
+class AuthRefused(TcpHubError):
+    """A member's credentials were refused: C{code} says why, for programs
+    (C{invalid_token}, C{expired_token}, ...), C{reason} for people; neither
+    contains the token."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
 class SecretUnreadable(TcpHubError, ValueError):
     """A secret's file cannot be read, is empty or too large, or the secret
     was given twice; the message says where it was looked for, never the secret."""
@@ -176,6 +187,18 @@ class HandshakeRejected(WebSocketError):
 
 class RequestInterrupted(WebSocketError):
     """The connection closed while a request waited for its reply."""
+
+
+class RequestRefused(WebSocketError):
+    """The peer answered a request with a refusal (a reply on the handler's
+    C{error_path}): C{code} and C{reason} are the reply's, C{data} all of it."""
+
+    def __init__(self, data: object) -> None:
+        fields = data if isinstance(data, dict) else {}
+        self.data = data
+        self.code = str(fields.get("code", "refused"))
+        self.reason = str(fields.get("reason", ""))
+        super().__init__(f"{self.code}: {self.reason}" if self.reason else self.code)
 
 
 class RequestTimeout(WebSocketError):

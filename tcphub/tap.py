@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.application.service import IService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from tcphub import _checks
 from tcphub._reactor import default_reactor
-from tcphub._secrets import secret_from
+from tcphub._secrets import read_secret_file, secret_from
 from tcphub._plugin import (
     ADMIN_OPTIONS,
     LOG_OPTIONS,
@@ -27,7 +28,9 @@ from tcphub._plugin import (
 from tcphub._plugin import number as _number
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.errors import SecretUnreadable
+from tcphub.hub.identity import ALGORITHMS, Authenticator
 from tcphub.hub.factory import (
+    DEFAULT_AUTH_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FRAME_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -65,6 +68,8 @@ def redis_url(text: str) -> str:
     redis_endpoint(text)
     return text
 
+
+_log = Logger(namespace="tcphub")
 
 DEFAULT_PORT = 3000
 DEFAULT_HOST = "127.0.0.1"
@@ -138,6 +143,20 @@ class Options(usage.Options):
         ["redis-password-file", None, None,
          "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
          "than in the URL, which ps shows"],
+        ["auth-jwt-key", None, None,
+         "with --mode hub: members authenticate with a JWT signed by this key: a file holding an HMAC "
+         "secret, or a PEM public key for RS256/ES256/EdDSA"],
+        ["auth-jwt-algorithm", None, "HS256",
+         f"the JWT algorithms accepted, comma-separated, of {', '.join(ALGORITHMS)} (never none)"],
+        ["auth-jwt-audience", None, None, "accept only JWTs whose aud claim names this audience"],
+        ["auth-tokens", None, None,
+         "with --mode hub: members authenticate with a static token from this file, "
+         "'TOKEN USER [ROOM-PATTERN ...]' a line"],
+        ["auth-default-rooms", None, "*",
+         "room patterns (comma-separated; * any run of characters, !pattern denies) of a token that "
+         "names none"],
+        ["auth-timeout", None, DEFAULT_AUTH_TIMEOUT, "seconds a member has to authenticate",
+         _number("auth-timeout", float, above=0)],
         ["node-id", None, None, "with --redis: this hub's name in client ids, logs and metrics "
          "[default: random]"],
         ["upstream", None, None, "bridge the hub to this ws:// or wss:// URL", ws_url("upstream")],
@@ -224,6 +243,33 @@ class Options(usage.Options):
             raise usage.UsageError("the Redis password is given twice: in the --redis URL and its file")
         self["redis-password"] = password
 
+    def _auth(self) -> None:
+        """Read --auth-jwt-key or --auth-tokens (one of them, with --mode hub)
+        into C{self["auth-key"]} and C{self["auth-tokens"]}."""
+        self["auth-key"] = None
+        given = [name for name in ("auth-jwt-key", "auth-tokens") if self[name] is not None]
+        if not given:
+            return
+        if len(given) > 1:
+            raise usage.UsageError("--auth-jwt-key and --auth-tokens: give one of them")
+        if self["mode"] != "hub":
+            raise usage.UsageError(f"--{given[0]} goes with --mode hub")
+        self["auth-default-rooms"] = [each.strip() for each in self["auth-default-rooms"].split(",")
+                                      if each.strip()]
+        self["auth-jwt-algorithm"] = [each.strip() for each in self["auth-jwt-algorithm"].split(",")
+                                      if each.strip()]
+        if self["auth-jwt-key"] is not None:
+            try:
+                self["auth-key"] = read_secret_file("auth-jwt-key", self["auth-jwt-key"]).strip()
+            except SecretUnreadable as error:
+                raise usage.UsageError(str(error)) from None
+            if not self["auth-key"]:
+                raise usage.UsageError(f"--auth-jwt-key {self['auth-jwt-key']!r} is empty")
+        try:
+            _authenticator(self, default_reactor())  # a key or a file that cannot serve stops here
+        except (ValueError, SecretUnreadable) as error:
+            raise usage.UsageError(str(error)) from None
+
     def postOptions(self) -> None:
         if self["mode"] is None:
             if self["upstream"]:
@@ -234,6 +280,7 @@ class Options(usage.Options):
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         check_admin(self)
         self._redis_password()
+        self._auth()
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
@@ -269,6 +316,9 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     if reactor is None:
         reactor = default_reactor()
     service, hub, upstream = _hub_service(config, reactor)
+    if hub.factory.auth is None:
+        reactor.callWhenRunning(_log.info, "tcphub auth off: anyone who reaches a port may join and publish "
+                                "to any room (--auth-jwt-key or --auth-tokens to ask members for a token)")
     bus = _bus_service(config, hub, reactor)
     members = _members_service(config, hub, reactor)
     listening: list[Any] = [*members, *admin_service(config, reactor, hub=hub, upstream=upstream,
@@ -276,6 +326,19 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                                                      web=members[0] if members else None)]
     return PluginProcess(service, reactor, *bus, *listening, log_observer=log_observer(config),
                          listeners=[hub, *listening])
+
+
+def _authenticator(config: Options, clock: Any) -> Authenticator | None:
+    """What --auth-jwt-key or --auth-tokens asks for, if either."""
+    from tcphub.hub.identity import JwtAuthenticator, TokenFile
+
+    if config["auth-key"] is not None:
+        return JwtAuthenticator(config["auth-key"], algorithms=config["auth-jwt-algorithm"],
+                                audience=config["auth-jwt-audience"],
+                                default_rooms=config["auth-default-rooms"], clock=clock)
+    if config["auth-tokens"] is not None:
+        return TokenFile(config["auth-tokens"], default_rooms=config["auth-default-rooms"])
+    return None
 
 
 def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus]:
@@ -330,6 +393,8 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         room_history=config["room-history"],
         room_history_bytes=config["room-history-bytes"],
         protocol=MODES[config["mode"]],
+        auth=_authenticator(config, reactor),
+        auth_timeout=config["auth-timeout"],
         endpoint=config["listen"] or None,
         reactor=reactor,
     )

@@ -6,7 +6,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from tcphub import HandlerClosed, RequestTimeout
+from tcphub import HandlerClosed, RequestRefused, RequestTimeout
 from tcphub.ws.requests import PendingRequests
 
 
@@ -17,7 +17,7 @@ def test_a_reply_fires_its_request_and_cancels_its_deadline():
     results: list = []
     reply.addCallback(results.append)
     assert requests.is_ours(request_id) and len(requests) == 1
-    assert requests.answer(request_id, 3) is True
+    assert requests.answer(request_id, 3, "rpc.add") is True
     assert results == [3] and len(requests) == 0
     assert clock.getDelayedCalls() == []
 
@@ -46,7 +46,7 @@ def test_the_deadline_is_exact_to_the_clock_and_a_late_reply_is_refused():
     clock.advance(0.0001)
     assert failures[0].check(RequestTimeout)
     assert "'slow' within 2.5 s" in failures[0].getErrorMessage()
-    assert requests.answer(request_id, "late") is False
+    assert requests.answer(request_id, "late", "slow") is False
 
 
 def test_fail_and_fail_all_errback_and_leave_no_timer():
@@ -73,3 +73,18 @@ def test_each_request_has_its_own_deadline(timeout):
     assert [call.getTime() for call in clock.getDelayedCalls()] == [timeout]
     clock.advance(timeout)
     assert len(requests) == 0
+
+
+def test_a_reply_on_the_error_path_errbacks_with_its_code_and_reason():
+    requests = PendingRequests(Clock(), error_path="hub.error")
+    request_id, reply = requests.open("hub.join", 5.0)
+    failures: list = []
+    reply.addErrback(failures.append)
+    assert requests.answer(request_id, {"code": "forbidden", "reason": "not yours"}, "hub.error") is True
+    refused = failures[0].value
+    assert isinstance(refused, RequestRefused) and (refused.code, refused.reason) == ("forbidden", "not yours")
+    other_id, other = requests.open("hub.join", 5.0)
+    results: list = []
+    other.addCallback(results.append)
+    requests.answer(other_id, {"room": "r"}, "hub.join")
+    assert results == [{"room": "r"}]

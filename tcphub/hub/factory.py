@@ -7,6 +7,7 @@ pause and resume reading, snapshots and metrics.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections import deque
 from typing import Any, Callable, Iterable, cast
@@ -32,6 +33,7 @@ from tcphub.errors import (
 )
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.hub.framing import Framing, get_framing
+from tcphub.hub.identity import Authenticator
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.addresses import check_payload, format_address
@@ -49,6 +51,10 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_DRAIN_TIMEOUT = 5.0
 DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_CLOSED_HISTORY = 100
+DEFAULT_AUTH_TIMEOUT = 10.0
+"""Seconds a member has to authenticate, when the hub asks it to."""
+DEFAULT_AUTH_GRACE = 25.0
+"""Seconds a member stays past its token's expiry, to send a fresh one."""
 
 
 PAGE_KEYS: dict[str, Callable[[HubProtocol], float]] = {
@@ -107,6 +113,9 @@ class HubFactory(Factory):
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         room_history: int = 0,
         room_history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES,
+        auth: Authenticator | None = None,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        auth_grace: float = DEFAULT_AUTH_GRACE,
         clock: IReactorTime | None = None,
     ) -> None:
         if protocol is not None:
@@ -127,6 +136,10 @@ class HubFactory(Factory):
         self.max_rate = max_rate
         self.max_burst = _checks.count_or_none("max_burst", max_burst)
         self.keep_alive = _checks.flag("keep_alive", keep_alive)
+        self.auth = auth
+        """What checks members' tokens (L{tcphub.hub.identity}); None: the hub is open."""
+        self.auth_timeout = _checks.number("auth_timeout", auth_timeout, above=0)
+        self.auth_grace = _checks.number("auth_grace", auth_grace, minimum=0)
         self.clock: IReactorTime = clock if clock is not None else default_reactor()
         self.counters = HubCounters()
         self.batch = ReadBatch(self.counters, self.clock)
@@ -360,6 +373,15 @@ class HubFactory(Factory):
     def members(self, room: str) -> list[ClientInfo]:
         """Snapshots of C{room}'s members, in the order they joined (none if no such room)."""
         return [client.info() for client in self._rooms.members(room)]
+
+    def room_size(self, room: str) -> int:
+        """How many members C{room} has here (0 if it does not exist)."""
+        return self._rooms.size(room)
+
+    def member_protocols(self, room: str, limit: int) -> list[HubProtocol]:
+        """The protocols of C{room}'s first C{limit} members, in the order
+        they joined, for subclasses that show who is there."""
+        return list(itertools.islice(self._rooms.members(room), limit))
 
     def rooms_of(self, client: HubProtocol) -> tuple[str, ...]:
         """The rooms of one client, in the order it joined them."""

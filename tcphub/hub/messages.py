@@ -36,6 +36,10 @@ class IMessageTransport(ITransport):
 
     kind = Attribute("What carries the messages, for the client table: e.g. C{'websocket'}.")
 
+    def closeWith(code: int, reason: str) -> None:  # noqa: N805 (an interface method has no self)
+        """Say why the coming C{loseConnection} closes, in the transport's own
+        protocol (for WebSocket: a close code, 4000-4999 for the application's)."""
+
 
 class MessageDecoder:
     """The decoder of a message transport's member: each read is a message

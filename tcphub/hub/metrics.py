@@ -91,6 +91,14 @@ class Metrics:
     """Connections the process had no file descriptor left for (EMFILE):
     closed at once by Twisted, before the hub saw them (counted by every hub
     listening in the process, since descriptors are the process's)."""
+    auth_failed: int
+    """Members refused at authentication (a bad, expired or missing token)."""
+    auth_timeouts: int
+    """Members closed for not authenticating within C{auth_timeout}."""
+    forbidden: int
+    """Room operations refused by a member's identity (the member stays)."""
+    bad_requests: int
+    """Structured messages refused as malformed or unknown (the member stays)."""
 
 
 class Drop(enum.Enum):
@@ -126,6 +134,10 @@ class HubCounters:
         "rejected_per_ip",
         "rate_limited",
         "descriptor_refusals",
+        "auth_failed",
+        "auth_timeouts",
+        "forbidden",
+        "bad_requests",
     )
 
     def __init__(self) -> None:
@@ -143,6 +155,10 @@ class HubCounters:
         self.rejected_per_ip = 0
         self.rate_limited = 0
         self.descriptor_refusals = 0
+        self.auth_failed = 0
+        self.auth_timeouts = 0
+        self.forbidden = 0
+        self.bad_requests = 0
 
     def dropped(self, reason: Drop) -> int:
         """Count one more client dropped for C{reason}; return the new total."""

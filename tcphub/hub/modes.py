@@ -13,6 +13,7 @@ from twisted.python.failure import Failure
 
 from tcphub.errors import TcpHubError
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
+from tcphub.hub.structured import StructuredProtocol
 
 
 class EchoProtocol(HubProtocol):
@@ -199,4 +200,6 @@ MODES: dict[str, type[HubProtocol]] = {
     "chat": ChatProtocol,
     # Messages go only to the event subscribers, e.g. the bridge's upstream.
     "none": HubProtocol,
+    # JSON envelopes for programs: auth, rooms, publish (tcphub.hub.structured).
+    "hub": StructuredProtocol,
 }

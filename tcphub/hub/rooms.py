@@ -116,6 +116,10 @@ class Rooms(Generic[M]):
         """The members of C{room}, in the order they joined (none if it does not exist)."""
         return self._members.get(room, {}).keys()
 
+    def size(self, room: str) -> int:
+        """How many members C{room} has (0 if it does not exist)."""
+        return len(self._members.get(room, ()))
+
     def rooms_of(self, member: M) -> tuple[str, ...]:
         return tuple(self._rooms.get(member, ()))
 

@@ -26,6 +26,7 @@ from tcphub.errors import ListenFailed
 from tcphub.events import Subscription
 from tcphub.hub import descriptors
 from tcphub.hub.factory import (
+    DEFAULT_AUTH_TIMEOUT,
     DEFAULT_CLOSED_HISTORY,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_FRAME_TIMEOUT,
@@ -34,6 +35,7 @@ from tcphub.hub.factory import (
     DEFAULT_MAX_PENDING,
     HubFactory,
 )
+from tcphub.hub.identity import Authenticator
 from tcphub.hub.framing import Framing
 from tcphub.hub.metrics import ClientInfo, Metrics
 from tcphub.hub.protocol import HubProtocol, format_address
@@ -111,6 +113,8 @@ class TcpServer(Service):
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         room_history: int = 0,
         room_history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES,
+        auth: Authenticator | None = None,
+        auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         protocol: type[HubProtocol] = HubProtocol,
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
         raise_descriptor_limit: bool = True,
@@ -139,6 +143,8 @@ class TcpServer(Service):
             max_rate=max_rate,
             max_burst=max_burst,
             keep_alive=keep_alive,
+            auth=auth,
+            auth_timeout=auth_timeout,
             clock=clock if clock is not None else reactor,
         )
         self.drain_timeout = _checks.number("drain_timeout", drain_timeout, minimum=0)

@@ -162,6 +162,7 @@ class MemberTransport:
         self._connection = connection
         self._tcp: Any = connection.transport
         self._prepared = connection.factory.prepared
+        self._close: tuple[int, str] = (1000, "")
 
     def write(self, frame: bytes) -> None:
         if self._connection.state == _STATE_OPEN:
@@ -192,9 +193,13 @@ class MemberTransport:
     def stopProducing(self) -> None:
         self._tcp.stopProducing()
 
+    def closeWith(self, code: int, reason: str) -> None:
+        """The close code and reason the coming L{loseConnection} sends."""
+        self._close = (code, reason)
+
     def loseConnection(self) -> None:
-        """Close with code 1000 (after what was written)."""
-        self._connection.close_gently()
+        """Close with code 1000, or the one L{closeWith} gave (after what was written)."""
+        self._connection.close_gently(*self._close)
 
     def abortConnection(self) -> None:
         """Drop the TCP connection at once, unless a close frame we sent is
@@ -435,9 +440,9 @@ class MemberConnection(FailureHooks):
         self.wasNotCleanReason = f"no close reply within {self.factory.close_timeout} seconds"
         self.dropConnection(abort=True)
 
-    def close_gently(self) -> None:
+    def close_gently(self, code: int = 1000, reason: str = "") -> None:
         # Autobahn ignores it if a close is under way already.
-        self.sendClose(1000)
+        self.sendClose(code, reason or None)
 
     def abort(self) -> None:
         # A close frame of ours on its way (1009, 1008, or the 1002 for a

@@ -132,7 +132,7 @@ class WebSocketHandler(Service):
         self._first_open: OneShotObserver | None = None
         self._closed: OneShotObserver | None = None
         self._sends = SendQueue(options.max_queue, options.max_queue_bytes, self._write)
-        self._requests = PendingRequests(self.clock)
+        self._requests = PendingRequests(self.clock, self.options.error_path)
         self._counts = dict.fromkeys(
             ("retries", "messages_sent", "messages_received", "invalid_messages",
              "unrouted_messages", "handler_errors", "late_replies", "protocol_errors"),

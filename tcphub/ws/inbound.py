@@ -73,7 +73,7 @@ class Inbound:
             return
         if self._requests.is_ours(envelope.id):
             assert envelope.id is not None
-            if not self._requests.answer(envelope.id, envelope.data):
+            if not self._requests.answer(envelope.id, envelope.data, envelope.path):
                 self._count("late_replies")
                 self._log.info("dropped a late reply to request {id} on {path!r}",
                                id=envelope.id, path=envelope.path)

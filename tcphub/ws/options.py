@@ -73,6 +73,10 @@ class HandlerOptions:
     """Messages queued while disconnected or while the write buffer is full."""
     max_queue_bytes: int = 16 * 1024 * 1024
     request_timeout: float = 30.0
+    error_path: str | None = None
+    """A reply on this path errbacks its request with L{RequestRefused}
+    (C{"hub.error"} for a tcphub hub in C{--mode hub}); None: every reply
+    fires its request with its data."""
     compression: bool = True
     """Offer permessage-deflate."""
     headers: Headers | None = None

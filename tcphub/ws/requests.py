@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from tcphub.errors import RequestTimeout
+from tcphub.errors import RequestRefused, RequestTimeout
 
 __all__ = ["PendingRequests"]
 
@@ -21,8 +21,9 @@ __all__ = ["PendingRequests"]
 class PendingRequests:
     """The requests of one handler that have no reply yet."""
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, error_path: str | None = None) -> None:
         self._clock = clock
+        self._error_path = error_path
         self._prefix = uuid.uuid4().hex[:12] + "-"
         self._counter = 0
         self._waiting: dict[str, tuple[Deferred[Any], IDelayedCall]] = {}
@@ -46,15 +47,19 @@ class PendingRequests:
         reply to it, or a late one), not an id of the peer's own."""
         return message_id is not None and message_id.startswith(self._prefix)
 
-    def answer(self, request_id: str, data: Any) -> bool:
-        """Fire the request C{request_id} with C{data}; False if it is not
+    def answer(self, request_id: str, data: Any, path: str) -> bool:
+        """Fire the request C{request_id} with C{data} (errback it with
+        L{RequestRefused} if C{path} is the error path); False if it is not
         waiting any more (it timed out or failed: a late reply)."""
         waiting = self._waiting.pop(request_id, None)
         if waiting is None:
             return False
         reply, timer = waiting
         timer.cancel()
-        reply.callback(data)
+        if path == self._error_path:
+            reply.errback(RequestRefused(data))
+        else:
+            reply.callback(data)
         return True
 
     def fail(self, request_id: str, failure: Failure) -> None:

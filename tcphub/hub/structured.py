@@ -1,0 +1,313 @@
+"""
+L{StructuredProtocol}, the hub's face for programs (C{--mode hub}): every
+message is one JSON object in the WebSocket handler's envelope,
+C{{"path": ..., "data": ..., "id": ...}}, so that
+L{tcphub.ws.WebSocketHandler} is a client of the hub as it is (its
+C{request()} for the operations, its wildcard routes for the rooms).
+
+Operations (a reply carries the request's C{id}; its path is the request's
+on success, L{ERROR_PATH} on a refusal)::
+
+    hub.auth    {"token": T}           -> {"user": U, "name": N}
+    hub.join    {"room": R}            -> {"room": R, "members": n}
+    hub.leave   {"room": R}            -> {"room": R}
+    hub.publish {"room": R, "data": D} -> {"room": R, "offset": n}
+    hub.who     {"room": R}            -> {"room": R, "members": [{"user", "name"}...], "total": n}
+
+A message published to room R reaches its other members as
+C{{"path": "room.R", "data": {"room": R, "from": U, "name": N, "offset": n, "data": D}}}.
+A refusal is C{{"path": "hub.error", "id": ..., "data": {"code": C, "reason": text, "path": P}}}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Final
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+
+from tcphub.errors import AuthRefused, InvalidRoomName, RoomLimitReached
+from tcphub.hub.identity import Identity, RoomPatterns
+from tcphub.hub.messages import IMessageTransport
+from tcphub.hub.protocol import OPEN, HubProtocol
+from tcphub.hub.rooms import check_room
+
+__all__ = ["ERROR_PATH", "MAX_WHO", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
+
+ERROR_PATH: Final = "hub.error"
+"""The path of every refusal."""
+ROOM_PATH: Final = "room."
+"""What the path of a room's delivery begins with (C{room.<name>}: route C{room.#})."""
+MAX_WHO: Final = 1000
+"""The most members a C{hub.who} reply lists (C{total} says how many there are)."""
+MAX_ID: Final = 128
+"""The longest request C{id} taken, in characters."""
+UNAUTHENTICATED_CLOSE: Final = 4001
+"""The WebSocket close code of a member closed for its credentials."""
+
+_ANYWHERE = RoomPatterns(["*"])
+
+# A member's lifecycle as to who it is.
+_AWAITING: Final = 0
+"""The hub asks for a token and none has been taken yet."""
+_CHECKING: Final = 1
+"""A token is being checked (the first, or a fresh one)."""
+_KNOWN: Final = 2
+"""The member has an identity."""
+
+
+class StructuredProtocol(HubProtocol):
+    """
+    The structured protocol (see the module docstring).  With the hub's
+    C{auth} set, a member must send C{hub.auth} within C{auth_timeout};
+    anything else first is refused and the member closed, the reason sent
+    first.  A member whose token expires may send a fresh one; past its
+    expiry plus C{auth_grace} it is closed.
+
+    Hooks for a subclass: L{authenticated}, called with the identity once a
+    token is taken; L{handlers}, the operations by path (add to a copy).
+    """
+
+    identity: Identity | None
+    """Who the member is; None until it authenticates (when the hub asks)."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.identity = None
+        self._stage = _AWAITING
+        self._checking_call: IDelayedCall | None = None
+        self._expiry_call: IDelayedCall | None = None
+        hub = self.factory
+        if hub.auth is None:
+            self._stage = _KNOWN
+            self.identity = Identity(user=self.client_id, name=f"guest-{self.client_id[:6]}", rooms=_ANYWHERE)
+        else:
+            self._checking_call = hub.clock.callLater(hub.auth_timeout, self._auth_timed_out)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in (self._checking_call, self._expiry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._checking_call = self._expiry_call = None
+        super().connectionLost(reason)
+
+    # -- hooks ------------------------------------------------------------------
+
+    def authenticated(self, identity: Identity) -> None:
+        """Called once a token is taken (again for a fresh one)."""
+
+    # -- messages in --------------------------------------------------------------
+
+    def messageReceived(self, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except (ValueError, RecursionError):
+            self._refuse(None, None, "bad_message", "a message is one JSON object")
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("path"), str):
+            self._refuse(None, None, "bad_message", 'a message is a JSON object with a "path" string')
+            return
+        path: str = message["path"]
+        request_id = message.get("id")
+        if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID):
+            self._refuse(path, None, "bad_message", f'"id" is a string of at most {MAX_ID} characters')
+            return
+        if self.identity is None and path != "hub.auth":
+            self._unauthenticated(path, request_id, "unauthenticated", "authenticate first: hub.auth {\"token\": …}")
+            return
+        operation = self.handlers.get(path)
+        if operation is None:
+            self._refuse(path, request_id, "unknown_path", f"no operation {path[:80]!r}: hub.auth, hub.join, "
+                         "hub.leave, hub.publish, hub.who")
+            return
+        data = message.get("data")
+        if not isinstance(data, dict):
+            self._refuse(path, request_id, "bad_message", '"data" is a JSON object')
+            return
+        operation(self, path, request_id, data)
+
+    # -- operations ---------------------------------------------------------------
+
+    def _auth(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        token = data.get("token")
+        hub = self.factory
+        if hub.auth is None:
+            assert self.identity is not None
+            self._reply(path, request_id, {"user": self.identity.user, "name": self.identity.name})
+            return
+        if not isinstance(token, str) or not token:
+            self._auth_refused(path, request_id, AuthRefused("invalid_token", '"token" is a string'))
+            return
+        if self._stage == _CHECKING:
+            self._refuse(path, request_id, "busy", "a token is being checked already")
+            return
+        known, self._stage = self._stage == _KNOWN, _CHECKING
+        checked = maybeDeferred(hub.auth.authenticate, token, self.address)
+        checked.addCallbacks(self._auth_taken, self._auth_failed, callbackArgs=(path, request_id),
+                             errbackArgs=(path, request_id, known))
+
+    def _auth_taken(self, identity: Identity, path: str, request_id: str | None) -> None:
+        if self.state != OPEN:
+            return
+        if self.identity is not None and identity.user != self.identity.user:
+            self._stage = _KNOWN
+            self._refuse(path, request_id, "forbidden", "a fresh token is for the same user")
+            return
+        self._stage, self.identity = _KNOWN, identity
+        hub = self.factory
+        for call in (self._checking_call, self._expiry_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._checking_call = self._expiry_call = None
+        if identity.expires is not None:
+            left = max(0.0, identity.expires - hub.clock.seconds()) + hub.auth_grace
+            self._expiry_call = hub.clock.callLater(left, self._expired)
+        self._reply(path, request_id, {"user": identity.user, "name": identity.name})
+        self.authenticated(identity)
+
+    def _auth_failed(self, failure: Failure, path: str, request_id: str | None, known: bool) -> None:
+        if self.state != OPEN:
+            return
+        self._stage = _KNOWN if known else _AWAITING
+        if failure.check(AuthRefused):
+            refused: AuthRefused = failure.value  # type: ignore[assignment]
+        else:
+            self.factory.handler_failed("the authenticator", failure, self.client_id)
+            refused = AuthRefused("auth_unavailable", "the credentials could not be checked")
+        self._auth_refused(path, request_id, refused, close=not known)
+
+    def _auth_refused(self, path: str, request_id: str | None, refused: AuthRefused, close: bool = True) -> None:
+        hub = self.factory
+        count = hub.counters.add("auth_failed")
+        hub.repeats.emit("auth_failed", LogLevel.info, "refused the credentials of {peer}: {code} ({count} so far)",
+                         peer=self.address, code=refused.code, count=count)
+        self._refuse(path, request_id, refused.code, refused.reason, counted=True)
+        if close and self.identity is None:
+            self._close(refused.reason)
+
+    def _join(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        room = self._room(path, request_id, data)
+        if room is None:
+            return
+        try:
+            self.join(room)
+        except RoomLimitReached as error:
+            self._refuse(path, request_id, "room_limit", str(error))
+            return
+        self._reply(path, request_id, {"room": room, "members": self.factory.room_size(room)})
+
+    def _leave(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        room = self._room(path, request_id, data, permission=False)
+        if room is None:
+            return
+        if room not in self.rooms:
+            self._refuse(path, request_id, "not_in_room", f"not in room {room[:80]!r}")
+            return
+        self.leave(room)
+        self._reply(path, request_id, {"room": room})
+
+    def _publish(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        room = self._room(path, request_id, data)
+        if room is None:
+            return
+        if room not in self.rooms:
+            self._refuse(path, request_id, "not_in_room", f"join room {room[:80]!r} to publish to it")
+            return
+        assert self.identity is not None
+        hub = self.factory
+        offset = hub.room_sequence(room) + 1
+        delivery = {"path": ROOM_PATH + room,
+                    "data": {"room": room, "from": self.identity.user, "name": self.identity.name,
+                             "offset": offset, "data": data.get("data")}}
+        self.broadcastMessage(_encode(delivery), room=room)
+        self._reply(path, request_id, {"room": room, "offset": offset})
+
+    def _who(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        room = self._room(path, request_id, data)
+        if room is None:
+            return
+        hub = self.factory
+        members = [{"user": member.identity.user, "name": member.identity.name}
+                   for member in hub.member_protocols(room, MAX_WHO)
+                   if isinstance(member, StructuredProtocol) and member.identity is not None]
+        total = hub.room_size(room)
+        self._reply(path, request_id, {"room": room, "members": members, "total": total})
+
+    handlers: dict[str, Callable[[StructuredProtocol, str, str | None, dict[str, Any]], None]] = {
+        "hub.auth": _auth,
+        "hub.join": _join,
+        "hub.leave": _leave,
+        "hub.publish": _publish,
+        "hub.who": _who,
+    }
+    """The operations, by path: each called with C{(path, id, data)}."""
+
+    # -- inside -------------------------------------------------------------------
+
+    def _room(self, path: str, request_id: str | None, data: dict[str, Any], permission: bool = True) -> str | None:
+        """The request's room, if it names one this member may enter; else None, refused."""
+        try:
+            room = check_room(data.get("room"))
+        except InvalidRoomName as error:
+            self._refuse(path, request_id, "bad_room", str(error))
+            return None
+        assert self.identity is not None
+        if permission and not self.identity.may_enter(room):
+            count = self.factory.counters.add("forbidden")
+            self.factory.repeats.emit("forbidden", LogLevel.info,
+                                      "refused {user} room {room!r} ({count} so far)",
+                                      user=self.identity.user, room=room[:80], count=count)
+            self._refuse(path, request_id, "forbidden", f"room {room[:80]!r} is not among yours", counted=True)
+            return None
+        return room
+
+    def _reply(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        reply: dict[str, Any] = {"path": path, "data": data}
+        if request_id is not None:
+            reply["id"] = request_id
+        self.sendMessage(_encode(reply))
+
+    def _refuse(self, path: str | None, request_id: str | None, code: str, reason: str,
+                counted: bool = False) -> None:
+        if not counted:
+            self.factory.counters.add("bad_requests")
+        refusal: dict[str, Any] = {"path": ERROR_PATH, "data": {"code": code, "reason": reason, "path": path}}
+        if request_id is not None:
+            refusal["id"] = request_id
+        self.sendMessage(_encode(refusal))
+
+    def _unauthenticated(self, path: str, request_id: str | None, code: str, reason: str) -> None:
+        self._auth_refused(path, request_id, AuthRefused(code, reason))
+
+    def _close(self, reason: str) -> None:
+        if IMessageTransport.providedBy(self.transport):
+            self.transport.closeWith(UNAUTHENTICATED_CLOSE, reason[:120])
+        self.loseConnection()
+
+    def _auth_timed_out(self) -> None:
+        self._checking_call = None
+        hub = self.factory
+        count = hub.counters.add("auth_timeouts")
+        hub.repeats.emit("auth_timeouts", LogLevel.info,
+                         "closed {peer}: no credentials within {timeout:g} s ({count} so far)",
+                         peer=self.address, timeout=hub.auth_timeout, count=count)
+        reason = f"no credentials within {hub.auth_timeout:g} s"
+        self._refuse(None, None, "auth_timeout", reason, counted=True)
+        self._close(reason)
+
+    def _expired(self) -> None:
+        self._expiry_call = None
+        hub = self.factory
+        count = hub.counters.add("auth_failed")
+        hub.repeats.emit("auth_expired", LogLevel.info, "closed {peer}: its token expired ({count} so far)",
+                         peer=self.address, count=count)
+        self._refuse(None, None, "expired_token", "the token expired", counted=True)
+        self._close("the token expired")
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

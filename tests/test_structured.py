@@ -1,0 +1,370 @@
+"""
+The structured protocol (--mode hub) and who may do what: in memory on a
+Clock with real signed tokens (HS256 and ES256, made with PyJWT), then
+twistd with a WebSocketHandler and a raw TCP client.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import jwt
+import pytest
+import pytest_twisted
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from twisted.internet.defer import Deferred
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tcphub.hub.identity import JwtAuthenticator, RoomPatterns, TokenFile
+from tcphub.hub.structured import StructuredProtocol
+from tests.processes import Twistd
+
+SECRET = "an HMAC secret of sixty-four bytes, as RFC 7518 asks for HS512 keys...."
+
+
+def token(key=SECRET, algorithm="HS256", **claims) -> str:
+    return jwt.encode({"sub": "alice", **claims}, key, algorithm=algorithm)
+
+
+def said(transport) -> list[dict]:
+    """The JSON messages the hub wrote to one client since the last look."""
+    value = transport.value()
+    transport.clear()
+    return [json.loads(line) for line in value.splitlines()]
+
+
+def send(client, path: str, data=None, request_id: str | None = "1") -> None:
+    message = {"path": path, "data": data if data is not None else {}}
+    if request_id is not None:
+        message["id"] = request_id
+    client.dataReceived(json.dumps(message).encode() + b"\n")
+
+
+def open_hub(hub_factory, **options):
+    return hub_factory(protocol=StructuredProtocol, **options)
+
+
+def jwt_hub(hub_factory, key=SECRET, **options):
+    hub = open_hub(hub_factory, auth_timeout=10.0)
+    hub.factory.auth = JwtAuthenticator(key, clock=hub.clock, **options)
+    return hub
+
+
+# -- an open hub: the operations ------------------------------------------------------
+
+
+def test_members_join_publish_and_see_who_is_there_in_envelopes_a_handler_routes(hub_factory):
+    hub = open_hub(hub_factory)
+    ann, ann_t = hub.connect()
+    bob, bob_t = hub.connect()
+    send(ann, "hub.join", {"room": "chess"}, "j1")
+    assert said(ann_t) == [{"path": "hub.join", "id": "j1", "data": {"room": "chess", "members": 1}}]
+    send(bob, "hub.join", {"room": "chess"})
+    said(bob_t)
+    send(ann, "hub.publish", {"room": "chess", "data": {"move": "e4"}}, "p1")
+    assert said(ann_t) == [{"path": "hub.publish", "id": "p1", "data": {"room": "chess", "offset": 1}}]
+    assert said(bob_t) == [{"path": "room.chess", "data": {
+        "room": "chess", "from": ann.identity.user, "name": ann.identity.name, "offset": 1,
+        "data": {"move": "e4"}}}]
+    send(bob, "hub.publish", {"room": "chess", "data": "d5"})
+    assert said(ann_t)[0]["data"]["offset"] == 2
+    assert said(bob_t)[0]["data"] == {"room": "chess", "offset": 2}
+    send(ann, "hub.who", {"room": "chess"})
+    assert said(ann_t)[0]["data"] == {"room": "chess", "total": 2, "members": [
+        {"user": ann.identity.user, "name": ann.identity.name},
+        {"user": bob.identity.user, "name": bob.identity.name}]}
+    send(bob, "hub.leave", {"room": "chess"})
+    assert said(bob_t) == [{"path": "hub.leave", "id": "1", "data": {"room": "chess"}}]
+    assert hub.factory.room_size("chess") == 1
+
+
+@pytest.mark.parametrize("message, code", [
+    (b"not json", "bad_message"),
+    (b"[1, 2]", "bad_message"),
+    (b'{"data": {}}', "bad_message"),
+    (b'{"path": "hub.join", "id": 7, "data": {}}', "bad_message"),
+    (b'{"path": "hub.join", "data": "chess"}', "bad_message"),
+    (b"[" * 100_000, "bad_message"),
+    (b'{"path": "hub.dance", "data": {}}', "unknown_path"),
+    (b'{"path": "hub.join", "data": {"room": ""}}', "bad_room"),
+    (b'{"path": "hub.leave", "data": {"room": "nowhere"}}', "not_in_room"),
+    (b'{"path": "hub.publish", "data": {"room": "nowhere", "data": 1}}', "not_in_room"),
+])
+def test_a_bad_request_gets_an_error_with_a_code_and_the_member_stays(hub_factory, message, code):
+    hub = open_hub(hub_factory, max_frame=200_000)
+    client, transport = hub.connect()
+    client.dataReceived(message + b"\n")
+    [refusal] = said(transport)
+    assert refusal["path"] == "hub.error" and refusal["data"]["code"] == code, refusal
+    assert not transport.disconnecting and hub.factory.get_metrics().bad_requests == 1
+
+
+# -- authentication -----------------------------------------------------------------------
+
+
+def test_anything_before_the_token_is_refused_and_the_member_closed_with_its_reason(hub_factory):
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    send(client, "hub.join", {"room": "chess"})
+    [refusal] = said(transport)
+    assert refusal["data"]["code"] == "unauthenticated" and transport.disconnecting
+    assert hub.factory.get_metrics().auth_failed == 1 and hub.factory.room_size("chess") == 0
+
+
+def test_a_signed_token_gives_the_member_its_user_name_and_rooms(hub_factory):
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token(name="Alice", rooms=["team-*", "!team-secret"])}, "a")
+    assert said(transport) == [{"path": "hub.auth", "id": "a", "data": {"user": "alice", "name": "Alice"}}]
+    send(client, "hub.join", {"room": "team-red"})
+    assert said(transport)[0]["path"] == "hub.join"
+    for room in ("team-secret", "lobby"):
+        send(client, "hub.join", {"room": room})
+        [refusal] = said(transport)
+        assert refusal["data"]["code"] == "forbidden", room
+    assert not transport.disconnecting, "a refused room is not a disconnect"
+    assert hub.factory.get_metrics().forbidden == 2
+    assert hub.factory.rooms() == {"team-red": 1}
+
+
+@pytest.mark.parametrize("given, code", [
+    (lambda: token(key="another HMAC secret of sixty-four bytes, as RFC 7518 asks for HS512"), "invalid_token"),
+    (lambda: jwt.encode({"sub": "alice"}, None, algorithm="none"), "invalid_token"),
+    (lambda: token(algorithm="HS512"), "invalid_token"),
+    (lambda: token(exp=999), "expired_token"),
+    (lambda: token(nbf=2000), "invalid_token"),
+    (lambda: jwt.encode({"name": "no sub"}, SECRET, algorithm="HS256"), "invalid_token"),
+    (lambda: token(rooms="*"), "invalid_token"),
+    (lambda: "x" * 9000, "invalid_token"),
+    (lambda: "garbage", "invalid_token"),
+])
+def test_a_bad_token_is_refused_counted_and_closed_and_never_logged(hub_factory, given, code):
+    hub = jwt_hub(hub_factory)
+    hub.clock.advance(1000)
+    client, transport = hub.connect()
+    sent = given()
+    send(client, "hub.auth", {"token": sent})
+    [refusal] = said(transport)
+    assert refusal["data"]["code"] == code, refusal
+    assert transport.disconnecting and hub.factory.get_metrics().auth_failed == 1
+    assert sent not in json.dumps(refusal)
+
+
+def test_a_token_for_another_audience_is_refused(hub_factory):
+    hub = jwt_hub(hub_factory, audience="tcphub")
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token(aud="someone-else")})
+    assert said(transport)[0]["data"]["reason"] == "the token is for another audience"
+    other, other_t = hub.connect()
+    send(other, "hub.auth", {"token": token(aud="tcphub")})
+    assert said(other_t)[0]["data"] == {"user": "alice", "name": "alice"}
+
+
+def test_an_es256_token_is_checked_with_the_public_key_alone(hub_factory):
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    hub = jwt_hub(hub_factory, key=public, algorithms=["ES256"])
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token(key=private, algorithm="ES256", sub="bob")})
+    assert said(transport)[0]["data"]["user"] == "bob"
+    forger, forger_t = hub.connect()
+    # The public key used as an HMAC secret: the classic algorithm confusion.
+    send(forger, "hub.auth", {"token": jwt.encode({"sub": "mallory"}, "not the key, but thirty-two bytes long", algorithm="HS256")})
+    assert said(forger_t)[0]["data"]["code"] == "invalid_token" and forger_t.disconnecting
+
+
+def test_a_key_that_cannot_check_its_algorithm_is_refused_at_start():
+    from twisted.internet.task import Clock
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with pytest.raises(ValueError, match="the key cannot check HS256 tokens"):
+        JwtAuthenticator(public, algorithms=["HS256"], clock=Clock())
+    with pytest.raises(ValueError, match="JWT algorithms are some of"):
+        JwtAuthenticator(SECRET, algorithms=["none"], clock=Clock())
+
+
+def test_no_token_within_the_auth_timeout_closes_the_member(hub_factory):
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    hub.clock.advance(9.9)
+    assert not transport.disconnecting
+    hub.clock.advance(0.1)
+    assert said(transport)[0]["data"]["code"] == "auth_timeout" and transport.disconnecting
+    assert hub.factory.get_metrics().auth_timeouts == 1
+
+
+def test_an_expiring_token_can_be_refreshed_and_otherwise_closes_after_the_grace(hub_factory):
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token(exp=100)})
+    hub.clock.advance(90)
+    send(client, "hub.auth", {"token": token(exp=200)})
+    said(transport)
+    hub.clock.advance(100 + 25 - 90 + 1)
+    assert not transport.disconnecting, "the fresh token holds"
+    hub.clock.advance(200 + 25 - hub.clock.seconds() - 0.5)
+    assert not transport.disconnecting, "the grace"
+    hub.clock.advance(0.5)
+    assert said(transport)[-1]["data"]["code"] == "expired_token" and transport.disconnecting
+
+
+def test_a_fresh_token_must_be_for_the_same_user(hub_factory):
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token()})
+    send(client, "hub.auth", {"token": token(sub="mallory")})
+    assert said(transport)[-1]["data"]["code"] == "forbidden"
+    assert client.identity.user == "alice" and not transport.disconnecting
+
+
+def test_static_tokens_from_a_file(hub_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# token user rooms\ns3cret-1 alice chess-* !chess-admin\ns3cret-2 bob\n")
+    hub = open_hub(hub_factory)
+    hub.factory.auth = TokenFile(str(tokens), default_rooms=["lobby"])
+    alice, alice_t = hub.connect()
+    send(alice, "hub.auth", {"token": "s3cret-1"})
+    send(alice, "hub.join", {"room": "chess-1"})
+    send(alice, "hub.join", {"room": "chess-admin"})
+    assert [each["path"] for each in said(alice_t)] == ["hub.auth", "hub.join", "hub.error"]
+    bob, bob_t = hub.connect()
+    send(bob, "hub.auth", {"token": "s3cret-2"})
+    send(bob, "hub.join", {"room": "lobby"})
+    send(bob, "hub.join", {"room": "chess-1"})
+    assert [each["path"] for each in said(bob_t)] == ["hub.auth", "hub.join", "hub.error"]
+    eve, eve_t = hub.connect()
+    send(eve, "hub.auth", {"token": "s3cret-3"})
+    assert said(eve_t)[0]["data"]["code"] == "invalid_token" and eve_t.disconnecting
+
+
+@pytest.mark.parametrize("patterns, room, allowed", [
+    (["*"], "anything", True),
+    (["team-*"], "team-red", True),
+    (["team-*"], "teams", False),
+    (["*-log"], "a-b-log", True),
+    (["a*b*c"], "aXbYc", True),
+    (["a*b*c"], "aXbY", False),
+    (["*", "!secret*"], "secret-plans", False),
+    (["!secret*", "*"], "public", True),
+    ([], "lobby", False),
+    (["a*" * 60 + "b"], "a" * 128, False),
+])
+def test_room_patterns(patterns, room, allowed):
+    assert RoomPatterns(patterns).allows(room) is allowed
+
+
+def test_a_room_past_the_member_s_bound_is_refused_with_its_code(hub_factory):
+    hub = open_hub(hub_factory, max_rooms_per_client=1)
+    client, transport = hub.connect()
+    send(client, "hub.join", {"room": "a"})
+    send(client, "hub.join", {"room": "b"})
+    assert [each["path"] for each in said(transport)] == ["hub.join", "hub.error"]
+    assert hub.factory.get_metrics().bad_requests == 1
+
+
+class Backend:
+    """An authenticator of one's own: each check waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.checks: list = []
+
+    def authenticate(self, token: str, peer: str):
+        from twisted.internet.defer import Deferred
+
+        self.checks.append((token, peer, Deferred()))
+        return self.checks[-1][2]
+
+
+def test_an_authenticator_of_one_s_own_answers_later_and_one_check_runs_at_a_time(hub_factory):
+    from tcphub.hub.identity import Identity
+
+    hub = open_hub(hub_factory)
+    backend = hub.factory.auth = Backend()
+    client, transport = hub.connect("127.0.0.7")
+    send(client, "hub.auth", {"token": "t1"}, "first")
+    send(client, "hub.auth", {"token": "t2"}, "second")
+    assert said(transport) == [{"path": "hub.error", "id": "second", "data": {
+        "code": "busy", "reason": "a token is being checked already", "path": "hub.auth"}}]
+    [(given, peer, check)] = backend.checks
+    assert given == "t1" and peer.startswith("127.0.0.7:")
+    check.callback(Identity(user="carol", name="Carol", rooms=RoomPatterns(["*"])))
+    assert said(transport) == [{"path": "hub.auth", "id": "first", "data": {"user": "carol", "name": "Carol"}}]
+
+
+@pytest.mark.logs_errors("the authenticator raises: a bug, logged and counted", ZeroDivisionError)
+def test_an_authenticator_that_fails_refuses_the_member_and_the_hub_goes_on(hub_factory):
+    class Broken:
+        def authenticate(self, token: str, peer: str):
+            raise ZeroDivisionError("a bug in the check")
+
+    hub = open_hub(hub_factory)
+    hub.factory.auth = Broken()
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": "t"})
+    [refusal] = said(transport)
+    assert refusal["data"]["code"] == "auth_unavailable" and transport.disconnecting
+    assert hub.factory.get_metrics().handler_errors == 1
+
+
+# -- twistd: a TCP client, the project's own WebSocketHandler, a foreign WebSocket client ---------
+
+
+@pytest_twisted.inlineCallbacks
+def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(tmp_path):
+    from tcphub import RequestRefused, WebSocketHandler
+
+    key = tmp_path / "jwt-key"
+    key.write_text(SECRET + "\n")
+    alice, bob = token(name="Alice", rooms=["chess"]), token(sub="bob", rooms=["chess"])
+    hub = Twistd("tcphub", "--port", "0", "--mode", "hub", "--auth-jwt-key", str(key),
+                 "--websocket", "tcp:0:interface=127.0.0.1")
+    handler = None
+    try:
+        _, port = hub.wait_listening()
+        ws_port = int(hub.wait_for(r"tcphub websocket listening on [^ ]+:(\d+)")[1])
+        handler = WebSocketHandler(url=f"ws://127.0.0.1:{ws_port}/ws", error_path="hub.error",
+                                   ping_interval=0, reconnect=False)
+        deliveries: list = []
+        delivered: Deferred = Deferred()
+        handler.add_route("room.#", lambda data, context: (deliveries.append(data), delivered.callback(None)))
+        yield handler.connect()
+        assert (yield handler.request("hub.auth", {"token": bob})) == {"user": "bob", "name": "bob"}
+        assert (yield handler.request("hub.join", {"room": "chess"})) == {"room": "chess", "members": 1}
+        try:
+            yield handler.request("hub.join", {"room": "secret"})
+        except RequestRefused as refused:
+            assert refused.code == "forbidden"
+        else:
+            raise AssertionError("a room outside the token's was joined")
+
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as tcp:
+            lines = tcp.makefile("rb")
+            for path, data in (("hub.auth", {"token": alice}), ("hub.join", {"room": "chess"}),
+                               ("hub.publish", {"room": "chess", "data": {"move": "e4"}})):
+                tcp.sendall(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n")
+                assert json.loads(lines.readline())["path"] == path
+            yield delivered
+        assert deliveries == [{"room": "chess", "from": "alice", "name": "Alice", "offset": 1,
+                               "data": {"move": "e4"}}]
+
+        with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30) as stranger:
+            stranger.send(json.dumps({"path": "hub.join", "data": {"room": "chess"}}))
+            assert json.loads(stranger.recv(timeout=30))["data"]["code"] == "unauthenticated"
+            with pytest.raises(ConnectionClosed) as closed:
+                stranger.recv(timeout=30)
+        assert closed.value.rcvd.code == 4001
+        yield handler.close()
+        handler = None
+        hub.shutdown()
+    finally:
+        if handler is not None:
+            yield handler.close()
+        hub.kill()
+    for secret in (SECRET, alice, bob):
+        assert secret not in hub.output
