@@ -112,6 +112,7 @@ def test_anything_before_the_token_is_refused_and_the_member_closed_with_its_rea
     [refusal] = said(transport)
     assert refusal["data"]["code"] == "unauthenticated" and transport.disconnecting
     assert hub.factory.get_metrics().auth_failed == 1 and hub.factory.room_size("chess") == 0
+    assert hub.factory.client(client.client_id).user is None
 
 
 def test_a_signed_token_gives_the_member_its_user_name_and_rooms(hub_factory):
@@ -119,6 +120,7 @@ def test_a_signed_token_gives_the_member_its_user_name_and_rooms(hub_factory):
     client, transport = hub.connect()
     send(client, "hub.auth", {"token": token(name="Alice", rooms=["team-*", "!team-secret"])}, "a")
     assert said(transport) == [{"path": "hub.auth", "id": "a", "data": {"user": "alice", "name": "Alice"}}]
+    assert hub.factory.client(client.client_id).user == "alice", "/connz shows who"
     send(client, "hub.join", {"room": "team-red"})
     assert said(transport)[0]["path"] == "hub.join"
     for room in ("team-secret", "lobby"):
@@ -310,6 +312,14 @@ def test_an_authenticator_that_fails_refuses_the_member_and_the_hub_goes_on(hub_
     [refusal] = said(transport)
     assert refusal["data"]["code"] == "auth_unavailable" and transport.disconnecting
     assert hub.factory.get_metrics().handler_errors == 1
+
+
+def test_a_member_that_leaves_is_remembered_with_its_user(hub_factory):
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token()})
+    hub.lose(client)
+    assert hub.factory.closed_connections()[0].user == "alice"
 
 
 # -- twistd: a TCP client, the project's own WebSocketHandler, a foreign WebSocket client ---------

@@ -532,7 +532,7 @@ class HubFactory(Factory):
                 id=info.id, address=info.address, connected=info.connected,
                 closed=self.clock.seconds(), bytes_received=info.bytes_received,
                 bytes_sent=info.bytes_sent, messages_received=info.messages_received,
-                messages_sent=info.messages_sent, reason=f"{type(why).__name__}: {why}",
+                messages_sent=info.messages_sent, reason=f"{type(why).__name__}: {why}", user=info.user,
             ))
         host = self._hosts.pop(client.client_id, None)
         if host is not None:
@@ -541,8 +541,8 @@ class HubFactory(Factory):
                 self._per_ip[host] = left
             else:
                 del self._per_ip[host]
-        self._log.debug("client {client_id} disconnected: {reason}",
-                        client_id=client.client_id, reason=reason.getErrorMessage())
+        self._log.debug("client {client_id}{user} disconnected: {reason}", client_id=client.client_id,
+                        user="" if client.user is None else f" ({client.user})", reason=reason.getErrorMessage())
         self.events.emit("disconnect", client.client_id, reason)
         self.client_gone(client)
 

@@ -35,6 +35,8 @@ class ClientInfo:
     """The rooms the client is in, in the order it joined them."""
     kind: str = "tcp"
     """What carries it: C{tcp}, C{tls}, C{unix} or C{websocket}."""
+    user: str | None = None
+    """Who it authenticated as (C{--mode hub}); None: no identity."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class ClosedConnection:
     reason: str
     """Why it ended: the error the hub dropped it for (e.g. C{SlowConsumer: ...}),
     or how the connection ended (e.g. C{ConnectionDone: ...})."""
+    user: str | None = None
+    """Who it had authenticated as, if anyone."""
 
 
 @dataclass(frozen=True)

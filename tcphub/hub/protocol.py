@@ -572,6 +572,12 @@ class HubProtocol(Protocol):
         """Input held while reading is paused."""
         return sum(map(len, self._held or ()))
 
+    @property
+    def user(self) -> str | None:
+        """Who the client authenticated as, for C{/connz} and the logs
+        (a hook: a protocol with identities overrides it); None here."""
+        return None
+
     def info(self) -> ClientInfo:
         """A snapshot of this client's record."""
         outbox = self.outbox
@@ -588,5 +594,6 @@ class HubProtocol(Protocol):
             active=self.active,
             rooms=self.factory.rooms_of(self),
             kind=self.kind,
+            user=self.user,
         )
 

@@ -72,12 +72,11 @@ class StructuredProtocol(HubProtocol):
     token is taken; L{handlers}, the operations by path (add to a copy).
     """
 
-    identity: Identity | None
+    identity: Identity | None = None
     """Who the member is; None until it authenticates (when the hub asks)."""
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.identity = None
         self._stage = _AWAITING
         self._checking_call: IDelayedCall | None = None
         self._expiry_call: IDelayedCall | None = None
@@ -94,6 +93,10 @@ class StructuredProtocol(HubProtocol):
                 call.cancel()
         self._checking_call = self._expiry_call = None
         super().connectionLost(reason)
+
+    @property
+    def user(self) -> str | None:
+        return self.identity.user if self.identity is not None else None
 
     # -- hooks ------------------------------------------------------------------
 
