@@ -28,7 +28,7 @@ from tcphub._plugin import (
 from tcphub._plugin import number as _number
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.errors import SecretUnreadable
-from tcphub.hub.identity import ALGORITHMS, Authenticator
+from tcphub.hub.identity import ALGORITHMS, DEFAULT_AUTH_URL_TIMEOUT, Authenticator
 from tcphub.hub.factory import (
     DEFAULT_AUTH_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
@@ -152,6 +152,11 @@ class Options(usage.Options):
         ["auth-tokens", None, None,
          "with --mode hub: members authenticate with a static token from this file, "
          "'TOKEN USER [ROOM-PATTERN ...]' a line"],
+        ["auth-url", None, None,
+         "with --mode hub: a backend decides: the hub POSTs {token, peer} as JSON to this URL, which "
+         "answers 200 {user, name, rooms} or 401/403 (slow, down or garbage: refused)"],
+        ["auth-url-timeout", None, DEFAULT_AUTH_URL_TIMEOUT, "seconds the --auth-url backend has to answer",
+         _number("auth-url-timeout", float, above=0)],
         ["auth-default-rooms", None, "*",
          "room patterns (comma-separated; * any run of characters, !pattern denies) of a token that "
          "names none"],
@@ -247,11 +252,11 @@ class Options(usage.Options):
         """Read --auth-jwt-key or --auth-tokens (one of them, with --mode hub)
         into C{self["auth-key"]} and C{self["auth-tokens"]}."""
         self["auth-key"] = None
-        given = [name for name in ("auth-jwt-key", "auth-tokens") if self[name] is not None]
+        given = [name for name in ("auth-jwt-key", "auth-tokens", "auth-url") if self[name] is not None]
         if not given:
             return
         if len(given) > 1:
-            raise usage.UsageError("--auth-jwt-key and --auth-tokens: give one of them")
+            raise usage.UsageError(f"{' and '.join('--' + name for name in given)}: give one of them")
         if self["mode"] != "hub":
             raise usage.UsageError(f"--{given[0]} goes with --mode hub")
         self["auth-default-rooms"] = [each.strip() for each in self["auth-default-rooms"].split(",")
@@ -318,7 +323,8 @@ def makeService(config: Options, reactor: Any = None) -> IService:
     service, hub, upstream = _hub_service(config, reactor)
     if hub.factory.auth is None:
         reactor.callWhenRunning(_log.info, "tcphub auth off: anyone who reaches a port may join and publish "
-                                "to any room (--auth-jwt-key or --auth-tokens to ask members for a token)")
+                                "to any room (--auth-jwt-key, --auth-tokens or --auth-url to ask members "
+                                "for a token)")
     bus = _bus_service(config, hub, reactor)
     members = _members_service(config, hub, reactor)
     listening: list[Any] = [*members, *admin_service(config, reactor, hub=hub, upstream=upstream,
@@ -338,6 +344,11 @@ def _authenticator(config: Options, clock: Any) -> Authenticator | None:
                                 default_rooms=config["auth-default-rooms"], clock=clock)
     if config["auth-tokens"] is not None:
         return TokenFile(config["auth-tokens"], default_rooms=config["auth-default-rooms"])
+    if config["auth-url"] is not None:
+        from tcphub.hub.auth_backend import HttpAuthenticator
+
+        return HttpAuthenticator(config["auth-url"], timeout=config["auth-url-timeout"],
+                                 default_rooms=config["auth-default-rooms"], clock=clock, reactor=clock)
     return None
 
 

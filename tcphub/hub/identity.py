@@ -20,13 +20,15 @@ from tcphub._secrets import read_secret_file
 from tcphub.errors import AuthRefused
 from tcphub.hub.rooms import MAX_ROOM_NAME
 
-__all__ = ["ALGORITHMS", "MAX_PATTERNS", "MAX_TOKEN", "Authenticator", "Identity", "JwtAuthenticator",
+__all__ = ["ALGORITHMS", "DEFAULT_AUTH_URL_TIMEOUT", "MAX_PATTERNS", "MAX_TOKEN", "Authenticator", "Identity", "JwtAuthenticator",
            "RoomPatterns", "TokenFile"]
 
 MAX_TOKEN = 8 * 1024
 """The longest token checked, in characters: a longer one is refused unread."""
 MAX_PATTERNS = 256
 """The most room patterns one identity may carry."""
+DEFAULT_AUTH_URL_TIMEOUT = 1.0
+"""Seconds an auth backend (L{tcphub.hub.auth_backend}) has to answer, connection included."""
 ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA")
 """The JWT algorithms a key may be given for (never C{none})."""
 
