@@ -369,6 +369,20 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
             with pytest.raises(ConnectionClosed) as closed:
                 stranger.recv(timeout=30)
         assert closed.value.rcvd.code == 4001
+
+        # A program (not a browser) may authenticate in its handshake.
+        with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30,
+                     additional_headers={"Authorization": f"Bearer {bob}"}) as program:
+            assert json.loads(program.recv(timeout=30)) == {"path": "hub.auth", "data": {"user": "bob", "name": "bob"}}
+            program.send(json.dumps({"path": "hub.join", "data": {"room": "chess"}, "id": "j"}))
+            joined = json.loads(program.recv(timeout=30))
+            assert (joined["path"], joined["id"], joined["data"]["room"]) == ("hub.join", "j", "chess")
+        with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30,
+                     additional_headers={"Authorization": "Bearer forged"}) as forger:
+            assert json.loads(forger.recv(timeout=30))["data"]["code"] == "invalid_token"
+            with pytest.raises(ConnectionClosed) as closed:
+                forger.recv(timeout=30)
+        assert closed.value.rcvd.code == 4001
         yield handler.close()
         handler = None
         hub.shutdown()

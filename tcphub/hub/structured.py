@@ -86,6 +86,8 @@ class StructuredProtocol(HubProtocol):
             self.identity = Identity(user=self.client_id, name=f"guest-{self.client_id[:6]}", rooms=_ANYWHERE)
         else:
             self._checking_call = hub.clock.callLater(hub.auth_timeout, self._auth_timed_out)
+            if IMessageTransport.providedBy(self.transport) and self.transport.credentials is not None:
+                self._auth("hub.auth", None, {"token": self.transport.credentials})
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for call in (self._checking_call, self._expiry_call):

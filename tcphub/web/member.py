@@ -193,6 +193,10 @@ class MemberTransport:
     def stopProducing(self) -> None:
         self._tcp.stopProducing()
 
+    @property
+    def credentials(self) -> str | None:
+        return self._connection.credentials
+
     def closeWith(self, code: int, reason: str) -> None:
         """The close code and reason the coming L{loseConnection} sends."""
         self._close = (code, reason)
@@ -232,6 +236,8 @@ class MemberConnection(FailureHooks):
     _reading = True
     _unfinished_call: IDelayedCall | None = None
     _in_close_frame = False
+    credentials: str | None = None
+    """The token of the handshake's C{Authorization: Bearer}, if any."""
 
     def dataReceived(self, data: bytes) -> None:
         # As for a TCP client, what the messages of one read make the hub
@@ -295,6 +301,10 @@ class MemberConnection(FailureHooks):
             hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error)
             hub.surface.report(error)
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            # A program's credentials (a browser cannot set this header): the hub checks them at once.
+            self.credentials = token.strip()
 
     def onOpen(self) -> None:
         # twisted.web's HTTP channel registered itself as the TCP transport's
