@@ -392,3 +392,35 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
         hub.kill()
     for secret in (SECRET, alice, bob):
         assert secret not in hub.output
+
+
+def test_an_address_that_keeps_failing_is_refused_unchecked_for_a_while(hub_factory):
+    hub = jwt_hub(hub_factory)
+    for _ in range(10):
+        guesser, _ = hub.connect("127.0.0.5")
+        send(guesser, "hub.auth", {"token": "guess"})
+    right, right_t = hub.connect("127.0.0.5")
+    send(right, "hub.auth", {"token": token()})
+    assert said(right_t)[0]["data"]["code"] == "too_many_attempts" and right_t.disconnecting
+    other, other_t = hub.connect("127.0.0.6")
+    send(other, "hub.auth", {"token": token()})
+    assert said(other_t)[0]["path"] == "hub.auth", "another address is not held back"
+    hub.clock.advance(1.0)
+    again, again_t = hub.connect("127.0.0.5")
+    send(again, "hub.auth", {"token": token()})
+    assert said(again_t)[0]["path"] == "hub.auth", "a second later it may try once more"
+    assert hub.factory.get_metrics().auth_failed == 11
+
+
+def test_failed_attempts_remember_a_bounded_number_of_addresses():
+    from tcphub.hub.identity import FailedAttempts
+
+    attempts = FailedAttempts(rate=1.0, burst=1, max_addresses=3)
+    for n in range(3):
+        attempts.failed(f"127.0.2.{n}", 0.0)
+    attempts.failed("127.0.2.9", 0.5)
+    assert len(attempts) == 3 and not attempts.blocked("127.0.2.0", 0.5), "the oldest went first"
+    assert attempts.blocked("127.0.2.9", 0.5)
+    for n in range(5):
+        attempts.failed(f"127.0.3.{n}", 10.0)
+    assert len(attempts) == 3

@@ -33,7 +33,7 @@ from tcphub.errors import (
 )
 from tcphub.events import Events, HandlerFailures, Subscription
 from tcphub.hub.framing import Framing, get_framing
-from tcphub.hub.identity import Authenticator
+from tcphub.hub.identity import Authenticator, FailedAttempts
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.addresses import check_payload, format_address
@@ -138,6 +138,8 @@ class HubFactory(Factory):
         self.keep_alive = _checks.flag("keep_alive", keep_alive)
         self.auth = auth
         """What checks members' tokens (L{tcphub.hub.identity}); None: the hub is open."""
+        self.auth_attempts = FailedAttempts()
+        """Failed authentications by address (each may fail 10 times at once, then once a second)."""
         self.auth_timeout = _checks.number("auth_timeout", auth_timeout, above=0)
         self.auth_grace = _checks.number("auth_grace", auth_grace, minimum=0)
         self.clock: IReactorTime = clock if clock is not None else default_reactor()

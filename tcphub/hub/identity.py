@@ -18,9 +18,10 @@ from twisted.internet.interfaces import IReactorTime
 
 from tcphub._secrets import read_secret_file
 from tcphub.errors import AuthRefused
+from tcphub.hub.rate import TokenBucket
 from tcphub.hub.rooms import MAX_ROOM_NAME
 
-__all__ = ["ALGORITHMS", "DEFAULT_AUTH_URL_TIMEOUT", "MAX_PATTERNS", "MAX_TOKEN", "Authenticator", "Identity", "JwtAuthenticator",
+__all__ = ["ALGORITHMS", "DEFAULT_AUTH_URL_TIMEOUT", "FailedAttempts", "MAX_PATTERNS", "MAX_TOKEN", "Authenticator", "Identity", "JwtAuthenticator",
            "RoomPatterns", "TokenFile"]
 
 MAX_TOKEN = 8 * 1024
@@ -243,3 +244,42 @@ class TokenFile:
         if found is None:
             return fail(AuthRefused("invalid_token", "unknown token"))
         return succeed(found)
+
+
+class FailedAttempts:
+    """
+    Failed authentications by address: an address may fail C{burst} times
+    at once, then C{rate} times a second; past that its attempts are
+    refused unchecked until it may fail again (a guesser's cost, and the
+    backend's or the CPU's, stays bounded).  At most C{max_addresses} are
+    remembered: those whose allowance is whole again go first, then the oldest.
+    """
+
+    def __init__(self, rate: float = 1.0, burst: int = 10, max_addresses: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_addresses = max_addresses
+        self._buckets: dict[str | None, TokenBucket] = {}
+
+    def blocked(self, host: str | None, now: float) -> bool:
+        """Whether C{host} has used up its failures for now."""
+        bucket = self._buckets.get(host)
+        return bucket is not None and not bucket.has_token(now)
+
+    def failed(self, host: str | None, now: float) -> None:
+        """C{host} failed once more."""
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            if len(self._buckets) >= self.max_addresses:
+                self._forget(now)
+            bucket = self._buckets[host] = TokenBucket(self.rate, self.burst, now)
+        bucket.take(now)
+
+    def _forget(self, now: float) -> None:
+        for host in [host for host, bucket in self._buckets.items() if bucket.full(now)]:
+            del self._buckets[host]
+        while len(self._buckets) >= self.max_addresses:
+            del self._buckets[next(iter(self._buckets))]
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -31,6 +31,10 @@ class TokenBucket:
         self._tokens = tokens
         return (1.0 - tokens) / self.rate
 
+    def has_token(self, now: float) -> bool:
+        """Whether a token is there at C{now} (none is taken)."""
+        return self._tokens + (now - self._at) * self.rate >= 1.0
+
     def full(self, now: float) -> bool:
         """Whether the whole burst is saved up again at C{now}."""
         return self._tokens + (now - self._at) * self.rate >= self.burst

@@ -150,6 +150,10 @@ class StructuredProtocol(HubProtocol):
         if self._stage == _CHECKING:
             self._refuse(path, request_id, "busy", "a token is being checked already")
             return
+        if hub.auth_attempts.blocked(self._host, hub.clock.seconds()):
+            self._auth_refused(path, request_id, AuthRefused(
+                "too_many_attempts", "too many failed attempts from this address: try again later"))
+            return
         known, self._stage = self._stage == _KNOWN, _CHECKING
         checked = maybeDeferred(hub.auth.authenticate, token, self.address)
         checked.addCallbacks(self._auth_taken, self._auth_failed, callbackArgs=(path, request_id),
@@ -187,6 +191,8 @@ class StructuredProtocol(HubProtocol):
 
     def _auth_refused(self, path: str, request_id: str | None, refused: AuthRefused, close: bool = True) -> None:
         hub = self.factory
+        if refused.code not in ("auth_unavailable", "too_many_attempts"):
+            hub.auth_attempts.failed(self._host, hub.clock.seconds())
         count = hub.counters.add("auth_failed")
         hub.repeats.emit("auth_failed", LogLevel.info, "refused the credentials of {peer}: {code} ({count} so far)",
                          peer=self.address, code=refused.code, count=count)
@@ -252,6 +258,10 @@ class StructuredProtocol(HubProtocol):
     """The operations, by path: each called with C{(path, id, data)}."""
 
     # -- inside -------------------------------------------------------------------
+
+    @property
+    def _host(self) -> str | None:
+        return getattr(self.transport.getPeer(), "host", None)
 
     def _room(self, path: str, request_id: str | None, data: dict[str, Any], permission: bool = True) -> str | None:
         """The request's room, if it names one this member may enter; else None, refused."""
