@@ -24,16 +24,15 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Final
 
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from tcphub.errors import AuthRefused, InvalidRoomName, RoomLimitReached
+from tcphub.hub.authflow import Authentication
 from tcphub.hub.identity import Identity, RoomPatterns
 from tcphub.hub.messages import IMessageTransport
-from tcphub.hub.protocol import OPEN, HubProtocol
+from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rooms import check_room
 
 __all__ = ["ERROR_PATH", "MAX_WHO", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
@@ -51,14 +50,6 @@ UNAUTHENTICATED_CLOSE: Final = 4001
 
 _ANYWHERE = RoomPatterns(["*"])
 
-# A member's lifecycle as to who it is.
-_AWAITING: Final = 0
-"""The hub asks for a token and none has been taken yet."""
-_CHECKING: Final = 1
-"""A token is being checked (the first, or a fresh one)."""
-_KNOWN: Final = 2
-"""The member has an identity."""
-
 
 class StructuredProtocol(HubProtocol):
     """
@@ -66,7 +57,7 @@ class StructuredProtocol(HubProtocol):
     C{auth} set, a member must send C{hub.auth} within C{auth_timeout};
     anything else first is refused and the member closed, the reason sent
     first.  A member whose token expires may send a fresh one; past its
-    expiry plus C{auth_grace} it is closed.
+    expiry plus C{auth_grace} it is closed (see L{Authentication}).
 
     Hooks for a subclass: L{authenticated}, called with the identity once a
     token is taken; L{handlers}, the operations by path (add to a copy).
@@ -74,26 +65,23 @@ class StructuredProtocol(HubProtocol):
 
     identity: Identity | None = None
     """Who the member is; None until it authenticates (when the hub asks)."""
+    _authentication: Authentication | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._stage = _AWAITING
-        self._checking_call: IDelayedCall | None = None
-        self._expiry_call: IDelayedCall | None = None
         hub = self.factory
         if hub.auth is None:
-            self._stage = _KNOWN
             self.identity = Identity(user=self.client_id, name=f"guest-{self.client_id[:6]}", rooms=_ANYWHERE)
-        else:
-            self._checking_call = hub.clock.callLater(hub.auth_timeout, self._auth_timed_out)
-            if IMessageTransport.providedBy(self.transport) and self.transport.credentials is not None:
-                self._auth("hub.auth", None, {"token": self.transport.credentials})
+            return
+        self._authentication = Authentication(hub, self, self.client_id,
+                                              getattr(self.transport.getPeer(), "host", None), self.address)
+        self._authentication.start()
+        if IMessageTransport.providedBy(self.transport) and self.transport.credentials is not None:
+            self._authentication.present(self.transport.credentials, ("hub.auth", None))
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for call in (self._checking_call, self._expiry_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._checking_call = self._expiry_call = None
+        if self._authentication is not None:
+            self._authentication.stop()
         super().connectionLost(reason)
 
     @property
@@ -122,7 +110,9 @@ class StructuredProtocol(HubProtocol):
             self._refuse(path, None, "bad_message", f'"id" is a string of at most {MAX_ID} characters')
             return
         if self.identity is None and path != "hub.auth":
-            self._unauthenticated(path, request_id, "unauthenticated", "authenticate first: hub.auth {\"token\": …}")
+            assert self._authentication is not None
+            self._authentication.refuse_unauthenticated('authenticate first: hub.auth {"token": …}',
+                                                        (path, request_id))
             return
         operation = self.handlers.get(path)
         if operation is None:
@@ -135,70 +125,29 @@ class StructuredProtocol(HubProtocol):
             return
         operation(self, path, request_id, data)
 
+    # -- what the authentication says (AuthOwner) ----------------------------------
+
+    def auth_taken(self, identity: Identity, context: tuple[str, str | None]) -> None:
+        self.identity = identity
+        self._reply(*context, {"user": identity.user, "name": identity.name})
+        self.authenticated(identity)
+
+    def auth_refused(self, refused: AuthRefused, context: tuple[str, str | None] | None, closing: bool) -> None:
+        path, request_id = context if context is not None else (None, None)
+        self._refuse(path, request_id, refused.code, refused.reason, counted=True)
+        if closing:
+            if IMessageTransport.providedBy(self.transport):
+                self.transport.closeWith(UNAUTHENTICATED_CLOSE, refused.reason[:120])
+            self.loseConnection()
+
     # -- operations ---------------------------------------------------------------
 
     def _auth(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
-        token = data.get("token")
-        hub = self.factory
-        if hub.auth is None:
+        if self._authentication is None:  # an open hub: every member is a guest already
             assert self.identity is not None
             self._reply(path, request_id, {"user": self.identity.user, "name": self.identity.name})
             return
-        if not isinstance(token, str) or not token:
-            self._auth_refused(path, request_id, AuthRefused("invalid_token", '"token" is a string'))
-            return
-        if self._stage == _CHECKING:
-            self._refuse(path, request_id, "busy", "a token is being checked already")
-            return
-        if hub.auth_attempts.blocked(self._host, hub.clock.seconds()):
-            self._auth_refused(path, request_id, AuthRefused(
-                "too_many_attempts", "too many failed attempts from this address: try again later"))
-            return
-        known, self._stage = self._stage == _KNOWN, _CHECKING
-        checked = maybeDeferred(hub.auth.authenticate, token, self.address)
-        checked.addCallbacks(self._auth_taken, self._auth_failed, callbackArgs=(path, request_id),
-                             errbackArgs=(path, request_id, known))
-
-    def _auth_taken(self, identity: Identity, path: str, request_id: str | None) -> None:
-        if self.state != OPEN:
-            return
-        if self.identity is not None and identity.user != self.identity.user:
-            self._stage = _KNOWN
-            self._refuse(path, request_id, "forbidden", "a fresh token is for the same user")
-            return
-        self._stage, self.identity = _KNOWN, identity
-        hub = self.factory
-        for call in (self._checking_call, self._expiry_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._checking_call = self._expiry_call = None
-        if identity.expires is not None:
-            left = max(0.0, identity.expires - hub.clock.seconds()) + hub.auth_grace
-            self._expiry_call = hub.clock.callLater(left, self._expired)
-        self._reply(path, request_id, {"user": identity.user, "name": identity.name})
-        self.authenticated(identity)
-
-    def _auth_failed(self, failure: Failure, path: str, request_id: str | None, known: bool) -> None:
-        if self.state != OPEN:
-            return
-        self._stage = _KNOWN if known else _AWAITING
-        if failure.check(AuthRefused):
-            refused: AuthRefused = failure.value  # type: ignore[assignment]
-        else:
-            self.factory.handler_failed("the authenticator", failure, self.client_id)
-            refused = AuthRefused("auth_unavailable", "the credentials could not be checked")
-        self._auth_refused(path, request_id, refused, close=not known)
-
-    def _auth_refused(self, path: str, request_id: str | None, refused: AuthRefused, close: bool = True) -> None:
-        hub = self.factory
-        if refused.code not in ("auth_unavailable", "too_many_attempts"):
-            hub.auth_attempts.failed(self._host, hub.clock.seconds())
-        count = hub.counters.add("auth_failed")
-        hub.repeats.emit("auth_failed", LogLevel.info, "refused the credentials of {peer}: {code} ({count} so far)",
-                         peer=self.address, code=refused.code, count=count)
-        self._refuse(path, request_id, refused.code, refused.reason, counted=True)
-        if close and self.identity is None:
-            self._close(refused.reason)
+        self._authentication.present(data.get("token"), (path, request_id))
 
     def _join(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         room = self._room(path, request_id, data)
@@ -259,9 +208,6 @@ class StructuredProtocol(HubProtocol):
 
     # -- inside -------------------------------------------------------------------
 
-    @property
-    def _host(self) -> str | None:
-        return getattr(self.transport.getPeer(), "host", None)
 
     def _room(self, path: str, request_id: str | None, data: dict[str, Any], permission: bool = True) -> str | None:
         """The request's room, if it names one this member may enter; else None, refused."""
@@ -294,34 +240,6 @@ class StructuredProtocol(HubProtocol):
         if request_id is not None:
             refusal["id"] = request_id
         self.sendMessage(_encode(refusal))
-
-    def _unauthenticated(self, path: str, request_id: str | None, code: str, reason: str) -> None:
-        self._auth_refused(path, request_id, AuthRefused(code, reason))
-
-    def _close(self, reason: str) -> None:
-        if IMessageTransport.providedBy(self.transport):
-            self.transport.closeWith(UNAUTHENTICATED_CLOSE, reason[:120])
-        self.loseConnection()
-
-    def _auth_timed_out(self) -> None:
-        self._checking_call = None
-        hub = self.factory
-        count = hub.counters.add("auth_timeouts")
-        hub.repeats.emit("auth_timeouts", LogLevel.info,
-                         "closed {peer}: no credentials within {timeout:g} s ({count} so far)",
-                         peer=self.address, timeout=hub.auth_timeout, count=count)
-        reason = f"no credentials within {hub.auth_timeout:g} s"
-        self._refuse(None, None, "auth_timeout", reason, counted=True)
-        self._close(reason)
-
-    def _expired(self) -> None:
-        self._expiry_call = None
-        hub = self.factory
-        count = hub.counters.add("auth_failed")
-        hub.repeats.emit("auth_expired", LogLevel.info, "closed {peer}: its token expired ({count} so far)",
-                         peer=self.address, count=count)
-        self._refuse(None, None, "expired_token", "the token expired", counted=True)
-        self._close("the token expired")
 
 
 def _encode(document: dict[str, Any]) -> bytes:
