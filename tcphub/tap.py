@@ -144,16 +144,16 @@ class Options(usage.Options):
          "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
          "than in the URL, which ps shows"],
         ["auth-jwt-key", None, None,
-         "with --mode hub: members authenticate with a JWT signed by this key: a file holding an HMAC "
+         "with --mode hub or chat: members authenticate with a JWT signed by this key: a file holding an HMAC "
          "secret, or a PEM public key for RS256/ES256/EdDSA"],
         ["auth-jwt-algorithm", None, "HS256",
          f"the JWT algorithms accepted, comma-separated, of {', '.join(ALGORITHMS)} (never none)"],
         ["auth-jwt-audience", None, None, "accept only JWTs whose aud claim names this audience"],
         ["auth-tokens", None, None,
-         "with --mode hub: members authenticate with a static token from this file, "
+         "with --mode hub or chat: members authenticate with a static token from this file, "
          "'TOKEN USER [ROOM-PATTERN ...]' a line"],
         ["auth-url", None, None,
-         "with --mode hub: a backend decides: the hub POSTs {token, peer} as JSON to this URL, which "
+         "with --mode hub or chat: a backend decides: the hub POSTs {token, peer} as JSON to this URL, which "
          "answers 200 {user, name, rooms} or 401/403 (slow, down or garbage: refused)"],
         ["auth-url-timeout", None, DEFAULT_AUTH_URL_TIMEOUT, "seconds the --auth-url backend has to answer",
          _number("auth-url-timeout", float, above=0)],
@@ -257,8 +257,8 @@ class Options(usage.Options):
             return
         if len(given) > 1:
             raise usage.UsageError(f"{' and '.join('--' + name for name in given)}: give one of them")
-        if self["mode"] != "hub":
-            raise usage.UsageError(f"--{given[0]} goes with --mode hub")
+        if self["mode"] not in ("hub", "chat"):
+            raise usage.UsageError(f"--{given[0]} goes with --mode hub or chat")
         self["auth-default-rooms"] = [each.strip() for each in self["auth-default-rooms"].split(",")
                                       if each.strip()]
         self["auth-jwt-algorithm"] = [each.strip() for each in self["auth-jwt-algorithm"].split(",")

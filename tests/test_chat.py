@@ -167,3 +167,68 @@ def test_a_guest_nick_taken_by_nick_does_not_make_two_guests_alike(hub_factory, 
     ann.dataReceived(b"/nick guest-abcdef\n")
     bob, bob_t = hub.connect()
     assert ann.nick == "guest-abcdef" and bob.nick == f"guest-{bob.client_id}"
+
+
+# -- the chat under authentication ------------------------------------------------------
+
+SECRET = "an HMAC secret of thirty-two bytes or more, for HS256"
+
+
+def authenticated_chat(hub_factory):
+    from tcphub.hub.identity import JwtAuthenticator
+
+    hub = hub_factory(protocol=ChatProtocol)
+    hub.factory.auth = JwtAuthenticator(SECRET, clock=hub.clock)
+    return hub
+
+
+def chat_token(**claims) -> bytes:
+    import jwt
+
+    return jwt.encode({"sub": "alice", **claims}, SECRET, algorithm="HS256").encode()
+
+
+def test_with_auth_the_chat_asks_for_a_token_first_and_closes_on_anything_else(hub_factory):
+    hub = authenticated_chat(hub_factory)
+    client, transport = hub.connect()
+    assert lines(transport) == [b"* welcome: this hub asks who you are: /auth TOKEN"]
+    client.dataReceived(b"hello\n")
+    assert lines(transport) == [b"* unauthenticated: authenticate first: /auth TOKEN"]
+    assert transport.disconnecting and hub.factory.rooms() == {}
+    assert hub.factory.get_metrics().auth_failed == 1
+
+
+def test_with_auth_the_nick_is_the_token_s_name_and_rooms_are_the_token_s(hub_factory):
+    hub = authenticated_chat(hub_factory)
+    ann, ann_t = hub.connect()
+    lines(ann_t)
+    ann.dataReceived(b"/auth " + chat_token(name="Alice", rooms=["lobby", "team-*"]) + b"\n")
+    assert lines(ann_t)[:2] == [b"* welcome, Alice", b"* you are in #lobby"]
+    ann.dataReceived(b"/nick Mallory\n/join secret\n/join team-red\n")
+    assert lines(ann_t) == [b"* your nick is your token's name", b"* cannot join #secret: it is not among your rooms",
+                            b"* you are in #team-red"]
+    assert hub.factory.client(ann.client_id).user == "alice" and not ann_t.disconnecting
+    other, other_t = hub.connect()
+    lines(other_t)
+    other.dataReceived(b"/auth " + chat_token(sub="al", name="Alice", rooms=["*"]) + b"\n")
+    assert lines(other_t)[0] == b"* welcome, Alice~al", "another user's display name: shown with who it is"
+    other.dataReceived(b"/join secret\n/rooms\n")
+    ann.dataReceived(b"/rooms\n")
+    assert b"#secret" in other_t.value() and b"#secret" not in ann_t.value(), "rooms not one's own are not listed"
+
+
+def test_a_bad_token_in_the_chat_is_refused_with_its_reason_and_closed(hub_factory):
+    hub = authenticated_chat(hub_factory)
+    client, transport = hub.connect()
+    lines(transport)
+    client.dataReceived(b"/auth not-a-jwt\n")
+    assert lines(transport) == [b"* invalid_token: the token is not a valid JWT (DecodeError)"]
+    assert transport.disconnecting
+
+
+def test_an_open_chat_needs_no_token(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    client, transport = hub.connect()
+    lines(transport)
+    client.dataReceived(b"/auth anything\n")
+    assert lines(transport) == [b"* this hub asks for no token"]

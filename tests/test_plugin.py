@@ -142,7 +142,7 @@ def test_listen_is_repeatable():
         (["--redis", "http://localhost"], "a Redis URL is redis://host:port/db"),
         (["--node-id", "a"], "--node-id goes with --redis"),
         (["--redis-password-file", "/dev/null"], "--redis-password-file goes with --redis"),
-        (["--auth-tokens", "pyproject.toml"], "--auth-tokens goes with --mode hub"),
+        (["--mode", "echo", "--auth-tokens", "pyproject.toml"], "--auth-tokens goes with --mode hub or chat"),
         (["--mode", "hub", "--auth-tokens", "/nonexistent"], "--auth-tokens '/nonexistent': No such file"),
         (["--mode", "hub", "--auth-tokens", "tests/__init__.py"], "no token in it"),
         (["--mode", "hub", "--auth-jwt-key", "/nonexistent"], "--auth-jwt-key '/nonexistent': No such file"),

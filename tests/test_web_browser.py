@@ -68,3 +68,43 @@ def test_two_pages_and_a_tcp_socket_chat_through_one_hub(tmp_path):
         assert "hello from alice" in alice_log, "a page shows what it sent"
         assert all(os.path.getsize(shot) > 1000 for shot in shots)
         twistd.shutdown()
+
+
+def test_the_page_logs_in_with_a_token_from_its_fragment_or_asks_for_one(tmp_path):
+    import jwt
+
+    require_chromium()
+    secret = "an HMAC secret of thirty-two bytes or more, for HS256"
+    key = tmp_path / "jwt-key"
+    key.write_text(secret)
+    alice = jwt.encode({"sub": "alice", "name": "Alice"}, secret, algorithm="HS256")
+    bob = jwt.encode({"sub": "bob", "name": "Bob", "rooms": ["lobby"]}, secret, algorithm="HS256")
+    with Twistd("tcphub", "--port", "0", "--auth-jwt-key", str(key),
+                "--websocket", "tcp:0:interface=127.0.0.1") as twistd:
+        page_url = f"http://127.0.0.1:{int(twistd.wait_for(WEBSOCKET)['port'])}/"
+
+        def log_in(browser) -> tuple[str, list[str], str]:
+            first, second = browser.new_page(), browser.new_page()
+            first.goto(f"{page_url}#token={alice}")
+            first.wait_for_selector("#log li:has-text('welcome, Alice')")
+            address = first.evaluate("location.href")
+            second.goto(page_url)
+            second.wait_for_selector("#log li:has-text('this hub asks who you are')")
+            kind = second.eval_on_selector("#text", "input => input.type")
+            second.fill("#text", bob)
+            second.press("#text", "Enter")
+            second.wait_for_selector("#log li:has-text('welcome, Bob')")
+            second.fill("#text", "hello from bob")
+            second.press("#text", "Enter")
+            first.wait_for_selector("#log li:has-text('<Bob> hello from bob')")
+            second.fill("#text", "/join secret")
+            second.press("#text", "Enter")
+            second.wait_for_selector("#log li:has-text('not among your rooms')")
+            return address, second.eval_on_selector_all("#log li", "items => items.map(i => i.textContent)"), kind
+
+        address, bob_log, kind = in_browser(log_in)
+        twistd.shutdown()
+    assert address == page_url, "the token left the address bar"
+    assert kind == "password", "the token is asked for as a secret"
+    assert not any(bob in line or alice in line for line in bob_log), "no token shown"
+    assert alice not in twistd.output and bob not in twistd.output and secret not in twistd.output

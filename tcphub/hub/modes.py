@@ -9,9 +9,12 @@ import re
 from weakref import WeakKeyDictionary
 
 from twisted.internet.protocol import Factory, connectionDone
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from tcphub.errors import TcpHubError
+from tcphub.errors import AuthRefused, TcpHubError
+from tcphub.hub.authflow import Authentication
+from tcphub.hub.identity import Identity
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
 from tcphub.hub.structured import StructuredProtocol
 
@@ -55,15 +58,13 @@ class _Nicks:
         self._owners: dict[str, object] = {}
 
     def take(self, name: str, owner: object) -> bool:
-        """Give C{name} to C{owner}; False if another has it."""
-        key = name.casefold()
-        if self._owners.setdefault(key, owner) is not owner:
-            return False
-        return True
+        """Give C{name} to C{owner} (a connection, or a user: equal owners
+        share it); False if another has it."""
+        return bool(self._owners.setdefault(name.casefold(), owner) == owner)
 
     def release(self, name: str, owner: object) -> None:
         key = name.casefold()
-        if self._owners.get(key) is owner:
+        if self._owners.get(key) == owner:
             del self._owners[key]
 
 
@@ -89,19 +90,34 @@ class ChatProtocol(HubProtocol):
     C{guest-XXXXXX}; a line goes to the others in its current room as
     C{#room <nick> text}; commands: C{/nick NAME}, C{/join ROOM} (also makes
     it the current room; the others are kept), C{/leave [ROOM]}, C{/who}, C{/rooms}.
+
+    With the hub's C{auth} set, a client must first send C{/auth TOKEN}
+    (see L{Authentication}); its nick is then its identity's name, and it
+    joins and sees only the rooms its identity allows.
     """
 
-    __slots__ = ("nick", "room")
+    __slots__ = ("nick", "room", "identity", "_authentication")
 
     nick: str
     room: str | None
     """The room a plain line goes to (the last one joined)."""
+    identity: Identity | None
+    """Who the client authenticated as (None on an open hub, or before /auth)."""
 
     def connectionMade(self) -> None:
+        self.identity = None  # before the hub's client table reads the user
+        self._authentication: Authentication | None = None
         super().connectionMade()
         self.nick = f"guest-{self.client_id[:6]}"
         self.room = None
-        nicks = _nicks_of(self.factory)
+        hub = self.factory
+        if hub.auth is not None:
+            self._authentication = Authentication(hub, self, self.client_id,
+                                                  getattr(self.transport.getPeer(), "host", None), self.address)
+            self._authentication.start()
+            self._say("* welcome: this hub asks who you are: /auth TOKEN")
+            return
+        nicks = _nicks_of(hub)
         if not nicks.take(self.nick, self):  # a guest-… nick /nick took first
             self.nick = f"guest-{self.client_id}"
             nicks.take(self.nick, self)
@@ -110,13 +126,59 @@ class ChatProtocol(HubProtocol):
         self.sendMessage(_HELP)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._authentication is not None:
+            self._authentication.stop()
         if self.state in (OPEN, DRAINING):
             for room in self.rooms:
                 self._announce(room, f"* {self.nick} left #{room}")
-            _nicks_of(self.factory).release(self.nick, self)
+            _nicks_of(self.factory).release(self.nick, self._nick_owner)
         super().connectionLost(reason)
 
+    @property
+    def user(self) -> str | None:
+        return self.identity.user if self.identity is not None else None
+
+    @property
+    def _nick_owner(self) -> object:
+        # With identities a name is the user's (two windows of one user share it).
+        return self.identity.user if self.identity is not None else self
+
+    # -- what the authentication says (AuthOwner) --------------------------------
+
+    def auth_taken(self, identity: Identity, context: object) -> None:
+        if self.identity is not None:
+            self.identity = identity
+            self._say("* your token is renewed")
+            return
+        self.identity = identity
+        nicks = _nicks_of(self.factory)
+        self.nick = identity.name
+        if not nicks.take(self.nick, identity.user):  # another user's display name: show who
+            self.nick = f"{identity.name}~{identity.user}"
+            nicks.take(self.nick, identity.user)
+        self._say(f"* welcome, {self.nick}")
+        if identity.may_enter(LOBBY):
+            self._join(LOBBY)
+        else:
+            self._say("* you are in no room: /join ROOM")
+        self.sendMessage(_HELP)
+
+    def auth_refused(self, refused: AuthRefused, context: object, closing: bool) -> None:
+        self._say(f"* {refused.code}: {refused.reason}")
+        if closing:
+            self.loseConnection()
+
+    # -- messages in ----------------------------------------------------------
+
     def messageReceived(self, payload: bytes) -> None:
+        authentication = self._authentication
+        if authentication is not None and (self.identity is None or payload.startswith(b"/auth ")):
+            command, _, token = payload.decode("utf-8", "replace").partition(" ")
+            if command == "/auth":
+                authentication.present(token.strip(), None)
+            else:
+                authentication.refuse_unauthenticated("authenticate first: /auth TOKEN", None)
+            return
         if payload.startswith(b"/"):
             command, _, argument = payload.decode("utf-8", "replace").partition(" ")
             handler = self._COMMANDS.get(command)
@@ -133,6 +195,9 @@ class ChatProtocol(HubProtocol):
     # -- commands -------------------------------------------------------------
 
     def _nick(self, name: str) -> None:
+        if self.identity is not None:
+            self._say("* your nick is your token's name")
+            return
         if not name or len(name) > 32 or not name.isprintable() or " " in name:
             self._say("* a nick is 1 to 32 printable characters, without spaces")
             return
@@ -148,6 +213,12 @@ class ChatProtocol(HubProtocol):
             self._announce(room, f"* {old} is now {name}")
 
     def _join_command(self, room: str) -> None:
+        if self.identity is not None and not self.identity.may_enter(room):
+            count = self.factory.counters.add("forbidden")
+            self.factory.repeats.emit("forbidden", LogLevel.info, "refused {user} room {room!r} ({count} so far)",
+                                      user=self.identity.user, room=room[:80], count=count)
+            self._say(f"* cannot join #{room}: it is not among your rooms")
+            return
         try:
             self._join(room)
         except TcpHubError as error:  # InvalidRoomName, RoomLimitReached
@@ -174,9 +245,15 @@ class ChatProtocol(HubProtocol):
 
     def _rooms(self, _: str) -> None:
         rooms = sorted(self.factory.rooms().items())
+        if self.identity is not None:  # the others' rooms are not for it to know
+            rooms = [(room, count) for room, count in rooms if self.identity.may_enter(room)]
         self._say("* rooms: " + ", ".join(f"#{room} ({count})" for room, count in rooms))
 
-    _COMMANDS = {"/nick": _nick, "/join": _join_command, "/leave": _leave, "/who": _who, "/rooms": _rooms}
+    def _auth(self, _: str) -> None:
+        self._say("* this hub asks for no token")
+
+    _COMMANDS = {"/nick": _nick, "/join": _join_command, "/leave": _leave, "/who": _who, "/rooms": _rooms,
+                 "/auth": _auth}
 
     # -- inside ---------------------------------------------------------------
 
