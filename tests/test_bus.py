@@ -400,3 +400,27 @@ def test_a_wrong_redis_password_is_logged_without_the_password(redis, tmp_path):
     finally:
         twistd.kill()
     assert PASSWORD not in twistd.output
+
+
+def test_a_nick_in_use_on_one_node_is_refused_on_the_others_and_free_once_its_owner_leaves(redis):
+    server = redis.start()
+    a = PluginNode("a", server, "--port", "0")
+    b = PluginNode("b", server, "--port", "0")
+    with killed_after((a, b)):
+        carol, other = Client(a.port), Client(b.port)
+        carol.read_until("* you are in #lobby")
+        other.read_until("* you are in #lobby")
+        carol.say("/nick carol")
+        assert carol.read_until("* you are now carol")[-1] == "* you are now carol"
+        other.say("/nick Carol")
+        assert other.read_until("* Carol is taken: choose another nick")
+        carol.close()
+        for _ in range(1000):  # the name is released as carol's connection goes
+            other.say("/nick Carol")
+            if other.read() == "* you are now Carol":
+                break
+        else:
+            raise AssertionError("carol's nick was never released")
+        other.close()
+        a.twistd.shutdown()
+        b.twistd.shutdown()

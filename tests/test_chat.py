@@ -232,3 +232,49 @@ def test_an_open_chat_needs_no_token(hub_factory):
     lines(transport)
     client.dataReceived(b"/auth anything\n")
     assert lines(transport) == [b"* this hub asks for no token"]
+
+
+class Names:
+    """A relay of which only the names are used: each claim waits for the test."""
+
+    def __init__(self) -> None:
+        self.claims: list = []
+        self.released: list = []
+
+    def claim_name(self, name, owner):
+        from twisted.internet.defer import Deferred
+
+        self.claims.append((name, Deferred()))
+        return self.claims[-1][1]
+
+    def release_name(self, name, owner):
+        self.released.append(name)
+
+    def broadcast(self, payload, exclude, room):
+        """The other hubs' members are not this test's."""
+
+
+def test_under_a_relay_a_nick_is_taken_once_every_hub_agrees(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    names = Names()
+    hub.factory.relay = names
+    ann, ann_t = hub.connect()
+    lines(ann_t)
+    ann.dataReceived(b"/nick ann\n")
+    assert lines(ann_t) == [] and names.claims[0][0] == "ann", "no answer before the other hubs'"
+    names.claims[0][1].callback(False)
+    assert lines(ann_t) == [b"* ann is taken: choose another nick"]
+    ann.dataReceived(b"/nick anna\n")
+    names.claims[1][1].callback(True)
+    assert lines(ann_t) == [b"* you are now anna"] and ann.nick_shared
+    bob, bob_t = hub.connect()
+    bob.dataReceived(b"/nick ann\n")
+    assert not lines(bob_t)[-1].startswith(b"* ann is taken"), "refused elsewhere, free here"
+    hub.lose(bob)  # gone before the other hubs answer
+    names.claims[2][1].callback(True)
+    assert names.released == ["ann"], "a name claimed for a client gone is given back"
+    hub.lose(ann)
+    assert names.released == ["ann", "anna"]
+    carl, carl_t = hub.connect()
+    carl.dataReceived(b"/nick ann\n")
+    assert len(names.claims) == 4, "the name bob asked for is free here again"

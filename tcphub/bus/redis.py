@@ -135,6 +135,11 @@ class _ConnectionFactory(Factory):
         return protocol
 
 
+_RELEASE = (b"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
+            b"return 0")
+"""Delete a claimed name only if it is still the claimer's."""
+
+
 @implementer(IPushProducer)
 class RedisBus(Service):
     """
@@ -202,8 +207,38 @@ class RedisBus(Service):
         self._beat_call: IDelayedCall | None = None
         self._cluster_rooms: dict[str, int] = {}
         self._nodes = 0
+        self._names: dict[bytes, bytes] = {}  # the names this node's clients claimed: key -> value
 
     # -- the relay: what the hub calls --------------------------------------
+
+    def claim_name(self, name: str, owner: str) -> Deferred[bool]:
+        """See L{Relay.claim_name}.  A claim lives as long as this node
+        (refreshed at each heartbeat, gone C{node_ttl} after the node).
+        While Redis cannot be asked the answer is True: each hub still
+        refuses the names in use on it, and the chat goes on."""
+        publisher = self._publisher
+        if publisher is None:
+            return succeed(True)
+        key, value = self._name_key(name), f"{self.node_id} {owner}".encode("utf-8")
+
+        def decide(reply: Any) -> Any:
+            if reply is not None:
+                self._names[key] = value
+                return True
+            return publisher.command(b"GET", key).addCallback(lambda held: held == value)
+
+        claimed = publisher.command(b"SET", key, value, b"NX", b"PX", int(self.node_ttl * 1000))
+        return claimed.addCallback(decide).addErrback(lambda _: True)
+
+    def release_name(self, name: str, owner: str) -> None:
+        key, value = self._name_key(name), f"{self.node_id} {owner}".encode("utf-8")
+        self._names.pop(key, None)
+        publisher = self._publisher
+        if publisher is not None:
+            self._fire(publisher, b"EVAL", _RELEASE, 1, key, value)
+
+    def _name_key(self, name: str) -> bytes:
+        return f"{self._keys}:name:{name.casefold()}".encode("utf-8")
 
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None) -> None:
         self._publish(codec.encode(codec.BusMessage(
@@ -403,6 +438,8 @@ class RedisBus(Service):
         self._fire(publisher, b"PEXPIRE", rooms, ttl)
         self._fire(publisher, b"PEXPIRE", members, ttl)
         self._fire(publisher, b"EXEC")
+        for name in self._names:  # this node's claims live as long as it does
+            self._fire(publisher, b"PEXPIRE", name, ttl)
 
         self._read_cluster(publisher)
 

@@ -96,19 +96,22 @@ class ChatProtocol(HubProtocol):
     joins and sees only the rooms its identity allows.
     """
 
-    __slots__ = ("nick", "room", "identity", "_authentication")
+    __slots__ = ("nick", "nick_shared", "room", "identity", "_authentication")
 
     nick: str
     room: str | None
     """The room a plain line goes to (the last one joined)."""
     identity: Identity | None
     """Who the client authenticated as (None on an open hub, or before /auth)."""
+    nick_shared: bool
+    """Whether the nick is claimed on every hub this one is joined with (a /nick under a relay)."""
 
     def connectionMade(self) -> None:
         self.identity = None  # before the hub's client table reads the user
         self._authentication: Authentication | None = None
         super().connectionMade()
         self.nick = f"guest-{self.client_id[:6]}"
+        self.nick_shared = False
         self.room = None
         hub = self.factory
         if hub.auth is not None:
@@ -132,6 +135,8 @@ class ChatProtocol(HubProtocol):
             for room in self.rooms:
                 self._announce(room, f"* {self.nick} left #{room}")
             _nicks_of(self.factory).release(self.nick, self._nick_owner)
+            if self.factory.relay is not None and self.nick_shared:
+                self.factory.relay.release_name(self.nick, self.client_id)
         super().connectionLost(reason)
 
     @property
@@ -205,9 +210,38 @@ class ChatProtocol(HubProtocol):
         if not nicks.take(name, self):
             self._say(f"* {name} is taken: choose another nick")
             return
+        relay = self.factory.relay
+        if relay is None:
+            self._renamed(name)
+            return
+        # Joined with other hubs: the name must be free on every one of them.
+        relay.claim_name(name, self.client_id).addCallback(self._claimed, name)
+
+    def _claimed(self, free: bool, name: str) -> None:
+        relay = self.factory.relay
+        assert relay is not None
+        mine = name.casefold() == self.nick.casefold()
+        if self.state not in (OPEN, DRAINING):  # gone while Redis answered
+            if not mine:
+                _nicks_of(self.factory).release(name, self)
+            if free:
+                relay.release_name(name, self.client_id)
+            return
+        if not free:
+            if not mine:
+                _nicks_of(self.factory).release(name, self)
+            self._say(f"* {name} is taken: choose another nick")
+            return
+        self._renamed(name)
+
+    def _renamed(self, name: str) -> None:
         old, self.nick = self.nick, name
+        relay = self.factory.relay
         if old.casefold() != name.casefold():
-            nicks.release(old, self)
+            _nicks_of(self.factory).release(old, self)
+            if relay is not None and self.nick_shared:
+                relay.release_name(old, self.client_id)
+        self.nick_shared = relay is not None
         self._say(f"* you are now {name}")
         for room in self.rooms:
             self._announce(room, f"* {old} is now {name}")

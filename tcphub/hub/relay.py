@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
+from twisted.internet.defer import Deferred
+
 __all__ = ["Relay"]
 
 
@@ -21,3 +23,11 @@ class Relay(Protocol):
         """A send to a client this hub does not hold: True if C{client_id}
         names another hub's client, and the message is on its way there (at
         most once); False if the id is no client's anywhere."""
+
+    def claim_name(self, name: str, owner: str) -> Deferred[bool]:
+        """Claim C{name} (compared without case) for C{owner} across the
+        hubs: True if it was free or is C{owner}'s already, False if
+        another holds it.  Names are the chat's nicks."""
+
+    def release_name(self, name: str, owner: str) -> None:
+        """C{owner} no longer holds C{name} (nothing if another does)."""
