@@ -35,7 +35,7 @@ from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rooms import check_room
 
-__all__ = ["ERROR_PATH", "MAX_WHO", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
+__all__ = ["ERROR_PATH", "FORBIDDEN_CLOSE", "MAX_WHO", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
 
 ERROR_PATH: Final = "hub.error"
 """The path of every refusal."""
@@ -46,7 +46,9 @@ MAX_WHO: Final = 1000
 MAX_ID: Final = 128
 """The longest request C{id} taken, in characters."""
 UNAUTHENTICATED_CLOSE: Final = 4001
-"""The WebSocket close code of a member closed for its credentials."""
+"""The WebSocket close code of a member closed for its credentials (missing, bad, expired)."""
+FORBIDDEN_CLOSE: Final = 4003
+"""The WebSocket close code of a member whose credentials are good but refused (a backend's 403)."""
 
 _ANYWHERE = RoomPatterns(["*"])
 
@@ -137,7 +139,8 @@ class StructuredProtocol(HubProtocol):
         self._refuse(path, request_id, refused.code, refused.reason, counted=True)
         if closing:
             if IMessageTransport.providedBy(self.transport):
-                self.transport.closeWith(UNAUTHENTICATED_CLOSE, refused.reason[:120])
+                code = FORBIDDEN_CLOSE if refused.code == "forbidden" else UNAUTHENTICATED_CLOSE
+                self.transport.closeWith(code, refused.reason[:120])
             self.loseConnection()
 
     # -- operations ---------------------------------------------------------------
