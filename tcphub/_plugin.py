@@ -25,6 +25,7 @@ class Listener(Protocol):
 
 
 if TYPE_CHECKING:
+    from tcphub.api.service import ApiService
     from tcphub.bus.redis import RedisBus
     from tcphub.web.service import WebSocketMembers
     from tcphub.hub.service import TcpServer
@@ -108,7 +109,7 @@ def server_endpoint(option: str, description: str) -> str:
     return description
 
 
-SECRET_OPTIONS = frozenset({"admin-token", "redis-password"})
+SECRET_OPTIONS = frozenset({"admin-token", "redis-password", "api-keys"})
 """The options (as read from the command line, a file or the environment)
 that /varz leaves out."""
 
@@ -136,7 +137,7 @@ def check_admin(config: dict[str, Any]) -> None:
 
 def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | None = None,
                   upstream: WebSocketHandler | None = None, bus: RedisBus | None = None,
-                  web: WebSocketMembers | None = None) -> list[AdminService]:
+                  web: WebSocketMembers | None = None, api: ApiService | None = None) -> list[AdminService]:
     """The operations port the options ask for, as a list of none or one service."""
     if config["admin"] is None:
         return []
@@ -147,8 +148,8 @@ def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | N
     shown = {key: value for key, value in config.items() if key not in SECRET_OPTIONS}
     if "header" in shown:
         shown["header"] = redact_headers(shown["header"], shown.pop("secret-headers", ()))
-    admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, web=web, token=config["admin-token"],
-                         options=shown, reactor=reactor)
+    admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, web=web, api=api,
+                         token=config["admin-token"], options=shown, reactor=reactor)
     admin.setName("admin")
     return [admin]
 

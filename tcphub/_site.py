@@ -92,11 +92,13 @@ class _BodylessRequest(Request):
         super().connectionLost(reason)
 
     def _answer(self) -> None:
-        if self.method not in (b"GET", b"HEAD"):
+        methods = cast(Any, self.channel).site.methods
+        if self.method not in methods:
+            allowed = b", ".join(methods)
             self.setResponseCode(405)
-            self.setHeader(b"allow", b"GET, HEAD")
+            self.setHeader(b"allow", allowed)
             self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            self.write(b"405: this port answers GET and HEAD only\n")
+            self.write(b"405: this port answers " + allowed + b" only\n")
             self.finish()
             return
         super().process()
@@ -147,6 +149,17 @@ class _GuardedChannel(HTTPChannel):
     _deadline: IDelayedCall | None = None
     _counted = False
     _host: str | None = None
+    _awaiting_request_line = True
+    request_target: bytes = b""
+    """The target (path and query) of the request being read, from its
+    request line, for a request that decides before its body is read."""
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._awaiting_request_line and line:
+            self._awaiting_request_line = False
+            parts = line.split(b" ")
+            self.request_target = parts[1] if len(parts) == 3 else b""
+        super().lineReceived(line)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -183,6 +196,7 @@ class _GuardedChannel(HTTPChannel):
         super().allHeadersReceived()
 
     def requestDone(self, request: Any) -> None:
+        self._awaiting_request_line = True
         super().requestDone(request)
         if self.persistent and self._counted and self._deadline is None and self.transport is not None:
             self._arm()  # the next request of a kept-alive connection has its own deadline
@@ -209,19 +223,22 @@ class BodylessSite(Site):
     whose connections are bounded in number and time (see
     L{_GuardedChannel}), and whose requests are paced per address:
     C{max_request_burst} at once, then C{max_request_rate} a second (the
-    others wait their turn, unread; see L{_BodylessRequest}).
+    others wait their turn, unread; see L{_BodylessRequest}; None: not
+    paced, for a port whose requests are bounded otherwise).
     L{counters} counts the refusals and the waits."""
 
     requestFactory = _BodylessRequest
     protocol = _GuardedChannel  # type: ignore[assignment]
+    methods: tuple[bytes, ...] = (b"GET", b"HEAD")
+    """The methods answered; any other is a 405."""
 
     def __init__(self, resource: Any, *args: Any, clock: Any,
                  max_connections: int = DEFAULT_MAX_HTTP_CONNECTIONS,
                  max_connections_per_address: int = DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS,
                  request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 max_request_rate: float = DEFAULT_MAX_REQUEST_RATE,
+                 max_request_rate: float | None = DEFAULT_MAX_REQUEST_RATE,
                  max_request_burst: int = DEFAULT_MAX_REQUEST_BURST, **kwargs: Any) -> None:
-        if not max_request_rate > 0 or max_request_burst < 1:
+        if (max_request_rate is not None and not max_request_rate > 0) or max_request_burst < 1:
             raise ValueError(f"max_request_rate must be > 0 and max_request_burst >= 1, "
                              f"not {max_request_rate!r} and {max_request_burst!r}")
         super().__init__(resource, *args, **kwargs)
@@ -240,6 +257,8 @@ class BodylessSite(Site):
     def take_request_token(self, peer: Any) -> float:
         """Take a request token of C{peer}'s address: C{0.0}, or (taking
         none) the seconds until its next one is due, counted."""
+        if self.max_request_rate is None:
+            return 0.0
         host = getattr(peer, "host", None)
         now = self.clock.seconds()
         bucket = self._buckets.get(host)

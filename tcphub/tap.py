@@ -26,6 +26,9 @@ from tcphub._plugin import (
     ws_url,
 )
 from tcphub._plugin import number as _number
+from tcphub.api.limits import DEFAULT_IDEMPOTENCY_WINDOW
+from tcphub.api.limits import DEFAULT_MAX_BODY as DEFAULT_API_MAX_BODY
+from tcphub.api.limits import DEFAULT_MAX_RATE as DEFAULT_API_MAX_RATE
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
 from tcphub.errors import SecretUnreadable
 from tcphub.hub.identity import ALGORITHMS, DEFAULT_AUTH_URL_TIMEOUT, Authenticator
@@ -143,6 +146,16 @@ class Options(usage.Options):
         ["redis-password-file", None, None,
          "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
          "than in the URL, which ps shows"],
+        ["api", None, None,
+         "serve the HTTP server API (/api/publish, /api/send, …) on this Twisted endpoint, e.g. "
+         "tcp:8000:interface=127.0.0.1 [default: off]"],
+        ["api-key-file", None, None, "with --api: its keys, 'NAME KEY' a line (required)"],
+        ["api-max-body", None, DEFAULT_API_MAX_BODY, "with --api: the largest request body, in bytes",
+         _number("api-max-body", int, minimum=1)],
+        ["api-max-rate", None, DEFAULT_API_MAX_RATE, "with --api: requests a second one key may make",
+         _number("api-max-rate", float, above=0)],
+        ["idempotency-window", None, DEFAULT_IDEMPOTENCY_WINDOW,
+         "with --api: seconds an idempotency key is remembered", _number("idempotency-window", float, above=0)],
         ["auth-jwt-key", None, None,
          "with --mode hub or chat: members authenticate with a JWT signed by this key: a file holding an HMAC "
          "secret, or a PEM public key for RS256/ES256/EdDSA"],
@@ -248,6 +261,22 @@ class Options(usage.Options):
             raise usage.UsageError("the Redis password is given twice: in the --redis URL and its file")
         self["redis-password"] = password
 
+    def _api(self) -> None:
+        """--api needs its keys; read them now, so that a bad file stops here."""
+        if self["api"] is None:
+            if self["api-key-file"] is not None:
+                raise usage.UsageError("--api-key-file goes with --api")
+            return
+        server_endpoint("api", self["api"])
+        if self["api-key-file"] is None:
+            raise usage.UsageError("--api needs --api-key-file: the API answers only requests with a key")
+        from tcphub.api.keys import ApiKeys
+
+        try:
+            self["api-keys"] = ApiKeys(self["api-key-file"])
+        except (ValueError, SecretUnreadable) as error:
+            raise usage.UsageError(str(error)) from None
+
     def _auth(self) -> None:
         """Read --auth-jwt-key or --auth-tokens (one of them, with --mode hub)
         into C{self["auth-key"]} and C{self["auth-tokens"]}."""
@@ -286,6 +315,7 @@ class Options(usage.Options):
         check_admin(self)
         self._redis_password()
         self._auth()
+        self._api()
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
@@ -327,9 +357,11 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                                 "for a token)")
     bus = _bus_service(config, hub, reactor)
     members = _members_service(config, hub, reactor)
-    listening: list[Any] = [*members, *admin_service(config, reactor, hub=hub, upstream=upstream,
-                                                     bus=bus[0] if bus else None,
-                                                     web=members[0] if members else None)]
+    api = _api_service(config, hub, bus[0] if bus else None, reactor)
+    listening: list[Any] = [*members, *api, *admin_service(config, reactor, hub=hub, upstream=upstream,
+                                                           bus=bus[0] if bus else None,
+                                                           web=members[0] if members else None,
+                                                           api=api[0] if api else None)]
     return PluginProcess(service, reactor, *bus, *listening, log_observer=log_observer(config),
                          listeners=[hub, *listening])
 
@@ -350,6 +382,19 @@ def _authenticator(config: Options, clock: Any) -> Authenticator | None:
         return HttpAuthenticator(config["auth-url"], timeout=config["auth-url-timeout"],
                                  default_rooms=config["auth-default-rooms"], clock=clock, reactor=clock)
     return None
+
+
+def _api_service(config: Options, hub: TcpServer, bus: RedisBus | None, reactor: Any) -> list[Any]:
+    """With --api, the HTTP server API, named "api"."""
+    if config["api"] is None:
+        return []
+    from tcphub.api.service import ApiService
+
+    api = ApiService(config["api"], hub=hub, keys=config["api-keys"], bus=bus, max_body=config["api-max-body"],
+                     max_rate=config["api-max-rate"], idempotency_window=config["idempotency-window"],
+                     reactor=reactor)
+    api.setName("api")
+    return [api]
 
 
 def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus]:

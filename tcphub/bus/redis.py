@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClientEndpoint
@@ -236,6 +236,19 @@ class RedisBus(Service):
         publisher = self._publisher
         if publisher is not None:
             self._fire(publisher, b"EVAL", _RELEASE, 1, key, value)
+
+    def key(self, kind: str, name: str) -> bytes:
+        """A Redis key of this deployment's (its channel and database), for
+        what the hubs share beside the bus: e.g. the HTTP API's idempotency keys."""
+        return f"{self._keys}:{kind}:{name}".encode("utf-8")
+
+    def execute(self, *command: bytes | str | int) -> Deferred[Any]:
+        """Run one Redis command on the publishing connection: its reply;
+        errbacks with L{BusError} while Redis cannot be asked (or refuses it)."""
+        publisher = self._publisher
+        if publisher is None:
+            return fail(BusError("Redis cannot be asked now: the bus is down"))
+        return publisher.command(*command)
 
     def _name_key(self, name: str) -> bytes:
         return f"{self._keys}:name:{name.casefold()}".encode("utf-8")

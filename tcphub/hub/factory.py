@@ -7,6 +7,7 @@ pause and resume reading, snapshots and metrics.
 from __future__ import annotations
 
 import heapq
+import uuid
 import itertools
 import math
 from collections import deque
@@ -162,6 +163,9 @@ class HubFactory(Factory):
             history_bytes=_checks.count("room_history_bytes", room_history_bytes, minimum=0),
         )
         self.started_at: float | None = None
+        self.epoch = uuid.uuid4().hex[:8]
+        """Names this hub's room numbering: a room's offsets count on only
+        within one epoch (the numbers and history live in this process)."""
         self.reading_paused = False
         self.relay: Relay | None = None
         """The other hubs this one is joined with (L{join_relay}), if any."""
@@ -396,6 +400,14 @@ class HubFactory(Factory):
             return self._clients[client_id]
         except KeyError:
             raise UnknownClient(client_id) from None
+
+    def has_client(self, client_id: str) -> bool:
+        """Whether C{client_id} is connected to this hub."""
+        return client_id in self._clients
+
+    def clients_of_user(self, user: str) -> list[ClientInfo]:
+        """Snapshots of the clients that authenticated as C{user} (a scan of the table)."""
+        return [client.info() for client in self._clients.values() if client.user == user]
 
     def clients(self) -> list[ClientInfo]:
         """Snapshots of every connected client."""

@@ -6,6 +6,7 @@ C{--mode} option of the plugin picks, and examples of the C{messageReceived} hoo
 from __future__ import annotations
 
 import re
+from typing import Any
 from weakref import WeakKeyDictionary
 
 from twisted.internet.protocol import Factory, connectionDone
@@ -172,6 +173,12 @@ class ChatProtocol(HubProtocol):
         self._say(f"* {refused.code}: {refused.reason}")
         if closing:
             self.loseConnection()
+
+    @classmethod
+    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:
+        """A line as from a member named C{sender}: C{#room <sender> text}."""
+        text = printable(payload.decode("utf-8", "backslashreplace"))
+        return f"#{printable(room)} <{printable(sender)}> {text}".encode("utf-8")
 
     # -- messages in ----------------------------------------------------------
 

@@ -572,6 +572,18 @@ class HubProtocol(Protocol):
         """Input held while reading is paused."""
         return sum(map(len, self._held or ()))
 
+    @classmethod
+    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:
+        """
+        The message C{room}'s members get when an application publishes to
+        it (the HTTP API's C{publish}), as they would get it from a member
+        of this protocol: C{sender} names the application, C{payload} is the
+        published bytes, C{data} the published JSON value (if it was JSON),
+        C{offset} its number in the room.  Here: the bytes as they are.  A
+        subclass with a format of its own overrides it.
+        """
+        return payload
+
     @property
     def user(self) -> str | None:
         """Who the client authenticated as, for C{/connz} and the logs

@@ -127,6 +127,12 @@ class StructuredProtocol(HubProtocol):
             return
         operation(self, path, request_id, data)
 
+    @classmethod
+    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:
+        """A delivery as from a member whose user and name are C{sender}."""
+        return _encode({"path": ROOM_PATH + room, "data": {"room": room, "from": sender, "name": sender,
+                                                           "offset": offset, "data": data}})
+
     # -- what the authentication says (AuthOwner) ----------------------------------
 
     def auth_taken(self, identity: Identity, context: tuple[str, str | None]) -> None:

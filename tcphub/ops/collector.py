@@ -18,6 +18,7 @@ from tcphub._site import HttpCounters
 from tcphub.hub.metrics import Metrics
 
 if TYPE_CHECKING:
+    from tcphub.api.service import ApiCounters
     from tcphub.bus.redis import RedisBus
     from tcphub.hub.factory import HubFactory
     from tcphub.ws.handler import WebSocketHandler
@@ -42,7 +43,7 @@ class TcpHubCollector:
 
     def __init__(self, hub: HubFactory | None, upstream: WebSocketHandler | None,
                  clock: IReactorTime, bus: RedisBus | None = None, web: Any = None,
-                 http: Mapping[str, HttpCounters] | None = None) -> None:
+                 http: Mapping[str, HttpCounters] | None = None, api: ApiCounters | None = None) -> None:
         self._hub = hub
         self._upstream = upstream
         self._clock = clock
@@ -51,6 +52,8 @@ class TcpHubCollector:
         """The members' port's counters (a dataclass of counter fields), if any."""
         self._http = dict(http or {})
         """Each HTTP port's own counters, by the port's name (the C{port} label)."""
+        self._api = api
+        """The HTTP API's answers by endpoint and status, if it runs."""
 
     def collect(self) -> Iterator[Metric]:
         if self._hub is not None:
@@ -64,6 +67,12 @@ class TcpHubCollector:
                 yield CounterMetricFamily(f"tcphub_{name}", _help(name), value=getattr(self._web, name))
         if self._http:
             yield from self._http_metrics()
+        if self._api is not None:
+            family = CounterMetricFamily("tcphub_api_requests", "HTTP API answers, by endpoint and status.",
+                                         labels=["endpoint", "status"])
+            for (endpoint, status), count in sorted(self._api.answers.items()):
+                family.add_metric([endpoint, str(status)], count)
+            yield family
 
     def _http_metrics(self) -> Iterator[Metric]:
         for name in counters(HttpCounters):

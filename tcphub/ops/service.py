@@ -42,6 +42,7 @@ from tcphub.ops import views
 from tcphub.ops.collector import TcpHubCollector
 
 if TYPE_CHECKING:
+    from tcphub.api.service import ApiService
     from tcphub.bus.redis import RedisBus
     from tcphub.hub.service import TcpServer
     from tcphub.web.service import WebSocketMembers
@@ -137,6 +138,7 @@ class AdminService(SiteService):
         upstream: WebSocketHandler | None = None,
         bus: RedisBus | None = None,
         web: WebSocketMembers | None = None,
+        api: ApiService | None = None,
         token: str | None = None,
         options: Mapping[str, Any] | None = None,
         reactor: Any = None,
@@ -168,11 +170,13 @@ class AdminService(SiteService):
         self._http = {"admin": site.counters}
         if web is not None:
             self._http["websocket"] = web.site.counters
+        if api is not None:
+            self._http["api"] = api.site.counters
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
                                                 self._clock(), bus=bus,
                                                 web=web.members.counters if web is not None else None,
-                                                http=self._http))
+                                                http=self._http, api=api.counters if api is not None else None))
         if hub is not None:
             hub.reserve_descriptors(site.max_connections)
         site.noisy = False
