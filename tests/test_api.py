@@ -246,6 +246,16 @@ def test_one_idempotency_key_on_two_nodes_joined_by_redis_delivers_once(tmp_path
         assert first[0] == again[0] == 200 and again[1] == first[1], "the first node's result"
         call(a_api, "/api/publish", {"room": "orders", "data": "shipped"})
         assert json.loads(member.read())["data"]["data"] == "shipped", "nothing delivered twice between"
+        # A node's API closes the other node's members, by client id or by user.
+        other = Member(b_port)
+        for each in (member, other):
+            each.socket.sendall(b'{"path": "hub.auth", "data": {"token": "-"}}\n')
+        ids = [json.loads(each.read())["data"]["user"] for each in (member, other)]  # an open hub's users are ids
+        assert call(a_api, "/api/disconnect", {"client": ids[0]})[1] == {"disconnected": [ids[0]]}
+        assert call(a_api, "/api/disconnect", {"user": ids[1]})[1] == {"disconnected": []}, "none on a"
+        assert member.lines.readline() == b"" and other.lines.readline() == b"", "both closed by b"
+        assert call(a_api, "/api/disconnect", {"client": "a-nobody"})[0] == 404
+        other.close()
         member.close()
         for node, _, _ in nodes:
             node.shutdown()

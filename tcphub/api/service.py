@@ -390,14 +390,16 @@ class ApiService(SiteService):
         client, user = body.get("client"), body.get("user")
         if (client is None) == (user is None) or not isinstance(client or user, str):
             raise ApiError(400, "bad_request", 'give "client" (an id) or "user"')
+        relay = self.hub.relay
         if client is not None:
-            if not self.hub.has_client(client):
-                raise ApiError(404, "unknown_client", f"no client {client[:80]!r} on this hub")
-            self.hub.disconnect(client).addErrback(lambda _: None)
+            if self.hub.has_client(client):
+                self.hub.disconnect(client).addErrback(lambda _: None)
+            elif relay is None or not relay.disconnect(client, None):
+                raise ApiError(404, "unknown_client", f"no client {client[:80]!r}")
             return {"disconnected": [client]}
-        gone = [info.id for info in self.hub.clients_of_user(cast(str, user))]
-        for client_id in gone:
-            self.hub.disconnect(client_id).addErrback(lambda _: None)
+        gone = self.hub.disconnect_user(cast(str, user))
+        if relay is not None:
+            relay.disconnect(None, user)  # and every other node's
         return {"disconnected": gone}
 
     def _presence(self, query: dict[str, str]) -> Any:

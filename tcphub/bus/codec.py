@@ -16,12 +16,14 @@ from typing import Final
 
 from tcphub.errors import BusError
 
-__all__ = ["BROADCAST", "SEND", "BusMessage", "decode", "encode"]
+__all__ = ["BROADCAST", "DISCONNECT", "SEND", "BusMessage", "decode", "encode"]
 
 BROADCAST: Final = "b"
 """To every client (of C{room}, if set) but those in C{exclude}."""
 SEND: Final = "s"
 """To the one client C{target}, on whichever node holds it."""
+DISCONNECT: Final = "d"
+"""Close the client C{target}, or (C{target} None) every client of the user the payload names."""
 
 _MAGIC: Final = b"\x00th1\n"
 
@@ -31,7 +33,7 @@ class BusMessage:
     node: str
     """The node that published it."""
     kind: str
-    """L{BROADCAST} or L{SEND}."""
+    """L{BROADCAST}, L{SEND} or L{DISCONNECT}."""
     payload: bytes
     room: str | None = None
     exclude: tuple[str, ...] = ()
@@ -62,6 +64,7 @@ def decode(data: bytes) -> BusMessage:
         room, exclude, target = header.get("r"), tuple(header.get("x", ())), header.get("t")
     except (ValueError, KeyError, TypeError) as error:
         raise BusError(f"a bus message with a bad header: {error}") from None
-    if kind not in (BROADCAST, SEND) or not isinstance(node, str) or (kind == SEND and not isinstance(target, str)):
+    if kind not in (BROADCAST, SEND, DISCONNECT) or not isinstance(node, str) or (
+            kind == SEND and not isinstance(target, str)):
         raise BusError(f"a bus message with a bad header: {header!r:.100}")
     return BusMessage(node=node, kind=kind, payload=data[end + 1:], room=room, exclude=exclude, target=target)

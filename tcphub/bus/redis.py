@@ -265,6 +265,15 @@ class RedisBus(Service):
             node=self.node_id, kind=codec.SEND, payload=bytes(payload), target=client_id)))
         return True
 
+    def disconnect(self, client_id: str | None, user: str | None) -> bool:
+        if client_id is not None:
+            node, dash, _ = client_id.partition("-")
+            if not dash or node == self.node_id:
+                return False
+        self._publish(codec.encode(codec.BusMessage(
+            node=self.node_id, kind=codec.DISCONNECT, payload=(user or "").encode("utf-8"), target=client_id)))
+        return True
+
     def _publish(self, data: bytes) -> None:
         if self.state is PublisherState.FLOWING:
             self._write(data)
@@ -417,6 +426,11 @@ class RedisBus(Service):
         if message.kind == codec.BROADCAST:
             self._hub.broadcast_local(message.payload, message.exclude, message.room).addErrback(
                 self._delivery_failed)
+        elif message.kind == codec.DISCONNECT:
+            if message.target is None:
+                self._hub.disconnect_user(message.payload.decode("utf-8", "replace"))
+            elif self._hub.has_client(message.target):
+                self._hub.disconnect(message.target).addErrback(self._delivery_failed)
         elif message.target is not None and message.target.startswith(self._hub.id_prefix):
             self._hub.send(message.target, message.payload).addErrback(self._delivery_failed)
 

@@ -324,6 +324,13 @@ class HubFactory(Factory):
         client.loseConnection()
         return client.whenLost()
 
+    def disconnect_user(self, user: str) -> list[str]:
+        """Close every client of this hub that authenticated as C{user}; their ids."""
+        gone = [client.client_id for client in self._clients.values() if client.user == user]
+        for client_id in gone:
+            self._clients[client_id].loseConnection()
+        return gone
+
     def pause_reading(self) -> None:
         """Stop taking messages from every client, and from those who connect
         until L{resume_reading} (see L{HubProtocol.pauseReading})."""
@@ -404,10 +411,6 @@ class HubFactory(Factory):
     def has_client(self, client_id: str) -> bool:
         """Whether C{client_id} is connected to this hub."""
         return client_id in self._clients
-
-    def clients_of_user(self, user: str) -> list[ClientInfo]:
-        """Snapshots of the clients that authenticated as C{user} (a scan of the table)."""
-        return [client.info() for client in self._clients.values() if client.user == user]
 
     def clients(self) -> list[ClientInfo]:
         """Snapshots of every connected client."""

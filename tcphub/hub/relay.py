@@ -24,6 +24,11 @@ class Relay(Protocol):
         names another hub's client, and the message is on its way there (at
         most once); False if the id is no client's anywhere."""
 
+    def disconnect(self, client_id: str | None, user: str | None) -> bool:
+        """Close another hub's client C{client_id}, or every other hub's
+        clients of C{user}: True if the request is on its way (a client id
+        names another hub's client, or a user is given)."""
+
     def claim_name(self, name: str, owner: str) -> Deferred[bool]:
         """Claim C{name} (compared without case) for C{owner} across the
         hubs: True if it was free or is C{owner}'s already, False if
