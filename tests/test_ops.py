@@ -464,3 +464,25 @@ def test_pipelined_requests_past_the_burst_are_paced_and_counted_on_metrics_by_p
         assert paced["admin"] >= extra
         assert json.loads(get(admin, "/varz")[1])["http"]["admin"]["paced_requests"] >= extra
         hub.shutdown()
+
+
+def test_metrics_have_the_process_the_build_and_connections_by_kind(tmp_path):
+    hub, port, admin = start("--mode", "echo", "--websocket", "tcp:0:interface=127.0.0.1")
+    with hub:
+        ws_port = int(hub.wait_for(r"tcphub websocket listening on [^ ]+:(\d+)")[1])
+        tcp = echo_client(port, [b"hi"])
+        from websockets.sync.client import connect
+
+        with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30) as member:
+            member.send("hello")
+            assert member.recv(timeout=30) == "hello"
+            families = {family.name: family for family in text_string_to_metric_families(get(admin, "/metrics")[1])}
+        tcp.close()
+        hub.shutdown()
+    for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_start_time_seconds",
+                 "process_cpu_seconds", "python_info"):
+        assert name in families, name
+    by_kind = {sample.labels["kind"]: sample.value for sample in families["tcphub_connections_by_kind"].samples}
+    assert by_kind == {"tcp": 1, "websocket": 1}
+    [build] = families["tcphub_build_info"].samples
+    assert build.labels["version"] and build.labels["twisted"] and build.value == 1

@@ -324,6 +324,15 @@ class HubFactory(Factory):
         client.loseConnection()
         return client.whenLost()
 
+    def connections_by_kind(self) -> dict[str, int]:
+        """Clients connected now by what carries them (C{tcp}, C{tls}, C{unix},
+        C{websocket}): a scan of the table, for a scrape."""
+        counts: dict[str, int] = {}
+        for client in self._clients.values():
+            kind = client.kind
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def disconnect_user(self, user: str) -> list[str]:
         """Close every client of this hub that authenticated as C{user}; their ids."""
         gone = [client.client_id for client in self._clients.values() if client.user == user]

@@ -33,6 +33,20 @@ _GAUGES = {
 }
 
 
+def _build_info() -> Metric:
+    """C{tcphub_build_info}: 1, labelled with what runs (as Prometheus's own C{*_build_info})."""
+    import platform
+    from importlib.metadata import version as installed
+
+    from tcphub._version import version
+
+    info = GaugeMetricFamily("tcphub_build_info", "What runs: tcphub's version, Twisted's, Autobahn's, Python's.",
+                             labels=["version", "twisted", "autobahn", "python"])
+    # Read from the installed metadata: a hub without WebSocket never imports Autobahn.
+    info.add_metric([version(), installed("twisted"), installed("autobahn"), platform.python_version()], 1)
+    return info
+
+
 def _help(name: str) -> str:
     return f"{name.replace('_', ' ').capitalize()} since the hub started."
 
@@ -56,6 +70,7 @@ class TcpHubCollector:
         """The HTTP API's answers by endpoint and status, if it runs."""
 
     def collect(self) -> Iterator[Metric]:
+        yield _build_info()
         if self._hub is not None:
             yield from self._hub_metrics(self._hub.get_metrics())
         if self._upstream is not None:
@@ -96,6 +111,13 @@ class TcpHubCollector:
                                       value=getattr(status, name))
 
     def _hub_metrics(self, metrics: Metrics) -> Iterator[Metric]:
+        assert self._hub is not None
+        by_kind = GaugeMetricFamily("tcphub_connections_by_kind", "Clients connected now, by what carries them.",
+                                    labels=["kind"])
+        counts = self._hub.connections_by_kind()
+        for kind in sorted(set(counts) | {"tcp", "websocket"}):
+            by_kind.add_metric([kind], counts.get(kind, 0))
+        yield by_kind
         for field in fields(Metrics):
             value = getattr(metrics, field.name)
             if field.name in _GAUGES:

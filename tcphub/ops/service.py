@@ -27,7 +27,13 @@ from dataclasses import asdict
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
@@ -173,6 +179,9 @@ class AdminService(SiteService):
         if api is not None:
             self._http["api"] = api.site.counters
         self._registry = CollectorRegistry(auto_describe=False)
+        # The process_* and python_info every Prometheus user expects, from prometheus_client itself.
+        ProcessCollector(registry=self._registry)
+        PlatformCollector(registry=self._registry)
         self._registry.register(TcpHubCollector(hub.factory if hub is not None else None, upstream,
                                                 self._clock(), bus=bus,
                                                 web=web.members.counters if web is not None else None,
