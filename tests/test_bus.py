@@ -9,6 +9,7 @@ import json
 from contextlib import contextmanager
 import signal
 import socket
+import urllib.error
 import urllib.request
 
 import pytest
@@ -424,3 +425,25 @@ def test_a_nick_in_use_on_one_node_is_refused_on_the_others_and_free_once_its_ow
         other.close()
         a.twistd.shutdown()
         b.twistd.shutdown()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_readyz_is_503_with_the_reason_while_the_bus_is_disconnected(redis):
+    server = redis.start()
+    a = PluginNode("a", server, "--port", "0")
+    with killed_after((a,)):
+        assert readyz(a.admin) == (200, "ready\n")
+        server.kill()
+        eventually(lambda: readyz(a.admin)[0] == 503, "503 once Redis is gone")
+        status, body = readyz(a.admin)
+        assert body.startswith("bus disconnected: Redis at unix://") and "is down" in body, body
+        redis.restart(server)
+        eventually(lambda: readyz(a.admin)[0] == 200, "ready again with Redis back")
+        a.twistd.shutdown()

@@ -209,6 +209,8 @@ class AdminService(SiteService):
         """Whether new clients are welcome (what C{/readyz} says)."""
         if self._draining:
             return False
+        if self.bus is not None and not self._bus_up():
+            return False  # its members would not reach the other nodes' members
         if self.hub is not None:
             return self.hub.accepting
         assert self.upstream is not None
@@ -217,7 +219,19 @@ class AdminService(SiteService):
     def _readyz(self, request: Request) -> tuple[int, str, bytes]:
         if self.ready:
             return 200, "text/plain", b"ready\n"
-        return 503, "text/plain", b"draining\n" if self._draining else b"not ready\n"
+        if self._draining:
+            return 503, "text/plain", b"draining\n"
+        if self.bus is not None and not self._bus_up():
+            status = self.bus.status()
+            return 503, "text/plain", (f"bus disconnected: Redis at {self.bus.url} is {status.publisher}"
+                                       f"{'' if status.subscribed else ', not subscribed'}\n").encode("utf-8")
+        return 503, "text/plain", b"not ready\n"
+
+    def _bus_up(self) -> bool:
+        """Whether this node is one hub with the others: publishing and subscribed."""
+        assert self.bus is not None
+        status = self.bus.status()
+        return status.publisher in ("flowing", "paused") and status.subscribed
 
     def _metrics(self, request: Request) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
