@@ -50,7 +50,7 @@ def test_bad_commands_and_names_get_a_clear_answer(hub_factory):
     ann.dataReceived(b"/dance\n/nick two words\n/join " + b"x" * 200 + b"\n/join a\n/join b\n/leave nowhere\n")
     assert lines(ann_t) == [
         b"* unknown command /dance; commands: /nick NAME, /join ROOM, /leave [ROOM], /who (the current room), "
-        b"/rooms; any other line goes to the current room",
+        b"/rooms, /help, /quit; any other line goes to the current room",
         b"* a nick is 1 to 32 printable characters, without spaces",
         b"* cannot join: a room is named by 1 to 128 characters, not '" + b"x" * 79,
         b"* you are in #a",
@@ -278,3 +278,46 @@ def test_under_a_relay_a_nick_is_taken_once_every_hub_agrees(hub_factory):
     carl, carl_t = hub.connect()
     carl.dataReceived(b"/nick ann\n")
     assert len(names.claims) == 4, "the name bob asked for is free here again"
+
+
+def test_help_quit_hash_room_names_and_no_second_announcement(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    ann, ann_t = hub.connect()
+    bob, bob_t = hub.connect()
+    lines(ann_t)
+    ann.dataReceived(b"/help\n")
+    assert lines(ann_t)[0].startswith(b"* commands: ")
+    ann.dataReceived(b"/join #general\n")
+    assert lines(ann_t) == [b"* you are in #general"] and "general" in hub.factory.rooms()
+    lines(bob_t)
+    ann.dataReceived(b"/join #lobby\n")
+    assert lines(ann_t) == [b"* you are in #lobby"]
+    assert lines(bob_t) == [], "back to a room one is in: not announced again"
+    ann.dataReceived(b"/leave #general\n")
+    assert lines(ann_t) == [b"* you left #general; now in #lobby"]
+    ann.dataReceived(b"/quit\n")
+    assert lines(ann_t) == [b"* bye"] and ann_t.disconnecting
+
+
+def test_a_member_dropped_by_the_hub_is_announced_with_why_and_told_first(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol, timeout=60.0)
+    ann, ann_t = hub.connect()
+    bob, bob_t = hub.connect()
+    ann.dataReceived(b"/nick ann\n")
+    lines(bob_t)
+    for _ in range(5):
+        hub.clock.advance(30)
+        bob.dataReceived(b"/who\n")  # bob stays; ann says nothing
+    hub.lose(ann)
+    assert b"* ann left #lobby (idle)" in lines(bob_t)
+
+
+def test_twistd_tells_an_idle_nc_user_why_before_it_closes():
+    with Twistd("tcphub", "--port", "0", "--timeout", "1") as twistd:
+        _, port = twistd.wait_listening()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as nc:
+            received = b""
+            while chunk := nc.recv(65536):  # until the hub closes it
+                received += chunk
+        assert received.splitlines()[-1].startswith(b"* closing: idle: client "), received
+        twistd.shutdown()

@@ -14,7 +14,28 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.logger import ILogObserver, LegacyLogObserverWrapper
 from twisted.protocols import basic
 
-__all__ = ["NetstringParser", "is_emfile_recovery", "twistd_destination", "unsent_bytes"]
+__all__ = ["NetstringParser", "is_emfile_recovery", "send_now", "twistd_destination", "unsent_bytes"]
+
+
+def send_now(transport: Any, data: bytes) -> bool:
+    """
+    Hand C{data} to the kernel at once, if the socket takes it whole without
+    waiting, for a TCP or UNIX C{transport} with nothing in Twisted's write
+    buffer (so that it cannot land inside a message being written): last
+    words before an C{abortConnection}, which drops Twisted's buffer.  False
+    for any other transport, or if the socket did not take it all.
+    """
+    if not isinstance(transport, FileDescriptor):
+        return False
+    sock = getattr(transport, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.fileno() < 0:
+        return False
+    if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+        return False
+    try:
+        return sock.send(data, socket.MSG_DONTWAIT) == len(data)
+    except OSError:
+        return False
 
 
 def unsent_bytes(transport: Any) -> int | None:

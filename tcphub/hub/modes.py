@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from tcphub.errors import AuthRefused, TcpHubError
 from tcphub.hub.authflow import Authentication
 from tcphub.hub.identity import Identity
+from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
 from tcphub.hub.structured import StructuredProtocol
 
@@ -80,8 +81,16 @@ def _nicks_of(hub: Factory) -> _Nicks:
     return nicks
 
 
+_WHY = {
+    Drop.TIMED_OUT: "idle",
+    Drop.SLOW_CONSUMER: "not reading",
+    Drop.PROTOCOL_ERROR: "line too long or malformed",
+    Drop.FRAME_TIMEOUT: "unfinished line",
+}
+"""What the chat says of each way the hub drops a member."""
+
 LOBBY = "lobby"
-_HELP = (b"* commands: /nick NAME, /join ROOM, /leave [ROOM], /who (the current room), /rooms; "
+_HELP = (b"* commands: /nick NAME, /join ROOM, /leave [ROOM], /who (the current room), /rooms, /help, /quit; "
          b"any other line goes to the current room")
 
 
@@ -132,9 +141,10 @@ class ChatProtocol(HubProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._authentication is not None:
             self._authentication.stop()
-        if self.state in (OPEN, DRAINING):
+        if self.state in (OPEN, DRAINING) or self.dropped_for is not None:  # a dropped client is GONE already
+            why = "" if self.dropped_for is None else f" ({_WHY[self.dropped_for]})"
             for room in self.rooms:
-                self._announce(room, f"* {self.nick} left #{room}")
+                self._announce(room, f"* {self.nick} left #{room}{why}")
             _nicks_of(self.factory).release(self.nick, self._nick_owner)
             if self.factory.relay is not None and self.nick_shared:
                 self.factory.relay.release_name(self.nick, self.client_id)
@@ -179,6 +189,10 @@ class ChatProtocol(HubProtocol):
         """A line as from a member named C{sender}: C{#room <sender> text}."""
         text = printable(payload.decode("utf-8", "backslashreplace"))
         return f"#{printable(room)} <{printable(sender)}> {text}".encode("utf-8")
+
+    def dropping(self, reason: Drop, error: TcpHubError) -> None:
+        """Tell the client why, if its socket takes the line at once."""
+        self.sendNow(printable(f"* closing: {_WHY[reason]}: {error}").encode("utf-8"))
 
     # -- messages in ----------------------------------------------------------
 
@@ -254,6 +268,7 @@ class ChatProtocol(HubProtocol):
             self._announce(room, f"* {old} is now {name}")
 
     def _join_command(self, room: str) -> None:
+        room = room.removeprefix("#")  # "/join #general" names #general
         if self.identity is not None and not self.identity.may_enter(room):
             count = self.factory.counters.add("forbidden")
             self.factory.repeats.emit("forbidden", LogLevel.info, "refused {user} room {room!r} ({count} so far)",
@@ -266,7 +281,7 @@ class ChatProtocol(HubProtocol):
             self._say(f"* cannot join: {error}")
 
     def _leave(self, room: str) -> None:
-        room = room or self.room or ""
+        room = room.removeprefix("#") or self.room or ""
         if room not in self.rooms:
             self._say(f"* you are not in #{room}")
             return
@@ -293,16 +308,25 @@ class ChatProtocol(HubProtocol):
     def _auth(self, _: str) -> None:
         self._say("* this hub asks for no token")
 
+    def _help(self, _: str) -> None:
+        self.sendMessage(_HELP)
+
+    def _quit(self, _: str) -> None:
+        self._say("* bye")
+        self.loseConnection()
+
     _COMMANDS = {"/nick": _nick, "/join": _join_command, "/leave": _leave, "/who": _who, "/rooms": _rooms,
-                 "/auth": _auth}
+                 "/auth": _auth, "/help": _help, "/quit": _quit}
 
     # -- inside ---------------------------------------------------------------
 
     def _join(self, room: str) -> None:
+        already = room in self.rooms
         self.join(room)
         self.room = room
         self._say(f"* you are in #{room}")
-        self._announce(room, f"* {self.nick} joined #{room}")
+        if not already:  # back to a room one is in: it becomes the current one, nobody is told
+            self._announce(room, f"* {self.nick} joined #{room}")
 
     def _say(self, text: str) -> None:
         self.sendMessage(printable(text).encode("utf-8"))

@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from tcphub._observer import OneShotObserver
 from tcphub.hub.addresses import check_payload, format_address
-from tcphub._upstream.twisted_parts import unsent_bytes
+from tcphub._upstream.twisted_parts import send_now, unsent_bytes
 from tcphub.errors import (
     ClientDisconnected,
     FrameTimeout,
@@ -95,7 +95,8 @@ class HubProtocol(Protocol):
     __slots__ = (
         "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
         "_read_at", "_frames", "_decoder", "_read_paused", "_input_ended", "_held",
-        "_departure", "_lost", "_idle_call", "_frame_call", "_rate_call", "_bucket",
+        "_departure", "_lost", "_idle_call", "_frame_call", "_rate_call", "_bucket", "dropped_for",
+        "_said_last",
     )
 
     factory: HubFactory
@@ -110,6 +111,8 @@ class HubProtocol(Protocol):
     """Messages decoded from this client."""
     state: int
     """L{REFUSED}, L{OPEN}, L{DRAINING} or L{GONE}."""
+    dropped_for: Drop | None
+    """Why the hub dropped this client (L{drop}); None while it has not."""
     outbox: Outbox
     """This client's output (see L{tcphub.hub.outbox})."""
 
@@ -127,6 +130,8 @@ class HubProtocol(Protocol):
         # Created when first needed: most clients never hold a message.
         self._held: deque[bytes] | None = None
         self._departure: ClientDisconnected | None = None
+        self.dropped_for = None
+        self._said_last = False
         self._lost: OneShotObserver | None = None
         self._idle_call: IDelayedCall | None = None
         self._frame_call: IDelayedCall | None = None
@@ -514,7 +519,30 @@ class HubProtocol(Protocol):
         self.factory.counters.dropped(reason)
         self.factory.repeats.emit(reason.value, level, "{departure}", departure=departure)
         self.factory.report(self.client_id, error)
+        self.dropped_for = reason
+        try:
+            self.dropping(reason, error)
+        except Exception:
+            self.factory.handler_failed("dropping", Failure(), self.client_id)
         self._abort(departure)
+
+    def dropping(self, reason: Drop, error: TcpHubError) -> None:
+        """
+        Called as the hub drops this client for C{error}, just before it
+        aborts the connection (queued output is then lost): a subclass's
+        last words, with L{sendNow}.  Nothing here.
+        """
+
+    def sendNow(self, payload: bytes) -> bool:
+        """
+        Frame C{payload} and hand it to the kernel at once, bypassing the
+        outbox: only if nothing is waiting to be written to this client and
+        its socket (TCP or UNIX) takes it whole without waiting.  For last
+        words before the hub drops the client: once they are sent, the drop
+        closes with a FIN after them rather than a reset.  True if it was sent.
+        """
+        self._said_last = send_now(self.transport, self.factory.framing.encode(payload))
+        return self._said_last
 
     def loseConnection(self) -> None:
         """Close after the queued output is written; no new messages are taken."""
@@ -547,7 +575,12 @@ class HubProtocol(Protocol):
         self._departure = departure
         self.outbox.abort(departure, unsent_bytes(self.transport))
         self._cancel_timers()
-        self.transport.abortConnection()
+        if self._said_last:
+            # Twisted's buffer was empty and stays so: a FIN after the last
+            # words (a reset would make the peer's kernel discard them).
+            self._close_transport()
+        else:
+            self.transport.abortConnection()
 
     # -- IPushProducer: the transport tells us when its buffer is full ---
 
