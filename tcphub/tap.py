@@ -194,6 +194,8 @@ class Options(usage.Options):
     optFlags = [
         ["keepalive", None, "enable TCP keep-alive on client connections (the default)"],
         ["no-keepalive", None, "disable TCP keep-alive on client connections"],
+        ["allow-half-open", None, "keep a client that ends its input (FIN) as a receiver, as Node's allowHalfOpen "
+         "[default: it is closed once its replies are written]"],
         ["upstream-no-reconnect", None, "give up on the first upstream failure"],
     ]
 
@@ -436,6 +438,7 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         host=config["host"],
         backlog=config["backlog"],
         keep_alive=not config["no-keepalive"],
+        allow_half_open=bool(config["allow-half-open"]),
         timeout=config["timeout"],
         frame_timeout=config["frame-timeout"],
         framing=config["framing"],

@@ -109,8 +109,17 @@ def test_a_client_the_hub_is_closing_gets_no_inputended_call(hub_factory):
     assert transport.value() == b"queued\n" and transport.disconnecting
 
 
-def test_a_broadcast_listener_that_half_closes_keeps_receiving(hub_factory):
+def test_a_client_that_half_closes_is_closed_once_its_replies_are_written(hub_factory):
+    """Node's allowHalfOpen false: a load balancer's TCP probe (connect,
+    close) leaves no ghost in the table."""
     hub = hub_factory(protocol=BroadcastProtocol)
+    probe, probe_transport = hub.connect()
+    probe.readConnectionLost()
+    assert probe_transport.disconnecting
+
+
+def test_with_allow_half_open_a_broadcast_listener_that_half_closes_keeps_receiving(hub_factory):
+    hub = hub_factory(protocol=BroadcastProtocol, allow_half_open=True)
     listener, listener_transport = hub.connect()
     talker, _ = hub.connect()
     listener.readConnectionLost()
@@ -433,7 +442,7 @@ def test_resuming_a_client_that_was_not_paused_changes_nothing(hub_factory):
 
 
 def test_fin_inside_a_frame_leaves_no_frame_deadline_on_a_listener(hub_factory):
-    hub = hub_factory(protocol=BroadcastProtocol, framing="int32")
+    hub = hub_factory(protocol=BroadcastProtocol, framing="int32", allow_half_open=True)
     protocol, transport = hub.connect()
     protocol.dataReceived(struct.pack(">I", 10) + b"part")
     protocol.readConnectionLost()

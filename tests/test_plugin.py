@@ -324,8 +324,17 @@ def test_twistd_echo_answers_a_client_that_half_closes():
         twistd.shutdown()
 
 
-def test_twistd_broadcast_listener_that_half_closes_keeps_receiving():
+def test_twistd_broadcast_client_that_half_closes_is_closed_by_default():
     with Twistd("tcphub", "--port", "0", "--mode", "broadcast") as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as probe:
+            probe.shutdown(socket.SHUT_WR)  # a load balancer's TCP health check
+            assert probe.recv(1) == b"", "the hub closed it"
+        twistd.shutdown()
+
+
+def test_twistd_broadcast_listener_that_half_closes_keeps_receiving_with_allow_half_open():
+    with Twistd("tcphub", "--port", "0", "--mode", "broadcast", "--allow-half-open") as twistd:
         host, port = twistd.wait_listening()
         with socket.create_connection((host, port), timeout=30) as listener, \
                 socket.create_connection((host, port), timeout=30) as talker:

@@ -110,6 +110,7 @@ class HubFactory(Factory):
         max_rate: float | None = None,
         max_burst: int | None = None,
         keep_alive: bool = True,
+        allow_half_open: bool = False,
         closed_history: int = DEFAULT_CLOSED_HISTORY,
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         room_history: int = 0,
@@ -137,6 +138,9 @@ class HubFactory(Factory):
         self.max_rate = max_rate
         self.max_burst = _checks.count_or_none("max_burst", max_burst)
         self.keep_alive = _checks.flag("keep_alive", keep_alive)
+        self.allow_half_open = _checks.flag("allow_half_open", allow_half_open)
+        """Whether a client that ends its input stays as a receiver (Node's
+        C{allowHalfOpen}); by default it is closed once its replies are written."""
         self.auth = auth
         """What checks members' tokens (L{tcphub.hub.identity}); None: the hub is open."""
         self.auth_attempts = FailedAttempts()

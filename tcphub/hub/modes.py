@@ -29,15 +29,10 @@ class EchoProtocol(HubProtocol):
 
 
 class BroadcastProtocol(HubProtocol):
-    """A chat room: every message goes to every other client.  A client that
-    ends its input (C{shutdown(SHUT_WR)}) stays a listener until it closes or
-    times out."""
+    """A chat room: every message goes to every other client."""
 
     def messageReceived(self, payload: bytes) -> None:
         self.broadcastMessage(payload)
-
-    def inputEnded(self) -> None:
-        """Stay a receiver."""
 
 
 

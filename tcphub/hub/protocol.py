@@ -284,12 +284,14 @@ class HubProtocol(Protocol):
         """
         Override: the client will send nothing more (it closed its connection,
         or only its sending half, as C{nc -N} and C{shutdown(SHUT_WR)} do), and
-        every message it sent has been handled.  By default: close once the
-        queued output is written, so that a request followed by FIN gets its
-        whole reply.  Do nothing to keep the client as a receiver (a peer that
-        closed both halves is then found at the next write, or by C{timeout}).
+        every message it sent has been handled.  By default (as Node's
+        C{allowHalfOpen: false}): close once the queued output is written, so
+        that a request followed by FIN gets its whole reply; with the hub's
+        C{allow_half_open}, keep the client as a receiver (a peer that closed
+        both halves is then found at the next write, or by C{timeout}).
         """
-        self.loseConnection()
+        if not self.factory.allow_half_open:
+            self.loseConnection()
 
     def frameReceived(self, payload: bytes) -> None:
         """The decoder's callback: count, emit C{data}, call L{messageReceived}."""
