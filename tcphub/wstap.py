@@ -42,8 +42,8 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["max-retries", None, 5, "retries in a row before giving up",
-         number("max-retries", int, minimum=0)],
+        ["max-retries", None, None, "retries in a row before giving up [default: never give up, as a daemon "
+         "should through an upstream's routine restart]", number("max-retries", int, minimum=0)],
         ["backoff", None, "exponential", f"delay between retries: {', '.join(BACKOFFS)}",
          choice("backoff", BACKOFFS)],
         ["ping-interval", None, 30.0, "seconds between pings (0 disables them)",
@@ -74,6 +74,7 @@ class Options(usage.Options):
         self["url"] = None
         self["urls"] = []
         self["header"] = {}
+        self["fatal-close-code"] = set()
         self["secret-headers"] = set()
         self["subprotocol"] = []
 
@@ -108,6 +109,13 @@ class Options(usage.Options):
                 name, value = _header(f"--header-file {path!r} line {number}", line, show=False)
                 self["header"][name] = value
                 self["secret-headers"].add(name)
+
+    def opt_fatal_close_code(self, code: str) -> None:
+        """A close code from the server that ends reconnecting (repeatable), e.g. 4001 for a revoked token."""
+        try:
+            self["fatal-close-code"].add(number("fatal-close-code", int, minimum=1000, maximum=4999)(code))
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
 
     def opt_subprotocol(self, name: str) -> None:
         """Offer this subprotocol in the handshake (repeatable, in order of preference)."""
@@ -168,6 +176,7 @@ def makeService(config: Options, reactor: Any = None) -> PluginProcess:
         url=config["urls"],
         reconnect=not config["no-reconnect"],
         max_retries=config["max-retries"],
+        fatal_close_codes=frozenset(config["fatal-close-code"]),
         backoff=config["backoff"],
         ping_interval=config["ping-interval"],
         max_message_size=config["max-message-size"],

@@ -31,7 +31,18 @@ def test_options_reach_the_handler():
 
 def test_defaults():
     handler = makeService(parse("--url", "ws://127.0.0.1:1/")).getServiceNamed("tcphub-ws")
-    assert (handler.options.reconnect, handler.options.max_retries, handler.options.backoff) == (True, 5, "exponential")
+    # A daemon does not give up through an upstream's routine restart (it gave up after 5 retries, ~25 s).
+    assert (handler.options.reconnect, handler.options.max_retries, handler.options.backoff) == (
+        True, None, "exponential")
+    assert handler.options.fatal_close_codes == frozenset()
+
+
+def test_fatal_close_codes_are_given_as_on_the_api():
+    handler = makeService(parse("--url", "ws://h/", "--fatal-close-code", "4001", "--fatal-close-code", "4003")
+                          ).getServiceNamed("tcphub-ws")
+    assert handler.options.fatal_close_codes == frozenset({4001, 4003})
+    with pytest.raises(usage.UsageError, match="--fatal-close-code must be at least 1000"):
+        parse("--url", "ws://h/", "--fatal-close-code", "999")
     assert (handler.options.ping_interval, handler.options.compression) == (30, True)
 
 

@@ -99,6 +99,8 @@ def _shown(options: Mapping[str, Any]) -> dict[str, Any]:
             return redact_url(value)
         if isinstance(value, (list, tuple)):
             return [shown(each) for each in value]
+        if isinstance(value, (set, frozenset)):
+            return sorted(shown(each) for each in value)
         return value
 
     return {key: shown(value) for key, value in options.items()}
