@@ -426,6 +426,11 @@ class HubProtocol(Protocol):
         else:
             self.timeoutConnection()
 
+    def peerAlive(self) -> None:
+        """The peer showed it is there without sending a message (a WebSocket
+        pong): traffic, for the idle timeout, as a read would be."""
+        self._read_at = self.factory.clock.seconds()
+
     def timeoutConnection(self) -> None:
         """Override: no traffic either way for C{timeout} seconds.  By
         default: count it, report L{IdleTimeout}, and drop the client."""

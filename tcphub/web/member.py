@@ -406,6 +406,8 @@ class MemberConnection(FailureHooks):
         self.sendPing()
 
     def onPong(self, payload: bytes) -> None:
+        if self.member is not None:
+            self.member.peerAlive()  # a quiet member that answers pings is not idle
         if self._beat is _Beat.PINGED:
             self.heartbeat_stop()
             self.heartbeat_start()
