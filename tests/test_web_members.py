@@ -569,3 +569,10 @@ def test_same_origin_holds_only_for_names_the_listener_is_reached_by(host, origi
 def test_a_public_name_must_be_a_host_name(name):
     with pytest.raises(ValueError, match="a public name looks like"):
         OriginPolicy(public_names=[name])
+
+
+def test_allowed_origins_add_to_the_same_origin():
+    policy = OriginPolicy(["https://app.example"])
+    assert policy.allows("https://app.example", "hub.internal:8080", secure=True)
+    assert policy.allows("http://127.0.0.1:8080", "127.0.0.1:8080", secure=False), "the built-in page still works"
+    assert not policy.allows("https://evil.example", "127.0.0.1:8080", secure=False)
