@@ -20,7 +20,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tcphub._metric_fields import COUNTER
 from tcphub._observer import OneShotObserver
@@ -84,6 +84,24 @@ class _BodylessRequest(Request):
     def _due(self) -> None:
         self._paced = None
         self.process()
+
+    def render(self, resrc: Any) -> None:
+        """As C{Request.render}, but a HEAD answers the headers its GET would,
+        without the "I think I'll eat it" line twisted.web logs for every
+        HEAD of a resource that has only C{render_GET}."""
+        if self.method != b"HEAD":
+            super().render(resrc)
+            return
+        try:
+            body = resrc.render(self)
+        except Exception:
+            self.processingFailed(Failure())
+            return
+        if body is NOT_DONE_YET:
+            return
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(b"")  # http.Request.write sends no body for a HEAD
+        self.finish()
 
     def connectionLost(self, reason: Failure) -> None:
         call, self._paced = self._paced, None

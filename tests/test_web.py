@@ -305,3 +305,22 @@ def test_a_member_over_max_connections_gets_a_503_before_the_upgrade():
                 hub.member()
             assert refused.value.response.status_code == 503
         hub.twistd.shutdown()
+
+
+def test_head_answers_the_headers_without_a_body_or_a_warning():
+    import http.client
+
+    from tests.processes import Twistd as _Twistd
+
+    with _Twistd("tcphub", "--port", "0", "--websocket", "tcp:0:interface=127.0.0.1",
+                 "--admin", "tcp:0:interface=127.0.0.1") as twistd:
+        ports = [int(twistd.wait_for(rf"tcphub {name} listening on [^ ]+:(\d+)")[1]) for name in ("websocket", "admin")]
+        for port in ports:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("HEAD", "/")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read() == b""
+            assert int(response.getheader("content-length")) > 1000, "the GET's length"
+            connection.close()
+        twistd.shutdown()
+    assert "HEAD request" not in twistd.output and "eat it" not in twistd.output
