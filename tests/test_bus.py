@@ -447,3 +447,17 @@ def test_readyz_is_503_with_the_reason_while_the_bus_is_disconnected(redis):
         redis.restart(server)
         eventually(lambda: readyz(a.admin)[0] == 200, "ready again with Redis back")
         a.twistd.shutdown()
+
+
+def test_an_unreachable_redis_is_named_with_why_once_per_burst_and_no_object_address():
+    from tests.test_websocket import refused_port
+
+    port = refused_port()
+    twistd = Twistd("tcphub", "--port", "0", "--redis", f"redis://127.0.0.1:{port}/0")
+    try:
+        twistd.wait_for(rf"bus: cannot reach Redis at redis://127\.0\.0\.1:{port}/0: Connection was refused")
+        twistd.shutdown()
+    finally:
+        twistd.kill()
+    assert " object at 0x" not in twistd.output and "Scheduling retry" not in twistd.output
+    assert twistd.output.count("bus: cannot reach Redis") <= 2

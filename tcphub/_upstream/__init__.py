@@ -18,6 +18,7 @@ from __future__ import annotations
 
 PRIVATE_SYMBOLS: tuple[tuple[str, str, str], ...] = (
     # (module, owner, attribute), each used by an adapter here.
+    ("twisted.application.internet", "ClientService", "_log"),
     ("twisted.internet.abstract", "FileDescriptor", "dataBuffer"),
     ("twisted.internet.abstract", "FileDescriptor", "offset"),
     ("twisted.internet.abstract", "FileDescriptor", "_tempDataLen"),

@@ -8,13 +8,26 @@ import array
 import fcntl
 import socket
 import termios
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, cast
 
+from twisted.application.internet import ClientService
 from twisted.internet.abstract import FileDescriptor
-from twisted.logger import ILogObserver, LegacyLogObserverWrapper
+from twisted.logger import ILogObserver, LegacyLogObserverWrapper, Logger
 from twisted.protocols import basic
 
-__all__ = ["NetstringParser", "is_emfile_recovery", "send_now", "twistd_destination", "unsent_bytes"]
+__all__ = ["NetstringParser", "QuietClientService", "is_emfile_recovery", "send_now", "twistd_destination",
+           "unsent_bytes"]
+
+
+class QuietClientService(ClientService):
+    """
+    A C{ClientService} that does not log each retry itself (Twisted's line,
+    "Scheduling retry 3 to connect <…TCP4ClientEndpoint object at 0x…> in
+    0.79… seconds", names an object's address, not a place, and comes once
+    per attempt): its user says what failed, once per burst.
+    """
+
+    _log = Logger(observer=cast(ILogObserver, lambda event: None))
 
 
 def send_now(transport: Any, data: bytes) -> bool:

@@ -34,7 +34,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import clientFromString
@@ -51,6 +51,7 @@ from tcphub._reactor import default_reactor
 from tcphub._secrets import redact_url
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
+from tcphub._upstream.twisted_parts import QuietClientService
 from tcphub.errors import BusError, BusQueueFull
 
 if TYPE_CHECKING:
@@ -135,6 +136,23 @@ class _ConnectionFactory(Factory):
         return protocol
 
 
+@implementer(IStreamClientEndpoint)
+class _Reporting:
+    """An endpoint whose failed connection attempts are told to C{failed}
+    (the bus says which Redis and why, once per burst)."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+        self._endpoint = endpoint
+        self._failed = failed
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self._failed(failure)
+            return failure
+
+        return self._endpoint.connect(factory).addErrback(failed)
+
+
 _RELEASE = (b"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
             b"return 0")
 """Delete a claimed name only if it is still the claimer's."""
@@ -193,8 +211,9 @@ class RedisBus(Service):
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         publisher = _ConnectionFactory(self._publisher_ready, self._publisher_lost)
         subscriber = _ConnectionFactory(self._subscriber_ready, self._subscriber_lost, self._pushed)
-        self._publisher_service = ClientService(endpoint, publisher, retryPolicy=retry, clock=self._clock)
-        self._subscriber_service = ClientService(endpoint, subscriber, retryPolicy=retry, clock=self._clock)
+        reporting = _Reporting(endpoint, self._unreachable)
+        self._publisher_service = QuietClientService(reporting, publisher, retryPolicy=retry, clock=self._clock)
+        self._subscriber_service = QuietClientService(reporting, subscriber, retryPolicy=retry, clock=self._clock)
         self.state = PublisherState.DOWN
         self._publisher: RedisProtocol | None = None
         self._subscribed = False
@@ -236,6 +255,11 @@ class RedisBus(Service):
         publisher = self._publisher
         if publisher is not None:
             self._fire(publisher, b"EVAL", _RELEASE, 1, key, value)
+
+    def _unreachable(self, failure: Failure) -> None:
+        self._hub.surface.fault("bus_unreachable", LogLevel.warn,
+                                "bus: cannot reach Redis at {url}: {reason}; retrying", url=self.url,
+                                reason=failure.getErrorMessage())
 
     def key(self, kind: str, name: str) -> bytes:
         """A Redis key of this deployment's (its channel and database), for
