@@ -231,6 +231,8 @@ class PluginProcess(MultiService):
                 parent.setComponent(ILogObserver, self._log_observer)
         super().setServiceParent(parent)
 
+    _interrupted = False
+
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
@@ -244,6 +246,7 @@ class PluginProcess(MultiService):
         for listener in self._listeners:
             listener.when_listening().addErrback(self._listen_failed)
         self._reactor.addSystemEventTrigger("before", "shutdown", self._arm_second_interrupt)
+        self._reactor.callWhenRunning(self._watch_interrupt)
         if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
             signal.signal(signal.SIGHUP, self._hangup)
 
@@ -257,9 +260,23 @@ class PluginProcess(MultiService):
         self._log.info("Received SIGHUP, shutting down (queued output is drained first).")
         self._reactor.callFromThread(self._reactor.stop)
 
+    def _watch_interrupt(self) -> None:
+        # The reactor installs its SIGINT handler as it starts: note an
+        # interrupt on the way to it, so that only an interrupt is told of the second.
+        previous = signal.getsignal(signal.SIGINT)
+        if not callable(previous):
+            return
+
+        def interrupted(signum: int, frame: Any) -> None:
+            self._interrupted = True
+            previous(signum, frame)
+
+        signal.signal(signal.SIGINT, interrupted)
+
     def _arm_second_interrupt(self) -> None:
         signal.signal(signal.SIGINT, self._exit_now)
-        self._log.info("shutting down; interrupt again to exit at once")
+        if self._interrupted:
+            self._log.info("shutting down; interrupt again to exit at once")
 
     def _exit_now(self, signum: int, frame: object) -> None:
         sys.stderr.write("second interrupt: exiting without waiting for the drain\n")

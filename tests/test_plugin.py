@@ -566,6 +566,13 @@ def test_a_second_interrupt_exits_without_waiting_for_the_drain():
         assert "tcphub stopped" not in twistd.output
 
 
+def test_a_stop_by_sigterm_does_not_speak_of_interrupts():
+    with Twistd("tcphub", "--port", "0") as twistd:
+        twistd.wait_listening()
+        twistd.shutdown(signal.SIGTERM)
+    assert "interrupt again" not in twistd.output
+
+
 def test_connections_refused_for_want_of_a_descriptor_are_counted_and_reported():
     with Twistd("-y", str(REPO / "tests" / "no_descriptor_limit.tac"),
                 preexec_fn=_nofile(64, 64)) as twistd:
