@@ -258,6 +258,8 @@ class PluginProcess(MultiService):
 
     def _hangup(self, signum: int, frame: object) -> None:
         self._log.info("Received SIGHUP, shutting down (queued output is drained first).")
+        # Not a normal stop: a supervisor (systemd's Restart=on-failure) sees 129, as for a shell.
+        exit_status_after_twistd(128 + signal.SIGHUP)
         self._reactor.callFromThread(self._reactor.stop)
 
     def _watch_interrupt(self) -> None:

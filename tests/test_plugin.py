@@ -536,7 +536,8 @@ def stuck_reader(host: str, port: int) -> socket.socket:
     [
         (signal.SIGTERM, -signal.SIGTERM, "Received SIGTERM, shutting down."),
         # The terminal of twistd -n closing, or a logrotate kill -HUP.
-        (signal.SIGHUP, 0, "Received SIGHUP, shutting down"),
+        # Status 129 (128 + SIGHUP): not a normal stop, for a supervisor (it was 0).
+        (signal.SIGHUP, 128 + signal.SIGHUP, "Received SIGHUP, shutting down"),
     ],
     ids=["SIGTERM", "SIGHUP"],
 )
