@@ -157,7 +157,13 @@ def test_a_page_from_another_origin_is_refused_and_counted():
             assert allowed.recv(timeout=30).startswith("* welcome")
         assert hub.get("/varz")["websocket"]["rejected_origin"] == 1
         assert "rejected_origin" not in hub.metrics(), "the members' port counts it, not the hub"
+        for _ in range(3):
+            with pytest.raises(InvalidStatus):
+                hub.member(origin="http://evil.example")
         hub.twistd.shutdown()
+    output = hub.twistd.output
+    assert output.count("origin 'http://evil.example' is not allowed") <= 2, "once per burst (and its summary)"
+    assert "failing WebSocket opening handshake" not in output and "dropping connection" not in output
 
 
 def test_by_default_only_pages_of_the_same_origin_may_connect():
@@ -324,3 +330,20 @@ def test_head_answers_the_headers_without_a_body_or_a_warning():
             connection.close()
         twistd.shutdown()
     assert "HEAD request" not in twistd.output and "eat it" not in twistd.output
+
+
+def test_a_malformed_upgrade_is_refused_and_logged_by_tcphub_once():
+    import socket
+
+    with Hub() as hub:
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", hub.ws_port), timeout=30) as raw:
+                raw.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                            b"Sec-WebSocket-Version: 13\r\n\r\n")  # no Sec-WebSocket-Key
+                answer = b""
+                while chunk := raw.recv(4096):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 400 ")
+        hub.twistd.wait_for("refused a WebSocket handshake from 127.0.0.1:")
+        hub.twistd.shutdown()
+    assert "failing WebSocket opening handshake" not in hub.twistd.output

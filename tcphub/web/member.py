@@ -238,6 +238,7 @@ class MemberConnection(FailureHooks):
     _in_close_frame = False
     credentials: str | None = None
     """The token of the handshake's C{Authorization: Bearer}, if any."""
+    _refused_by_us = False
 
     def dataReceived(self, data: bytes) -> None:
         # As for a TCP client, what the messages of one read make the hub
@@ -291,6 +292,7 @@ class MemberConnection(FailureHooks):
         if full is not None:
             # Said in HTTP before the upgrade, not with a TCP reset after it.
             hub.count_refusal(full)
+            self._refused_by_us = True
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "the hub is full")
         origin = request.headers.get("origin")
         secure = ISSLTransport.providedBy(self.transport)
@@ -300,6 +302,7 @@ class MemberConnection(FailureHooks):
             self.factory.counters.rejected_origin += 1
             hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error)
             hub.surface.report(error)
+            self._refused_by_us = True
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
         if scheme.lower() == "bearer" and token.strip():
@@ -437,6 +440,20 @@ class MemberConnection(FailureHooks):
             return result
         finally:
             self._in_close_frame = False
+
+    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
+        # As Autobahn's, without its two lines (an info, then a warn) per
+        # refused handshake: tcphub's own refusals are counted and logged
+        # once per burst already, and Autobahn's (a malformed upgrade) are
+        # logged here the same way.
+        self.wasNotCleanReason = reason
+        if not self._refused_by_us:
+            self.factory.hub.surface.fault("bad_handshakes", LogLevel.info,
+                                           "refused a WebSocket handshake from {peer}: {code} {reason}",
+                                           peer=format_address(self.transport.getPeer()), code=code, reason=reason)
+        self.sendHttpErrorResponse(code, reason, responseHeaders)
+        self.wasClean = True  # answered in HTTP: a clean end, not a warning
+        self.dropConnection(abort=False)
 
     def dropConnection(self, abort: bool = False) -> None:
         # Autobahn drops TCP as soon as a server has answered a close frame,
