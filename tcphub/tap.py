@@ -96,8 +96,9 @@ class Options(usage.Options):
         ["host", None, None, f"interface to listen on [default: {DEFAULT_HOST}]"],
         ["backlog", None, None, f"listen backlog [default: {DEFAULT_BACKLOG}]",
          _number("backlog", int, minimum=1, maximum=65535)],
-        ["timeout", "t", DEFAULT_TIMEOUT,
-         "seconds without traffic either way before a client is dropped (0 disables it)",
+        ["timeout", "t", None,
+         f"seconds without traffic either way before a client is dropped (0 disables it) [default: "
+         f"{DEFAULT_TIMEOUT:g}, or 0 in the chat: a quiet reader stays, and TCP keep-alive finds dead peers]",
          _number("timeout", float, minimum=0)],
         ["frame-timeout", None, DEFAULT_FRAME_TIMEOUT,
          "seconds a client has to finish a frame it began (0 disables it)",
@@ -312,6 +313,8 @@ class Options(usage.Options):
                 self["mode"] = "none"
             else:
                 self["mode"] = "chat" if self["framing"] == "line" else "broadcast"
+        if self["timeout"] is None:
+            self["timeout"] = 0.0 if self["mode"] == "chat" and not self["no-keepalive"] else DEFAULT_TIMEOUT
         if self["keepalive"] and self["no-keepalive"]:
             raise usage.UsageError("--keepalive and --no-keepalive contradict each other")
         check_admin(self)

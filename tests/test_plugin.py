@@ -44,7 +44,10 @@ def test_defaults_make_a_line_chat_on_localhost_3000():
     assert server.factory.protocol is ChatProtocol
     assert server.factory.framing.name == "line"
     assert server.factory.keep_alive is True
-    assert server.factory.timeout == 300
+    # A quiet chat reader stays (keep-alive finds dead peers); the other modes keep 300 s.
+    assert server.factory.timeout is None
+    assert hub_service("--mode", "echo").factory.timeout == 300
+    assert hub_service("--no-keepalive").factory.timeout == 300
 
 
 def test_every_option_reaches_the_server():
