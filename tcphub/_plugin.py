@@ -109,7 +109,7 @@ def server_endpoint(option: str, description: str) -> str:
     return description
 
 
-SECRET_OPTIONS = frozenset({"admin-token", "redis-password", "api-keys"})
+SECRET_OPTIONS = frozenset({"admin-token", "redis-password", "api-keys", "tls-options", "upstream-tls-options"})
 """The options (as read from the command line, a file or the environment)
 that /varz leaves out."""
 
@@ -146,8 +146,9 @@ def admin_service(config: Mapping[str, Any], reactor: Any, *, hub: TcpServer | N
     from tcphub._secrets import redact_headers
 
     shown = {key: value for key, value in config.items() if key not in SECRET_OPTIONS}
-    if "header" in shown:
-        shown["header"] = redact_headers(shown["header"], shown.pop("secret-headers", ()))
+    for headers, secret in (("header", "secret-headers"), ("upstream-header", "upstream-secret-headers")):
+        if headers in shown:
+            shown[headers] = redact_headers(shown[headers], shown.pop(secret, ()))
     admin = AdminService(config["admin"], hub=hub, upstream=upstream, bus=bus, web=web, api=api,
                          token=config["admin-token"], options=shown, reactor=reactor)
     admin.setName("admin")
@@ -284,3 +285,47 @@ class PluginProcess(MultiService):
         sys.stderr.write("second interrupt: exiting without waiting for the drain\n")
         sys.stderr.flush()
         os._exit(128 + signal.SIGINT)
+
+
+def header_line(where: str, line: str, show: bool = True) -> tuple[str, str]:
+    """C{(name, value)} of a C{Name: value} line; a usage error (showing
+    the line only if C{show}: a header file's lines may be secrets) if none."""
+    name, colon, value = line.partition(":")
+    if not colon or not name.strip():
+        raise usage.UsageError(f"{where} takes 'Name: value'" + (f", not {line!r}" if show else ""))
+    return name.strip(), value.strip()
+
+
+def add_header_file(config: Any, option: str, path: str, headers: str = "header",
+                    secret: str = "secret-headers") -> None:
+    """Add the headers of the file C{--option} names ('Name: value' a line,
+    blank lines and # comments skipped) to C{config[headers]}, each a secret
+    (C{config[secret]}: /varz shows ***)."""
+    from tcphub._secrets import read_secret_file
+    from tcphub.errors import SecretUnreadable
+
+    try:
+        text = read_secret_file(option, path)
+    except SecretUnreadable as error:
+        raise usage.UsageError(str(error)) from None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, value = header_line(f"--{option} {path!r} line {number}", line, show=False)
+            config[headers][name] = value
+            config[secret].add(name)
+
+
+def trusting(url: str, ca_file: str | None, option: str) -> Any:
+    """TLS options for C{url}'s host that trust the CAs of C{ca_file} (C{--option})."""
+    if ca_file is None:
+        return None
+    from urllib.parse import urlparse
+
+    from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+    try:
+        with open(ca_file, "rb") as pem:
+            trust = Certificate.loadPEM(pem.read())
+    except (OSError, ValueError) as error:
+        raise usage.UsageError(f"--{option} {ca_file!r}: {error}") from None
+    return optionsForClientTLS(urlparse(url).hostname or "", trustRoot=trust)

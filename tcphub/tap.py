@@ -15,6 +15,9 @@ from tcphub._reactor import default_reactor
 from tcphub._secrets import read_secret_file, secret_from
 from tcphub._plugin import (
     ADMIN_OPTIONS,
+    add_header_file,
+    header_line,
+    trusting,
     LOG_OPTIONS,
     PluginProcess,
     admin_service,
@@ -189,6 +192,7 @@ class Options(usage.Options):
          choice("upstream-backoff", BACKOFFS)],
         ["upstream-ping-interval", None, 30.0, "seconds between upstream pings (0: none)",
          _number("upstream-ping-interval", float, minimum=0)],
+        ["upstream-ca-file", None, None, "trust the CA certificates in this PEM file for a wss:// --upstream"],
         *ADMIN_OPTIONS,
         *LOG_OPTIONS,
     ]
@@ -206,6 +210,23 @@ class Options(usage.Options):
         self["websocket"] = []
         self["allowed-origin"] = []
         self["public-name"] = []
+        self["upstream-header"] = {}
+        self["upstream-secret-headers"] = set()
+        self["upstream-subprotocol"] = []
+
+    def opt_upstream_header(self, header: str) -> None:
+        """Add a header to the upstream handshake, 'Name: value' (repeatable);
+        ps shows it: give secret ones with --upstream-header-file."""
+        name, value = header_line("--upstream-header", header)
+        self["upstream-header"][name] = value
+
+    def opt_upstream_header_file(self, path: str) -> None:
+        """Add the upstream handshake headers of this file, 'Name: value' a line, each a secret."""
+        add_header_file(self, "upstream-header-file", path, "upstream-header", "upstream-secret-headers")
+
+    def opt_upstream_subprotocol(self, name: str) -> None:
+        """Offer this subprotocol in the upstream handshake (repeatable, in order of preference)."""
+        self["upstream-subprotocol"].append(name)
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted server endpoint, e.g. tcp:3000:interface=127.0.0.1,
@@ -321,6 +342,9 @@ class Options(usage.Options):
         self._redis_password()
         self._auth()
         self._api()
+        if self["upstream-ca-file"] is not None and not (self["upstream"] or "").startswith("wss:"):
+            raise usage.UsageError("--upstream-ca-file goes with a wss:// --upstream")
+        self["upstream-tls-options"] = trusting(self["upstream"] or "", self["upstream-ca-file"], "upstream-ca-file")
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
@@ -472,6 +496,9 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         max_retries=config["upstream-max-retries"],
         backoff=config["upstream-backoff"],
         ping_interval=config["upstream-ping-interval"],
+        headers=config["upstream-header"] or None,
+        subprotocols=config["upstream-subprotocol"],
+        tls_options=config["upstream-tls-options"],
         reactor=reactor,
     )
     stop_when_given_up(upstream, reactor)

@@ -11,8 +11,10 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tcphub._reactor import default_reactor
-from tcphub._secrets import read_secret_file
 from tcphub._plugin import (
+    add_header_file,
+    header_line,
+    trusting,
     ADMIN_OPTIONS,
     LOG_OPTIONS,
     PluginProcess,
@@ -24,7 +26,6 @@ from tcphub._plugin import (
     stop_when_given_up,
     ws_url,
 )
-from tcphub.errors import SecretUnreadable
 from tcphub.ws.envelope import Envelope
 from tcphub.ws.handler import ConnectionContext, WebSocketHandler
 from tcphub.ws.reconnect import BACKOFFS
@@ -94,21 +95,13 @@ class Options(usage.Options):
         """Add a handshake header, 'Name: value' (repeatable); /varz shows
         the value of Authorization, Cookie and the like as ***, and ps shows
         it whole: give secret ones with --header-file."""
-        name, value = _header("--header", header)
+        name, value = header_line("--header", header)
         self["header"][name] = value
 
     def opt_header_file(self, path: str) -> None:
         """Add the handshake headers of this file, 'Name: value' a line
         (blank lines and # comments skipped), each a secret: /varz shows ***."""
-        try:
-            text = read_secret_file("header-file", path)
-        except SecretUnreadable as error:
-            raise usage.UsageError(str(error)) from None
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip() and not line.lstrip().startswith("#"):
-                name, value = _header(f"--header-file {path!r} line {number}", line, show=False)
-                self["header"][name] = value
-                self["secret-headers"].add(name)
+        add_header_file(self, "header-file", path)
 
     def opt_fatal_close_code(self, code: str) -> None:
         """A close code from the server that ends reconnecting (repeatable), e.g. 4001 for a revoked token."""
@@ -128,17 +121,8 @@ class Options(usage.Options):
             raise usage.UsageError("--ca-file goes with a wss:// --url")
         if self["proxy"] is not None and self["url"].startswith("wss:"):
             raise usage.UsageError("--proxy is not supported with a wss:// --url yet")
-        self["tls-options"] = _trusting(self["url"], self["ca-file"])
+        self["tls-options"] = trusting(self["url"], self["ca-file"], "ca-file")
         check_admin(self)
-
-
-def _header(where: str, line: str, show: bool = True) -> tuple[str, str]:
-    """C{(name, value)} of a C{Name: value} line; a usage error (showing
-    the line only if C{show}: a header file's lines may be secrets) if none."""
-    name, colon, value = line.partition(":")
-    if not colon or not name.strip():
-        raise usage.UsageError(f"{where} takes 'Name: value'" + (f", not {line!r}" if show else ""))
-    return name.strip(), value.strip()
 
 
 def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
@@ -149,22 +133,6 @@ def _log_message(envelope: Envelope, context: ConnectionContext) -> None:
         "message on {path} from connection {connection_id}: {data}",
         path=envelope.path, connection_id=context.connection_id, data=data,
     )
-
-
-def _trusting(url: str, ca_file: str | None) -> Any:
-    """TLS options for C{url}'s host that trust the CAs of C{ca_file}."""
-    if ca_file is None:
-        return None
-    from urllib.parse import urlparse
-
-    from twisted.internet.ssl import Certificate, optionsForClientTLS
-
-    try:
-        with open(ca_file, "rb") as pem:
-            trust = Certificate.loadPEM(pem.read())
-    except (OSError, ValueError) as error:
-        raise usage.UsageError(f"--ca-file {ca_file!r}: {error}") from None
-    return optionsForClientTLS(urlparse(url).hostname or "", trustRoot=trust)
 
 
 def makeService(config: Options, reactor: Any = None) -> PluginProcess:

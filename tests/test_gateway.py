@@ -101,3 +101,38 @@ def test_bridge_example_tags_messages(monkeypatch):
             twistd.shutdown()
     finally:
         upstream.kill()
+
+
+def test_the_gateway_sends_the_upstream_headers_and_subprotocol_it_is_given(tmp_path):
+    import json
+    import urllib.request
+
+    from tests.processes import Twistd, WebSocketServer
+
+    headers = tmp_path / "upstream-headers"
+    headers.write_text("Authorization: Bearer up-s3cret\n")
+    server = WebSocketServer("--require-auth", "--subprotocols", "chat.v2")
+    try:
+        with Twistd("tcphub", "--port", "0", "--upstream", server.url, "--upstream-header-file", str(headers),
+                    "--upstream-header", "X-Id: 7", "--upstream-subprotocol", "chat.v2",
+                    "--admin", "tcp:0:interface=127.0.0.1") as twistd:
+            admin = int(twistd.wait_for(r"tcphub admin listening on [^ ]+:(\d+)")[1])
+            assert server.wait_for(r"^handshake (.*)")[1].startswith("auth='Bearer up-s3cret'")
+            assert server.wait_for(r"^subprotocol (.*)")[1] == "chat.v2"
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/varz", timeout=30) as response:
+                varz = json.loads(response.read())
+            twistd.shutdown()
+    finally:
+        server.kill()
+    assert varz["options"]["upstream-header"] == {"Authorization": "***", "X-Id": "7"}
+    assert "up-s3cret" not in json.dumps(varz) and "up-s3cret" not in twistd.output
+
+
+def test_an_upstream_ca_file_goes_with_wss():
+    import pytest
+    from twisted.python import usage
+
+    from tcphub.tap import Options
+
+    with pytest.raises(usage.UsageError, match="--upstream-ca-file goes with a wss:// --upstream"):
+        Options().parseOptions(["--upstream", "ws://127.0.0.1:1/", "--upstream-ca-file", "x.pem"])
