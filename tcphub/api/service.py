@@ -151,16 +151,25 @@ class ApiSite(BodylessSite):
         head = [f"HTTP/1.1 {error.status} {_REASONS.get(error.status, 'Refused')}",
                 "Content-Type: application/json", f"Content-Length: {len(body)}", "Connection: close"]
         if error.retry_after is not None:
-            head.append(f"Retry-After: {max(1, round(error.retry_after + 0.4999))}")
+            head.append(f"Retry-After: {_seconds(error.retry_after)}")
         transport.write("\r\n".join(head).encode("ascii") + b"\r\n\r\n" + body)
         transport.loseConnection()
         self.counted(endpoint, error.status, error, format_address(transport.getPeer()))
 
-    def counted(self, endpoint: str, status: int, error: ApiError | None = None, peer: str = "") -> None:
+    def counted(self, endpoint: str, status: int, error: ApiError, peer: str) -> None:
+        """Count an early refusal's answer, and log it."""
         self.api_counters.count(endpoint, status)
-        if error is not None:
-            self.repeats.emit(f"api_{error.code}", LogLevel.info, "API {status} {code} on {endpoint} from {peer}",
-                              status=status, code=error.code, endpoint=endpoint, peer=peer)
+        self.refused(endpoint, error, peer)
+
+    def refused(self, endpoint: str, error: ApiError, peer: str) -> None:
+        """Log a refusal, once per burst of its code."""
+        self.repeats.emit(f"api_{error.code}", LogLevel.info, "API {status} {code} on {endpoint} from {peer}",
+                          status=error.status, code=error.code, endpoint=endpoint, peer=peer)
+
+
+def _seconds(retry_after: float) -> str:
+    """A C{Retry-After} value: whole seconds, rounded up, at least 1."""
+    return str(max(1, round(retry_after + 0.4999)))
 
 
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict", 411: "Length Required",
@@ -225,10 +234,8 @@ class _Api(Resource):
             site._log.failure("the HTTP API failed on /api/{endpoint}", failure, endpoint=endpoint)
             error = ApiError(500, "internal", "the hub failed to answer: see its log")
         if error.retry_after is not None:
-            request.setHeader(b"retry-after", str(max(1, round(error.retry_after + 0.4999))).encode("ascii"))
-        site.repeats.emit(f"api_{error.code}", LogLevel.info, "API {status} {code} on {endpoint} from {peer}",
-                          status=error.status, code=error.code, endpoint=endpoint,
-                          peer=format_address(request.getClientAddress()))
+            request.setHeader(b"retry-after", _seconds(error.retry_after).encode("ascii"))
+        site.refused(endpoint, error, format_address(request.getClientAddress()))
         self._finish(request, site, endpoint, error.status, _error_body(error))
 
     def _finish(self, request: Request, site: ApiSite, endpoint: str, status: int, body: bytes) -> None:

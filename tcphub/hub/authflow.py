@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from tcphub.errors import AuthRefused
 from tcphub.hub.identity import Identity
 
-__all__ = ["AuthOwner", "Authentication"]
+__all__ = ["AuthOwner", "Authentication", "refuses_room"]
 
 AWAITING: Final = "awaiting"
 """The hub asks for a token and none has been taken yet."""
@@ -29,6 +29,17 @@ KNOWN: Final = "known"
 """The member has an identity."""
 CLOSED: Final = "closed"
 """The connection is gone: late answers are dropped."""
+
+
+def refuses_room(hub: Any, identity: Identity, room: str) -> bool:
+    """Whether C{identity} may not enter C{room}; a refusal is counted
+    (C{forbidden}) and logged once per burst."""
+    if identity.may_enter(room):
+        return False
+    count = hub.counters.add("forbidden")
+    hub.repeats.emit("forbidden", LogLevel.info, "refused {user} room {room!r} ({count} so far)",
+                     user=identity.user, room=room[:80], count=count)
+    return True
 
 
 class AuthOwner(Protocol):

@@ -10,11 +10,10 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from twisted.internet.protocol import Factory, connectionDone
-from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from tcphub.errors import AuthRefused, TcpHubError
-from tcphub.hub.authflow import Authentication
+from tcphub.hub.authflow import Authentication, refuses_room
 from tcphub.hub.identity import Identity
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
@@ -264,10 +263,7 @@ class ChatProtocol(HubProtocol):
 
     def _join_command(self, room: str) -> None:
         room = room.removeprefix("#")  # "/join #general" names #general
-        if self.identity is not None and not self.identity.may_enter(room):
-            count = self.factory.counters.add("forbidden")
-            self.factory.repeats.emit("forbidden", LogLevel.info, "refused {user} room {room!r} ({count} so far)",
-                                      user=self.identity.user, room=room[:80], count=count)
+        if self.identity is not None and refuses_room(self.factory, self.identity, room):
             self._say(f"* cannot join #{room}: it is not among your rooms")
             return
         try:

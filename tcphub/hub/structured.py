@@ -25,11 +25,10 @@ import json
 from typing import Any, Callable, Final
 
 from twisted.internet.protocol import connectionDone
-from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from tcphub.errors import AuthRefused, InvalidRoomName, RoomLimitReached
-from tcphub.hub.authflow import Authentication
+from tcphub.hub.authflow import Authentication, refuses_room
 from tcphub.hub.identity import Identity, RoomPatterns
 from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.protocol import HubProtocol
@@ -226,11 +225,7 @@ class StructuredProtocol(HubProtocol):
             self._refuse(path, request_id, "bad_room", str(error))
             return None
         assert self.identity is not None
-        if permission and not self.identity.may_enter(room):
-            count = self.factory.counters.add("forbidden")
-            self.factory.repeats.emit("forbidden", LogLevel.info,
-                                      "refused {user} room {room!r} ({count} so far)",
-                                      user=self.identity.user, room=room[:80], count=count)
+        if permission and refuses_room(self.factory, self.identity, room):
             self._refuse(path, request_id, "forbidden", f"room {room[:80]!r} is not among yours", counted=True)
             return None
         return room
