@@ -7,6 +7,7 @@ one node, and across two on a real Redis), and every refusal.
 from __future__ import annotations
 
 import json
+import time
 import socket
 import urllib.error
 import urllib.request
@@ -176,6 +177,7 @@ def test_every_refusal_has_its_status_and_code_and_the_hub_goes_on_serving(tmp_p
         while history[0] == 429:
             history = call(api, "/api/history?room=orders&since=0")
         assert [each["offset"] for each in history[1]["messages"]] == [1]
+        assert abs(history[1]["messages"][0]["at"] - time.time()) < 600, "when it was sent, in Unix time"
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=30) as response:
             families = text_string_to_metric_families(response.read().decode())
             answers = {(sample.labels["endpoint"], sample.labels["status"]): sample.value

@@ -114,6 +114,7 @@ def test_a_lost_connection_fails_what_waits_and_says_so():
     codec.BusMessage(node="a", kind=codec.BROADCAST, payload=b"\x00\n12\xff"),
     codec.BusMessage(node="a", kind=codec.BROADCAST, payload=b"42", room="r\u00e9", exclude=("a-1", "b-2")),
     codec.BusMessage(node="b", kind=codec.SEND, payload=b"", target="a-1"),
+    codec.BusMessage(node="b", kind=codec.NOTICE, payload=b"* ann joined #r", room="r", exclude=("b-1",)),
 ])
 def test_bus_messages_survive_the_trip(message):
     data = codec.encode(message)
@@ -137,8 +138,8 @@ class RecordingRelay:
         self.sends: list = []
         self.takes_sends = takes_sends
 
-    def broadcast(self, payload, exclude, room) -> None:
-        self.broadcasts.append((payload, frozenset(exclude), room))
+    def broadcast(self, payload, exclude, room, notice=False) -> None:
+        self.broadcasts.append((payload, frozenset(exclude), room) + (("notice",) if notice else ()))
 
     def send(self, client_id, payload) -> bool:
         self.sends.append((client_id, payload))
@@ -158,6 +159,21 @@ def test_a_joined_hub_relays_its_broadcasts_and_names_its_clients(hub_factory):
     assert relay.broadcasts == [(b"hello", frozenset([sender.client_id]), None),
                                 (b"to all", frozenset([receiver.client_id]), None)]
     assert transport.value() == b"hello\nfrom another node\n"
+
+
+def test_a_notice_is_relayed_as_one_and_kept_out_of_the_rooms_numbers_and_history(hub_factory):
+    hub = hub_factory(room_history=5)
+    relay = RecordingRelay()
+    hub.factory.join_relay(relay, "n1")
+    ann, _ = hub.connect()
+    bob, bob_t = hub.connect()
+    for client in (ann, bob):
+        hub.factory.join(client.client_id, "r")
+    ann.announce(b"* ann is here", "r")
+    hub.factory.broadcast_local(b"* cat is there", room="r", notice=True)
+    assert bob_t.value() == b"* ann is here\n* cat is there\n"
+    assert relay.broadcasts == [(b"* ann is here", frozenset([ann.client_id]), "r", "notice")]
+    assert hub.factory.room_sequence("r") == 0 and hub.factory.room_history("r") == []
 
 
 def test_what_the_framing_cannot_carry_is_not_relayed(hub_factory):

@@ -111,14 +111,24 @@ def test_three_people_with_nc_two_rooms_and_who():
         twistd.shutdown()
 
 
-def test_with_history_a_newcomer_reads_what_was_said_before_it_came(hub_factory):
-    hub = hub_factory(protocol=ChatProtocol, room_history=5)
-    ann, ann_t = hub.connect()
+def test_history_replays_messages_with_their_time_and_no_join_or_leave_notices(hub_factory):
+    """A newcomer reads what was said, each line with when (UTC); who came
+    and went before it is not history, and notices take no room number."""
+    hub = hub_factory(protocol=ChatProtocol, room_history=10)
+    hub.clock.advance(14 * 3600 + 2 * 60 + 30)  # 1970-01-01 14:02:30 UTC
+    ann, _ = hub.connect()
     ann.dataReceived(b"/nick ann\nanyone here?\n")
+    hub.clock.advance(3600)
+    cat, _ = hub.connect()
+    cat.dataReceived(b"/nick cat\nhi ann\n/join games\n/leave lobby\n")
     bob, bob_t = hub.connect()
     received = lines(bob_t)
-    assert b"#lobby <ann> anyone here?" in received
-    assert received.index(b"#lobby <ann> anyone here?") < received.index(b"* you are in #lobby")
+    replayed = [line for line in received if not line.startswith(b"* ")]
+    assert replayed == [b"[14:02 UTC] #lobby <ann> anyone here?", b"[15:02 UTC] #lobby <cat> hi ann"]
+    assert received.index(replayed[-1]) < received.index(b"* you are in #lobby"), "before it is told it is in"
+    assert hub.factory.room_sequence("lobby") == 2, "only the two messages are numbered"
+    ann.dataReceived(b"live\n")
+    assert lines(bob_t) == [b"#lobby <ann> live"], "live lines carry no time"
 
 
 def test_control_characters_reach_nobody_raw(hub_factory):
@@ -250,7 +260,7 @@ class Names:
     def release_name(self, name, owner):
         self.released.append(name)
 
-    def broadcast(self, payload, exclude, room):
+    def broadcast(self, payload, exclude, room, notice=False):
         """The other hubs' members are not this test's."""
 
 

@@ -78,7 +78,7 @@ def test_room_history_options_reach_the_hub():
     factory.join(client.client_id, "r")
     for text in (b"one", b"two", b"three", b"x" * 1000):
         factory.broadcast(text, room="r")
-    assert [frame for _, frame in factory.room_history("r")] == [b"two\n", b"three\n"]
+    assert [kept.frame for kept in factory.room_history("r")] == [b"two\n", b"three\n"]
     client.connectionLost()
 
 

@@ -204,7 +204,7 @@ def test_a_joiner_gets_the_rooms_last_messages_in_order_before_live_ones(hub_fac
     ann.dataReceived(b"join r\n")
     for text in (b"one", b"two", b"three"):
         hub.factory.broadcast(text, room="r")
-    assert [number for number, _ in hub.factory.room_history("r")] == [2, 3]
+    assert [kept.offset for kept in hub.factory.room_history("r")] == [2, 3]
     bob, bob_t = hub.connect()
     bob.dataReceived(b"join r\n")
     ann.dataReceived(b"to r four\n")
@@ -216,11 +216,11 @@ def test_a_joiner_gets_the_rooms_last_messages_in_order_before_live_ones(hub_fac
 def test_history_is_bounded_in_bytes_too():
     rooms: Rooms[str] = Rooms(history=100, history_bytes=10)
     rooms.join("ann", "r")
-    assert rooms.record("r", b"x" * 11) == 1 and rooms.history("r") == [], "larger than the bound: not kept"
+    assert rooms.record("r", b"x" * 11, 1.0) == 1 and rooms.history("r") == [], "larger than the bound: not kept"
     for number in range(2, 6):
-        rooms.record("r", b"%d---" % number)  # 5 bytes each
-    assert rooms.history("r") == [(4, b"4---"), (5, b"5---")]
-    assert rooms.record("nowhere", b"x") is None and rooms.history("nowhere") == []
+        rooms.record("r", b"%d---" % number, float(number))  # 5 bytes each
+    assert rooms.history("r") == [(4, b"4---", 4.0), (5, b"5---", 5.0)]
+    assert rooms.record("nowhere", b"x", 6.0) is None and rooms.history("nowhere") == []
 
 
 @given(st.lists(st.binary(max_size=20), max_size=50), st.integers(0, 5), st.integers(0, 60))
@@ -228,12 +228,12 @@ def test_history_never_passes_its_bounds(messages, size, limit):
     rooms: Rooms[str] = Rooms(history=size, history_bytes=limit)
     rooms.join("ann", "r")
     for message in messages:
-        rooms.record("r", message)
+        rooms.record("r", message, 0.0)
     kept = rooms.history("r")
-    assert len(kept) <= size and sum(len(message) for _, message in kept) <= limit
-    assert [number for number, _ in kept] == sorted(number for number, _ in kept)
+    assert len(kept) <= size and sum(len(each.frame) for each in kept) <= limit
+    assert [each.offset for each in kept] == sorted(each.offset for each in kept)
     eligible = [message for message in messages if len(message) <= limit] if size else []
-    assert [message for _, message in kept] == eligible[len(eligible) - len(kept):], "the newest, in order"
+    assert [each.frame for each in kept] == eligible[len(eligible) - len(kept):], "the newest, in order"
 
 
 @pytest_twisted.inlineCallbacks
@@ -247,6 +247,6 @@ def test_the_server_answers_room_sequence_and_room_history_as_its_hub_does(tcp_s
         yield server.broadcast(text, room="news")
     yield client.when_received(3)
     assert server.room_sequence("news") == 3
-    assert server.room_history("news") == [(2, b"two\n"), (3, b"three\n")]
+    assert [kept[:2] for kept in server.room_history("news")] == [(2, b"two\n"), (3, b"three\n")]
     client.transport.loseConnection()
     yield client.lost

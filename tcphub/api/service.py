@@ -426,8 +426,8 @@ class ApiService(SiteService):
         if not self.hub.room_size(room):
             raise ApiError(404, "unknown_room", f"no room {room[:80]!r} on this hub")
         framing = self.hub.framing
-        messages = [_message(offset, framing.payload(frame))
-                    for offset, frame in self.hub.room_history(room) if offset > since][:limit]
+        messages = [_message(kept.offset, kept.at, framing.payload(kept.frame))
+                    for kept in self.hub.room_history(room) if kept.offset > since][:limit]
         return {"room": room, "epoch": self.hub.epoch, "offset": self.hub.room_sequence(room), "messages": messages}
 
     def _rooms(self, query: dict[str, str]) -> Any:
@@ -435,12 +435,13 @@ class ApiService(SiteService):
         return {"rooms": rooms}
 
 
-def _message(offset: int, payload: bytes) -> dict[str, Any]:
-    """A message of a room's history: its text if it is UTF-8, else its bytes in base64."""
+def _message(offset: int, at: float, payload: bytes) -> dict[str, Any]:
+    """A message of a room's history, with when it was sent: its text if it
+    is UTF-8, else its bytes in base64."""
     try:
-        return {"offset": offset, "text": payload.decode("utf-8")}
+        return {"offset": offset, "at": at, "text": payload.decode("utf-8")}
     except UnicodeDecodeError:
-        return {"offset": offset, "base64": base64.b64encode(payload).decode("ascii")}
+        return {"offset": offset, "at": at, "base64": base64.b64encode(payload).decode("ascii")}
 
 
 def _whole(query: dict[str, str], name: str, default: int) -> int:

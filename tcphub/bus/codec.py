@@ -16,10 +16,12 @@ from typing import Final
 
 from tcphub.errors import BusError
 
-__all__ = ["BROADCAST", "DISCONNECT", "SEND", "BusMessage", "decode", "encode"]
+__all__ = ["BROADCAST", "DISCONNECT", "NOTICE", "SEND", "BusMessage", "decode", "encode"]
 
 BROADCAST: Final = "b"
 """To every client (of C{room}, if set) but those in C{exclude}."""
+NOTICE: Final = "n"
+"""As L{BROADCAST}, but not numbered or kept in the room's history (who joined, who left)."""
 SEND: Final = "s"
 """To the one client C{target}, on whichever node holds it."""
 DISCONNECT: Final = "d"
@@ -33,7 +35,7 @@ class BusMessage:
     node: str
     """The node that published it."""
     kind: str
-    """L{BROADCAST}, L{SEND} or L{DISCONNECT}."""
+    """L{BROADCAST}, L{NOTICE}, L{SEND} or L{DISCONNECT}."""
     payload: bytes
     room: str | None = None
     exclude: tuple[str, ...] = ()
@@ -64,7 +66,7 @@ def decode(data: bytes) -> BusMessage:
         room, exclude, target = header.get("r"), tuple(header.get("x", ())), header.get("t")
     except (ValueError, KeyError, TypeError) as error:
         raise BusError(f"a bus message with a bad header: {error}") from None
-    if kind not in (BROADCAST, SEND, DISCONNECT) or not isinstance(node, str) or (
+    if kind not in (BROADCAST, NOTICE, SEND, DISCONNECT) or not isinstance(node, str) or (
             kind == SEND and not isinstance(target, str)):
         raise BusError(f"a bus message with a bad header: {header!r:.100}")
     return BusMessage(node=node, kind=kind, payload=data[end + 1:], room=room, exclude=exclude, target=target)

@@ -277,9 +277,9 @@ class RedisBus(Service):
     def _name_key(self, name: str) -> bytes:
         return f"{self._keys}:name:{name.casefold()}".encode("utf-8")
 
-    def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None) -> None:
+    def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         self._publish(codec.encode(codec.BusMessage(
-            node=self.node_id, kind=codec.BROADCAST, payload=bytes(payload), room=room, exclude=tuple(exclude))))
+            node=self.node_id, kind=codec.NOTICE if notice else codec.BROADCAST, payload=bytes(payload), room=room, exclude=tuple(exclude))))
 
     def send(self, client_id: str, payload: bytes) -> bool:
         node, dash, _ = client_id.partition("-")
@@ -447,9 +447,9 @@ class RedisBus(Service):
         if message.node == self.node_id:
             return  # our own, back from Redis: our clients have it
         self._counts["received"] += 1
-        if message.kind == codec.BROADCAST:
-            self._hub.broadcast_local(message.payload, message.exclude, message.room).addErrback(
-                self._delivery_failed)
+        if message.kind in (codec.BROADCAST, codec.NOTICE):
+            self._hub.broadcast_local(message.payload, message.exclude, message.room,
+                                      notice=message.kind == codec.NOTICE).addErrback(self._delivery_failed)
         elif message.kind == codec.DISCONNECT:
             if message.target is None:
                 self._hub.disconnect_user(message.payload.decode("utf-8", "replace"))

@@ -41,7 +41,7 @@ from tcphub.hub.addresses import check_payload, format_address
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.refused import RefusedConnection
 from tcphub.hub.relay import Relay
-from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Rooms
+from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Kept, Rooms
 from tcphub.hub.surface import HubSurface
 
 __all__ = ["HubFactory"]
@@ -259,17 +259,19 @@ class HubFactory(Factory):
             self.relay.broadcast(data, excluded, room)
         return self._broadcast(frame, excluded, room)
 
-    def broadcast_local(self, data: bytes, exclude: Iterable[str] = (), room: str | None = None) -> Deferred[None]:
+    def broadcast_local(self, data: bytes, exclude: Iterable[str] = (), room: str | None = None,
+                        notice: bool = False) -> Deferred[None]:
         """L{broadcast} to this hub's clients only: what a relay calls with
-        another hub's broadcast."""
+        another hub's broadcast (a C{notice}: see L{broadcast_frame})."""
         try:
             frame = self.framing.encode(data)
         except UnframeableMessage:
             return fail()
-        return self._broadcast(frame, frozenset(exclude), room)
+        return self._broadcast(frame, frozenset(exclude), room, notice)
 
-    def _broadcast(self, frame: bytes, excluded: frozenset[str], room: str | None) -> Deferred[None]:
-        countdown = self.broadcast_frame(frame, excluded, room=room)
+    def _broadcast(self, frame: bytes, excluded: frozenset[str], room: str | None,
+                   notice: bool = False) -> Deferred[None]:
+        countdown = self.broadcast_frame(frame, excluded, room=room, notice=notice)
         if countdown is None:
             return succeed(None)
         countdown.tick()
@@ -277,11 +279,12 @@ class HubFactory(Factory):
 
     def broadcast_frame(
         self, frame: bytes, excluded: frozenset[str] = frozenset(), skip: HubProtocol | None = None,
-        room: str | None = None,
+        room: str | None = None, notice: bool = False,
     ) -> Countdown | None:
         """
         Deliver an encoded C{frame} to every client (of C{room}, if given) but
-        C{skip} and the C{excluded} ids.  Returns None if every receiver took it at once, else
+        C{skip} and the C{excluded} ids.  A message to a room is numbered and
+        kept in its history; a C{notice} (who joined, who left) is neither.  Returns None if every receiver took it at once, else
         a countdown for the queueing ones, still held once (the caller ticks
         it).  The hot path: for a receiver in mode WRITE, the frame joins its
         outbox's C{frames} inline; the batch writes them when it ends.
@@ -292,7 +295,8 @@ class HubFactory(Factory):
         if room is None:
             receivers = tuple(self._clients.values())
         else:
-            self._rooms.record(room, frame)
+            if not notice:
+                self._rooms.record(room, frame, self.clock.seconds())
             receivers = tuple(self._rooms.members(room))
         batch.begin()
         try:
@@ -369,8 +373,8 @@ class HubFactory(Factory):
         if self._rooms.join(client, room):
             self.events.emit("join", client_id, room)
             # The room's history, oldest first, before anything sent to it from now on.
-            for _, frame in self._rooms.history(room):
-                client.deliver(frame)
+            for kept in self._rooms.history(room):
+                client.deliver(client.replayFrame(room, kept))
 
     def leave(self, client_id: str, room: str) -> None:
         """Take a client out of C{room} (gone once empty) and emit C{leave};
@@ -386,10 +390,9 @@ class HubFactory(Factory):
         are numbered 1, 2, ... for as long as it has members (0: none yet)."""
         return self._rooms.sequence(room)
 
-    def room_history(self, room: str) -> list[tuple[int, bytes]]:
+    def room_history(self, room: str) -> list[Kept]:
         """The last C{room_history} messages of C{room} (at most
-        C{room_history_bytes} in all), each as C{(number, frame)}, the frame
-        as sent on the wire (framing included), oldest first."""
+        C{room_history_bytes} in all), oldest first: notices are not kept."""
         return self._rooms.history(room)
 
     def rooms(self) -> dict[str, int]:

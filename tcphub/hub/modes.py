@@ -6,6 +6,7 @@ C{--mode} option of the plugin picks, and examples of the C{messageReceived} hoo
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -17,6 +18,7 @@ from tcphub.hub.authflow import Authentication, refuses_room
 from tcphub.hub.identity import Identity
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
+from tcphub.hub.rooms import Kept
 from tcphub.hub.structured import StructuredProtocol
 
 
@@ -184,6 +186,12 @@ class ChatProtocol(HubProtocol):
         text = printable(payload.decode("utf-8", "backslashreplace"))
         return f"#{printable(room)} <{printable(sender)}> {text}".encode("utf-8")
 
+    def replayFrame(self, room: str, kept: Kept) -> bytes:
+        """A line of the room's history with the time it was said: C{[14:02 UTC] #room <nick> text}."""
+        framing = self.factory.framing
+        when = time.strftime("%H:%M", time.gmtime(kept.at))
+        return framing.encode(f"[{when} UTC] ".encode("ascii") + framing.payload(kept.frame))
+
     def dropping(self, reason: Drop, error: TcpHubError) -> None:
         """Tell the client why, if its socket takes the line at once."""
         self.sendNow(printable(f"* closing: {_WHY[reason]}: {error}").encode("utf-8"))
@@ -323,7 +331,7 @@ class ChatProtocol(HubProtocol):
         self.sendMessage(printable(text).encode("utf-8"))
 
     def _announce(self, room: str, text: str) -> None:
-        self.broadcastMessage(printable(text).encode("utf-8"), room=room)
+        self.announce(printable(text).encode("utf-8"), room)
 
 
 MODES: dict[str, type[HubProtocol]] = {

@@ -51,6 +51,7 @@ from tcphub.hub.messages import IMessageTransport, MessageDecoder, MessageOutbox
 from tcphub.hub.metrics import ClientInfo, Drop
 from tcphub.hub.outbox import QUEUE, WRITE, Outbox, Waiter, notify_gone
 from tcphub.hub.rate import TokenBucket
+from tcphub.hub.rooms import Kept
 
 if TYPE_CHECKING:
     from tcphub.hub.factory import HubFactory
@@ -465,6 +466,19 @@ class HubProtocol(Protocol):
             hub.relay.broadcast(payload, (self.client_id,), room)
         return None if room is None else hub.room_sequence(room)
 
+    def announce(self, payload: bytes, room: str) -> None:
+        """Send a notice (who joined, who left, who is renamed) to the others
+        in C{room}, on every hub joined with this one, as L{broadcastMessage}
+        does; a notice is not numbered, and not kept in the room's history."""
+        if type(payload) is not bytes:
+            check_payload(payload, "announce")
+        hub = self.factory
+        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room, notice=True)
+        if countdown is not None:
+            countdown.tick()
+        if hub.relay is not None:
+            hub.relay.broadcast(payload, (self.client_id,), room, notice=True)
+
     # -- rooms ----------------------------------------------------------
 
     def join(self, room: str) -> None:
@@ -611,6 +625,15 @@ class HubProtocol(Protocol):
     def held_bytes(self) -> int:
         """Input held while reading is paused."""
         return sum(map(len, self._held or ()))
+
+    def replayFrame(self, room: str, kept: Kept) -> bytes:
+        """
+        The frame that gives this client one message of C{room}'s history
+        as it joins the room (with C{room_history}): C{kept.frame} is the
+        message as it was sent, C{kept.at} when.  Here: the frame as it was.
+        The chat prefixes the time.
+        """
+        return kept.frame
 
     @classmethod
     def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:

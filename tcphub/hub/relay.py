@@ -15,9 +15,10 @@ __all__ = ["Relay"]
 
 
 class Relay(Protocol):
-    def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None) -> None:
+    def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         """A broadcast this hub made: the other hubs give it to their clients
-        (of C{room}) but those in C{exclude}."""
+        (of C{room}) but those in C{exclude}; a C{notice} they do not number
+        or keep in the room's history (L{HubProtocol.announce})."""
 
     def send(self, client_id: str, payload: bytes) -> bool:
         """A send to a client this hub does not hold: True if C{client_id}

@@ -9,17 +9,28 @@ and says what membership means for delivery and events.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, Hashable, Iterable, TypeVar
+from typing import Generic, Hashable, Iterable, NamedTuple, TypeVar
 
 from tcphub.errors import InvalidRoomName, RoomLimitReached
 
-__all__ = ["DEFAULT_MAX_ROOMS_PER_CLIENT", "DEFAULT_ROOM_HISTORY_BYTES", "MAX_ROOM_NAME", "Rooms", "check_room"]
+__all__ = ["DEFAULT_MAX_ROOMS_PER_CLIENT", "DEFAULT_ROOM_HISTORY_BYTES", "MAX_ROOM_NAME", "Kept", "Rooms", "check_room"]
 
 MAX_ROOM_NAME = 128
 DEFAULT_MAX_ROOMS_PER_CLIENT = 100
 DEFAULT_ROOM_HISTORY_BYTES = 64 * 1024
 
 M = TypeVar("M", bound=Hashable)
+
+
+class Kept(NamedTuple):
+    """One message of a room's history."""
+
+    offset: int
+    """Its number in the room (1, 2, ...)."""
+    frame: bytes
+    """The message as it was sent on the wire, framing included."""
+    at: float
+    """When it was sent, in seconds since the epoch on the hub's clock."""
 
 
 def check_room(room: object) -> str:
@@ -45,7 +56,7 @@ class Rooms(Generic[M]):
         self._members: dict[str, dict[M, None]] = {}
         self._rooms: dict[M, dict[str, None]] = {}
         self._sequence: dict[str, int] = {}
-        self._history: dict[str, deque[tuple[int, bytes]]] = {}
+        self._history: dict[str, deque[Kept]] = {}
         self._history_size: dict[str, int] = {}
 
     def join(self, member: M, room: str) -> bool:
@@ -81,19 +92,19 @@ class Rooms(Generic[M]):
             self._history_size.pop(room, None)
         return True
 
-    def record(self, room: str, message: bytes) -> int | None:
-        """Number a message sent to C{room} (1, 2, ...) and keep it in the
-        room's history if history is on; None if the room does not exist."""
+    def record(self, room: str, message: bytes, at: float) -> int | None:
+        """Number a message sent to C{room} at time C{at} (1, 2, ...) and keep
+        it in the room's history if history is on; None if the room does not exist."""
         if room not in self._members:
             return None
         sequence = self._sequence.get(room, 0) + 1
         self._sequence[room] = sequence
         if self.history_size and len(message) <= self.history_bytes:
             history = self._history.setdefault(room, deque())
-            history.append((sequence, message))
+            history.append(Kept(sequence, message, at))
             size = self._history_size.get(room, 0) + len(message)
             while len(history) > self.history_size or size > self.history_bytes:
-                size -= len(history.popleft()[1])
+                size -= len(history.popleft().frame)
             self._history_size[room] = size
         return sequence
 
@@ -101,8 +112,8 @@ class Rooms(Generic[M]):
         """The number of the last message sent to C{room} (0 if none, or no such room)."""
         return self._sequence.get(room, 0)
 
-    def history(self, room: str) -> list[tuple[int, bytes]]:
-        """The room's last messages with their numbers, oldest first."""
+    def history(self, room: str) -> list[Kept]:
+        """The room's last messages, oldest first."""
         return list(self._history.get(room, ()))
 
     def leave_all(self, member: M) -> list[str]:

@@ -39,7 +39,7 @@ from tcphub.hub.identity import Authenticator
 from tcphub.hub.framing import Framing
 from tcphub.hub.metrics import ClientInfo, Metrics
 from tcphub.hub.protocol import HubProtocol, format_address
-from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES
+from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Kept
 
 __all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host", "parse_endpoints"]
 
@@ -386,7 +386,7 @@ class TcpServer(Service):
     def room_sequence(self, room: str) -> int:
         return self.factory.room_sequence(room)
 
-    def room_history(self, room: str) -> list[tuple[int, bytes]]:
+    def room_history(self, room: str) -> list[Kept]:
         return self.factory.room_history(room)
 
     def disconnect(self, client_id: str) -> Deferred[None]:
