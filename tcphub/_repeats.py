@@ -2,6 +2,10 @@
 Logging a fault that may repeat thousands of times: the first at once, then
 one line per interval for as long as more come ("279 more refused in the
 last 10 s"), on the owner's clock.  The metrics count every one.
+
+Every line carries the fault's name as the field C{fault} (and a summary its
+C{count}), beside the caller's own fields: a JSON log (C{--log-format json})
+has them as keys, for a pipeline to filter on.
 """
 
 from __future__ import annotations
@@ -38,21 +42,21 @@ class RepeatedLog:
         self.interval = interval
         self._windows: dict[str, _Window] = {}
 
-    def emit(self, kind: str, level: LogLevel, format: str, **fields: Any) -> None:
+    def emit(self, kind: str, level: LogLevel, format: str, /, **fields: Any) -> None:
         """Log C{format} with C{fields}, or count it in the open window of C{kind}."""
         window = self._windows.get(kind)
         if window is None:
-            self._log.emit(level, format, **fields)
+            self._log.emit(level, format, fault=kind, **fields)
             self._open(kind, level)
         else:
             window.count += 1
             window.last = formatEvent({"log_format": format, **fields})
 
-    def failure(self, kind: str, failure: Failure, format: str, **fields: Any) -> None:
+    def failure(self, kind: str, failure: Failure, format: str, /, **fields: Any) -> None:
         """As L{emit}, at error level, the first with C{failure}'s traceback."""
         window = self._windows.get(kind)
         if window is None:
-            self._log.failure(format, failure, level=LogLevel.error, **fields)
+            self._log.failure(format, failure, level=LogLevel.error, fault=kind, **fields)
             self._open(kind, LogLevel.error)
         else:
             window.count += 1
@@ -71,8 +75,8 @@ class RepeatedLog:
 
     def _summarise(self, kind: str, window: _Window) -> None:
         # The last exception goes along as a field, for observers that sort by type.
-        self._log.emit(window.level, "{count} more {kind} in the last {interval:g} s (the last: {last})",
-                       count=window.count, kind=kind, interval=self.interval, last=window.last,
+        self._log.emit(window.level, "{count} more {fault} in the last {interval:g} s (the last: {last})",
+                       count=window.count, fault=kind, interval=self.interval, last=window.last,
                        last_error=window.error)
 
     def stop(self) -> None:

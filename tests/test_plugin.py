@@ -631,6 +631,30 @@ def test_json_logs_are_one_object_per_line_with_the_events_fields():
     assert {"time", "level", "namespace", "message"} <= set(records[0])
 
 
+def test_json_fault_lines_carry_the_client_the_address_and_the_reason_as_keys():
+    """A log pipeline filters on fields, not on the message's words."""
+    with Twistd("tcphub", "--port", "0", "--log-format", "json", "--max-frame", "16",
+                "--max-connections", "1") as twistd:
+        host, port = twistd.wait_listening()
+        with socket.create_connection((host, port), timeout=30) as client:
+            client.sendall(b"x" * 64 + b"\n")
+            twistd.wait_for(r'"fault": "protocol_errors"')
+        with socket.create_connection((host, port), timeout=30) as first:
+            first.sendall(b"hi\n")
+            first.recv(10)  # admitted: the hub holds it
+            with socket.create_connection((host, port), timeout=30) as second:
+                twistd.wait_for(r'"fault": "refused"')
+                second_address = "%s:%d" % second.getsockname()
+        twistd.shutdown()
+    records = [json.loads(line) for line in twistd.lines if line.strip()]
+    drop = next(record for record in records if record.get("fault") == "protocol_errors")
+    assert drop["level"] == "warn" and drop["kind"] == "tcp" and drop["reason"] == "protocol_errors"
+    assert drop["client_id"] and drop["address"].startswith("127.0.0.1:") and drop["error_type"] == "FrameTooLong"
+    assert drop["client_id"] in drop["message"]
+    refused = next(record for record in records if record.get("fault") == "refused")
+    assert refused["address"] == second_address and refused["error_type"] == "ConnectionLimitReached"
+
+
 @pytest.mark.parametrize("flag", ["--port", "--admin", "--websocket"])
 def test_twist_exits_1_with_one_line_when_a_port_is_busy(flag):
     with socket.socket() as busy:

@@ -44,6 +44,8 @@ def test_the_first_at_once_then_one_line_per_interval_while_they_come():
     assert lines(events)[0] == "refused client 0"
     clock.advance(0.1)
     assert lines(events)[1:] == ["279 more refused in the last 10 s (the last: refused client 279)"]
+    assert (events[0]["fault"], events[0]["n"]) == ("refused", 0), "the fault's name is a field, as its own are"
+    assert (events[1]["fault"], events[1]["count"]) == ("refused", 279), "so is a summary's count"
     for n in range(5):  # a trickle goes on: one line in the next window
         repeats.emit("refused", LogLevel.warn, "refused client {n}", n=n)
     clock.advance(10)

@@ -526,15 +526,16 @@ class HubFactory(Factory):
         """A refused connection is made: count it, say so once per burst,
         report it, and wait for it to go."""
         self._refused.add(connection)
-        self.count_refusal(error)
+        self.count_refusal(error, format_address(connection.transport.getPeer()))
 
-    def count_refusal(self, error: ConnectionLimitReached) -> None:
-        """A connection was refused for C{error} (here, or by a transport
+    def count_refusal(self, error: ConnectionLimitReached, address: str | None = None) -> None:
+        """A connection (from C{address}) was refused for C{error} (here, or by a transport
         before it reached the hub): count it, say so once per burst, report it."""
         self.counters.add("rejected")
         if isinstance(error, AddressLimitReached):
             self.counters.rejected_per_ip += 1
-        self.repeats.emit("refused", LogLevel.warn, "{error}", error=error)
+        self.repeats.emit("refused", LogLevel.warn, "{error}", error=error, address=address,
+                          error_type=type(error).__name__)
         self.report(None, error)
 
     def client_connected(self, client: HubProtocol) -> None:

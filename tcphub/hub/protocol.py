@@ -538,7 +538,9 @@ class HubProtocol(Protocol):
         if departure is None:
             departure = error if isinstance(error, ClientDisconnected) else ClientDisconnected(str(error))
         self.factory.counters.dropped(reason)
-        self.factory.repeats.emit(reason.value, level, "{departure}", departure=departure)
+        self.factory.repeats.emit(reason.value, level, "{departure}", departure=departure,
+                                  client_id=self.client_id, address=self.address, kind=self.kind,
+                                  reason=reason.value, error_type=type(error).__name__)
         self.factory.report(self.client_id, error)
         self.dropped_for = reason
         try:

@@ -42,7 +42,7 @@ class HubSurface:
         """The read is handled (call it in a C{finally})."""
         self._batch.end()
 
-    def fault(self, kind: str, level: LogLevel, format: str, **fields: Any) -> None:
+    def fault(self, kind: str, level: LogLevel, format: str, /, **fields: Any) -> None:
         """Log a fault of C{kind}: the first at once, then one line per burst."""
         self._repeats.emit(kind, level, format, **fields)
 

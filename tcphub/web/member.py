@@ -291,7 +291,7 @@ class MemberConnection(FailureHooks):
         full = hub.refusal(self.transport.getPeer())
         if full is not None:
             # Said in HTTP before the upgrade, not with a TCP reset after it.
-            hub.count_refusal(full)
+            hub.count_refusal(full, format_address(self.transport.getPeer()))
             self._refused_by_us = True
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "the hub is full")
         origin = request.headers.get("origin")
@@ -300,7 +300,8 @@ class MemberConnection(FailureHooks):
             error = OriginRejected(f"refused a WebSocket from {format_address(self.transport.getPeer())}: "
                                    f"origin {origin!r} is not allowed")
             self.factory.counters.rejected_origin += 1
-            hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error)
+            hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error,
+                              address=format_address(self.transport.getPeer()), origin=origin)
             hub.surface.report(error)
             self._refused_by_us = True
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
