@@ -22,10 +22,12 @@ DEFAULT_INTERVAL = 10.0
 
 
 class _Window:
-    __slots__ = ("level", "count", "last", "error", "call")
+    __slots__ = ("level", "quiet", "count", "last", "error", "call")
 
-    def __init__(self, level: LogLevel, call: IDelayedCall) -> None:
+    def __init__(self, level: LogLevel, call: IDelayedCall, quiet: bool) -> None:
         self.level = level
+        self.quiet = quiet
+        """Whether the burst's first went unlogged (L{RepeatedLog.tally})."""
         self.count = 0
         self.last = ""
         self.error: BaseException | None = None
@@ -52,6 +54,17 @@ class RepeatedLog:
             window.count += 1
             window.last = formatEvent({"log_format": format, **fields})
 
+    def tally(self, kind: str, level: LogLevel, format: str, /, **fields: Any) -> None:
+        """Count C{format} with C{fields} for the one line at C{level} that
+        ends each interval in which some came ("37 unrouted_messages in the
+        last 10 s"), logging none of them: for what is routine one at a time
+        (the caller logs each at debug) but worth a line when it goes on."""
+        window = self._windows.get(kind)
+        if window is None:
+            window = self._open(kind, level, quiet=True)
+        window.count += 1
+        window.last = formatEvent({"log_format": format, **fields})
+
     def failure(self, kind: str, failure: Failure, format: str, /, **fields: Any) -> None:
         """As L{emit}, at error level, the first with C{failure}'s traceback."""
         window = self._windows.get(kind)
@@ -63,19 +76,21 @@ class RepeatedLog:
             window.last = f"{formatEvent({'log_format': format, **fields})}: {failure.getErrorMessage()}"
             window.error = failure.value
 
-    def _open(self, kind: str, level: LogLevel) -> None:
-        self._windows[kind] = _Window(level, self._clock.callLater(self.interval, self._close, kind))
+    def _open(self, kind: str, level: LogLevel, quiet: bool = False) -> _Window:
+        window = self._windows[kind] = _Window(level, self._clock.callLater(self.interval, self._close, kind), quiet)
+        return window
 
     def _close(self, kind: str) -> None:
         window = self._windows.pop(kind)
         if window.count:
             self._summarise(kind, window)
             # Still coming: keep counting for another interval.
-            self._open(kind, window.level)
+            self._open(kind, window.level, window.quiet)
 
     def _summarise(self, kind: str, window: _Window) -> None:
         # The last exception goes along as a field, for observers that sort by type.
-        self._log.emit(window.level, "{count} more {fault} in the last {interval:g} s (the last: {last})",
+        more = "" if window.quiet else "more "
+        self._log.emit(window.level, "{count} " + more + "{fault} in the last {interval:g} s (the last: {last})",
                        count=window.count, fault=kind, interval=self.interval, last=window.last,
                        last_error=window.error)
 

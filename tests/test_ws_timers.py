@@ -336,3 +336,30 @@ def test_the_host_header_brackets_an_ipv6_address(url, host):
     assert re.search(rb"\r\nHost: ([^\r]+)\r\n", link.transport.value())[1] == host
     link.open()
     link.finish()
+
+
+def test_unrouted_messages_are_logged_at_debug_and_summed_up_at_info_once_per_burst():
+    """A handler that routes only part of a feed is not one info line per message."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        link = Link(ping_interval=0)
+        link.open()
+        for path in ("ticks", "ticks", "trades"):
+            link.deliver(path, 1)
+        unrouted = [event for event in events if "no route" in formatEvent(event)]
+        assert [event["log_level"] for event in unrouted] == [LogLevel.debug] * 3
+        assert not [event for event in events if event.get("fault") == "unrouted_messages"], "no line yet"
+        link.reactor.advance(10)
+        (summary,) = [event for event in events if event.get("fault") == "unrouted_messages"]
+        assert summary["log_level"] == LogLevel.info and summary["count"] == 3
+        assert formatEvent(summary) == ("3 unrouted_messages in the last 10 s "
+                                        "(the last: no route for path 'trades')")
+        link.reactor.advance(10)  # a quiet interval: no line, the window closes
+        assert len([event for event in events if event.get("fault") == "unrouted_messages"]) == 1
+        assert link.ws.get_status().unrouted_messages == 3
+        link.finish()
+    finally:
+        globalLogPublisher.removeObserver(events.append)

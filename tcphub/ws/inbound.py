@@ -91,10 +91,11 @@ class Inbound:
         self._events.emit("message", envelope, context)
         route = self._router.match(envelope.path)
         if route is None:
+            # Routine for a handler that takes only some of a feed: each one
+            # at debug, and a line at info per burst.
             count = self._count("unrouted_messages")
-            self._repeats.emit("unrouted_messages", LogLevel.info,
-                               "no route for path {path!r} ({count} unrouted so far)",
-                               path=envelope.path, count=count)
+            self._log.debug("no route for path {path!r} ({count} unrouted so far)", path=envelope.path, count=count)
+            self._repeats.tally("unrouted_messages", LogLevel.info, "no route for path {path!r}", path=envelope.path)
             self._events.emit("unrouted", envelope, context)
             return
         where = f"handler for {envelope.path!r}"
