@@ -7,6 +7,7 @@ text parser.
 from __future__ import annotations
 
 import json
+import time
 import signal
 import socket
 import urllib.error
@@ -477,8 +478,24 @@ def test_metrics_have_the_process_the_build_and_connections_by_kind(tmp_path):
             member.send("hello")
             assert member.recv(timeout=30) == "hello"
             families = {family.name: family for family in text_string_to_metric_families(get(admin, "/metrics")[1])}
+        # The member has gone: its traffic still counts, under its kind.
+        deadline = time.monotonic() + 30
+        while True:
+            after = {family.name: family for family in text_string_to_metric_families(get(admin, "/metrics")[1])}
+            if {s.labels["kind"]: s.value for s in after["tcphub_connections_by_kind"].samples}["websocket"] == 0:
+                break
+            assert time.monotonic() < deadline, "the member's close never reached the hub"
         tcp.close()
         hub.shutdown()
+    traffic = {(sample.name, sample.labels["kind"]): sample.value for name in (
+        "tcphub_messages_received_by_kind", "tcphub_messages_sent_by_kind", "tcphub_bytes_received_by_kind")
+        for sample in after[name].samples}
+    assert traffic[("tcphub_messages_received_by_kind_total", "tcp")] == 1
+    assert traffic[("tcphub_messages_received_by_kind_total", "websocket")] == 1
+    assert traffic[("tcphub_messages_sent_by_kind_total", "websocket")] == 1
+    assert traffic[("tcphub_bytes_received_by_kind_total", "tcp")] == 3, "hi and its newline"
+    assert sum(value for (name, _), value in traffic.items() if name.startswith("tcphub_messages_received")) == (
+        next(iter(after["tcphub_messages_received"].samples)).value), "the kinds add up to the total"
     for name in ("process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_start_time_seconds",
                  "process_cpu_seconds", "python_info"):
         assert name in families, name

@@ -40,6 +40,17 @@ class ClientInfo:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """What the clients of one kind (C{tcp}, C{tls}, C{unix}, C{websocket})
+    sent and received since the hub started, those gone included."""
+
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    messages_received: int = 0
+    messages_sent: int = 0
+
+
+@dataclass(frozen=True)
 class ClosedConnection:
     """A client that has gone, and why (the hub keeps the last ones)."""
 

@@ -15,7 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from tcphub._metric_fields import counters, gauges
 from tcphub._site import HttpCounters
-from tcphub.hub.metrics import Metrics
+from tcphub.hub.metrics import Metrics, Traffic
 
 if TYPE_CHECKING:
     from tcphub.api.service import ApiCounters
@@ -31,6 +31,9 @@ _GAUGES = {
     "rooms": "Rooms with at least one member.",
     "room_members": "Memberships across all rooms.",
 }
+
+
+_NONE = Traffic()
 
 
 def _build_info() -> Metric:
@@ -118,6 +121,14 @@ class TcpHubCollector:
         for kind in sorted(set(counts) | {"tcp", "websocket"}):
             by_kind.add_metric([kind], counts.get(kind, 0))
         yield by_kind
+        traffic = self._hub.traffic_by_kind()
+        for field in fields(Traffic):
+            family = CounterMetricFamily(f"tcphub_{field.name}_by_kind",
+                                         f"{field.name.replace('_', ' ').capitalize()}, by what carries the clients.",
+                                         labels=["kind"])
+            for kind in sorted(set(traffic) | {"tcp", "websocket"}):
+                family.add_metric([kind], getattr(traffic.get(kind, _NONE), field.name))
+            yield family
         for field in fields(Metrics):
             value = getattr(metrics, field.name)
             if field.name in _GAUGES:
