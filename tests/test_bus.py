@@ -455,7 +455,8 @@ def test_an_unreachable_redis_is_named_with_why_once_per_burst_and_no_object_add
     port = refused_port()
     twistd = Twistd("tcphub", "--port", "0", "--redis", f"redis://127.0.0.1:{port}/0")
     try:
-        twistd.wait_for(rf"bus: cannot reach Redis at redis://127\.0\.0\.1:{port}/0: Connection was refused")
+        twistd.wait_for(rf"bus: cannot reach Redis at redis://127\.0\.0\.1:{port}/0: Connection was refused.*"
+                        r"; retrying in \d+\.\d s$")
         twistd.shutdown()
     finally:
         twistd.kill()

@@ -138,19 +138,31 @@ class _ConnectionFactory(Factory):
 
 @implementer(IStreamClientEndpoint)
 class _Reporting:
-    """An endpoint whose failed connection attempts are told to C{failed}
-    (the bus says which Redis and why, once per burst)."""
+    """An endpoint that keeps why its last connection attempt failed, and a
+    retry policy that tells C{failed} why and how long until the next one
+    (the bus says which Redis, why, and when it tries again, once per burst)."""
 
-    def __init__(self, endpoint: IStreamClientEndpoint, failed: Callable[[Failure], None]) -> None:
+    def __init__(self, endpoint: IStreamClientEndpoint, policy: Callable[[int], float],
+                 failed: Callable[[Failure, float], None]) -> None:
         self._endpoint = endpoint
+        self._policy = policy
         self._failed = failed
+        self._failure: Failure | None = None
 
     def connect(self, factory: Any) -> Deferred[Any]:
         def failed(failure: Failure) -> Failure:
-            self._failed(failure)
+            self._failure = failure
             return failure
 
         return self._endpoint.connect(factory).addErrback(failed)
+
+    def retry_policy(self, attempt: int) -> float:
+        """C{ClientService}'s C{retryPolicy}: it asks just after a failed attempt."""
+        delay = self._policy(attempt)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            self._failed(failure, delay)
+        return delay
 
 
 _RELEASE = (b"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
@@ -211,9 +223,12 @@ class RedisBus(Service):
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         publisher = _ConnectionFactory(self._publisher_ready, self._publisher_lost)
         subscriber = _ConnectionFactory(self._subscriber_ready, self._subscriber_lost, self._pushed)
-        reporting = _Reporting(endpoint, self._unreachable)
-        self._publisher_service = QuietClientService(reporting, publisher, retryPolicy=retry, clock=self._clock)
-        self._subscriber_service = QuietClientService(reporting, subscriber, retryPolicy=retry, clock=self._clock)
+        publishing = _Reporting(endpoint, retry, self._unreachable)
+        subscribing = _Reporting(endpoint, retry, self._unreachable)
+        self._publisher_service = QuietClientService(publishing, publisher, retryPolicy=publishing.retry_policy,
+                                                     clock=self._clock)
+        self._subscriber_service = QuietClientService(subscribing, subscriber,
+                                                      retryPolicy=subscribing.retry_policy, clock=self._clock)
         self.state = PublisherState.DOWN
         self._publisher: RedisProtocol | None = None
         self._subscribed = False
@@ -256,10 +271,10 @@ class RedisBus(Service):
         if publisher is not None:
             self._fire(publisher, b"EVAL", _RELEASE, 1, key, value)
 
-    def _unreachable(self, failure: Failure) -> None:
+    def _unreachable(self, failure: Failure, delay: float) -> None:
         self._hub.surface.fault("bus_unreachable", LogLevel.warn,
-                                "bus: cannot reach Redis at {url}: {reason}; retrying", url=self.url,
-                                reason=failure.getErrorMessage())
+                                "bus: cannot reach Redis at {url}: {reason}; retrying in {delay:.1f} s", url=self.url,
+                                reason=failure.getErrorMessage(), delay=delay)
 
     def key(self, kind: str, name: str) -> bytes:
         """A Redis key of this deployment's (its channel and database), for
