@@ -333,6 +333,41 @@ def test_a_slow_redis_pauses_the_publisher_and_nothing_is_lost(redis):
         pair.shutdown()
 
 
+def test_a_burst_past_the_bus_queue_on_a_healthy_redis_holds_the_senders_back_and_loses_nothing(redis):
+    """Twenty clients of node a write 1,000 lines each at once: 20,000
+    publishes, twice the bus queue's 10,000, faster than one reactor turn
+    hands them to Redis.  The full queue pauses reading from a's clients
+    until Redis has taken half of it; nothing is dropped, and node b's
+    member reads every line, each sender's in order."""
+    server = redis.start()
+    a = PluginNode("a", server, "--port", "0", "--mode", "broadcast")
+    b = PluginNode("b", server, "--port", "0", "--mode", "broadcast")
+    with killed_after((a, b)):
+        remote = Client(b.port)
+        senders = [Client(a.port) for _ in range(20)]
+        eventually(lambda: (a.varz()["hub"]["connections"], b.varz()["hub"]["connections"]) == (20, 1),
+                   "every client in its node's table")
+        eventually(lambda: a.varz()["bus"]["nodes"] == 2, "node a seeing node b", 100_000)
+        for index, sender in enumerate(senders):
+            sender.socket.sendall(b"".join(b"%d %d\n" % (index, n) for n in range(1000)))
+        for index, sender in enumerate(senders):
+            sender.say(f"{index} end")
+        got: dict[int, list[int]] = {index: [] for index in range(20)}
+        ended = 0
+        while ended < 20:
+            index, n = remote.read().split()
+            if n == "end":
+                ended += 1
+            else:
+                got[int(index)].append(int(n))
+        assert all(numbers == list(range(1000)) for numbers in got.values()), {
+            index: len(numbers) for index, numbers in got.items()}
+        bus = a.varz()["bus"]
+        assert (bus["dropped"], bus["queued"]) == (0, 0)
+        shut_down([remote, *senders], (a, b))
+    assert "bus queue is full" not in a.twistd.output
+
+
 @pytest_twisted.inlineCallbacks
 def test_cluster_members_lists_the_room_on_every_live_node(redis):
     server = redis.start()

@@ -340,3 +340,70 @@ def test_a_flush_stops_as_soon_as_redis_stops_keeping_up(memory_bus):
     transport.producer.resumeProducing()
     assert (bus.status().queued, bus.state) == (2, PublisherState.PAUSED)
 
+
+
+def test_a_full_queue_on_a_slow_redis_holds_the_hubs_readers_back_until_half_is_taken(memory_bus):
+    hub, bus, redis = memory_bus(max_queue=4)
+    publisher, transport = redis.connections[0]
+    transport.producer.pauseProducing()  # Redis is there, but its buffer is full
+    for n in range(4):
+        hub.broadcast(b"queued %d" % n)
+    assert not hub.factory.reading_paused, "below the bound: the hub reads on"
+    hub.broadcast(b"one past")
+    status = bus.status()
+    assert hub.factory.reading_paused and (status.queued, status.dropped) == (5, 0), "held back, nothing dropped"
+    real_write, taken = transport.write, []
+
+    def write_then_fill(data: bytes) -> None:
+        real_write(data)
+        taken.append(data)
+        if len(taken) == 2:
+            transport.producer.pauseProducing()
+
+    transport.write = write_then_fill
+    transport.producer.resumeProducing()  # takes two, full again: 3 left, more than half
+    assert bus.status().queued == 3 and hub.factory.reading_paused
+    transport.write = real_write
+    transport.producer.resumeProducing()
+    assert bus.status().queued == 0 and not hub.factory.reading_paused
+    redis.answer()
+    assert len(redis.published) == 5
+
+
+def test_a_redis_that_takes_nothing_while_the_hub_is_held_back_is_dropped_at_the_stall_timeout(memory_bus):
+    hub, bus, redis = memory_bus(max_queue=1, stall_timeout=2.0)
+    publisher, transport = redis.connections[0]
+    clock = hub.factory.clock
+    transport.producer.pauseProducing()
+    hub.broadcast(b"queued")
+    hub.broadcast(b"held")
+    assert hub.factory.reading_paused
+    clock.advance(1.5)
+    real_write = transport.write
+
+    def write_then_fill(data: bytes) -> None:
+        real_write(data)
+        transport.producer.pauseProducing()
+
+    transport.write = write_then_fill
+    transport.producer.resumeProducing()  # it took one (then is full again): not stalled
+    assert bus.status().queued == 1 and hub.factory.reading_paused
+    clock.advance(1.9)
+    assert not transport.disconnecting and hub.factory.reading_paused
+    clock.advance(0.1)
+    assert transport.disconnecting, "taken for gone: its connection is dropped"
+    assert not hub.factory.reading_paused, "the hub reads on"
+
+
+def test_each_owner_of_the_hubs_pause_lifts_only_its_own(hub_factory):
+    hub = hub_factory()
+    client, transport = hub.connect()
+    hub.factory.pause_reading()  # e.g. a gateway's stalled upstream
+    hub.factory.pause_reading("bus")
+    hub.factory.resume_reading()
+    client.dataReceived(b"held\n")
+    assert hub.factory.reading_paused and transport.value() == b""
+    hub.factory.resume_reading("bus")
+    assert not hub.factory.reading_paused
+    hub.factory.resume_reading("nobody")  # not holding one: nothing
+    assert not hub.factory.reading_paused

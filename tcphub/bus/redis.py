@@ -14,8 +14,12 @@ on one channel, tagged with its node id, and takes the others' from it:
   - while Redis is down or slow (its connection's buffer full), publishes
     wait in a bounded queue (C{max_queue} messages, C{max_queue_bytes}),
     flushed in order once Redis is back and the nodes seen before have
-    subscribed again (or after C{flush_wait} seconds); past the bound they
-    are dropped and counted;
+    subscribed again (or after C{flush_wait} seconds);
+  - a queue full while Redis is connected but slow pushes back: the hub
+    stops reading its clients until Redis has taken half of it; if Redis
+    takes nothing for C{stall_timeout} seconds meanwhile, it is taken for
+    gone (the connection is dropped) and the hub reads again;
+  - a queue full while Redis is gone drops what comes next, counted;
   - each node writes its room sizes and members to Redis every C{heartbeat}
     seconds with a time to live of C{node_ttl}: a node that dies is
     forgotten within C{node_ttl}.
@@ -62,6 +66,8 @@ __all__ = ["BusStatus", "PublisherState", "RedisBus", "redis_endpoint"]
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_MAX_QUEUE = 10_000
 DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
+DEFAULT_STALL_TIMEOUT = 5.0
+"""Seconds a connected Redis may take nothing while the hub is held back for it."""
 DEFAULT_FLUSH_WAIT = 5.0
 
 
@@ -194,6 +200,7 @@ class RedisBus(Service):
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         flush_wait: float = DEFAULT_FLUSH_WAIT,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         endpoint: IStreamClientEndpoint | None = None,
         password: str | None = None,
         reactor: Any = None,
@@ -213,6 +220,7 @@ class RedisBus(Service):
         self.max_queue = _checks.count("max_queue", max_queue, minimum=0)
         self.max_queue_bytes = _checks.count("max_queue_bytes", max_queue_bytes, minimum=0)
         self.flush_wait = _checks.number("flush_wait", flush_wait, minimum=0)
+        self.stall_timeout = _checks.number("stall_timeout", stall_timeout, above=0)
         self._hub = hub.factory
         self._hub.join_relay(self, self.node_id)
         self._clock = self._hub.clock
@@ -238,6 +246,8 @@ class RedisBus(Service):
         self._peers = 0  # live nodes when the connection was lost: the queue waits for them
         self._waiting_since = 0.0
         self._wait_call: IDelayedCall | None = None
+        self._stall_call: IDelayedCall | None = None
+        """While the hub is held back for a slow Redis: when Redis is taken for gone."""
         self._beat_call: IDelayedCall | None = None
         self._cluster_rooms: dict[str, int] = {}
         self._nodes = 0
@@ -317,7 +327,16 @@ class RedisBus(Service):
         if self.state is PublisherState.FLOWING:
             self._write(data)
             return
-        if len(self._queue) >= self.max_queue or self._queued_bytes + len(data) > self.max_queue_bytes:
+        queued, size = len(self._queue), self._queued_bytes + len(data)
+        full = queued >= self.max_queue or size > self.max_queue_bytes
+        if full and self.state is PublisherState.PAUSED and (
+                queued < 2 * self.max_queue and size <= 2 * self.max_queue_bytes):
+            # Redis is there but slow: hold the senders back rather than drop.
+            # What they had sent already still comes (at most a read each),
+            # so the queue may pass its bound, up to twice it.
+            self._hold_senders()
+            full = False
+        if full:
             count = self._counts["dropped"] = self._counts["dropped"] + 1
             error = BusQueueFull(f"{count} publishes dropped so far: the bus queue is full "
                                  f"({len(self._queue)} messages, {self._queued_bytes} bytes) "
@@ -352,12 +371,38 @@ class RedisBus(Service):
                                name=name.decode("ascii", "replace"), error=failure.value)
 
     def _flush(self) -> None:
-        """Hand the queue to Redis, in order, while it takes it."""
+        """Hand the queue to Redis, in order, while it takes it; the hub
+        reads again once Redis has taken half of it."""
         queue = self._queue
         while queue and self.state is PublisherState.FLOWING:
             data = queue.popleft()
             self._queued_bytes -= len(data)
             self._write(data)
+        if self._stall_call is not None and (
+                len(queue) <= self.max_queue // 2 and self._queued_bytes <= self.max_queue_bytes // 2):
+            self._release_senders()
+
+    def _hold_senders(self) -> None:
+        if self._stall_call is None:
+            self._hub.pause_reading(self)
+            self._stall_call = self._clock.callLater(self.stall_timeout, self._stalled)
+
+    def _release_senders(self) -> None:
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+            self._hub.resume_reading(self)
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        self._hub.resume_reading(self)
+        publisher = self._publisher
+        self._log.warn("bus: Redis at {url} took nothing for {timeout:g} s with the bus queue full; "
+                       "dropping the connection (publishes are queued, then dropped, until it is back)",
+                       url=self.url, timeout=self.stall_timeout)
+        if publisher is not None:
+            publisher.transport.abortConnection()
 
     # -- the publisher's connection -----------------------------------------
 
@@ -405,6 +450,7 @@ class RedisBus(Service):
         publisher.command(b"PUBSUB", b"NUMSUB", self._channel).addCallbacks(counted, lambda _: None)
 
     def _publisher_lost(self) -> None:
+        self._release_senders()  # Redis is gone: the queue's bound drops from now on
         self._publisher = None
         self.state = PublisherState.DOWN
         self._peers = self._nodes
@@ -419,6 +465,8 @@ class RedisBus(Service):
 
     def resumeProducing(self) -> None:
         self.state = PublisherState.FLOWING
+        if self._stall_call is not None:
+            self._stall_call.reset(self.stall_timeout)  # it took something: not stalled
         self._flush()
 
     def stopProducing(self) -> None:
@@ -574,6 +622,7 @@ class RedisBus(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._release_senders()
         for call in (self._beat_call, self._wait_call):
             if call is not None and call.active():
                 call.cancel()

@@ -171,6 +171,8 @@ class HubFactory(Factory):
         """Names this hub's room numbering: a room's offsets count on only
         within one epoch (the numbers and history live in this process)."""
         self.reading_paused = False
+        """Whether some owner holds L{pause_reading}."""
+        self._pausers: set[object] = set()
         self.relay: Relay | None = None
         """The other hubs this one is joined with (L{join_relay}), if any."""
         self.id_prefix = ""
@@ -359,19 +361,28 @@ class HubFactory(Factory):
             self._clients[client_id].loseConnection()
         return gone
 
-    def pause_reading(self) -> None:
-        """Stop taking messages from every client, and from those who connect
-        until L{resume_reading} (see L{HubProtocol.pauseReading})."""
+    def pause_reading(self, owner: object = None) -> None:
+        """Stop taking messages from every client, and from those who connect,
+        until C{owner} calls L{resume_reading} (see L{HubProtocol.pauseReading}).
+        Each owner holds a pause of its own (a gateway's stalled upstream, a
+        bus whose queue is full): the hub reads again once none holds one."""
+        paused = self.reading_paused
+        self._pausers.add(owner)
         self.reading_paused = True
-        for client in list(self._clients.values()):
-            client.hubPausedReading()
+        if not paused:
+            for client in list(self._clients.values()):
+                client.hubPausedReading()
 
-    def resume_reading(self) -> None:
-        """Lift L{pause_reading}; a client that its protocol paused itself
-        (L{HubProtocol.pauseReading}) stays paused."""
-        self.reading_paused = False
-        for client in list(self._clients.values()):
-            client.hubResumedReading()
+    def resume_reading(self, owner: object = None) -> None:
+        """Lift C{owner}'s L{pause_reading}; a client that its protocol paused
+        itself (L{HubProtocol.pauseReading}) stays paused."""
+        if owner not in self._pausers:
+            return
+        self._pausers.discard(owner)
+        if not self._pausers:
+            self.reading_paused = False
+            for client in list(self._clients.values()):
+                client.hubResumedReading()
 
     def join(self, client_id: str, room: str) -> None:
         """Put a client in C{room} (created by its first member), emit
