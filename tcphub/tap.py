@@ -147,6 +147,9 @@ class Options(usage.Options):
         ["redis", None, None,
          "join the other hubs on this Redis as one hub: redis://host:port/db, rediss://…, "
          "unix:///path/to/redis.sock?db=N", redis_url],
+        ["redis-prefix", None, "tcphub",
+         "with --redis: this deployment's name on the Redis, the prefix of its channel and keys (with the "
+         "database number): deployments that share a Redis are apart by name or database"],
         ["redis-password-file", None, None,
          "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
          "than in the URL, which ps shows"],
@@ -345,6 +348,11 @@ class Options(usage.Options):
         if self["upstream-ca-file"] is not None and not (self["upstream"] or "").startswith("wss:"):
             raise usage.UsageError("--upstream-ca-file goes with a wss:// --upstream")
         self["upstream-tls-options"] = trusting(self["upstream"] or "", self["upstream-ca-file"], "upstream-ca-file")
+        if self["redis-prefix"] != "tcphub" and self["redis"] is None:
+            raise usage.UsageError("--redis-prefix goes with --redis")
+        prefix = self["redis-prefix"]
+        if not prefix or len(prefix) > 64 or any(c.isspace() for c in prefix):
+            raise usage.UsageError(f"--redis-prefix is 1 to 64 characters without spaces, not {prefix!r}")
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
@@ -433,7 +441,7 @@ def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus
     from tcphub.bus.redis import RedisBus
 
     bus = RedisBus(hub, config["redis"], node_id=config["node-id"], password=config["redis-password"],
-                   reactor=reactor)
+                   channel=config["redis-prefix"], reactor=reactor)
     bus.setName("bus")
     return [bus]
 

@@ -179,8 +179,8 @@ def free_port() -> int:
 class PluginNode:
     """C{twistd tcphub --redis … --admin …} as the README runs it."""
 
-    def __init__(self, name: str, redis: RedisServer, *options: str) -> None:
-        self.twistd = Twistd("tcphub", "--redis", redis.url, "--node-id", name,
+    def __init__(self, name: str, redis: RedisServer, *options: str, db: int = 0) -> None:
+        self.twistd = Twistd("tcphub", "--redis", f"{redis.url}?db={db}", "--node-id", name,
                              "--admin", "tcp:0:interface=127.0.0.1", *options)
         _, self.port = self.twistd.wait_listening()
         self.admin = int(self.twistd.wait_for(ADMIN)["port"])
@@ -217,6 +217,31 @@ class BroadcastPair:
         for node in (self.a, self.b):
             if node is not None:
                 node.twistd.kill()
+
+
+def test_deployments_on_one_redis_are_apart_by_database_and_by_prefix(redis):
+    """Pub/sub channels are global to a Redis: the database number and
+    --redis-prefix name the channel, so each deployment hears only its own."""
+    server = redis.start()
+    broadcast = ("--port", "0", "--mode", "broadcast")
+    a, same = PluginNode("a", server, *broadcast), PluginNode("s", server, *broadcast)
+    db1, db1_peer = PluginNode("b", server, *broadcast, db=1), PluginNode("p", server, *broadcast, db=1)
+    other, other_peer = (PluginNode(name, server, *broadcast, "--redis-prefix", "shop") for name in "oq")
+    nodes = (a, same, db1, db1_peer, other, other_peer)
+    with killed_after(nodes):
+        clients = [Client(node.port) for node in nodes]
+        eventually(lambda: all(node.varz()["hub"]["connections"] == 1 for node in nodes), "a client on each")
+        eventually(lambda: [node.varz()["bus"]["nodes"] for node in nodes] == [2] * 6, "each sees its peer",
+                   100_000)
+        clients[0].say("to deployment tcphub:0")
+        assert clients[1].read() == "to deployment tcphub:0"
+        # Redis has pushed that publish to every subscriber of its channel by
+        # now: a node of another deployment would read it before its own peer's.
+        clients[3].say("to deployment tcphub:1")
+        clients[5].say("to deployment shop:0")
+        assert clients[2].read() == "to deployment tcphub:1"
+        assert clients[4].read() == "to deployment shop:0"
+        shut_down(clients, nodes)
 
 
 def test_two_processes_share_one_port_and_are_one_hub(redis):

@@ -144,6 +144,8 @@ def test_listen_is_repeatable():
         (["--websocket-ping-timeout", "0"], "--websocket-ping-timeout must be more than 0"),
         (["--redis", "http://localhost"], "a Redis URL is redis://host:port/db"),
         (["--node-id", "a"], "--node-id goes with --redis"),
+        (["--redis-prefix", "shop"], "--redis-prefix goes with --redis"),
+        (["--redis", "redis://127.0.0.1/0", "--redis-prefix", "a b"], "--redis-prefix is 1 to 64 characters"),
         (["--redis-password-file", "/dev/null"], "--redis-password-file goes with --redis"),
         (["--mode", "echo", "--auth-tokens", "pyproject.toml"], "--auth-tokens goes with --mode hub or chat"),
         (["--mode", "hub", "--auth-tokens", "/nonexistent"], "--auth-tokens '/nonexistent': No such file"),

@@ -181,7 +181,10 @@ class RedisBus(Service):
     """
     Joins C{hub} (a L{TcpServer}, before any client connects) with the other
     hubs on the Redis at C{url}, as node C{node_id} (default: random).
-    All the nodes use the same C{channel} and the same framing.  C{endpoint}
+    All the nodes of one deployment use the same C{channel} (the deployment's
+    name: its pub/sub channel and keys are C{channel:db:…}, so two
+    deployments on one Redis, by name or database, are apart) and the same
+    framing.  C{endpoint}
     reaches Redis another way than the URL's host (the URL still gives the
     database and the credentials): a proxy, or a test's in-memory Redis.
     """
@@ -224,8 +227,13 @@ class RedisBus(Service):
         self._hub = hub.factory
         self._hub.join_relay(self, self.node_id)
         self._clock = self._hub.clock
-        self._channel = channel.encode("utf-8")
+        if not channel or any(c.isspace() for c in channel) or len(channel) > 64:
+            raise ValueError(f"a deployment's name (channel) is 1 to 64 characters without spaces, not {channel!r}")
+        # One namespace per deployment, the database number included: two
+        # deployments on one Redis (other dbs, or other names) never meet,
+        # for pub/sub channels are global to a Redis whatever the database.
         self._keys = f"{channel}:{self._db}"
+        self._channel = f"{self._keys}:bus".encode("utf-8")
         if endpoint is None:
             endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
