@@ -188,6 +188,17 @@ def stop_when_given_up(handler: WebSocketHandler, reactor: Any) -> None:
     handler.on("error", stop)
 
 
+def exit_when_given_up(given_up: Deferred[Any], reactor: Any) -> None:
+    """When C{given_up} fires (a part that cannot go on, and has logged why:
+    a bus whose node id another process holds), stop twistd and exit 1."""
+
+    def stop(_: object) -> None:
+        exit_status_after_twistd(1)
+        reactor.stop()
+
+    given_up.addCallback(stop)
+
+
 def exit_status_after_twistd(status: int) -> None:
     """Make the process exit with C{status} once twistd (or twist) has shut
     down cleanly: neither has a way to exit non-zero after C{reactor.stop()}.

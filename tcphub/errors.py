@@ -106,6 +106,12 @@ class BusQueueFull(BusError):
     """A publish made while the bus was down or slow found its queue full: it was dropped."""
 
 
+class NodeIdInUse(BusError):
+    """Another live process is this node (the same C{node_id} on the same
+    Redis and deployment): this one refuses to run as it, since the two would
+    overwrite each other's presence and drop each other's messages as their own."""
+
+
 class ListenFailed(TcpHubError):
     """A listening endpoint could not be set up (port in use, missing
     directory or certificate, ...)."""

@@ -21,6 +21,7 @@ from tcphub._plugin import (
     LOG_OPTIONS,
     PluginProcess,
     admin_service,
+    exit_when_given_up,
     check_admin,
     choice,
     log_observer,
@@ -442,6 +443,7 @@ def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus
 
     bus = RedisBus(hub, config["redis"], node_id=config["node-id"], password=config["redis-password"],
                    channel=config["redis-prefix"], reactor=reactor)
+    exit_when_given_up(bus.when_refused(), reactor)
     bus.setName("bus")
     return [bus]
 

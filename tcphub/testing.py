@@ -195,8 +195,8 @@ class MemoryRedis:
     An endpoint for C{RedisBus(..., endpoint=MemoryRedis())} whose
     connections are StringTransports, answered by L{answer}: C{PUBLISH} is
     recorded in L{published}; C{SMEMBERS} is empty; C{PUBSUB NUMSUB}
-    answers L{subscribers}; C{SUBSCRIBE} is confirmed; anything else is
-    C{+OK}.
+    answers L{subscribers}; C{SUBSCRIBE} is confirmed; a script
+    (C{EVAL}) answers 1; anything else is C{+OK}.
     """
 
     def __init__(self) -> None:
@@ -230,6 +230,8 @@ class MemoryRedis:
                     replies.append(b"*0\r\n")
                 elif name == b"PUBSUB":
                     replies.append(b"*2\r\n$%d\r\n%s\r\n:%d\r\n" % (len(command[2]), command[2], self.subscribers))
+                elif name == b"EVAL":
+                    replies.append(b":1\r\n")
                 elif name == b"SUBSCRIBE":
                     replies.append(b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(command[1]), command[1]))
                 else:

@@ -244,6 +244,39 @@ def test_deployments_on_one_redis_are_apart_by_database_and_by_prefix(redis):
         shut_down(clients, nodes)
 
 
+def test_a_second_live_process_with_a_nodes_id_exits_1_with_one_line_and_the_first_goes_on(redis):
+    server = redis.start()
+    first = PluginNode("a", server, "--port", "0", "--mode", "broadcast")
+    peer = PluginNode("b", server, "--port", "0", "--mode", "broadcast")
+    with killed_after((first, peer)), Twistd("tcphub", "--redis", server.url, "--node-id", "a",
+                                             "--port", "0") as second:
+        second.wait_for("bus: node id a is held by another process")
+        # The first keeps the id (it refreshes it every second); the second
+        # gives up once a dead process would have let it go (node_ttl, 3 s).
+        assert second.process.wait(timeout=60) == 1
+        second.drain()
+        refusals = [line for line in second.lines if "another live process is node a" in line]
+        assert len(refusals) == 1 and "give each process its own --node-id" in refusals[0], second.output
+        assert "Traceback" not in second.output
+        one, two = Client(first.port), Client(peer.port)
+        eventually(lambda: first.varz()["bus"]["nodes"] == 2, "the first still one of two nodes", 100_000)
+        two.say("still one hub")
+        assert one.read() == "still one hub"
+        shut_down((one, two), (first, peer))
+    assert "held by another process" not in first.twistd.output
+
+
+def test_a_node_restarted_at_once_takes_its_id_back_once_the_old_process_has_let_it_go(redis):
+    server = redis.start()
+    first = PluginNode("a", server, "--port", "0")
+    first.twistd.stop(signal.SIGKILL)  # its alive key stays for node_ttl
+    again = PluginNode("a", server, "--port", "0")
+    with killed_after((again,)):
+        again.twistd.wait_for("bus: node id a is this process's now")
+        assert again.twistd.process.poll() is None
+        again.twistd.shutdown()
+
+
 def test_two_processes_share_one_port_and_are_one_hub(redis):
     server = redis.start()
     port = free_port()

@@ -56,7 +56,8 @@ from tcphub._secrets import redact_url
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
 from tcphub._upstream.twisted_parts import QuietClientService
-from tcphub.errors import BusError, BusQueueFull
+from tcphub._observer import OneShotObserver
+from tcphub.errors import BusError, BusQueueFull, NodeIdInUse
 
 if TYPE_CHECKING:
     from tcphub.hub.service import TcpServer
@@ -174,6 +175,10 @@ class _Reporting:
 _RELEASE = (b"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end "
             b"return 0")
 """Delete a claimed name only if it is still the claimer's."""
+_CLAIM_NODE = (b"local held = redis.call('GET', KEYS[1]) "
+               b"if held and held ~= ARGV[1] then return 0 end "
+               b"redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1")
+"""Refresh the node's alive key for this process, unless another process holds it."""
 
 
 @implementer(IPushProducer)
@@ -217,6 +222,11 @@ class RedisBus(Service):
         self.url = redact_url(url)
         """The Redis URL, its password shown as ***."""
         self.node_id = node_id if node_id is not None else uuid.uuid4().hex[:8]
+        self._instance = uuid.uuid4().hex.encode("ascii")
+        """This process, in the node's alive key: another process with the same node id differs."""
+        self._held_since: float | None = None
+        """Since when another process has held this node's id, if it does."""
+        self._given_up = OneShotObserver()
         self.heartbeat = _checks.number("heartbeat", heartbeat, above=0)
         self.node_ttl = _checks.number("node_ttl", node_ttl if node_ttl is not None else 3 * heartbeat,
                                        above=heartbeat)
@@ -538,13 +548,32 @@ class RedisBus(Service):
     def _key(self, kind: str, node: str) -> bytes:
         return f"{self._keys}:{kind}:{node}".encode("utf-8")
 
+    def when_refused(self) -> Deferred[NodeIdInUse]:
+        """Fires with L{NodeIdInUse} if this node gives up because another
+        live process has its node id (the bus has stopped and logged why);
+        the plugin then exits with status 1."""
+        given_up: Deferred[NodeIdInUse] = self._given_up.when_fired()
+        return given_up
+
     def _write_presence(self) -> None:
         publisher = self._publisher
-        if publisher is None:
+        if publisher is None or not self.running:
             return
         ttl = int(self.node_ttl * 1000)
+        # The node's id first: while another live process holds it, this
+        # one writes nothing under it.
+        publisher.command(b"EVAL", _CLAIM_NODE, 1, self._key("alive", self.node_id), self._instance, ttl
+                          ).addCallbacks(self._claimed, self._command_failed, errbackArgs=(b"EVAL",),
+                                         callbackArgs=(publisher, ttl))
+
+    def _claimed(self, held: Any, publisher: RedisProtocol, ttl: int) -> None:
+        if held != 1:
+            self._held_elsewhere()
+            return
+        if self._held_since is not None:
+            self._held_since = None
+            self._log.info("bus: node id {node} is this process's now", node=self.node_id)
         node = self.node_id
-        self._fire(publisher, b"SET", self._key("alive", node), b"1", b"PX", ttl)
         self._fire(publisher, b"SADD", f"{self._keys}:nodes".encode(), node)
         rooms, members = self._key("rooms", node), self._key("members", node)
         # The whole picture each time, in one transaction: a reader sees the
@@ -564,6 +593,25 @@ class RedisBus(Service):
             self._fire(publisher, b"PEXPIRE", name, ttl)
 
         self._read_cluster(publisher)
+
+    def _held_elsewhere(self) -> None:
+        """Another process holds the node's id: one that died lets it go
+        within C{node_ttl}; one still holding it then is alive."""
+        now = self._clock.seconds()
+        if self._held_since is None:
+            self._held_since = now
+            self._log.warn("bus: node id {node} is held by another process on {url}; waiting up to "
+                           "{ttl:g} s for it to lapse (a process that just stopped)", node=self.node_id,
+                           url=self.url, ttl=self.node_ttl)
+            return
+        if now - self._held_since < self.node_ttl:
+            return
+        error = NodeIdInUse(f"another live process is node {self.node_id} on {self.url} "
+                            f"(deployment {self._keys}): give each process its own --node-id")
+        self._log.error("bus: {error}", error=error)
+        self._hub.surface.report(error)
+        self.stopService()
+        self._given_up.fire(error)
 
     def _read_cluster(self, publisher: RedisProtocol) -> None:
         def read(nodes: Any) -> Deferred[Any]:
@@ -629,6 +677,8 @@ class RedisBus(Service):
         self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
 
     def stopService(self) -> Deferred[None]:
+        if not self.running:  # stopped already: its node id was another's
+            return succeed(None)
         super().stopService()
         self._release_senders()
         for call in (self._beat_call, self._wait_call):
@@ -636,10 +686,11 @@ class RedisBus(Service):
                 call.cancel()
         self._beat_call = self._wait_call = None
         publisher = self._publisher
-        if publisher is not None:
+        if publisher is not None and self._held_since is None:
             # Leave at once rather than after node_ttl.
             node = self.node_id
-            self._fire(publisher, b"DEL", *[self._key(kind, node) for kind in ("alive", "rooms", "members")])
+            self._fire(publisher, b"DEL", self._key("rooms", node), self._key("members", node))
+            self._fire(publisher, b"EVAL", _RELEASE, 1, self._key("alive", node), self._instance)
             self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), node)
         return gatherResults([self._publisher_service.stopService(),
                               self._subscriber_service.stopService()]).addCallback(lambda _: None)
