@@ -225,9 +225,11 @@ class PluginProcess(MultiService):
 
     def __init__(self, service: IService, reactor: Any, *beside: IService,
                  log_observer: ILogObserver | None = None,
-                 listeners: Iterable[Listener] = ()) -> None:
+                 listeners: Iterable[Listener] = (), on_interrupt: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._reactor = reactor
+        self._on_interrupt = on_interrupt
+        """Called as an interrupt (SIGINT) stops the process: a stop in a hurry."""
         self._log_observer = log_observer
         self._listeners = tuple(listeners)
         for each in (service, *beside):
@@ -261,6 +263,8 @@ class PluginProcess(MultiService):
         self._reactor.callWhenRunning(self._watch_interrupt)
         if signal.getsignal(signal.SIGHUP) is signal.SIG_DFL:
             signal.signal(signal.SIGHUP, self._hangup)
+        if signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL:
+            signal.signal(signal.SIGUSR2, self._drain)
 
     def _listen_failed(self, failure: object) -> None:
         # The service has logged why; a process that listens nowhere exits 1.
@@ -270,8 +274,14 @@ class PluginProcess(MultiService):
 
     def _hangup(self, signum: int, frame: object) -> None:
         self._log.info("Received SIGHUP, shutting down (queued output is drained first).")
+        if self._on_interrupt is not None:  # the terminal is gone: no load balancer's grace
+            self._on_interrupt()
         # Not a normal stop: a supervisor (systemd's Restart=on-failure) sees 129, as for a shell.
         exit_status_after_twistd(128 + signal.SIGHUP)
+        self._reactor.callFromThread(self._reactor.stop)
+
+    def _drain(self, signum: int, frame: object) -> None:
+        self._log.info("Received SIGUSR2, draining: shutting down as for SIGTERM.")
         self._reactor.callFromThread(self._reactor.stop)
 
     def _watch_interrupt(self) -> None:
@@ -283,6 +293,8 @@ class PluginProcess(MultiService):
 
         def interrupted(signum: int, frame: Any) -> None:
             self._interrupted = True
+            if self._on_interrupt is not None:
+                self._on_interrupt()
             previous(signum, frame)
 
         signal.signal(signal.SIGINT, interrupted)

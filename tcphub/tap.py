@@ -137,6 +137,12 @@ class Options(usage.Options):
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "seconds to let queued output drain on shutdown",
          _number("drain-timeout", float, minimum=0)],
+        ["drain-grace", None, None,
+         "seconds a stopping hub (SIGTERM, SIGUSR2) serves on while load balancers see /readyz's 503 "
+         "(default: 5 with --admin, else 0; an interrupt skips it)", _number("drain-grace", float, minimum=0)],
+        ["drain-spread", None, 10.0,
+         "seconds over which a stopping hub tells its clients, one after another, to reconnect elsewhere",
+         _number("drain-spread", float, minimum=0)],
         ["web-root", None, None,
          "with --websocket: serve this directory's files at / instead of the chat page"],
         ["websocket-ping-interval", None, DEFAULT_PING_INTERVAL,
@@ -354,6 +360,8 @@ class Options(usage.Options):
         prefix = self["redis-prefix"]
         if not prefix or len(prefix) > 64 or any(c.isspace() for c in prefix):
             raise usage.UsageError(f"--redis-prefix is 1 to 64 characters without spaces, not {prefix!r}")
+        if self["drain-grace"] is None:
+            self["drain-grace"] = 5.0 if self["admin"] else 0.0
         if self["node-id"] is not None:
             if self["redis"] is None:
                 raise usage.UsageError("--node-id goes with --redis")
@@ -401,7 +409,7 @@ def makeService(config: Options, reactor: Any = None) -> IService:
                                                            web=members[0] if members else None,
                                                            api=api[0] if api else None)]
     return PluginProcess(service, reactor, *bus, *listening, log_observer=log_observer(config),
-                         listeners=[hub, *listening])
+                         listeners=[hub, *listening], on_interrupt=hub.hurry)
 
 
 def _authenticator(config: Options, clock: Any) -> Authenticator | None:
@@ -486,6 +494,8 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         max_rate=config["max-rate"],
         max_burst=config["max-burst"],
         drain_timeout=config["drain-timeout"],
+        drain_grace=config["drain-grace"],
+        drain_spread=config["drain-spread"],
         room_history=config["room-history"],
         room_history_bytes=config["room-history-bytes"],
         protocol=MODES[config["mode"]],

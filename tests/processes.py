@@ -132,9 +132,16 @@ class OutputProcess:
 
 
 class Twistd(OutputProcess):
-    """C{twistd -n ARGS}, with no pid file."""
+    """C{twistd -n ARGS}, with no pid file.  The C{tcphub} plugin stops
+    without its lame duck's grace and spread (C{--drain-grace 0
+    --drain-spread 0}) unless the test gives them: a test that stops a hub
+    waits for events, not for load balancers."""
 
     def __init__(self, *args: str, cwd: Path | str = REPO, preexec_fn=None) -> None:
+        if args and args[0] == "tcphub":
+            given = set(args)
+            args = (args[0], *(("--drain-grace", "0") if "--drain-grace" not in given else ()),
+                    *(("--drain-spread", "0") if "--drain-spread" not in given else ()), *args[1:])
         super().__init__([twistd_command(), "--pidfile=", "-n", *args], cwd=cwd, preexec_fn=preexec_fn)
 
     def wait_listening(self) -> tuple[str, int]:

@@ -331,3 +331,33 @@ def test_twistd_tells_an_idle_nc_user_why_before_it_closes():
                 received += chunk
         assert received.splitlines()[-1].startswith(b"* closing: idle: client "), received
         twistd.shutdown()
+
+
+def test_a_draining_hub_tells_its_clients_to_reconnect_one_after_another_over_the_spread(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    clients = [hub.connect() for _ in range(3)]
+    for _, transport in clients:
+        lines(transport)
+    done = hub.factory.go_away(9.0)
+    told = [b"* this server is going away: reconnect to carry on" in lines(t) for _, t in clients]
+    assert told == [True, False, False] and clients[0][1].disconnecting and not done.called
+    hub.clock.advance(2.9)
+    assert not any(lines(t) for _, t in clients[1:])
+    hub.clock.advance(0.1)
+    assert clients[1][1].disconnecting and not clients[2][1].disconnecting
+    hub.clock.advance(3.0)
+    assert clients[2][1].disconnecting and done.called
+    for protocol, _ in clients:
+        hub.lose(protocol)
+    assert hub.factory.close_all(1.0).called and hub.timers() == []
+
+
+def test_closing_all_while_the_clients_are_told_tells_no_more_and_ends_the_spread(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol)
+    clients = [hub.connect() for _ in range(3)]
+    done = hub.factory.go_away(10.0)
+    closing = hub.factory.close_all(5.0)
+    assert done.called and all(t.disconnecting for _, t in clients)
+    for protocol, _ in clients:
+        hub.lose(protocol)
+    assert closing.called and hub.timers() == []

@@ -503,3 +503,54 @@ def test_metrics_have_the_process_the_build_and_connections_by_kind(tmp_path):
     assert by_kind == {"tcp": 1, "websocket": 1}
     [build] = families["tcphub_build_info"].samples
     assert build.labels["version"] and build.labels["twisted"] and build.value == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
+def test_a_lame_duck_goes_unready_serves_on_for_the_grace_then_sends_its_members_elsewhere(sig):
+    """SIGTERM (or SIGUSR2): /readyz is 503 at once, the port still serves for
+    --drain-grace, then each member is told to reconnect (a chat line; a
+    WebSocket member the close code 1012), and the process stops."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    hub, port, admin = start("--websocket", "tcp:0:interface=127.0.0.1", "--drain-grace", "2",
+                             "--drain-spread", "1")
+    with hub:
+        ws_port = int(hub.wait_for(r"tcphub websocket listening on [^ ]+:(\d+)")[1])
+        chat = socket.create_connection(("127.0.0.1", port), timeout=30)
+        reader = chat.makefile("rb")
+        assert reader.readline().startswith(b"* welcome")
+        member = connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30, legacy=True)
+        assert member.recv(timeout=30).startswith("* welcome")
+        since = hub.mark()
+        hub.process.send_signal(sig)
+        hub.wait_for("draining: serving on for 2 s", since=since)
+        assert get(admin, "/readyz") == (503, "draining\n")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as late:  # still served
+            assert late.makefile("rb").readline().startswith(b"* welcome")
+        seen = [reader.readline()]
+        while seen[-1] and b"going away" not in seen[-1]:
+            seen.append(reader.readline())
+        assert seen[-1] == b"* this server is going away: reconnect to carry on\n", seen
+        assert reader.readline() == b"", "then the hub closes the connection"
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                member.recv(timeout=30)
+        assert closed.value.rcvd.code == 1012
+        # twistd re-raises the SIGTERM that stopped it; SIGUSR2 is a stop of tcphub's own.
+        assert hub.process.wait(timeout=60) == (-sig if sig == signal.SIGTERM else 0)
+        hub.drain()
+        assert "Unhandled" not in hub.output and "Traceback" not in hub.output, hub.output
+        reader.close()
+        chat.close()
+        member.close()
+
+
+def test_an_interrupt_stops_without_the_lame_ducks_grace():
+    """Ctrl-C in a terminal wants the hub stopped, not a load balancer's grace."""
+    hub, port, admin = start("--drain-grace", "30")
+    with hub:
+        client = echo_client(port, [b"hi"])
+        hub.shutdown(signal.SIGINT)
+        client.close()
+    assert "draining: serving on" not in hub.output

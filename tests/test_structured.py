@@ -56,6 +56,15 @@ def jwt_hub(hub_factory, key=SECRET, **options):
 # -- an open hub: the operations ------------------------------------------------------
 
 
+def test_a_draining_hub_sends_hub_reconnect_then_closes(hub_factory):
+    hub = open_hub(hub_factory)
+    ann, ann_t = hub.connect()
+    said(ann_t)
+    assert hub.factory.go_away(0.0).called
+    assert said(ann_t) == [{"path": "hub.reconnect", "data": {"reason": "this server is going away"}}]
+    assert ann_t.disconnecting
+
+
 def test_members_join_publish_and_see_who_is_there_in_envelopes_a_handler_routes(hub_factory):
     hub = open_hub(hub_factory)
     ann, ann_t = hub.connect()

@@ -14,7 +14,7 @@ from collections import deque
 from typing import Any, Callable, Iterable, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -38,7 +38,7 @@ from tcphub.hub.identity import Authenticator, FailedAttempts
 from tcphub.hub.metrics import ClientInfo, ClosedConnection, HubCounters, Metrics, Traffic
 from tcphub.hub.outbox import WRITE, Countdown, ReadBatch
 from tcphub.hub.addresses import check_payload, format_address
-from tcphub.hub.protocol import HubProtocol
+from tcphub.hub.protocol import OPEN, HubProtocol
 from tcphub.hub.refused import RefusedConnection
 from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Kept, Rooms
@@ -184,6 +184,8 @@ class HubFactory(Factory):
         self._per_ip: dict[str, int] = {}
         self._hosts: dict[str, str] = {}  # client id -> host, when max_connections_per_ip is set
         self._all_gone: OneShotObserver | None = None
+        self._going_away: tuple[IDelayedCall, Deferred[None]] | None = None
+        """While L{go_away} spreads the clients: the call that tells the next, and what fires at the last."""
         self._departed: dict[str, list[int]] = {}
         """Each kind's traffic of the clients gone: bytes and messages in, out."""
         self._closed: deque[ClosedConnection] = deque(
@@ -345,6 +347,11 @@ class HubFactory(Factory):
             counts[kind] = counts.get(kind, 0) + 1
         return counts
 
+    @property
+    def client_count(self) -> int:
+        """How many clients are connected now."""
+        return len(self._clients)
+
     def traffic_by_kind(self) -> dict[str, Traffic]:
         """Each kind's bytes and messages in and out since the hub started:
         the clients gone (summed as they left) and a scan of those here, for
@@ -487,6 +494,10 @@ class HubFactory(Factory):
         Close every connection once its queued output is written; after
         C{drain_timeout} seconds abort those still open.  Fires when none is left.
         """
+        going_away, self._going_away = self._going_away, None
+        if going_away is not None:  # the rest are closed now, told or not
+            going_away[0].cancel()
+            going_away[1].callback(None)
         if not self._clients and not self._refused:
             return succeed(None)
         if self._all_gone is None:
@@ -503,6 +514,32 @@ class HubFactory(Factory):
             return result
 
         return done.addBoth(cancel_deadline)
+
+    def go_away(self, spread: float) -> Deferred[None]:
+        """
+        Tell every client to reconnect elsewhere (L{HubProtocol.goingAway}),
+        one after another over C{spread} seconds, so that the hubs that take
+        them are not hit by all at once; fires once the last is told.  The
+        clients close after their queued output; L{close_all} then waits for them.
+        """
+        clients = list(self._clients.values())
+        if not clients:
+            return succeed(None)
+        done: Deferred[None] = Deferred()
+        step = spread / len(clients)
+
+        def tell(index: int) -> None:
+            client = clients[index]
+            if client.state == OPEN:
+                client.goingAway()
+            if index + 1 == len(clients):
+                self._going_away = None
+                done.callback(None)
+            else:
+                self._going_away = (self.clock.callLater(step, tell, index + 1), done)
+
+        tell(0)
+        return done
 
     def count_descriptor_refusal(self) -> None:
         """A connection was closed by Twisted for want of a file descriptor

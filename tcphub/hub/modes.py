@@ -192,6 +192,11 @@ class ChatProtocol(HubProtocol):
         when = time.strftime("%H:%M", time.gmtime(kept.at))
         return framing.encode(f"[{when} UTC] ".encode("ascii") + framing.payload(kept.frame))
 
+    def goingAway(self) -> None:
+        """This hub drains: say so, then close (the page reconnects by itself)."""
+        self._say("* this server is going away: reconnect to carry on")
+        super().goingAway()
+
     def dropping(self, reason: Drop, error: TcpHubError) -> None:
         """Tell the client why, if its socket takes the line at once."""
         self.sendNow(printable(f"* closing: {_WHY[reason]}: {error}").encode("utf-8"))

@@ -70,6 +70,9 @@ DRAINING: Final = 2
 GONE: Final = 3
 """Aborted, or the connection is gone: nothing flows."""
 
+GOING_AWAY_CLOSE: Final = 1012
+"""The WebSocket close code of L{HubProtocol.goingAway}: RFC 6455's "service restart"."""
+
 # Why reading from a client is paused (HubProtocol._read_paused is a set of these bits).
 # Each reason is resumed only by its own owner.
 _PAUSED_BY_USER: Final = 1  # pauseReading(): a subclass's own flow control
@@ -548,6 +551,19 @@ class HubProtocol(Protocol):
         except Exception:
             self.factory.handler_failed("dropping", Failure(), self.client_id)
         self._abort(departure)
+
+    def goingAway(self) -> None:
+        """
+        Called when this hub drains as a lame duck (its process was told to
+        stop, e.g. by C{SIGTERM}, and other hubs will take its clients): tell
+        the client to reconnect elsewhere, then close after its queued
+        output.  Here: a WebSocket member gets close code 1012 (service
+        restart); a subclass with words of its own says them first and
+        calls C{super().goingAway()}.
+        """
+        if IMessageTransport.providedBy(self.transport):
+            self.transport.closeWith(GOING_AWAY_CLOSE, "this server is going away: reconnect")
+        self.loseConnection()
 
     def dropping(self, reason: Drop, error: TcpHubError) -> None:
         """

@@ -13,6 +13,7 @@ from twisted.application.service import Service
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, FirstError, gatherResults, maybeDeferred, succeed
+from twisted.internet.task import deferLater
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
@@ -109,6 +110,8 @@ class TcpServer(Service):
         max_rate: float | None = None,
         max_burst: int | None = None,
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        drain_grace: float = 0.0,
+        drain_spread: float = 0.0,
         closed_history: int = DEFAULT_CLOSED_HISTORY,
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         room_history: int = 0,
@@ -150,6 +153,10 @@ class TcpServer(Service):
             clock=clock if clock is not None else reactor,
         )
         self.drain_timeout = _checks.number("drain_timeout", drain_timeout, minimum=0)
+        self.drain_grace = _checks.number("drain_grace", drain_grace, minimum=0)
+        self.drain_spread = _checks.number("drain_spread", drain_spread, minimum=0)
+        self._grace: Deferred[None] | None = None
+        self._hurried = False
         self.raise_descriptor_limit = raise_descriptor_limit
         self._descriptor_watch: Callable[[dict], None] | None = None
         self._other_descriptors = 0
@@ -281,14 +288,40 @@ class TcpServer(Service):
         self._stopping = True
         listening, self._listening = self._listening, None
         self._attempts = None
-        ports, self.listening_ports = self.listening_ports, []
         d = listening.when_fired() if listening is not None else succeed(None)
         d.addErrback(lambda _: None)
-        d.addCallback(lambda _: gatherResults([maybeDeferred(port.stopListening) for port in ports]))
+        if self.drain_grace and not self._hurried:
+            # A lame duck: still serving while load balancers see /readyz's 503.
+            d.addCallback(lambda _: self._wait_grace())
+        d.addCallback(lambda _: self._close_ports())
+        d.addCallback(lambda _: self.factory.go_away(0.0 if self._hurried else self.drain_spread)
+                      if self.drain_spread or self.drain_grace else None)
         d.addCallback(lambda _: self.factory.close_all(self.drain_timeout))
         d.addCallback(lambda _: self._log.info("tcphub stopped"))
         d.addBoth(self._fire_stopped)
         return d
+
+    def _wait_grace(self) -> Deferred[None]:
+        self._log.info("draining: serving on for {grace:g} s while load balancers see this node is not ready, "
+                       "then telling {clients} clients to reconnect elsewhere over {spread:g} s",
+                       grace=self.drain_grace, clients=self.factory.client_count, spread=self.drain_spread)
+        self._grace = deferLater(self.factory.clock, self.drain_grace)
+        return self._grace.addBoth(self._graced)
+
+    def _graced(self, result: object) -> None:
+        self._grace = None
+
+    def _close_ports(self) -> Deferred[Any]:
+        ports, self.listening_ports = self.listening_ports, []
+        return gatherResults([maybeDeferred(port.stopListening) for port in ports])
+
+    def hurry(self) -> None:
+        """Skip the lame duck's C{drain_grace} and C{drain_spread} in the stop
+        under way, or the next one: an operator's interrupt wants it now."""
+        self._hurried = True
+        grace = self._grace
+        if grace is not None:
+            grace.cancel()
 
     def _fire_stopped(self, result: object) -> object:
         self._stopping = False

@@ -34,9 +34,11 @@ from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rooms import check_room
 
-__all__ = ["ERROR_PATH", "FORBIDDEN_CLOSE", "MAX_WHO", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
+__all__ = ["ERROR_PATH", "FORBIDDEN_CLOSE", "MAX_WHO", "RECONNECT_PATH", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
 
 ERROR_PATH: Final = "hub.error"
+RECONNECT_PATH: Final = "hub.reconnect"
+"""Sent before this hub closes the connection as it drains: reconnect (another hub takes it)."""
 """The path of every refusal."""
 ROOM_PATH: Final = "room."
 """What the path of a room's delivery begins with (C{room.<name>}: route C{room.#})."""
@@ -229,6 +231,12 @@ class StructuredProtocol(HubProtocol):
             self._refuse(path, request_id, "forbidden", f"room {room[:80]!r} is not among yours", counted=True)
             return None
         return room
+
+    def goingAway(self) -> None:
+        """C{{"path": "hub.reconnect"}} before the close: this hub is draining,
+        another will take the client."""
+        self.sendMessage(_encode({"path": RECONNECT_PATH, "data": {"reason": "this server is going away"}}))
+        super().goingAway()
 
     def _reply(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         reply: dict[str, Any] = {"path": path, "data": data}

@@ -471,8 +471,12 @@ class MemberConnection(FailureHooks):
         self.dropConnection(abort=True)
 
     def close_gently(self, code: int = 1000, reason: str = "") -> None:
-        # Autobahn ignores it if a close is under way already.
-        self.sendClose(code, reason or None)
+        # Autobahn ignores it if a close is under way already.  Its sendClose
+        # refuses the codes a server may send but an application may not
+        # choose (1012, "service restart"): the frame is sent here directly.
+        # A close frame's reason holds 123 bytes: cut at a character's boundary.
+        reason_utf8 = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        self.sendCloseFrame(code, reason_utf8 or None, isReply=False)
 
     def abort(self) -> None:
         # A close frame of ours on its way (1009, 1008, or the 1002 for a
