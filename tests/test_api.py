@@ -111,7 +111,8 @@ def test_a_publish_reaches_a_rooms_members_in_each_mode_as_a_member_s_would(tmp_
             status, answer, _ = call(api, "/api/publish", {"room": "orders", "data": {"order": 42, "paid": True}})
             assert status == 200 and answer["offset"] == 1
             expected = {"path": "room.orders", "data": {"room": "orders", "from": "billing", "name": "billing",
-                                                        "offset": 1, "data": {"order": 42, "paid": True}}}
+                                                        "offset": 1, "epoch": answer["epoch"],
+                                                        "data": {"order": 42, "paid": True}}}
             assert json.loads(structured.read()) == expected
             assert json.loads(browser.recv(timeout=30)) == expected
         structured.close()

@@ -56,6 +56,73 @@ def jwt_hub(hub_factory, key=SECRET, **options):
 # -- an open hub: the operations ------------------------------------------------------
 
 
+def test_a_member_back_with_since_gets_what_it_missed_in_order_before_live_messages(hub_factory):
+    hub = open_hub(hub_factory, room_history=10)
+    ann, ann_t = hub.connect()
+    bob, bob_t = hub.connect()
+    for member in (ann, bob):
+        send(member, "hub.join", {"room": "chess"})
+    joined = said(bob_t)[0]["data"]
+    send(ann, "hub.publish", {"room": "chess", "data": "e4"})
+    seen = said(bob_t)[0]["data"]
+    assert (seen["epoch"], seen["offset"]) == (joined["epoch"], 1)
+    hub.lose(bob)  # bob drops; ann goes on
+    for move in ("e5", "Nf3"):
+        send(ann, "hub.publish", {"room": "chess", "data": move})
+    bob, bob_t = hub.connect()
+    send(bob, "hub.join", {"room": "chess", "since": {"epoch": seen["epoch"], "offset": 1}}, "back")
+    replies = said(bob_t)
+    assert [(each["data"]["offset"], each["data"]["data"]) for each in replies[:2]] == [(2, "e5"), (3, "Nf3")]
+    assert replies[2] == {"path": "hub.join", "id": "back", "data": {
+        "room": "chess", "members": 2, "epoch": seen["epoch"], "offset": 3, "recovered": True}}
+    send(ann, "hub.publish", {"room": "chess", "data": "Nc6"})
+    assert said(bob_t)[0]["data"]["offset"] == 4
+    assert hub.factory.get_metrics().unrecovered == 0
+
+
+@pytest.mark.parametrize("since, reason", [
+    ({"epoch": "another", "offset": 1}, "epoch_changed"),
+    ({"epoch": None, "offset": 9}, "offset_ahead"),
+    ({"epoch": None, "offset": 0}, "history_lost"),
+])
+def test_a_member_that_cannot_get_all_it_missed_is_told_so_and_gets_none_of_it(hub_factory, since, reason):
+    hub = open_hub(hub_factory, room_history=2)
+    ann, _ = hub.connect()
+    send(ann, "hub.join", {"room": "chess"})
+    for move in ("e4", "e5", "Nf3"):  # the history keeps the last two
+        send(ann, "hub.publish", {"room": "chess", "data": move})
+    bob, bob_t = hub.connect()
+    epoch = hub.factory.room_epoch("chess")
+    send(bob, "hub.join", {"room": "chess", "since": {**since, "epoch": since["epoch"] or epoch}})
+    assert said(bob_t) == [{"path": "hub.join", "id": "1", "data": {
+        "room": "chess", "members": 2, "epoch": epoch, "offset": 3, "recovered": False, "reason": reason}}]
+    assert hub.factory.get_metrics().unrecovered == 1
+
+
+def test_a_room_made_anew_has_another_epoch_so_an_old_offset_is_not_taken_for_its(hub_factory):
+    hub = open_hub(hub_factory, room_history=5)
+    ann, ann_t = hub.connect()
+    send(ann, "hub.join", {"room": "chess"})
+    first = said(ann_t)[0]["data"]["epoch"]
+    send(ann, "hub.leave", {"room": "chess"})  # empty: gone, with its numbering
+    send(ann, "hub.join", {"room": "chess"})
+    said(ann_t)
+    send(ann, "hub.publish", {"room": "chess", "data": "e4"})
+    bob, bob_t = hub.connect()
+    send(bob, "hub.join", {"room": "chess", "since": {"epoch": first, "offset": 0}})
+    reply = said(bob_t)[-1]["data"]
+    assert reply["recovered"] is False and reply["reason"] == "epoch_changed" and reply["epoch"] != first
+
+
+@pytest.mark.parametrize("since", [5, {"epoch": 1, "offset": 0}, {"epoch": "e", "offset": -1},
+                                   {"epoch": "e", "offset": True}, {"epoch": "e"}])
+def test_a_malformed_since_is_refused(hub_factory, since):
+    hub = open_hub(hub_factory)
+    ann, ann_t = hub.connect()
+    send(ann, "hub.join", {"room": "chess", "since": since})
+    assert said(ann_t)[0]["data"]["code"] == "bad_request" and ann.rooms == ()
+
+
 def test_a_draining_hub_sends_hub_reconnect_then_closes(hub_factory):
     hub = open_hub(hub_factory)
     ann, ann_t = hub.connect()
@@ -70,13 +137,15 @@ def test_members_join_publish_and_see_who_is_there_in_envelopes_a_handler_routes
     ann, ann_t = hub.connect()
     bob, bob_t = hub.connect()
     send(ann, "hub.join", {"room": "chess"}, "j1")
-    assert said(ann_t) == [{"path": "hub.join", "id": "j1", "data": {"room": "chess", "members": 1}}]
+    epoch = hub.factory.room_epoch("chess")
+    assert said(ann_t) == [{"path": "hub.join", "id": "j1", "data": {
+        "room": "chess", "members": 1, "epoch": epoch, "offset": 0}}]
     send(bob, "hub.join", {"room": "chess"})
     said(bob_t)
     send(ann, "hub.publish", {"room": "chess", "data": {"move": "e4"}}, "p1")
     assert said(ann_t) == [{"path": "hub.publish", "id": "p1", "data": {"room": "chess", "offset": 1}}]
     assert said(bob_t) == [{"path": "room.chess", "data": {
-        "room": "chess", "from": ann.identity.user, "name": ann.identity.name, "offset": 1,
+        "room": "chess", "from": ann.identity.user, "name": ann.identity.name, "offset": 1, "epoch": epoch,
         "data": {"move": "e4"}}}]
     send(bob, "hub.publish", {"room": "chess", "data": "d5"})
     assert said(ann_t)[0]["data"]["offset"] == 2
@@ -354,7 +423,8 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
         handler.add_route("room.#", lambda data, context: (deliveries.append(data), delivered.callback(None)))
         yield handler.connect()
         assert (yield handler.request("hub.auth", {"token": bob})) == {"user": "bob", "name": "bob"}
-        assert (yield handler.request("hub.join", {"room": "chess"})) == {"room": "chess", "members": 1}
+        joined = yield handler.request("hub.join", {"room": "chess"})
+        assert joined == {"room": "chess", "members": 1, "epoch": joined["epoch"], "offset": 0}
         try:
             yield handler.request("hub.join", {"room": "secret"})
         except RequestRefused as refused:
@@ -370,7 +440,7 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
                 assert json.loads(lines.readline())["path"] == path
             yield delivered
         assert deliveries == [{"room": "chess", "from": "alice", "name": "Alice", "offset": 1,
-                               "data": {"move": "e4"}}]
+                               "epoch": joined["epoch"], "data": {"move": "e4"}}]
 
         with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30) as stranger:
             stranger.send(json.dumps({"path": "hub.join", "data": {"room": "chess"}}))

@@ -342,13 +342,13 @@ class ApiService(SiteService):
         protocol = hub.protocol
         payload, value = _payload(body, structured=_structured(protocol))
         offset = hub.room_sequence(room) + 1 if hub.room_size(room) else 0
-        message = protocol.publication(room, sender, payload, value, offset)
+        message = protocol.publication(room, sender, payload, value, offset, hub.room_epoch(room))
         try:
             hub.framing.check(message)
         except UnframeableMessage as error:
             raise ApiError(400, "unframeable", str(error)) from None
         hub.broadcast(message, room=room).addErrback(lambda _: None)  # a receiver that left is no error here
-        return {"room": room, "offset": hub.room_sequence(room), "epoch": hub.epoch}
+        return {"room": room, "offset": hub.room_sequence(room), "epoch": hub.room_epoch(room)}
 
     def _deliver_to_all(self, body: dict[str, Any], sender: str) -> dict[str, Any]:
         """To every member, in no room's order (the raw modes' members are in no room)."""
@@ -428,7 +428,8 @@ class ApiService(SiteService):
         framing = self.hub.framing
         messages = [_message(kept.offset, kept.at, framing.payload(kept.frame))
                     for kept in self.hub.room_history(room) if kept.offset > since][:limit]
-        return {"room": room, "epoch": self.hub.epoch, "offset": self.hub.room_sequence(room), "messages": messages}
+        return {"room": room, "epoch": self.hub.room_epoch(room), "offset": self.hub.room_sequence(room),
+                "messages": messages}
 
     def _rooms(self, query: dict[str, str]) -> Any:
         rooms = self.bus.cluster_rooms() if self.bus is not None else self.hub.rooms()

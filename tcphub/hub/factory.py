@@ -391,19 +391,23 @@ class HubFactory(Factory):
             for client in list(self._clients.values()):
                 client.hubResumedReading()
 
-    def join(self, client_id: str, room: str) -> None:
+    def join(self, client_id: str, room: str, replay_after: int | None = 0) -> None:
         """Put a client in C{room} (created by its first member), emit
-        C{join}, and send it the room's history (with C{room_history});
-        nothing if it is there already.  Raises L{UnknownClient},
-        L{InvalidRoomName}, or L{RoomLimitReached} past C{max_rooms_per_client}."""
+        C{join}, and send it the room's history (with C{room_history}) after
+        offset C{replay_after} (None: none of it); nothing if it is there
+        already.  Raises L{UnknownClient}, L{InvalidRoomName}, or
+        L{RoomLimitReached} past C{max_rooms_per_client}."""
         client = self._clients.get(client_id)
         if client is None:
             raise UnknownClient(client_id)
         if self._rooms.join(client, room):
             self.events.emit("join", client_id, room)
+            if replay_after is None:
+                return
             # The room's history, oldest first, before anything sent to it from now on.
             for kept in self._rooms.history(room):
-                client.deliver(client.replayFrame(room, kept))
+                if kept.offset > replay_after:
+                    client.deliver(client.replayFrame(room, kept))
 
     def leave(self, client_id: str, room: str) -> None:
         """Take a client out of C{room} (gone once empty) and emit C{leave};
@@ -413,6 +417,13 @@ class HubFactory(Factory):
             raise UnknownClient(client_id)
         if self._rooms.leave(client, room):
             self.events.emit("leave", client_id, room, "left")
+
+    def room_epoch(self, room: str) -> str:
+        """What C{room}'s offsets count within: this process's L{epoch} and
+        which room of that name it is (a room that empties and is made again
+        numbers from 1 anew, under a new epoch).  A member that knows an
+        epoch and offset can tell whether it missed anything."""
+        return f"{self.epoch}.{self._rooms.generation(room)}"
 
     def room_sequence(self, room: str) -> int:
         """The number of the last message sent to C{room}: messages to a room

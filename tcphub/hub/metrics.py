@@ -114,6 +114,8 @@ class Metrics:
     """Room operations refused by a member's identity (the member stays)."""
     bad_requests: int
     """Structured messages refused as malformed or unknown (the member stays)."""
+    unrecovered: int
+    """Joins with C{since} answered C{recovered: false}: members that know they missed messages."""
 
 
 class Drop(enum.Enum):
@@ -153,6 +155,7 @@ class HubCounters:
         "auth_timeouts",
         "forbidden",
         "bad_requests",
+        "unrecovered",
     )
 
     def __init__(self) -> None:
@@ -174,6 +177,7 @@ class HubCounters:
         self.auth_timeouts = 0
         self.forbidden = 0
         self.bad_requests = 0
+        self.unrecovered = 0
 
     def dropped(self, reason: Drop) -> int:
         """Count one more client dropped for C{reason}; return the new total."""

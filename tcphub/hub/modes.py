@@ -181,7 +181,8 @@ class ChatProtocol(HubProtocol):
             self.loseConnection()
 
     @classmethod
-    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:
+    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
+                    epoch: str) -> bytes:
         """A line as from a member named C{sender}: C{#room <sender> text}."""
         text = printable(payload.decode("utf-8", "backslashreplace"))
         return f"#{printable(room)} <{printable(sender)}> {text}".encode("utf-8")

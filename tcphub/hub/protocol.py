@@ -654,14 +654,16 @@ class HubProtocol(Protocol):
         return kept.frame
 
     @classmethod
-    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:
+    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
+                    epoch: str) -> bytes:
         """
         The message C{room}'s members get when an application publishes to
         it (the HTTP API's C{publish}), as they would get it from a member
         of this protocol: C{sender} names the application, C{payload} is the
         published bytes, C{data} the published JSON value (if it was JSON),
-        C{offset} its number in the room.  Here: the bytes as they are.  A
-        subclass with a format of its own overrides it.
+        C{offset} its number in the room, counted within C{epoch} (see
+        L{HubFactory.room_epoch}).  Here: the bytes as they are.  A subclass
+        with a format of its own overrides it.
         """
         return payload
 

@@ -58,6 +58,8 @@ class Rooms(Generic[M]):
         self._sequence: dict[str, int] = {}
         self._history: dict[str, deque[Kept]] = {}
         self._history_size: dict[str, int] = {}
+        self._generation: dict[str, int] = {}
+        self._created = 0
 
     def join(self, member: M, room: str) -> bool:
         """Put C{member} in C{room}; False if it was there already.  Raises
@@ -71,7 +73,12 @@ class Rooms(Generic[M]):
                 f"already in {len(rooms)} rooms (max_rooms_per_client={self.max_rooms_per_member})"
             )
         self._rooms.setdefault(member, {})[room] = None
-        self._members.setdefault(room, {})[member] = None
+        members = self._members.get(room)
+        if members is None:
+            members = self._members[room] = {}
+            self._created += 1
+            self._generation[room] = self._created
+        members[member] = None
         return True
 
     def leave(self, member: M, room: str) -> bool:
@@ -87,6 +94,7 @@ class Rooms(Generic[M]):
         if not members:
             # An empty room is gone, and its numbering and history with it.
             del self._members[room]
+            del self._generation[room]
             self._sequence.pop(room, None)
             self._history.pop(room, None)
             self._history_size.pop(room, None)
@@ -111,6 +119,11 @@ class Rooms(Generic[M]):
     def sequence(self, room: str) -> int:
         """The number of the last message sent to C{room} (0 if none, or no such room)."""
         return self._sequence.get(room, 0)
+
+    def generation(self, room: str) -> int:
+        """Which room of this name it is: a room made anew (after it emptied)
+        numbers its messages from 1 again, under a new generation (0: no such room)."""
+        return self._generation.get(room, 0)
 
     def history(self, room: str) -> list[Kept]:
         """The room's last messages, oldest first."""

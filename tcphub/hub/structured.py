@@ -9,13 +9,22 @@ Operations (a reply carries the request's C{id}; its path is the request's
 on success, L{ERROR_PATH} on a refusal)::
 
     hub.auth    {"token": T}           -> {"user": U, "name": N}
-    hub.join    {"room": R}            -> {"room": R, "members": n}
+    hub.join    {"room": R, "since": {"epoch": E, "offset": N}?}
+                                       -> {"room": R, "members": n, "epoch": E, "offset": n,
+                                           "recovered": true/false (with since), "reason": why not}
     hub.leave   {"room": R}            -> {"room": R}
     hub.publish {"room": R, "data": D} -> {"room": R, "offset": n}
     hub.who     {"room": R}            -> {"room": R, "members": [{"user", "name"}...], "total": n}
 
 A message published to room R reaches its other members as
-C{{"path": "room.R", "data": {"room": R, "from": U, "name": N, "offset": n, "data": D}}}.
+C{{"path": "room.R", "data": {"room": R, "from": U, "name": N, "offset": n, "epoch": E, "data": D}}}:
+each room numbers its messages 1, 2, ... within its epoch (a room made anew,
+or a restarted hub, has another).  A member back after a drop joins with the
+last epoch and offset it saw as C{since}: with C{--room-history} covering
+what it missed, it gets those messages, in order and before any live one,
+and C{recovered: true}; otherwise C{recovered: false} and a C{reason}
+(C{epoch_changed}, C{history_lost}, C{offset_ahead}, C{cluster}: with
+C{--redis} offsets are still each node's own), and it knows it missed something.
 A refusal is C{{"path": "hub.error", "id": ..., "data": {"code": C, "reason": text, "path": P}}}.
 """
 
@@ -129,10 +138,11 @@ class StructuredProtocol(HubProtocol):
         operation(self, path, request_id, data)
 
     @classmethod
-    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int) -> bytes:
+    def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
+                    epoch: str) -> bytes:
         """A delivery as from a member whose user and name are C{sender}."""
         return _encode({"path": ROOM_PATH + room, "data": {"room": room, "from": sender, "name": sender,
-                                                           "offset": offset, "data": data}})
+                                                           "offset": offset, "epoch": epoch, "data": data}})
 
     # -- what the authentication says (AuthOwner) ----------------------------------
 
@@ -163,12 +173,50 @@ class StructuredProtocol(HubProtocol):
         room = self._room(path, request_id, data)
         if room is None:
             return
+        since = data.get("since")
+        if since is not None and not (
+                isinstance(since, dict) and isinstance(since.get("epoch"), str)
+                and type(since.get("offset")) is int and since["offset"] >= 0):
+            self._refuse(path, request_id, "bad_request",
+                         '"since" is {"epoch": a string, "offset": a whole number}')
+            return
+        hub = self.factory
+        replay_after: int | None = 0
+        why_not: str | None = None
+        if since is not None and room not in self.rooms:
+            why_not = self._unrecoverable(room, since["epoch"], since["offset"])
+            replay_after = None if why_not is not None else since["offset"]
         try:
-            self.join(room)
+            hub.join(self.client_id, room, replay_after)
         except RoomLimitReached as error:
             self._refuse(path, request_id, "room_limit", str(error))
             return
-        self._reply(path, request_id, {"room": room, "members": self.factory.room_size(room)})
+        reply: dict[str, Any] = {"room": room, "members": hub.room_size(room), "epoch": hub.room_epoch(room),
+                                 "offset": hub.room_sequence(room)}
+        if since is not None:
+            reply["recovered"] = why_not is None
+            if why_not is not None:
+                hub.counters.add("unrecovered")
+                reply["reason"] = why_not
+        self._reply(path, request_id, reply)
+
+    def _unrecoverable(self, room: str, epoch: str, offset: int) -> str | None:
+        """Why the messages of C{room} after C{offset} of C{epoch} cannot all
+        be given (None: they can: the history holds every one)."""
+        hub = self.factory
+        if hub.relay is not None:
+            return "cluster"
+        if epoch != hub.room_epoch(room) or not hub.room_size(room):
+            return "epoch_changed"
+        last = hub.room_sequence(room)
+        if offset > last:
+            return "offset_ahead"
+        # Every one after it, with none missing (a message over the history's
+        # byte bound is not kept), or the member would miss one unawares.
+        missed = [kept.offset for kept in hub.room_history(room) if kept.offset > offset]
+        if missed != list(range(offset + 1, last + 1)):
+            return "history_lost"
+        return None
 
     def _leave(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         room = self._room(path, request_id, data, permission=False)
@@ -192,7 +240,7 @@ class StructuredProtocol(HubProtocol):
         offset = hub.room_sequence(room) + 1
         delivery = {"path": ROOM_PATH + room,
                     "data": {"room": room, "from": self.identity.user, "name": self.identity.name,
-                             "offset": offset, "data": data.get("data")}}
+                             "offset": offset, "epoch": hub.room_epoch(room), "data": data.get("data")}}
         self.broadcastMessage(_encode(delivery), room=room)
         self._reply(path, request_id, {"room": room, "offset": offset})
 
