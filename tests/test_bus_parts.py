@@ -6,6 +6,8 @@ bounded queue with no Redis to reach, the URLs and the reuseport: endpoint.
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -74,10 +76,16 @@ def test_pushed_messages_go_to_the_subscriber_callback():
     assert pushes == [[(b"ch", b"\x00\r\n\n1")]]
 
 
+def counted_headers(monkeypatch) -> list[int]:
+    """Every reply header the reader looks at, by its offset."""
+    calls: list[int] = []
+    real = resp._header
+    monkeypatch.setattr(resp, "_header", lambda buffer, at: calls.append(at) or real(buffer, at))
+    return calls
+
+
 def test_a_long_reply_in_many_reads_is_parsed_once(monkeypatch):
-    calls = []
-    real = resp.parse
-    monkeypatch.setattr(resp, "parse", lambda buffer, at: calls.append(at) or real(buffer, at))
+    calls = counted_headers(monkeypatch)
     connection = Connection()
     replies: list = []
     connection.protocol.command(b"GET", b"big").addCallback(replies.append)
@@ -87,6 +95,78 @@ def test_a_long_reply_in_many_reads_is_parsed_once(monkeypatch):
         connection.protocol.dataReceived(wire[at:at + 1024])
     assert replies == [payload]
     assert len(calls) <= 3, f"parsed {len(calls)} times: the work per byte would grow with the reply"
+
+
+def test_a_long_array_in_many_reads_is_parsed_once_item_by_item(monkeypatch):
+    """20,000 items in 1,460-byte reads (a TCP segment's worth): each item's
+    header is read about once, not the whole array again on every read."""
+    calls = counted_headers(monkeypatch)
+    connection = Connection()
+    replies: list = []
+    connection.protocol.command(b"SMEMBERS", b"big").addCallback(replies.append)
+    items = [b"member-%05d" % n for n in range(20_000)]
+    wire = b"*%d\r\n" % len(items) + b"".join(b"$%d\r\n%s\r\n" % (len(item), item) for item in items)
+    reads = range(0, len(wire), 1460)
+    for at in reads:
+        connection.protocol.dataReceived(wire[at:at + 1460])
+    assert replies == [items]
+    assert len(calls) <= len(items) + 1 + len(reads), f"{len(calls)} headers read for {len(items)} items"
+
+
+def _reply() -> st.SearchStrategy:
+    scalars = st.one_of(st.binary(max_size=30), st.integers(-2**40, 2**40), st.none(),
+                        st.from_regex(r"\A[A-Z]{1,5} [a-z ]{0,20}\Z").map(lambda text: resp.RedisReplyError(text)))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=5), max_leaves=20)
+
+
+def _encode(reply) -> bytes:
+    if isinstance(reply, resp.RedisReplyError):
+        return b"-%s\r\n" % str(reply).encode()
+    if reply is None:
+        return b"$-1\r\n"
+    if isinstance(reply, int):
+        return b":%d\r\n" % reply
+    if isinstance(reply, bytes):
+        return b"$%d\r\n%s\r\n" % (len(reply), reply)
+    return b"*%d\r\n" % len(reply) + b"".join(_encode(item) for item in reply)
+
+
+def _same(left, right) -> bool:
+    if isinstance(left, resp.RedisReplyError) or isinstance(right, resp.RedisReplyError):
+        return type(left) is type(right) and str(left) == str(right)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(_same(a, b) for a, b in zip(left, right))
+    return left == right
+
+
+@given(st.lists(_reply(), min_size=1, max_size=5), st.data())
+def test_replies_cut_anywhere_come_out_whole_and_in_order(replies, data):
+    wire = b"".join(_encode(reply) for reply in replies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=8)))
+    reader = resp.ReplyReader()
+    got: list = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)]):
+        got.extend(reader.feed(wire[start:end]))
+    assert _same(got, replies)
+
+
+def test_every_cut_of_a_nested_reply_gives_it_back_whole():
+    reply = [b"message", [b"a", 1, None, [b"", -7]], resp.RedisReplyError("ERR no"), b"x" * 40]
+    wire = _encode(reply)
+    for cut in range(len(wire) + 1):
+        reader = resp.ReplyReader()
+        assert _same(reader.feed(wire[:cut]) + reader.feed(wire[cut:]), [reply]), cut
+
+
+@pytest.mark.parametrize("wire, message", [
+    (b"*9999999999\r\n", "items"),
+    (b"*1\r\n" * 40 + b":1\r\n", "nested"),
+    (b"$999999999999\r\n", "bytes"),
+    (b"?what\r\n", "not a Redis reply"),
+])
+def test_a_hostile_reply_is_refused_before_it_is_read_whole(wire, message):
+    with pytest.raises(BusError, match=message):
+        resp.ReplyReader().feed(wire)
 
 
 @pytest.mark.logs_errors("a reply that is not RESP drops the connection, at error", BusError)

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from tcphub.errors import BusError
 
-__all__ = ["RedisProtocol", "RedisReplyError", "Reply", "encode_command", "parse"]
+__all__ = ["RedisProtocol", "RedisReplyError", "Reply", "ReplyReader", "encode_command", "parse"]
 
 Reply = Union[bytes, int, None, "RedisReplyError", list[Any]]
 
@@ -48,41 +48,117 @@ def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
     return b"".join(parts)
 
 
-def parse(buffer: bytes | bytearray, at: int) -> tuple[Reply, int]:
-    """The reply that begins at offset C{at}, and the offset after it;
-    raises L{_Incomplete} if the buffer ends first, L{BusError} if it is not RESP."""
+_ARRAY: Any = object()
+"""What L{_header} returns for an array's header: its items follow."""
+
+MAX_ITEMS = 1024 * 1024
+"""The most items one array may have: Redis itself answers with fewer."""
+MAX_DEPTH = 32
+"""The deepest arrays may nest (the bus's replies nest two deep)."""
+
+
+def _header(buffer: bytes | bytearray, at: int) -> tuple[Any, int, int]:
+    """C{(value, count, after)} for the reply that begins at C{at}: a whole
+    scalar as C{value}, or L{_ARRAY} and its C{count} of items (which follow
+    from C{after}).  Raises L{_Incomplete} if the buffer ends first,
+    L{BusError} if it is not RESP."""
     end = buffer.find(b"\r\n", at)
     if end < 0:
         raise _Incomplete(len(buffer) + 1)
     kind, line = buffer[at:at + 1], bytes(buffer[at + 1:end])
     after = end + 2
     if kind == b"+":
-        return line, after
+        return line, 0, after
     if kind == b"-":
-        return RedisReplyError(line.decode("utf-8", "replace")), after
+        return RedisReplyError(line.decode("utf-8", "replace")), 0, after
     try:
         number = int(line)
     except ValueError:
         raise BusError(f"not a Redis reply: {bytes(buffer[at:end])[:40]!r}") from None
     if kind == b":":
-        return number, after
+        return number, 0, after
     if kind == b"$":
         if number < 0:
-            return None, after
+            return None, 0, after
         if number > MAX_BULK:
             raise BusError(f"a Redis reply of {number} bytes")
         if len(buffer) < after + number + 2:
             raise _Incomplete(after + number + 2)
-        return bytes(buffer[after:after + number]), after + number + 2
+        return bytes(buffer[after:after + number]), 0, after + number + 2
     if kind == b"*":
         if number < 0:
-            return None, after
-        items = []
-        for _ in range(number):
-            item, after = parse(buffer, after)
-            items.append(item)
-        return items, after
+            return None, 0, after
+        if number > MAX_ITEMS:
+            raise BusError(f"a Redis reply of {number} items")
+        return (_ARRAY, number, after) if number else ([], 0, after)
     raise BusError(f"not a Redis reply: {bytes(buffer[at:end])[:40]!r}")
+
+
+class ReplyReader:
+    """
+    Replies out of bytes however they are cut into reads, each byte looked
+    at a bounded number of times: an array's items are kept as they come,
+    so that a read ending inside a 20,000-item reply does not make the next
+    one parse it again from its start (a bulk string still coming is not
+    looked at again until its last byte is there).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._need = 0
+        self._open: list[tuple[list[Any], int]] = []
+        """The arrays begun and not finished, outermost first, each with its count."""
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """The replies that C{data} finishes, in order; raises L{BusError}
+        for what is not RESP (the reader is then useless)."""
+        buffer = self._buffer
+        buffer += data
+        replies: list[Reply] = []
+        if len(buffer) < self._need:
+            return replies
+        self._need = 0
+        at = 0
+        try:
+            while at < len(buffer):
+                try:
+                    value, count, at = _header(buffer, at)
+                except _Incomplete as incomplete:
+                    self._need = incomplete.need - at
+                    break
+                if value is _ARRAY:
+                    if len(self._open) >= MAX_DEPTH:
+                        raise BusError(f"a Redis reply nested more than {MAX_DEPTH} deep")
+                    self._open.append(([], count))
+                    continue
+                while self._open:  # the value ends an item of the innermost open array
+                    items, wanted = self._open[-1]
+                    items.append(value)
+                    if len(items) < wanted:
+                        break
+                    self._open.pop()
+                    value = items
+                else:
+                    replies.append(value)
+        finally:
+            del buffer[:at]
+        return replies
+
+
+def parse(buffer: bytes | bytearray, at: int) -> tuple[Reply, int]:
+    """The whole reply that begins at offset C{at} of C{buffer}, and the
+    offset after it; raises L{BusError} if it is not RESP, or ends early."""
+    try:
+        value, count, after = _header(buffer, at)
+    except _Incomplete:
+        raise BusError(f"a Redis reply cut short at byte {len(buffer)}") from None
+    if value is not _ARRAY:
+        return value, after
+    items = []
+    for _ in range(count):
+        item, after = parse(buffer, after)
+        items.append(item)
+    return items, after
 
 
 class RedisProtocol(Protocol):
@@ -104,8 +180,7 @@ class RedisProtocol(Protocol):
         self._on_lost = on_lost
         self._on_push = on_push
         self._waiting: deque[Deferred[Reply]] = deque()
-        self._buffer = bytearray()
-        self._need = 0
+        self._reader = ReplyReader()
         self._pushes: list[tuple[bytes, bytes]] = []
 
     def connectionMade(self) -> None:
@@ -118,28 +193,14 @@ class RedisProtocol(Protocol):
         return d
 
     def dataReceived(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        if len(buffer) < self._need:
-            return  # a long reply still coming: do not parse it again
-        at = 0
         try:
-            while at < len(buffer):
-                try:
-                    reply, at = parse(buffer, at)
-                except _Incomplete as incomplete:
-                    self._need = incomplete.need - at
-                    break
+            for reply in self._reader.feed(data):
                 self._dispatch(reply)
-            else:
-                self._need = 0
         except BusError as error:
             self._log.error("dropping the connection to Redis: {error}", error=error)
             self._fail_all(Failure(error))
             self.transport.abortConnection()
             return
-        finally:
-            del buffer[:at]
         pushes, self._pushes = self._pushes, []
         if pushes:
             assert self._on_push is not None
