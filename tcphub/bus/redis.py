@@ -585,7 +585,7 @@ class RedisBus(Service):
             self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
                                                     for part in (room, count)])
             self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
-                room, " ".join(info.id for info in self._hub.members(room)))])
+                room, " ".join(self._hub.member_ids(room)))])
         self._fire(publisher, b"PEXPIRE", rooms, ttl)
         self._fire(publisher, b"PEXPIRE", members, ttl)
         self._fire(publisher, b"EXEC")
