@@ -196,13 +196,16 @@ class MemoryRedis:
     connections are StringTransports, answered by L{answer}: C{PUBLISH} is
     recorded in L{published}; C{SMEMBERS} is empty; C{PUBSUB NUMSUB}
     answers L{subscribers}; C{SUBSCRIBE} is confirmed; a script
-    (C{EVAL}) answers 1; anything else is C{+OK}.
+    (C{EVAL}) answers 1; a command named in L{refused} gets an error;
+    anything else is C{+OK}.
     """
 
     def __init__(self) -> None:
         self.connections: list[tuple[Any, StringTransport]] = []
         """C{(protocol, transport)} of each connection, in order."""
         self.subscribers = 1
+        self.refused: set[bytes] = set()
+        """Commands answered with C{-NOPERM} (a password changed under the bus...)."""
         self.published: list[bytes] = []
         self._read: dict[int, int] = {}
 
@@ -223,7 +226,9 @@ class MemoryRedis:
                 command: Any
                 command, at = resp.parse(data, at)
                 name = command[0]
-                if name == b"PUBLISH":
+                if name in self.refused:
+                    replies.append(b"-NOPERM this user has no permissions to run the '%s' command\r\n" % name)
+                elif name == b"PUBLISH":
                     self.published.append(command[2])
                     replies.append(b":1\r\n")
                 elif name == b"SMEMBERS":

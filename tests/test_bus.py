@@ -489,11 +489,31 @@ def test_a_wrong_redis_password_is_logged_without_the_password(redis, tmp_path):
     secret.write_text("wrong-" + PASSWORD)
     twistd = Twistd("tcphub", "--port", "0", "--redis", server.url, "--redis-password-file", str(secret))
     try:
-        twistd.wait_for("Redis refused tcphub's login")
+        twistd.wait_for("refused tcphub's login")
+        # Both connections retry with a backoff: one line, then one a burst.
+        twistd.wait_for(r"\d+ more bus_login_refused in the last 10 s")
         twistd.stop(signal.SIGTERM)
     finally:
         twistd.kill()
     assert PASSWORD not in twistd.output
+    assert len([line for line in twistd.lines if "refused tcphub's login" in line]) == 2, twistd.output
+
+
+def test_a_redis_that_stops_answering_is_noticed_within_the_command_timeout_and_rejoined(redis):
+    server = redis.start()
+    node = PluginNode("a", server, "--port", "0")
+    with killed_after((node,)):
+        since = node.twistd.mark()
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            node.twistd.wait_for(r"bus: Redis at unix://\S+ has not answered for \d+\.\d s; dropping the connection",
+                                 since=since)
+            status, body = readyz(node.admin)
+            assert status == 503 and body.startswith("bus disconnected"), body
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        eventually(lambda: readyz(node.admin)[0] == 200, "ready again once Redis answers", 100_000)
+        node.twistd.shutdown()
 
 
 def test_a_nick_in_use_on_one_node_is_refused_on_the_others_and_free_once_its_owner_leaves(redis):

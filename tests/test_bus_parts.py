@@ -487,3 +487,47 @@ def test_each_owner_of_the_hubs_pause_lifts_only_its_own(hub_factory):
     assert not hub.factory.reading_paused
     hub.factory.resume_reading("nobody")  # not holding one: nothing
     assert not hub.factory.reading_paused
+
+
+def test_a_redis_that_leaves_a_ping_unanswered_for_the_command_timeout_is_dropped(memory_bus):
+    hub, bus, redis = memory_bus(command_timeout=2.5)
+    clock = hub.factory.clock
+    (_, publisher), (_, subscriber) = redis.connections
+    clock.advance(bus.heartbeat)  # a PING on each connection
+    assert b"PING" in publisher.value() and b"PING" in subscriber.value()
+    redis.answer()
+    clock.advance(bus.heartbeat)  # answered: another one
+    clock.advance(2.4)  # unanswered, not yet for the timeout
+    assert not publisher.disconnecting and not subscriber.disconnecting
+    clock.advance(bus.heartbeat)
+    assert publisher.disconnecting and subscriber.disconnecting
+
+
+@pytest.mark.parametrize("command", [b"SUBSCRIBE", b"PUBSUB"])
+def test_a_refused_subscribe_or_numsub_is_logged_and_the_connection_made_again(command):
+    from twisted.logger import globalLogPublisher
+
+    hub_log_events: list[dict] = []
+    globalLogPublisher.addObserver(hub_log_events.append)
+    try:
+        _refused_subscribe_or_numsub(command, hub_log_events)
+    finally:
+        globalLogPublisher.removeObserver(hub_log_events.append)
+
+
+def _refused_subscribe_or_numsub(command: bytes, hub_log_events: list[dict]) -> None:
+    redis = MemoryRedis()
+    redis.refused.add(command)
+    hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis)
+    bus.startService()
+    redis.answer()
+    (_, publisher), (_, subscriber) = redis.connections
+    refused = subscriber if command == b"SUBSCRIBE" else publisher
+    assert refused.disconnecting, "not left waiting for ever"
+    (line,) = [event for event in hub_log_events if event.get("fault") == "bus_command_errors"]
+    assert "Redis refused" in line["log_format"] and command.decode() in line["name"]
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]

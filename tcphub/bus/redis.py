@@ -67,6 +67,8 @@ __all__ = ["BusStatus", "PublisherState", "RedisBus", "redis_endpoint"]
 DEFAULT_HEARTBEAT = 1.0
 DEFAULT_MAX_QUEUE = 10_000
 DEFAULT_MAX_QUEUE_BYTES = 16 * 1024 * 1024
+DEFAULT_COMMAND_TIMEOUT = 5.0
+"""Seconds Redis may leave a heartbeat's PING unanswered before the connection is taken for dead."""
 DEFAULT_STALL_TIMEOUT = 5.0
 """Seconds a connected Redis may take nothing while the hub is held back for it."""
 DEFAULT_FLUSH_WAIT = 5.0
@@ -209,6 +211,7 @@ class RedisBus(Service):
         max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
         flush_wait: float = DEFAULT_FLUSH_WAIT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         endpoint: IStreamClientEndpoint | None = None,
         password: str | None = None,
         reactor: Any = None,
@@ -234,6 +237,10 @@ class RedisBus(Service):
         self.max_queue_bytes = _checks.count("max_queue_bytes", max_queue_bytes, minimum=0)
         self.flush_wait = _checks.number("flush_wait", flush_wait, minimum=0)
         self.stall_timeout = _checks.number("stall_timeout", stall_timeout, above=0)
+        self.command_timeout = _checks.number("command_timeout", command_timeout, above=0)
+        self._subscriber: RedisProtocol | None = None
+        self._pings: dict[RedisProtocol, float] = {}
+        """Each connection's PING not yet answered, and when it was sent."""
         self._hub = hub.factory
         self._hub.join_relay(self, self.node_id)
         self._clock = self._hub.clock
@@ -431,7 +438,20 @@ class RedisBus(Service):
 
     def _refused(self, failure: Failure, protocol: RedisProtocol) -> None:
         if failure.check(RedisReplyError):
-            self._log.error("Redis refused tcphub's login: {error}", error=failure.value)
+            # Both connections retry with a backoff: one line per burst, not one per attempt.
+            self._hub.surface.fault("bus_login_refused", LogLevel.error,
+                                    "Redis at {url} refused tcphub's login: {error}; retrying",
+                                    url=self.url, error=failure.value)
+            protocol.transport.loseConnection()
+
+    def _refused_command(self, failure: Failure, name: bytes, protocol: RedisProtocol) -> None:
+        """A command the bus cannot go on without was refused (a password
+        added or removed while running...): say so once per burst, and
+        connect again, with the backoff, until Redis takes it."""
+        if failure.check(RedisReplyError):
+            self._hub.surface.fault("bus_command_errors", LogLevel.warn,
+                                    "Redis refused {name}: {error}; connecting again",
+                                    name=name.decode("ascii"), error=failure.value)
             protocol.transport.loseConnection()
 
     def _publisher_ready(self, protocol: RedisProtocol) -> None:
@@ -465,10 +485,13 @@ class RedisBus(Service):
             else:
                 self._wait_call = self._clock.callLater(0.05, self._await_peers)
 
-        publisher.command(b"PUBSUB", b"NUMSUB", self._channel).addCallbacks(counted, lambda _: None)
+        publisher.command(b"PUBSUB", b"NUMSUB", self._channel).addCallbacks(
+            counted, self._refused_command, errbackArgs=(b"PUBSUB NUMSUB", publisher))
 
     def _publisher_lost(self) -> None:
         self._release_senders()  # Redis is gone: the queue's bound drops from now on
+        if self._publisher is not None:
+            self._pings.pop(self._publisher, None)
         self._publisher = None
         self.state = PublisherState.DOWN
         self._peers = self._nodes
@@ -494,15 +517,20 @@ class RedisBus(Service):
 
     def _subscriber_ready(self, protocol: RedisProtocol) -> None:
         self._prepare(protocol)
+        self._subscriber = protocol
 
         def subscribed(_: object) -> None:
             self._subscribed = True
             self._log.info("bus: node {node} subscribed to {channel}", node=self.node_id,
                            channel=self._channel.decode("utf-8"))
 
-        protocol.command(b"SUBSCRIBE", self._channel).addCallbacks(subscribed, lambda _: None)
+        protocol.command(b"SUBSCRIBE", self._channel).addCallbacks(
+            subscribed, self._refused_command, errbackArgs=(b"SUBSCRIBE", protocol))
 
     def _subscriber_lost(self) -> None:
+        if self._subscriber is not None:
+            self._pings.pop(self._subscriber, None)
+        self._subscriber = None
         self._subscribed = False
 
     def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
@@ -640,7 +668,31 @@ class RedisBus(Service):
 
     def _beat(self) -> None:
         self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
+        self._ping()
         self._write_presence()
+
+    def _ping(self) -> None:
+        """A PING on each connection every heartbeat: a Redis that stops
+        answering (stopped, wedged, cut off without a reset) is noticed within
+        C{command_timeout}, not when TCP gives up, and its connection is
+        dropped: the node says so on /readyz and connects again."""
+        now = self._clock.seconds()
+        for protocol in (self._publisher, self._subscriber):
+            if protocol is None:
+                continue
+            sent = self._pings.get(protocol)
+            if sent is None:
+                self._pings[protocol] = now
+                protocol.command(b"PING").addBoth(self._ponged, protocol)
+            elif now - sent >= self.command_timeout:
+                self._hub.surface.fault("bus_unanswered", LogLevel.warn,
+                                        "bus: Redis at {url} has not answered for {waited:.1f} s; "
+                                        "dropping the connection", url=self.url, waited=now - sent)
+                del self._pings[protocol]
+                protocol.transport.abortConnection()
+
+    def _ponged(self, result: object, protocol: RedisProtocol) -> None:
+        self._pings.pop(protocol, None)
 
     def cluster_rooms(self) -> dict[str, int]:
         """Every room of every live node with its members, as of the last
