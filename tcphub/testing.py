@@ -206,6 +206,8 @@ class MemoryRedis:
         self.subscribers = 1
         self.refused: set[bytes] = set()
         """Commands answered with C{-NOPERM} (a password changed under the bus...)."""
+        self.exec_errors: list[bytes] = []
+        """What an C{EXEC} answers, as an array of these errors (empty: C{+OK})."""
         self.published: list[bytes] = []
         self._read: dict[int, int] = {}
 
@@ -235,6 +237,9 @@ class MemoryRedis:
                     replies.append(b"*0\r\n")
                 elif name == b"PUBSUB":
                     replies.append(b"*2\r\n$%d\r\n%s\r\n:%d\r\n" % (len(command[2]), command[2], self.subscribers))
+                elif name == b"EXEC" and self.exec_errors:
+                    replies.append(b"*%d\r\n" % len(self.exec_errors)
+                                   + b"".join(b"-%s\r\n" % error for error in self.exec_errors))
                 elif name == b"EVAL":
                     replies.append(b":1\r\n")
                 elif name == b"SUBSCRIBE":

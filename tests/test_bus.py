@@ -266,6 +266,19 @@ def test_a_second_live_process_with_a_nodes_id_exits_1_with_one_line_and_the_fir
     assert "held by another process" not in first.twistd.output
 
 
+@pytest.mark.parametrize("options, url_tail, why", [
+    ((), "?db=99", "refused database 99: ERR DB index is out of range"),
+    (("--cluster-enabled", "yes"), "", "is a Redis Cluster, which the bus does not support"),
+])
+def test_a_redis_the_bus_cannot_use_ends_twistd_with_one_line_and_status_1(redis, options, url_tail, why):
+    server = redis.start(*options)
+    with Twistd("tcphub", "--port", "0", "--redis", server.url + url_tail) as twistd:
+        assert twistd.process.wait(timeout=60) == 1
+        twistd.drain()
+    assert len([line for line in twistd.lines if why in line]) == 1, twistd.output
+    assert "Traceback" not in twistd.output
+
+
 def test_a_node_restarted_at_once_takes_its_id_back_once_the_old_process_has_let_it_go(redis):
     server = redis.start()
     first = PluginNode("a", server, "--port", "0")

@@ -531,3 +531,20 @@ def _refused_subscribe_or_numsub(command: bytes, hub_log_events: list[dict]) -> 
     bus.stopService().addBoth(stopped.append)
     redis.drop()
     assert stopped == [None]
+
+
+def test_an_error_inside_a_presence_transaction_is_logged(memory_bus):
+    from twisted.logger import globalLogPublisher
+
+    hub, bus, redis = memory_bus()
+    redis.exec_errors = [b"WRONGTYPE Operation against a key holding the wrong kind of value"]
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        hub.factory.clock.advance(bus.heartbeat)
+        redis.answer()  # the node id's claim: the presence transaction follows
+        redis.answer()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (line,) = [event for event in events if event.get("fault") == "bus_command_errors"]
+    assert "WRONGTYPE" in str(line["error"])

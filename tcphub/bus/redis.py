@@ -456,8 +456,7 @@ class RedisBus(Service):
 
     def _publisher_ready(self, protocol: RedisProtocol) -> None:
         self._prepare(protocol)
-        if self._db:
-            self._fire(protocol, b"SELECT", self._db)
+        self._check_server(protocol)
         self._publisher = protocol
         self._log.info("bus: node {node} publishing to {url}", node=self.node_id, url=self.url)
         self.state = PublisherState.WAITING
@@ -576,11 +575,12 @@ class RedisBus(Service):
     def _key(self, kind: str, node: str) -> bytes:
         return f"{self._keys}:{kind}:{node}".encode("utf-8")
 
-    def when_refused(self) -> Deferred[NodeIdInUse]:
-        """Fires with L{NodeIdInUse} if this node gives up because another
-        live process has its node id (the bus has stopped and logged why);
-        the plugin then exits with status 1."""
-        given_up: Deferred[NodeIdInUse] = self._given_up.when_fired()
+    def when_refused(self) -> Deferred[BusError]:
+        """Fires with a L{BusError} if this bus gives up (it has stopped and
+        logged why): L{NodeIdInUse} if another live process has its node id,
+        else a Redis it cannot use (a Redis Cluster, a database it does not
+        have).  The plugin then exits with status 1."""
+        given_up: Deferred[BusError] = self._given_up.when_fired()
         return given_up
 
     def _write_presence(self) -> None:
@@ -616,7 +616,7 @@ class RedisBus(Service):
                 room, " ".join(self._hub.member_ids(room)))])
         self._fire(publisher, b"PEXPIRE", rooms, ttl)
         self._fire(publisher, b"PEXPIRE", members, ttl)
-        self._fire(publisher, b"EXEC")
+        publisher.command(b"EXEC").addCallbacks(self._exec_done, self._command_failed, errbackArgs=(b"EXEC",))
         for name in self._names:  # this node's claims live as long as it does
             self._fire(publisher, b"PEXPIRE", name, ttl)
 
@@ -634,12 +634,43 @@ class RedisBus(Service):
             return
         if now - self._held_since < self.node_ttl:
             return
-        error = NodeIdInUse(f"another live process is node {self.node_id} on {self.url} "
-                            f"(deployment {self._keys}): give each process its own --node-id")
+        self._give_up(NodeIdInUse(f"another live process is node {self.node_id} on {self.url} "
+                                  f"(deployment {self._keys}): give each process its own --node-id"))
+
+    def _give_up(self, error: BusError) -> None:
+        """This bus cannot work, whatever it retries: say why, stop, and tell L{when_refused}."""
+        if not self.running:
+            return
         self._log.error("bus: {error}", error=error)
         self._hub.surface.report(error)
         self.stopService()
         self._given_up.fire(error)
+
+    def _check_server(self, protocol: RedisProtocol) -> None:
+        """Refuse a Redis this bus cannot use, once, at its first connection:
+        a database it does not have, or a Redis Cluster (whose keys live on
+        several servers: the bus's transactions would fail with CROSSSLOT)."""
+        def cluster(reply: Any) -> None:
+            if isinstance(reply, bytes) and b"cluster_enabled:1" in reply:
+                self._give_up(BusError(f"Redis at {self.url} is a Redis Cluster, which the bus does not "
+                                       "support: give it a standalone Redis (with a replica and Sentinel "
+                                       "for failover)"))
+
+        def select_refused(failure: Failure) -> None:
+            if failure.check(RedisReplyError):
+                self._give_up(BusError(f"Redis at {self.url} refused database {self._db}: "
+                                       f"{failure.getErrorMessage()}"))
+
+        protocol.command(b"INFO", b"cluster").addCallbacks(cluster, lambda _: None)
+        if self._db:
+            protocol.command(b"SELECT", self._db).addErrback(select_refused)
+
+    def _exec_done(self, replies: Any) -> None:
+        """A presence transaction's replies: an error inside one is Redis refusing a write."""
+        for reply in replies if isinstance(replies, list) else ():
+            if isinstance(reply, RedisReplyError):
+                self._hub.surface.fault("bus_command_errors", LogLevel.warn,
+                                        "Redis refused a presence write: {error}", error=reply)
 
     def _read_cluster(self, publisher: RedisProtocol) -> None:
         def read(nodes: Any) -> Deferred[Any]:
