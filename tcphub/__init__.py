@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from tcphub.bus.redis import RedisBus
     from tcphub.ws.handler import ConnectionContext, HandlerState, Status, WebSocketHandler
     from tcphub.ws.options import HandlerOptions
+    from tcphub.ws.session import HubSession
     from tcphub.ws.protocol import HandlerProtocol
     from tcphub.web.service import WebSocketMembers
     from tcphub.ws.reconnect import ReconnectingClientService, exponential_backoff, linear_backoff
@@ -76,6 +77,7 @@ _LAZY = {
     "HandlerState": "tcphub.ws.handler",
     "Status": "tcphub.ws.handler",
     "WebSocketHandler": "tcphub.ws.handler",
+    "HubSession": "tcphub.ws.session",
     "HandlerProtocol": "tcphub.ws.protocol",
     "HandlerOptions": "tcphub.ws.options",
     "ReconnectingClientService": "tcphub.ws.reconnect",
@@ -154,6 +156,7 @@ __all__ = [
     "UnknownClient",
     "WebSocketError",
     "WebSocketHandler",
+    "HubSession",
     "WebSocketMembers",
     "exponential_backoff",
     "linear_backoff",

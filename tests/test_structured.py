@@ -539,3 +539,77 @@ def test_a_websocket_member_refused_is_closed_4001_or_4003_for_a_forbidden_ident
         member.dataReceived(json.dumps({"path": "hub.auth", "data": {"token": code}}).encode())
         closes.append(transport.closed_with)
     assert closes == [4003, 4001]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hub_session_rejoins_its_rooms_after_a_drop_and_gets_what_it_missed_once_in_order():
+    """HubSession over WebSocketHandler: the connection drops (its message
+    is over the hub's max_frame: the hub closes it with 1009), a TCP member
+    publishes meanwhile, and the handler, connected again, joins with since
+    and reads the missed messages once, in order, before the live ones."""
+    from tcphub import HubSession, WebSocketHandler
+
+    hub = Twistd("tcphub", "--port", "0", "--mode", "hub", "--room-history", "10", "--max-frame", "500",
+                 "--websocket", "tcp:0:interface=127.0.0.1")
+    handler = None
+    try:
+        _, port = hub.wait_listening()
+        ws_port = int(hub.wait_for(r"tcphub websocket listening on [^ ]+:(\d+)")[1])
+        handler = WebSocketHandler(url=f"ws://127.0.0.1:{ws_port}/ws", error_path="hub.error", ping_interval=0,
+                                   initial_delay=0.1, jitter=0, max_retries=None)
+        rejoined: Deferred = Deferred()
+        session = HubSession(handler, rejoined=lambda room, reply: rejoined.callback((room, reply)))
+        moves: list = []
+        waits: list = []
+
+        def delivered(data, context) -> None:
+            moves.append((data["offset"], data["data"]))
+            for count, waiting in waits:
+                if len(moves) == count:
+                    waiting.callback(None)
+
+        def until(count: int) -> Deferred:
+            waiting: Deferred = Deferred()
+            waits.append((count, waiting))
+            return waiting
+
+        handler.add_route("room.#", delivered)
+        tcp = socket.create_connection(("127.0.0.1", port), timeout=30)
+        lines = tcp.makefile("rb")
+
+        def say(path: str, data: dict) -> None:  # from the reactor's thread: a short blocking round trip
+            tcp.sendall(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n")
+            assert json.loads(lines.readline())["path"] == path
+
+        say("hub.join", {"room": "chess"})
+        yield handler.connect()
+        joined = yield session.join("chess")
+        dropped: Deferred = Deferred()
+
+        def on_close(context, code, reason) -> None:
+            if dropped.called:  # the test's own close, at its end
+                return
+            # Gone: what is said now, the session must get back.
+            for move in ("e5", "Nf3"):
+                say("hub.publish", {"room": "chess", "data": move})
+            dropped.callback(code)
+
+        handler.on("close", on_close)
+        first = until(1)
+        say("hub.publish", {"room": "chess", "data": "e4"})
+        yield first
+        handler.send("too.long", "x" * 600)
+        assert (yield dropped) == 1009
+        room, reply = yield rejoined
+        assert room == "chess" and reply["recovered"] is True and reply["epoch"] == joined["epoch"]
+        fourth = until(4)
+        say("hub.publish", {"room": "chess", "data": "Nc6"})
+        yield fourth
+        assert moves == [(1, "e4"), (2, "e5"), (3, "Nf3"), (4, "Nc6")]
+        assert session.rooms == {"chess": (joined["epoch"], 4)}
+        lines.close()
+        tcp.close()
+    finally:
+        if handler is not None:
+            yield handler.close()
+        hub.shutdown()
