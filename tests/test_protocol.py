@@ -167,6 +167,40 @@ def test_a_client_that_stops_reading_is_dropped_at_max_pending(hub_factory):
     failed.addErrback(lambda _: None)
 
 
+def test_a_resumed_client_gets_its_queue_a_buffer_at_a_time_not_all_at_once(hub_factory):
+    """A slow client holds at most max_pending queued plus about a buffer in
+    its transport: the whole queue handed over at once would hold it twice."""
+    from tcphub.hub.outbox import HANDOVER
+
+    hub = hub_factory(max_pending=1024 * 1024)
+    client, transport = hub.connect()
+    held: list[int] = []
+    real_write = transport.write
+
+    def write(data: bytes) -> None:  # as a TCP transport: pause the producer past its buffer size
+        real_write(data)
+        held.append(len(data))
+        if sum(held) > HANDOVER:
+            client.pauseProducing()
+
+    transport.write = write
+    client.pauseProducing()
+    frame = b"x" * 999  # 1,000 bytes framed
+    sends = [hub.factory.send(client.client_id, frame) for _ in range(1000)]
+    assert hub.factory.client(client.client_id).pending_bytes == 1_000_000
+    client.resumeProducing()  # its buffer drained
+    assert HANDOVER < sum(held) <= 2 * HANDOVER, "a buffer's worth, not the whole queue"
+    assert hub.factory.client(client.client_id).pending_bytes == 1_000_000 - sum(held)
+    assert sum(send.called for send in sends) == sum(held) // 1000, "those handed over are done"
+    while hub.factory.client(client.client_id).pending_bytes:
+        held.clear()  # the kernel took it: the transport asks for more
+        client.resumeProducing()
+    assert all(send.called for send in sends)
+    assert transport.value() == (frame + b"\n") * 1000, "all of it, in order"
+    hub.factory.send(client.client_id, b"then live")
+    assert transport.value().endswith(b"then live\n")
+
+
 def test_over_long_frame_drops_only_that_client(hub_factory):
     hub = hub_factory(protocol=BroadcastProtocol, max_frame=8)
     (hostile, hostile_t), (talker, _), (_, listener_t) = [hub.connect() for _ in range(3)]

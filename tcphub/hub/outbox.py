@@ -33,6 +33,11 @@ CLOSED: Final = 2
 still written if the client is closed gently."""
 
 
+HANDOVER: Final = 64 * 1024
+"""Bytes of a queue handed to a transport at once: Twisted's own buffer size,
+past which a TCP transport pauses its producer."""
+
+
 class Countdown:
     """One broadcast waiting on the queueing receivers it was queued for; its
     Deferred fires when each has written it or gone.  One per broadcast, not
@@ -113,7 +118,7 @@ class Outbox:
     """
 
     __slots__ = ("transport", "batch", "mode", "frames", "queue", "queued_bytes",
-                 "bytes_sent", "messages_sent", "written_at")
+                 "bytes_sent", "messages_sent", "written_at", "held_back")
 
     def __init__(self, transport: ITransport, batch: ReadBatch, now: float) -> None:
         self.transport = transport
@@ -131,6 +136,8 @@ class Outbox:
         self.written_at = now
         """When bytes were last handed to the transport (the idle timeout
         counts traffic both ways)."""
+        self.held_back = False
+        """Whether the transport has paused this output (in any mode)."""
 
     def write(self, frame: bytes) -> None:
         """Take a frame in mode L{WRITE}: into C{frames} while the hub handles
@@ -182,23 +189,40 @@ class Outbox:
 
     def pause(self) -> None:
         """The transport's buffer is full: queue from now on."""
+        self.held_back = True
         if self.mode == WRITE:
             self.mode = QUEUE
 
     def resume(self) -> None:
-        """The transport wants more: the whole queue goes in one write (the
-        transport pauses us again if need be), and its waiters are told."""
+        """The transport wants more: the queue goes to it in writes of
+        L{HANDOVER} bytes until it pauses us again, so that a slow client
+        holds at most C{max_pending} queued here plus about a buffer's worth
+        in the transport (not its whole queue twice over); the waiters of
+        what is handed over are told."""
+        self.held_back = False
         if self.mode == QUEUE:
             self.mode = WRITE
-        queue, self.queue = self.queue, None
+        queue = self.queue
         if not queue:
+            self.queue = None
             return
-        size, self.queued_bytes = self.queued_bytes, 0
-        self._handed_over(size, len(queue))
         self.written_at = self.batch.clock.seconds()
-        self._write_many([frame for frame, _ in queue])
-        for _, waiter in queue:
-            _written(waiter)
+        while queue and not self.held_back:
+            chunk: list[bytes] = []
+            waiters: list[Waiter] = []
+            size = 0
+            while queue and size < HANDOVER:
+                frame, waiter = queue.popleft()
+                chunk.append(frame)
+                waiters.append(waiter)
+                size += len(frame)
+            self.queued_bytes -= size
+            self._handed_over(size, len(chunk))
+            self._write_many(chunk)
+            for waiter in waiters:
+                _written(waiter)
+        if not queue:  # else the transport paused us: the rest waits, in order
+            self.queue = None
 
     def close(self) -> None:
         """Take no new frame; what is queued stays, to be written."""

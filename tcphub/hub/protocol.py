@@ -628,7 +628,7 @@ class HubProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         self.outbox.resume()
-        if self.state == DRAINING:
+        if self.state == DRAINING and not self.outbox.queue:
             self._close_transport()
 
     def stopProducing(self) -> None:
