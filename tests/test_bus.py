@@ -351,6 +351,25 @@ def test_redis_killed_and_restarted_mid_stream(redis):
         pair.shutdown()
         assert "Redis refused" not in a.twistd.output, "commands cut by the outage are not Redis's refusals"
 
+def test_the_chats_rooms_command_counts_every_nodes_members(redis):
+    server = redis.start()
+    a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")
+    with killed_after((a, b)):
+        ann, bob, cat = Client(a.port), Client(b.port), Client(b.port)
+        for client in (ann, bob, cat):
+            client.read_until("* you are in #lobby")
+        cat.say("/join games")
+        cat.read_until("* you are in #games")
+
+        def rooms() -> str:
+            ann.say("/rooms")
+            return next(line for line in iter(ann.read, None) if line.startswith("* rooms:"))
+
+        # Node b's rooms reach node a with its next heartbeat (1 s).
+        eventually(lambda: rooms() == "* rooms: #games (1), #lobby (3)", "the cluster's rooms in /rooms", 100_000)
+        shut_down((ann, bob, cat), (a, b))
+
+
 def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_live(redis):
     server = redis.start()
     a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")

@@ -274,7 +274,7 @@ class RedisBus(Service):
         self._stall_call: IDelayedCall | None = None
         """While the hub is held back for a slow Redis: when Redis is taken for gone."""
         self._beat_call: IDelayedCall | None = None
-        self._cluster_rooms: dict[str, int] = {}
+        self._others_rooms: dict[str, int] = {}
         self._nodes = 0
         self._names: dict[bytes, bytes] = {}  # the names this node's clients claimed: key -> value
 
@@ -689,10 +689,12 @@ class RedisBus(Service):
                     self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), name)
                     continue
                 alive += 1
+                if name == self.node_id:  # this node's own rooms are read where they are
+                    continue
                 for room, count in zip(pairs[::2], pairs[1::2]):
                     key = room.decode("utf-8", "replace")
                     total[key] = total.get(key, 0) + int(count)
-            self._cluster_rooms = total
+            self._others_rooms = total
             self._nodes = alive
 
         publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read).addErrback(lambda _: None)
@@ -726,9 +728,13 @@ class RedisBus(Service):
         self._pings.pop(protocol, None)
 
     def cluster_rooms(self) -> dict[str, int]:
-        """Every room of every live node with its members, as of the last
-        heartbeat (at most C{heartbeat} seconds old)."""
-        return dict(self._cluster_rooms)
+        """Every room of every live node with its members: this node's as
+        they are now, the others' as of the last heartbeat (at most
+        C{heartbeat} seconds old)."""
+        total = dict(self._others_rooms)
+        for room, count in self._hub.rooms().items():
+            total[room] = total.get(room, 0) + count
+        return total
 
     def cluster_members(self, room: str) -> Deferred[list[str]]:
         """The ids of C{room}'s members on every live node (asks Redis)."""

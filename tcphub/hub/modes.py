@@ -305,7 +305,8 @@ class ChatProtocol(HubProtocol):
         self._say(f"* in #{self.room}: {', '.join(nicks)}")
 
     def _rooms(self, _: str) -> None:
-        rooms = sorted(self.factory.rooms().items())
+        relay = self.factory.relay  # joined with other hubs: their rooms too
+        rooms = sorted((relay.cluster_rooms() if relay is not None else self.factory.rooms()).items())
         if self.identity is not None:  # the others' rooms are not for it to know
             rooms = [(room, count) for room, count in rooms if self.identity.may_enter(room)]
         self._say("* rooms: " + ", ".join(f"#{room} ({count})" for room, count in rooms))
