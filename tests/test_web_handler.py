@@ -10,6 +10,7 @@ import json
 
 import pytest
 import pytest_twisted
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 
 from tcphub import BroadcastProtocol, WebSocketHandler, WebSocketMembers
@@ -73,3 +74,22 @@ def test_handlers_on_ws_route_the_envelopes_other_members_send(tcp_server, membe
     assert sorted(info.kind for info in hub.clients()) == ["tcp", "websocket", "websocket"]
     line_client.transport.loseConnection()
     yield line_client.lost
+
+
+def test_the_members_port_bounds_handshakes_per_address_as_told():
+    """Members behind one address (a NAT, a load generator) need more than
+    the 16 handshakes at once and 10 a second that guard against one host."""
+    from twisted.internet.task import Clock
+
+    from tcphub import TcpServer
+
+    hub = TcpServer(port=0, clock=Clock())
+    peer = IPv4Address("TCP", "127.0.0.7", 40000)
+    guarded = WebSocketMembers(hub, "tcp:0:interface=127.0.0.1")
+    assert [guarded.site.admit(peer) for _ in range(17)] == [True] * 16 + [False]
+    roomy = WebSocketMembers(hub, "tcp:0:interface=127.0.0.1", max_handshakes_per_address=100,
+                             max_handshake_rate=None)
+    assert all(roomy.site.admit(peer) for _ in range(100)) and not roomy.site.admit(peer)
+    assert all(roomy.site.take_request_token(peer) == 0.0 for _ in range(1000)), "not paced"
+    with pytest.raises(ValueError, match="max_handshakes_per_address"):
+        WebSocketMembers(hub, "tcp:0", max_handshakes_per_address=0)

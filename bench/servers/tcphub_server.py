@@ -64,7 +64,11 @@ members = None
 if mode == "wsfanout":
     from tcphub import WebSocketMembers
 
-    members = WebSocketMembers(server, "tcp:0:interface=127.0.0.1:backlog=4096", ping_interval=None, reactor=reactor)
+    # The load generator's 1,000 members all come from 127.0.0.1 at once: lift the
+    # per-address bounds on handshakes that guard the port against one hostile host.
+    members = WebSocketMembers(server, "tcp:0:interface=127.0.0.1:backlog=4096", ping_interval=None,
+                               max_handshakes=4096, max_handshakes_per_address=4096, max_handshake_rate=None,
+                               reactor=reactor)
 
 
 class Metrics(LineReceiver):

@@ -20,7 +20,14 @@ from twisted.web.server import Request
 
 from tcphub import _checks
 from tcphub._reactor import default_reactor
-from tcphub._site import BodylessSite, SiteService
+from tcphub._site import (
+    DEFAULT_MAX_HTTP_CONNECTIONS,
+    DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_REQUEST_BURST,
+    DEFAULT_MAX_REQUEST_RATE,
+    BodylessSite,
+    SiteService,
+)
 from tcphub.hub.service import parse_endpoints
 from tcphub.web.files import WebRoot
 from tcphub.web.limits import (
@@ -87,7 +94,12 @@ class WebSocketMembers(SiteService):
     header alone is open to DNS rebinding).  A handshake without an C{Origin}
     header (not a browser) is allowed.  C{web_root}: a directory served at C{/} instead of the chat
     page.  C{ping_interval} (None: no pings), C{ping_timeout} and
-    C{close_timeout} are in seconds, on the hub's clock.
+    C{close_timeout} are in seconds, on the hub's clock.  Before its upgrade
+    a connection is an HTTP one, bounded: at most C{max_handshakes} at once,
+    C{max_handshakes_per_address} from one address, and paced to
+    C{max_handshake_burst}, then C{max_handshake_rate} a second (None: not
+    paced); raise them for many members behind one address (a NAT, a proxy,
+    a load generator).
     """
 
     def __init__(
@@ -102,6 +114,10 @@ class WebSocketMembers(SiteService):
         ping_timeout: float = DEFAULT_PING_TIMEOUT,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         http_timeout: float = DEFAULT_HTTP_TIMEOUT,
+        max_handshakes: int = DEFAULT_MAX_HTTP_CONNECTIONS,
+        max_handshakes_per_address: int = DEFAULT_MAX_HTTP_CONNECTIONS_PER_ADDRESS,
+        max_handshake_rate: float | None = DEFAULT_MAX_REQUEST_RATE,
+        max_handshake_burst: int = DEFAULT_MAX_REQUEST_BURST,
         reactor: Any = None,
     ) -> None:
         reactor = reactor if reactor is not None else default_reactor()
@@ -126,7 +142,12 @@ class WebSocketMembers(SiteService):
         root.putChild(b"ws", _Upgrade(WebSocketResource(self.members)))
         http_timeout = _checks.number("http_timeout", http_timeout, above=0)
         site = BodylessSite(root, timeout=http_timeout, reactor=factory.clock, clock=factory.clock,
-                            request_timeout=http_timeout)
+                            request_timeout=http_timeout,
+                            max_connections=_checks.count("max_handshakes", max_handshakes, minimum=1),
+                            max_connections_per_address=_checks.count(
+                                "max_handshakes_per_address", max_handshakes_per_address, minimum=1),
+                            max_request_rate=max_handshake_rate,
+                            max_request_burst=_checks.count("max_handshake_burst", max_handshake_burst, minimum=1))
         # HTTP connections before their upgrade use descriptors too (members count as clients).
         hub.reserve_descriptors(site.max_connections)
         site.noisy = False
