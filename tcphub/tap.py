@@ -151,6 +151,12 @@ class Options(usage.Options):
         ["websocket-ping-timeout", None, DEFAULT_PING_TIMEOUT,
          "seconds a WebSocket member has to answer a ping before it is dropped",
          _number("websocket-ping-timeout", float, above=0)],
+        ["websocket-handshakes-per-address", None, 16,
+         "WebSocket handshakes one address may have under way at once (raise it for many members "
+         "behind one NAT or proxy)", _number("websocket-handshakes-per-address", int, minimum=1)],
+        ["websocket-handshake-rate", None, 10.0,
+         "WebSocket handshakes a second from one address past a burst of 40 (0: not paced)",
+         _number("websocket-handshake-rate", float, minimum=0)],
         ["redis", None, None,
          "join the other hubs on this Redis as one hub: redis://host:port/db, rediss://…, "
          "unix:///path/to/redis.sock?db=N", redis_url],
@@ -471,6 +477,8 @@ def _members_service(config: Options, hub: TcpServer, reactor: Any) -> list[WebS
         web_root=config["web-root"],
         ping_interval=config["websocket-ping-interval"] or None,
         ping_timeout=config["websocket-ping-timeout"],
+        max_handshakes_per_address=config["websocket-handshakes-per-address"],
+        max_handshake_rate=config["websocket-handshake-rate"] or None,
         reactor=reactor,
     )
     members.setName("websocket")

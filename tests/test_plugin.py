@@ -90,6 +90,10 @@ def test_websocket_options_reach_the_members_site():
     assert len(members.endpoints) == 2
     assert members.members.origins.any and members.members.ping_interval is None
     assert members.members.ping_timeout == 7
+    assert (members.site.max_connections_per_address, members.site.max_request_rate) == (16, 10.0)
+    behind_a_nat = makeService(parse("--websocket", "tcp:0", "--websocket-handshakes-per-address", "500",
+                                     "--websocket-handshake-rate", "0")).getServiceNamed("websocket")
+    assert (behind_a_nat.site.max_connections_per_address, behind_a_nat.site.max_request_rate) == (500, None)
 
 
 def test_redis_options_make_a_bus_beside_the_hub():
