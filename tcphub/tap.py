@@ -512,6 +512,7 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         endpoint=config["listen"] or None,
         reactor=reactor,
     )
+    hub.factory.log_connections = config["log-level"] == "debug"
     if config["upstream"] is None:
         hub.setName("tcphub")
         return hub, hub, None

