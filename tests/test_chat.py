@@ -169,11 +169,11 @@ def test_a_nick_in_use_is_refused_whatever_its_case_and_freed_when_its_owner_goe
 
 
 def test_a_guest_nick_taken_by_nick_does_not_make_two_guests_alike(hub_factory, monkeypatch):
-    import uuid
+    import secrets
 
     hub = hub_factory(protocol=ChatProtocol)
     ann, ann_t = hub.connect()
-    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID("abcdef00" * 4))
+    monkeypatch.setattr(secrets, "token_hex", lambda size: "abcdef00" * (size // 4))
     ann.dataReceived(b"/nick guest-abcdef\n")
     bob, bob_t = hub.connect()
     assert ann.nick == "guest-abcdef" and bob.nick == f"guest-{bob.client_id}"

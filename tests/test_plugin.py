@@ -445,7 +445,7 @@ def test_examples_run_with_twistd_ny(example, monkeypatch):
             if example == "echo.tac":
                 first.sendall(b"echo me\n")
                 assert read_line(first_in) == b"echo me\n"
-                twistd.wait_for("Client connected: [0-9a-f]{32}")
+                twistd.wait_for("Client connected: [0-9a-f]{16}")
             else:
                 first.sendall(b"/nick ada\n")
                 while read_line(first_in) != b"* you are now ada\n":

@@ -18,7 +18,7 @@ messages, so that a slow destination pushes back on it through TCP.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
@@ -124,7 +124,7 @@ class HubProtocol(Protocol):
 
     def connectionMade(self) -> None:
         hub = self.factory
-        self.client_id = hub.id_prefix + uuid.uuid4().hex
+        self.client_id = hub.id_prefix + secrets.token_hex(8)  # 64 random bits, 16 characters
         self.connected_at = self._read_at = now = hub.clock.seconds()
         self.bytes_received = 0
         self.messages_received = 0
