@@ -63,6 +63,13 @@ def node_id(name: str, value: object) -> str:
     return value
 
 
+def deployment(name: str, value: object) -> str:
+    """A deployment's name on a Redis, the prefix of its channel and keys."""
+    if not isinstance(value, str) or not value or len(value) > 64 or any(c.isspace() for c in value):
+        raise ValueError(f"{name} is 1 to 64 characters without spaces, not {value!r}")
+    return value
+
+
 def directory(name: str, value: str) -> str:
     """The path of an existing directory."""
     if not os.path.isdir(value):

@@ -34,6 +34,12 @@ class _Window:
         self.call = call
 
 
+def _count(window: _Window, format: str, fields: dict[str, Any]) -> None:
+    """One more of a window's fault, kept as its last."""
+    window.count += 1
+    window.last = formatEvent({"log_format": format, **fields})
+
+
 class RepeatedLog:
     """Per kind of fault (a short name: "refused", "slow_consumers"...), at
     most one line at its first occurrence and one per C{interval} after it."""
@@ -51,8 +57,7 @@ class RepeatedLog:
             self._log.emit(level, format, fault=kind, **fields)
             self._open(kind, level)
         else:
-            window.count += 1
-            window.last = formatEvent({"log_format": format, **fields})
+            _count(window, format, fields)
 
     def tally(self, kind: str, level: LogLevel, format: str, /, **fields: Any) -> None:
         """Count C{format} with C{fields} for the one line at C{level} that
@@ -60,10 +65,7 @@ class RepeatedLog:
         last 10 s"), logging none of them: for what is routine one at a time
         (the caller logs each at debug) but worth a line when it goes on."""
         window = self._windows.get(kind)
-        if window is None:
-            window = self._open(kind, level, quiet=True)
-        window.count += 1
-        window.last = formatEvent({"log_format": format, **fields})
+        _count(window if window is not None else self._open(kind, level, quiet=True), format, fields)
 
     def failure(self, kind: str, failure: Failure, format: str, /, **fields: Any) -> None:
         """As L{emit}, at error level, the first with C{failure}'s traceback."""

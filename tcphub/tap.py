@@ -363,9 +363,7 @@ class Options(usage.Options):
         self["upstream-tls-options"] = trusting(self["upstream"] or "", self["upstream-ca-file"], "upstream-ca-file")
         if self["redis-prefix"] != "tcphub" and self["redis"] is None:
             raise usage.UsageError("--redis-prefix goes with --redis")
-        prefix = self["redis-prefix"]
-        if not prefix or len(prefix) > 64 or any(c.isspace() for c in prefix):
-            raise usage.UsageError(f"--redis-prefix is 1 to 64 characters without spaces, not {prefix!r}")
+        _usage(_checks.deployment, "--redis-prefix", self["redis-prefix"])
         if self["drain-grace"] is None:
             self["drain-grace"] = 5.0 if self["admin"] else 0.0
         if self["node-id"] is not None:

@@ -244,8 +244,7 @@ class RedisBus(Service):
         self._hub = hub.factory
         self._hub.join_relay(self, self.node_id)
         self._clock = self._hub.clock
-        if not channel or any(c.isspace() for c in channel) or len(channel) > 64:
-            raise ValueError(f"a deployment's name (channel) is 1 to 64 characters without spaces, not {channel!r}")
+        _checks.deployment("channel", channel)
         # One namespace per deployment, the database number included: two
         # deployments on one Redis (other dbs, or other names) never meet,
         # for pub/sub channels are global to a Redis whatever the database.
@@ -420,8 +419,7 @@ class RedisBus(Service):
             self._hub.resume_reading(self)
 
     def _stalled(self) -> None:
-        self._stall_call = None
-        self._hub.resume_reading(self)
+        self._release_senders()
         publisher = self._publisher
         self._log.warn("bus: Redis at {url} took nothing for {timeout:g} s with the bus queue full; "
                        "dropping the connection (publishes are queued, then dropped, until it is back)",

@@ -175,9 +175,8 @@ class HubFactory(Factory):
         cost nothing (a log event filtered out still costs its formatting
         and filter: with it, the churn bench made 8,200 connections a second,
         without, 11,200); the plugin turns it on with C{--log-level debug}."""
-        self.reading_paused = False
-        """Whether some owner holds L{pause_reading}."""
         self._pausers: set[object] = set()
+        """The owners of a L{pause_reading} not yet lifted."""
         self.relay: Relay | None = None
         """The other hubs this one is joined with (L{join_relay}), if any."""
         self.id_prefix = ""
@@ -373,6 +372,11 @@ class HubFactory(Factory):
             self._clients[client_id].loseConnection()
         return gone
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether some owner holds L{pause_reading}."""
+        return bool(self._pausers)
+
     def pause_reading(self, owner: object = None) -> None:
         """Stop taking messages from every client, and from those who connect,
         until C{owner} calls L{resume_reading} (see L{HubProtocol.pauseReading}).
@@ -380,7 +384,6 @@ class HubFactory(Factory):
         bus whose queue is full): the hub reads again once none holds one."""
         paused = self.reading_paused
         self._pausers.add(owner)
-        self.reading_paused = True
         if not paused:
             for client in list(self._clients.values()):
                 client.hubPausedReading()
@@ -392,7 +395,6 @@ class HubFactory(Factory):
             return
         self._pausers.discard(owner)
         if not self._pausers:
-            self.reading_paused = False
             for client in list(self._clients.values()):
                 client.hubResumedReading()
 

@@ -461,13 +461,8 @@ class HubProtocol(Protocol):
         Returns the message's number in the room (see C{room_sequence})."""
         if type(payload) is not bytes:
             check_payload(payload, "broadcastMessage")
-        hub = self.factory
-        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room)
-        if countdown is not None:
-            countdown.tick()
-        if hub.relay is not None:
-            hub.relay.broadcast(payload, (self.client_id,), room)
-        return None if room is None else hub.room_sequence(room)
+        self._send_to_others(payload, room, False)
+        return None if room is None else self.factory.room_sequence(room)
 
     def announce(self, payload: bytes, room: str) -> None:
         """Send a notice (who joined, who left, who is renamed) to the others
@@ -475,12 +470,19 @@ class HubProtocol(Protocol):
         does; a notice is not numbered, and not kept in the room's history."""
         if type(payload) is not bytes:
             check_payload(payload, "announce")
+        self._send_to_others(payload, room, True)
+
+    def _send_to_others(self, payload: bytes, room: str | None, notice: bool) -> None:
         hub = self.factory
-        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room, notice=True)
+        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room, notice=notice)
         if countdown is not None:
             countdown.tick()
-        if hub.relay is not None:
-            hub.relay.broadcast(payload, (self.client_id,), room, notice=True)
+        relay = hub.relay
+        if relay is not None:
+            if notice:
+                relay.broadcast(payload, (self.client_id,), room, notice=True)
+            else:
+                relay.broadcast(payload, (self.client_id,), room)
 
     # -- rooms ----------------------------------------------------------
 

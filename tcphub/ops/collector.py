@@ -36,6 +36,12 @@ _GAUGES = {
 _NONE = Traffic()
 
 
+def _kinds(seen: Mapping[str, Any]) -> list[str]:
+    """The member kinds to label, in order: those seen, and always tcp and
+    websocket (a series that is there from the start, at 0)."""
+    return sorted(set(seen) | {"tcp", "websocket"})
+
+
 def _build_info() -> Metric:
     """C{tcphub_build_info}: 1, labelled with what runs (as Prometheus's own C{*_build_info})."""
     import platform
@@ -118,7 +124,7 @@ class TcpHubCollector:
         by_kind = GaugeMetricFamily("tcphub_connections_by_kind", "Clients connected now, by what carries them.",
                                     labels=["kind"])
         counts = self._hub.connections_by_kind()
-        for kind in sorted(set(counts) | {"tcp", "websocket"}):
+        for kind in _kinds(counts):
             by_kind.add_metric([kind], counts.get(kind, 0))
         yield by_kind
         traffic = self._hub.traffic_by_kind()
@@ -126,7 +132,7 @@ class TcpHubCollector:
             family = CounterMetricFamily(f"tcphub_{field.name}_by_kind",
                                          f"{field.name.replace('_', ' ').capitalize()}, by what carries the clients.",
                                          labels=["kind"])
-            for kind in sorted(set(traffic) | {"tcp", "websocket"}):
+            for kind in _kinds(traffic):
                 family.add_metric([kind], getattr(traffic.get(kind, _NONE), field.name))
             yield family
         for field in fields(Metrics):

@@ -297,11 +297,11 @@ class MemberConnection(FailureHooks):
         origin = request.headers.get("origin")
         secure = ISSLTransport.providedBy(self.transport)
         if not self.factory.origins.allows(origin, request.headers.get("host"), secure):
-            error = OriginRejected(f"refused a WebSocket from {format_address(self.transport.getPeer())}: "
-                                   f"origin {origin!r} is not allowed")
+            address = format_address(self.transport.getPeer())
+            error = OriginRejected(f"refused a WebSocket from {address}: origin {origin!r} is not allowed")
             self.factory.counters.rejected_origin += 1
             hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error,
-                              address=format_address(self.transport.getPeer()), origin=origin)
+                              address=address, origin=origin)
             hub.surface.report(error)
             self._refused_by_us = True
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
