@@ -385,8 +385,9 @@ def test_heartbeats_while_redis_is_down_write_nothing_and_raise_nothing(unreacha
 def memory_bus():
     made: list = []
 
-    def make(**options):
+    def make(refused=(), **options):
         redis = MemoryRedis()
+        redis.refused.update(refused)
         hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
         bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, **options)
         bus.startService()
@@ -503,48 +504,32 @@ def test_a_redis_that_leaves_a_ping_unanswered_for_the_command_timeout_is_droppe
     assert publisher.disconnecting and subscriber.disconnecting
 
 
-@pytest.mark.parametrize("command", [b"SUBSCRIBE", b"PUBSUB"])
-def test_a_refused_subscribe_or_numsub_is_logged_and_the_connection_made_again(command):
+@pytest.fixture
+def log_events():
+    """Every log event while the test runs."""
     from twisted.logger import globalLogPublisher
 
-    hub_log_events: list[dict] = []
-    globalLogPublisher.addObserver(hub_log_events.append)
-    try:
-        _refused_subscribe_or_numsub(command, hub_log_events)
-    finally:
-        globalLogPublisher.removeObserver(hub_log_events.append)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
 
 
-def _refused_subscribe_or_numsub(command: bytes, hub_log_events: list[dict]) -> None:
-    redis = MemoryRedis()
-    redis.refused.add(command)
-    hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
-    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis)
-    bus.startService()
-    redis.answer()
+@pytest.mark.parametrize("command", [b"SUBSCRIBE", b"PUBSUB"])
+def test_a_refused_subscribe_or_numsub_is_logged_and_the_connection_made_again(command, memory_bus, log_events):
+    hub, bus, redis = memory_bus(refused={command})
     (_, publisher), (_, subscriber) = redis.connections
     refused = subscriber if command == b"SUBSCRIBE" else publisher
     assert refused.disconnecting, "not left waiting for ever"
-    (line,) = [event for event in hub_log_events if event.get("fault") == "bus_command_errors"]
+    (line,) = [event for event in log_events if event.get("fault") == "bus_command_errors"]
     assert "Redis refused" in line["log_format"] and command.decode() in line["name"]
-    stopped: list = []
-    bus.stopService().addBoth(stopped.append)
-    redis.drop()
-    assert stopped == [None]
 
 
-def test_an_error_inside_a_presence_transaction_is_logged(memory_bus):
-    from twisted.logger import globalLogPublisher
-
+def test_an_error_inside_a_presence_transaction_is_logged(memory_bus, log_events):
     hub, bus, redis = memory_bus()
     redis.exec_errors = [b"WRONGTYPE Operation against a key holding the wrong kind of value"]
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        hub.factory.clock.advance(bus.heartbeat)
-        redis.answer()  # the node id's claim: the presence transaction follows
-        redis.answer()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    (line,) = [event for event in events if event.get("fault") == "bus_command_errors"]
+    hub.factory.clock.advance(bus.heartbeat)
+    redis.answer()  # the node id's claim: the presence transaction follows
+    redis.answer()
+    (line,) = [event for event in log_events if event.get("fault") == "bus_command_errors"]
     assert "WRONGTYPE" in str(line["error"])
