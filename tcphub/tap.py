@@ -47,6 +47,7 @@ from tcphub.hub.factory import (
 from tcphub.hub.framing import FRAMINGS
 from tcphub.hub.modes import MODES
 from tcphub.hub.rooms import DEFAULT_ROOM_HISTORY_BYTES
+from tcphub.hub.sessions import DEFAULT_RESUME_WINDOW
 from tcphub.hub.service import DEFAULT_BACKLOG, TcpServer, check_host
 from tcphub.web.limits import DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT
 from tcphub.ws.reconnect import BACKOFFS
@@ -134,6 +135,9 @@ class Options(usage.Options):
          _number("room-history", int, minimum=0)],
         ["room-history-bytes", None, DEFAULT_ROOM_HISTORY_BYTES,
          "bytes of history each room keeps at most", _number("room-history-bytes", int, minimum=0)],
+        ["resume-window", None, DEFAULT_RESUME_WINDOW,
+         "with --mode hub: seconds a dropped member's session (name, rooms, place in each) waits "
+         "for it to come back with hub.resume (0: not kept)", _number("resume-window", float, minimum=0)],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "seconds to let queued output drain on shutdown",
          _number("drain-timeout", float, minimum=0)],
@@ -507,6 +511,7 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         protocol=MODES[config["mode"]],
         auth=_authenticator(config, reactor),
         auth_timeout=config["auth-timeout"],
+        resume_window=config["resume-window"],
         endpoint=config["listen"] or None,
         reactor=reactor,
     )

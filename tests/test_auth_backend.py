@@ -89,7 +89,8 @@ def test_the_backend_says_who_the_member_is_and_what_rooms(hub_factory, backend)
     client, transport = hub.connect("127.0.0.9")
     send(client, "hub.auth", {"token": "good"})
     yield checks[0]
-    assert said(transport) == [{"path": "hub.auth", "id": "1", "data": {"user": "dave", "name": "Dave"}}]
+    assert said(transport) == [{"path": "hub.auth", "id": "1", "data": {
+        "user": "dave", "name": "Dave", "session": client.session}}]
     [question] = backend.asked
     assert question["token"] == "good" and question["peer"].startswith("127.0.0.9:")
     assert question["content-type"] == b"application/json"

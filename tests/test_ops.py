@@ -49,8 +49,9 @@ def test_metrics_follow_the_prometheus_conventions_and_match_get_metrics(hub_fac
     assert values["tcphub_connections"] == metrics.connections == 1
     assert values["tcphub_uptime_seconds"] == metrics.uptime == 7
     assert values["tcphub_rooms"] == metrics.rooms and values["tcphub_room_members"] == metrics.room_members
+    assert values["tcphub_sessions_parked"] == metrics.sessions_parked
     for name, value in asdict(metrics).items():
-        if name not in ("connections", "uptime", "rooms", "room_members"):
+        if name not in ("connections", "uptime", "rooms", "room_members", "sessions_parked"):
             assert values[f"tcphub_{name}_total"] == value, name
     assert values["tcphub_messages_received_total"] == 2
     assert values["tcphub_bytes_sent_total"] == len(b"one\ntwo\n")

@@ -74,7 +74,8 @@ def test_a_member_back_with_since_gets_what_it_missed_in_order_before_live_messa
     replies = said(bob_t)
     assert [(each["data"]["offset"], each["data"]["data"]) for each in replies[:2]] == [(2, "e5"), (3, "Nf3")]
     assert replies[2] == {"path": "hub.join", "id": "back", "data": {
-        "room": "chess", "members": 2, "epoch": seen["epoch"], "offset": 3, "recovered": True}}
+        "room": "chess", "members": 2, "epoch": seen["epoch"], "offset": 3, "recovered": True,
+        "session": bob.session}}
     send(ann, "hub.publish", {"room": "chess", "data": "Nc6"})
     assert said(bob_t)[0]["data"]["offset"] == 4
     assert hub.factory.get_metrics().unrecovered == 0
@@ -95,7 +96,8 @@ def test_a_member_that_cannot_get_all_it_missed_is_told_so_and_gets_none_of_it(h
     epoch = hub.factory.room_epoch("chess")
     send(bob, "hub.join", {"room": "chess", "since": {**since, "epoch": since["epoch"] or epoch}})
     assert said(bob_t) == [{"path": "hub.join", "id": "1", "data": {
-        "room": "chess", "members": 2, "epoch": epoch, "offset": 3, "recovered": False, "reason": reason}}]
+        "room": "chess", "members": 2, "epoch": epoch, "offset": 3, "recovered": False, "reason": reason,
+        "session": bob.session}}]
     assert hub.factory.get_metrics().unrecovered == 1
 
 
@@ -139,7 +141,8 @@ def test_members_join_publish_and_see_who_is_there_in_envelopes_a_handler_routes
     send(ann, "hub.join", {"room": "chess"}, "j1")
     epoch = hub.factory.room_epoch("chess")
     assert said(ann_t) == [{"path": "hub.join", "id": "j1", "data": {
-        "room": "chess", "members": 1, "epoch": epoch, "offset": 0}}]
+        "room": "chess", "members": 1, "epoch": epoch, "offset": 0, "session": ann.session}}], \
+        "the first reply says the member's session"
     send(bob, "hub.join", {"room": "chess"})
     said(bob_t)
     send(ann, "hub.publish", {"room": "chess", "data": {"move": "e4"}}, "p1")
@@ -197,7 +200,9 @@ def test_a_signed_token_gives_the_member_its_user_name_and_rooms(hub_factory):
     hub = jwt_hub(hub_factory)
     client, transport = hub.connect()
     send(client, "hub.auth", {"token": token(name="Alice", rooms=["team-*", "!team-secret"])}, "a")
-    assert said(transport) == [{"path": "hub.auth", "id": "a", "data": {"user": "alice", "name": "Alice"}}]
+    assert said(transport) == [{"path": "hub.auth", "id": "a", "data": {
+        "user": "alice", "name": "Alice", "session": client.session}}]
+    assert len(client.session) == 32
     assert hub.factory.client(client.client_id).user == "alice", "/connz shows who"
     send(client, "hub.join", {"room": "team-red"})
     assert said(transport)[0]["path"] == "hub.join"
@@ -240,7 +245,7 @@ def test_a_token_for_another_audience_is_refused(hub_factory):
     assert said(transport)[0]["data"]["reason"] == "the token is for another audience"
     other, other_t = hub.connect()
     send(other, "hub.auth", {"token": token(aud="tcphub")})
-    assert said(other_t)[0]["data"] == {"user": "alice", "name": "alice"}
+    assert said(other_t)[0]["data"] == {"user": "alice", "name": "alice", "session": other.session}
 
 
 def test_an_es256_token_is_checked_with_the_public_key_alone(hub_factory):
@@ -374,7 +379,8 @@ def test_an_authenticator_of_one_s_own_answers_later_and_one_check_runs_at_a_tim
     [(given, peer, check)] = backend.checks
     assert given == "t1" and peer.startswith("127.0.0.7:")
     check.callback(Identity(user="carol", name="Carol", rooms=RoomPatterns(["*"])))
-    assert said(transport) == [{"path": "hub.auth", "id": "first", "data": {"user": "carol", "name": "Carol"}}]
+    assert said(transport) == [{"path": "hub.auth", "id": "first", "data": {
+        "user": "carol", "name": "Carol", "session": client.session}}]
 
 
 @pytest.mark.logs_errors("the authenticator raises: a bug, logged and counted", ZeroDivisionError)
@@ -422,7 +428,8 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
         delivered: Deferred = Deferred()
         handler.add_route("room.#", lambda data, context: (deliveries.append(data), delivered.callback(None)))
         yield handler.connect()
-        assert (yield handler.request("hub.auth", {"token": bob})) == {"user": "bob", "name": "bob"}
+        authenticated = yield handler.request("hub.auth", {"token": bob})
+        assert authenticated == {"user": "bob", "name": "bob", "session": authenticated["session"]}
         joined = yield handler.request("hub.join", {"room": "chess"})
         assert joined == {"room": "chess", "members": 1, "epoch": joined["epoch"], "offset": 0}
         try:
@@ -452,7 +459,9 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
         # A program (not a browser) may authenticate in its handshake.
         with connect(f"ws://127.0.0.1:{ws_port}/ws", open_timeout=30,
                      additional_headers={"Authorization": f"Bearer {bob}"}) as program:
-            assert json.loads(program.recv(timeout=30)) == {"path": "hub.auth", "data": {"user": "bob", "name": "bob"}}
+            said_first = json.loads(program.recv(timeout=30))
+            assert said_first == {"path": "hub.auth", "data": {"user": "bob", "name": "bob",
+                                                               "session": said_first["data"]["session"]}}
             program.send(json.dumps({"path": "hub.join", "data": {"room": "chess"}, "id": "j"}))
             joined = json.loads(program.recv(timeout=30))
             assert (joined["path"], joined["id"], joined["data"]["room"]) == ("hub.join", "j", "chess")

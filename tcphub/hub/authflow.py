@@ -103,6 +103,11 @@ class Authentication:
         """The member did something else before authenticating."""
         self._refuse(AuthRefused("unauthenticated", reason), context)
 
+    def resumed(self, identity: Identity) -> None:
+        """The member took back a session (its identity, known already):
+        no token is awaited; the identity's expiry holds."""
+        self._know(identity)
+
     def _taken(self, identity: Identity, context: Any) -> None:
         if self.state == CLOSED:
             return
@@ -111,6 +116,10 @@ class Authentication:
             self._hub.counters.add("forbidden")
             self._owner.auth_refused(AuthRefused("forbidden", "a fresh token is for the same user"), context, False)
             return
+        self._know(identity)
+        self._owner.auth_taken(identity, context)
+
+    def _know(self, identity: Identity) -> None:
         self.state, self.identity = KNOWN, identity
         hub = self._hub
         for call in (self._deadline, self._expiry):
@@ -120,7 +129,6 @@ class Authentication:
         if identity.expires is not None:
             left = max(0.0, identity.expires - hub.clock.seconds()) + hub.auth_grace
             self._expiry = hub.clock.callLater(left, self._expired)
-        self._owner.auth_taken(identity, context)
 
     def _failed(self, failure: Failure, context: Any, known: bool) -> None:
         if self.state == CLOSED:

@@ -42,6 +42,7 @@ from tcphub.hub.protocol import OPEN, HubProtocol
 from tcphub.hub.refused import RefusedConnection
 from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Kept, Rooms
+from tcphub.hub.sessions import DEFAULT_RESUME_WINDOW, Sessions
 from tcphub.hub.surface import HubSurface
 
 __all__ = ["HubFactory"]
@@ -118,6 +119,7 @@ class HubFactory(Factory):
         auth: Authenticator | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         auth_grace: float = DEFAULT_AUTH_GRACE,
+        resume_window: float = DEFAULT_RESUME_WINDOW,
         clock: IReactorTime | None = None,
     ) -> None:
         if protocol is not None:
@@ -161,11 +163,16 @@ class HubFactory(Factory):
         """Called with C{(where, failure, client_id)} when a hook raised."""
         self.events = Events(("connection", "data", "disconnect", "error", "join", "leave"),
                              self.handler_failed.event_failed)
+        self.max_rooms_per_client = _checks.count("max_rooms_per_client", max_rooms_per_client)
         self._rooms: Rooms[HubProtocol] = Rooms(
-            _checks.count("max_rooms_per_client", max_rooms_per_client),
+            self.max_rooms_per_client,
             history=_checks.count("room_history", room_history, minimum=0),
             history_bytes=_checks.count("room_history_bytes", room_history_bytes, minimum=0),
         )
+        self.sessions = Sessions(self.clock, _checks.number("resume_window", resume_window, minimum=0),
+                                 self.max_connections, self.counters, self._rooms.hold, self._rooms.release)
+        """The members' sessions, kept C{resume_window} seconds after a drop
+        for a protocol that resumes them (the structured protocol's C{hub.resume})."""
         self.started_at: float | None = None
         self.epoch = uuid.uuid4().hex[:8]
         """Names this hub's room numbering: a room's offsets count on only
@@ -216,6 +223,7 @@ class HubFactory(Factory):
 
     def stopFactory(self) -> None:
         self.repeats.stop()
+        self.sessions.clear()
 
     # -- the public API -------------------------------------------------
 
@@ -510,7 +518,8 @@ class HubFactory(Factory):
         uptime = 0.0 if self.started_at is None else self.clock.seconds() - self.started_at
         return self.counters.snapshot(connections=len(self._clients), uptime=uptime,
                                       rooms=self._rooms.room_count,
-                                      room_members=self._rooms.membership_count)
+                                      room_members=self._rooms.membership_count,
+                                      sessions_parked=self.sessions.parked)
 
     def close_all(self, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> Deferred[None]:
         """

@@ -115,7 +115,16 @@ class Metrics:
     bad_requests: int
     """Structured messages refused as malformed or unknown (the member stays)."""
     unrecovered: int
-    """Joins with C{since} answered C{recovered: false}: members that know they missed messages."""
+    """Joins with C{since} (and rooms of a resumed session) answered C{recovered: false}:
+    members that know they missed messages."""
+    sessions_resumed: int
+    """Members back in their session after a drop (C{hub.resume})."""
+    sessions_expired: int
+    """Sessions not resumed within C{resume_window} (or their identity's expiry)."""
+    sessions_refused: int
+    """C{hub.resume} with an id that names no session (forged, expired, or another user's)."""
+    sessions_parked: int = 0
+    """Sessions waiting to be resumed now."""
 
 
 class Drop(enum.Enum):
@@ -156,6 +165,9 @@ class HubCounters:
         "forbidden",
         "bad_requests",
         "unrecovered",
+        "sessions_resumed",
+        "sessions_expired",
+        "sessions_refused",
     )
 
     def __init__(self) -> None:
@@ -178,6 +190,9 @@ class HubCounters:
         self.forbidden = 0
         self.bad_requests = 0
         self.unrecovered = 0
+        self.sessions_resumed = 0
+        self.sessions_expired = 0
+        self.sessions_refused = 0
 
     def dropped(self, reason: Drop) -> int:
         """Count one more client dropped for C{reason}; return the new total."""
@@ -189,11 +204,13 @@ class HubCounters:
         setattr(self, name, count)
         return count
 
-    def snapshot(self, connections: int, uptime: float, rooms: int = 0, room_members: int = 0) -> Metrics:
+    def snapshot(self, connections: int, uptime: float, rooms: int = 0, room_members: int = 0,
+                 sessions_parked: int = 0) -> Metrics:
         return Metrics(
             connections=connections,
             rooms=rooms,
             room_members=room_members,
+            sessions_parked=sessions_parked,
             uptime=uptime,
             **{name: getattr(self, name) for name in self.__slots__},
         )

@@ -45,7 +45,9 @@ def check_room(room: object) -> str:
 class Rooms(Generic[M]):
     """
     Rooms of members, each room an ordered set (members in the order they
-    joined), each member's rooms likewise.  An empty room does not exist.
+    joined), each member's rooms likewise.  An empty room does not exist,
+    unless it is held (L{hold}): then it keeps its numbering and history
+    for the members expected back.
     """
 
     def __init__(self, max_rooms_per_member: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
@@ -59,6 +61,7 @@ class Rooms(Generic[M]):
         self._history: dict[str, deque[Kept]] = {}
         self._history_size: dict[str, int] = {}
         self._generation: dict[str, int] = {}
+        self._holds: dict[str, int] = {}
         self._created = 0
 
     def join(self, member: M, room: str) -> bool:
@@ -91,14 +94,35 @@ class Rooms(Generic[M]):
             del self._rooms[member]
         members = self._members[room]
         del members[member]
-        if not members:
-            # An empty room is gone, and its numbering and history with it.
-            del self._members[room]
-            del self._generation[room]
-            self._sequence.pop(room, None)
-            self._history.pop(room, None)
-            self._history_size.pop(room, None)
+        if not members and room not in self._holds:
+            self._forget(room)
         return True
+
+    def hold(self, room: str) -> bool:
+        """Keep C{room}, with its numbering and history, even once it has no
+        members, until as many L{release}s; False (nothing held) if it does not exist."""
+        if room not in self._members:
+            return False
+        self._holds[room] = self._holds.get(room, 0) + 1
+        return True
+
+    def release(self, room: str) -> None:
+        """Undo one L{hold} of C{room}; the room goes if it is then empty and unheld."""
+        holds = self._holds[room] - 1
+        if holds:
+            self._holds[room] = holds
+            return
+        del self._holds[room]
+        if not self._members[room]:
+            self._forget(room)
+
+    def _forget(self, room: str) -> None:
+        # An empty room is gone, and its numbering and history with it.
+        del self._members[room]
+        del self._generation[room]
+        self._sequence.pop(room, None)
+        self._history.pop(room, None)
+        self._history_size.pop(room, None)
 
     def record(self, room: str, message: bytes, at: float) -> int | None:
         """Number a message sent to C{room} at time C{at} (1, 2, ...) and keep
@@ -148,12 +172,13 @@ class Rooms(Generic[M]):
         return tuple(self._rooms.get(member, ()))
 
     def counts(self) -> dict[str, int]:
-        """Each room and its number of members."""
-        return {room: len(members) for room, members in self._members.items()}
+        """Each room with members and their number (a held room without any is left out)."""
+        return {room: len(members) for room, members in self._members.items() if members}
 
     @property
     def room_count(self) -> int:
-        return len(self._members)
+        """Rooms with at least one member."""
+        return len(self._members) - sum(1 for room in self._holds if not self._members[room])
 
     @property
     def membership_count(self) -> int:

@@ -41,6 +41,7 @@ from tcphub.hub.framing import Framing
 from tcphub.hub.metrics import ClientInfo, Metrics
 from tcphub.hub.protocol import HubProtocol, format_address
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Kept
+from tcphub.hub.sessions import DEFAULT_RESUME_WINDOW
 
 __all__ = ["DEFAULT_BACKLOG", "TcpServer", "check_host", "parse_endpoints"]
 
@@ -119,6 +120,7 @@ class TcpServer(Service):
         allow_half_open: bool = False,
         auth: Authenticator | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
+        resume_window: float = DEFAULT_RESUME_WINDOW,
         protocol: type[HubProtocol] = HubProtocol,
         endpoint: str | IStreamServerEndpoint | Sequence[str | IStreamServerEndpoint] | None = None,
         raise_descriptor_limit: bool = True,
@@ -150,6 +152,7 @@ class TcpServer(Service):
             allow_half_open=allow_half_open,
             auth=auth,
             auth_timeout=auth_timeout,
+            resume_window=resume_window,
             clock=clock if clock is not None else reactor,
         )
         self.drain_timeout = _checks.number("drain_timeout", drain_timeout, minimum=0)

@@ -8,7 +8,11 @@ C{request()} for the operations, its wildcard routes for the rooms).
 Operations (a reply carries the request's C{id}; its path is the request's
 on success, L{ERROR_PATH} on a refusal)::
 
-    hub.auth    {"token": T}           -> {"user": U, "name": N}
+    hub.auth    {"token": T}           -> {"user": U, "name": N, "session": S}
+    hub.resume  {"session": S, "offsets": {R: n}?}
+                                       -> {"session": S, "user": U, "name": N,
+                                           "rooms": {R: {"epoch", "offset", "members", "recovered", "reason"?}},
+                                           "refused": [R...]}
     hub.join    {"room": R, "since": {"epoch": E, "offset": N}?}
                                        -> {"room": R, "members": n, "epoch": E, "offset": n,
                                            "recovered": true/false (with since), "reason": why not}
@@ -25,6 +29,17 @@ what it missed, it gets those messages, in order and before any live one,
 and C{recovered: true}; otherwise C{recovered: false} and a C{reason}
 (C{epoch_changed}, C{history_lost}, C{offset_ahead}, C{cluster}: with
 C{--redis} offsets are still each node's own), and it knows it missed something.
+
+Each member has a session (its id, C{S}, is in every C{hub.auth} reply and
+in the first reply it gets): when its connection drops, the hub keeps its
+identity and rooms for C{resume_window} seconds (L{tcphub.hub.sessions}).
+A member back within that sends C{hub.resume} first: it is the same user
+with the same name, back in the same rooms, and for each room gets what it
+missed as after a C{since} (from the last offset the hub sent it, or the
+C{offsets} it says it saw, which are exact when the connection cut
+messages in flight); rooms its identity may no longer enter are
+C{refused}.  A session is taken back once: its id is a credential, spent
+by a resume (the reply gives the member's id from then on).
 A refusal is C{{"path": "hub.error", "id": ..., "data": {"code": C, "reason": text, "path": P}}}.
 """
 
@@ -34,6 +49,7 @@ import json
 from typing import Any, Callable, Final
 
 from twisted.internet.protocol import connectionDone
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from tcphub.errors import AuthRefused, InvalidRoomName, RoomLimitReached
@@ -42,13 +58,14 @@ from tcphub.hub.identity import Identity, RoomPatterns
 from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rooms import check_room
+from tcphub.hub.sessions import MAX_SESSION_ID, SessionState
 
 __all__ = ["ERROR_PATH", "FORBIDDEN_CLOSE", "MAX_WHO", "RECONNECT_PATH", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
 
 ERROR_PATH: Final = "hub.error"
+"""The path of every refusal."""
 RECONNECT_PATH: Final = "hub.reconnect"
 """Sent before this hub closes the connection as it drains: reconnect (another hub takes it)."""
-"""The path of every refusal."""
 ROOM_PATH: Final = "room."
 """What the path of a room's delivery begins with (C{room.<name>}: route C{room.#})."""
 MAX_WHO: Final = 1000
@@ -77,6 +94,10 @@ class StructuredProtocol(HubProtocol):
 
     identity: Identity | None = None
     """Who the member is; None until it authenticates (when the hub asks)."""
+    session: str | None = None
+    """The id of the member's session (None until it has an identity, and
+    once the session is over: handed to another connection, or closed by the hub)."""
+    _session_told = False
     _authentication: Authentication | None = None
 
     def connectionMade(self) -> None:
@@ -84,6 +105,7 @@ class StructuredProtocol(HubProtocol):
         hub = self.factory
         if hub.auth is None:
             self.identity = Identity(user=self.client_id, name=f"guest-{self.client_id[:6]}", rooms=_ANYWHERE)
+            self.session = hub.sessions.open(self)
             return
         self._authentication = Authentication(hub, self, self.client_id,
                                               getattr(self.transport.getPeer(), "host", None), self.address)
@@ -94,7 +116,27 @@ class StructuredProtocol(HubProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._authentication is not None:
             self._authentication.stop()
+        if self.session is not None:
+            # Parked before the rooms are left, so that they are held.
+            assert self.identity is not None
+            hub = self.factory
+            self.factory.sessions.park(self.session, SessionState(self.identity, {
+                room: (hub.room_epoch(room), hub.room_sequence(room)) for room in self.rooms}))
+            self.session = None
         super().connectionLost(reason)
+
+    def hand_over(self) -> SessionState:
+        """Another connection took this member's session (L{SessionOwner}):
+        it is told, and closed; the session goes with the other."""
+        assert self.identity is not None
+        hub = self.factory
+        state = SessionState(self.identity, {room: (hub.room_epoch(room), hub.room_sequence(room))
+                                             for room in self.rooms})
+        self.session = None
+        self._refuse(None, None, "session_taken", "this session was resumed on another connection",
+                     counted=True)
+        self.loseConnection()
+        return state
 
     @property
     def user(self) -> str | None:
@@ -121,15 +163,15 @@ class StructuredProtocol(HubProtocol):
         if request_id is not None and (not isinstance(request_id, str) or len(request_id) > MAX_ID):
             self._refuse(path, None, "bad_message", f'"id" is a string of at most {MAX_ID} characters')
             return
-        if self.identity is None and path != "hub.auth":
+        if self.identity is None and path not in ("hub.auth", "hub.resume"):
             assert self._authentication is not None
             self._authentication.refuse_unauthenticated('authenticate first: hub.auth {"token": …}',
                                                         (path, request_id))
             return
         operation = self.handlers.get(path)
         if operation is None:
-            self._refuse(path, request_id, "unknown_path", f"no operation {path[:80]!r}: hub.auth, hub.join, "
-                         "hub.leave, hub.publish, hub.who")
+            self._refuse(path, request_id, "unknown_path", f"no operation {path[:80]!r}: hub.auth, "
+                         "hub.resume, hub.join, hub.leave, hub.publish, hub.who")
             return
         data = message.get("data")
         if not isinstance(data, dict):
@@ -148,13 +190,18 @@ class StructuredProtocol(HubProtocol):
 
     def auth_taken(self, identity: Identity, context: tuple[str, str | None]) -> None:
         self.identity = identity
-        self._reply(*context, {"user": identity.user, "name": identity.name})
+        if self.session is None:
+            self.session = self.factory.sessions.open(self)
+        self._reply(*context, {"user": identity.user, "name": identity.name, "session": self.session})
         self.authenticated(identity)
 
     def auth_refused(self, refused: AuthRefused, context: tuple[str, str | None] | None, closing: bool) -> None:
         path, request_id = context if context is not None else (None, None)
         self._refuse(path, request_id, refused.code, refused.reason, counted=True)
         if closing:
+            if self.session is not None:  # its credentials are over, and so is its session
+                self.factory.sessions.end(self.session)
+                self.session = None
             if IMessageTransport.providedBy(self.transport):
                 code = FORBIDDEN_CLOSE if refused.code == "forbidden" else UNAUTHENTICATED_CLOSE
                 self.transport.closeWith(code, refused.reason[:120])
@@ -165,7 +212,8 @@ class StructuredProtocol(HubProtocol):
     def _auth(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         if self._authentication is None:  # an open hub: every member is a guest already
             assert self.identity is not None
-            self._reply(path, request_id, {"user": self.identity.user, "name": self.identity.name})
+            self._reply(path, request_id, {"user": self.identity.user, "name": self.identity.name,
+                                           "session": self.session})
             return
         self._authentication.present(data.get("token"), (path, request_id))
 
@@ -194,10 +242,7 @@ class StructuredProtocol(HubProtocol):
         reply: dict[str, Any] = {"room": room, "members": hub.room_size(room), "epoch": hub.room_epoch(room),
                                  "offset": hub.room_sequence(room)}
         if since is not None:
-            reply["recovered"] = why_not is None
-            if why_not is not None:
-                hub.counters.add("unrecovered")
-                reply["reason"] = why_not
+            reply.update(self._joined(room, why_not))
         self._reply(path, request_id, reply)
 
     def _unrecoverable(self, room: str, epoch: str, offset: int) -> str | None:
@@ -206,7 +251,7 @@ class StructuredProtocol(HubProtocol):
         hub = self.factory
         if hub.relay is not None:
             return "cluster"
-        if epoch != hub.room_epoch(room) or not hub.room_size(room):
+        if epoch != hub.room_epoch(room):
             return "epoch_changed"
         last = hub.room_sequence(room)
         if offset > last:
@@ -217,6 +262,61 @@ class StructuredProtocol(HubProtocol):
         if missed != list(range(offset + 1, last + 1)):
             return "history_lost"
         return None
+
+    def _resume_session(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        session, offsets = data.get("session"), data.get("offsets", {})
+        if not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID:
+            self._refuse(path, request_id, "bad_request", f'"session" is a string of 1 to {MAX_SESSION_ID} characters')
+            return
+        if not isinstance(offsets, dict) or len(offsets) > self.factory.max_rooms_per_client or not all(
+                type(offset) is int and offset >= 0 for offset in offsets.values()):
+            self._refuse(path, request_id, "bad_request",
+                         '"offsets" is {room: the offset of the last message seen in it}, a whole number each')
+            return
+        if self.rooms:
+            self._refuse(path, request_id, "bad_request", "resume before joining any room")
+            return
+        hub = self.factory
+        state = hub.sessions.take(session, self, self.user if self._authentication is not None else None)
+        if state is None:
+            count = hub.counters.add("sessions_refused")
+            hub.repeats.emit("sessions_refused", LogLevel.info,
+                             "refused to resume a session for {peer}: no such session ({count} so far)",
+                             peer=self.address, count=count)
+            self._refuse(path, request_id, "unknown_session",
+                         "no such session: it expired, was resumed already, or never was", counted=True)
+            return
+        if self.session is None:
+            self.session = hub.sessions.open(self)
+        if self._authentication is None:  # an open hub: the guest it was
+            self.identity = state.identity
+        elif self.identity is None:  # the session is its credentials
+            self.identity = state.identity
+            self._authentication.resumed(state.identity)
+        identity = self.identity  # a fresh token's, if it gave one: its rooms are checked
+        rooms: dict[str, dict[str, Any]] = {}
+        refused: list[str] = []
+        for room, (epoch, sent) in state.rooms.items():
+            if refuses_room(hub, identity, room):
+                refused.append(room)
+                continue
+            offset = offsets.get(room, sent)
+            why_not = self._unrecoverable(room, epoch, offset)
+            hub.join(self.client_id, room, None if why_not is not None else offset)
+            rooms[room] = self._joined(room, why_not)
+        hub.sessions.release(state)
+        self._reply(path, request_id, {"session": self.session, "user": identity.user,
+                                       "name": identity.name, "rooms": rooms, "refused": refused})
+
+    def _joined(self, room: str, why_not: str | None) -> dict[str, Any]:
+        """Where C{room} stands for a member back in it, and whether it got all it missed."""
+        hub = self.factory
+        joined: dict[str, Any] = {"epoch": hub.room_epoch(room), "offset": hub.room_sequence(room),
+                                  "members": hub.room_size(room), "recovered": why_not is None}
+        if why_not is not None:
+            hub.counters.add("unrecovered")
+            joined["reason"] = why_not
+        return joined
 
     def _leave(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         room = self._room(path, request_id, data, permission=False)
@@ -257,6 +357,7 @@ class StructuredProtocol(HubProtocol):
 
     handlers: dict[str, Callable[[StructuredProtocol, str, str | None, dict[str, Any]], None]] = {
         "hub.auth": _auth,
+        "hub.resume": _resume_session,
         "hub.join": _join,
         "hub.leave": _leave,
         "hub.publish": _publish,
@@ -287,6 +388,9 @@ class StructuredProtocol(HubProtocol):
         super().goingAway()
 
     def _reply(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
+        if not self._session_told and self.session is not None:
+            self._session_told = True
+            data["session"] = self.session
         reply: dict[str, Any] = {"path": path, "data": data}
         if request_id is not None:
             reply["id"] = request_id

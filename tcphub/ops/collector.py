@@ -30,6 +30,7 @@ _GAUGES = {
     "connections": "Clients connected now.",
     "rooms": "Rooms with at least one member.",
     "room_members": "Memberships across all rooms.",
+    "sessions_parked": "Sessions of dropped members waiting to be resumed.",
 }
 
 

@@ -1,0 +1,261 @@
+"""
+Sessions of the structured protocol: a member whose connection drops comes
+back with C{hub.resume} as itself, in its rooms, with what it missed; in
+memory on a Clock (L{tcphub.testing.MemoryHub}), with real signed tokens;
+then twistd with raw TCP clients.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from tests.processes import Twistd
+from tests.test_structured import jwt_hub, open_hub, said, send, token
+
+
+def joined(hub, *rooms):
+    """A member in C{rooms}, its replies read; returns it, its transport and its session id."""
+    member, transport = hub.connect()
+    for room in rooms:
+        send(member, "hub.join", {"room": room})
+    session = said(transport)[0]["data"]["session"]
+    return member, transport, session
+
+
+def test_a_member_back_with_hub_resume_is_itself_in_its_rooms_and_gets_what_it_missed_once_in_order(hub_factory):
+    hub = open_hub(hub_factory, room_history=10)
+    ann, ann_t, _ = joined(hub, "chess")
+    bob, bob_t, session = joined(hub, "chess", "go")
+    name = bob.identity.name
+    send(ann, "hub.publish", {"room": "chess", "data": "e4"})
+    said(bob_t)
+    hub.lose(bob)
+    assert hub.factory.get_metrics().sessions_parked == 1
+    for move in ("e5", "Nf3"):
+        send(ann, "hub.publish", {"room": "chess", "data": move})
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session}, "r")
+    replies = said(back_t)
+    assert [(each["data"]["offset"], each["data"]["data"]) for each in replies[:2]] == [(2, "e5"), (3, "Nf3")]
+    epoch = hub.factory.room_epoch("chess")
+    assert replies[2] == {"path": "hub.resume", "id": "r", "data": {
+        "session": back.session, "user": bob.identity.user, "name": name, "refused": [],
+        "rooms": {"chess": {"epoch": epoch, "offset": 3, "members": 2, "recovered": True},
+                  "go": {"epoch": hub.factory.room_epoch("go"), "offset": 0, "members": 1, "recovered": True}}}}
+    assert back.rooms == ("chess", "go") and back.session != session, "the id is spent"
+    send(ann, "hub.publish", {"room": "chess", "data": "Nc6"})
+    assert [each["data"]["offset"] for each in said(back_t)] == [4]
+
+    again, again_t = hub.connect()
+    send(again, "hub.resume", {"session": session})
+    assert said(again_t)[0]["data"]["code"] == "unknown_session", "a session is taken back once"
+    metrics = hub.factory.get_metrics()
+    assert (metrics.sessions_resumed, metrics.sessions_refused, metrics.sessions_parked) == (1, 1, 0)
+
+
+def test_the_offsets_a_member_says_it_saw_bring_back_what_the_cut_connection_had_in_flight(hub_factory):
+    hub = open_hub(hub_factory, room_history=10)
+    ann, _, _ = joined(hub, "chess")
+    bob, bob_t, session = joined(hub, "chess")
+    for move in ("e4", "e5"):
+        send(ann, "hub.publish", {"room": "chess", "data": move})
+    hub.lose(bob)  # the hub sent it 2; the cut lost the second on the way
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session, "offsets": {"chess": 1, "elsewhere": 3}})
+    replies = said(back_t)
+    assert [each["data"]["data"] for each in replies[:-1]] == ["e5"]
+    assert replies[-1]["data"]["rooms"]["chess"]["recovered"] is True
+
+
+def test_a_parked_session_holds_its_rooms_so_a_message_sent_to_no_one_meanwhile_is_not_lost(hub_factory):
+    hub = open_hub(hub_factory, room_history=10)
+    bob, _, session = joined(hub, "solo")
+    epoch = hub.factory.room_epoch("solo")
+    hub.lose(bob)  # the room's only member: the room waits for it
+    assert hub.factory.rooms() == {} and hub.factory.get_metrics().rooms == 0, "a held room has no members to show"
+    hub.factory.broadcast(b"said while you were away", room="solo")
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session})
+    replies = back_t.value().splitlines()
+    assert replies[0] == b"said while you were away"
+    assert hub.factory.room_epoch("solo") == epoch
+    assert b'"recovered":true' in replies[1]
+
+
+def test_a_session_not_resumed_within_the_window_expires_and_lets_its_rooms_go(hub_factory):
+    hub = open_hub(hub_factory, room_history=10, resume_window=30.0)
+    bob, _, session = joined(hub, "solo")
+    epoch = hub.factory.room_epoch("solo")
+    hub.lose(bob)
+    hub.clock.advance(29.999)
+    assert hub.factory.get_metrics().sessions_parked == 1
+    hub.clock.advance(0.001)
+    metrics = hub.factory.get_metrics()
+    assert (metrics.sessions_parked, metrics.sessions_expired) == (0, 1)
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session})
+    assert said(back_t)[0]["data"]["code"] == "unknown_session"
+    send(back, "hub.join", {"room": "solo"})
+    assert said(back_t)[0]["data"]["epoch"] != epoch, "the room went with the session"
+
+
+def test_past_as_many_parked_sessions_as_connections_the_oldest_goes(hub_factory):
+    hub = open_hub(hub_factory, max_connections=2)
+    first, _, first_session = joined(hub, "a")
+    second, _, _ = joined(hub, "a")
+    hub.lose(first)
+    hub.lose(second)
+    third, _, _ = joined(hub, "a")
+    hub.lose(third)
+    metrics = hub.factory.get_metrics()
+    assert (metrics.sessions_parked, metrics.sessions_expired) == (2, 1)
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": first_session})
+    assert said(back_t)[0]["data"]["code"] == "unknown_session"
+
+
+def test_resuming_a_live_session_takes_it_over_and_closes_the_other_connection(hub_factory):
+    hub = open_hub(hub_factory, room_history=10)
+    ann, _, _ = joined(hub, "chess")
+    bob, bob_t, session = joined(hub, "chess")  # half-open: the hub has not seen it go
+    send(ann, "hub.publish", {"room": "chess", "data": "e4"})
+    said(bob_t)
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session, "offsets": {"chess": 0}})
+    assert said(bob_t) == [{"path": "hub.error", "data": {
+        "code": "session_taken", "reason": "this session was resumed on another connection", "path": None}}]
+    assert bob_t.disconnecting
+    replies = said(back_t)
+    assert [each["data"]["data"] for each in replies[:-1]] == ["e4"]
+    assert replies[-1]["data"]["rooms"]["chess"]["recovered"] is True
+    hub.lose(bob)
+    assert hub.factory.get_metrics().sessions_parked == 0, "the session went with the other"
+    assert hub.factory.member_ids("chess") == [ann.client_id, back.client_id]
+
+
+def test_a_session_id_is_a_credential_for_a_hub_that_asks_for_tokens(hub_factory):
+    hub = jwt_hub(hub_factory)
+    alice, alice_t = hub.connect()
+    send(alice, "hub.auth", {"token": token(name="Alice")})
+    session = said(alice_t)[0]["data"]["session"]
+    send(alice, "hub.join", {"room": "chess"})
+    hub.lose(alice)
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session})
+    assert said(back_t)[0]["data"]["name"] == "Alice"
+    hub.clock.advance(60)  # past auth_timeout: the session was its credentials
+    assert not back_t.disconnecting and back.rooms == ("chess",)
+
+
+def test_a_resume_is_checked_against_the_identity_the_member_has_now(hub_factory):
+    hub = jwt_hub(hub_factory)
+    alice, alice_t = hub.connect()
+    send(alice, "hub.auth", {"token": token()})
+    session = said(alice_t)[0]["data"]["session"]
+    for room in ("team-red", "team-blue"):
+        send(alice, "hub.join", {"room": room})
+    hub.lose(alice)
+
+    mallory, mallory_t = hub.connect()
+    send(mallory, "hub.auth", {"token": token(sub="mallory")})
+    send(mallory, "hub.resume", {"session": session})
+    assert said(mallory_t)[-1]["data"]["code"] == "unknown_session", "not another user's session"
+
+    back, back_t = hub.connect()
+    send(back, "hub.auth", {"token": token(rooms=["team-red"])})
+    send(back, "hub.resume", {"session": session})
+    reply = said(back_t)[-1]["data"]
+    assert (list(reply["rooms"]), reply["refused"]) == (["team-red"], ["team-blue"])
+    assert back.rooms == ("team-red",)
+    assert hub.factory.rooms() == {"team-red": 1}, "the refused room was let go"
+
+
+def test_a_session_is_kept_no_longer_than_its_token_and_not_after_the_hub_closed_it(hub_factory):
+    hub = jwt_hub(hub_factory)
+    hub.clock.advance(1000)
+    alice, alice_t = hub.connect()
+    send(alice, "hub.auth", {"token": token(exp=1010)})
+    session = said(alice_t)[0]["data"]["session"]
+    hub.lose(alice)
+    hub.clock.advance(10)
+    assert hub.factory.get_metrics().sessions_expired == 1
+
+    closed, closed_t = hub.connect()
+    send(closed, "hub.auth", {"token": token(exp=1040)})
+    hub.clock.advance(hub.factory.auth_grace + 30)  # the token expired: the hub closes it
+    assert closed_t.disconnecting
+    hub.lose(closed)
+    assert hub.factory.get_metrics().sessions_parked == 0
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": session})
+    assert said(back_t)[0]["data"]["code"] == "unknown_session"
+
+
+@pytest.mark.parametrize("data", [{}, {"session": 5}, {"session": ""}, {"session": "x" * 65},
+                                  {"session": "s", "offsets": []}, {"session": "s", "offsets": {"a": -1}},
+                                  {"session": "s", "offsets": {"a": True}}])
+def test_a_malformed_resume_is_refused(hub_factory, data):
+    hub = open_hub(hub_factory)
+    member, transport = hub.connect()
+    send(member, "hub.resume", data)
+    assert said(transport)[0]["data"]["code"] == "bad_request"
+
+
+def test_a_resume_comes_before_any_join(hub_factory):
+    hub = open_hub(hub_factory)
+    gone, _, session = joined(hub, "chess")
+    hub.lose(gone)
+    member, transport, _ = joined(hub, "go")
+    send(member, "hub.resume", {"session": session})
+    assert said(transport)[0]["data"] == {"code": "bad_request", "reason": "resume before joining any room",
+                                          "path": "hub.resume"}
+    assert hub.factory.get_metrics().sessions_parked == 1
+
+
+# -- twistd, with nc-like clients ------------------------------------------------------
+
+
+class Member:
+    """A raw TCP client of the structured protocol (not our code's)."""
+
+    def __init__(self, address) -> None:
+        self.socket = socket.create_connection(address, timeout=30)
+        self.lines = self.socket.makefile("rb")
+
+    def ask(self, path: str, data: dict) -> list[dict]:
+        """Send a request; return what came before its reply, and the reply."""
+        self.socket.sendall(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n")
+        said = []
+        while not said or said[-1].get("id") != path:
+            said.append(json.loads(self.lines.readline()))
+        return said
+
+    def close(self) -> None:
+        self.lines.close()
+        self.socket.close()
+
+
+def test_twistd_keeps_a_dropped_member_s_session_for_the_resume_window():
+    with Twistd("tcphub", "--port", "0", "--mode", "hub", "--room-history", "100",
+                "--resume-window", "60") as twistd:
+        address = twistd.wait_listening()
+        ann, bob = Member(address), Member(address)
+        try:
+            ann.ask("hub.join", {"room": "chess"})
+            session = bob.ask("hub.join", {"room": "chess"})[-1]["data"]["session"]
+            bob.close()
+            for number in range(1, 51):  # said after bob's drop, or before the hub saw it
+                ann.ask("hub.publish", {"room": "chess", "data": number})
+            bob = Member(address)
+            said = bob.ask("hub.resume", {"session": session, "offsets": {"chess": 0}})
+            assert [each["data"]["data"] for each in said[:-1]] == list(range(1, 51))
+            assert said[-1]["data"]["rooms"]["chess"]["recovered"] is True
+            ann.ask("hub.publish", {"room": "chess", "data": 51})
+            assert json.loads(bob.lines.readline())["data"]["offset"] == 51
+        finally:
+            ann.close()
+            bob.close()
+        twistd.shutdown()
