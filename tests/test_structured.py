@@ -142,7 +142,7 @@ def test_members_join_publish_and_see_who_is_there_in_envelopes_a_handler_routes
     epoch = hub.factory.room_epoch("chess")
     assert said(ann_t) == [{"path": "hub.join", "id": "j1", "data": {
         "room": "chess", "members": 1, "epoch": epoch, "offset": 0, "session": ann.session}}], \
-        "the first reply says the member's session"
+        "a join's reply says the member's session"
     send(bob, "hub.join", {"room": "chess"})
     said(bob_t)
     send(ann, "hub.publish", {"room": "chess", "data": {"move": "e4"}}, "p1")
@@ -431,7 +431,8 @@ def test_twistd_hub_mode_with_jwt_for_nc_like_clients_and_the_websocket_handler(
         authenticated = yield handler.request("hub.auth", {"token": bob})
         assert authenticated == {"user": "bob", "name": "bob", "session": authenticated["session"]}
         joined = yield handler.request("hub.join", {"room": "chess"})
-        assert joined == {"room": "chess", "members": 1, "epoch": joined["epoch"], "offset": 0}
+        assert joined == {"room": "chess", "members": 1, "epoch": joined["epoch"], "offset": 0,
+                          "session": authenticated["session"]}
         try:
             yield handler.request("hub.join", {"room": "secret"})
         except RequestRefused as refused:
@@ -550,16 +551,19 @@ def test_a_websocket_member_refused_is_closed_4001_or_4003_for_a_forbidden_ident
     assert closes == [4003, 4001]
 
 
+@pytest.mark.parametrize("window, same_user", [("60", True), ("0", False)])
 @pytest_twisted.inlineCallbacks
-def test_a_hub_session_rejoins_its_rooms_after_a_drop_and_gets_what_it_missed_once_in_order():
+def test_a_hub_session_rejoins_its_rooms_after_a_drop_and_gets_what_it_missed_once_in_order(window, same_user):
     """HubSession over WebSocketHandler: the connection drops (its message
     is over the hub's max_frame: the hub closes it with 1009), a TCP member
-    publishes meanwhile, and the handler, connected again, joins with since
-    and reads the missed messages once, in order, before the live ones."""
+    publishes meanwhile, and the handler, connected again, resumes its
+    session (the same user; or, with no session kept, joins with since as
+    a new guest) and reads the missed messages once, in order, before the
+    live ones."""
     from tcphub import HubSession, WebSocketHandler
 
     hub = Twistd("tcphub", "--port", "0", "--mode", "hub", "--room-history", "10", "--max-frame", "500",
-                 "--websocket", "tcp:0:interface=127.0.0.1")
+                 "--resume-window", window, "--websocket", "tcp:0:interface=127.0.0.1")
     handler = None
     try:
         _, port = hub.wait_listening()
@@ -586,13 +590,19 @@ def test_a_hub_session_rejoins_its_rooms_after_a_drop_and_gets_what_it_missed_on
         tcp = socket.create_connection(("127.0.0.1", port), timeout=30)
         lines = tcp.makefile("rb")
 
-        def say(path: str, data: dict) -> None:  # from the reactor's thread: a short blocking round trip
+        def say(path: str, data: dict) -> dict:  # from the reactor's thread: a short blocking round trip
             tcp.sendall(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n")
-            assert json.loads(lines.readline())["path"] == path
+            reply = json.loads(lines.readline())
+            assert reply["path"] == path
+            return reply["data"]
+
+        def others() -> list:
+            return [member["user"] for member in say("hub.who", {"room": "chess"})["members"][1:]]
 
         say("hub.join", {"room": "chess"})
         yield handler.connect()
         joined = yield session.join("chess")
+        before = others()
         dropped: Deferred = Deferred()
 
         def on_close(context, code, reason) -> None:
@@ -611,6 +621,7 @@ def test_a_hub_session_rejoins_its_rooms_after_a_drop_and_gets_what_it_missed_on
         assert (yield dropped) == 1009
         room, reply = yield rejoined
         assert room == "chess" and reply["recovered"] is True and reply["epoch"] == joined["epoch"]
+        assert (others() == before) is same_user, "a resumed session is the same user"
         fourth = until(4)
         say("hub.publish", {"room": "chess", "data": "Nc6"})
         yield fourth

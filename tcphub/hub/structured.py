@@ -14,7 +14,7 @@ on success, L{ERROR_PATH} on a refusal)::
                                            "rooms": {R: {"epoch", "offset", "members", "recovered", "reason"?}},
                                            "refused": [R...]}
     hub.join    {"room": R, "since": {"epoch": E, "offset": N}?}
-                                       -> {"room": R, "members": n, "epoch": E, "offset": n,
+                                       -> {"room": R, "members": n, "epoch": E, "offset": n, "session": S,
                                            "recovered": true/false (with since), "reason": why not}
     hub.leave   {"room": R}            -> {"room": R}
     hub.publish {"room": R, "data": D} -> {"room": R, "offset": n}
@@ -30,8 +30,8 @@ and C{recovered: true}; otherwise C{recovered: false} and a C{reason}
 (C{epoch_changed}, C{history_lost}, C{offset_ahead}, C{cluster}: with
 C{--redis} offsets are still each node's own), and it knows it missed something.
 
-Each member has a session (its id, C{S}, is in every C{hub.auth} reply and
-in the first reply it gets): when its connection drops, the hub keeps its
+Each member has a session (its id, C{S}, is in every C{hub.auth},
+C{hub.join} and C{hub.resume} reply): when its connection drops, the hub keeps its
 identity and rooms for C{resume_window} seconds (L{tcphub.hub.sessions}).
 A member back within that sends C{hub.resume} first: it is the same user
 with the same name, back in the same rooms, and for each room gets what it
@@ -97,7 +97,6 @@ class StructuredProtocol(HubProtocol):
     session: str | None = None
     """The id of the member's session (None until it has an identity, and
     once the session is over: handed to another connection, or closed by the hub)."""
-    _session_told = False
     _authentication: Authentication | None = None
 
     def connectionMade(self) -> None:
@@ -240,7 +239,7 @@ class StructuredProtocol(HubProtocol):
             self._refuse(path, request_id, "room_limit", str(error))
             return
         reply: dict[str, Any] = {"room": room, "members": hub.room_size(room), "epoch": hub.room_epoch(room),
-                                 "offset": hub.room_sequence(room)}
+                                 "offset": hub.room_sequence(room), "session": self.session}
         if since is not None:
             reply.update(self._joined(room, why_not))
         self._reply(path, request_id, reply)
@@ -388,9 +387,6 @@ class StructuredProtocol(HubProtocol):
         super().goingAway()
 
     def _reply(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
-        if not self._session_told and self.session is not None:
-            self._session_told = True
-            data["session"] = self.session
         reply: dict[str, Any] = {"path": path, "data": data}
         if request_id is not None:
             reply["id"] = request_id
