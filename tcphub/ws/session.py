@@ -112,7 +112,7 @@ class HubSession:
                 self._rejoined(room, {"room": room, "recovered": False, "reason": "refused"})
 
     def _not_resumed(self, failure: Failure) -> None:
-        if failure.check(RequestRefused) and failure.value.code == "unknown_session":
+        if isinstance(failure.value, RequestRefused) and failure.value.code == "unknown_session":
             self._session = None
             self._rejoin()
             return
