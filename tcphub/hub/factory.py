@@ -450,6 +450,26 @@ class HubFactory(Factory):
         C{room_history_bytes} in all), oldest first: notices are not kept."""
         return self._rooms.history(room)
 
+    def unrecoverable(self, room: str, epoch: str, offset: int) -> str | None:
+        """Why the messages of C{room} after C{offset} of C{epoch} cannot all
+        be given to a member back after a drop: C{cluster} (with a relay,
+        each node numbers rooms on its own), C{epoch_changed},
+        C{offset_ahead}, C{history_lost}; None if they can (the history
+        holds every one)."""
+        if self.relay is not None:
+            return "cluster"
+        if epoch != self.room_epoch(room):
+            return "epoch_changed"
+        last = self.room_sequence(room)
+        if offset > last:
+            return "offset_ahead"
+        # Every one after it, with none missing (a message over the history's
+        # byte bound is not kept), or the member would miss one unawares.
+        missed = [kept.offset for kept in self._rooms.history(room) if kept.offset > offset]
+        if missed != list(range(offset + 1, last + 1)):
+            return "history_lost"
+        return None
+
     def rooms(self) -> dict[str, int]:
         """Every room with its number of members."""
         return self._rooms.counts()

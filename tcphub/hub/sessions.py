@@ -38,16 +38,25 @@ MAX_SESSION_ID: Final = 64
 class SessionState:
     """What a session keeps of its member between connections."""
 
-    identity: Identity
+    name: str
+    """What the member was called (its identity's name, or a chat nick)."""
     rooms: dict[str, tuple[str, int]]
     """Each room the member was in: the room's epoch and the offset of the
     last message sent to the member (it may not have had all of those)."""
+    identity: Identity | None = None
+    """Who it authenticated as; None: a guest of an open hub."""
+
+    @property
+    def user(self) -> str | None:
+        return self.identity.user if self.identity is not None else None
 
 
 class SessionOwner(Protocol):
     """The connection that owns a live session."""
 
-    identity: Identity | None
+    @property
+    def user(self) -> str | None:
+        """Who it authenticated as, if anyone."""
 
     def hand_over(self) -> SessionState:
         """Give the session up to another connection: close this one, and
@@ -96,14 +105,14 @@ class Sessions:
         if self._live.pop(session_id, None) is None:  # cleared: the hub stops
             return
         wait = self.window
-        if state.identity.expires is not None:
+        if state.identity is not None and state.identity.expires is not None:
             wait = min(wait, state.identity.expires - self._clock.seconds())
         if wait <= 0:
             return
         rooms = {room: place for room, place in state.rooms.items() if self._hold(room)}
         if len(self._parked) >= self._limit:
             self._expire(next(iter(self._parked)))
-        state = SessionState(state.identity, rooms)
+        state = SessionState(state.name, rooms, state.identity)
         self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
 
     def take(self, session_id: str, taker: SessionOwner, user: str | None) -> SessionState | None:
@@ -114,19 +123,18 @@ class Sessions:
         parked = self._parked.get(session_id)
         if parked is not None:
             state, call = parked
-            if user is not None and state.identity.user != user:
+            if user is not None and state.user != user:
                 return None
             del self._parked[session_id]
             call.cancel()
         else:
             owner = self._live.get(session_id)
-            if owner is None or owner is taker or owner.identity is None or (
-                    user is not None and owner.identity.user != user):
+            if owner is None or owner is taker or (user is not None and owner.user != user):
                 return None
             del self._live[session_id]
             handed = owner.hand_over()
-            state = SessionState(handed.identity,
-                                 {room: place for room, place in handed.rooms.items() if self._hold(room)})
+            state = SessionState(handed.name, {room: place for room, place in handed.rooms.items()
+                                               if self._hold(room)}, handed.identity)
         self._counters.add("sessions_resumed")
         return state
 

@@ -119,8 +119,8 @@ class StructuredProtocol(HubProtocol):
             # Parked before the rooms are left, so that they are held.
             assert self.identity is not None
             hub = self.factory
-            self.factory.sessions.park(self.session, SessionState(self.identity, {
-                room: (hub.room_epoch(room), hub.room_sequence(room)) for room in self.rooms}))
+            self.factory.sessions.park(self.session, SessionState(self.identity.name, {
+                room: (hub.room_epoch(room), hub.room_sequence(room)) for room in self.rooms}, self.identity))
             self.session = None
         super().connectionLost(reason)
 
@@ -129,8 +129,8 @@ class StructuredProtocol(HubProtocol):
         it is told, and closed; the session goes with the other."""
         assert self.identity is not None
         hub = self.factory
-        state = SessionState(self.identity, {room: (hub.room_epoch(room), hub.room_sequence(room))
-                                             for room in self.rooms})
+        state = SessionState(self.identity.name, {room: (hub.room_epoch(room), hub.room_sequence(room))
+                                                  for room in self.rooms}, self.identity)
         self.session = None
         self._refuse(None, None, "session_taken", "this session was resumed on another connection",
                      counted=True)
@@ -231,7 +231,7 @@ class StructuredProtocol(HubProtocol):
         replay_after: int | None = 0
         why_not: str | None = None
         if since is not None and room not in self.rooms:
-            why_not = self._unrecoverable(room, since["epoch"], since["offset"])
+            why_not = hub.unrecoverable(room, since["epoch"], since["offset"])
             replay_after = None if why_not is not None else since["offset"]
         try:
             hub.join(self.client_id, room, replay_after)
@@ -243,24 +243,6 @@ class StructuredProtocol(HubProtocol):
         if since is not None:
             reply.update(self._joined(room, why_not))
         self._reply(path, request_id, reply)
-
-    def _unrecoverable(self, room: str, epoch: str, offset: int) -> str | None:
-        """Why the messages of C{room} after C{offset} of C{epoch} cannot all
-        be given (None: they can: the history holds every one)."""
-        hub = self.factory
-        if hub.relay is not None:
-            return "cluster"
-        if epoch != hub.room_epoch(room):
-            return "epoch_changed"
-        last = hub.room_sequence(room)
-        if offset > last:
-            return "offset_ahead"
-        # Every one after it, with none missing (a message over the history's
-        # byte bound is not kept), or the member would miss one unawares.
-        missed = [kept.offset for kept in hub.room_history(room) if kept.offset > offset]
-        if missed != list(range(offset + 1, last + 1)):
-            return "history_lost"
-        return None
 
     def _resume_session(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         session, offsets = data.get("session"), data.get("offsets", {})
@@ -287,6 +269,7 @@ class StructuredProtocol(HubProtocol):
             return
         if self.session is None:
             self.session = hub.sessions.open(self)
+        assert state.identity is not None  # every session of this protocol has one
         if self._authentication is None:  # an open hub: the guest it was
             self.identity = state.identity
         elif self.identity is None:  # the session is its credentials
@@ -300,7 +283,7 @@ class StructuredProtocol(HubProtocol):
                 refused.append(room)
                 continue
             offset = offsets.get(room, sent)
-            why_not = self._unrecoverable(room, epoch, offset)
+            why_not = hub.unrecoverable(room, epoch, offset)
             hub.join(self.client_id, room, None if why_not is not None else offset)
             rooms[room] = self._joined(room, why_not)
         hub.sessions.release(state)
