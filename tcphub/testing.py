@@ -35,9 +35,10 @@ from zope.interface import implementer
 from tcphub.bus import resp
 from tcphub.errors import TcpHubError
 from tcphub.hub.factory import HubFactory
+from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.protocol import HubProtocol
 
-__all__ = ["MemoryHub", "MemoryRedis", "MemoryUpstream", "ProducerTransport"]
+__all__ = ["MemoryHub", "MemoryRedis", "MemoryUpstream", "MessageTransport", "ProducerTransport"]
 
 
 class ProducerTransport(StringTransport):
@@ -47,6 +48,24 @@ class ProducerTransport(StringTransport):
     def unregisterProducer(self) -> None:
         self.producer = None
         self.streaming = None
+
+
+@implementer(IMessageTransport)
+class MessageTransport(StringTransport):
+    """A member's transport of whole messages, as a WebSocket member's
+    (L{IMessageTransport}): C{value()} holds the frames the hub wrote, in its
+    framing; C{closed_with} the close code it gave, if any."""
+
+    kind = "websocket"
+
+    def __init__(self, credentials: str | None = None, resume: str | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.credentials = credentials
+        self.resume = resume
+        self.closed_with: int | None = None
+
+    def closeWith(self, code: int, reason: str) -> None:
+        self.closed_with = code
 
 
 class MemoryHub:
@@ -76,6 +95,18 @@ class MemoryHub:
         address = IPv4Address("TCP", host, self._next_port)
         protocol: Any = self.factory.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
+        protocol.makeConnection(transport)
+        self.protocols.append(protocol)
+        return protocol, transport
+
+    def connect_member(self, host: str = "127.0.0.1", credentials: str | None = None,
+                       resume: str | None = None) -> tuple[HubProtocol, MessageTransport]:
+        """A new member over a L{MessageTransport}, as a WebSocket member
+        whose handshake gave C{credentials} and C{?resume=}."""
+        self._next_port += 1
+        address = IPv4Address("TCP", host, self._next_port)
+        protocol: Any = self.factory.buildProtocol(address)
+        transport = MessageTransport(credentials, resume, peerAddress=address)
         protocol.makeConnection(transport)
         self.protocols.append(protocol)
         return protocol, transport

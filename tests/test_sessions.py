@@ -12,8 +12,11 @@ import socket
 
 import pytest
 
+from tcphub.hub.identity import JwtAuthenticator
+from tcphub.hub.modes import ChatProtocol
+from tcphub.hub.protocol import GONE
 from tests.processes import Twistd
-from tests.test_structured import jwt_hub, open_hub, said, send, token
+from tests.test_structured import SECRET, jwt_hub, open_hub, said, send, token
 
 
 def joined(hub, *rooms):
@@ -259,3 +262,99 @@ def test_twistd_keeps_a_dropped_member_s_session_for_the_resume_window():
             ann.close()
             bob.close()
         twistd.shutdown()
+
+
+# -- the chat's sessions (the chat page's, over WebSocket) -----------------------------
+
+
+def lines(transport) -> list[str]:
+    """What the hub wrote to one member since the last look, a line each."""
+    value = transport.value()
+    transport.clear()
+    return value.decode().splitlines()
+
+
+def session_of(said: list[str]) -> str:
+    [session] = [line.removeprefix("* session ") for line in said if line.startswith("* session ")]
+    return session
+
+
+def chat(hub_factory, **options):
+    hub = hub_factory(protocol=ChatProtocol, **options)
+    carol, carol_t = hub.connect()  # nc
+    carol.dataReceived(b"/nick carol\n/join games\nbefore the drop\n")
+    assert not [line for line in lines(carol_t) if line.startswith("* session")], "nc has no use for one"
+    return hub, carol, carol_t
+
+
+def typed(member, *said: str) -> None:
+    """What a page sends: a message each."""
+    for each in said:
+        member.dataReceived(each.encode())
+
+
+def test_the_chat_page_back_with_its_session_has_its_nick_rooms_and_the_lines_it_missed_once(hub_factory):
+    hub, carol, carol_t = chat(hub_factory, room_history=10)
+    page, page_t = hub.connect_member()
+    typed(page, "/nick alice", "/join games")
+    session = session_of(lines(page_t))
+    lines(carol_t)
+    hub.lose(page)
+    assert lines(carol_t) == ["* alice left #lobby", "* alice left #games"]
+    carol.dataReceived(b"meanwhile one\nmeanwhile two\n")
+    back, back_t = hub.connect_member(resume=session)
+    said = lines(back_t)
+    assert said[:4] == ["* you are now alice", "* welcome back, alice", "* you are in #lobby",
+                        said[3]] and said[3].endswith("] #games <carol> meanwhile one")
+    assert said[4].endswith("] #games <carol> meanwhile two") and said[5] == "* you are in #games"
+    assert session_of(said) != session, "an id serves once"
+    assert not [line for line in said if "before the drop" in line], "nothing it had is said twice"
+    assert lines(carol_t) == ["* alice joined #lobby", "* alice joined #games"]
+    assert back.rooms == ("lobby", "games") and back.room == "games"
+
+
+def test_the_chat_page_is_told_what_it_could_not_get_back(hub_factory):
+    hub, carol, carol_t = chat(hub_factory, room_history=1)
+    page, page_t = hub.connect_member()
+    typed(page, "/join games")
+    session = session_of(lines(page_t))
+    hub.lose(page)
+    carol.dataReceived(b"meanwhile one\nmeanwhile two\n")
+    back, back_t = hub.connect_member(resume=session)
+    assert "* #games: some of what was said while you were away is lost (history_lost)" in lines(back_t)
+    assert hub.factory.get_metrics().unrecovered == 1
+
+    stranger, stranger_t = hub.connect_member(resume="forged")
+    said = lines(stranger_t)
+    assert said[0] == ("* could not resume your session (it expired, or the server restarted): "
+                       "what was said meanwhile is not shown")
+    assert said[1].startswith("* welcome, guest-") and stranger.rooms == ("lobby",)
+    assert hub.factory.get_metrics().sessions_refused == 1
+
+
+def test_the_chat_page_resuming_a_session_the_hub_thinks_live_takes_it_and_alice_never_leaves(hub_factory):
+    hub, carol, carol_t = chat(hub_factory)
+    page, page_t = hub.connect_member()
+    typed(page, "/nick alice", "/join games")
+    session = session_of(lines(page_t))
+    lines(carol_t)
+    back, back_t = hub.connect_member(resume=session)  # the old connection is half-open
+    assert page.state == GONE, "dropped"
+    hub.lose(page)
+    assert "* welcome back, alice" in lines(back_t) and back.rooms == ("lobby", "games")
+    assert not [line for line in lines(carol_t) if " left " in line]
+    assert hub.factory.get_metrics().sessions_parked == 0
+
+
+def test_a_chat_page_s_session_is_its_credentials_on_a_hub_that_asks_for_tokens(hub_factory):
+    hub = hub_factory(protocol=ChatProtocol, auth_timeout=10.0)
+    hub.factory.auth = JwtAuthenticator(SECRET, clock=hub.clock)
+    page, page_t = hub.connect_member()
+    typed(page, f"/auth {token(name='Alice')}")
+    session = session_of(lines(page_t))
+    hub.lose(page)
+    back, back_t = hub.connect_member(resume=session)
+    said = lines(back_t)
+    assert said[0] == "* welcome back, Alice" and "* you are in #lobby" in said
+    hub.clock.advance(60)  # past auth_timeout
+    assert not back_t.disconnecting and back.user == "alice"

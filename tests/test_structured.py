@@ -516,22 +516,9 @@ def test_failed_attempts_remember_a_bounded_number_of_addresses():
 
 
 def test_a_websocket_member_refused_is_closed_4001_or_4003_for_a_forbidden_identity(hub_factory):
-    from twisted.internet.address import IPv4Address
     from twisted.internet.defer import fail
-    from twisted.internet.testing import StringTransport
-    from zope.interface import implementer
 
     from tcphub import AuthRefused
-    from tcphub.hub.messages import IMessageTransport
-
-    @implementer(IMessageTransport)
-    class Messages(StringTransport):
-        kind = "websocket"
-        credentials = None
-        closed_with = None
-
-        def closeWith(self, code, reason):
-            self.closed_with = code
 
     class Refusing:
         def authenticate(self, token, peer):
@@ -541,11 +528,7 @@ def test_a_websocket_member_refused_is_closed_4001_or_4003_for_a_forbidden_ident
     hub.factory.auth = Refusing()
     closes = []
     for code in ("forbidden", "invalid_token"):
-        address = IPv4Address("TCP", "127.0.0.8", len(closes) + 1)
-        member = hub.factory.buildProtocol(address)
-        transport = Messages(peerAddress=address)
-        member.makeConnection(transport)
-        hub.protocols.append(member)
+        member, transport = hub.connect_member("127.0.0.8")
         member.dataReceived(json.dumps({"path": "hub.auth", "data": {"token": code}}).encode())
         closes.append(transport.closed_with)
     assert closes == [4003, 4001]

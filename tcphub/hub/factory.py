@@ -170,7 +170,8 @@ class HubFactory(Factory):
             history_bytes=_checks.count("room_history_bytes", room_history_bytes, minimum=0),
         )
         self.sessions = Sessions(self.clock, _checks.number("resume_window", resume_window, minimum=0),
-                                 self.max_connections, self.counters, self._rooms.hold, self._rooms.release)
+                                 self.max_connections, self.counters, self.repeats, self._rooms.hold,
+                                 self._rooms.release)
         """The members' sessions, kept C{resume_window} seconds after a drop
         for a protocol that resumes them (the structured protocol's C{hub.resume})."""
         self.started_at: float | None = None

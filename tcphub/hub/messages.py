@@ -37,6 +37,9 @@ class IMessageTransport(ITransport):
     kind = Attribute("What carries the messages, for the client table: e.g. C{'websocket'}.")
     credentials = Attribute("A token the peer presented as it connected (a WebSocket handshake's "
                             "C{Authorization: Bearer}), or None.")
+    resume = Attribute("The id of a session the peer asked to take back as it connected (a WebSocket "
+                       "handshake's C{?resume=S}: a page cannot send a message before the hub "
+                       "greets it), or None.")
 
     def closeWith(code: int, reason: str) -> None:  # noqa: N805 (an interface method has no self)
         """Say why the coming C{loseConnection} closes, in the transport's own

@@ -16,9 +16,11 @@ from twisted.python.failure import Failure
 from tcphub.errors import AuthRefused, TcpHubError
 from tcphub.hub.authflow import Authentication, refuses_room
 from tcphub.hub.identity import Identity
+from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
 from tcphub.hub.rooms import Kept
+from tcphub.hub.sessions import SessionState
 from tcphub.hub.structured import StructuredProtocol
 
 
@@ -100,9 +102,14 @@ class ChatProtocol(HubProtocol):
     With the hub's C{auth} set, a client must first send C{/auth TOKEN}
     (see L{Authentication}); its nick is then its identity's name, and it
     joins and sees only the rooms its identity allows.
+
+    A WebSocket member (the chat page) is told its session, C{* session S};
+    connected again with C{?resume=S} within the hub's C{resume_window}, it
+    is welcomed back (C{* welcome back, NICK}) with its nick and rooms and
+    every line it missed, or told what could not be given back.
     """
 
-    __slots__ = ("nick", "nick_shared", "room", "identity", "_authentication")
+    __slots__ = ("nick", "nick_shared", "room", "identity", "session", "_authentication")
 
     nick: str
     room: str | None
@@ -111,10 +118,14 @@ class ChatProtocol(HubProtocol):
     """Who the client authenticated as (None on an open hub, or before /auth)."""
     nick_shared: bool
     """Whether the nick is claimed on every hub this one is joined with (a /nick under a relay)."""
+    session: str | None
+    """The id of a WebSocket member's session (None for a C{nc} user, who
+    cannot resume, and until a member of a hub that asks for tokens has one)."""
 
     def connectionMade(self) -> None:
         self.identity = None  # before the hub's client table reads the user
         self._authentication: Authentication | None = None
+        self.session = None
         super().connectionMade()
         self.nick = f"guest-{self.client_id[:6]}"
         self.nick_shared = False
@@ -124,15 +135,17 @@ class ChatProtocol(HubProtocol):
             self._authentication = Authentication(hub, self, self.client_id,
                                                   getattr(self.transport.getPeer(), "host", None), self.address)
             self._authentication.start()
+        asked = self.transport.resume if IMessageTransport.providedBy(self.transport) else None
+        if asked is not None and self._resumed(asked):
+            return
+        if self._authentication is not None:
             self._say("* welcome: this hub asks who you are: /auth TOKEN")
             return
-        nicks = _nicks_of(hub)
-        if not nicks.take(self.nick, self):  # a guest-… nick /nick took first
-            self.nick = f"guest-{self.client_id}"
-            nicks.take(self.nick, self)
+        self._take_guest_nick()
         self._say(f"* welcome, {self.nick}")
         self._join(LOBBY)
         self.sendMessage(_HELP)
+        self._open_session()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._authentication is not None:
@@ -144,7 +157,26 @@ class ChatProtocol(HubProtocol):
             _nicks_of(self.factory).release(self.nick, self._nick_owner)
             if self.factory.relay is not None and self.nick_shared:
                 self.factory.relay.release_name(self.nick, self.client_id)
+        if self.session is not None:  # parked before the rooms are left, so that they are held
+            self.factory.sessions.park(self.session, self._state())
+            self.session = None
         super().connectionLost(reason)
+
+    def hand_over(self) -> SessionState:
+        """The page resumed this session on another connection (the hub had
+        not seen this one go, half-open): leave the rooms and let go of the
+        nick without a word (the member is still there, on the other), and
+        drop this one (nothing of it is announced as it goes)."""
+        state = self._state()
+        for room in self.rooms:
+            self.leave(room)
+        _nicks_of(self.factory).release(self.nick, self._nick_owner)
+        if self.factory.relay is not None and self.nick_shared:
+            self.factory.relay.release_name(self.nick, self.client_id)
+        self.session = None
+        self.sendNow(b"* this session was resumed on another connection")
+        self.abortConnection()
+        return state
 
     @property
     def user(self) -> str | None:
@@ -162,23 +194,69 @@ class ChatProtocol(HubProtocol):
             self.identity = identity
             self._say("* your token is renewed")
             return
-        self.identity = identity
-        nicks = _nicks_of(self.factory)
-        self.nick = identity.name
-        if not nicks.take(self.nick, identity.user):  # another user's display name: show who
-            self.nick = f"{identity.name}~{identity.user}"
-            nicks.take(self.nick, identity.user)
+        self._take_identity(identity)
         self._say(f"* welcome, {self.nick}")
         if identity.may_enter(LOBBY):
             self._join(LOBBY)
         else:
             self._say("* you are in no room: /join ROOM")
         self.sendMessage(_HELP)
+        self._open_session()
 
     def auth_refused(self, refused: AuthRefused, context: object, closing: bool) -> None:
         self._say(f"* {refused.code}: {refused.reason}")
         if closing:
+            if self.session is not None:  # its credentials are over, and so is its session
+                self.factory.sessions.end(self.session)
+                self.session = None
             self.loseConnection()
+
+    # -- sessions -------------------------------------------------------------
+
+    def _open_session(self) -> None:
+        """A WebSocket member (the page) gets a session, and is told its id."""
+        if IMessageTransport.providedBy(self.transport):
+            self.session = self.factory.sessions.open(self)
+            self._say(f"* session {self.session}")
+
+    def _state(self) -> SessionState:
+        hub = self.factory
+        return SessionState(self.nick, {room: (hub.room_epoch(room), hub.room_sequence(room))
+                                        for room in self.rooms}, self.identity)
+
+    def _resumed(self, asked: str) -> bool:
+        """Take back the session C{asked} (the handshake's C{?resume=}): the
+        nick, the rooms (the current one last), and the lines missed in each;
+        False, the member told, if there is no such session."""
+        hub = self.factory
+        state = hub.sessions.take(asked, self, None, self.address)
+        if state is None:
+            self._say("* could not resume your session (it expired, or the server restarted): "
+                      "what was said meanwhile is not shown")
+            return False
+        if state.identity is not None:  # its session is its credentials
+            assert self._authentication is not None
+            self._authentication.resumed(state.identity)
+            self._take_identity(state.identity)
+        else:
+            self._take_guest_nick()
+            if state.name != self.nick:
+                self._nick(state.name)
+        self._say(f"* welcome back, {self.nick}")
+        for room, (epoch, sent) in state.rooms.items():
+            if self.identity is not None and refuses_room(hub, self.identity, room):
+                self._say(f"* cannot join #{room}: it is not among your rooms")
+                continue
+            why_not = hub.unrecoverable(room, epoch, sent)
+            self._join(room, None if why_not is not None else sent)
+            if why_not is not None:
+                hub.counters.add("unrecovered")
+                self._say(f"* #{room}: some of what was said while you were away is lost ({why_not})")
+        hub.sessions.release(state)
+        if self.room is None:
+            self._say("* you are in no room: /join ROOM")
+        self._open_session()
+        return True
 
     @classmethod
     def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
@@ -326,9 +404,23 @@ class ChatProtocol(HubProtocol):
 
     # -- inside ---------------------------------------------------------------
 
-    def _join(self, room: str) -> None:
+    def _take_guest_nick(self) -> None:
+        nicks = _nicks_of(self.factory)
+        if not nicks.take(self.nick, self):  # a guest-… nick /nick took first
+            self.nick = f"guest-{self.client_id}"
+            nicks.take(self.nick, self)
+
+    def _take_identity(self, identity: Identity) -> None:
+        self.identity = identity
+        nicks = _nicks_of(self.factory)
+        self.nick = identity.name
+        if not nicks.take(self.nick, identity.user):  # another user's display name: show who
+            self.nick = f"{identity.name}~{identity.user}"
+            nicks.take(self.nick, identity.user)
+
+    def _join(self, room: str, replay_after: int | None = 0) -> None:
         already = room in self.rooms
-        self.join(room)
+        self.join(room, replay_after)
         self.room = room
         self._say(f"* you are in #{room}")
         if not already:  # back to a room one is in: it becomes the current one, nobody is told

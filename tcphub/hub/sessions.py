@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from typing import Callable, Final, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import LogLevel
 
+from tcphub._repeats import RepeatedLog
 from tcphub.hub.identity import Identity
 from tcphub.hub.metrics import HubCounters
 
@@ -72,11 +74,12 @@ class Sessions:
     """
 
     def __init__(self, clock: IReactorTime, window: float, limit: int, counters: HubCounters,
-                 hold: Callable[[str], bool], release: Callable[[str], None]) -> None:
+                 repeats: RepeatedLog, hold: Callable[[str], bool], release: Callable[[str], None]) -> None:
         self.window = window
         self._clock = clock
         self._limit = limit
         self._counters = counters
+        self._repeats = repeats
         self._hold = hold
         self._release = release
         self._live: dict[str, SessionOwner] = {}
@@ -115,21 +118,25 @@ class Sessions:
         state = SessionState(state.name, rooms, state.identity)
         self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
 
-    def take(self, session_id: str, taker: SessionOwner, user: str | None) -> SessionState | None:
+    def take(self, session_id: str, taker: SessionOwner, user: str | None, peer: str) -> SessionState | None:
         """What the session C{session_id} kept, its rooms held until
         L{release}; the id is spent (the taker goes on under its own, so a
         stolen id serves once at most).  None if there is no such session,
-        or it is not C{user}'s (when the taker has authenticated already)."""
+        or it is not C{user}'s (when the taker has authenticated already):
+        counted in C{sessions_refused} and logged once per burst, with the
+        taker's C{peer} address (never the id)."""
         parked = self._parked.get(session_id)
         if parked is not None:
             state, call = parked
             if user is not None and state.user != user:
+                self._refused(peer)
                 return None
             del self._parked[session_id]
             call.cancel()
         else:
             owner = self._live.get(session_id)
             if owner is None or owner is taker or (user is not None and owner.user != user):
+                self._refused(peer)
                 return None
             del self._live[session_id]
             handed = owner.hand_over()
@@ -150,6 +157,12 @@ class Sessions:
             call.cancel()
             self.release(state)
         self._live.clear()
+
+    def _refused(self, peer: str) -> None:
+        count = self._counters.add("sessions_refused")
+        self._repeats.emit("sessions_refused", LogLevel.info,
+                           "refused to resume a session for {peer}: no such session ({count} so far)",
+                           peer=peer, count=count)
 
     def _expire(self, session_id: str) -> None:
         state, call = self._parked.pop(session_id)

@@ -49,7 +49,6 @@ import json
 from typing import Any, Callable, Final
 
 from twisted.internet.protocol import connectionDone
-from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from tcphub.errors import AuthRefused, InvalidRoomName, RoomLimitReached
@@ -258,12 +257,9 @@ class StructuredProtocol(HubProtocol):
             self._refuse(path, request_id, "bad_request", "resume before joining any room")
             return
         hub = self.factory
-        state = hub.sessions.take(session, self, self.user if self._authentication is not None else None)
+        state = hub.sessions.take(session, self, self.user if self._authentication is not None else None,
+                                  self.address)
         if state is None:
-            count = hub.counters.add("sessions_refused")
-            hub.repeats.emit("sessions_refused", LogLevel.info,
-                             "refused to resume a session for {peer}: no such session ({count} so far)",
-                             peer=self.address, count=count)
             self._refuse(path, request_id, "unknown_session",
                          "no such session: it expired, was resumed already, or never was", counted=True)
             return

@@ -61,6 +61,7 @@ from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import HubProtocol, format_address
 from tcphub.hub.rate import TokenBucket
+from tcphub.hub.sessions import MAX_SESSION_ID
 from tcphub.web.limits import MAX_FRAGMENTS, MAX_FRAMES_PER_SECOND, MAX_PINGS_PER_SECOND
 from tcphub.web.origins import OriginPolicy
 
@@ -197,6 +198,10 @@ class MemberTransport:
     def credentials(self) -> str | None:
         return self._connection.credentials
 
+    @property
+    def resume(self) -> str | None:
+        return self._connection.resume
+
     def closeWith(self, code: int, reason: str) -> None:
         """The close code and reason the coming L{loseConnection} sends."""
         self._close = (code, reason)
@@ -238,6 +243,8 @@ class MemberConnection(FailureHooks):
     _in_close_frame = False
     credentials: str | None = None
     """The token of the handshake's C{Authorization: Bearer}, if any."""
+    resume: str | None = None
+    """The session id of the handshake's C{?resume=S}, if any (one of at most C{MAX_SESSION_ID} characters)."""
     _refused_by_us = False
 
     def dataReceived(self, data: bytes) -> None:
@@ -309,6 +316,9 @@ class MemberConnection(FailureHooks):
         if scheme.lower() == "bearer" and token.strip():
             # A program's credentials (a browser cannot set this header): the hub checks them at once.
             self.credentials = token.strip()
+        asked = request.params.get("resume", [])
+        if len(asked) == 1 and 0 < len(asked[0]) <= MAX_SESSION_ID:
+            self.resume = asked[0]
 
     def onOpen(self) -> None:
         # twisted.web's HTTP channel registered itself as the TCP transport's
