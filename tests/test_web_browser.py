@@ -7,9 +7,10 @@ one raw TCP socket (what C{nc} is) chat through one C{twistd tcphub
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import socket
+from datetime import datetime, timezone
 
 from tests.browser import in_browser, require_chromium
 from tests.processes import Twistd
@@ -234,3 +235,99 @@ def test_the_chat_page_shows_rooms_who_its_name_times_and_history_and_comes_back
     assert seen["offline input"] is True
     for shot in ("desktop.png", "phone.png", "desktop-offline.png", "phone-offline.png"):
         assert (tmp_path / shot).stat().st_size > 5000, shot
+
+
+class Reader:
+    """Lines from a raw TCP socket (what nc prints), kept until asked for."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self.buffer = b""
+
+    def until(self, wanted: bytes) -> bytes:
+        """What came up to and including the first C{wanted}."""
+        while wanted not in self.buffer:
+            chunk = self.socket.recv(65536)
+            assert chunk, f"closed before {wanted!r}: {self.buffer!r}"
+            self.buffer += chunk
+        end = self.buffer.index(wanted) + len(wanted)
+        said, self.buffer = self.buffer[:end], self.buffer[end:]
+        return said
+
+
+def test_the_chat_page_cut_by_the_server_comes_back_as_itself_with_what_was_said_meanwhile(tmp_path):
+    """The hub cuts the page's connection (a line over --max-frame: close
+    1009); while the page waits to reconnect (its timers held by the test),
+    carol says two lines; back, the page has its name and rooms (the hub
+    resumed its session: no /nick, no guest) and shows the two lines once.
+    Cut again while carol says more than the room's history keeps, the page
+    says, in the room, that some of it is lost."""
+    require_chromium()
+    with Twistd("tcphub", "--port", "0", "--room-history", "2", "--max-frame", "200",
+                "--websocket", "tcp:0:interface=127.0.0.1") as twistd:
+        _, port = twistd.wait_listening()
+        page_url = f"http://127.0.0.1:{int(twistd.wait_for(WEBSOCKET)['port'])}/"
+        nc = socket.create_connection(("127.0.0.1", port), timeout=30)
+        carol = Reader(nc)
+        nc.sendall(b"/nick carol\n/join games\n")
+        carol.until(b"* you are in #games\n")
+
+        def cut(alice, *meanwhile: bytes) -> bytes:
+            """Cut alice, have carol say C{meanwhile} while she is away, let her
+            page reconnect; what carol saw from the cut on."""
+            # The page's timers wait (it reconnects 0.5 s after a drop).
+            alice.clock.pause_at(datetime.fromtimestamp(alice.evaluate("Date.now()") / 1000 + 1, timezone.utc))
+            alice.fill("#text", "x" * 300)
+            alice.press("#text", "Enter")
+            alice.wait_for_selector("#log li.divider:has-text('disconnected (1009')")
+            seen = carol.until(b"* alice left #games")
+            nc.sendall(b"".join(each + b"\n" for each in meanwhile) + b"/who\n")
+            seen += carol.until(b"* in #games: carol\n")  # said, and the hub has it
+            alice.clock.resume()  # the reconnect timer fires
+            alice.wait_for_selector("#state.open")
+            return seen + carol.until(b"* alice joined #games\n")
+
+        def count(alice, text: str) -> int:
+            return alice.eval_on_selector_all(f"#log li[data-line$={json.dumps(text)}]", "items => items.length")
+
+        def use(browser) -> dict:
+            seen: dict = {}
+            alice = browser.new_page()
+            alice.clock.install()
+            alice.goto(page_url)
+            alice.wait_for_selector("#state.open")
+            for typed in ("/nick alice", "/join games"):
+                alice.fill("#text", typed)
+                alice.press("#text", "Enter")
+            alice.wait_for_selector("#rooms li.current:has-text('#games')")
+            carol.until(b"* alice joined #games\n")
+            nc.sendall(b"before the cut\n")
+            alice.wait_for_selector(line("#games <carol> before the cut"))
+
+            seen["carol saw"] = cut(alice, b"said while alice was away", b"and more")
+            alice.wait_for_selector("#log li[data-line$='#games <carol> and more']")
+            seen["me"] = alice.text_content("#me")
+            seen["rooms"] = alice.eval_on_selector_all("#rooms button.room", "items => items.map(i => i.textContent)")
+            seen["current"] = alice.text_content("#rooms li.current button.room")
+            seen["counts"] = [count(alice, f"#games <carol> {text}")
+                              for text in ("before the cut", "said while alice was away", "and more")]
+            seen["warnings"] = alice.eval_on_selector_all("#log li.warning", "items => items.length")
+            alice.screenshot(path=str(tmp_path / "resumed.png"))
+
+            cut(alice, b"one", b"two", b"three")  # three lines; the room keeps two
+            alice.wait_for_selector("#log li.warning:has-text('some of what was said while you were away is lost')")
+            seen["lost"] = [count(alice, f"#games <carol> {text}") for text in ("one", "two", "three")]
+            seen["me again"] = alice.text_content("#me")
+            return seen
+
+        try:
+            seen = in_browser(use)
+        finally:
+            nc.close()
+        twistd.shutdown()
+    assert seen["me"] == "you are alice" and seen["me again"] == "you are alice"
+    assert b"is now alice" not in seen["carol saw"], "the hub gave the name back: the page did not /nick"
+    assert seen["rooms"] == ["#lobby", "#games"] and seen["current"] == "#games"
+    assert seen["counts"] == [1, 1, 1], "what was said meanwhile, once; nothing twice"
+    assert seen["warnings"] == 0
+    assert seen["lost"] == [0, 0, 0], "a room that cannot give all it missed gives none of it, and says so"
