@@ -34,6 +34,7 @@ from tcphub.api.limits import DEFAULT_IDEMPOTENCY_WINDOW
 from tcphub.api.limits import DEFAULT_MAX_BODY as DEFAULT_API_MAX_BODY
 from tcphub.api.limits import DEFAULT_MAX_RATE as DEFAULT_API_MAX_RATE
 from tcphub.bridge import DEFAULT_UPSTREAM_PATH, DEFAULT_UPSTREAM_ROUTE, Bridge
+from tcphub.bus.codec import TRANSPORTS
 from tcphub.errors import SecretUnreadable
 from tcphub.hub.identity import ALGORITHMS, DEFAULT_AUTH_URL_TIMEOUT, Authenticator
 from tcphub.hub.factory import (
@@ -167,6 +168,11 @@ class Options(usage.Options):
         ["redis-prefix", None, "tcphub",
          "with --redis: this deployment's name on the Redis, the prefix of its channel and keys (with the "
          "database number): deployments that share a Redis are apart by name or database"],
+        ["redis-bus", None, "pubsub",
+         "with --redis: how the nodes' messages cross Redis: pubsub (at most once: what a node misses "
+         "while its connection is down is lost) or streams (a Redis Stream each node reads from where "
+         "it left off: a dropped connection, or a Redis restarted with its AOF, costs a delay, not a "
+         "message)", choice("redis-bus", TRANSPORTS)],
         ["redis-password-file", None, None,
          "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
          "than in the URL, which ps shows"],
@@ -365,8 +371,9 @@ class Options(usage.Options):
         if self["upstream-ca-file"] is not None and not (self["upstream"] or "").startswith("wss:"):
             raise usage.UsageError("--upstream-ca-file goes with a wss:// --upstream")
         self["upstream-tls-options"] = trusting(self["upstream"] or "", self["upstream-ca-file"], "upstream-ca-file")
-        if self["redis-prefix"] != "tcphub" and self["redis"] is None:
-            raise usage.UsageError("--redis-prefix goes with --redis")
+        for name, default in (("redis-prefix", "tcphub"), ("redis-bus", "pubsub")):
+            if self[name] != default and self["redis"] is None:
+                raise usage.UsageError(f"--{name} goes with --redis")
         _usage(_checks.deployment, "--redis-prefix", self["redis-prefix"])
         if self["drain-grace"] is None:
             self["drain-grace"] = 5.0 if self["admin"] else 0.0
@@ -458,7 +465,7 @@ def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus
     from tcphub.bus.redis import RedisBus
 
     bus = RedisBus(hub, config["redis"], node_id=config["node-id"], password=config["redis-password"],
-                   channel=config["redis-prefix"], reactor=reactor)
+                   channel=config["redis-prefix"], transport=config["redis-bus"], reactor=reactor)
     exit_when_given_up(bus.when_refused(), reactor)
     bus.setName("bus")
     return [bus]

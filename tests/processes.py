@@ -185,6 +185,7 @@ class WebSocketServer(OutputProcess):
 
 
 REDIS_SERVER = "/usr/bin/redis-server"
+REDIS_CLI = "/usr/bin/redis-cli"
 
 
 def require_program(path: str, package: str) -> None:
@@ -214,6 +215,13 @@ class RedisServer(OutputProcess):
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    def cli(self, *args: str) -> str:
+        """What C{redis-cli} (not our code) says to C{args} on this server."""
+        require_program(REDIS_CLI, "redis-tools")
+        done = subprocess.run([REDIS_CLI, "-s", str(self.socket), *args], capture_output=True, timeout=30,
+                              check=True)
+        return done.stdout.decode()
 
     def restart(self) -> RedisServer:
         """Start the same server again (this one is killed if it still runs)."""

@@ -195,11 +195,11 @@ class BroadcastPair:
     """Nodes a and b (broadcast mode) on one Redis, a sender and a local
     client on a, a remote client on b; every process is killed on exit."""
 
-    def __init__(self, redis: RedisServer) -> None:
+    def __init__(self, redis: RedisServer, *options: str) -> None:
         self.a = self.b = None
         try:
-            self.a = PluginNode("a", redis, "--port", "0", "--mode", "broadcast")
-            self.b = PluginNode("b", redis, "--port", "0", "--mode", "broadcast")
+            self.a = PluginNode("a", redis, "--port", "0", "--mode", "broadcast", *options)
+            self.b = PluginNode("b", redis, "--port", "0", "--mode", "broadcast", *options)
         except BaseException:
             self.__exit__()
             raise
@@ -607,3 +607,113 @@ def test_an_unreachable_redis_is_named_with_why_once_per_burst_and_no_object_add
         twistd.kill()
     assert " object at 0x" not in twistd.output and "Scheduling retry" not in twistd.output
     assert twistd.output.count("bus: cannot reach Redis") <= 2
+
+
+# -- the bus on a Redis Stream (--redis-bus streams) -------------------------------------
+
+
+MAGIC = b"\x00th1\n"
+"""What a bus message begins with."""
+
+
+def redis_command(redis: RedisServer, *command: bytes):
+    """One command on a fresh connection to C{redis}, in RESP2 written here
+    (redis-cli cannot pass a NUL byte), and its reply."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(redis.socket))
+        sock.sendall(b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part)
+                                                          for part in command))
+        replies = sock.makefile("rb")
+
+        def reply():
+            line = replies.readline()[:-2]
+            kind, rest = line[:1], line[1:]
+            if kind == b"$":
+                return None if rest == b"-1" else replies.read(int(rest) + 2)[:-2]
+            if kind == b"*":
+                return [reply() for _ in range(int(rest))]
+            assert kind in (b"+", b":"), line
+            return rest
+
+        return reply()
+
+
+def client_id(redis: RedisServer, name: str) -> str:
+    """The Redis id of the connection named C{name} (the bus names its two)."""
+    for entry in redis.cli("CLIENT", "LIST").splitlines():
+        fields = dict(part.split("=", 1) for part in entry.split() if "=" in part)
+        if fields.get("name") == name:
+            return fields["id"]
+    raise AssertionError(f"no connection named {name}")
+
+
+def test_on_a_stream_a_node_cut_off_while_redis_restarts_from_its_aof_misses_nothing(redis):
+    """Node b's reading connection is cut and b frozen (it cannot connect
+    again), node a goes on publishing, Redis is killed (SIGKILL) and started
+    again from its append-only file; b, thawed, reads on from the last entry
+    it had: every message once, in order.  With pub/sub, b would never get
+    what was published while its subscription was down."""
+    server = redis.start("--appendonly", "yes", "--appendfsync", "always")
+    with BroadcastPair(server, "--redis-bus", "streams") as pair:
+        a, b, sender, local, remote = pair.a, pair.b, pair.sender, pair.local, pair.remote
+        for n in range(20):
+            sender.say(f"before {n}")
+        sender.say("up")
+        before = [f"before {n}" for n in range(20)] + ["up"]
+        assert local.read_until("up") == before and remote.read_until("up") == before
+        b.twistd.process.send_signal(signal.SIGSTOP)
+        try:
+            server.cli("CLIENT", "KILL", "ID", client_id(server, "tcphub:b:subscriber"))
+            for n in range(50):
+                sender.say(f"during {n}")
+            sender.say("down")
+            during = [f"during {n}" for n in range(50)] + ["down"]
+            assert local.read_until("down") == during
+            eventually(lambda: a.varz()["bus"]["published"] >= 72 and a.varz()["bus"]["queued"] == 0,
+                       "node a handing its messages to Redis")
+            eventually(lambda: int(server.cli("XLEN", "tcphub:0:stream")) >= 72, "the stream holding them")
+            since = a.twistd.mark()
+            server.kill()
+            a.twistd.wait_for("bus: lost Redis", since=since)
+            server = redis.restart(server)
+            a.twistd.wait_for("bus: node a publishing", since=since)
+        finally:
+            b.twistd.process.send_signal(signal.SIGCONT)
+        sender.say("after")
+        assert remote.read_until("after") == during + ["after"], "once each, in order, nothing lost"
+        assert local.read() == "after"
+        bus = b.varz()["bus"]
+        assert (bus["missed"], bus["dropped"], bus["bad_messages"]) == (0, 0, 0)
+        pair.shutdown()
+
+
+def test_on_a_stream_a_copy_is_dropped_a_gap_is_counted_and_garbage_is_named(redis):
+    """What a reader meets on a stream that is not one message once: a copy
+    of an entry (a publish sent again after a lost reply), numbers with a
+    gap (entries trimmed, or lost by a Redis restarted empty), and entries
+    no tcphub wrote; each is counted, and the others go on."""
+    server = redis.start()
+    with BroadcastPair(server, "--redis-bus", "streams") as pair:
+        b, sender, remote = pair.b, pair.sender, pair.remote
+        sender.say("first")
+        assert remote.read() == "first"
+        [(_, fields)] = redis_command(server, b"XRANGE", b"tcphub:0:stream", b"-", b"+")
+        message = fields[1]
+        head, _, payload = message[len(MAGIC):].partition(b"\n")
+        header = json.loads(head)
+        assert (header["n"], header["q"], payload) == ("a", 1, b"first")
+        since = b.twistd.mark()
+        other = {**header, "n": "c", "i": "another process"}
+        for forged in (message,  # the copy
+                       MAGIC + json.dumps({**other, "q": 1}).encode() + b"\nfrom c",
+                       MAGIC + json.dumps({**other, "q": 5}).encode() + b"\nfrom c after a gap",
+                       b"no tcphub wrote this"):
+            redis_command(server, b"XADD", b"tcphub:0:stream", b"*", b"m", forged)
+        sender.say("second")
+        assert [remote.read() for _ in range(3)] == ["from c", "from c after a gap", "second"]
+        bus = b.varz()["bus"]
+        assert (bus["duplicates"], bus["missed"], bus["bad_messages"]) == (1, 3, 1)
+        b.twistd.wait_for(r"bus: missed 3 messages of node c \(3 so far\)", since=since)
+        b.twistd.wait_for("dropped a message on the bus channel", since=since)
+        pair.shutdown()

@@ -16,7 +16,10 @@ from typing import Final
 
 from tcphub.errors import BusError
 
-__all__ = ["BROADCAST", "DISCONNECT", "NOTICE", "SEND", "BusMessage", "decode", "encode"]
+__all__ = ["BROADCAST", "DISCONNECT", "NOTICE", "SEND", "TRANSPORTS", "BusMessage", "decode", "encode"]
+
+TRANSPORTS: Final = ("pubsub", "streams")
+"""How the messages cross Redis: a pub/sub channel, or a Redis Stream."""
 
 BROADCAST: Final = "b"
 """To every client (of C{room}, if set) but those in C{exclude}."""
@@ -40,16 +43,24 @@ class BusMessage:
     room: str | None = None
     exclude: tuple[str, ...] = ()
     target: str | None = None
+    instance: str | None = None
+    """The process that published it (on a stream: a node's id outlives its processes)."""
+    seq: int | None = None
+    """Its number among the process's messages (1, 2, ...), on a stream: a
+    reader drops one it has had (a publish sent again after a lost reply),
+    and counts those a gap shows it never had."""
 
 
 def encode(message: BusMessage) -> bytes:
-    header = {"n": message.node, "k": message.kind}
+    header: dict[str, object] = {"n": message.node, "k": message.kind}
     if message.room is not None:
         header["r"] = message.room
     if message.exclude:
-        header["x"] = list(message.exclude)  # type: ignore[assignment]
+        header["x"] = list(message.exclude)
     if message.target is not None:
         header["t"] = message.target
+    if message.instance is not None:
+        header["i"], header["q"] = message.instance, message.seq
     return _MAGIC + json.dumps(header, separators=(",", ":")).encode("utf-8") + b"\n" + message.payload
 
 
@@ -64,9 +75,12 @@ def decode(data: bytes) -> BusMessage:
         header = json.loads(data[len(_MAGIC):end])
         node, kind = header["n"], header["k"]
         room, exclude, target = header.get("r"), tuple(header.get("x", ())), header.get("t")
-    except (ValueError, KeyError, TypeError) as error:
+        instance, seq = header.get("i"), header.get("q")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise BusError(f"a bus message with a bad header: {error}") from None
     if kind not in (BROADCAST, NOTICE, SEND, DISCONNECT) or not isinstance(node, str) or (
-            kind == SEND and not isinstance(target, str)):
+            kind == SEND and not isinstance(target, str)) or (
+            instance is not None and (not isinstance(instance, str) or type(seq) is not int)):
         raise BusError(f"a bus message with a bad header: {header!r:.100}")
-    return BusMessage(node=node, kind=kind, payload=data[end + 1:], room=room, exclude=exclude, target=target)
+    return BusMessage(node=node, kind=kind, payload=data[end + 1:], room=room, exclude=exclude, target=target,
+                      instance=instance, seq=seq)

@@ -24,15 +24,25 @@ on one channel, tagged with its node id, and takes the others' from it:
     seconds with a time to live of C{node_ttl}: a node that dies is
     forgotten within C{node_ttl}.
 
-At most once: a publish in flight when the connection to Redis drops, and
-what a node misses while its own subscription is down, are not delivered
-again.
+With pub/sub (C{transport="pubsub"}), at most once: a publish in flight
+when the connection to Redis drops, and what a node misses while its own
+subscription is down, are not delivered again.
+
+With Redis Streams (C{transport="streams"}, as socket.io's Redis Streams
+adapter), every node appends to one stream (C{XADD}, trimmed to about
+C{stream_maxlen} entries) and reads it from the last entry it has had
+(C{XREAD BLOCK}): a node whose connection drops, or a Redis restarted with
+its data (AOF), costs a delay, not a message.  A publish whose reply was
+lost with the connection is sent again; each message carries its process
+and a number, so that a reader delivers it once, and counts as C{missed}
+what a gap in the numbers shows it never had (the stream trimmed under a
+slow node, a Redis restarted empty).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -72,6 +82,14 @@ DEFAULT_COMMAND_TIMEOUT = 5.0
 DEFAULT_STALL_TIMEOUT = 5.0
 """Seconds a connected Redis may take nothing while the hub is held back for it."""
 DEFAULT_FLUSH_WAIT = 5.0
+DEFAULT_STREAM_MAXLEN = 100_000
+"""Entries the bus's stream keeps, about (C{XADD MAXLEN ~}): how far behind a node may fall."""
+_READ_BLOCK_MS = 1000
+"""How long an C{XREAD} waits for entries: well within the command timeout of the heartbeat's PING."""
+_READ_COUNT = 1000
+"""The most entries one C{XREAD} takes: a node far behind catches up in bounded reads."""
+_SEEN_PROCESSES = 1024
+"""Processes whose last number a reader keeps (the oldest forgotten first)."""
 
 
 class PublisherState(Enum):
@@ -104,6 +122,10 @@ class BusStatus:
     """Publishes Redis answered with an error."""
     bad_messages: int = field(metadata=COUNTER)
     """What came on the channel that no tcphub wrote (counted and dropped)."""
+    duplicates: int = field(metadata=COUNTER)
+    """Messages read again from the stream (a publish sent again) and dropped."""
+    missed: int = field(metadata=COUNTER)
+    """Messages of other nodes a gap in their numbers shows this node never had."""
     nodes: int = field(metadata=GAUGE)
     """Live nodes at the last heartbeat (this one included)."""
 
@@ -212,6 +234,8 @@ class RedisBus(Service):
         flush_wait: float = DEFAULT_FLUSH_WAIT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        transport: str = "pubsub",
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         endpoint: IStreamClientEndpoint | None = None,
         password: str | None = None,
         reactor: Any = None,
@@ -238,6 +262,10 @@ class RedisBus(Service):
         self.flush_wait = _checks.number("flush_wait", flush_wait, minimum=0)
         self.stall_timeout = _checks.number("stall_timeout", stall_timeout, above=0)
         self.command_timeout = _checks.number("command_timeout", command_timeout, above=0)
+        if transport not in codec.TRANSPORTS:
+            raise ValueError(f"transport is one of {', '.join(codec.TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
+        self.stream_maxlen = _checks.count("stream_maxlen", stream_maxlen)
         self._subscriber: RedisProtocol | None = None
         self._pings: dict[RedisProtocol, float] = {}
         """Each connection's PING not yet answered, and when it was sent."""
@@ -250,11 +278,21 @@ class RedisBus(Service):
         # for pub/sub channels are global to a Redis whatever the database.
         self._keys = f"{channel}:{self._db}"
         self._channel = f"{self._keys}:bus".encode("utf-8")
+        self._stream = f"{self._keys}:stream".encode("utf-8")
+        self._streams = transport == "streams"
+        self._seq = 0
+        self._unacked: deque[bytes] = deque()
+        """On a stream: what was sent to Redis and not yet acknowledged, to be sent again if the connection drops."""
+        self._last_id: bytes | None = None
+        """On a stream: the id of the last entry read (None: not known yet)."""
+        self._seen: OrderedDict[str, int] = OrderedDict()
+        """On a stream: each process's last message number read."""
         if endpoint is None:
             endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         publisher = _ConnectionFactory(self._publisher_ready, self._publisher_lost)
-        subscriber = _ConnectionFactory(self._subscriber_ready, self._subscriber_lost, self._pushed)
+        subscriber = _ConnectionFactory(self._subscriber_ready, self._subscriber_lost,
+                                        None if self._streams else self._pushed)
         publishing = _Reporting(endpoint, retry, self._unreachable)
         subscribing = _Reporting(endpoint, retry, self._unreachable)
         self._publisher_service = QuietClientService(publishing, publisher, retryPolicy=publishing.retry_policy,
@@ -266,7 +304,8 @@ class RedisBus(Service):
         self._subscribed = False
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
-        self._counts = {"published": 0, "received": 0, "dropped": 0, "publish_errors": 0, "bad_messages": 0}
+        self._counts = {"published": 0, "received": 0, "dropped": 0, "publish_errors": 0, "bad_messages": 0,
+                        "duplicates": 0, "missed": 0}
         self._peers = 0  # live nodes when the connection was lost: the queue waits for them
         self._waiting_since = 0.0
         self._wait_call: IDelayedCall | None = None
@@ -327,15 +366,13 @@ class RedisBus(Service):
         return f"{self._keys}:name:{name.casefold()}".encode("utf-8")
 
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
-        self._publish(codec.encode(codec.BusMessage(
-            node=self.node_id, kind=codec.NOTICE if notice else codec.BROADCAST, payload=bytes(payload), room=room, exclude=tuple(exclude))))
+        self._publish(codec.NOTICE if notice else codec.BROADCAST, bytes(payload), room=room, exclude=tuple(exclude))
 
     def send(self, client_id: str, payload: bytes) -> bool:
         node, dash, _ = client_id.partition("-")
         if not dash or node == self.node_id:
             return False  # not a node's client id, or ours and gone
-        self._publish(codec.encode(codec.BusMessage(
-            node=self.node_id, kind=codec.SEND, payload=bytes(payload), target=client_id)))
+        self._publish(codec.SEND, bytes(payload), target=client_id)
         return True
 
     def disconnect(self, client_id: str | None, user: str | None) -> bool:
@@ -343,11 +380,16 @@ class RedisBus(Service):
             node, dash, _ = client_id.partition("-")
             if not dash or node == self.node_id:
                 return False
-        self._publish(codec.encode(codec.BusMessage(
-            node=self.node_id, kind=codec.DISCONNECT, payload=(user or "").encode("utf-8"), target=client_id)))
+        self._publish(codec.DISCONNECT, (user or "").encode("utf-8"), target=client_id)
         return True
 
-    def _publish(self, data: bytes) -> None:
+    def _publish(self, kind: str, payload: bytes, **fields: Any) -> None:
+        if self._streams:  # numbered, so that a reader takes each once
+            self._seq += 1
+            fields.update(instance=self._instance[:12].decode("ascii"), seq=self._seq)
+        self._enqueue(codec.encode(codec.BusMessage(node=self.node_id, kind=kind, payload=payload, **fields)))
+
+    def _enqueue(self, data: bytes) -> None:
         if self.state is PublisherState.FLOWING:
             self._write(data)
             return
@@ -372,9 +414,26 @@ class RedisBus(Service):
         self._queued_bytes += len(data)
 
     def _write(self, data: bytes) -> None:
-        assert self._publisher is not None
+        publisher = self._publisher
+        assert publisher is not None
         self._counts["published"] += 1
-        self._publisher.command(b"PUBLISH", self._channel, data).addErrback(self._publish_failed)
+        if not self._streams:
+            publisher.command(b"PUBLISH", self._channel, data).addErrback(self._publish_failed)
+            return
+        self._unacked.append(data)
+        publisher.command(b"XADD", self._stream, b"MAXLEN", b"~", self.stream_maxlen, b"*", b"m", data
+                          ).addCallbacks(self._added, self._add_failed, callbackArgs=(publisher,),
+                                         errbackArgs=(publisher,))
+
+    def _added(self, _: object, publisher: RedisProtocol) -> None:
+        if publisher is self._publisher:  # else the entry was queued again as the connection dropped
+            self._unacked.popleft()
+
+    def _add_failed(self, failure: Failure, publisher: RedisProtocol) -> None:
+        if publisher is not self._publisher or failure.check(ConnectionDone, ConnectionLost):
+            return  # queued again (L{_publisher_lost}): sent once Redis is back
+        self._unacked.popleft()
+        self._publish_failed(failure)
 
     def _publish_failed(self, failure: Failure) -> None:
         # Refused by Redis, or in flight when the connection dropped (maybe
@@ -429,10 +488,13 @@ class RedisBus(Service):
 
     # -- the publisher's connection -----------------------------------------
 
-    def _prepare(self, protocol: RedisProtocol) -> None:
+    def _prepare(self, protocol: RedisProtocol, role: str) -> None:
+        """Log in, and name the connection (C{CLIENT LIST} shows C{tcphub:NODE:ROLE}, a node id's
+        spaces as underscores: Redis takes no space in a name)."""
         if self._password is not None:
             auth = (self._username, self._password) if self._username else (self._password,)
             protocol.command(b"AUTH", *auth).addErrback(self._refused, protocol)
+        self._fire(protocol, b"CLIENT", b"SETNAME", f"tcphub:{self.node_id.replace(' ', '_')}:{role}")
 
     def _refused(self, failure: Failure, protocol: RedisProtocol) -> None:
         if failure.check(RedisReplyError):
@@ -453,14 +515,23 @@ class RedisBus(Service):
             protocol.transport.loseConnection()
 
     def _publisher_ready(self, protocol: RedisProtocol) -> None:
-        self._prepare(protocol)
+        self._prepare(protocol, "publisher")
         self._check_server(protocol)
         self._publisher = protocol
         self._log.info("bus: node {node} publishing to {url}", node=self.node_id, url=self.url)
         self.state = PublisherState.WAITING
         self._waiting_since = self._clock.seconds()
         self._write_presence()
-        self._await_peers()
+        if self._streams:  # the stream keeps what the others have not read yet: no need to wait for them
+            self._flowing(protocol)
+        else:
+            self._await_peers()
+
+    def _flowing(self, publisher: RedisProtocol) -> None:
+        self.state = PublisherState.FLOWING
+        # From now on the transport says when Redis does not keep up.
+        publisher.transport.registerProducer(self, True)
+        self._flush()
 
     def _await_peers(self) -> None:
         """Flush once as many nodes subscribe as before the outage: a node
@@ -475,10 +546,7 @@ class RedisBus(Service):
             subscribers = int(reply[1]) if isinstance(reply, list) and len(reply) == 2 else 0
             waited = self._clock.seconds() - self._waiting_since
             if subscribers >= self._peers or waited >= self.flush_wait:
-                self.state = PublisherState.FLOWING
-                # From now on the transport says when Redis does not keep up.
-                publisher.transport.registerProducer(self, True)
-                self._flush()
+                self._flowing(publisher)
             else:
                 self._wait_call = self._clock.callLater(0.05, self._await_peers)
 
@@ -492,6 +560,10 @@ class RedisBus(Service):
         self._publisher = None
         self.state = PublisherState.DOWN
         self._peers = self._nodes
+        if self._unacked:  # maybe added, maybe not: sent again first (a reader drops a second copy)
+            self._queue.extendleft(reversed(self._unacked))
+            self._queued_bytes += sum(len(data) for data in self._unacked)
+            self._unacked.clear()
         if self._wait_call is not None:
             self._wait_call.cancel()
             self._wait_call = None
@@ -513,8 +585,11 @@ class RedisBus(Service):
     # -- the subscriber's connection ----------------------------------------
 
     def _subscriber_ready(self, protocol: RedisProtocol) -> None:
-        self._prepare(protocol)
+        self._prepare(protocol, "subscriber")
         self._subscriber = protocol
+        if self._streams:
+            self._start_reading(protocol)
+            return
 
         def subscribed(_: object) -> None:
             self._subscribed = True
@@ -541,17 +616,80 @@ class RedisBus(Service):
         finally:
             surface.read_ends()
 
+    def _start_reading(self, protocol: RedisProtocol) -> None:
+        """Read the stream from the last entry read, or, the first time,
+        from its end as it is now."""
+        if self._db:
+            protocol.command(b"SELECT", self._db).addErrback(self._refused_command, b"SELECT", protocol)
+        self._subscribed = True
+        self._log.info("bus: node {node} subscribed to {stream}", node=self.node_id,
+                       stream=self._stream.decode("utf-8"))
+        if self._last_id is not None:
+            self._read(protocol)
+            return
+
+        def at_end(reply: Any) -> None:
+            self._last_id = reply[0][0] if reply else b"0-0"
+            self._read(protocol)
+
+        protocol.command(b"XREVRANGE", self._stream, b"+", b"-", b"COUNT", 1).addCallbacks(
+            at_end, self._refused_command, errbackArgs=(b"XREVRANGE", protocol))
+
+    def _read(self, protocol: RedisProtocol) -> None:
+        assert self._last_id is not None
+        protocol.command(b"XREAD", b"COUNT", _READ_COUNT, b"BLOCK", _READ_BLOCK_MS, b"STREAMS", self._stream,
+                         self._last_id).addCallbacks(self._entries, self._refused_command, callbackArgs=(protocol,),
+                                                     errbackArgs=(b"XREAD", protocol))
+
+    def _entries(self, reply: Any, protocol: RedisProtocol) -> None:
+        """An C{XREAD}'s entries (None: none came within the block): taken
+        as one read, then the next C{XREAD}."""
+        if protocol is not self._subscriber:
+            return
+        if reply:
+            surface = self._hub.surface
+            surface.read_begins()
+            try:
+                for entry_id, fields in reply[0][1]:
+                    self._last_id = entry_id
+                    self._take(fields[1] if len(fields) == 2 else b"")
+            finally:
+                surface.read_ends()
+        self._read(protocol)
+
+    def _fresh(self, message: codec.BusMessage) -> bool:
+        """Whether a message read from the stream is one this node has not
+        had (by its process's numbers); a gap is counted as missed."""
+        assert message.instance is not None and message.seq is not None
+        last = self._seen.pop(message.instance, None)
+        if last is not None and message.seq <= last:
+            self._seen[message.instance] = last
+            self._counts["duplicates"] += 1
+            return False
+        self._seen[message.instance] = message.seq
+        if len(self._seen) > _SEEN_PROCESSES:
+            self._seen.popitem(last=False)
+        if last is not None and message.seq > last + 1:
+            count = self._counts["missed"] = self._counts["missed"] + message.seq - last - 1
+            self._hub.surface.fault("bus_missed", LogLevel.warn,
+                                    "bus: missed {gap} messages of node {node} ({count} so far): the stream was "
+                                    "trimmed under this node, or Redis lost them", gap=message.seq - last - 1,
+                                    node=message.node, count=count)
+        return True
+
     def _take(self, data: bytes) -> None:
         try:
             message = codec.decode(data)
         except BusError as error:
-            count = self._counts["bad_messages"] = self._counts["bad_messages"] + 1
-            self._hub.surface.fault("bus_bad_messages", LogLevel.warn,
-                                   "dropped a message on the bus channel ({count} so far): {error}",
-                                   count=count, error=error)
+            self._bad(error)
             return
         if message.node == self.node_id:
             return  # our own, back from Redis: our clients have it
+        if self._streams and message.instance is None:
+            self._bad(BusError("a message on the bus stream without its process's number"))
+            return
+        if self._streams and not self._fresh(message):
+            return
         self._counts["received"] += 1
         if message.kind in (codec.BROADCAST, codec.NOTICE):
             self._hub.broadcast_local(message.payload, message.exclude, message.room,
@@ -563,6 +701,12 @@ class RedisBus(Service):
                 self._hub.disconnect(message.target).addErrback(self._delivery_failed)
         elif message.target is not None and message.target.startswith(self._hub.id_prefix):
             self._hub.send(message.target, message.payload).addErrback(self._delivery_failed)
+
+    def _bad(self, error: BusError) -> None:
+        count = self._counts["bad_messages"] = self._counts["bad_messages"] + 1
+        self._hub.surface.fault("bus_bad_messages", LogLevel.warn,
+                                "dropped a message on the bus channel ({count} so far): {error}",
+                                count=count, error=error)
 
     def _delivery_failed(self, failure: Failure) -> None:
         # The client left, or another node's payload does not fit our framing.
