@@ -98,10 +98,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def two_node_fanout(messages: int) -> dict:
+def two_node_fanout(messages: int, transport: str = "pubsub") -> dict:
     """Fan-out to 1,000 receivers split over two tcphub nodes joined through
-    a Redis on a UNIX socket, the sender on the first; with the CPU each
-    process spent per broadcast."""
+    a Redis on a UNIX socket (by pub/sub or a Redis Stream), the sender on
+    the first; with the CPU each process spent per broadcast."""
     with tempfile.TemporaryDirectory() as directory:
         sock = f"{directory}/redis.sock"
         redis = subprocess.Popen(
@@ -112,7 +112,8 @@ def two_node_fanout(messages: int) -> dict:
             for line in redis.stdout:
                 if "eady to accept connections" in line:
                     break
-            nodes = [Server("tcphub", "bus", env={"TCPHUB_REDIS": f"unix://{sock}", "TCPHUB_NODE": name})
+            nodes = [Server("tcphub", "bus", env={"TCPHUB_REDIS": f"unix://{sock}", "TCPHUB_NODE": name,
+                                                  "TCPHUB_REDIS_BUS": transport})
                      for name in "ab"]
             try:
                 pids = [node.process.pid for node in nodes] + [redis.pid]
@@ -197,6 +198,8 @@ def scenarios(quick: bool):
         # tcphub only: the same fan-out, the receivers split over two nodes joined through Redis.
         ("fan-out to 1,000 over 2 nodes and Redis: deliveries/s", "bus",
          lambda server: two_node_fanout(int(2000 * scale)), "deliveries_per_second"),
+        ("fan-out to 1,000 over 2 nodes and a Redis Stream: deliveries/s", "bus",
+         lambda server: two_node_fanout(int(2000 * scale), "streams"), "deliveries_per_second"),
         # tcphub only: the room of 100 among 10,000 connections, against fan-out to 100 above.
         ("room of 100 among 10,000: deliveries/s", "room",
          lambda server: load("room", server.port, 10_000, 100, 64, int(20000 * scale)), "deliveries_per_second"),
@@ -209,6 +212,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, for trying the harness")
     parser.add_argument("--servers", nargs="*", default=list(SERVERS), choices=list(SERVERS))
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold")
+    parser.add_argument("--only", help="run only the scenarios whose name has this text (no idle count; "
+                        "the table is printed, results.md left as it is)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -220,6 +225,8 @@ def main() -> None:
         print(f"== {name}", flush=True)
         last = {}
         for label, mode, run, key in scenarios(args.quick):
+            if args.only is not None and args.only not in label:
+                continue
             if mode in ("room", "bus") and name != "tcphub":
                 continue  # rooms and the bus are tcphub's
             if mode == "wsfanout" and name not in ("tcphub", BASELINE):
@@ -242,6 +249,8 @@ def main() -> None:
                     server.stop()
             table.setdefault(label, {})[name] = last[key]
             print(f"   {label}: {last[key]:,.1f}", flush=True)
+        if args.only is not None:
+            continue
         server = Server(name, "echo")
         try:
             per_connection, rss = idle_bytes_per_connection(server, args.idle)
@@ -276,7 +285,8 @@ def main() -> None:
             cells.append(f"{value:,.1f}{ratio}" if value < 100 else f"{value:,.0f}{ratio}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    (HERE / "results.md").write_text(text)
+    if args.only is None:  # a partial run leaves the full table as it is
+        (HERE / "results.md").write_text(text)
     print("\n" + text)
 
 

@@ -92,7 +92,8 @@ if mode == "bus":
 
     from tcphub.bus.redis import RedisBus
 
-    bus = RedisBus(server, os.environ["TCPHUB_REDIS"], node_id=os.environ["TCPHUB_NODE"], reactor=reactor)
+    bus = RedisBus(server, os.environ["TCPHUB_REDIS"], node_id=os.environ["TCPHUB_NODE"],
+                   transport=os.environ.get("TCPHUB_REDIS_BUS", "pubsub"), reactor=reactor)
     bus.startService()
 
     def subscribed(_=None):
