@@ -180,6 +180,7 @@ class PluginNode:
     """C{twistd tcphub --redis … --admin …} as the README runs it."""
 
     def __init__(self, name: str, redis: RedisServer, *options: str, db: int = 0) -> None:
+        self.name = name
         self.twistd = Twistd("tcphub", "--redis", f"{redis.url}?db={db}", "--node-id", name,
                              "--admin", "tcp:0:interface=127.0.0.1", *options)
         _, self.port = self.twistd.wait_listening()
@@ -717,3 +718,135 @@ def test_on_a_stream_a_copy_is_dropped_a_gap_is_counted_and_garbage_is_named(red
         b.twistd.wait_for(r"bus: missed 3 messages of node c \(3 so far\)", since=since)
         b.twistd.wait_for("dropped a message on the bus channel", since=since)
         pair.shutdown()
+
+
+class HubMember:
+    """A raw TCP member of a node in --mode hub (the structured protocol):
+    what rooms deliver is kept, by room; a reply is returned."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.lines = self.socket.makefile("rb")
+        self.got: dict[str, list[tuple[str, int]]] = {}
+        """Each room's deliveries, as (publisher, number)."""
+        self.offsets: dict[str, int] = {}
+        self.session = None
+        self._asked = 0
+
+    def ask(self, path: str, data: dict) -> dict:
+        self._asked += 1
+        request = f"{path}-{self._asked}"
+        self.socket.sendall(json.dumps({"path": path, "data": data, "id": request}).encode() + b"\n")
+        while True:
+            message = self._next()
+            if message.get("id") == request:
+                assert message["path"] == path, message
+                data = message["data"]
+                self.session = data.get("session", self.session)
+                if path == "hub.join":
+                    self.offsets[data["room"]] = data["offset"]
+                return data
+
+    def _next(self) -> dict:
+        line = self.lines.readline()
+        assert line.endswith(b"\n"), f"closed after {line!r}"
+        message = json.loads(line)
+        if message["path"].startswith("room."):
+            data = message["data"]
+            self.got.setdefault(data["room"], []).append(tuple(data["data"]))
+            self.offsets[data["room"]] = data["offset"]
+        return message
+
+    def read_some(self, count: int) -> None:
+        """Read C{count} deliveries (what else came stays unread)."""
+        seen = sum(len(got) for got in self.got.values())
+        while sum(len(got) for got in self.got.values()) < seen + count:
+            self._next()
+
+    def read_until_ends(self, publishers: list[str]) -> None:
+        """Read until every publisher's last message to each room it is in has come."""
+        def done() -> bool:
+            return all((publisher, END) in self.got.get(room, []) for room in self.offsets
+                       for publisher in publishers)
+        while not done():
+            self._next()
+
+    def close(self) -> None:
+        self.lines.close()
+        self.socket.close()
+
+
+END = -1
+"""The number of a publisher's last message to a room."""
+ROOMS = ("r1", "r2", "r3")
+
+
+def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_redis_restart_and_a_resume(redis):
+    """Issue 25's "done when": three nodes on a Redis with AOF, members on
+    every node in several rooms, a publisher on each; Redis SIGKILLed and
+    started again mid-stream, a member gone and resumed mid-stream: every
+    member gets every message of its rooms exactly once and in order, and
+    the resumed one is told it recovered everything."""
+    server = redis.start("--appendonly", "yes", "--appendfsync", "always")
+    nodes = []
+    members: list[HubMember] = []
+    try:
+        for name in "abc":
+            nodes.append(PluginNode(name, server, "--port", "0", "--mode", "hub", "--redis-bus", "streams",
+                                    "--room-history", "1000"))
+        publishers = {node.twistd: HubMember(node.port) for node in nodes}
+        for publisher in publishers.values():
+            for room in ROOMS:
+                publisher.ask("hub.join", {"room": room})
+        for node in nodes:
+            for rooms in (("r1", "r2"), ("r2", "r3")):
+                member = HubMember(node.port)
+                for room in rooms:
+                    member.ask("hub.join", {"room": room})
+                members.append(member)
+        names = dict(zip(publishers.values(), "abc"))
+
+        def publish(numbers: range) -> None:
+            for n in numbers:
+                for publisher, name in names.items():
+                    publisher.ask("hub.publish", {"room": ROOMS[n % 3], "data": [name, n]})
+
+        publish(range(0, 30))
+        resumed = members[2]  # on node b, in r1 and r2
+        resumed.read_some(10)  # of 60: the rest is cut with the connection
+        resumed.close()
+        since = [node.twistd.mark() for node in nodes]
+        server.kill()
+        for node, mark in zip(nodes, since):
+            node.twistd.wait_for("bus: lost Redis", since=mark)
+        publish(range(30, 60))
+        server = redis.restart(server)
+        for node, mark in zip(nodes, since):
+            node.twistd.wait_for(f"bus: node {node.name} publishing", since=mark)
+        back = HubMember(nodes[1].port)
+        back.got, back.offsets = resumed.got, resumed.offsets
+        reply = back.ask("hub.resume", {"session": resumed.session, "offsets": resumed.offsets})
+        assert sorted(reply["rooms"]) == ["r1", "r2"]
+        assert all(room["recovered"] for room in reply["rooms"].values()), reply
+        members[2] = back
+        publish(range(60, 90))
+        for publisher, name in names.items():
+            for room in ROOMS:
+                publisher.ask("hub.publish", {"room": room, "data": [name, END]})
+        for member in members:
+            member.read_until_ends(list(names.values()))
+        for member in members:
+            for room, got in member.got.items():
+                for name in names.values():
+                    said = [n for n in range(90) if ROOMS[n % 3] == room] + [END]
+                    assert [n for who, n in got if who == name] == said, (
+                        member.port, [node.port for node in nodes], member is back, room, name,
+                        [node.varz()["bus"] for node in nodes])
+        bus = [node.varz()["bus"] for node in nodes]
+        assert [each["missed"] for each in bus] == [0, 0, 0]
+    finally:
+        for member in members:
+            member.close()
+        for node in nodes:
+            node.twistd.kill()

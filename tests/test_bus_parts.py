@@ -6,6 +6,8 @@ bounded queue with no Redis to reach, the URLs and the reuseport: endpoint.
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 import pytest
@@ -24,6 +26,7 @@ from zope.interface import implementer
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, TcpServer, UnframeableMessage, UnknownClient
 from tcphub.bus import codec, resp
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
+from tcphub.hub.structured import StructuredProtocol
 from tcphub.testing import MemoryRedis
 
 
@@ -213,10 +216,11 @@ def test_what_no_tcphub_wrote_is_a_bus_error(data):
 
 
 class RecordingRelay:
-    def __init__(self, takes_sends: bool = True) -> None:
+    def __init__(self, takes_sends: bool = True, lossless: bool = False) -> None:
         self.broadcasts: list = []
         self.sends: list = []
         self.takes_sends = takes_sends
+        self.lossless = lossless
 
     def broadcast(self, payload, exclude, room, notice=False) -> None:
         self.broadcasts.append((payload, frozenset(exclude), room) + (("notice",) if notice else ()))
@@ -533,3 +537,38 @@ def test_an_error_inside_a_presence_transaction_is_logged(memory_bus, log_events
     redis.answer()
     (line,) = [event for event in log_events if event.get("fault") == "bus_command_errors"]
     assert "WRONGTYPE" in str(line["error"])
+
+
+@pytest.mark.parametrize("lossless, recovered", [(False, "cluster"), (True, None)])
+def test_a_member_back_on_its_node_recovers_only_through_a_relay_that_loses_nothing_unsaid(
+        hub_factory, lossless, recovered):
+    """Through pub/sub (a relay that may lose another node's messages
+    silently) no node's history is known to be whole; through a Redis
+    Stream it is, until the relay says something was lost."""
+    hub = hub_factory(protocol=StructuredProtocol, room_history=10)
+    hub.factory.join_relay(RecordingRelay(lossless=lossless), "n1")
+    ann, _ = hub.connect()
+    ann.dataReceived(b'{"path":"hub.join","data":{"room":"chess"}}\n')
+    hub.factory.broadcast_local(b"from another node", room="chess")
+    epoch = hub.factory.room_epoch("chess")
+    assert hub.factory.unrecoverable("chess", epoch, 0) == recovered
+    hub.factory.history_lost()
+    assert hub.factory.room_epoch("chess") != epoch
+    assert hub.factory.unrecoverable("chess", epoch, 0) == (recovered or "epoch_changed")
+
+
+def test_another_hub_s_delivery_is_numbered_as_this_hub_numbers_the_room(hub_factory):
+    hub = hub_factory(protocol=StructuredProtocol)
+    hub.factory.join_relay(RecordingRelay(lossless=True), "n1")
+    ann, transport = hub.connect()
+    ann.dataReceived(b'{"path":"hub.join","data":{"room":"chess"}}\n')
+    transport.clear()
+    theirs = {"path": "room.chess", "data": {"room": "chess", "from": "bob", "name": "bob", "offset": 41,
+                                             "epoch": "elsewhere.1", "data": "e4"}}
+    hub.factory.broadcast_local(json.dumps(theirs).encode(), room="chess")
+    hub.factory.broadcast_local(b"not a delivery of this protocol", room="chess")
+    delivered = transport.value().splitlines()
+    assert json.loads(delivered[0])["data"] == {**theirs["data"], "offset": 1,
+                                                "epoch": hub.factory.room_epoch("chess")}
+    assert delivered[1] == b"not a delivery of this protocol"
+    assert hub.factory.room_sequence("chess") == 2

@@ -287,6 +287,9 @@ class RedisBus(Service):
         """On a stream: the id of the last entry read (None: not known yet)."""
         self._seen: OrderedDict[str, int] = OrderedDict()
         """On a stream: each process's last message number read."""
+        self._data_mark: bytes | None = None
+        """On a stream: the mark of the Redis data this node last saw (C{PREFIX:DB:data}): another
+        one after a reconnect is a Redis that lost its data."""
         if endpoint is None:
             endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
@@ -523,9 +526,35 @@ class RedisBus(Service):
         self._waiting_since = self._clock.seconds()
         self._write_presence()
         if self._streams:  # the stream keeps what the others have not read yet: no need to wait for them
+            self._check_data(protocol)
             self._flowing(protocol)
         else:
             self._await_peers()
+
+    def _check_data(self, publisher: RedisProtocol) -> None:
+        """Whether this Redis still has the data this node saw (a mark each
+        node sets if there is none, and reads): one restarted empty, or
+        flushed, lost the stream's entries not read yet, and with them every
+        room's history is holed (L{HubFactory.history_lost})."""
+        key = f"{self._keys}:data".encode("utf-8")
+
+        def compare(mark: Any) -> None:
+            known, self._data_mark = self._data_mark, mark
+            if known is not None and mark != known:
+                self._hub.history_lost()
+                self._hub.surface.fault("bus_data_lost", LogLevel.warn,
+                                        "bus: Redis at {url} has lost the bus's data (restarted empty, or "
+                                        "flushed): what its stream held that this node had not read is lost; "
+                                        "every room's epoch changes", url=self.url)
+
+        self._fire(publisher, b"SET", key, self._instance, b"NX")
+        publisher.command(b"GET", key).addCallbacks(compare, self._command_failed, errbackArgs=(b"GET",))
+
+    @property
+    def lossless(self) -> bool:
+        """On a stream, every message of the other nodes comes, or its loss
+        is told (L{tcphub.hub.relay.Relay.lossless}); on pub/sub, not."""
+        return self._streams
 
     def _flowing(self, publisher: RedisProtocol) -> None:
         self.state = PublisherState.FLOWING
@@ -670,10 +699,12 @@ class RedisBus(Service):
         if len(self._seen) > _SEEN_PROCESSES:
             self._seen.popitem(last=False)
         if last is not None and message.seq > last + 1:
+            self._hub.history_lost()
             count = self._counts["missed"] = self._counts["missed"] + message.seq - last - 1
             self._hub.surface.fault("bus_missed", LogLevel.warn,
                                     "bus: missed {gap} messages of node {node} ({count} so far): the stream was "
-                                    "trimmed under this node, or Redis lost them", gap=message.seq - last - 1,
+                                    "trimmed under this node, or Redis lost them; every room's epoch changes",
+                                    gap=message.seq - last - 1,
                                     node=message.node, count=count)
         return True
 

@@ -281,7 +281,11 @@ class HubFactory(Factory):
     def broadcast_local(self, data: bytes, exclude: Iterable[str] = (), room: str | None = None,
                         notice: bool = False) -> Deferred[None]:
         """L{broadcast} to this hub's clients only: what a relay calls with
-        another hub's broadcast (a C{notice}: see L{broadcast_frame})."""
+        another hub's broadcast (a C{notice}: see L{broadcast_frame}).  A
+        message to a room is numbered as this hub numbers it
+        (L{HubProtocol.relayedPayload}): a member's offsets are its hub's."""
+        if room is not None and not notice:
+            data = self.protocol.relayedPayload(room, data, self.room_sequence(room) + 1, self.room_epoch(room))
         try:
             frame = self.framing.encode(data)
         except UnframeableMessage:
@@ -457,9 +461,9 @@ class HubFactory(Factory):
         each node numbers rooms on its own), C{epoch_changed},
         C{offset_ahead}, C{history_lost}; None if they can (the history
         holds every one)."""
-        if self.relay is not None:
+        if self.relay is not None and not self.relay.lossless:
             return "cluster"
-        if epoch != self.room_epoch(room):
+        if epoch != self.room_epoch(room):  # another node's epoch, too
             return "epoch_changed"
         last = self.room_sequence(room)
         if offset > last:
@@ -470,6 +474,13 @@ class HubFactory(Factory):
         if missed != list(range(offset + 1, last + 1)):
             return "history_lost"
         return None
+
+    def history_lost(self) -> None:
+        """Messages of other hubs were lost on their way here (the relay
+        says so): every room's history has a hole, so every room's epoch
+        changes, and a member back with an offset of before is told it
+        cannot recover."""
+        self.epoch = uuid.uuid4().hex[:8]
 
     def rooms(self) -> dict[str, int]:
         """Every room with its number of members."""

@@ -657,6 +657,16 @@ class HubProtocol(Protocol):
         return kept.frame
 
     @classmethod
+    def relayedPayload(cls, room: str, payload: bytes, offset: int, epoch: str) -> bytes:
+        """
+        A message another hub (joined through a relay) sent to C{room}, as
+        this hub's members get it: C{offset} is its number in the room here,
+        within C{epoch}, for a format that carries them (each hub numbers
+        its rooms on its own).  Here: the bytes as they are.
+        """
+        return payload
+
+    @classmethod
     def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
                     epoch: str) -> bytes:
         """

@@ -15,6 +15,12 @@ __all__ = ["Relay"]
 
 
 class Relay(Protocol):
+    @property
+    def lossless(self) -> bool:
+        """Whether every message of the other hubs reaches this one (or its
+        loss is told, with L{HubFactory.history_lost}): then this hub's room
+        history is whole, and a member back on this hub can recover from it."""
+
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         """A broadcast this hub made: the other hubs give it to their clients
         (of C{room}) but those in C{exclude}; a C{notice} they do not number

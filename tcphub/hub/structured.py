@@ -178,6 +178,17 @@ class StructuredProtocol(HubProtocol):
         operation(self, path, request_id, data)
 
     @classmethod
+    def relayedPayload(cls, room: str, payload: bytes, offset: int, epoch: str) -> bytes:
+        """A delivery another hub made, with this hub's offset and epoch
+        (parsed once per hub, not per member)."""
+        try:
+            delivery = json.loads(payload)
+            delivery["data"]["offset"], delivery["data"]["epoch"] = offset, epoch
+        except (ValueError, RecursionError, TypeError, KeyError):
+            return payload  # not a delivery of this protocol: as it is
+        return _encode(delivery)
+
+    @classmethod
     def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
                     epoch: str) -> bytes:
         """A delivery as from a member whose user and name are C{sender}."""
