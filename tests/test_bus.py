@@ -746,6 +746,8 @@ class HubMember:
                 self.session = data.get("session", self.session)
                 if path == "hub.join":
                     self.offsets[data["room"]] = data["offset"]
+                elif path == "hub.resume":
+                    self.offsets.update({room: place["offset"] for room, place in data["rooms"].items()})
                 return data
 
     def _next(self) -> dict:
@@ -845,6 +847,51 @@ def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_r
                         [node.varz()["bus"] for node in nodes])
         bus = [node.varz()["bus"] for node in nodes]
         assert [each["missed"] for each in bus] == [0, 0, 0]
+    finally:
+        for member in members:
+            member.close()
+        for node in nodes:
+            node.twistd.kill()
+
+
+def test_on_a_stream_a_redis_restarted_empty_changes_every_room_s_epoch_and_repeats_nothing(redis):
+    """Redis comes back without its data: what its stream held is gone, so
+    a member back after the restart is told it cannot recover (a new epoch),
+    the others see the new epoch on what comes next, and nothing is
+    delivered twice."""
+    server = redis.start()
+    nodes = []
+    members: list[HubMember] = []
+    try:
+        for name in "ab":
+            nodes.append(PluginNode(name, server, "--port", "0", "--mode", "hub", "--redis-bus", "streams",
+                                    "--room-history", "100"))
+        publisher, staying, leaving = HubMember(nodes[0].port), HubMember(nodes[1].port), HubMember(nodes[1].port)
+        members = [publisher, staying, leaving]
+        for member in members:
+            member.ask("hub.join", {"room": "r1"})
+        epoch = staying.ask("hub.join", {"room": "r1"})["epoch"]
+        for n in range(10):
+            publisher.ask("hub.publish", {"room": "r1", "data": ["a", n]})
+        leaving.read_some(10)
+        leaving.close()
+        since = [node.twistd.mark() for node in nodes]
+        server.kill()
+        server = redis.restart(server)  # no persistence: empty
+        for node, mark in zip(nodes, since):
+            node.twistd.wait_for("has lost the bus's data", since=mark)
+        back = HubMember(nodes[1].port)
+        members.append(back)
+        reply = back.ask("hub.resume", {"session": leaving.session, "offsets": leaving.offsets})
+        assert reply["rooms"]["r1"]["recovered"] is False and reply["rooms"]["r1"]["reason"] == "epoch_changed"
+        assert reply["rooms"]["r1"]["epoch"] != epoch
+        for n in range(10, 20):
+            publisher.ask("hub.publish", {"room": "r1", "data": ["a", n]})
+        publisher.ask("hub.publish", {"room": "r1", "data": ["a", END]})
+        for member in (staying, back):
+            member.read_until_ends(["a"])
+        assert staying.got["r1"] == [("a", n) for n in range(20)] + [("a", END)], "nothing twice, nothing lost"
+        assert back.got["r1"] == [("a", n) for n in range(10, 20)] + [("a", END)]
     finally:
         for member in members:
             member.close()

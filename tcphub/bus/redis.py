@@ -547,7 +547,8 @@ class RedisBus(Service):
                                         "flushed): what its stream held that this node had not read is lost; "
                                         "every room's epoch changes", url=self.url)
 
-        self._fire(publisher, b"SET", key, self._instance, b"NX")
+        # A fresh mark each time: one this process set before would look the same on a Redis that lost it.
+        self._fire(publisher, b"SET", key, uuid.uuid4().hex, b"NX")
         publisher.command(b"GET", key).addCallbacks(compare, self._command_failed, errbackArgs=(b"GET",))
 
     @property
