@@ -371,6 +371,29 @@ def test_the_chats_rooms_command_counts_every_nodes_members(redis):
         shut_down((ann, bob, cat), (a, b))
 
 
+def test_the_chats_who_names_every_nodes_members_and_skips_what_no_node_wrote(redis):
+    server = redis.start()
+    a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")
+    with killed_after((a, b)):
+        ann, bob, cat = Client(a.port), Client(b.port), Client(b.port)
+        for client, nick in ((ann, "ann"), (bob, "bob"), (cat, "cat")):
+            client.read_until("* you are in #lobby")
+            client.say(f"/nick {nick}")
+            client.read_until(f"* you are now {nick}")
+        for node, garbage in (("y", b"{not json"), ("z", b'{"eve": 1}')):  # on Redis, not a node's writing
+            redis_command(server, b"SET", f"tcphub:0:alive:{node}".encode(), b"1", b"PX", b"600000")
+            redis_command(server, b"SADD", b"tcphub:0:nodes", node.encode())
+            redis_command(server, b"HSET", f"tcphub:0:names:{node}".encode(), b"lobby", garbage)
+
+        def who() -> str:
+            ann.say("/who")
+            return next(line for line in iter(ann.read, None) if line.startswith("* in #lobby:"))
+
+        # Node b's members reach node a with its next heartbeat (1 s).
+        eventually(lambda: who() == "* in #lobby: ann, bob, cat", "the cluster's members in /who", 100_000)
+        shut_down((ann, bob, cat), (a, b))
+
+
 def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_live(redis):
     server = redis.start()
     a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")

@@ -41,6 +41,7 @@ slow node, a Redis restarted empty).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -777,19 +778,24 @@ class RedisBus(Service):
             self._log.info("bus: node id {node} is this process's now", node=self.node_id)
         node = self.node_id
         self._fire(publisher, b"SADD", f"{self._keys}:nodes".encode(), node)
-        rooms, members = self._key("rooms", node), self._key("members", node)
+        rooms, members, names_key = self._key("rooms", node), self._key("members", node), self._key("names", node)
         # The whole picture each time, in one transaction: a reader sees the
         # last one or the one before, never half of one.
         counts = self._hub.rooms()
         self._fire(publisher, b"MULTI")
-        self._fire(publisher, b"DEL", rooms, members)
+        self._fire(publisher, b"DEL", rooms, members, names_key)
         if counts:
             self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
                                                     for part in (room, count)])
             self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
                 room, " ".join(self._hub.member_ids(room)))])
+            named = [(room, names) for room in counts if (names := self._hub.member_names(room))]
+            if named:
+                self._fire(publisher, b"HSET", names_key, *[part for room, names in named for part in (
+                    room, json.dumps(names, ensure_ascii=False))])
         self._fire(publisher, b"PEXPIRE", rooms, ttl)
         self._fire(publisher, b"PEXPIRE", members, ttl)
+        self._fire(publisher, b"PEXPIRE", names_key, ttl)
         publisher.command(b"EXEC").addCallbacks(self._exec_done, self._command_failed, errbackArgs=(b"EXEC",))
         for name in self._names:  # this node's claims live as long as it does
             self._fire(publisher, b"PEXPIRE", name, ttl)
@@ -910,6 +916,33 @@ class RedisBus(Service):
             total[room] = total.get(room, 0) + count
         return total
 
+    def cluster_names(self, room: str) -> Deferred[list[str]]:
+        """What C{room}'s members on the other live nodes are called, as of
+        their last heartbeat (asks Redis; none while it is down)."""
+        publisher = self._publisher
+        if publisher is None:
+            return succeed([])
+
+        def read(nodes: Any) -> Deferred[Any]:
+            others = [name for name in nodes or () if name.decode("utf-8", "replace") != self.node_id]
+            return gatherResults([publisher.command(b"HGET", self._key("names", name.decode("utf-8", "replace")),
+                                                    room) for name in others], consumeErrors=True)
+
+        def union(replies: list[Any]) -> list[str]:
+            names: list[str] = []
+            for reply in replies:
+                try:
+                    listed = json.loads(reply) if reply else []
+                except ValueError:
+                    listed = None
+                if not isinstance(listed, list):
+                    continue  # not a node's writing: skipped
+                names.extend(name for name in listed if isinstance(name, str))
+            return names
+
+        read_names = publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read)
+        return read_names.addCallback(union).addErrback(lambda _: [])
+
     def cluster_members(self, room: str) -> Deferred[list[str]]:
         """The ids of C{room}'s members on every live node (asks Redis)."""
         publisher = self._publisher
@@ -952,7 +985,8 @@ class RedisBus(Service):
         if publisher is not None and self._held_since is None:
             # Leave at once rather than after node_ttl.
             node = self.node_id
-            self._fire(publisher, b"DEL", self._key("rooms", node), self._key("members", node))
+            self._fire(publisher, b"DEL", self._key("rooms", node), self._key("members", node),
+                       self._key("names", node))
             self._fire(publisher, b"EVAL", _RELEASE, 1, self._key("alive", node), self._instance)
             self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), node)
         return gatherResults([self._publisher_service.stopService(),

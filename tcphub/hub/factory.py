@@ -495,6 +495,11 @@ class HubFactory(Factory):
         presence needs, without a snapshot of each."""
         return [client.client_id for client in self._rooms.members(room)]
 
+    def member_names(self, room: str) -> list[str]:
+        """What C{room}'s members here are called (L{HubProtocol.displayName}),
+        in the order they joined; those without a name are left out."""
+        return [name for client in self._rooms.members(room) if (name := client.displayName) is not None]
+
     def room_size(self, room: str) -> int:
         """How many members C{room} has here (0 if it does not exist)."""
         return self._rooms.size(room)

@@ -183,6 +183,11 @@ class ChatProtocol(HubProtocol):
         return self.identity.user if self.identity is not None else None
 
     @property
+    def displayName(self) -> str | None:
+        """The nick, for C{/who} on every hub joined with this one."""
+        return self.nick
+
+    @property
     def _nick_owner(self) -> object:
         # With identities a name is the user's (two windows of one user share it).
         return self.identity.user if self.identity is not None else self
@@ -375,12 +380,20 @@ class ChatProtocol(HubProtocol):
         self._say(f"* you left #{room}" + (f"; now in #{self.room}" if self.room else "; you are in no room"))
 
     def _who(self, _: str) -> None:
-        if self.room is None:
+        room = self.room
+        if room is None:
             self._say("* you are in no room: /join ROOM")
             return
-        hub = self.factory
-        nicks = [getattr(hub.protocol_for(info.id), "nick", info.id) for info in hub.members(self.room)]
-        self._say(f"* in #{self.room}: {', '.join(nicks)}")
+        nicks = self.factory.member_names(room)
+        relay = self.factory.relay
+        if relay is None:
+            self._said_who(nicks, room)
+        else:  # joined with other hubs: their members too (as of their last heartbeat)
+            relay.cluster_names(room).addCallback(lambda theirs: self._said_who(nicks + theirs, room))
+
+    def _said_who(self, nicks: list[str], room: str) -> None:
+        if self.state == OPEN:
+            self._say(f"* in #{room}: {', '.join(nicks)}")
 
     def _rooms(self, _: str) -> None:
         relay = self.factory.relay  # joined with other hubs: their rooms too

@@ -686,6 +686,12 @@ class HubProtocol(Protocol):
         (a hook: a protocol with identities overrides it); None here."""
         return None
 
+    @property
+    def displayName(self) -> str | None:
+        """What the others call this client (a chat's nick), for who is in
+        a room on every hub joined with this one (a hook); None here: not listed."""
+        return None
+
     def info(self) -> ClientInfo:
         """A snapshot of this client's record."""
         outbox = self.outbox

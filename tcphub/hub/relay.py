@@ -44,6 +44,10 @@ class Relay(Protocol):
     def release_name(self, name: str, owner: str) -> None:
         """C{owner} no longer holds C{name} (nothing if another does)."""
 
+    def cluster_names(self, room: str) -> Deferred[list[str]]:
+        """What C{room}'s members on the other hubs are called
+        (L{HubProtocol.displayName}), as recently as this hub knows."""
+
     def cluster_rooms(self) -> dict[str, int]:
         """Every room of every hub joined with this one, with its members
         (this hub's as they are now, the others' as recently as it knows)."""
