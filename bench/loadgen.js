@@ -10,6 +10,9 @@
 //                          WebSocket clients of ws://127.0.0.1:WSPORT/ws)
 //   node loadgen.js splitfanout PORT PORT2 RECEIVERS SIZE MESSAGES  (receivers alternate between
 //                          the two ports, the sender on PORT: two nodes of one hub)
+//   node loadgen.js natsfanout PORT RECEIVERS SIZE MESSAGES  (the same fan-out through a NATS server:
+//                          RECEIVERS subscribers of one subject, the sender publishing to it, in
+//                          the NATS protocol)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
 "use strict";
@@ -266,6 +269,72 @@ async function broadcastFrom(receivers, size, messages, deliveries) {
   return { messages, receivers, seconds: elapsed, deliveries_per_second: (messages * receivers) / elapsed };
 }
 
+// The NATS protocol's messages out of a stream: each MSG's payload to
+// ONPAYLOAD; a PING is answered (the other lines, INFO and +OK, are skipped).
+function natsReader(socket, onPayload) {
+  let buffered = Buffer.alloc(0);
+  return (chunk) => {
+    buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
+    let offset = 0;
+    for (;;) {
+      const end = buffered.indexOf("\r\n", offset);
+      if (end < 0) break;
+      if (buffered[offset] === 0x4d) {  // "MSG <subject> <sid> [reply] <size>"
+        const line = buffered.toString("latin1", offset, end);
+        const size = Number(line.slice(line.lastIndexOf(" ") + 1));
+        if (buffered.length < end + 2 + size + 2) break;
+        onPayload(buffered.subarray(end + 2, end + 2 + size));
+        offset = end + 2 + size + 2;
+        continue;
+      }
+      if (buffered[offset] === 0x50 && buffered[offset + 1] === 0x49) socket.write("PONG\r\n");
+      offset = end + 2;
+    }
+    buffered = buffered.subarray(offset);
+  };
+}
+
+function natsConnect() {
+  return connect().then((socket) => {
+    socket.write('CONNECT {"verbose":false,"pedantic":false,"name":"tcphub-bench"}\r\n');
+    return socket;
+  });
+}
+
+async function natsfanout(receivers, size, messages) {
+  const sockets = await connectMany(receivers, 100, async () => {
+    const socket = await natsConnect();
+    socket.write("SUB bench 1\r\n");
+    return socket;
+  });
+  const deliveries = receiving(sockets.length, messages);
+  sockets.forEach((socket, index) => socket.on("data", natsReader(socket, (payload) => deliveries.take(index, payload))));
+  const sender = await natsConnect();
+  sender.on("data", () => {});
+  const publish = (payload) => Buffer.concat([Buffer.from(`PUB bench ${payload.length}\r\n`), payload, Buffer.from("\r\n")]);
+  try {
+    while (deliveries.probed < receivers) {
+      sender.write(publish(Buffer.from("P")));
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));  // let the last probes land
+    const started = process.hrtime.bigint();
+    for (let sequence = 0; sequence < messages; sequence++) {
+      const payload = Buffer.alloc(size, 0x4d);
+      payload.writeUInt32BE(sequence, 1);
+      if (!sender.write(publish(payload))) await new Promise((resolve) => sender.once("drain", resolve));
+    }
+    const timeout = setTimeout(() => fail(`natsfanout: not every receiver got all ${messages} in 120 s`), 120000);
+    await deliveries.done;
+    clearTimeout(timeout);
+    const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+    return { messages, receivers, seconds: elapsed, deliveries_per_second: (messages * receivers) / elapsed };
+  } finally {
+    sender.destroy();
+    sockets.forEach((socket) => socket.destroy());
+  }
+}
+
 async function idle(conns) {
   const sockets = await connectMany(conns, 500, connect);
   console.log(JSON.stringify({ ready: sockets.length }));
@@ -296,8 +365,8 @@ async function churn(concurrency, seconds) {
 }
 
 const numbers = rest.map(Number);
-const modes = { echo, fanout, splitfanout, wsfanout, idle, churn, room };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|idle|churn|room PORT ...`);
+const modes = { echo, fanout, splitfanout, wsfanout, natsfanout, idle, churn, room };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|natsfanout|idle|churn|room PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);
