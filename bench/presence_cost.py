@@ -1,5 +1,7 @@
 """Reactor time of one bus presence heartbeat with 10,000 members in one
-room and in 1,000 rooms (an in-memory Redis: what the node itself spends).
+room and in 1,000 rooms (an in-memory Redis: what the node itself spends),
+for members without a name (HubProtocol) and with one (the chat's nicks,
+written for a cluster-wide /who).
 Run: `.venv/bin/python bench/presence_cost.py`."""
 
 import time
@@ -9,13 +11,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tcphub import HubProtocol, TcpServer
+from tcphub.hub.modes import ChatProtocol
 from tcphub.bus.redis import RedisBus
 from tcphub.testing import MemoryRedis
 
 
-def beat_cost(members: int, rooms: int, beats: int = 20) -> float:
+def beat_cost(members: int, rooms: int, protocol: type, beats: int = 20) -> float:
     redis = MemoryRedis()
-    hub = TcpServer(port=0, clock=Clock(), protocol=HubProtocol, timeout=0, frame_timeout=0)
+    hub = TcpServer(port=0, clock=Clock(), protocol=protocol, timeout=0, frame_timeout=0)
     bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis)
     bus.startService()
     redis.answer()
@@ -36,5 +39,7 @@ def beat_cost(members: int, rooms: int, beats: int = 20) -> float:
     return spent / beats
 
 
-for rooms in (1, 1000):
-    print(f"10,000 members in {rooms} room(s): {beat_cost(10_000, rooms) * 1000:.1f} ms per heartbeat")
+for protocol in (HubProtocol, ChatProtocol):
+    for rooms in (1, 1000):
+        cost = beat_cost(10_000, rooms, protocol)
+        print(f"{protocol.__name__}, 10,000 members in {rooms} room(s): {cost * 1000:.1f} ms per heartbeat")
