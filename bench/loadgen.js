@@ -246,12 +246,13 @@ function receiving(receivers, messages) {
   return state;
 }
 
-// A TCP sender broadcasts MESSAGES once every receiver has seen a probe.
-async function broadcastFrom(receivers, size, messages, deliveries) {
-  const sender = await connect();
+// A TCP sender (made by OPEN, its messages by ENCODE: int32 frames unless
+// told) broadcasts MESSAGES once every receiver has seen a probe.
+async function broadcastFrom(receivers, size, messages, deliveries, open = connect, encode = frame) {
+  const sender = await open();
   sender.on("data", () => {});
   while (deliveries.probed < receivers) {
-    sender.write(frame(Buffer.from("P")));
+    sender.write(encode(Buffer.from("P")));
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   await new Promise((resolve) => setTimeout(resolve, 50));  // let the last probes land
@@ -259,7 +260,7 @@ async function broadcastFrom(receivers, size, messages, deliveries) {
   for (let sequence = 0; sequence < messages; sequence++) {
     const payload = Buffer.alloc(size, 0x4d);
     payload.writeUInt32BE(sequence, 1);
-    if (!sender.write(frame(payload))) await new Promise((resolve) => sender.once("drain", resolve));
+    if (!sender.write(encode(payload))) await new Promise((resolve) => sender.once("drain", resolve));
   }
   const timeout = setTimeout(() => fail(`fanout: not every receiver got all ${messages} in 120 s`), 120000);
   await deliveries.done;
@@ -309,28 +310,10 @@ async function natsfanout(receivers, size, messages) {
   });
   const deliveries = receiving(sockets.length, messages);
   sockets.forEach((socket, index) => socket.on("data", natsReader(socket, (payload) => deliveries.take(index, payload))));
-  const sender = await natsConnect();
-  sender.on("data", () => {});
   const publish = (payload) => Buffer.concat([Buffer.from(`PUB bench ${payload.length}\r\n`), payload, Buffer.from("\r\n")]);
   try {
-    while (deliveries.probed < receivers) {
-      sender.write(publish(Buffer.from("P")));
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-    await new Promise((resolve) => setTimeout(resolve, 50));  // let the last probes land
-    const started = process.hrtime.bigint();
-    for (let sequence = 0; sequence < messages; sequence++) {
-      const payload = Buffer.alloc(size, 0x4d);
-      payload.writeUInt32BE(sequence, 1);
-      if (!sender.write(publish(payload))) await new Promise((resolve) => sender.once("drain", resolve));
-    }
-    const timeout = setTimeout(() => fail(`natsfanout: not every receiver got all ${messages} in 120 s`), 120000);
-    await deliveries.done;
-    clearTimeout(timeout);
-    const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
-    return { messages, receivers, seconds: elapsed, deliveries_per_second: (messages * receivers) / elapsed };
+    return await broadcastFrom(sockets.length, size, messages, deliveries, natsConnect, publish);
   } finally {
-    sender.destroy();
     sockets.forEach((socket) => socket.destroy());
   }
 }

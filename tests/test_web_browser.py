@@ -10,6 +10,7 @@ import json
 import os
 import re
 import socket
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from tests.browser import in_browser, require_chromium
@@ -21,6 +22,19 @@ WEBSOCKET = r"tcphub websocket listening on (?P<host>[^ ]+):(?P<port>\d+)"
 def line(text: str) -> str:
     """The selector of a shown line that the hub sent (or the page sent) as C{text}."""
     return "#log li[data-line=%s]" % json.dumps(text)
+
+
+@contextmanager
+def chat_with_the_page(history: int):
+    """The chat with C{history} lines per room and lines of at most 200
+    bytes, the page on --websocket: yields twistd, an nc-like socket
+    connected to it (closed after), and the page's address."""
+    with Twistd("tcphub", "--port", "0", "--room-history", str(history), "--max-frame", "200",
+                "--websocket", "tcp:0:interface=127.0.0.1") as twistd:
+        _, port = twistd.wait_listening()
+        page_url = f"http://127.0.0.1:{int(twistd.wait_for(WEBSOCKET)['port'])}/"
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as nc:
+            yield twistd, nc, page_url
 
 
 def lines_of(page) -> list[str]:
@@ -133,11 +147,7 @@ def test_the_chat_page_shows_rooms_who_its_name_times_and_history_and_comes_back
     when the connection drops; back, it has its name and rooms again.
     Screenshots at desktop and phone widths are kept in the test's folder."""
     require_chromium()
-    with Twistd("tcphub", "--port", "0", "--room-history", "20", "--max-frame", "200",
-                "--websocket", "tcp:0:interface=127.0.0.1") as twistd:
-        _, port = twistd.wait_listening()
-        page_url = f"http://127.0.0.1:{int(twistd.wait_for(WEBSOCKET)['port'])}/"
-        nc = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with chat_with_the_page(20) as (twistd, nc, page_url):
         nc.sendall(b"/nick carol\n/join games\nhello games\n/join lobby\nmorning all\n")
         read_until(nc, b"* you are in #games\n* you are in #lobby\n")
 
@@ -215,10 +225,7 @@ def test_the_chat_page_shows_rooms_who_its_name_times_and_history_and_comes_back
             alice.screenshot(path=str(tmp_path / "phone-offline.png"))
             return seen
 
-        try:
-            seen = in_browser(use)
-        finally:
-            nc.close()
+        seen = in_browser(use)
     assert seen["history"][0] == "history" and seen["history"][3:] == ["carol", "morning all"]
     assert re.match(r"\[\d\d:\d\d UTC\] ", seen["history"][1]), "the hub said when it was said"
     assert re.fullmatch(r"\d\d:\d\d", seen["history"][2]), "and the page shows it"
@@ -263,11 +270,7 @@ def test_the_chat_page_cut_by_the_server_comes_back_as_itself_with_what_was_said
     Cut again while carol says more than the room's history keeps, the page
     says, in the room, that some of it is lost."""
     require_chromium()
-    with Twistd("tcphub", "--port", "0", "--room-history", "2", "--max-frame", "200",
-                "--websocket", "tcp:0:interface=127.0.0.1") as twistd:
-        _, port = twistd.wait_listening()
-        page_url = f"http://127.0.0.1:{int(twistd.wait_for(WEBSOCKET)['port'])}/"
-        nc = socket.create_connection(("127.0.0.1", port), timeout=30)
+    with chat_with_the_page(2) as (twistd, nc, page_url):
         carol = Reader(nc)
         nc.sendall(b"/nick carol\n/join games\n")
         carol.until(b"* you are in #games\n")
@@ -320,10 +323,7 @@ def test_the_chat_page_cut_by_the_server_comes_back_as_itself_with_what_was_said
             seen["me again"] = alice.text_content("#me")
             return seen
 
-        try:
-            seen = in_browser(use)
-        finally:
-            nc.close()
+        seen = in_browser(use)
         twistd.shutdown()
     assert seen["me"] == "you are alice" and seen["me again"] == "you are alice"
     assert b"is now alice" not in seen["carol saw"], "the hub gave the name back: the page did not /nick"
