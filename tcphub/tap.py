@@ -164,7 +164,8 @@ class Options(usage.Options):
          _number("websocket-handshake-rate", float, minimum=0)],
         ["redis", None, None,
          "join the other hubs on this Redis as one hub: redis://host:port/db, rediss://…, "
-         "unix:///path/to/redis.sock?db=N", redis_url],
+         "unix:///path/to/redis.sock?db=N, or redis+sentinel://host:port[,host:port…]/master[/db] to follow "
+         "Redis Sentinel's failovers", redis_url],
         ["redis-prefix", None, "tcphub",
          "with --redis: this deployment's name on the Redis, the prefix of its channel and keys (with the "
          "database number): deployments that share a Redis are apart by name or database"],

@@ -344,12 +344,16 @@ def test_sends_to_other_nodes_clients_go_on_the_bus_and_the_others_do_not(unreac
     ("redis://:s%40cret@localhost", ("tcp:host=localhost:port=6379", None, "s@cret", 0)),
     ("rediss://user:pw@redis.example:6390", ("tls:host=redis.example:port=6390", "user", "pw", 0)),
     ("unix:///run/redis/redis.sock?db=3", ("unix:path=/run/redis/redis.sock", None, None, 3)),
+    ("redis+sentinel://:pw@127.0.0.2:26380,sentinel-b,[::1]:26381/main/4",
+     ("sentinel:main:127.0.0.2:26380,sentinel-b:26379,[::1]:26381", None, "pw", 4)),
 ])
 def test_redis_urls(url, endpoint):
     assert redis_endpoint(url) == endpoint
 
 
-@pytest.mark.parametrize("url", ["http://x", "redis://host/notanumber", "unix://", "redis://host:99999"])
+@pytest.mark.parametrize("url", ["http://x", "redis://host/notanumber", "unix://", "redis://host:99999",
+                                 "redis+sentinel://host/", "redis+sentinel://host:port/main",
+                                 "redis+sentinel://:26379/main", "redis+sentinel://host/ma:in"])
 def test_bad_redis_urls_are_refused(url):
     with pytest.raises(ValueError, match="a Redis URL is"):
         redis_endpoint(url)

@@ -42,6 +42,7 @@ slow node, a Redis restarted empty).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ from tcphub._reactor import default_reactor
 from tcphub._secrets import redact_url
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
+from tcphub.bus.sentinel import SentinelEndpoint
 from tcphub._upstream.twisted_parts import QuietClientService
 from tcphub._observer import OneShotObserver
 from tcphub.errors import BusError, BusQueueFull, NodeIdInUse
@@ -131,13 +133,27 @@ class BusStatus:
     """Live nodes at the last heartbeat (this one included)."""
 
 
+_URLS = ("a Redis URL is redis://host:port/db, rediss://…, unix:///path?db=N or "
+         "redis+sentinel://host:port[,host:port…]/master[/db]")
+
+
 def redis_endpoint(url: str) -> tuple[str, str | None, str | None, int]:
     """C{(client endpoint string, username, password, db)} for C{redis://host:port/db},
-    C{rediss://...} (TLS) or C{unix:///path/to/redis.sock?db=N}; L{ValueError} otherwise."""
+    C{rediss://...} (TLS) or C{unix:///path/to/redis.sock?db=N}; for
+    C{redis+sentinel://host:port,host:port/master/db}, the endpoint string is
+    C{sentinel:master:host:port,host:port} (see L{sentinel_endpoint}); L{ValueError} otherwise."""
     parts = urlsplit(url)
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     try:
+        if parts.scheme == "redis+sentinel":
+            sentinels = _sentinels(parts.netloc.rpartition("@")[2])
+            master, _, number = parts.path.strip("/").partition("/")
+            if not master or ":" in master:
+                raise ValueError("no master name, or one with a colon")
+            return (f"sentinel:{master}:" + ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                                                     for host, port in sentinels),
+                    username, password, int(number or 0))
         if parts.scheme == "unix":
             if not parts.path:
                 raise ValueError("no socket path")
@@ -149,9 +165,29 @@ def redis_endpoint(url: str) -> tuple[str, str | None, str | None, int]:
             kind = "tls" if parts.scheme == "rediss" else "tcp"
             return f"{kind}:host={host}:port={port}", username, password, db
     except ValueError as error:
-        raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, "
-                         f"not {redact_url(url)!r}: {error}") from None
-    raise ValueError(f"a Redis URL is redis://host:port/db, rediss://… or unix:///path?db=N, not {redact_url(url)!r}")
+        raise ValueError(f"{_URLS}, not {redact_url(url)!r}: {error}") from None
+    raise ValueError(f"{_URLS}, not {redact_url(url)!r}")
+
+
+def _sentinels(hosts: str) -> list[tuple[str, int]]:
+    """C{host:port,host:port} (an IPv6 address in brackets; the port 26379 if left out)."""
+    sentinels = []
+    for each in hosts.split(","):
+        match = _SENTINEL.fullmatch(each)
+        if match is None:
+            raise ValueError(f"a Sentinel is host:port, not {each!r:.80}")
+        sentinels.append((match["host"].strip("[]"), int(match["port"] or 26379)))
+    return sentinels
+
+
+_SENTINEL = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>\d{1,5}))?")
+
+
+def sentinel_endpoint(reactor: Any, description: str, timeout: float,
+                      moved: Callable[[str, int], None]) -> SentinelEndpoint:
+    """The L{SentinelEndpoint} of a C{sentinel:…} endpoint string of L{redis_endpoint}."""
+    _, master, hosts = description.split(":", 2)
+    return SentinelEndpoint(reactor, _sentinels(hosts), master, timeout, moved)
 
 
 class _ConnectionFactory(Factory):
@@ -291,7 +327,9 @@ class RedisBus(Service):
         self._data_mark: bytes | None = None
         """On a stream: the mark of the Redis data this node last saw (C{PREFIX:DB:data}): another
         one after a reconnect is a Redis that lost its data."""
-        if endpoint is None:
+        if endpoint is None and description.startswith("sentinel:"):
+            endpoint = sentinel_endpoint(reactor, description, self.command_timeout, self._master_moved)
+        elif endpoint is None:
             endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         publisher = _ConnectionFactory(self._publisher_ready, self._publisher_lost)
@@ -347,6 +385,10 @@ class RedisBus(Service):
         publisher = self._publisher
         if publisher is not None:
             self._fire(publisher, b"EVAL", _RELEASE, 1, key, value)
+
+    def _master_moved(self, host: str, port: int) -> None:
+        self._log.info("bus: Sentinel says the master of {url} is at {host}:{port}", url=self.url,
+                       host=host, port=port)
 
     def _unreachable(self, failure: Failure, delay: float) -> None:
         self._hub.surface.fault("bus_unreachable", LogLevel.warn,
