@@ -169,7 +169,7 @@ class Options(usage.Options):
         ["redis-prefix", None, "tcphub",
          "with --redis: this deployment's name on the Redis, the prefix of its channel and keys (with the "
          "database number): deployments that share a Redis are apart by name or database"],
-        ["redis-bus", None, "pubsub",
+        ["redis-bus", None, "streams",
          "with --redis: how the nodes' messages cross Redis: pubsub (at most once: what a node misses "
          "while its connection is down is lost) or streams (a Redis Stream each node reads from where "
          "it left off: a dropped connection, or a Redis restarted with its AOF, costs a delay, not a "
@@ -372,7 +372,7 @@ class Options(usage.Options):
         if self["upstream-ca-file"] is not None and not (self["upstream"] or "").startswith("wss:"):
             raise usage.UsageError("--upstream-ca-file goes with a wss:// --upstream")
         self["upstream-tls-options"] = trusting(self["upstream"] or "", self["upstream-ca-file"], "upstream-ca-file")
-        for name, default in (("redis-prefix", "tcphub"), ("redis-bus", "pubsub")):
+        for name, default in (("redis-prefix", "tcphub"), ("redis-bus", "streams")):
             if self[name] != default and self["redis"] is None:
                 raise usage.UsageError(f"--{name} goes with --redis")
         _usage(_checks.deployment, "--redis-prefix", self["redis-prefix"])

@@ -224,11 +224,12 @@ class MemoryUpstream:
 class MemoryRedis:
     """
     An endpoint for C{RedisBus(..., endpoint=MemoryRedis())} whose
-    connections are StringTransports, answered by L{answer}: C{PUBLISH} is
-    recorded in L{published}; C{SMEMBERS} is empty; C{PUBSUB NUMSUB}
-    answers L{subscribers}; C{SUBSCRIBE} is confirmed; a script
-    (C{EVAL}) answers 1; a command named in L{refused} gets an error;
-    anything else is C{+OK}.
+    connections are StringTransports, answered by L{answer}: C{PUBLISH},
+    and the message of C{XADD}, are recorded in L{published}; C{SMEMBERS}
+    and C{XREVRANGE} are empty; an C{XREAD} finds nothing (as one whose
+    block ran out); C{GET} finds nothing; C{PUBSUB NUMSUB} answers
+    L{subscribers}; C{SUBSCRIBE} is confirmed; a script (C{EVAL}) answers
+    1; a command named in L{refused} gets an error; anything else is C{+OK}.
     """
 
     def __init__(self) -> None:
@@ -241,6 +242,7 @@ class MemoryRedis:
         """What an C{EXEC} answers, as an array of these errors (empty: C{+OK})."""
         self.published: list[bytes] = []
         self._read: dict[int, int] = {}
+        self._dropped: set[int] = set()
 
     def connect(self, factory: IProtocolFactory) -> Deferred[Any]:
         protocol: Any = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 6379))
@@ -264,8 +266,14 @@ class MemoryRedis:
                 elif name == b"PUBLISH":
                     self.published.append(command[2])
                     replies.append(b":1\r\n")
-                elif name == b"SMEMBERS":
+                elif name == b"XADD":
+                    self.published.append(command[-1])
+                    entry = b"1-%d" % len(self.published)
+                    replies.append(b"$%d\r\n%s\r\n" % (len(entry), entry))
+                elif name in (b"SMEMBERS", b"XREVRANGE"):
                     replies.append(b"*0\r\n")
+                elif name in (b"XREAD", b"GET"):
+                    replies.append(b"$-1\r\n")
                 elif name == b"PUBSUB":
                     replies.append(b"*2\r\n$%d\r\n%s\r\n:%d\r\n" % (len(command[2]), command[2], self.subscribers))
                 elif name == b"EXEC" and self.exec_errors:
@@ -282,6 +290,11 @@ class MemoryRedis:
                 protocol.dataReceived(b"".join(replies))
 
     def drop(self) -> None:
-        """Every connection is closed (as the transports would say once closed)."""
-        for protocol, _ in self.connections:
+        """Every connection still open is closed (as the transports would say
+        once closed): what they wrote and was not answered never will be."""
+        for index, (protocol, transport) in enumerate(self.connections):
+            if index in self._dropped:
+                continue
+            self._dropped.add(index)
+            self._read[index] = len(transport.value())
             protocol.connectionLost(Failure(ConnectionDone()))

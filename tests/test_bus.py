@@ -312,9 +312,9 @@ def test_two_processes_share_one_port_and_are_one_hub(redis):
         shut_down(clients, nodes)
 
 
-def test_redis_killed_and_restarted_mid_stream(redis):
+def test_on_pub_sub_redis_killed_and_restarted_mid_stream_the_queue_waits_for_the_other_nodes(redis):
     server = redis.start()
-    with BroadcastPair(server) as pair:
+    with BroadcastPair(server, "--redis-bus", "pubsub") as pair:
         a, b, sender, local, remote = pair.a, pair.b, pair.sender, pair.local, pair.remote
         # Node a knows of b (a heartbeat): after the outage it waits for b to
         # subscribe again before it sends what it queued.

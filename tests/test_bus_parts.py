@@ -303,6 +303,7 @@ def unreachable_bus(tmp_path):
 
     def make(**options) -> tuple[TcpServer, RedisBus]:
         hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
+        options.setdefault("transport", "pubsub")  # the queue's waiting for peers is pub/sub's
         bus = RedisBus(hub, f"unix://{tmp_path}/nobody.sock", node_id="a", **options)
         bus.startService()
         made.append(bus)
@@ -397,6 +398,7 @@ def memory_bus():
         redis = MemoryRedis()
         redis.refused.update(refused)
         hub = TcpServer(port=0, clock=Clock(), protocol=BroadcastProtocol)
+        options.setdefault("transport", "pubsub")  # these tests read what was PUBLISHed
         bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, **options)
         bus.startService()
         redis.answer()
@@ -429,6 +431,22 @@ def test_a_flush_stops_as_soon_as_redis_stops_keeping_up(memory_bus):
     transport.producer.resumeProducing()
     assert (bus.status().queued, bus.state) == (2, PublisherState.PAUSED)
 
+
+
+def test_on_a_stream_a_publish_whose_reply_was_lost_with_the_connection_is_sent_again(memory_bus):
+    hub, bus, redis = memory_bus(transport="streams")
+    hub.broadcast(b"answered")
+    redis.answer()
+    for payload in (b"one", b"two"):
+        hub.broadcast(payload)  # written, never answered: the connection drops
+    redis.drop()
+    assert bus.status().queued == 2, "queued again, in order"
+    hub.factory.clock.advance(1)  # both connections made again
+    redis.answer()
+    redis.answer()  # the queue, flushed once the publisher is back
+    sent = [codec.decode(data) for data in redis.published]
+    assert [(message.payload, message.seq) for message in sent] == [(b"answered", 1), (b"one", 2), (b"two", 3)]
+    assert len({message.instance for message in sent}) == 1 and bus.status().queued == 0
 
 
 def test_a_full_queue_on_a_slow_redis_holds_the_hubs_readers_back_until_half_is_taken(memory_bus):

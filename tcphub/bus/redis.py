@@ -28,7 +28,7 @@ With pub/sub (C{transport="pubsub"}), at most once: a publish in flight
 when the connection to Redis drops, and what a node misses while its own
 subscription is down, are not delivered again.
 
-With Redis Streams (C{transport="streams"}, as socket.io's Redis Streams
+With Redis Streams (C{transport="streams"}, the default, as socket.io's Redis Streams
 adapter), every node appends to one stream (C{XADD}, trimmed to about
 C{stream_maxlen} entries) and reads it from the last entry it has had
 (C{XREAD BLOCK}): a node whose connection drops, or a Redis restarted with
@@ -271,7 +271,7 @@ class RedisBus(Service):
         flush_wait: float = DEFAULT_FLUSH_WAIT,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
-        transport: str = "pubsub",
+        transport: str = "streams",
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         endpoint: IStreamClientEndpoint | None = None,
         password: str | None = None,
