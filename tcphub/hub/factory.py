@@ -509,6 +509,11 @@ class HubFactory(Factory):
         they joined, for subclasses that show who is there."""
         return list(itertools.islice(self._rooms.members(room), limit))
 
+    def places(self, client: HubProtocol) -> dict[str, tuple[str, int]]:
+        """Where a client stands in each of its rooms: the room's epoch and
+        the number of its last message (what a session keeps, to resume)."""
+        return {room: (self.room_epoch(room), self._rooms.sequence(room)) for room in self._rooms.rooms_of(client)}
+
     def rooms_of(self, client: HubProtocol) -> tuple[str, ...]:
         """The rooms of one client, in the order it joined them."""
         return self._rooms.rooms_of(client)

@@ -225,9 +225,7 @@ class ChatProtocol(HubProtocol):
             self._say(f"* session {self.session}")
 
     def _state(self) -> SessionState:
-        hub = self.factory
-        return SessionState(self.nick, {room: (hub.room_epoch(room), hub.room_sequence(room))
-                                        for room in self.rooms}, self.identity)
+        return SessionState(self.nick, self.factory.places(self), self.identity)
 
     def _resumed(self, asked: str) -> bool:
         """Take back the session C{asked} (the handshake's C{?resume=}): the

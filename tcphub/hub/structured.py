@@ -27,8 +27,9 @@ or a restarted hub, has another).  A member back after a drop joins with the
 last epoch and offset it saw as C{since}: with C{--room-history} covering
 what it missed, it gets those messages, in order and before any live one,
 and C{recovered: true}; otherwise C{recovered: false} and a C{reason}
-(C{epoch_changed}, C{history_lost}, C{offset_ahead}, C{cluster}: with
-C{--redis} offsets are still each node's own), and it knows it missed something.
+(C{epoch_changed}, C{history_lost}, C{offset_ahead}, C{cluster}: joined
+with other hubs through a relay that may lose their messages unawares,
+Redis pub/sub), and it knows it missed something.
 
 Each member has a session (its id, C{S}, is in every C{hub.auth},
 C{hub.join} and C{hub.resume} reply): when its connection drops, the hub keeps its
@@ -116,25 +117,23 @@ class StructuredProtocol(HubProtocol):
             self._authentication.stop()
         if self.session is not None:
             # Parked before the rooms are left, so that they are held.
-            assert self.identity is not None
-            hub = self.factory
-            self.factory.sessions.park(self.session, SessionState(self.identity.name, {
-                room: (hub.room_epoch(room), hub.room_sequence(room)) for room in self.rooms}, self.identity))
+            self.factory.sessions.park(self.session, self._state())
             self.session = None
         super().connectionLost(reason)
 
     def hand_over(self) -> SessionState:
         """Another connection took this member's session (L{SessionOwner}):
         it is told, and closed; the session goes with the other."""
-        assert self.identity is not None
-        hub = self.factory
-        state = SessionState(self.identity.name, {room: (hub.room_epoch(room), hub.room_sequence(room))
-                                                  for room in self.rooms}, self.identity)
+        state = self._state()
         self.session = None
         self._refuse(None, None, "session_taken", "this session was resumed on another connection",
                      counted=True)
         self.loseConnection()
         return state
+
+    def _state(self) -> SessionState:
+        assert self.identity is not None  # a member has a session once it has an identity
+        return SessionState(self.identity.name, self.factory.places(self), self.identity)
 
     @property
     def user(self) -> str | None:
