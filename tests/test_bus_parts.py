@@ -441,9 +441,9 @@ def test_on_a_stream_a_publish_whose_reply_was_lost_with_the_connection_is_sent_
         hub.broadcast(payload)  # written, never answered: the connection drops
     redis.drop()
     assert bus.status().queued == 2, "queued again, in order"
-    hub.factory.clock.advance(1)  # both connections made again
-    redis.answer()
-    redis.answer()  # the queue, flushed once the publisher is back
+    for _ in range(6):  # both connections made again, within the backoff and its jitter (3 s at most)
+        hub.factory.clock.advance(0.5)
+        redis.answer()  # the queue, flushed once the publisher is back
     sent = [codec.decode(data) for data in redis.published]
     assert [(message.payload, message.seq) for message in sent] == [(b"answered", 1), (b"one", 2), (b"two", 3)]
     assert len({message.instance for message in sent}) == 1 and bus.status().queued == 0

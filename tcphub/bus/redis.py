@@ -694,19 +694,22 @@ class RedisBus(Service):
         from its end as it is now."""
         if self._db:
             protocol.command(b"SELECT", self._db).addErrback(self._refused_command, b"SELECT", protocol)
-        self._subscribed = True
-        self._log.info("bus: node {node} subscribed to {stream}", node=self.node_id,
-                       stream=self._stream.decode("utf-8"))
         if self._last_id is not None:
-            self._read(protocol)
+            self._reading(protocol)
             return
 
         def at_end(reply: Any) -> None:
             self._last_id = reply[0][0] if reply else b"0-0"
-            self._read(protocol)
+            self._reading(protocol)
 
         protocol.command(b"XREVRANGE", self._stream, b"+", b"-", b"COUNT", 1).addCallbacks(
             at_end, self._refused_command, errbackArgs=(b"XREVRANGE", protocol))
+
+    def _reading(self, protocol: RedisProtocol) -> None:
+        self._subscribed = True
+        self._log.info("bus: node {node} subscribed to {stream}", node=self.node_id,
+                       stream=self._stream.decode("utf-8"))
+        self._read(protocol)
 
     def _read(self, protocol: RedisProtocol) -> None:
         assert self._last_id is not None
