@@ -14,6 +14,7 @@
 //                          RECEIVERS subscribers of one subject, the sender publishing to it, in
 //                          the NATS protocol)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
+//   node loadgen.js wsidle WSPORT CONNS        (the same, WebSocket clients of ws://127.0.0.1:WSPORT/ws)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
 "use strict";
 const net = require("net");
@@ -318,8 +319,12 @@ async function natsfanout(receivers, size, messages) {
   }
 }
 
-async function idle(conns) {
-  const sockets = await connectMany(conns, 500, connect);
+async function wsidle(conns) {
+  return idle(conns, () => wsConnect(Number(port)));
+}
+
+async function idle(conns, open = connect) {
+  const sockets = await connectMany(conns, 500, open);
   console.log(JSON.stringify({ ready: sockets.length }));
   process.stdin.resume();
   await new Promise((resolve) => process.stdin.on("end", resolve));
@@ -348,8 +353,8 @@ async function churn(concurrency, seconds) {
 }
 
 const numbers = rest.map(Number);
-const modes = { echo, fanout, splitfanout, wsfanout, natsfanout, idle, churn, room };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|natsfanout|idle|churn|room PORT ...`);
+const modes = { echo, fanout, splitfanout, wsfanout, natsfanout, idle, wsidle, churn, room };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|natsfanout|idle|wsidle|churn|room PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);
