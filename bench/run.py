@@ -7,7 +7,9 @@ Servers (bench/servers/, all int32 framing on 127.0.0.1): bare Twisted
 (Int32StringReceiver, the baseline), tcphub (default reactor, asyncio
 reactor, asyncio reactor on uvloop), asyncio streams, the same on uvloop, and
 Node's net. The load generator is Node (bench/loadgen.js). With taskset on
-the machine, the server runs on core 0 and the load on core 1.
+the machine, the server runs on core 0 and the load on core 1. Fan-out to
+1,000 is also measured with Python asyncio receivers (bench/loadgen_py.py,
+on uvloop), so that a figure is not one load generator's.
 
 Writes bench/results.md (the table) and prints it. Each scenario checks its
 own results (echoed payloads, order of fan-out deliveries, tcphub's client
@@ -90,6 +92,15 @@ def load(*args, timeout: float = 300) -> dict:
     )
     if result.returncode != 0:
         raise SystemExit(f"load generator failed: {result.stderr.strip()}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def load_py(*args, timeout: float = 300) -> dict:
+    """The Python asyncio load generator (bench/loadgen_py.py) on core 1."""
+    result = subprocess.run(pinned(1, [PY, HERE / "loadgen_py.py", *args]), capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"Python load generator failed: {result.stderr.strip()}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -191,6 +202,9 @@ def scenarios(quick: bool):
          lambda server: load("fanout", server.port, 100, 64, int(20000 * scale)), "deliveries_per_second"),
         ("fan-out to 1,000: deliveries/s", "broadcast",
          lambda server: load("fanout", server.port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
+        # The same, the receivers and the sender in Python asyncio (on uvloop): another kind of reader.
+        ("fan-out to 1,000, Python receivers: deliveries/s", "broadcast",
+         lambda server: load_py("fanout", server.port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
         # tcphub and bare Autobahn only: 1,000 WebSocket receivers, the sender on TCP.
         ("WebSocket fan-out to 1,000: deliveries/s", "wsfanout",
          lambda server: load("wsfanout", server.port, server.ws_port, 1000, 64, int(2000 * scale)),
