@@ -189,7 +189,7 @@ def test_the_token_guards_every_path_but_the_probes_and_the_page(tmp_path):
         hub.shutdown()
     # No access line at info; the six refusals are one line and a summary.
     assert not [line for line in hub.lines if "/healthz" in line or "GET /metrics 200" in line], hub.output
-    refusals = [line for line in hub.lines if "401" in line]
+    refusals = [line for line in hub.lines if "HTTP 401 for" in line or "http_401" in line]  # not a port
     assert len(refusals) == 2, hub.output
     assert "HTTP 401 for GET /metrics from 127.0.0.1:" in refusals[0]
     assert "5 more http_401" in refusals[1]
