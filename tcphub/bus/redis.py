@@ -316,6 +316,8 @@ class RedisBus(Service):
         self._keys = f"{channel}:{self._db}"
         self._channel = f"{self._keys}:bus".encode("utf-8")
         self._stream = f"{self._keys}:stream".encode("utf-8")
+        self._nodes_key = f"{self._keys}:nodes".encode("utf-8")
+        """The set of the deployment's nodes (each one's presence lives under its own keys)."""
         self._streams = transport == "streams"
         self._seq = 0
         self._unacked: deque[bytes] = deque()
@@ -535,12 +537,19 @@ class RedisBus(Service):
     # -- the publisher's connection -----------------------------------------
 
     def _prepare(self, protocol: RedisProtocol, role: str) -> None:
-        """Log in, and name the connection (C{CLIENT LIST} shows C{tcphub:NODE:ROLE}, a node id's
-        spaces as underscores: Redis takes no space in a name)."""
+        """Log in, name the connection (C{CLIENT LIST} shows C{tcphub:NODE:ROLE}, a node id's
+        spaces as underscores: Redis takes no space in a name), and select the
+        database: a Redis that does not have it is one the bus cannot use."""
         if self._password is not None:
             auth = (self._username, self._password) if self._username else (self._password,)
             protocol.command(b"AUTH", *auth).addErrback(self._refused, protocol)
         self._fire(protocol, b"CLIENT", b"SETNAME", f"tcphub:{self.node_id.replace(' ', '_')}:{role}")
+        if self._db:
+            protocol.command(b"SELECT", self._db).addErrback(self._select_refused)
+
+    def _select_refused(self, failure: Failure) -> None:
+        if failure.check(RedisReplyError):
+            self._give_up(BusError(f"Redis at {self.url} refused database {self._db}: {failure.getErrorMessage()}"))
 
     def _refused(self, failure: Failure, protocol: RedisProtocol) -> None:
         if failure.check(RedisReplyError):
@@ -679,12 +688,15 @@ class RedisBus(Service):
         self._subscribed = False
 
     def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
-        # As for a client's read: what the messages of one read make the hub
-        # write goes out as one write per client.
+        self._take_read(data for _, data in pushes)
+
+    def _take_read(self, messages: Iterable[bytes]) -> None:
+        """The messages of one read from Redis: as for a client's read, what
+        they make the hub write goes out as one write per client."""
         surface = self._hub.surface
         surface.read_begins()
         try:
-            for _, data in pushes:
+            for data in messages:
                 self._take(data)
         finally:
             surface.read_ends()
@@ -692,8 +704,6 @@ class RedisBus(Service):
     def _start_reading(self, protocol: RedisProtocol) -> None:
         """Read the stream from the last entry read, or, the first time,
         from its end as it is now."""
-        if self._db:
-            protocol.command(b"SELECT", self._db).addErrback(self._refused_command, b"SELECT", protocol)
         if self._last_id is not None:
             self._reading(protocol)
             return
@@ -723,14 +733,9 @@ class RedisBus(Service):
         if protocol is not self._subscriber:
             return
         if reply:
-            surface = self._hub.surface
-            surface.read_begins()
-            try:
-                for entry_id, fields in reply[0][1]:
-                    self._last_id = entry_id
-                    self._take(fields[1] if len(fields) == 2 else b"")
-            finally:
-                surface.read_ends()
+            entries = reply[0][1]
+            self._last_id = entries[-1][0]
+            self._take_read(fields[1] if len(fields) == 2 else b"" for _, fields in entries)
         self._read(protocol)
 
     def _fresh(self, message: codec.BusMessage) -> bool:
@@ -795,6 +800,10 @@ class RedisBus(Service):
     def _key(self, kind: str, node: str) -> bytes:
         return f"{self._keys}:{kind}:{node}".encode("utf-8")
 
+    def _presence_keys(self, node: str) -> tuple[bytes, bytes, bytes]:
+        """A node's room sizes, members and their names, each rewritten whole every heartbeat."""
+        return self._key("rooms", node), self._key("members", node), self._key("names", node)
+
     def when_refused(self) -> Deferred[BusError]:
         """Fires with a L{BusError} if this bus gives up (it has stopped and
         logged why): L{NodeIdInUse} if another live process has its node id,
@@ -822,8 +831,8 @@ class RedisBus(Service):
             self._held_since = None
             self._log.info("bus: node id {node} is this process's now", node=self.node_id)
         node = self.node_id
-        self._fire(publisher, b"SADD", f"{self._keys}:nodes".encode(), node)
-        rooms, members, names_key = self._key("rooms", node), self._key("members", node), self._key("names", node)
+        self._fire(publisher, b"SADD", self._nodes_key, node)
+        rooms, members, names_key = self._presence_keys(node)
         # The whole picture each time, in one transaction: a reader sees the
         # last one or the one before, never half of one.
         counts = self._hub.rooms()
@@ -872,23 +881,16 @@ class RedisBus(Service):
         self._given_up.fire(error)
 
     def _check_server(self, protocol: RedisProtocol) -> None:
-        """Refuse a Redis this bus cannot use, once, at its first connection:
-        a database it does not have, or a Redis Cluster (whose keys live on
-        several servers: the bus's transactions would fail with CROSSSLOT)."""
+        """Refuse a Redis this bus cannot use: a Redis Cluster (whose keys
+        live on several servers: the bus's transactions would fail with
+        CROSSSLOT).  (A database it does not have: L{_prepare}.)"""
         def cluster(reply: Any) -> None:
             if isinstance(reply, bytes) and b"cluster_enabled:1" in reply:
                 self._give_up(BusError(f"Redis at {self.url} is a Redis Cluster, which the bus does not "
                                        "support: give it a standalone Redis (with a replica and Sentinel "
                                        "for failover)"))
 
-        def select_refused(failure: Failure) -> None:
-            if failure.check(RedisReplyError):
-                self._give_up(BusError(f"Redis at {self.url} refused database {self._db}: "
-                                       f"{failure.getErrorMessage()}"))
-
         protocol.command(b"INFO", b"cluster").addCallbacks(cluster, lambda _: None)
-        if self._db:
-            protocol.command(b"SELECT", self._db).addErrback(select_refused)
 
     def _exec_done(self, replies: Any) -> None:
         """A presence transaction's replies: an error inside one is Redis refusing a write."""
@@ -911,7 +913,7 @@ class RedisBus(Service):
             alive = 0
             for name, (exists, pairs) in zip(names, results):
                 if not exists:
-                    self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), name)
+                    self._fire(publisher, b"SREM", self._nodes_key, name)
                     continue
                 alive += 1
                 if name == self.node_id:  # this node's own rooms are read where they are
@@ -922,7 +924,7 @@ class RedisBus(Service):
             self._others_rooms = total
             self._nodes = alive
 
-        publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read).addErrback(lambda _: None)
+        publisher.command(b"SMEMBERS", self._nodes_key).addCallback(read).addErrback(lambda _: None)
 
     def _beat(self) -> None:
         self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
@@ -961,17 +963,22 @@ class RedisBus(Service):
             total[room] = total.get(room, 0) + count
         return total
 
+    def _each_node(self, publisher: RedisProtocol, kind: str, room: str, others: bool) -> Deferred[list[Any]]:
+        """What every node (but this one, if C{others}) wrote under its
+        C{kind} key for C{room}, as of its last heartbeat: a reply each."""
+        def read(nodes: Any) -> Deferred[Any]:
+            names = [name.decode("utf-8", "replace") for name in nodes or ()]
+            return gatherResults([publisher.command(b"HGET", self._key(kind, name), room) for name in names
+                                  if not (others and name == self.node_id)], consumeErrors=True)
+
+        return publisher.command(b"SMEMBERS", self._nodes_key).addCallback(read)
+
     def cluster_names(self, room: str) -> Deferred[list[str]]:
         """What C{room}'s members on the other live nodes are called, as of
         their last heartbeat (asks Redis; none while it is down)."""
         publisher = self._publisher
         if publisher is None:
             return succeed([])
-
-        def read(nodes: Any) -> Deferred[Any]:
-            others = [name for name in nodes or () if name.decode("utf-8", "replace") != self.node_id]
-            return gatherResults([publisher.command(b"HGET", self._key("names", name.decode("utf-8", "replace")),
-                                                    room) for name in others], consumeErrors=True)
 
         def union(replies: list[Any]) -> list[str]:
             names: list[str] = []
@@ -985,8 +992,7 @@ class RedisBus(Service):
                 names.extend(name for name in listed if isinstance(name, str))
             return names
 
-        read_names = publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read)
-        return read_names.addCallback(union).addErrback(lambda _: [])
+        return self._each_node(publisher, "names", room, others=True).addCallback(union).addErrback(lambda _: [])
 
     def cluster_members(self, room: str) -> Deferred[list[str]]:
         """The ids of C{room}'s members on every live node (asks Redis)."""
@@ -994,15 +1000,10 @@ class RedisBus(Service):
         if publisher is None:
             return succeed([info.id for info in self._hub.members(room)])
 
-        def read(nodes: Any) -> Deferred[Any]:
-            names = [name.decode("utf-8", "replace") for name in nodes or ()]
-            return gatherResults([publisher.command(b"HGET", self._key("members", name), room) for name in names],
-                                 consumeErrors=True)
-
         def union(replies: list[Any]) -> list[str]:
             return [client for reply in replies if reply for client in reply.decode("utf-8").split()]
 
-        return publisher.command(b"SMEMBERS", f"{self._keys}:nodes".encode()).addCallback(read).addCallback(union)
+        return self._each_node(publisher, "members", room, others=False).addCallback(union)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -1030,9 +1031,8 @@ class RedisBus(Service):
         if publisher is not None and self._held_since is None:
             # Leave at once rather than after node_ttl.
             node = self.node_id
-            self._fire(publisher, b"DEL", self._key("rooms", node), self._key("members", node),
-                       self._key("names", node))
+            self._fire(publisher, b"DEL", *self._presence_keys(node))
             self._fire(publisher, b"EVAL", _RELEASE, 1, self._key("alive", node), self._instance)
-            self._fire(publisher, b"SREM", f"{self._keys}:nodes".encode(), node)
+            self._fire(publisher, b"SREM", self._nodes_key, node)
         return gatherResults([self._publisher_service.stopService(),
                               self._subscriber_service.stopService()]).addCallback(lambda _: None)
