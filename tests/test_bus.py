@@ -70,6 +70,11 @@ class Client:
             seen.append(self.read())
         return seen
 
+    def answer(self, command: str, begins: str) -> str:
+        """Send a chat command; the first line after it that begins with C{begins}."""
+        self.say(command)
+        return next(line for line in iter(self.read, None) if line.startswith(begins))
+
     def ask_id(self) -> str:
         self.say("id")
         return self.read().removeprefix("id ")
@@ -369,12 +374,9 @@ def test_the_chats_rooms_command_counts_every_nodes_members(redis):
         cat.say("/join games")
         cat.read_until("* you are in #games")
 
-        def rooms() -> str:
-            ann.say("/rooms")
-            return next(line for line in iter(ann.read, None) if line.startswith("* rooms:"))
-
         # Node b's rooms reach node a with its next heartbeat (1 s).
-        eventually(lambda: rooms() == "* rooms: #games (1), #lobby (3)", "the cluster's rooms in /rooms", 100_000)
+        eventually(lambda: ann.answer("/rooms", "* rooms:") == "* rooms: #games (1), #lobby (3)",
+                   "the cluster's rooms in /rooms", 100_000)
         shut_down((ann, bob, cat), (a, b))
 
 
@@ -392,12 +394,9 @@ def test_the_chats_who_names_every_nodes_members_and_skips_what_no_node_wrote(re
             redis_command(server, b"SADD", b"tcphub:0:nodes", node.encode())
             redis_command(server, b"HSET", f"tcphub:0:names:{node}".encode(), b"lobby", garbage)
 
-        def who() -> str:
-            ann.say("/who")
-            return next(line for line in iter(ann.read, None) if line.startswith("* in #lobby:"))
-
         # Node b's members reach node a with its next heartbeat (1 s).
-        eventually(lambda: who() == "* in #lobby: ann, bob, cat", "the cluster's members in /who", 100_000)
+        eventually(lambda: ann.answer("/who", "* in #lobby:") == "* in #lobby: ann, bob, cat",
+                   "the cluster's members in /who", 100_000)
         shut_down((ann, bob, cat), (a, b))
 
 

@@ -457,8 +457,8 @@ class HubFactory(Factory):
 
     def unrecoverable(self, room: str, epoch: str, offset: int) -> str | None:
         """Why the messages of C{room} after C{offset} of C{epoch} cannot all
-        be given to a member back after a drop: C{cluster} (with a relay,
-        each node numbers rooms on its own), C{epoch_changed},
+        be given to a member back after a drop: C{cluster} (joined through a
+        relay that may lose other hubs' messages unawares), C{epoch_changed},
         C{offset_ahead}, C{history_lost}; None if they can (the history
         holds every one)."""
         if self.relay is not None and not self.relay.lossless:
