@@ -475,6 +475,18 @@ class HubFactory(Factory):
             return "history_lost"
         return None
 
+    def rejoin(self, client_id: str, room: str, epoch: str, offset: int) -> str | None:
+        """Put a client back in C{room} after a drop, where it was (C{offset}
+        of C{epoch}): the messages it missed come first, in order, if the
+        history holds all of them; else none of them, and why not is
+        returned (see L{unrecoverable}) and counted in C{unrecovered}.
+        Raises as L{join} does."""
+        why_not = self.unrecoverable(room, epoch, offset)
+        self.join(client_id, room, None if why_not is not None else offset)
+        if why_not is not None:
+            self.counters.add("unrecovered")
+        return why_not
+
     def history_lost(self) -> None:
         """Messages of other hubs were lost on their way here (the relay
         says so): every room's history has a hole, so every room's epoch

@@ -247,10 +247,9 @@ class ChatProtocol(HubProtocol):
                 self._nick(state.name)
         self._say(f"* welcome back, {self.nick}")
         for room, (epoch, sent) in state.rooms.items():  # joined under this same identity: allowed
-            why_not = hub.unrecoverable(room, epoch, sent)
-            self._join(room, None if why_not is not None else sent)
+            why_not = hub.rejoin(self.client_id, room, epoch, sent)
+            self._entered(room)
             if why_not is not None:
-                hub.counters.add("unrecovered")
                 self._say(f"* #{room}: some of what was said while you were away is lost ({why_not})")
         hub.sessions.release(state)
         if self.room is None:
@@ -426,9 +425,13 @@ class ChatProtocol(HubProtocol):
             self.nick = f"{identity.name}~{identity.user}"
             nicks.take(self.nick, identity.user)
 
-    def _join(self, room: str, replay_after: int | None = 0) -> None:
+    def _join(self, room: str) -> None:
         already = room in self.rooms
-        self.join(room, replay_after)
+        self.join(room)
+        self._entered(room, already)
+
+    def _entered(self, room: str, already: bool = False) -> None:
+        """C{room} is the current one now; the others are told, unless it was one's already."""
         self.room = room
         self._say(f"* you are in #{room}")
         if not already:  # back to a room one is in: it becomes the current one, nobody is told

@@ -486,10 +486,9 @@ class HubProtocol(Protocol):
 
     # -- rooms ----------------------------------------------------------
 
-    def join(self, room: str, replay_after: int | None = 0) -> None:
-        """Join C{room}, and get its history after offset C{replay_after}
-        (None: none of it; see L{HubFactory.join})."""
-        self.factory.join(self.client_id, room, replay_after)
+    def join(self, room: str) -> None:
+        """Join C{room} (see L{HubFactory.join})."""
+        self.factory.join(self.client_id, room)
 
     def leave(self, room: str) -> None:
         """Leave C{room} (see L{HubFactory.leave})."""

@@ -237,13 +237,12 @@ class StructuredProtocol(HubProtocol):
                          '"since" is {"epoch": a string, "offset": a whole number}')
             return
         hub = self.factory
-        replay_after: int | None = 0
         why_not: str | None = None
-        if since is not None and room not in self.rooms:
-            why_not = hub.unrecoverable(room, since["epoch"], since["offset"])
-            replay_after = None if why_not is not None else since["offset"]
         try:
-            hub.join(self.client_id, room, replay_after)
+            if since is not None and room not in self.rooms:
+                why_not = hub.rejoin(self.client_id, room, since["epoch"], since["offset"])
+            else:
+                hub.join(self.client_id, room)
         except RoomLimitReached as error:
             self._refuse(path, request_id, "room_limit", str(error))
             return
@@ -288,9 +287,7 @@ class StructuredProtocol(HubProtocol):
             if refuses_room(hub, identity, room):
                 refused.append(room)
                 continue
-            offset = offsets.get(room, sent)
-            why_not = hub.unrecoverable(room, epoch, offset)
-            hub.join(self.client_id, room, None if why_not is not None else offset)
+            why_not = hub.rejoin(self.client_id, room, epoch, offsets.get(room, sent))
             rooms[room] = self._joined(room, why_not)
         hub.sessions.release(state)
         self._reply(path, request_id, {"session": self.session, "user": identity.user,
@@ -302,7 +299,6 @@ class StructuredProtocol(HubProtocol):
         joined: dict[str, Any] = {"epoch": hub.room_epoch(room), "offset": hub.room_sequence(room),
                                   "members": hub.room_size(room), "recovered": why_not is None}
         if why_not is not None:
-            hub.counters.add("unrecovered")
             joined["reason"] = why_not
         return joined
 
