@@ -7,15 +7,13 @@ then twistd with raw TCP clients.
 
 from __future__ import annotations
 
-import json
-import socket
-
 import pytest
 
 from tcphub.hub.identity import JwtAuthenticator
 from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.protocol import GONE
 from tests.processes import Twistd
+from tests.test_bus import HubMember
 from tests.test_structured import SECRET, jwt_hub, open_hub, said, send, token
 
 
@@ -221,43 +219,24 @@ def test_a_resume_comes_before_any_join(hub_factory):
 # -- twistd, with nc-like clients ------------------------------------------------------
 
 
-class Member:
-    """A raw TCP client of the structured protocol (not our code's)."""
-
-    def __init__(self, address) -> None:
-        self.socket = socket.create_connection(address, timeout=30)
-        self.lines = self.socket.makefile("rb")
-
-    def ask(self, path: str, data: dict) -> list[dict]:
-        """Send a request; return what came before its reply, and the reply."""
-        self.socket.sendall(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n")
-        said = []
-        while not said or said[-1].get("id") != path:
-            said.append(json.loads(self.lines.readline()))
-        return said
-
-    def close(self) -> None:
-        self.lines.close()
-        self.socket.close()
-
-
 def test_twistd_keeps_a_dropped_member_s_session_for_the_resume_window():
     with Twistd("tcphub", "--port", "0", "--mode", "hub", "--room-history", "100",
                 "--resume-window", "60") as twistd:
-        address = twistd.wait_listening()
-        ann, bob = Member(address), Member(address)
+        _, port = twistd.wait_listening()
+        ann, bob = HubMember(port), HubMember(port)
         try:
             ann.ask("hub.join", {"room": "chess"})
-            session = bob.ask("hub.join", {"room": "chess"})[-1]["data"]["session"]
+            session = bob.ask("hub.join", {"room": "chess"})["session"]
             bob.close()
             for number in range(1, 51):  # said after bob's drop, or before the hub saw it
-                ann.ask("hub.publish", {"room": "chess", "data": number})
-            bob = Member(address)
-            said = bob.ask("hub.resume", {"session": session, "offsets": {"chess": 0}})
-            assert [each["data"]["data"] for each in said[:-1]] == list(range(1, 51))
-            assert said[-1]["data"]["rooms"]["chess"]["recovered"] is True
-            ann.ask("hub.publish", {"room": "chess", "data": 51})
-            assert json.loads(bob.lines.readline())["data"]["offset"] == 51
+                ann.ask("hub.publish", {"room": "chess", "data": ["ann", number]})
+            bob = HubMember(port)
+            reply = bob.ask("hub.resume", {"session": session, "offsets": {"chess": 0}})
+            assert bob.got["chess"] == [("ann", number) for number in range(1, 51)]
+            assert reply["rooms"]["chess"]["recovered"] is True
+            ann.ask("hub.publish", {"room": "chess", "data": ["ann", 51]})
+            bob.read_some(1)
+            assert bob.offsets["chess"] == 51
         finally:
             ann.close()
             bob.close()
