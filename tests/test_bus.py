@@ -400,6 +400,31 @@ def test_the_chats_who_names_every_nodes_members_and_skips_what_no_node_wrote(re
         shut_down((ann, bob, cat), (a, b))
 
 
+def test_hub_who_lists_every_nodes_members_with_their_user_and_name_and_counts_them_all(redis):
+    server = redis.start()
+    a, b = (PluginNode(name, server, "--port", "0", "--mode", "hub") for name in "ab")
+    with killed_after((a, b)):
+        ann, bob, cat = HubMember(a.port), HubMember(b.port), HubMember(b.port)
+        users = {}
+        for member in (ann, bob, cat):
+            users[member] = member.ask("hub.auth", {})["user"]  # an open hub: a guest's
+            member.ask("hub.join", {"room": "games"})
+        redis_command(server, b"SET", b"tcphub:0:alive:z", b"1", b"PX", b"600000")
+        redis_command(server, b"SADD", b"tcphub:0:nodes", b"z")
+        redis_command(server, b"HSET", b"tcphub:0:names:z", b"games", b'["a nick", {"user": 1}]')
+
+        # Node b's members reach node a with its next heartbeat (1 s).
+        def listed() -> bool:
+            who = ann.ask("hub.who", {"room": "games"})
+            return who["total"] == 3 and len(who["members"]) == 3
+        eventually(listed, "the cluster's members in hub.who", 100_000)
+        who = ann.ask("hub.who", {"room": "games"})
+        assert sorted(member["user"] for member in who["members"]) == sorted(users.values())
+        assert all(member["name"] for member in who["members"]), who
+        for member in (ann, bob, cat):
+            member.close()
+
+
 def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_live(redis):
     server = redis.start()
     a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")

@@ -843,7 +843,7 @@ class RedisBus(Service):
                                                     for part in (room, count)])
             self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
                 room, " ".join(self._hub.member_ids(room)))])
-            named = [(room, names) for room in counts if (names := self._hub.member_names(room))]
+            named = [(room, names) for room in counts if (names := self._hub.member_presence(room))]
             if named:
                 self._fire(publisher, b"HSET", names_key, *[part for room, names in named for part in (
                     room, json.dumps(names, ensure_ascii=False))])
@@ -973,15 +973,15 @@ class RedisBus(Service):
 
         return publisher.command(b"SMEMBERS", self._nodes_key).addCallback(read)
 
-    def cluster_names(self, room: str) -> Deferred[list[str]]:
-        """What C{room}'s members on the other live nodes are called, as of
-        their last heartbeat (asks Redis; none while it is down)."""
+    def cluster_presence(self, room: str) -> Deferred[list[object]]:
+        """What C{room}'s list of members shows of its members on the other
+        live nodes, as of their last heartbeat (asks Redis; none while it is down)."""
         publisher = self._publisher
         if publisher is None:
             return succeed([])
 
-        def union(replies: list[Any]) -> list[str]:
-            names: list[str] = []
+        def union(replies: list[Any]) -> list[object]:
+            names: list[object] = []
             for reply in replies:
                 try:
                     listed = json.loads(reply) if reply else []
@@ -989,7 +989,7 @@ class RedisBus(Service):
                     listed = None
                 if not isinstance(listed, list):
                     continue  # not a node's writing: skipped
-                names.extend(name for name in listed if isinstance(name, str))
+                names.extend(listed)
             return names
 
         return self._each_node(publisher, "names", room, others=True).addCallback(union).addErrback(lambda _: [])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import heapq
 import uuid
-import itertools
 import math
 from collections import deque
 from typing import Any, Callable, Iterable, cast
@@ -507,19 +506,21 @@ class HubFactory(Factory):
         presence needs, without a snapshot of each."""
         return [client.client_id for client in self._rooms.members(room)]
 
-    def member_names(self, room: str) -> list[str]:
-        """What C{room}'s members here are called (L{HubProtocol.displayName}),
-        in the order they joined; those without a name are left out."""
-        return [name for client in self._rooms.members(room) if (name := client.displayName) is not None]
+    def member_presence(self, room: str, limit: int | None = None) -> list[object]:
+        """What C{room}'s list of members shows of each member here
+        (L{HubProtocol.presence}: the chat's nicks...), at most C{limit},
+        in the order they joined; those not listed are left out."""
+        shown: list[object] = []
+        for client in self._rooms.members(room):
+            if limit is not None and len(shown) >= limit:
+                break
+            if (presence := client.presence) is not None:
+                shown.append(presence)
+        return shown
 
     def room_size(self, room: str) -> int:
         """How many members C{room} has here (0 if it does not exist)."""
         return self._rooms.size(room)
-
-    def member_protocols(self, room: str, limit: int) -> list[HubProtocol]:
-        """The protocols of C{room}'s first C{limit} members, in the order
-        they joined, for subclasses that show who is there."""
-        return list(itertools.islice(self._rooms.members(room), limit))
 
     def places(self, client: HubProtocol) -> dict[str, tuple[str, int]]:
         """Where a client stands in each of its rooms: the room's epoch and

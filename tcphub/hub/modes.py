@@ -183,7 +183,7 @@ class ChatProtocol(HubProtocol):
         return self.identity.user if self.identity is not None else None
 
     @property
-    def displayName(self) -> str | None:
+    def presence(self) -> object:
         """The nick, for C{/who} on every hub joined with this one."""
         return self.nick
 
@@ -378,16 +378,16 @@ class ChatProtocol(HubProtocol):
         if room is None:
             self._say("* you are in no room: /join ROOM")
             return
-        nicks = self.factory.member_names(room)
+        nicks = self.factory.member_presence(room)
         relay = self.factory.relay
         if relay is None:
             self._said_who(nicks, room)
         else:  # joined with other hubs: their members too (as of their last heartbeat)
-            relay.cluster_names(room).addCallback(lambda theirs: self._said_who(nicks + theirs, room))
+            relay.cluster_presence(room).addCallback(lambda theirs: self._said_who(nicks + theirs, room))
 
-    def _said_who(self, nicks: list[str], room: str) -> None:
-        if self.state == OPEN:
-            self._say(f"* in #{room}: {', '.join(nicks)}")
+    def _said_who(self, nicks: list[object], room: str) -> None:
+        if self.state == OPEN:  # what another node wrote that is no nick is skipped
+            self._say(f"* in #{room}: {', '.join(nick for nick in nicks if isinstance(nick, str))}")
 
     def _rooms(self, _: str) -> None:
         relay = self.factory.relay  # joined with other hubs: their rooms too

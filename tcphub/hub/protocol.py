@@ -686,9 +686,10 @@ class HubProtocol(Protocol):
         return None
 
     @property
-    def displayName(self) -> str | None:
-        """What the others call this client (a chat's nick), for who is in
-        a room on every hub joined with this one (a hook); None here: not listed."""
+    def presence(self) -> object:
+        """What a room's list of members shows of this client on every hub
+        joined with this one, as JSON (a hook): the chat's nick, the
+        structured protocol's user and name; None here: not listed."""
         return None
 
     def info(self) -> ClientInfo:

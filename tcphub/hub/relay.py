@@ -44,9 +44,9 @@ class Relay(Protocol):
     def release_name(self, name: str, owner: str) -> None:
         """C{owner} no longer holds C{name} (nothing if another does)."""
 
-    def cluster_names(self, room: str) -> Deferred[list[str]]:
-        """What C{room}'s members on the other hubs are called
-        (L{HubProtocol.displayName}), as recently as this hub knows."""
+    def cluster_presence(self, room: str) -> Deferred[list[object]]:
+        """What C{room}'s list of members shows of its members on the other
+        hubs (L{HubProtocol.presence}), as recently as this hub knows."""
 
     def cluster_rooms(self) -> dict[str, int]:
         """Every room of every hub joined with this one, with its members

@@ -56,7 +56,7 @@ from tcphub.errors import AuthRefused, InvalidRoomName, RoomLimitReached
 from tcphub.hub.authflow import Authentication, refuses_room
 from tcphub.hub.identity import Identity, RoomPatterns
 from tcphub.hub.messages import IMessageTransport
-from tcphub.hub.protocol import HubProtocol
+from tcphub.hub.protocol import OPEN, HubProtocol
 from tcphub.hub.rooms import check_room
 from tcphub.hub.sessions import MAX_SESSION_ID, SessionState
 
@@ -333,11 +333,28 @@ class StructuredProtocol(HubProtocol):
         if room is None:
             return
         hub = self.factory
-        members = [{"user": member.identity.user, "name": member.identity.name}
-                   for member in hub.member_protocols(room, MAX_WHO)
-                   if isinstance(member, StructuredProtocol) and member.identity is not None]
-        total = hub.room_size(room)
-        self._reply(path, request_id, {"room": room, "members": members, "total": total})
+        members = hub.member_presence(room, MAX_WHO)
+        relay = hub.relay
+        if relay is None:
+            self._said_who(path, request_id, room, members, hub.room_size(room))
+        else:  # joined with other hubs: their members too (as of their last heartbeat)
+            relay.cluster_presence(room).addCallback(
+                lambda theirs: self._said_who(path, request_id, room, members + theirs,
+                                              relay.cluster_rooms().get(room, 0)))
+
+    def _said_who(self, path: str, request_id: str | None, room: str, members: list[object], total: int) -> None:
+        if self.state != OPEN:
+            return
+        # What another node wrote that is no member of this protocol's is skipped.
+        listed = [member for member in members if isinstance(member, dict) and
+                  isinstance(member.get("user"), str) and isinstance(member.get("name"), str)]
+        self._reply(path, request_id, {"room": room, "members": listed[:MAX_WHO], "total": total})
+
+    @property
+    def presence(self) -> object:
+        """The member's user and name, for C{hub.who} on every hub joined with this one."""
+        identity = self.identity
+        return None if identity is None else {"user": identity.user, "name": identity.name}
 
     handlers: dict[str, Callable[[StructuredProtocol, str, str | None, dict[str, Any]], None]] = {
         "hub.auth": _auth,
