@@ -229,7 +229,7 @@ class MemoryRedis:
     and C{XREVRANGE} are empty; an C{XREAD} finds nothing (as one whose
     block ran out); C{GET} finds nothing; C{PUBSUB NUMSUB} answers
     L{subscribers}; C{SUBSCRIBE} is confirmed; a script (C{EVAL}) answers
-    1; a command named in L{refused} gets an error; anything else is C{+OK}.
+    1; C{CLIENT ID} answers the connection's number (1, 2, ...); a command named in L{refused} gets an error; anything else is C{+OK}.
     """
 
     def __init__(self) -> None:
@@ -281,6 +281,8 @@ class MemoryRedis:
                                    + b"".join(b"-%s\r\n" % error for error in self.exec_errors))
                 elif name == b"EVAL":
                     replies.append(b":1\r\n")
+                elif command[:2] == [b"CLIENT", b"ID"]:
+                    replies.append(b":%d\r\n" % (index + 1))
                 elif name == b"SUBSCRIBE":
                     replies.append(b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(command[1]), command[1]))
                 else:

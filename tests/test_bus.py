@@ -910,6 +910,57 @@ def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_r
             node.twistd.kill()
 
 
+def test_on_streams_a_node_reads_only_the_rooms_it_has_members_in_and_a_room_from_its_first_member_on(redis):
+    """socket.io users' complaint about its Redis adapter: every message
+    reaches every instance.  Here a room's messages go to its own stream,
+    which only the nodes with members in it read."""
+    server = redis.start()
+    a, b = (PluginNode(name, server, "--port", "0", "--mode", "hub") for name in "ab")
+    with killed_after((a, b)):
+        ann, bob = HubMember(a.port), HubMember(b.port)
+        for member, room in ((ann, "games"), (ann, "lobby"), (bob, "lobby")):
+            member.ask("hub.join", {"room": room})
+        for n in range(20):
+            ann.ask("hub.publish", {"room": "games", "data": ["ann", n]})
+        ann.ask("hub.publish", {"room": "lobby", "data": ["ann", END]})
+        bob.read_until_ends(["ann"])
+        assert b.varz()["bus"]["received"] == 1, "node b never read the games, where it has no member"
+        assert redis_command(server, b"XLEN", b"tcphub:0:room:games") == b"20"
+
+        bob.ask("hub.join", {"room": "games"})  # node b reads the games from now on
+        for n in range(3):
+            ann.ask("hub.publish", {"room": "games", "data": ["ann", 100 + n]})
+        ann.ask("hub.publish", {"room": "games", "data": ["ann", END]})
+        bob.read_until_ends(["ann"])
+        assert bob.got["games"] == [("ann", 100), ("ann", 101), ("ann", 102), ("ann", END)]
+        assert b.varz()["bus"]["received"] == 5
+        for member in (ann, bob):
+            member.close()
+
+
+def test_on_streams_a_room_held_for_a_member_away_is_still_read_and_the_member_gets_all_it_missed(redis):
+    server = redis.start()
+    a, b = (PluginNode(name, server, "--port", "0", "--mode", "hub", "--room-history", "100") for name in "ab")
+    with killed_after((a, b)):
+        ann, bob = HubMember(a.port), HubMember(b.port)
+        for member, room in ((ann, "chess"), (ann, "probe"), (bob, "chess")):
+            member.ask("hub.join", {"room": room})
+        bob.close()  # the only member of chess on node b: the room is held for it
+        eventually(lambda: b.varz()["hub"]["sessions_parked"] == 1, "bob's session parked", 100_000)
+        for n in range(3):
+            ann.ask("hub.publish", {"room": "chess", "data": ["ann", n]})
+        cat = HubMember(b.port)
+        cat.ask("hub.join", {"room": "probe"})
+        ann.ask("hub.publish", {"room": "probe", "data": ["ann", END]})  # said after chess's three: read after them
+        cat.read_until_ends(["ann"])
+        back = HubMember(b.port)
+        reply = back.ask("hub.resume", {"session": bob.session, "offsets": {"chess": bob.offsets["chess"]}})
+        assert reply["rooms"]["chess"]["recovered"] is True, reply
+        assert back.got["chess"] == [("ann", 0), ("ann", 1), ("ann", 2)]
+        for member in (ann, back, cat):
+            member.close()
+
+
 def test_on_a_stream_a_redis_restarted_empty_changes_every_room_s_epoch_and_repeats_nothing(redis):
     """Redis comes back without its data: what its stream held is gone, so
     a member back after the restart is told it cannot recover (a new epoch),

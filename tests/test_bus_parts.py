@@ -15,6 +15,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.defer import succeed
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError, ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -24,8 +25,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, TcpServer, UnframeableMessage, UnknownClient
-from tcphub.bus import codec, resp
+from tcphub.bus import codec, resp, streams
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
+from tcphub.bus.streams import StreamBook
 from tcphub.hub.structured import StructuredProtocol
 from tcphub.testing import MemoryRedis
 
@@ -594,3 +596,80 @@ def test_another_hub_s_delivery_is_numbered_as_this_hub_numbers_the_room(hub_fac
                                                 "epoch": hub.factory.room_epoch("chess")}
     assert delivered[1] == b"not a delivery of this protocol"
     assert hub.factory.room_sequence("chess") == 2
+
+
+# -- streams: a room's own, read only where the room has members ----------------
+
+
+def test_a_process_numbers_its_messages_per_stream_and_takes_a_new_name_past_its_bound(monkeypatch):
+    book = StreamBook(b"hub", lambda room: b"room:" + room.encode())
+    assert [book.number(book.stream_of(room)) for room in ("a", None, "a", "b")] == [
+        (book.instance, 1), (book.instance, 1), (book.instance, 2), (book.instance, 1)]
+    monkeypatch.setattr(streams, "_NUMBERED_STREAMS", 3)
+    first = book.instance
+    instance, seq = book.number(b"room:c")  # a fourth stream: numbered anew, under a new name
+    assert (seq, instance != first) == (1, True)
+    assert book.number(b"room:a") == (instance, 1)
+
+
+def test_a_reader_takes_each_number_once_and_counts_a_gap_per_process_and_stream():
+    book = StreamBook(b"hub", lambda room: b"room:" + room.encode())
+    assert book.take("p", 5, b"room:a") == (True, 0)  # the first it sees of p there
+    assert book.take("p", 1, b"room:b") == (True, 0), "another stream: its own numbers"
+    assert book.take("p", 5, b"room:a") == (False, 0)
+    assert book.take("q", 5, b"room:a") == (True, 0), "another process: its own numbers"
+    assert book.take("p", 9, b"room:a") == (True, 3)
+    assert book.take("p", 2, b"room:b") == (True, 0)
+
+
+def test_a_reader_reads_the_hub_and_the_rooms_here_finding_the_end_of_each_new_one_once():
+    book = StreamBook(b"hub", lambda room: b"room:" + room.encode())
+    assert book.reading(["a"]) == ([], [], [b"hub", b"room:a"])
+    book.located(b"hub", b"5-0")
+    assert book.reading(["a"]) == ([b"hub"], [b"5-0"], []), "room:a is being found already"
+    assert book.new_room("a") is None and book.new_room("b") == b"room:b"
+    book.located(b"room:a", None)
+    book.read_to(b"room:a", b"7-1")
+    book.unlocated(b"room:b")
+    assert book.reading(["a", "b"]) == ([b"hub", b"room:a"], [b"5-0", b"7-1"], [b"room:b"])
+    book.located(b"room:b", b"3-0")
+    assert book.reading(["b"]) == ([b"hub", b"room:b"], [b"5-0", b"3-0"], []), "a room gone is not read"
+    book.read_to(b"room:a", b"8-0")  # an XREAD sent before it went
+    assert book.reading(["b"])[0] == [b"hub", b"room:b"]
+
+
+def sent_commands(transport: StringTransport, since: int = 0) -> list[list[bytes]]:
+    """What was written to C{transport} from byte C{since} on, command by command."""
+    data, at, commands = transport.value(), since, []
+    while at < len(data):
+        command, at = resp.parse(data, at)
+        commands.append(command)
+    return commands
+
+
+def test_a_node_reads_the_streams_of_its_rooms_and_wakes_its_reader_for_a_room_new_here(memory_bus):
+    hub, bus, redis = memory_bus(transport="streams")
+    (_, publisher), (_, reader) = redis.connections
+    assert [command[-2:] for command in sent_commands(reader) if command[0] == b"XREAD"] == [
+        [b"tcphub:0:stream", b"0-0"]]
+    client = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    client.makeConnection(StringTransport())
+    mark = len(publisher.value())
+    hub.factory.join(client.client_id, "chess")
+    hub.factory.join(client.client_id, "go")
+    redis.answer()  # the ends of both found, the reader woken for each (Redis's nil reply read again)
+    assert [command for command in sent_commands(publisher, mark) if command[0] != b"PEXPIRE"] == [
+        [b"XREVRANGE", b"tcphub:0:room:chess", b"+", b"-", b"COUNT", b"1"],
+        [b"XREVRANGE", b"tcphub:0:room:go", b"+", b"-", b"COUNT", b"1"],
+        [b"CLIENT", b"UNBLOCK", b"2"], [b"CLIENT", b"UNBLOCK", b"2"]]
+    hub.factory.broadcast(b"e4", room="chess")
+    redis.answer()
+    xadd = [command for command in sent_commands(publisher, mark) if command[0] in (b"XADD", b"PEXPIRE")]
+    assert [command[:2] for command in xadd] == [[b"XADD", b"tcphub:0:room:chess"],
+                                                 [b"PEXPIRE", b"tcphub:0:room:chess"]]
+    hub.factory.leave(client.client_id, "go")
+    redis.answer()
+    last = [command for command in sent_commands(reader) if command[0] == b"XREAD"][-1]
+    assert last[6:] == [b"tcphub:0:stream", b"tcphub:0:room:chess", b"0-0", b"0-0"], "go is no longer read"
+    client.transport.loseConnection()
+    client.connectionLost(Failure(ConnectionDone()))

@@ -29,14 +29,16 @@ when the connection to Redis drops, and what a node misses while its own
 subscription is down, are not delivered again.
 
 With Redis Streams (C{transport="streams"}, the default, as socket.io's Redis Streams
-adapter), every node appends to one stream (C{XADD}, trimmed to about
-C{stream_maxlen} entries) and reads it from the last entry it has had
-(C{XREAD BLOCK}): a node whose connection drops, or a Redis restarted with
-its data (AOF), costs a delay, not a message.  A publish whose reply was
-lost with the connection is sent again; each message carries its process
-and a number, so that a reader delivers it once, and counts as C{missed}
-what a gap in the numbers shows it never had (the stream trimmed under a
-slow node, a Redis restarted empty).
+adapter), a node appends a room's messages to the room's stream and the
+rest to the hub's (C{XADD}, trimmed to about C{stream_maxlen} entries), and
+reads the hub's stream and those of the rooms it has members in from the
+last entry it has had (C{XREAD BLOCK}; L{tcphub.bus.streams} keeps the
+book): a node whose connection drops, or a Redis restarted with its data
+(AOF), costs a delay, not a message.  A publish whose reply was lost with
+the connection is sent again; each message carries its process and its
+number in its stream, so that a reader delivers it once, and counts as
+C{missed} what a gap in the numbers shows it never had (a stream trimmed
+under a slow node, a Redis restarted empty).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -68,6 +70,7 @@ from tcphub._secrets import redact_url
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
 from tcphub.bus.sentinel import SentinelEndpoint
+from tcphub.bus.streams import StreamBook
 from tcphub._upstream.twisted_parts import QuietClientService
 from tcphub._observer import OneShotObserver
 from tcphub.errors import BusError, BusQueueFull, NodeIdInUse
@@ -91,8 +94,8 @@ _READ_BLOCK_MS = 1000
 """How long an C{XREAD} waits for entries: well within the command timeout of the heartbeat's PING."""
 _READ_COUNT = 1000
 """The most entries one C{XREAD} takes: a node far behind catches up in bounded reads."""
-_SEEN_PROCESSES = 1024
-"""Processes whose last number a reader keeps (the oldest forgotten first)."""
+_ROOM_STREAM_TTL_MS = 3600 * 1000
+"""How long a room's stream outlives its last message (a node away longer, and back, counts what it missed)."""
 
 
 class PublisherState(Enum):
@@ -319,13 +322,13 @@ class RedisBus(Service):
         self._nodes_key = f"{self._keys}:nodes".encode("utf-8")
         """The set of the deployment's nodes (each one's presence lives under its own keys)."""
         self._streams = transport == "streams"
-        self._seq = 0
-        self._unacked: deque[bytes] = deque()
-        """On a stream: what was sent to Redis and not yet acknowledged, to be sent again if the connection drops."""
-        self._last_id: bytes | None = None
-        """On a stream: the id of the last entry read (None: not known yet)."""
-        self._seen: OrderedDict[str, int] = OrderedDict()
-        """On a stream: each process's last message number read."""
+        self._book = StreamBook(self._stream, self._room_stream)
+        """On streams: where this node stands in each, and the numbers of what it writes and reads."""
+        self._unacked: deque[tuple[bytes, bytes]] = deque()
+        """On streams: what was sent to Redis and not yet acknowledged (stream, message), to be
+        sent again if the connection drops."""
+        self._reader_id: int | None = None
+        """On streams: the reading connection's id on Redis (C{CLIENT UNBLOCK} wakes it to read a new room)."""
         self._data_mark: bytes | None = None
         """On a stream: the mark of the Redis data this node last saw (C{PREFIX:DB:data}): another
         one after a reconnect is a Redis that lost its data."""
@@ -346,7 +349,8 @@ class RedisBus(Service):
         self.state = PublisherState.DOWN
         self._publisher: RedisProtocol | None = None
         self._subscribed = False
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        """What waits for Redis: (channel or stream, message), in order."""
         self._queued_bytes = 0
         self._counts = {"published": 0, "received": 0, "dropped": 0, "publish_errors": 0, "bad_messages": 0,
                         "duplicates": 0, "missed": 0}
@@ -359,6 +363,8 @@ class RedisBus(Service):
         self._others_rooms: dict[str, int] = {}
         self._nodes = 0
         self._names: dict[bytes, bytes] = {}  # the names this node's clients claimed: key -> value
+        if self._streams:
+            self._hub.on("join", self._room_joined)
 
     # -- the relay: what the hub calls --------------------------------------
 
@@ -432,14 +438,18 @@ class RedisBus(Service):
         return True
 
     def _publish(self, kind: str, payload: bytes, **fields: Any) -> None:
-        if self._streams:  # numbered, so that a reader takes each once
-            self._seq += 1
-            fields.update(instance=self._instance[:12].decode("ascii"), seq=self._seq)
-        self._enqueue(codec.encode(codec.BusMessage(node=self.node_id, kind=kind, payload=payload, **fields)))
+        key = self._channel
+        if self._streams:  # to its room's stream or the hub's, numbered there, so that a reader takes each once
+            key = self._book.stream_of(fields.get("room"))
+            fields["instance"], fields["seq"] = self._book.number(key)
+        self._enqueue(key, codec.encode(codec.BusMessage(node=self.node_id, kind=kind, payload=payload, **fields)))
 
-    def _enqueue(self, data: bytes) -> None:
+    def _room_stream(self, room: str) -> bytes:
+        return f"{self._keys}:room:{room}".encode("utf-8")
+
+    def _enqueue(self, key: bytes, data: bytes) -> None:
         if self.state is PublisherState.FLOWING:
-            self._write(data)
+            self._write(key, data)
             return
         queued, size = len(self._queue), self._queued_bytes + len(data)
         full = queued >= self.max_queue or size > self.max_queue_bytes
@@ -458,20 +468,22 @@ class RedisBus(Service):
             self._hub.surface.fault("bus_dropped", LogLevel.warn, "{error}", error=error)
             self._hub.surface.report(error)
             return
-        self._queue.append(data)
+        self._queue.append((key, data))
         self._queued_bytes += len(data)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, key: bytes, data: bytes) -> None:
         publisher = self._publisher
         assert publisher is not None
         self._counts["published"] += 1
         if not self._streams:
-            publisher.command(b"PUBLISH", self._channel, data).addErrback(self._publish_failed)
+            publisher.command(b"PUBLISH", key, data).addErrback(self._publish_failed)
             return
-        self._unacked.append(data)
-        publisher.command(b"XADD", self._stream, b"MAXLEN", b"~", self.stream_maxlen, b"*", b"m", data
+        self._unacked.append((key, data))
+        publisher.command(b"XADD", key, b"MAXLEN", b"~", self.stream_maxlen, b"*", b"m", data
                           ).addCallbacks(self._added, self._add_failed, callbackArgs=(publisher,),
                                          errbackArgs=(publisher,))
+        if key != self._stream:  # a room's stream goes once its room has been quiet for a while
+            self._fire(publisher, b"PEXPIRE", key, _ROOM_STREAM_TTL_MS)
 
     def _added(self, _: object, publisher: RedisProtocol) -> None:
         if publisher is self._publisher:  # else the entry was queued again as the connection dropped
@@ -506,9 +518,9 @@ class RedisBus(Service):
         reads again once Redis has taken half of it."""
         queue = self._queue
         while queue and self.state is PublisherState.FLOWING:
-            data = queue.popleft()
+            key, data = queue.popleft()
             self._queued_bytes -= len(data)
-            self._write(data)
+            self._write(key, data)
         if self._stall_call is not None and (
                 len(queue) <= self.max_queue // 2 and self._queued_bytes <= self.max_queue_bytes // 2):
             self._release_senders()
@@ -644,7 +656,7 @@ class RedisBus(Service):
         self._peers = self._nodes
         if self._unacked:  # maybe added, maybe not: sent again first (a reader drops a second copy)
             self._queue.extendleft(reversed(self._unacked))
-            self._queued_bytes += sum(len(data) for data in self._unacked)
+            self._queued_bytes += sum(len(data) for _, data in self._unacked)
             self._unacked.clear()
         if self._wait_call is not None:
             self._wait_call.cancel()
@@ -670,6 +682,8 @@ class RedisBus(Service):
         self._prepare(protocol, "subscriber")
         self._subscriber = protocol
         if self._streams:
+            protocol.command(b"CLIENT", b"ID").addCallbacks(self._reader_named, self._command_failed,
+                                                            callbackArgs=(protocol,), errbackArgs=(b"CLIENT ID",))
             self._start_reading(protocol)
             return
 
@@ -688,32 +702,63 @@ class RedisBus(Service):
         self._subscribed = False
 
     def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
-        self._take_read(data for _, data in pushes)
+        self._take_read(pushes)
 
-    def _take_read(self, messages: Iterable[bytes]) -> None:
-        """The messages of one read from Redis: as for a client's read, what
-        they make the hub write goes out as one write per client."""
+    def _take_read(self, messages: Iterable[tuple[bytes, bytes]]) -> None:
+        """The messages of one read from Redis, each with its channel or
+        stream: as for a client's read, what they make the hub write goes
+        out as one write per client."""
         surface = self._hub.surface
         surface.read_begins()
         try:
-            for data in messages:
-                self._take(data)
+            for key, data in messages:
+                self._take(key, data)
         finally:
             surface.read_ends()
 
+    def _reader_named(self, reply: Any, protocol: RedisProtocol) -> None:
+        if protocol is self._subscriber and isinstance(reply, int):
+            self._reader_id = reply
+
     def _start_reading(self, protocol: RedisProtocol) -> None:
-        """Read the stream from the last entry read, or, the first time,
-        from its end as it is now."""
-        if self._last_id is not None:
+        """Read the streams from the last entry read, or, the first time,
+        the hub's from its end as it is now."""
+        if self._book.started:
             self._reading(protocol)
             return
 
         def at_end(reply: Any) -> None:
-            self._last_id = reply[0][0] if reply else b"0-0"
+            self._book.located(self._stream, reply[0][0] if reply else None)
             self._reading(protocol)
 
         protocol.command(b"XREVRANGE", self._stream, b"+", b"-", b"COUNT", 1).addCallbacks(
             at_end, self._refused_command, errbackArgs=(b"XREVRANGE", protocol))
+
+    def _room_joined(self, client_id: str, room: str) -> None:
+        key = self._book.new_room(room)
+        if key is not None:  # the first member here: read the room's stream from its end
+            self._locate(key)
+
+    def _locate(self, key: bytes) -> None:
+        """Find the end of a room's stream (on the publishing connection: the
+        reading one waits in its C{XREAD}), then wake the reader to read it
+        from there on.  A member that joined gets the other nodes' messages
+        from then on: those Redis took after this command."""
+        publisher = self._publisher
+        if publisher is None:  # asked again at the next read
+            self._book.unlocated(key)
+            return
+
+        def at_end(reply: Any) -> None:
+            self._book.located(key, reply[0][0] if reply else None)
+            if self._reader_id is not None and self._publisher is not None:
+                self._fire(self._publisher, b"CLIENT", b"UNBLOCK", self._reader_id)
+
+        def failed(failure: Failure) -> None:
+            self._book.unlocated(key)
+            self._command_failed(failure, b"XREVRANGE")
+
+        publisher.command(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1).addCallbacks(at_end, failed)
 
     def _reading(self, protocol: RedisProtocol) -> None:
         self._subscribed = True
@@ -722,45 +767,45 @@ class RedisBus(Service):
         self._read(protocol)
 
     def _read(self, protocol: RedisProtocol) -> None:
-        assert self._last_id is not None
-        protocol.command(b"XREAD", b"COUNT", _READ_COUNT, b"BLOCK", _READ_BLOCK_MS, b"STREAMS", self._stream,
-                         self._last_id).addCallbacks(self._entries, self._refused_command, callbackArgs=(protocol,),
-                                                     errbackArgs=(b"XREAD", protocol))
+        """Read the hub's stream and the streams of the rooms here (held
+        ones included: their members are expected back), finding the end
+        of those new here first."""
+        keys, positions, to_locate = self._book.reading(self._hub.room_names())
+        for key in to_locate:
+            self._locate(key)
+        protocol.command(b"XREAD", b"COUNT", _READ_COUNT, b"BLOCK", _READ_BLOCK_MS, b"STREAMS", *keys, *positions
+                         ).addCallbacks(self._entries, self._refused_command, callbackArgs=(protocol,),
+                                        errbackArgs=(b"XREAD", protocol))
 
     def _entries(self, reply: Any, protocol: RedisProtocol) -> None:
-        """An C{XREAD}'s entries (None: none came within the block): taken
-        as one read, then the next C{XREAD}."""
+        """An C{XREAD}'s entries, by stream (None: none came within the block,
+        or a room new here woke it): taken as one read, then the next C{XREAD}."""
         if protocol is not self._subscriber:
             return
-        if reply:
-            entries = reply[0][1]
-            self._last_id = entries[-1][0]
-            self._take_read(fields[1] if len(fields) == 2 else b"" for _, fields in entries)
+        for key, entries in reply or ():
+            self._book.read_to(key, entries[-1][0])
+        self._take_read((key, fields[1] if len(fields) == 2 else b"") for key, entries in reply or ()
+                        for _, fields in entries)
         self._read(protocol)
 
-    def _fresh(self, message: codec.BusMessage) -> bool:
-        """Whether a message read from the stream is one this node has not
-        had (by its process's numbers); a gap is counted as missed."""
+    def _fresh(self, message: codec.BusMessage, key: bytes) -> bool:
+        """Whether a message read from stream C{key} is one this node has not
+        had (by its process's numbers there); a gap is counted as missed."""
         assert message.instance is not None and message.seq is not None
-        last = self._seen.pop(message.instance, None)
-        if last is not None and message.seq <= last:
-            self._seen[message.instance] = last
+        taken = self._book.take(message.instance, message.seq, key)
+        if not taken.fresh:
             self._counts["duplicates"] += 1
             return False
-        self._seen[message.instance] = message.seq
-        if len(self._seen) > _SEEN_PROCESSES:
-            self._seen.popitem(last=False)
-        if last is not None and message.seq > last + 1:
+        if taken.missed:
             self._hub.history_lost()
-            count = self._counts["missed"] = self._counts["missed"] + message.seq - last - 1
+            count = self._counts["missed"] = self._counts["missed"] + taken.missed
             self._hub.surface.fault("bus_missed", LogLevel.warn,
                                     "bus: missed {gap} messages of node {node} ({count} so far): the stream was "
                                     "trimmed under this node, or Redis lost them; every room's epoch changes",
-                                    gap=message.seq - last - 1,
-                                    node=message.node, count=count)
+                                    gap=taken.missed, node=message.node, count=count)
         return True
 
-    def _take(self, data: bytes) -> None:
+    def _take(self, key: bytes, data: bytes) -> None:
         try:
             message = codec.decode(data)
         except BusError as error:
@@ -771,7 +816,7 @@ class RedisBus(Service):
         if self._streams and message.instance is None:
             self._bad(BusError("a message on the bus stream without its process's number"))
             return
-        if self._streams and not self._fresh(message):
+        if self._streams and not self._fresh(message, key):
             return
         self._counts["received"] += 1
         if message.kind in (codec.BROADCAST, codec.NOTICE):

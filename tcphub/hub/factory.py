@@ -497,6 +497,11 @@ class HubFactory(Factory):
         """Every room with its number of members."""
         return self._rooms.counts()
 
+    def room_names(self) -> Iterable[str]:
+        """Every room here, those held for members expected back
+        (L{tcphub.hub.sessions}) included: what a relay reads for this hub."""
+        return self._rooms.names()
+
     def members(self, room: str) -> list[ClientInfo]:
         """Snapshots of C{room}'s members, in the order they joined (none if no such room)."""
         return [client.info() for client in self._rooms.members(room)]

@@ -171,6 +171,10 @@ class Rooms(Generic[M]):
     def rooms_of(self, member: M) -> tuple[str, ...]:
         return tuple(self._rooms.get(member, ()))
 
+    def names(self) -> Iterable[str]:
+        """Every room that exists, held ones without members included."""
+        return self._members.keys()
+
     def counts(self) -> dict[str, int]:
         """Each room with members and their number (a held room without any is left out)."""
         return {room: len(members) for room, members in self._members.items() if members}

@@ -1,0 +1,131 @@
+"""
+L{StreamBook}: the bookkeeping of a bus on Redis Streams, kept apart from
+its I/O.  Pure: no Twisted, no sockets.
+
+The bus writes a room's messages to the room's own stream and everything
+else (whole-hub broadcasts, sends, disconnects) to the hub's stream, and a
+node reads the hub's stream and the streams of the rooms it has members in,
+as socket.io's Redis Streams adapter would if it read only the rooms an
+instance serves.  The book says:
+
+  - where the node stands in each stream it reads (the id of the last entry
+    read), and which streams it must first find the end of (a room new here
+    is read from its end as it is then);
+  - the number of each message this process writes to a stream (1, 2, ... per
+    stream), so that a reader takes each once and counts the gaps;
+  - the last number a reader has had from each process in each stream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from typing import Callable, Iterable, NamedTuple
+
+__all__ = ["StreamBook", "Taken"]
+
+_NUMBERED_STREAMS = 10_000
+"""Streams a process numbers its messages in before it takes a new name
+(readers then know it as a new process): the numbering stays bounded."""
+_SEEN = 16_384
+"""(process, stream) pairs whose last number a reader keeps (the oldest forgotten first)."""
+_START = b"0-0"
+"""The position before a stream's first entry."""
+
+
+class Taken(NamedTuple):
+    """What a reader makes of a message's number."""
+
+    fresh: bool
+    """Not had before (else a copy: a publish sent again after a lost reply)."""
+    missed: int
+    """How many of the process's messages to this stream never came before it."""
+
+
+class StreamBook:
+    """The positions, numbers and seen numbers of one node's bus; C{room_key}
+    names a room's stream, C{hub_key} the hub's."""
+
+    def __init__(self, hub_key: bytes, room_key: Callable[[str], bytes]) -> None:
+        self.hub_key = hub_key
+        self._room_key = room_key
+        self.instance = self._new_instance()
+        """This process's name in what it writes (it changes when the numbering would outgrow its bound)."""
+        self._numbers: dict[bytes, int] = {}
+        self._positions: dict[bytes, bytes] = {}
+        self._locating: set[bytes] = set()
+        self._seen: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+
+    @staticmethod
+    def _new_instance() -> str:
+        return uuid.uuid4().hex[:12]
+
+    # -- writing ---------------------------------------------------------------
+
+    def stream_of(self, room: str | None) -> bytes:
+        """The stream a message goes to: its room's, or (no room) the hub's."""
+        return self.hub_key if room is None else self._room_key(room)
+
+    def number(self, key: bytes) -> tuple[str, int]:
+        """This process's name and the number of its next message to C{key}."""
+        numbers = self._numbers
+        if key not in numbers and len(numbers) >= _NUMBERED_STREAMS:
+            self.instance, numbers = self._new_instance(), {}
+            self._numbers = numbers
+        seq = numbers[key] = numbers.get(key, 0) + 1
+        return self.instance, seq
+
+    # -- reading ---------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """Whether the hub's stream has a position (the node has read, or found its end)."""
+        return self.hub_key in self._positions
+
+    def reading(self, rooms: Iterable[str]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """What to read, for the C{rooms} here now: the streams and the
+        position in each (the hub's first), and the rooms' streams whose end
+        must be found before they are read.  A room no longer here is forgotten."""
+        wanted = dict.fromkeys([self.hub_key, *map(self._room_key, rooms)])
+        positions = self._positions
+        for key in [key for key in positions if key not in wanted]:
+            del positions[key]
+        keys = list(positions)
+        to_locate = [key for key in wanted if key not in positions and key not in self._locating]
+        self._locating.update(to_locate)
+        return keys, [positions[key] for key in keys], to_locate
+
+    def new_room(self, room: str) -> bytes | None:
+        """A room is here now: its stream, if its end must be found (it is
+        neither read nor being found), and it is then being found."""
+        key = self._room_key(room)
+        if key in self._positions or key in self._locating:
+            return None
+        self._locating.add(key)
+        return key
+
+    def located(self, key: bytes, last: bytes | None) -> None:
+        """C{key}'s last entry is C{last} (None: the stream is empty): read from after it."""
+        self._locating.discard(key)
+        self._positions[key] = last if last is not None else _START
+
+    def unlocated(self, key: bytes) -> None:
+        """Finding C{key}'s end failed: it is asked again at the next L{reading}."""
+        self._locating.discard(key)
+
+    def read_to(self, key: bytes, last: bytes) -> None:
+        """Entries up to C{last} of C{key} were read."""
+        if key in self._positions or key == self.hub_key:
+            self._positions[key] = last
+
+    def take(self, instance: str, seq: int, key: bytes) -> Taken:
+        """A message numbered C{seq} by C{instance} read from C{key}."""
+        seen = self._seen
+        last = seen.pop((instance, key), None)
+        if last is not None and seq <= last:
+            seen[instance, key] = last
+            return Taken(False, 0)
+        seen[instance, key] = seq
+        if len(seen) > _SEEN:
+            seen.popitem(last=False)
+        return Taken(True, 0 if last is None else seq - last - 1)
