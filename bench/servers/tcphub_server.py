@@ -6,6 +6,7 @@ its metrics as JSON when a line arrives on stdin (to check the client table).
 wsfanout: broadcast, with WebSocket members on a second port (printed as "ws PORT").
 bus: broadcast, joined with the other nodes through the Redis of $TCPHUB_REDIS
 as node $TCPHUB_NODE; starts listening once subscribed.
+busroom: room, joined with the other nodes as bus is.
 
 room: a frame "J<name>" joins that room; any other frame goes to room "r",
 to every member but the sender.
@@ -57,7 +58,7 @@ class RoomFanout(HubProtocol):
 
 mode = sys.argv[1]
 server = TcpServer(
-    port=0, framing="int32", protocol=RoomFanout if mode == "room" else MODES["broadcast" if mode in ("wsfanout", "bus") else mode],
+    port=0, framing="int32", protocol=RoomFanout if mode in ("room", "busroom") else MODES["broadcast" if mode in ("wsfanout", "bus") else mode],
     backlog=4096, timeout=None, max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
 )
 members = None
@@ -85,7 +86,7 @@ def started(_):
 
 if members is not None:
     members.startService()
-if mode == "bus":
+if mode in ("bus", "busroom"):
     import os
 
     from twisted.internet.task import deferLater
