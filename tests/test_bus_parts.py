@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcphub import BroadcastProtocol, BusError, BusQueueFull, TcpServer, UnframeableMessage, UnknownClient
+from tcphub import BroadcastProtocol, BusError, BusQueueFull, HubProtocol, TcpServer, UnframeableMessage, UnknownClient
 from tcphub.bus import codec, resp, streams
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
 from tcphub.bus.streams import StreamBook
@@ -673,3 +673,65 @@ def test_a_node_reads_the_streams_of_its_rooms_and_wakes_its_reader_for_a_room_n
     assert last[6:] == [b"tcphub:0:stream", b"tcphub:0:room:chess", b"0-0", b"0-0"], "go is no longer read"
     client.transport.loseConnection()
     client.connectionLost(Failure(ConnectionDone()))
+
+
+class Listed(HubProtocol):
+    """A member whose presence a test sets."""
+
+    shown: object = None
+
+    @property
+    def presence(self) -> object:
+        return self.shown
+
+
+def test_a_rooms_list_is_written_again_only_once_its_members_or_their_presence_changed():
+    redis = MemoryRedis()
+    hub = TcpServer(port=0, clock=Clock(), protocol=Listed, timeout=0, frame_timeout=0)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="pubsub")
+    bus.startService()
+    redis.answer()
+    publisher = redis.connections[0][1]
+    members = []
+    for n, room in enumerate(("chess", "chess", "go")):
+        member = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 10000 + n))
+        member.makeConnection(StringTransport())
+        member.shown = f"m{n}"
+        hub.factory.join(member.client_id, room)
+        members.append(member)
+
+    def beat(late: float = 0) -> list[list[bytes]]:
+        """The names written by the next heartbeat, C{late} seconds late (the
+        reactor held up): HSET and HDEL of the names key, and its DEL."""
+        mark = len(publisher.value())
+        hub.factory.clock.advance(bus.heartbeat + late)
+        redis.answer()  # the claim's reply: the presence follows
+        redis.answer()
+        return [command for command in sent_commands(publisher, mark)
+                if command[0] in (b"HSET", b"HDEL", b"DEL") and b"names" in b"".join(command[1:2] + command[3:4])]
+
+    assert beat() == [[b"HSET", b"tcphub:0:names:a", b"chess", b'["m0", "m1"]', b"go", b'["m2"]']], (
+        "the rooms joined since the first heartbeat (written whole, as the bus connected)")
+    assert beat() == [], "nothing changed: no list written"
+    members[1].shown = "renamed"
+    members[1].presenceChanged()
+    assert beat() == [[b"HSET", b"tcphub:0:names:a", b"chess", b'["m0", "renamed"]']]
+    hub.factory.leave(members[2].client_id, "go")
+    assert beat() == [[b"HDEL", b"tcphub:0:names:a", b"go"]]
+    assert beat(late=bus.node_ttl) == [  # past the ttl: the key may be gone
+        [b"DEL", b"tcphub:0:rooms:a", b"tcphub:0:members:a", b"tcphub:0:names:a"],
+        [b"HSET", b"tcphub:0:names:a", b"chess", b'["m0", "renamed"]']]
+    redis.drop()
+    for _ in range(6):  # connected again (within the backoff's jitter): every list written
+        hub.factory.clock.advance(0.5)
+        redis.answer()
+    (publisher,) = [transport for _, transport in redis.connections[2:] if b"tcphub:a:publisher" in transport.value()]
+    assert beat() == [], "written whole as the bus connected again"
+    assert [b"DEL", b"tcphub:0:rooms:a", b"tcphub:0:members:a", b"tcphub:0:names:a"] in sent_commands(publisher)
+    for member in members:
+        member.transport.loseConnection()
+        member.connectionLost(Failure(ConnectionDone()))
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]

@@ -363,8 +363,13 @@ class RedisBus(Service):
         self._others_rooms: dict[str, int] = {}
         self._nodes = 0
         self._names: dict[bytes, bytes] = {}  # the names this node's clients claimed: key -> value
-        if self._streams:
-            self._hub.on("join", self._room_joined)
+        self._relisted: dict[str, None] | None = None
+        """Rooms whose members or their presence changed since the last
+        heartbeat's write: their lists are written anew (None: every room's)."""
+        self._written_at: float | None = None
+        self._hub.on("join", self._room_joined)
+        self._hub.on("leave", lambda client_id, room, reason: self._relist((room,)))
+        self._hub.on("presence", lambda client_id, rooms: self._relist(rooms))
 
     # -- the relay: what the hub calls --------------------------------------
 
@@ -582,6 +587,7 @@ class RedisBus(Service):
             protocol.transport.loseConnection()
 
     def _publisher_ready(self, protocol: RedisProtocol) -> None:
+        self._relisted = None  # a Redis that may not have the rooms' lists: every one written
         self._prepare(protocol, "publisher")
         self._check_server(protocol)
         self._publisher = protocol
@@ -735,6 +741,9 @@ class RedisBus(Service):
             at_end, self._refused_command, errbackArgs=(b"XREVRANGE", protocol))
 
     def _room_joined(self, client_id: str, room: str) -> None:
+        self._relist((room,))
+        if not self._streams:
+            return
         key = self._book.new_room(room)
         if key is not None:  # the first member here: read the room's stream from its end
             self._locate(key)
@@ -879,19 +888,30 @@ class RedisBus(Service):
         self._fire(publisher, b"SADD", self._nodes_key, node)
         rooms, members, names_key = self._presence_keys(node)
         # The whole picture each time, in one transaction: a reader sees the
-        # last one or the one before, never half of one.
+        # last one or the one before, never half of one.  The rooms' lists
+        # (each a JSON document, the costly part) are written anew only for
+        # rooms whose members or presence changed, unless the key may be gone
+        # (a new connection, a Redis restarted, a heartbeat later than the ttl).
         counts = self._hub.rooms()
+        now = self._clock.seconds()
+        relisted = self._relisted
+        if relisted is None or self._written_at is None or now - self._written_at >= self.node_ttl:
+            relisted = None
+        self._relisted, self._written_at = {}, now
         self._fire(publisher, b"MULTI")
-        self._fire(publisher, b"DEL", rooms, members, names_key)
+        self._fire(publisher, b"DEL", rooms, members, *([names_key] if relisted is None else []))
         if counts:
             self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
                                                     for part in (room, count)])
             self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
                 room, " ".join(self._hub.member_ids(room)))])
-            named = [(room, names) for room in counts if (names := self._hub.member_presence(room))]
-            if named:
-                self._fire(publisher, b"HSET", names_key, *[part for room, names in named for part in (
-                    room, json.dumps(names, ensure_ascii=False))])
+        listed = [(room, self._hub.member_presence(room)) for room in (counts if relisted is None else relisted)]
+        named = [part for room, names in listed if names for part in (room, json.dumps(names, ensure_ascii=False))]
+        if named:
+            self._fire(publisher, b"HSET", names_key, *named)
+        unnamed = [room for room, names in listed if not names]
+        if unnamed and relisted is not None:
+            self._fire(publisher, b"HDEL", names_key, *unnamed)
         self._fire(publisher, b"PEXPIRE", rooms, ttl)
         self._fire(publisher, b"PEXPIRE", members, ttl)
         self._fire(publisher, b"PEXPIRE", names_key, ttl)
@@ -900,6 +920,12 @@ class RedisBus(Service):
             self._fire(publisher, b"PEXPIRE", name, ttl)
 
         self._read_cluster(publisher)
+
+    def _relist(self, rooms: Iterable[str]) -> None:
+        """These rooms' lists are to be written anew at the next heartbeat
+        (nothing to note while every list will be)."""
+        if self._relisted is not None:
+            self._relisted.update(dict.fromkeys(rooms))
 
     def _held_elsewhere(self) -> None:
         """Another process holds the node's id: one that died lets it go
@@ -938,9 +964,11 @@ class RedisBus(Service):
         protocol.command(b"INFO", b"cluster").addCallbacks(cluster, lambda _: None)
 
     def _exec_done(self, replies: Any) -> None:
-        """A presence transaction's replies: an error inside one is Redis refusing a write."""
+        """A presence transaction's replies: an error inside one is Redis
+        refusing a write (the rooms' lists are then all written next time)."""
         for reply in replies if isinstance(replies, list) else ():
             if isinstance(reply, RedisReplyError):
+                self._relisted = None
                 self._hub.surface.fault("bus_command_errors", LogLevel.warn,
                                         "Redis refused a presence write: {error}", error=reply)
 

@@ -85,6 +85,8 @@ class HubFactory(Factory):
       - C{leave(client_id: str, room: str, reason: str)}: C{"left"}, or
         C{"disconnected"} for each room of a client that goes (before its
         C{disconnect} event)
+      - C{presence(client_id: str, rooms: tuple[str, ...])}: what the client
+        shows in its rooms' lists changed (L{HubProtocol.presenceChanged})
 
     Its clients call the methods under "called by HubProtocol"; nothing else
     should.  C{counters}, C{batch} and C{repeats} are the hub's and its
@@ -160,7 +162,7 @@ class HubFactory(Factory):
             self.repeats, lambda: self.counters.add("handler_errors"), self.report, "the hub goes on"
         )
         """Called with C{(where, failure, client_id)} when a hook raised."""
-        self.events = Events(("connection", "data", "disconnect", "error", "join", "leave"),
+        self.events = Events(("connection", "data", "disconnect", "error", "join", "leave", "presence"),
                              self.handler_failed.event_failed)
         self.max_rooms_per_client = _checks.count("max_rooms_per_client", max_rooms_per_client)
         self._rooms: Rooms[HubProtocol] = Rooms(
@@ -510,6 +512,13 @@ class HubFactory(Factory):
         """The ids of C{room}'s members, in the order they joined: what
         presence needs, without a snapshot of each."""
         return [client.client_id for client in self._rooms.members(room)]
+
+    def presence_changed(self, client: HubProtocol) -> None:
+        """What C{client} shows in its rooms' lists changed (L{HubProtocol.presenceChanged}):
+        emit C{presence} with its rooms, if it is in any."""
+        rooms = self._rooms.rooms_of(client)
+        if rooms:
+            self.events.emit("presence", client.client_id, rooms)
 
     def member_presence(self, room: str, limit: int | None = None) -> list[object]:
         """What C{room}'s list of members shows of each member here

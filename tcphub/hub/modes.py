@@ -348,6 +348,7 @@ class ChatProtocol(HubProtocol):
             if relay is not None and self.nick_shared:
                 relay.release_name(old, self.client_id)
         self.nick_shared = relay is not None
+        self.presenceChanged()
         self._say(f"* you are now {name}")
         for room in self.rooms:
             self._announce(room, f"* {old} is now {name}")
@@ -416,6 +417,7 @@ class ChatProtocol(HubProtocol):
         if not nicks.take(self.nick, self):  # a guest-… nick /nick took first
             self.nick = f"guest-{self.client_id}"
             nicks.take(self.nick, self)
+            self.presenceChanged()
 
     def _take_identity(self, identity: Identity) -> None:
         self.identity = identity
@@ -424,6 +426,7 @@ class ChatProtocol(HubProtocol):
         if not nicks.take(self.nick, identity.user):  # another user's display name: show who
             self.nick = f"{identity.name}~{identity.user}"
             nicks.take(self.nick, identity.user)
+        self.presenceChanged()
 
     def _join(self, room: str) -> None:
         already = room in self.rooms

@@ -689,8 +689,16 @@ class HubProtocol(Protocol):
     def presence(self) -> object:
         """What a room's list of members shows of this client on every hub
         joined with this one, as JSON (a hook): the chat's nick, the
-        structured protocol's user and name; None here: not listed."""
+        structured protocol's user and name; None here: not listed.  A
+        protocol whose presence changes while it is in rooms calls
+        L{presenceChanged}."""
         return None
+
+    def presenceChanged(self) -> None:
+        """Say that what L{presence} shows has changed (a nick, a name): a
+        relay writes the rooms' lists anew only for rooms whose members or
+        presence changed."""
+        self.factory.presence_changed(self)
 
     def info(self) -> ClientInfo:
         """A snapshot of this client's record."""

@@ -198,6 +198,7 @@ class StructuredProtocol(HubProtocol):
 
     def auth_taken(self, identity: Identity, context: tuple[str, str | None]) -> None:
         self.identity = identity
+        self.presenceChanged()  # a fresh token may name the member otherwise
         if self.session is None:
             self.session = self.factory.sessions.open(self)
         self._reply(*context, {"user": identity.user, "name": identity.name, "session": self.session})
