@@ -109,7 +109,8 @@ def server_endpoint(option: str, description: str) -> str:
     return description
 
 
-SECRET_OPTIONS = frozenset({"admin-token", "redis-password", "api-keys", "tls-options", "upstream-tls-options"})
+SECRET_OPTIONS = frozenset({"admin-token", "redis-password", "redis-sentinel-password", "api-keys", "tls-options",
+                            "upstream-tls-options"})
 """The options (as read from the command line, a file or the environment)
 that /varz leaves out."""
 

@@ -68,6 +68,8 @@ def _usage(check: Callable[[str, Any], Any], option: str, value: Any) -> None:
 
 REDIS_PASSWORD_VARIABLE = "TCPHUB_REDIS_PASSWORD"
 """The environment variable the Redis password is read from when the URL has none."""
+SENTINEL_PASSWORD_VARIABLE = "TCPHUB_REDIS_SENTINEL_PASSWORD"
+"""The environment variable the Sentinels' password is read from, with a redis+sentinel:// URL."""
 
 
 def redis_url(text: str) -> str:
@@ -177,6 +179,9 @@ class Options(usage.Options):
         ["redis-password-file", None, None,
          "with --redis: the Redis password, read from this file (or set $TCPHUB_REDIS_PASSWORD) rather "
          "than in the URL, which ps shows"],
+        ["redis-sentinel-password-file", None, None,
+         "with a redis+sentinel:// --redis: the Sentinels' own password (their requirepass), read from "
+         "this file (or set $TCPHUB_REDIS_SENTINEL_PASSWORD)"],
         ["api", None, None,
          "serve the HTTP server API (/api/publish, /api/send, …) on this Twisted endpoint, e.g. "
          "tcp:8000:interface=127.0.0.1 [default: off]"],
@@ -294,10 +299,11 @@ class Options(usage.Options):
     def _redis_password(self) -> None:
         """The Redis password from --redis-password-file or the environment,
         in C{self["redis-password"]}; refused if the URL has one too."""
-        self["redis-password"] = None
+        self["redis-password"] = self["redis-sentinel-password"] = None
         if self["redis"] is None:
-            if self["redis-password-file"] is not None:
-                raise usage.UsageError("--redis-password-file goes with --redis")
+            for option in ("redis-password-file", "redis-sentinel-password-file"):
+                if self[option] is not None:
+                    raise usage.UsageError(f"--{option} goes with --redis")
             return
         from tcphub.bus.redis import redis_endpoint
 
@@ -311,6 +317,15 @@ class Options(usage.Options):
         if password is not None and in_url:
             raise usage.UsageError("the Redis password is given twice: in the --redis URL and its file")
         self["redis-password"] = password
+        sentinel = self["redis"].startswith("redis+sentinel:")
+        if self["redis-sentinel-password-file"] is not None and not sentinel:
+            raise usage.UsageError("--redis-sentinel-password-file goes with a redis+sentinel:// --redis")
+        try:
+            self["redis-sentinel-password"] = secret_from(
+                "redis-sentinel-password", given=None, path=self["redis-sentinel-password-file"],
+                variable=SENTINEL_PASSWORD_VARIABLE if sentinel else None)
+        except SecretUnreadable as error:
+            raise usage.UsageError(str(error)) from None
 
     def _api(self) -> None:
         """--api needs its keys; read them now, so that a bad file stops here."""
@@ -466,6 +481,7 @@ def _bus_service(config: Options, hub: TcpServer, reactor: Any) -> list[RedisBus
     from tcphub.bus.redis import RedisBus
 
     bus = RedisBus(hub, config["redis"], node_id=config["node-id"], password=config["redis-password"],
+                   sentinel_password=config["redis-sentinel-password"],
                    channel=config["redis-prefix"], transport=config["redis-bus"], reactor=reactor)
     exit_when_given_up(bus.when_refused(), reactor)
     bus.setName("bus")

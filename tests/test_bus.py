@@ -1011,7 +1011,8 @@ class SentinelSetup:
     watching them (quorum 1, a master down after 500 ms): Redis's own
     failover, with its real processes."""
 
-    def __init__(self, directory) -> None:
+    def __init__(self, directory, password: str | None = None) -> None:
+        """C{password}: the Sentinel's own (its C{requirepass})."""
         self.master_port, self.replica_port, self.port = free_port(), free_port(), free_port()
         self.processes: list[OutputProcess] = []
         common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
@@ -1023,7 +1024,8 @@ class SentinelSetup:
         config = directory / "sentinel.conf"
         config.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
                           f"sentinel monitor main 127.0.0.1 {self.master_port} 1\n"
-                          "sentinel down-after-milliseconds main 500\nsentinel failover-timeout main 10000\n")
+                          "sentinel down-after-milliseconds main 500\nsentinel failover-timeout main 10000\n"
+                          + (f"requirepass {password}\n" if password else ""))
         self.sentinel = self._start(directory, [REDIS_SERVER, str(config), "--sentinel"], wait=False)
         self.sentinel.wait_for(r"\+slave slave 127\.0\.0\.1:%d" % self.replica_port)
         self.url = f"redis+sentinel://127.0.0.1:{self.port}/main"
@@ -1077,6 +1079,25 @@ def test_the_bus_follows_a_sentinel_failover_and_loses_nothing_it_had_said(tmp_p
             pair.shutdown()
             for node in (a, b):
                 assert "Traceback" not in node.twistd.output and "Unhandled" not in node.twistd.output
+    finally:
+        setup.kill()
+
+
+def test_a_sentinel_with_its_own_password_is_asked_with_it_from_the_environment_and_refuses_without(
+        tmp_path, monkeypatch):
+    setup = SentinelSetup(tmp_path, password=PASSWORD)
+    try:
+        with Twistd("tcphub", "--port", "0", "--redis", setup.url) as refused:
+            refused.wait_for(r"bus: cannot reach Redis at .*: no Sentinel knows where master 'main' is: "
+                             r"127\.0\.0\.1:\d+: NOAUTH")
+            refused.shutdown()
+        monkeypatch.setenv("TCPHUB_REDIS_SENTINEL_PASSWORD", PASSWORD)  # twistd inherits the environment
+        with Twistd("tcphub", "--port", "0", "--redis", setup.url, "--admin", "tcp:0:interface=127.0.0.1") as twistd:
+            twistd.wait_for(f"Sentinel says the master of .* is at 127.0.0.1:{setup.master_port}")
+            twistd.wait_for("bus: node .* subscribed")
+            varz = json.dumps(get_json(int(twistd.wait_for(ADMIN)["port"]), "/varz"))
+            twistd.shutdown()
+        assert PASSWORD not in varz and PASSWORD not in twistd.output + refused.output
     finally:
         setup.kill()
 

@@ -735,3 +735,9 @@ def test_a_rooms_list_is_written_again_only_once_its_members_or_their_presence_c
     bus.stopService().addBoth(stopped.append)
     redis.drop()
     assert stopped == [None]
+
+
+def test_a_sentinel_password_without_a_sentinel_url_is_refused():
+    hub = TcpServer(port=0, clock=Clock(), protocol=HubProtocol)
+    with pytest.raises(ValueError, match=r"a Sentinel password goes with a redis\+sentinel:// URL"):
+        RedisBus(hub, "redis://memory/0", endpoint=MemoryRedis(), sentinel_password="s3cret")

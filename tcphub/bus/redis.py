@@ -187,10 +187,10 @@ _SENTINEL = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>\d{1
 
 
 def sentinel_endpoint(reactor: Any, description: str, timeout: float,
-                      moved: Callable[[str, int], None]) -> SentinelEndpoint:
+                      moved: Callable[[str, int], None], password: str | None = None) -> SentinelEndpoint:
     """The L{SentinelEndpoint} of a C{sentinel:…} endpoint string of L{redis_endpoint}."""
     _, master, hosts = description.split(":", 2)
-    return SentinelEndpoint(reactor, _sentinels(hosts), master, timeout, moved)
+    return SentinelEndpoint(reactor, _sentinels(hosts), master, timeout, moved, password)
 
 
 class _ConnectionFactory(Factory):
@@ -278,6 +278,7 @@ class RedisBus(Service):
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         endpoint: IStreamClientEndpoint | None = None,
         password: str | None = None,
+        sentinel_password: str | None = None,
         reactor: Any = None,
     ) -> None:
         reactor = reactor if reactor is not None else default_reactor()
@@ -332,8 +333,11 @@ class RedisBus(Service):
         self._data_mark: bytes | None = None
         """On a stream: the mark of the Redis data this node last saw (C{PREFIX:DB:data}): another
         one after a reconnect is a Redis that lost its data."""
+        if sentinel_password is not None and not description.startswith("sentinel:"):
+            raise ValueError("a Sentinel password goes with a redis+sentinel:// URL")
         if endpoint is None and description.startswith("sentinel:"):
-            endpoint = sentinel_endpoint(reactor, description, self.command_timeout, self._master_moved)
+            endpoint = sentinel_endpoint(reactor, description, self.command_timeout, self._master_moved,
+                                         sentinel_password)
         elif endpoint is None:
             endpoint = clientFromString(reactor, description)
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)

@@ -29,11 +29,13 @@ class SentinelEndpoint:
     (C{(host, port)} pairs, tried in order) that answers names.  Each ask
     takes at most C{timeout} seconds on C{reactor}'s clock.  C{moved(host,
     port)} is called when the master is another than at the last connection.
+    C{password} logs in to the Sentinels (their own C{requirepass}, not the master's).
     """
 
     def __init__(self, reactor: Any, sentinels: list[tuple[str, int]], name: str, timeout: float,
-                 moved: Callable[[str, int], None]) -> None:
+                 moved: Callable[[str, int], None], password: str | None = None) -> None:
         self._reactor = reactor
+        self._password = password
         self._sentinels = sentinels
         self._name = name
         self._timeout = timeout
@@ -62,6 +64,8 @@ class SentinelEndpoint:
             if answered.called:  # given up on already (the timeout)
                 protocol.transport.loseConnection()
                 return
+            if self._password is not None:  # refused: Redis's reason, never the password, is the answer
+                protocol.command(b"AUTH", self._password).addErrback(settle)
             protocol.command(b"SENTINEL", b"get-master-addr-by-name", self._name).addBoth(settle)
 
         def settle(result: Any) -> None:
