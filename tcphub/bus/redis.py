@@ -193,6 +193,14 @@ def sentinel_endpoint(reactor: Any, description: str, timeout: float,
     return SentinelEndpoint(reactor, _sentinels(hosts), master, timeout, moved, password)
 
 
+def _last_entry(protocol: RedisProtocol, key: bytes) -> Deferred[bytes | None]:
+    """The id of the last entry of stream C{key} (None: it is empty, or does not exist)."""
+    def last(reply: Any) -> bytes | None:
+        return reply[0][0] if reply else None
+
+    return protocol.command(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1).addCallback(last)
+
+
 class _ConnectionFactory(Factory):
     def __init__(self, on_ready: Callable[[RedisProtocol], None], on_lost: Callable[[], None],
                  on_push: Callable[[list[tuple[bytes, bytes]]], None] | None = None) -> None:
@@ -343,7 +351,7 @@ class RedisBus(Service):
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0)
         publisher = _ConnectionFactory(self._publisher_ready, self._publisher_lost)
         subscriber = _ConnectionFactory(self._subscriber_ready, self._subscriber_lost,
-                                        None if self._streams else self._pushed)
+                                        None if self._streams else self._take_read)
         publishing = _Reporting(endpoint, retry, self._unreachable)
         subscribing = _Reporting(endpoint, retry, self._unreachable)
         self._publisher_service = QuietClientService(publishing, publisher, retryPolicy=publishing.retry_policy,
@@ -711,9 +719,6 @@ class RedisBus(Service):
         self._subscriber = None
         self._subscribed = False
 
-    def _pushed(self, pushes: list[tuple[bytes, bytes]]) -> None:
-        self._take_read(pushes)
-
     def _take_read(self, messages: Iterable[tuple[bytes, bytes]]) -> None:
         """The messages of one read from Redis, each with its channel or
         stream: as for a client's read, what they make the hub write goes
@@ -737,12 +742,12 @@ class RedisBus(Service):
             self._reading(protocol)
             return
 
-        def at_end(reply: Any) -> None:
-            self._book.located(self._stream, reply[0][0] if reply else None)
+        def at_end(last: bytes | None) -> None:
+            self._book.located(self._stream, last)
             self._reading(protocol)
 
-        protocol.command(b"XREVRANGE", self._stream, b"+", b"-", b"COUNT", 1).addCallbacks(
-            at_end, self._refused_command, errbackArgs=(b"XREVRANGE", protocol))
+        _last_entry(protocol, self._stream).addCallbacks(at_end, self._refused_command,
+                                                         errbackArgs=(b"XREVRANGE", protocol))
 
     def _room_joined(self, client_id: str, room: str) -> None:
         self._relist((room,))
@@ -762,8 +767,8 @@ class RedisBus(Service):
             self._book.unlocated(key)
             return
 
-        def at_end(reply: Any) -> None:
-            self._book.located(key, reply[0][0] if reply else None)
+        def at_end(last: bytes | None) -> None:
+            self._book.located(key, last)
             if self._reader_id is not None and self._publisher is not None:
                 self._fire(self._publisher, b"CLIENT", b"UNBLOCK", self._reader_id)
 
@@ -771,7 +776,7 @@ class RedisBus(Service):
             self._book.unlocated(key)
             self._command_failed(failure, b"XREVRANGE")
 
-        publisher.command(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1).addCallbacks(at_end, failed)
+        _last_entry(publisher, key).addCallbacks(at_end, failed)
 
     def _reading(self, protocol: RedisProtocol) -> None:
         self._subscribed = True
