@@ -112,6 +112,16 @@ class NodeIdInUse(BusError):
     overwrite each other's presence and drop each other's messages as their own."""
 
 
+class NotRecovered(BusError):
+    """What a member missed in a room while away cannot all be given from
+    the room's stream: C{reason} is C{history_lost} (trimmed, or more than
+    the room's history bound) or C{unavailable} (Redis cannot be asked)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
 class ListenFailed(TcpHubError):
     """A listening endpoint could not be set up (port in use, missing
     directory or certificate, ...)."""

@@ -226,8 +226,8 @@ class MemoryRedis:
     An endpoint for C{RedisBus(..., endpoint=MemoryRedis())} whose
     connections are StringTransports, answered by L{answer}: C{PUBLISH},
     and the message of C{XADD}, are recorded in L{published}; C{SMEMBERS}
-    and C{XREVRANGE} are empty; an C{XREAD} finds nothing (as one whose
-    block ran out); C{GET} finds nothing; C{PUBSUB NUMSUB} answers
+    C{XREVRANGE} and C{XRANGE} are empty; an C{XREAD} finds nothing (as one whose
+    block ran out); C{GET} and C{GETDEL} find nothing; C{PUBSUB NUMSUB} answers
     L{subscribers}; C{SUBSCRIBE} is confirmed; a script (C{EVAL}) answers
     1; C{CLIENT ID} answers the connection's number (1, 2, ...); a command named in L{refused} gets an error; anything else is C{+OK}.
     """
@@ -270,9 +270,9 @@ class MemoryRedis:
                     self.published.append(command[-1])
                     entry = b"1-%d" % len(self.published)
                     replies.append(b"$%d\r\n%s\r\n" % (len(entry), entry))
-                elif name in (b"SMEMBERS", b"XREVRANGE"):
+                elif name in (b"SMEMBERS", b"XREVRANGE", b"XRANGE"):
                     replies.append(b"*0\r\n")
-                elif name in (b"XREAD", b"GET"):
+                elif name in (b"XREAD", b"GET", b"GETDEL"):
                     replies.append(b"$-1\r\n")
                 elif name == b"PUBSUB":
                     replies.append(b"*2\r\n$%d\r\n%s\r\n:%d\r\n" % (len(command[2]), command[2], self.subscribers))

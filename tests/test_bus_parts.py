@@ -223,6 +223,7 @@ class RecordingRelay:
         self.sends: list = []
         self.takes_sends = takes_sends
         self.lossless = lossless
+        self.session_store = None
 
     def broadcast(self, payload, exclude, room, notice=False) -> None:
         self.broadcasts.append((payload, frozenset(exclude), room) + (("notice",) if notice else ()))

@@ -70,10 +70,13 @@ from tcphub._secrets import redact_url
 from tcphub.bus import codec
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
 from tcphub.bus.sentinel import SentinelEndpoint
-from tcphub.bus.streams import StreamBook
+from tcphub.bus.streams import CatchUp, Place, StreamBook
 from tcphub._upstream.twisted_parts import QuietClientService
 from tcphub._observer import OneShotObserver
-from tcphub.errors import BusError, BusQueueFull, NodeIdInUse
+from tcphub.errors import BusError, BusQueueFull, NodeIdInUse, NotRecovered
+from tcphub.hub.identity import Identity, RoomPatterns
+from tcphub.hub.rooms import check_room
+from tcphub.hub.sessions import SessionState, StoredSession
 
 if TYPE_CHECKING:
     from tcphub.hub.service import TcpServer
@@ -96,6 +99,9 @@ _READ_COUNT = 1000
 """The most entries one C{XREAD} takes: a node far behind catches up in bounded reads."""
 _ROOM_STREAM_TTL_MS = 3600 * 1000
 """How long a room's stream outlives its last message (a node away longer, and back, counts what it missed)."""
+_CATCH_UP_ROUNDS = 100
+"""The most C{XRANGE}s gathering what one member missed of one room may take
+(each takes up to L{_READ_COUNT} entries, or finds this node's reader further on)."""
 
 
 class PublisherState(Enum):
@@ -199,6 +205,21 @@ def _last_entry(protocol: RedisProtocol, key: bytes) -> Deferred[bytes | None]:
         return reply[0][0] if reply else None
 
     return protocol.command(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1).addCallback(last)
+
+
+def _stored_session(reply: Any) -> StoredSession | None:
+    """A session L{RedisBus.keep} wrote (None: none, or not one of ours)."""
+    if not isinstance(reply, bytes):
+        return None
+    try:
+        kept = json.loads(reply)
+        identity = Identity(kept["user"], kept["name"], RoomPatterns(kept["patterns"]), kept["expires"])
+        places = {check_room(room): None if place is None else Place(place[0].encode("ascii"), place[1], place[2])
+                  for room, place in kept["places"].items()}
+        return StoredSession(SessionState(identity.name, {room: ("", 0) for room in places}, identity),
+                             kept["client"], dict(places))
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # InvalidRoomName is a ValueError
+        return None
 
 
 class _ConnectionFactory(Factory):
@@ -314,6 +335,7 @@ class RedisBus(Service):
         if transport not in codec.TRANSPORTS:
             raise ValueError(f"transport is one of {', '.join(codec.TRANSPORTS)}, not {transport!r}")
         self.transport = transport
+        self._streams = transport == "streams"
         self.stream_maxlen = _checks.count("stream_maxlen", stream_maxlen)
         self._subscriber: RedisProtocol | None = None
         self._pings: dict[RedisProtocol, float] = {}
@@ -330,7 +352,6 @@ class RedisBus(Service):
         self._stream = f"{self._keys}:stream".encode("utf-8")
         self._nodes_key = f"{self._keys}:nodes".encode("utf-8")
         """The set of the deployment's nodes (each one's presence lives under its own keys)."""
-        self._streams = transport == "streams"
         self._book = StreamBook(self._stream, self._room_stream)
         """On streams: where this node stands in each, and the numbers of what it writes and reads."""
         self._unacked: deque[tuple[bytes, bytes]] = deque()
@@ -435,6 +456,91 @@ class RedisBus(Service):
 
     def _name_key(self, name: str) -> bytes:
         return f"{self._keys}:name:{name.casefold()}".encode("utf-8")
+
+    # -- the members' sessions, for every node (SessionStore) ------------------
+
+    @property
+    def session_store(self) -> RedisBus | None:
+        """On a stream, the bus keeps parked sessions for every node (see
+        L{tcphub.hub.relay.Relay.session_store}); on pub/sub, not."""
+        return self if self._streams else None
+
+    def keep(self, session_id: str, state: SessionState, client_id: str, wait: float) -> Deferred[bool]:
+        """Keep a parked session in Redis for C{wait} seconds, with where its
+        member stood in each of its rooms' streams (L{Place}): True once
+        kept, False if Redis could not take it (the session is then this
+        node's only)."""
+        publisher = self._publisher
+        if publisher is None or state.identity is None or wait * 1000 < 1:
+            return succeed(False)
+        identity = state.identity
+        places = {}
+        for room in state.rooms:
+            place = self._book.place(room)
+            places[room] = None if place is None else [place.position.decode("ascii"), place.instance, place.seq]
+        kept = json.dumps({"user": identity.user, "name": identity.name, "patterns": list(identity.rooms.patterns),
+                           "expires": identity.expires, "client": client_id, "places": places})
+        return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000)
+                                 ).addCallbacks(lambda _: True, lambda _: False)
+
+    def take(self, session_id: str) -> Deferred[StoredSession | None]:
+        """The session another node (or this one) parked under
+        C{session_id}, gone from Redis (C{GETDEL}: it serves once); None if
+        there is none, or what is there is not a session this bus wrote.
+        Errbacks with L{BusError} while Redis cannot be asked."""
+        publisher = self._publisher
+        if publisher is None:
+            return fail(BusError("Redis cannot be asked now: the bus is down"))
+        return publisher.command(b"GETDEL", self.key("session", session_id)).addCallback(_stored_session)
+
+    def catch_up(self, room: str, place: object, exclude: str, limit: int, limit_bytes: int) -> Deferred[list[bytes]]:
+        """
+        What a member back on this node after a drop on another (or this
+        one, after a restart) missed of C{room} since its L{Place}: the
+        payloads, oldest first, up to where this node's reader stands (the
+        room must be here, held: what comes after, the reader gives its
+        members).  Errbacks with L{NotRecovered}: C{history_lost} (the
+        stream no longer holds its place, or it missed more than C{limit}
+        messages or C{limit_bytes}), C{unavailable} (Redis cannot be asked).
+        """
+        if not isinstance(place, Place):
+            return fail(NotRecovered("history_lost", "where the member stood in the room is not known"))
+        key = self._room_stream(room)
+        new = self._book.new_room(room)
+        if new is not None:  # its end is found before the first range is asked for (one connection, in order)
+            self._locate(new)
+        gathering = CatchUp(place, exclude, limit, limit_bytes)
+        done: Deferred[list[bytes]] = Deferred()
+        rounds = 0
+
+        def ask() -> None:
+            publisher = self._publisher
+            if publisher is None:
+                done.errback(NotRecovered("unavailable", "Redis cannot be asked now"))
+                return
+            publisher.command(b"XRANGE", key, gathering.start, b"+", b"COUNT", _READ_COUNT
+                              ).addCallbacks(got, lambda failure: done.errback(
+                                  NotRecovered("unavailable", failure.getErrorMessage())))
+
+        def got(entries: Any) -> None:
+            nonlocal rounds
+            reader_at = self._book.position(key)
+            entries = entries if isinstance(entries, list) else []
+            rounds += 1
+            try:
+                if reader_at is None or rounds > _CATCH_UP_ROUNDS:
+                    raise NotRecovered("unavailable", "this node could not read the room's stream")
+                finished = gathering.take(entries, len(entries) >= _READ_COUNT, reader_at)
+            except NotRecovered:
+                done.errback()
+                return
+            if finished:
+                done.callback(gathering.missed)
+            else:
+                ask()
+
+        ask()
+        return done
 
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         self._publish(codec.NOTICE if notice else codec.BROADCAST, bytes(payload), room=room, exclude=tuple(exclude))

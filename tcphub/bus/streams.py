@@ -13,16 +13,22 @@ instance serves.  The book says:
     is read from its end as it is then);
   - the number of each message this process writes to a stream (1, 2, ... per
     stream), so that a reader takes each once and counts the gaps;
-  - the last number a reader has had from each process in each stream.
+  - the last number a reader has had from each process in each stream;
+  - where a member stands in a room's stream (L{Place}) when its session is
+    parked, and (L{CatchUp}) what it missed since, for the node it comes
+    back on, whichever that is.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple, Sequence
 
-__all__ = ["StreamBook", "Taken"]
+from tcphub.bus import codec
+from tcphub.errors import BusError, NotRecovered
+
+__all__ = ["CatchUp", "Place", "StreamBook", "Taken", "stream_id"]
 
 _NUMBERED_STREAMS = 10_000
 """Streams a process numbers its messages in before it takes a new name
@@ -40,6 +46,24 @@ class Taken(NamedTuple):
     """Not had before (else a copy: a publish sent again after a lost reply)."""
     missed: int
     """How many of the process's messages to this stream never came before it."""
+
+
+class Place(NamedTuple):
+    """Where a member stood in a room's stream as its connection dropped:
+    it had every message of the stream up to C{position} that was for it,
+    and, of the messages its node wrote (as C{instance}), those numbered up
+    to C{seq}: a node gives its own messages to its members at once, before
+    they are in the stream."""
+
+    position: bytes
+    instance: str
+    seq: int
+
+
+def stream_id(entry: bytes) -> tuple[int, int]:
+    """A stream entry's id (C{ms-seq}) as what orders it."""
+    ms, _, seq = entry.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 class StreamBook:
@@ -75,7 +99,20 @@ class StreamBook:
         seq = numbers[key] = numbers.get(key, 0) + 1
         return self.instance, seq
 
+    def place(self, room: str) -> Place | None:
+        """Where this node's members of C{room} stand in its stream now
+        (None: the stream is not read yet, its end still being found)."""
+        key = self._room_key(room)
+        position = self._positions.get(key)
+        if position is None:
+            return None
+        return Place(position, self.instance, self._numbers.get(key, 0))
+
     # -- reading ---------------------------------------------------------------
+
+    def position(self, key: bytes) -> bytes | None:
+        """The last entry of C{key} read (None: not read, or its end not found yet)."""
+        return self._positions.get(key)
 
     @property
     def started(self) -> bool:
@@ -129,3 +166,74 @@ class StreamBook:
         if len(seen) > _SEEN:
             seen.popitem(last=False)
         return Taken(True, 0 if last is None else seq - last - 1)
+
+
+class CatchUp:
+    """
+    What a member back after a drop missed of one room, gathered from the
+    room's stream (C{XRANGE}s, as many as it takes) by the node it is back
+    on: every message after its L{Place} that was for it (neither a
+    notice, nor one that excluded its old client id C{exclude}, nor one of
+    its old node's that it had already), in the stream's order, up to where
+    this node's reader stands; what comes after, the reader gives it live.
+    More than C{limit} messages or C{limit_bytes} in all is too much to
+    give (L{NotRecovered} C{history_lost}), as a room's history bounds what
+    a member recovers on one node.
+    """
+
+    def __init__(self, place: Place, exclude: str, limit: int, limit_bytes: int) -> None:
+        self._place = place
+        self._exclude = exclude
+        self._limit = limit
+        self._limit_bytes = limit_bytes
+        self._size = 0
+        self._checked = place.position == _START
+        """Whether the member's position is known to be still in the stream
+        (the first range starts at it: its entry must be there, or what
+        came after it may have been trimmed)."""
+        self._last = place.position
+        self.missed: list[bytes] = []
+        """The payloads gathered so far, oldest first."""
+
+    @property
+    def start(self) -> bytes:
+        """Where the next C{XRANGE} starts: at the member's position the
+        first time (to check it is still there), after the last entry since."""
+        return self._last if not self._checked else b"(" + self._last
+
+    def take(self, entries: Sequence[tuple[bytes, Sequence[bytes]]], full: bool, reader_at: bytes) -> bool:
+        """One C{XRANGE}'s C{entries} (C{full}: as many as it was asked
+        for, so there may be more), this node's reader being at
+        C{reader_at}: True once every message up to C{reader_at} is
+        gathered, False if another range is needed.  Raises L{NotRecovered}."""
+        if not self._checked:
+            if not entries or entries[0][0] != self._last:
+                raise NotRecovered("history_lost", "the room's stream no longer holds the member's place "
+                                   "(trimmed, or expired)")
+            entries = entries[1:]
+            self._checked = True
+        upto = stream_id(reader_at)
+        if upto < stream_id(self._last):
+            return False  # this node reads behind the member's old one: the reader first catches up
+        for entry_id, fields in entries:
+            if stream_id(entry_id) > upto:
+                return True
+            self._last = entry_id
+            self._gather(fields[1] if len(fields) == 2 else b"")
+        return not full and stream_id(self._last) >= upto
+
+    def _gather(self, data: bytes) -> None:
+        try:
+            message = codec.decode(data)
+        except BusError:
+            return  # counted by the reader, which reads it too
+        place = self._place
+        if message.kind != codec.BROADCAST or message.room is None or self._exclude in message.exclude:
+            return
+        if message.instance == place.instance and message.seq is not None and message.seq <= place.seq:
+            return
+        self.missed.append(message.payload)
+        self._size += len(message.payload)
+        if len(self.missed) > self._limit or self._size > self._limit_bytes:
+            raise NotRecovered("history_lost", f"the member missed more than the room's history keeps "
+                               f"({self._limit} messages, {self._limit_bytes} bytes)")

@@ -27,6 +27,7 @@ from tcphub.errors import (
     ClientDisconnected,
     ConnectionLimitReached,
     DescriptorLimitReached,
+    NotRecovered,
     TcpHubError,
     UnframeableMessage,
     UnknownClient,
@@ -214,6 +215,7 @@ class HubFactory(Factory):
             raise RuntimeError("join_relay before any client connects: their ids would not say where they are")
         self.relay = relay
         self.id_prefix = f"{_checks.node_id('node_id', node_id)}-"
+        self.sessions.store = relay.session_store
 
     def limit_connections(self, allowed: int) -> None:
         """Admit at most C{allowed} clients, fewer than C{max_connections}:
@@ -487,6 +489,41 @@ class HubFactory(Factory):
         if why_not is not None:
             self.counters.add("unrecovered")
         return why_not
+
+    def recover(self, client_id: str, room: str, place: object, old_client_id: str) -> Deferred[str | None]:
+        """Put a client back in C{room} after a drop on another hub (where it
+        stood there: a L{StoredSession}'s place; C{old_client_id}, its id
+        there): what it missed comes first, from the relay (L{Relay.catch_up},
+        at most C{room_history} messages and C{room_history_bytes}), then
+        what this hub gets from then on.  Fires with None if it got all it
+        missed, else why not (C{history_lost}, C{unavailable}), counted in
+        C{unrecovered}; the client is in the room either way (unless it left
+        meanwhile).  Raises L{InvalidRoomName}."""
+        relay = self.relay
+        assert relay is not None and relay.session_store is not None
+        self._rooms.hold(room, create=True)  # read from now on, so that the catch-up ends where the reader stands
+
+        def back(missed: list[bytes]) -> str | None:
+            client = self._clients.get(client_id)
+            if client is not None:
+                offset, epoch = self.room_sequence(room), self.room_epoch(room)
+                for payload in missed:
+                    try:
+                        client.deliver(self.framing.encode(self.protocol.relayedPayload(room, payload, offset, epoch)))
+                    except UnframeableMessage:
+                        continue
+                self.join(client_id, room, None)
+            self._rooms.release(room)
+            return None
+
+        def not_back(failure: Failure) -> str:
+            failure.trap(NotRecovered)
+            back([])
+            self.counters.add("unrecovered")
+            return cast(NotRecovered, failure.value).reason
+
+        return relay.catch_up(room, place, old_client_id, self._rooms.history_size, self._rooms.history_bytes
+                              ).addCallbacks(back, not_back)
 
     def history_lost(self) -> None:
         """Messages of other hubs were lost on their way here (the relay

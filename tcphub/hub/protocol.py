@@ -78,6 +78,7 @@ GOING_AWAY_CLOSE: Final = 1012
 _PAUSED_BY_USER: Final = 1  # pauseReading(): a subclass's own flow control
 _PAUSED_BY_RATE: Final = 2  # the client is over max_rate: resumed when its bucket refills
 _PAUSED_BY_HUB: Final = 4  # HubFactory.pause_reading(), e.g. a gateway whose upstream stalls
+_PAUSED_BY_WAIT: Final = 8  # waitBeforeReading(): the protocol awaits what its next message must see
 
 
 @implementer(IHalfCloseableProtocol)
@@ -361,6 +362,17 @@ class HubProtocol(Protocol):
         """Deliver the held messages, in order, and read again, unless the
         hub or the rate limit holds reading too (each pause has its owner)."""
         self._resume(_PAUSED_BY_USER)
+
+    def waitBeforeReading(self) -> None:
+        """Hold this client's next messages (as L{pauseReading} does) until
+        L{readAfterWait}: the protocol awaits an answer its next message
+        must see (a session being fetched from Redis).  A pause of its own,
+        which L{resumeReading} does not lift.  Not an override point."""
+        self._pause(_PAUSED_BY_WAIT)
+
+    def readAfterWait(self) -> None:
+        """Lift L{waitBeforeReading}'s pause."""
+        self._resume(_PAUSED_BY_WAIT)
 
     def hubPausedReading(self) -> None:
         """Called by L{HubFactory.pause_reading}: a pause of the hub's own,

@@ -7,9 +7,12 @@ have theirs already) and for each send to a client it does not hold.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from tcphub.hub.sessions import SessionStore
 
 __all__ = ["Relay"]
 
@@ -20,6 +23,19 @@ class Relay(Protocol):
         """Whether every message of the other hubs reaches this one (or its
         loss is told, with L{HubFactory.history_lost}): then this hub's room
         history is whole, and a member back on this hub can recover from it."""
+
+    @property
+    def session_store(self) -> SessionStore | None:
+        """Where the hubs keep their parked sessions for one another (None:
+        each hub's sessions are its own): a member comes back on any hub,
+        and gets what it missed there through L{catch_up}."""
+
+    def catch_up(self, room: str, place: object, exclude: str, limit: int, limit_bytes: int) -> Deferred[list[bytes]]:
+        """What a member back on this hub missed of C{room} (held here) since
+        C{place}, where it stood on its old hub (a L{SessionStore}'s): the
+        payloads, oldest first, but those that excluded C{exclude} (its old
+        client id); at most C{limit} of them and C{limit_bytes} in all.
+        Errbacks with L{tcphub.errors.NotRecovered}."""
 
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         """A broadcast this hub made: the other hubs give it to their clients

@@ -78,9 +78,7 @@ class Rooms(Generic[M]):
         self._rooms.setdefault(member, {})[room] = None
         members = self._members.get(room)
         if members is None:
-            members = self._members[room] = {}
-            self._created += 1
-            self._generation[room] = self._created
+            members = self._make(room)
         members[member] = None
         return True
 
@@ -98,11 +96,14 @@ class Rooms(Generic[M]):
             self._forget(room)
         return True
 
-    def hold(self, room: str) -> bool:
+    def hold(self, room: str, create: bool = False) -> bool:
         """Keep C{room}, with its numbering and history, even once it has no
-        members, until as many L{release}s; False (nothing held) if it does not exist."""
+        members, until as many L{release}s; False (nothing held) if it does
+        not exist, unless C{create}: then it is made, empty."""
         if room not in self._members:
-            return False
+            if not create:
+                return False
+            self._make(check_room(room))
         self._holds[room] = self._holds.get(room, 0) + 1
         return True
 
@@ -115,6 +116,14 @@ class Rooms(Generic[M]):
         del self._holds[room]
         if not self._members[room]:
             self._forget(room)
+
+    def _make(self, room: str) -> dict[M, None]:
+        # A room new here numbers its messages from 1, under a new generation.
+        members: dict[M, None] = {}
+        self._members[room] = members
+        self._created += 1
+        self._generation[room] = self._created
+        return members
 
     def _forget(self, room: str) -> None:
         # An empty room is gone, and its numbering and history with it.

@@ -12,6 +12,11 @@ takes it back, once (it goes on under its own id).  A connection that
 presents the id of a live session takes it over: the other connection
 (half-open, or the same client's before a network change) is closed.  Pure bookkeeping, with no I/O: the
 protocol says what a member is told.
+
+Several hubs joined through Redis share the parked sessions through a
+L{SessionStore} (the bus): a member whose node dropped it, or drained,
+comes back on any node as itself, and gets what it missed from the rooms'
+streams.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Final, Protocol
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 
@@ -28,7 +34,8 @@ from tcphub._repeats import RepeatedLog
 from tcphub.hub.identity import Identity
 from tcphub.hub.metrics import HubCounters
 
-__all__ = ["DEFAULT_RESUME_WINDOW", "MAX_SESSION_ID", "SessionOwner", "SessionState", "Sessions"]
+__all__ = ["DEFAULT_RESUME_WINDOW", "MAX_SESSION_ID", "SessionOwner", "SessionState", "SessionStore", "Sessions",
+           "StoredSession"]
 
 DEFAULT_RESUME_WINDOW: Final = 120.0
 """Seconds a dropped member's session waits to be resumed."""
@@ -51,6 +58,31 @@ class SessionState:
     @property
     def user(self) -> str | None:
         return self.identity.user if self.identity is not None else None
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """A session parked by another node, as the store gives it back."""
+
+    state: SessionState
+    """Its name and identity (its rooms' epochs and offsets are its old node's)."""
+    client_id: str
+    """The member's client id on its old node (what it excluded itself from)."""
+    places: dict[str, object]
+    """Where it stood in each room, for the store's catch-up (None: not known)."""
+
+
+class SessionStore(Protocol):
+    """Where parked sessions are kept for every node (the bus, in Redis)."""
+
+    def keep(self, session_id: str, state: SessionState, client_id: str, wait: float) -> Deferred[bool]:
+        """Keep C{state} for C{wait} seconds, with where the member stood in
+        each of its rooms: True once kept, False if it could not be (never
+        an error)."""
+
+    def take(self, session_id: str) -> Deferred[StoredSession | None]:
+        """The session kept under C{session_id}, gone from the store (so
+        that it serves once); None if there is none."""
 
 
 class SessionOwner(Protocol):
@@ -84,6 +116,10 @@ class Sessions:
         self._release = release
         self._live: dict[str, SessionOwner] = {}
         self._parked: OrderedDict[str, tuple[SessionState, IDelayedCall]] = OrderedDict()
+        self.store: SessionStore | None = None
+        """Where parked sessions are also kept for the other hubs (the relay's, if it keeps them)."""
+        self._stored: set[str] = set()
+        """The parked sessions the store has too: one it no longer has was taken on another hub."""
 
     @property
     def parked(self) -> int:
@@ -101,10 +137,12 @@ class Sessions:
         """The live session is over (its member is not to come back as it)."""
         self._live.pop(session_id, None)
 
-    def park(self, session_id: str, state: SessionState) -> None:
+    def park(self, session_id: str, state: SessionState, client_id: str | None = None) -> None:
         """The live session's connection is lost: keep C{state} for the
         window, or until the identity expires if sooner (not at all if it
-        has, nor once the hub stops)."""
+        has, nor once the hub stops); in the L{store} too, if the hub has
+        one and the member's C{client_id} is given (the protocol resumes
+        sessions of other hubs' members)."""
         if self._live.pop(session_id, None) is None:  # cleared: the hub stops
             return
         wait = self.window
@@ -115,8 +153,40 @@ class Sessions:
         rooms = {room: place for room, place in state.rooms.items() if self._hold(room)}
         if len(self._parked) >= self._limit:
             self._expire(next(iter(self._parked)))
+        if self.store is not None and client_id is not None:
+            self.store.keep(session_id, state, client_id, wait).addCallback(self._kept, session_id)
         state = SessionState(state.name, rooms, state.identity)
         self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
+
+    def _kept(self, kept: bool, session_id: str) -> None:
+        if kept and session_id in self._parked:
+            self._stored.add(session_id)
+
+    def take_anywhere(self, session_id: str, taker: SessionOwner, user: str | None,
+                      peer: str) -> Deferred[SessionState | StoredSession | None]:
+        """L{take}, on a hub whose sessions the other hubs share (a
+        L{store}): this hub's own parked session if the store still has it,
+        else the store's (another hub's member; L{SessionState} rooms are
+        then not held); None if neither has it, or it was taken on another
+        hub meanwhile.  While the store cannot be asked, this hub's only."""
+        store = self.store
+        if store is None:
+            return succeed(self.take(session_id, taker, user, peer))
+
+        def decide(stored: StoredSession | None) -> SessionState | StoredSession | None:
+            if stored is None and session_id in self._stored:  # resumed on another hub
+                self._forget(session_id)
+                self._refused(peer)
+                return None
+            if stored is None or session_id in self._parked:
+                return self.take(session_id, taker, user, peer)
+            if user is not None and stored.state.user != user:
+                self._refused(peer)
+                return None
+            self._counters.add("sessions_resumed")
+            return stored
+
+        return store.take(session_id).addCallbacks(decide, lambda _: self.take(session_id, taker, user, peer))
 
     def take(self, session_id: str, taker: SessionOwner, user: str | None, peer: str) -> SessionState | None:
         """What the session C{session_id} kept, its rooms held until
@@ -132,6 +202,7 @@ class Sessions:
                 self._refused(peer)
                 return None
             del self._parked[session_id]
+            self._stored.discard(session_id)
             call.cancel()
         else:
             owner = self._live.get(session_id)
@@ -157,6 +228,7 @@ class Sessions:
             call.cancel()
             self.release(state)
         self._live.clear()
+        self._stored.clear()
 
     def _refused(self, peer: str) -> None:
         count = self._counters.add("sessions_refused")
@@ -165,8 +237,12 @@ class Sessions:
                            peer=peer, count=count)
 
     def _expire(self, session_id: str) -> None:
+        self._forget(session_id)
+        self._counters.add("sessions_expired")
+
+    def _forget(self, session_id: str) -> None:
+        self._stored.discard(session_id)
         state, call = self._parked.pop(session_id)
         if call.active():
             call.cancel()
         self.release(state)
-        self._counters.add("sessions_expired")

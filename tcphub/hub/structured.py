@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Final
 
+from twisted.internet.defer import gatherResults
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -58,7 +59,7 @@ from tcphub.hub.identity import Identity, RoomPatterns
 from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.protocol import OPEN, HubProtocol
 from tcphub.hub.rooms import check_room
-from tcphub.hub.sessions import MAX_SESSION_ID, SessionState
+from tcphub.hub.sessions import MAX_SESSION_ID, SessionState, StoredSession
 
 __all__ = ["ERROR_PATH", "FORBIDDEN_CLOSE", "MAX_WHO", "RECONNECT_PATH", "ROOM_PATH", "StructuredProtocol", "UNAUTHENTICATED_CLOSE"]
 
@@ -117,7 +118,7 @@ class StructuredProtocol(HubProtocol):
             self._authentication.stop()
         if self.session is not None:
             # Parked before the rooms are left, so that they are held.
-            self.factory.sessions.park(self.session, self._state())
+            self.factory.sessions.park(self.session, self._state(), self.client_id)
             self.session = None
         super().connectionLost(reason)
 
@@ -267,12 +268,31 @@ class StructuredProtocol(HubProtocol):
             self._refuse(path, request_id, "bad_request", "resume before joining any room")
             return
         hub = self.factory
-        state = hub.sessions.take(session, self, self.user if self._authentication is not None else None,
-                                  self.address)
-        if state is None:
+        user = self.user if self._authentication is not None else None
+        if hub.sessions.store is None:
+            self._resumed(path, request_id, offsets, hub.sessions.take(session, self, user, self.address))
+            return
+        self.waitBeforeReading()  # what it asks next must find it resumed
+
+        def taken(state: SessionState | StoredSession | None) -> None:
+            self.readAfterWait()
+            if self.state == OPEN:
+                self._resumed(path, request_id, offsets, state)
+            elif isinstance(state, SessionState):  # gone meanwhile: its rooms are not held for it
+                hub.sessions.release(state)
+
+        hub.sessions.take_anywhere(session, self, user, self.address).addCallback(taken)
+
+    def _resumed(self, path: str, request_id: str | None, offsets: dict[str, int],
+                 taken: SessionState | StoredSession | None) -> None:
+        """A session taken (L{_resume_session}): this hub's own, or (another
+        hub's) a stored one, whose rooms are recovered from the relay."""
+        if taken is None:
             self._refuse(path, request_id, "unknown_session",
                          "no such session: it expired, was resumed already, or never was", counted=True)
             return
+        hub = self.factory
+        state = taken.state if isinstance(taken, StoredSession) else taken
         if self.session is None:
             self.session = hub.sessions.open(self)
         assert state.identity is not None  # every session of this protocol has one
@@ -282,17 +302,29 @@ class StructuredProtocol(HubProtocol):
             self.identity = state.identity
             self._authentication.resumed(state.identity)
         identity = self.identity  # a fresh token's, if it gave one: its rooms are checked
+        refused = [room for room in state.rooms if refuses_room(hub, identity, room)]
+        back = [room for room in state.rooms if room not in refused]
+        refused += back[hub.max_rooms_per_client:]  # another hub's member may have been in more
+        back = back[:hub.max_rooms_per_client]
         rooms: dict[str, dict[str, Any]] = {}
-        refused: list[str] = []
-        for room, (epoch, sent) in state.rooms.items():
-            if refuses_room(hub, identity, room):
-                refused.append(room)
-                continue
-            why_not = hub.rejoin(self.client_id, room, epoch, offsets.get(room, sent))
+
+        def reply(_: object = None) -> None:
+            self._reply(path, request_id, {"session": self.session, "user": identity.user, "name": identity.name,
+                                           "rooms": {room: rooms[room] for room in back}, "refused": refused})
+
+        if not isinstance(taken, StoredSession):
+            for room in back:
+                epoch, sent = state.rooms[room]
+                rooms[room] = self._joined(room, hub.rejoin(self.client_id, room, epoch, offsets.get(room, sent)))
+            hub.sessions.release(state)
+            reply()
+            return
+
+        def recovered(why_not: str | None, room: str) -> None:
             rooms[room] = self._joined(room, why_not)
-        hub.sessions.release(state)
-        self._reply(path, request_id, {"session": self.session, "user": identity.user,
-                                       "name": identity.name, "rooms": rooms, "refused": refused})
+
+        gatherResults([hub.recover(self.client_id, room, taken.places[room], taken.client_id
+                                   ).addCallback(recovered, room) for room in back]).addCallback(reply)
 
     def _joined(self, room: str, why_not: str | None) -> dict[str, Any]:
         """Where C{room} stands for a member back in it, and whether it got all it missed."""
