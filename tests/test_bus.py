@@ -809,6 +809,16 @@ class HubMember:
     def _next(self) -> dict:
         line = self.lines.readline()
         assert line.endswith(b"\n"), f"closed after {line!r}"
+        return self._took(line)
+
+    def read_until_closed(self) -> list[str]:
+        """Read what the node sends until it closes: the paths of what was not a room's delivery."""
+        paths = []
+        for line in self.lines:
+            paths.append(self._took(line)["path"])
+        return [path for path in paths if not path.startswith("room.")]
+
+    def _took(self, line: bytes) -> dict:
         message = json.loads(line)
         if message["path"].startswith("room."):
             data = message["data"]
@@ -958,6 +968,46 @@ def test_on_streams_a_room_held_for_a_member_away_is_still_read_and_the_member_g
         assert reply["rooms"]["chess"]["recovered"] is True, reply
         assert back.got["chess"] == [("ann", 0), ("ann", 1), ("ann", 2)]
         for member in (ann, back, cat):
+            member.close()
+
+
+def test_a_member_drained_from_its_node_resumes_on_another_and_gets_every_message_once_in_order(redis):
+    """Issue 25's lame duck: a node that drains (SIGTERM) tells its members
+    to reconnect elsewhere; one that resumes its session on another node
+    gets, from the room's stream, every message it had not had (said while
+    it moved, and while its node drained), then the live ones: each once."""
+    server = redis.start()
+    options = ("--port", "0", "--mode", "hub", "--room-history", "1000")
+    a = PluginNode("a", server, *options, "--drain-spread", "0.5")
+    b = PluginNode("b", server, *options)
+    with killed_after((a, b)):
+        moving, ann, bob = HubMember(a.port), HubMember(a.port), HubMember(b.port)
+        for member in (moving, ann, bob):
+            member.ask("hub.join", {"room": "r"})
+        for n in range(10):
+            ann.ask("hub.publish", {"room": "r", "data": ["ann", n]})
+            bob.ask("hub.publish", {"room": "r", "data": ["bob", n]})
+        moving.read_some(5)
+        a.twistd.process.send_signal(signal.SIGTERM)
+        for n in range(10, 15):  # while node a drains
+            bob.ask("hub.publish", {"room": "r", "data": ["bob", n]})
+        assert moving.read_until_closed() == ["hub.reconnect"]
+        for n in range(15, 20):  # while the member moves
+            bob.ask("hub.publish", {"room": "r", "data": ["bob", n]})
+        assert a.twistd.process.wait(timeout=30) == -signal.SIGTERM  # a clean stop re-raises its signal
+        back = HubMember(b.port)
+        back.got = moving.got
+        reply = back.ask("hub.resume", {"session": moving.session})
+        assert reply["rooms"]["r"]["recovered"] is True, reply
+        assert reply["user"].startswith("a-") and reply["name"] == f"guest-{reply['user'][:6]}", reply
+        bob.ask("hub.publish", {"room": "r", "data": ["bob", END]})
+        back.read_until_ends(["bob"])
+        assert [n for who, n in back.got["r"] if who == "ann"] == list(range(10))
+        assert [n for who, n in back.got["r"] if who == "bob"] == [*range(20), END]
+        again = HubMember(b.port)  # a session serves once
+        again.socket.sendall(json.dumps({"path": "hub.resume", "data": {"session": moving.session}}).encode() + b"\n")
+        assert again._next()["data"]["code"] == "unknown_session"
+        for member in (moving, ann, bob, back, again):
             member.close()
 
 

@@ -340,6 +340,7 @@ class RedisBus(Service):
         self._subscriber: RedisProtocol | None = None
         self._pings: dict[RedisProtocol, float] = {}
         """Each connection's PING not yet answered, and when it was sent."""
+        self._server = hub
         self._hub = hub.factory
         self._hub.join_relay(self, self.node_id)
         self._clock = self._hub.clock
@@ -1207,9 +1208,15 @@ class RedisBus(Service):
         self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
 
     def stopService(self) -> Deferred[None]:
+        """Leave once the hub has drained (its members told to reconnect
+        elsewhere, their sessions parked in Redis for the other nodes), at
+        once if it is not running."""
         if not self.running:  # stopped already: its node id was another's
             return succeed(None)
         super().stopService()
+        return self._server.when_stopped().addCallback(lambda _: self._leave())
+
+    def _leave(self) -> Deferred[None]:
         self._release_senders()
         for call in (self._beat_call, self._wait_call):
             if call is not None and call.active():

@@ -224,6 +224,7 @@ class HubFactory(Factory):
 
     def startFactory(self) -> None:
         self.started_at = self.clock.seconds()
+        self.sessions.start()
 
     def stopFactory(self) -> None:
         self.repeats.stop()

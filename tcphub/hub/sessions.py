@@ -120,6 +120,8 @@ class Sessions:
         """Where parked sessions are also kept for the other hubs (the relay's, if it keeps them)."""
         self._stored: set[str] = set()
         """The parked sessions the store has too: one it no longer has was taken on another hub."""
+        self._stopping = False
+        """The hub stops: a session whose connection is lost goes to the store only (if it has one)."""
 
     @property
     def parked(self) -> int:
@@ -143,18 +145,23 @@ class Sessions:
         has, nor once the hub stops); in the L{store} too, if the hub has
         one and the member's C{client_id} is given (the protocol resumes
         sessions of other hubs' members)."""
-        if self._live.pop(session_id, None) is None:  # cleared: the hub stops
+        if self._live.pop(session_id, None) is None:  # ended, or handed over
             return
         wait = self.window
         if state.identity is not None and state.identity.expires is not None:
             wait = min(wait, state.identity.expires - self._clock.seconds())
         if wait <= 0:
             return
+        kept = None
+        if self.store is not None and client_id is not None:
+            kept = self.store.keep(session_id, state, client_id, wait)
+        if self._stopping:  # drained: the member comes back on another hub, if at all
+            return
         rooms = {room: place for room, place in state.rooms.items() if self._hold(room)}
         if len(self._parked) >= self._limit:
             self._expire(next(iter(self._parked)))
-        if self.store is not None and client_id is not None:
-            self.store.keep(session_id, state, client_id, wait).addCallback(self._kept, session_id)
+        if kept is not None:
+            kept.addCallback(self._kept, session_id)
         state = SessionState(state.name, rooms, state.identity)
         self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
 
@@ -221,13 +228,21 @@ class Sessions:
         for room in state.rooms:
             self._release(room)
 
+    def start(self) -> None:
+        """The hub starts (again): sessions are parked here."""
+        self._stopping = False
+
     def clear(self) -> None:
-        """The hub stops: forget every session (those live are not parked)."""
+        """The hub stops: forget every parked session; those live are parked
+        in the L{store} only as their connections close (a drained member
+        comes back on another hub), or, without a store, not at all."""
         for session_id in list(self._parked):
             state, call = self._parked.pop(session_id)
             call.cancel()
             self.release(state)
-        self._live.clear()
+        if self.store is None:
+            self._live.clear()
+        self._stopping = True
         self._stored.clear()
 
     def _refused(self, peer: str) -> None:

@@ -116,11 +116,13 @@ class StructuredProtocol(HubProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._authentication is not None:
             self._authentication.stop()
+        self._park()  # before the rooms are left, so that they are held
+        super().connectionLost(reason)
+
+    def _park(self) -> None:
         if self.session is not None:
-            # Parked before the rooms are left, so that they are held.
             self.factory.sessions.park(self.session, self._state(), self.client_id)
             self.session = None
-        super().connectionLost(reason)
 
     def hand_over(self) -> SessionState:
         """Another connection took this member's session (L{SessionOwner}):
@@ -417,7 +419,11 @@ class StructuredProtocol(HubProtocol):
 
     def goingAway(self) -> None:
         """C{{"path": "hub.reconnect"}} before the close: this hub is draining,
-        another will take the client."""
+        another will take the client.  Its session is parked first, as it
+        stands now (with where it stands in each room's stream: what this
+        hub reads from now on it no longer sends it, and the hub it resumes
+        on gives it)."""
+        self._park()
         self.sendMessage(_encode({"path": RECONNECT_PATH, "data": {"reason": "this server is going away"}}))
         super().goingAway()
 
