@@ -742,3 +742,57 @@ def test_a_sentinel_password_without_a_sentinel_url_is_refused():
     hub = TcpServer(port=0, clock=Clock(), protocol=HubProtocol)
     with pytest.raises(ValueError, match=r"a Sentinel password goes with a redis\+sentinel:// URL"):
         RedisBus(hub, "redis://memory/0", endpoint=MemoryRedis(), sentinel_password="s3cret")
+
+
+# -- a member back on another node: what it missed, from the room's stream ------------
+
+
+def entry(entry_id: bytes, message: codec.BusMessage) -> tuple[bytes, list[bytes]]:
+    return entry_id, [b"m", codec.encode(message)]
+
+
+def said(entry_id: bytes, text: bytes, instance: str = "other", seq: int = 1, kind: str = codec.BROADCAST,
+         exclude: tuple[str, ...] = ()) -> tuple[bytes, list[bytes]]:
+    return entry(entry_id, codec.BusMessage(node="n", kind=kind, payload=text, room="r", exclude=exclude,
+                                            instance=instance, seq=seq))
+
+
+def test_a_catch_up_gives_what_the_member_had_not_had_up_to_where_this_node_reads():
+    place = streams.Place(b"5-0", "old", 3)  # it had its old node's own messages up to 3
+    catch_up = streams.CatchUp(place, exclude="a-old", limit=100, limit_bytes=10_000)
+    assert catch_up.start == b"5-0", "its place first, to check the stream still holds it"
+    entries = [said(b"5-0", b"had"), said(b"6-0", b"x"), said(b"6-1", b"own, had", "old", 3),
+               said(b"7-0", b"own, not had", "old", 4), said(b"7-1", b"joined", kind=codec.NOTICE),
+               said(b"8-0", b"its own publish", exclude=("a-old",)), said(b"9-0", b"y")]
+    assert catch_up.take(entries, full=True, reader_at=b"8-0") is True, "what follows 8-0 comes live"
+    assert catch_up.missed == [b"x", b"own, not had"]
+
+
+def test_a_catch_up_asks_again_until_it_reaches_the_reader_and_waits_for_a_reader_behind():
+    catch_up = streams.CatchUp(streams.Place(b"0-0", "old", 0), exclude="a-old", limit=100, limit_bytes=10_000)
+    assert catch_up.start == b"(0-0", "an empty stream then: from its start"
+    assert catch_up.take([said(b"3-0", b"a")], full=True, reader_at=b"9-0") is False, "more may follow"
+    assert catch_up.start == b"(3-0"
+    assert catch_up.take([said(b"4-0", b"b")], full=False, reader_at=b"9-0") is False, "the reader read further"
+    assert catch_up.take([said(b"9-0", b"c")], full=False, reader_at=b"9-0") is True
+    assert catch_up.missed == [b"a", b"b", b"c"]
+    behind = streams.CatchUp(streams.Place(b"5-0", "old", 0), exclude="a-old", limit=100, limit_bytes=10_000)
+    assert behind.take([said(b"5-0", b"had"), said(b"6-0", b"d")], full=False, reader_at=b"4-0") is False, (
+        "this node has not read as far as the old one: its reader would give the member what it had")
+    assert behind.missed == [] and behind.start == b"(5-0"
+
+
+@pytest.mark.parametrize("first, limit, limit_bytes", [
+    (b"6-0", 100, 10_000),  # its place was trimmed away
+    (b"5-0", 1, 10_000),  # more than the history keeps
+    (b"5-0", 100, 1),
+])
+def test_a_catch_up_that_cannot_give_all_says_history_lost(first, limit, limit_bytes):
+    from tcphub.errors import NotRecovered
+
+    catch_up = streams.CatchUp(streams.Place(b"5-0", "old", 0), exclude="a-old", limit=limit,
+                               limit_bytes=limit_bytes)
+    with pytest.raises(NotRecovered) as raised:
+        catch_up.take([said(first, b"had"), said(b"6-1", b"x"), said(b"6-2", b"y")], full=False, reader_at=b"9-0")
+    assert raised.value.reason == "history_lost"
+

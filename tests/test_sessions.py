@@ -8,10 +8,13 @@ then twistd with raw TCP clients.
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 
 from tcphub.hub.identity import JwtAuthenticator
 from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.protocol import GONE
+from tcphub.hub.sessions import SessionState
+from tcphub.hub.structured import StructuredProtocol
 from tests.processes import Twistd
 from tests.test_bus import HubMember
 from tests.test_structured import SECRET, jwt_hub, open_hub, said, send, token
@@ -337,3 +340,39 @@ def test_a_chat_page_s_session_is_its_credentials_on_a_hub_that_asks_for_tokens(
     assert said[0] == "* welcome back, Alice" and "* you are in #lobby" in said
     hub.clock.advance(60)  # past auth_timeout
     assert not back_t.disconnecting and back.user == "alice"
+
+
+def test_a_session_taken_on_another_node_is_refused_here_and_one_redis_lacks_is_this_node_s(hub_factory):
+    """With a store (Redis), a session this node parked serves once across
+    the nodes: gone from the store (another node took it), it is refused
+    here too; never stored (Redis was away), it is this node's."""
+    hub = hub_factory(protocol=StructuredProtocol)
+    sessions = hub.factory.sessions
+
+    class Store:
+        def __init__(self) -> None:
+            self.kept: dict = {}
+            self.takes: list[Deferred] = []
+
+        def keep(self, session_id, state, client_id, wait):
+            self.kept[session_id] = state
+            return succeed(len(self.kept) == 1)  # Redis takes the first, and is away for the second
+
+        def take(self, session_id):
+            self.takes.append(Deferred())
+            return self.takes[-1]
+
+    store = sessions.store = Store()
+
+    class Owner:
+        user = None
+
+    state = SessionState("ann", {}, None)
+    taken: list = []
+    for _ in range(2):
+        session_id = sessions.open(Owner())
+        sessions.park(session_id, state, "n1-1")
+        sessions.take_anywhere(session_id, Owner(), None, "127.0.0.1:1").addCallback(taken.append)
+        store.takes[-1].callback(None)
+    assert taken == [None, state]
+    assert hub.factory.get_metrics().sessions_refused == 1 and sessions.parked == 0

@@ -160,10 +160,10 @@ class Sessions:
         rooms = {room: place for room, place in state.rooms.items() if self._hold(room)}
         if len(self._parked) >= self._limit:
             self._expire(next(iter(self._parked)))
-        if kept is not None:
-            kept.addCallback(self._kept, session_id)
         state = SessionState(state.name, rooms, state.identity)
         self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
+        if kept is not None:
+            kept.addCallback(self._kept, session_id)
 
     def _kept(self, kept: bool, session_id: str) -> None:
         if kept and session_id in self._parked:
