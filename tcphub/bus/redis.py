@@ -39,6 +39,11 @@ the connection is sent again; each message carries its process and its
 number in its stream, so that a reader delivers it once, and counts as
 C{missed} what a gap in the numbers shows it never had (a stream trimmed
 under a slow node, a Redis restarted empty).
+
+On a stream the bus also keeps the members' parked sessions for every
+node (L{keep}, L{take}: the hub's L{SessionStore}), each with where its
+member stood in its rooms' streams (L{Place}), and gives a member back on
+another node what it missed there (L{catch_up}).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -1208,13 +1214,18 @@ class RedisBus(Service):
         self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
 
     def stopService(self) -> Deferred[None]:
-        """Leave once the hub has drained (its members told to reconnect
-        elsewhere, their sessions parked in Redis for the other nodes), at
-        once if it is not running."""
+        """Leave once the hub has drained, if it stops too (its members told
+        to reconnect elsewhere, their sessions parked in Redis for the other
+        nodes); at once if it is not running, or goes on without the bus."""
         if not self.running:  # stopped already: its node id was another's
             return succeed(None)
         super().stopService()
-        return self._server.when_stopped().addCallback(lambda _: self._leave())
+        server = self._server
+        if not server.running:
+            return server.when_stopped().addCallback(lambda _: self._leave())
+        # A parent stops its services one after another, the bus first: a turn later, the hub stops too or not.
+        return deferLater(self._clock, 0, lambda: None).addCallback(
+            lambda _: server.when_stopped() if not server.running else None).addCallback(lambda _: self._leave())
 
     def _leave(self) -> Deferred[None]:
         self._release_senders()
