@@ -1011,6 +1011,37 @@ def test_a_member_drained_from_its_node_resumes_on_another_and_gets_every_messag
             member.close()
 
 
+def test_a_member_cut_from_one_node_resumes_on_another_once_and_its_old_node_refuses_the_spent_id(redis):
+    server = redis.start()
+    options = ("--port", "0", "--mode", "hub", "--room-history", "100")
+    a, b = (PluginNode(name, server, *options) for name in "ab")
+    with killed_after((a, b)):
+        cut, ann, bob = HubMember(a.port), HubMember(a.port), HubMember(b.port)
+        for member, room in ((cut, "r"), (cut, "s"), (ann, "r"), (bob, "r"), (bob, "s")):
+            member.ask("hub.join", {"room": room})
+        ann.ask("hub.publish", {"room": "r", "data": ["ann", 0]})
+        cut.read_some(1)
+        cut.close()
+        eventually(lambda: a.varz()["hub"]["sessions_parked"] == 1, "the session parked", 100_000)
+        for n in range(1, 4):
+            ann.ask("hub.publish", {"room": "r", "data": ["ann", n]})
+            bob.ask("hub.publish", {"room": "s", "data": ["bob", n]})
+        back = HubMember(b.port)
+        back.got = cut.got
+        reply = back.ask("hub.resume", {"session": cut.session})
+        assert {room: place["recovered"] for room, place in reply["rooms"].items()} == {"r": True, "s": True}
+        assert back.got == {"r": [("ann", n) for n in range(4)], "s": [("bob", n) for n in range(1, 4)]}
+        ann.ask("hub.publish", {"room": "r", "data": ["ann", END]})
+        back.read_some(1)
+        assert back.got["r"][-1] == ("ann", END), "then the live ones"
+        spent = HubMember(a.port)  # its old node still had it parked: spent now, everywhere
+        spent.socket.sendall(json.dumps({"path": "hub.resume", "data": {"session": cut.session}}).encode() + b"\n")
+        assert spent._next()["data"]["code"] == "unknown_session"
+        assert a.varz()["hub"]["sessions_parked"] == 0
+        for member in (ann, bob, back, spent):
+            member.close()
+
+
 def test_on_a_stream_a_redis_restarted_empty_changes_every_room_s_epoch_and_repeats_nothing(redis):
     """Redis comes back without its data: what its stream held is gone, so
     a member back after the restart is told it cannot recover (a new epoch),
