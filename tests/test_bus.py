@@ -1028,7 +1028,15 @@ def test_a_member_cut_from_one_node_resumes_on_another_once_and_its_old_node_ref
             bob.ask("hub.publish", {"room": "s", "data": ["bob", n]})
         back = HubMember(b.port)
         back.got = cut.got
-        reply = back.ask("hub.resume", {"session": cut.session})
+        back.socket.sendall(b"".join(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n" for path, data in (
+            ("hub.resume", {"session": cut.session}), ("hub.join", {"room": "t"}))))  # the join waits for the resume
+        replies: list[dict] = []
+        while len(replies) < 2:
+            message = back._next()
+            if not message["path"].startswith("room."):
+                replies.append(message)
+        assert [reply["id"] for reply in replies] == ["hub.resume", "hub.join"], replies
+        reply = replies[0]["data"]
         assert {room: place["recovered"] for room, place in reply["rooms"].items()} == {"r": True, "s": True}
         assert back.got == {"r": [("ann", n) for n in range(4)], "s": [("bob", n) for n in range(1, 4)]}
         ann.ask("hub.publish", {"room": "r", "data": ["ann", END]})

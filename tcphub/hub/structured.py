@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Final
 
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
@@ -274,25 +274,25 @@ class StructuredProtocol(HubProtocol):
         if hub.sessions.store is None:
             self._resumed(path, request_id, offsets, hub.sessions.take(session, self, user, self.address))
             return
-        self.waitBeforeReading()  # what it asks next must find it resumed
+        self.waitBeforeReading()  # what it asks next must find it resumed, and come after the reply
 
         def taken(state: SessionState | StoredSession | None) -> None:
-            self.readAfterWait()
             if self.state == OPEN:
-                self._resumed(path, request_id, offsets, state)
+                self._resumed(path, request_id, offsets, state).addCallback(lambda _: self.readAfterWait())
             elif isinstance(state, SessionState):  # gone meanwhile: its rooms are not held for it
                 hub.sessions.release(state)
 
         hub.sessions.take_anywhere(session, self, user, self.address).addCallback(taken)
 
     def _resumed(self, path: str, request_id: str | None, offsets: dict[str, int],
-                 taken: SessionState | StoredSession | None) -> None:
+                 taken: SessionState | StoredSession | None) -> Deferred[None]:
         """A session taken (L{_resume_session}): this hub's own, or (another
-        hub's) a stored one, whose rooms are recovered from the relay."""
+        hub's) a stored one, whose rooms are recovered from the relay;
+        fires once the member has had the reply."""
         if taken is None:
             self._refuse(path, request_id, "unknown_session",
                          "no such session: it expired, was resumed already, or never was", counted=True)
-            return
+            return succeed(None)
         hub = self.factory
         state = taken.state if isinstance(taken, StoredSession) else taken
         if self.session is None:
@@ -320,13 +320,13 @@ class StructuredProtocol(HubProtocol):
                 rooms[room] = self._joined(room, hub.rejoin(self.client_id, room, epoch, offsets.get(room, sent)))
             hub.sessions.release(state)
             reply()
-            return
+            return succeed(None)
 
         def recovered(why_not: str | None, room: str) -> None:
             rooms[room] = self._joined(room, why_not)
 
-        gatherResults([hub.recover(self.client_id, room, taken.places[room], taken.client_id
-                                   ).addCallback(recovered, room) for room in back]).addCallback(reply)
+        return gatherResults([hub.recover(self.client_id, room, taken.places[room], taken.client_id
+                                          ).addCallback(recovered, room) for room in back]).addCallback(reply)
 
     def _joined(self, room: str, why_not: str | None) -> dict[str, Any]:
         """Where C{room} stands for a member back in it, and whether it got all it missed."""
