@@ -1011,16 +1011,18 @@ def test_a_member_drained_from_its_node_resumes_on_another_and_gets_every_messag
             member.close()
 
 
-def test_a_member_cut_from_one_node_resumes_on_another_once_and_its_old_node_refuses_the_spent_id(redis):
+def test_a_member_cut_from_one_node_resumes_on_another_is_told_what_was_lost_on_the_way_and_the_id_is_spent(redis):
     server = redis.start()
     options = ("--port", "0", "--mode", "hub", "--room-history", "100")
     a, b = (PluginNode(name, server, *options) for name in "ab")
     with killed_after((a, b)):
-        cut, ann, bob = HubMember(a.port), HubMember(a.port), HubMember(b.port)
-        for member, room in ((cut, "r"), (cut, "s"), (ann, "r"), (bob, "r"), (bob, "s")):
+        cut, ann, bob, watcher = HubMember(a.port), HubMember(a.port), HubMember(b.port), HubMember(a.port)
+        for member, room in ((cut, "r"), (cut, "s"), (ann, "r"), (bob, "r"), (bob, "s"), (watcher, "s")):
             member.ask("hub.join", {"room": room})
         ann.ask("hub.publish", {"room": "r", "data": ["ann", 0]})
         cut.read_some(1)
+        bob.ask("hub.publish", {"room": "s", "data": ["bob", 0]})
+        watcher.read_some(1)  # node a has sent it to the cut member too, which will never read it
         cut.close()
         eventually(lambda: a.varz()["hub"]["sessions_parked"] == 1, "the session parked", 100_000)
         for n in range(1, 4):
@@ -1029,16 +1031,17 @@ def test_a_member_cut_from_one_node_resumes_on_another_once_and_its_old_node_ref
         back = HubMember(b.port)
         back.got = cut.got
         back.socket.sendall(b"".join(json.dumps({"path": path, "data": data, "id": path}).encode() + b"\n" for path, data in (
-            ("hub.resume", {"session": cut.session}), ("hub.join", {"room": "t"}))))  # the join waits for the resume
+            ("hub.resume", {"session": cut.session, "offsets": cut.offsets}), ("hub.join", {"room": "t"}))))
         replies: list[dict] = []
         while len(replies) < 2:
             message = back._next()
             if not message["path"].startswith("room."):
                 replies.append(message)
-        assert [reply["id"] for reply in replies] == ["hub.resume", "hub.join"], replies
-        reply = replies[0]["data"]
-        assert {room: place["recovered"] for room, place in reply["rooms"].items()} == {"r": True, "s": True}
-        assert back.got == {"r": [("ann", n) for n in range(4)], "s": [("bob", n) for n in range(1, 4)]}
+        assert [reply["id"] for reply in replies] == ["hub.resume", "hub.join"], "the join waited for the resume"
+        rooms = replies[0]["data"]["rooms"]
+        assert {room: (place["recovered"], place.get("reason")) for room, place in rooms.items()} == {
+            "r": (True, None), "s": (False, "history_lost")}, "bob's 0 was lost on the way: no other node can say which"
+        assert back.got == {"r": [("ann", n) for n in range(4)]}
         ann.ask("hub.publish", {"room": "r", "data": ["ann", END]})
         back.read_some(1)
         assert back.got["r"][-1] == ("ann", END), "then the live ones"
@@ -1046,7 +1049,7 @@ def test_a_member_cut_from_one_node_resumes_on_another_once_and_its_old_node_ref
         spent.socket.sendall(json.dumps({"path": "hub.resume", "data": {"session": cut.session}}).encode() + b"\n")
         assert spent._next()["data"]["code"] == "unknown_session"
         assert a.varz()["hub"]["sessions_parked"] == 0
-        for member in (ann, bob, back, spent):
+        for member in (ann, bob, back, spent, watcher):
             member.close()
 
 

@@ -220,10 +220,12 @@ def _stored_session(reply: Any) -> StoredSession | None:
     try:
         kept = json.loads(reply)
         identity = Identity(kept["user"], kept["name"], RoomPatterns(kept["patterns"]), kept["expires"])
-        places = {check_room(room): None if place is None else Place(place[0].encode("ascii"), place[1], place[2])
-                  for room, place in kept["places"].items()}
-        return StoredSession(SessionState(identity.name, {room: ("", 0) for room in places}, identity),
-                             kept["client"], dict(places))
+        rooms: dict[str, tuple[str, int]] = {}
+        places: dict[str, object] = {}
+        for room, (epoch, sent, place) in kept["rooms"].items():
+            rooms[check_room(room)] = (str(epoch), int(sent))
+            places[room] = None if place is None else Place(place[0].encode("ascii"), str(place[1]), int(place[2]))
+        return StoredSession(SessionState(identity.name, rooms, identity), str(kept["client"]), places)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # InvalidRoomName is a ValueError
         return None
 
@@ -482,11 +484,12 @@ class RedisBus(Service):
             return succeed(False)
         identity = state.identity
         places = {}
-        for room in state.rooms:
+        for room, (epoch, sent) in state.rooms.items():
             place = self._book.place(room)
-            places[room] = None if place is None else [place.position.decode("ascii"), place.instance, place.seq]
+            places[room] = [epoch, sent, None if place is None else
+                            [place.position.decode("ascii"), place.instance, place.seq]]
         kept = json.dumps({"user": identity.user, "name": identity.name, "patterns": list(identity.rooms.patterns),
-                           "expires": identity.expires, "client": client_id, "places": places})
+                           "expires": identity.expires, "client": client_id, "rooms": places})
         return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000)
                                  ).addCallbacks(lambda _: True, lambda _: False)
 

@@ -42,7 +42,7 @@ from tcphub.hub.protocol import OPEN, HubProtocol
 from tcphub.hub.refused import RefusedConnection
 from tcphub.hub.relay import Relay
 from tcphub.hub.rooms import DEFAULT_MAX_ROOMS_PER_CLIENT, DEFAULT_ROOM_HISTORY_BYTES, Kept, Rooms
-from tcphub.hub.sessions import DEFAULT_RESUME_WINDOW, Sessions
+from tcphub.hub.sessions import DEFAULT_RESUME_WINDOW, Sessions, StoredSession
 from tcphub.hub.surface import HubSurface
 
 __all__ = ["HubFactory"]
@@ -491,18 +491,30 @@ class HubFactory(Factory):
             self.counters.add("unrecovered")
         return why_not
 
-    def recover(self, client_id: str, room: str, place: object, old_client_id: str) -> Deferred[str | None]:
-        """Put a client back in C{room} after a drop on another hub (where it
-        stood there: a L{StoredSession}'s place; C{old_client_id}, its id
-        there): what it missed comes first, from the relay (L{Relay.catch_up},
-        at most C{room_history} messages and C{room_history_bytes}), then
-        what this hub gets from then on.  Fires with None if it got all it
-        missed, else why not (C{history_lost}, C{unavailable}), counted in
-        C{unrecovered}; the client is in the room either way (unless it left
-        meanwhile).  Raises L{InvalidRoomName}."""
+    def recover(self, client_id: str, room: str, stored: StoredSession, seen: int | None = None
+                ) -> Deferred[str | None]:
+        """Put a client back in C{room} after a drop on another hub (its
+        C{stored} session): what it missed comes first, from the relay
+        (L{Relay.catch_up}, at most C{room_history} messages and
+        C{room_history_bytes}), then what this hub gets from then on.
+        C{seen}, the offset of the last message the member says it had on
+        its old hub, if less than the last one sent it there, says that
+        some were lost on the way, which this hub cannot name: none are
+        given.  Fires with None if it got all it missed, else why not
+        (C{history_lost}, C{offset_ahead}, C{unavailable}), counted in
+        C{unrecovered}; the client is in the room either way (unless it
+        left meanwhile).  Raises L{InvalidRoomName}."""
         relay = self.relay
         assert relay is not None and relay.session_store is not None
         self._rooms.hold(room, create=True)  # read from now on, so that the catch-up ends where the reader stands
+        _, sent = stored.state.rooms[room]
+        if seen is not None and seen != sent:
+            caught: Deferred[list[bytes]] = fail(NotRecovered(
+                "history_lost" if seen < sent else "offset_ahead",
+                f"the member had up to {seen} of the {sent} messages its old hub sent it"))
+        else:
+            caught = relay.catch_up(room, stored.places[room], stored.client_id, self._rooms.history_size,
+                                    self._rooms.history_bytes)
 
         def back(missed: list[bytes]) -> str | None:
             client = self._clients.get(client_id)
@@ -523,8 +535,7 @@ class HubFactory(Factory):
             self.counters.add("unrecovered")
             return cast(NotRecovered, failure.value).reason
 
-        return relay.catch_up(room, place, old_client_id, self._rooms.history_size, self._rooms.history_bytes
-                              ).addCallbacks(back, not_back)
+        return caught.addCallbacks(back, not_back)
 
     def history_lost(self) -> None:
         """Messages of other hubs were lost on their way here (the relay

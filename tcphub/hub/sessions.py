@@ -65,7 +65,7 @@ class StoredSession:
     """A session parked by another node, as the store gives it back."""
 
     state: SessionState
-    """Its name and identity (its rooms' epochs and offsets are its old node's)."""
+    """Its name, identity and rooms (their epochs and offsets its old node's)."""
     client_id: str
     """The member's client id on its old node (what it excluded itself from)."""
     places: dict[str, object]

@@ -325,8 +325,8 @@ class StructuredProtocol(HubProtocol):
         def recovered(why_not: str | None, room: str) -> None:
             rooms[room] = self._joined(room, why_not)
 
-        return gatherResults([hub.recover(self.client_id, room, taken.places[room], taken.client_id
-                                          ).addCallback(recovered, room) for room in back]).addCallback(reply)
+        return gatherResults([hub.recover(self.client_id, room, taken, offsets.get(room)).addCallback(recovered, room)
+                              for room in back]).addCallback(reply)
 
     def _joined(self, room: str, why_not: str | None) -> dict[str, Any]:
         """Where C{room} stands for a member back in it, and whether it got all it missed."""
