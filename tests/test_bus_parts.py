@@ -663,11 +663,19 @@ def test_a_node_reads_the_streams_of_its_rooms_and_wakes_its_reader_for_a_room_n
         [b"XREVRANGE", b"tcphub:0:room:chess", b"+", b"-", b"COUNT", b"1"],
         [b"XREVRANGE", b"tcphub:0:room:go", b"+", b"-", b"COUNT", b"1"],
         [b"CLIENT", b"UNBLOCK", b"2"], [b"CLIENT", b"UNBLOCK", b"2"]]
-    hub.factory.broadcast(b"e4", room="chess")
+    for move in (b"e4", b"e5"):
+        hub.factory.broadcast(move, room="chess")
     redis.answer()
-    xadd = [command for command in sent_commands(publisher, mark) if command[0] in (b"XADD", b"PEXPIRE")]
-    assert [command[:2] for command in xadd] == [[b"XADD", b"tcphub:0:room:chess"],
-                                                 [b"PEXPIRE", b"tcphub:0:room:chess"]]
+    hub.factory.clock.advance(bus.heartbeat)  # the stream's time to live renewed once per heartbeat
+    redis.answer()
+    xadd = [command for command in sent_commands(publisher, mark)
+            if command[0] in (b"XADD", b"PEXPIRE") and command[1].startswith(b"tcphub:0:room:")]
+    assert [command[:2] for command in xadd] == [[b"XADD", b"tcphub:0:room:chess"]] * 2 + [
+        [b"PEXPIRE", b"tcphub:0:room:chess"]]
+    hub.factory.clock.advance(bus.heartbeat)
+    assert [command for command in sent_commands(publisher, mark)
+            if command[0] == b"PEXPIRE" and command[1].startswith(b"tcphub:0:room:")] == [
+        [b"PEXPIRE", b"tcphub:0:room:chess", b"3600000"]], "nothing written since: nothing renewed"
     hub.factory.leave(client.client_id, "go")
     redis.answer()
     last = [command for command in sent_commands(reader) if command[0] == b"XREAD"][-1]

@@ -366,6 +366,8 @@ class RedisBus(Service):
         self._unacked: deque[tuple[bytes, bytes]] = deque()
         """On streams: what was sent to Redis and not yet acknowledged (stream, message), to be
         sent again if the connection drops."""
+        self._written: dict[bytes, None] = {}
+        """On streams: the rooms' streams written since the last heartbeat (their time to live is renewed then)."""
         self._reader_id: int | None = None
         """On streams: the reading connection's id on Redis (C{CLIENT UNBLOCK} wakes it to read a new room)."""
         self._data_mark: bytes | None = None
@@ -616,7 +618,7 @@ class RedisBus(Service):
                           ).addCallbacks(self._added, self._add_failed, callbackArgs=(publisher,),
                                          errbackArgs=(publisher,))
         if key != self._stream:  # a room's stream goes once its room has been quiet for a while
-            self._fire(publisher, b"PEXPIRE", key, _ROOM_STREAM_TTL_MS)
+            self._written[key] = None
 
     def _added(self, _: object, publisher: RedisProtocol) -> None:
         if publisher is self._publisher:  # else the entry was queued again as the connection dropped
@@ -1128,6 +1130,17 @@ class RedisBus(Service):
         self._beat_call = self._clock.callLater(self.heartbeat, self._beat)
         self._ping()
         self._write_presence()
+        self._expire_streams()
+
+    def _expire_streams(self) -> None:
+        """The rooms' streams written since the last heartbeat go an hour
+        from now: once per heartbeat, not once per message."""
+        publisher = self._publisher
+        if publisher is None:
+            return  # kept for the next heartbeat with Redis
+        for key in self._written:
+            self._fire(publisher, b"PEXPIRE", key, _ROOM_STREAM_TTL_MS)
+        self._written.clear()
 
     def _ping(self) -> None:
         """A PING on each connection every heartbeat: a Redis that stops
