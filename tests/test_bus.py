@@ -845,6 +845,7 @@ class HubMember:
         self.socket.close()
 
 
+WEBSOCKET = r"tcphub websocket listening on (?P<host>[^ ]+):(?P<port>\d+)"
 END = -1
 """The number of a publisher's last message to a room."""
 ROOMS = ("r1", "r2", "r3")
@@ -1051,6 +1052,48 @@ def test_a_member_cut_from_one_node_resumes_on_another_is_told_what_was_lost_on_
         assert a.varz()["hub"]["sessions_parked"] == 0
         for member in (ann, bob, back, spent, watcher):
             member.close()
+
+
+def test_the_chat_page_s_session_resumes_on_another_node_with_its_nick_rooms_and_the_lines_it_missed(redis):
+    """The chat page, back after a drop on whichever node the load balancer
+    gives it: its nick, its rooms (the current one last) and the lines said
+    while it was away, read from the rooms' streams."""
+    from websockets.sync.client import connect
+
+    server = redis.start()
+    options = ("--port", "0", "--websocket", "tcp:0:interface=127.0.0.1", "--room-history", "100")
+    a, b = (PluginNode(name, server, *options) for name in "ab")
+    with killed_after((a, b)):
+        a_url, b_url = (f"ws://127.0.0.1:{node.twistd.wait_for(WEBSOCKET)['port']}/ws" for node in (a, b))
+
+        def read_until(page, wanted: str) -> list[str]:
+            lines = []
+            while not lines or not lines[-1].startswith(wanted):
+                lines.append(page.recv(timeout=30))
+            return lines
+
+        with connect(a_url, proxy=None, open_timeout=30) as page:
+            session = read_until(page, "* session ")[-1].split()[-1]
+            page.send("/nick ann")
+            read_until(page, "* you are now ann")
+            page.send("/join games")
+            read_until(page, "* you are in #games")
+        eventually(lambda: a.varz()["hub"]["sessions_parked"] == 1, "the page's session parked", 100_000)
+        bob = socket.create_connection(("127.0.0.1", b.port), timeout=30)
+        lines = bob.makefile("rb")
+        nick = lines.readline().decode().split()[-1]  # * welcome, guest-…
+        for said in (b"/join games\n", b"hi games\n", b"/join lobby\n", b"hi lobby\n", b"/rooms\n"):
+            bob.sendall(said)
+        while not lines.readline().startswith(b"* rooms"):  # all said: the /rooms answer comes after
+            pass
+        with connect(f"{b_url}?resume={session}", proxy=None, open_timeout=30) as back:
+            got = read_until(back, "* session ")
+        assert got[0].startswith("* welcome back, ") and "* you are now ann" in got, got  # claimed across the nodes
+        assert f"#games <{nick}> hi games" in got and f"#lobby <{nick}> hi lobby" in got, got
+        assert [line for line in got if line.startswith("* you are in")] == ["* you are in #lobby",
+                                                                            "* you are in #games"]
+        assert not any("lost" in line for line in got), got
+        bob.close()
 
 
 def test_on_a_stream_a_redis_restarted_empty_changes_every_room_s_epoch_and_repeats_nothing(redis):

@@ -219,13 +219,14 @@ def _stored_session(reply: Any) -> StoredSession | None:
         return None
     try:
         kept = json.loads(reply)
-        identity = Identity(kept["user"], kept["name"], RoomPatterns(kept["patterns"]), kept["expires"])
+        held = kept["identity"]
+        identity = None if held is None else Identity(str(held[0]), str(held[1]), RoomPatterns(held[2]), held[3])
         rooms: dict[str, tuple[str, int]] = {}
         places: dict[str, object] = {}
         for room, (epoch, sent, place) in kept["rooms"].items():
             rooms[check_room(room)] = (str(epoch), int(sent))
             places[room] = None if place is None else Place(place[0].encode("ascii"), str(place[1]), int(place[2]))
-        return StoredSession(SessionState(identity.name, rooms, identity), str(kept["client"]), places)
+        return StoredSession(SessionState(str(kept["name"]), rooms, identity), str(kept["client"]), places)
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):  # InvalidRoomName is a ValueError
         return None
 
@@ -482,7 +483,7 @@ class RedisBus(Service):
         kept, False if Redis could not take it (the session is then this
         node's only)."""
         publisher = self._publisher
-        if publisher is None or state.identity is None or wait * 1000 < 1:
+        if publisher is None or wait * 1000 < 1:
             return succeed(False)
         identity = state.identity
         places = {}
@@ -490,8 +491,8 @@ class RedisBus(Service):
             place = self._book.place(room)
             places[room] = [epoch, sent, None if place is None else
                             [place.position.decode("ascii"), place.instance, place.seq]]
-        kept = json.dumps({"user": identity.user, "name": identity.name, "patterns": list(identity.rooms.patterns),
-                           "expires": identity.expires, "client": client_id, "rooms": places})
+        kept = json.dumps({"name": state.name, "client": client_id, "rooms": places, "identity": None if identity is None
+                           else [identity.user, identity.name, list(identity.rooms.patterns), identity.expires]})
         return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000)
                                  ).addCallbacks(lambda _: True, lambda _: False)
 

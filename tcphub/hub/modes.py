@@ -10,6 +10,7 @@ import time
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
 
@@ -20,7 +21,7 @@ from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import DRAINING, OPEN, HubProtocol
 from tcphub.hub.rooms import Kept
-from tcphub.hub.sessions import SessionState
+from tcphub.hub.sessions import SessionState, StoredSession
 from tcphub.hub.structured import StructuredProtocol
 
 
@@ -136,8 +137,15 @@ class ChatProtocol(HubProtocol):
                                                   getattr(self.transport.getPeer(), "host", None), self.address)
             self._authentication.start()
         asked = self.transport.resume if IMessageTransport.providedBy(self.transport) else None
-        if asked is not None and self._resumed(asked):
-            return
+        if asked is None:
+            self._welcome()
+        elif hub.sessions.store is None:
+            self._resumed(hub.sessions.take(asked, self, None, self.address))
+        else:  # the session may be another hub's: asked of Redis, what the page says meanwhile waits
+            self.waitBeforeReading()
+            hub.sessions.take_anywhere(asked, self, None, self.address).addCallback(self._taken)
+
+    def _welcome(self) -> None:
         if self._authentication is not None:
             self._say("* welcome: this hub asks who you are: /auth TOKEN")
             return
@@ -157,10 +165,13 @@ class ChatProtocol(HubProtocol):
             _nicks_of(self.factory).release(self.nick, self._nick_owner)
             if self.factory.relay is not None and self.nick_shared:
                 self.factory.relay.release_name(self.nick, self.client_id)
-        if self.session is not None:  # parked before the rooms are left, so that they are held
-            self.factory.sessions.park(self.session, self._state())
-            self.session = None
+        self._park()  # before the rooms are left, so that they are held
         super().connectionLost(reason)
+
+    def _park(self) -> None:
+        if self.session is not None:
+            self.factory.sessions.park(self.session, self._state(), self.client_id)
+            self.session = None
 
     def hand_over(self) -> SessionState:
         """The page resumed this session on another connection (the hub had
@@ -227,16 +238,27 @@ class ChatProtocol(HubProtocol):
     def _state(self) -> SessionState:
         return SessionState(self.nick, self.factory.places(self), self.identity)
 
-    def _resumed(self, asked: str) -> bool:
-        """Take back the session C{asked} (the handshake's C{?resume=}): the
-        nick, the rooms (the current one last), and the lines missed in each;
-        False, the member told, if there is no such session."""
+    def _taken(self, taken: SessionState | StoredSession | None) -> None:
+        """What the store said of the session the page asked for."""
+        if self.state != OPEN:
+            if isinstance(taken, SessionState):  # gone meanwhile: its rooms are not held for it
+                self.factory.sessions.release(taken)
+            return
+        self._resumed(taken).addCallback(lambda _: self.readAfterWait())
+
+    def _resumed(self, taken: SessionState | StoredSession | None) -> Deferred[None]:
+        """Take back the session the page asked for (the handshake's
+        C{?resume=}): the nick, the rooms (the current one last), and the
+        lines missed in each (from the rooms' streams, if it was another
+        hub's); if there is no such session, the member is told, and
+        welcomed as a new one.  Fires once it is all said."""
         hub = self.factory
-        state = hub.sessions.take(asked, self, None, self.address)
-        if state is None:
+        if taken is None:
             self._say("* could not resume your session (it expired, or the server restarted): "
                       "what was said meanwhile is not shown")
-            return False
+            self._welcome()
+            return succeed(None)
+        state = taken.state if isinstance(taken, StoredSession) else taken
         if state.identity is not None:  # its session is its credentials
             assert self._authentication is not None
             self._authentication.resumed(state.identity)
@@ -246,16 +268,37 @@ class ChatProtocol(HubProtocol):
             if state.name != self.nick:
                 self._nick(state.name)
         self._say(f"* welcome back, {self.nick}")
-        for room, (epoch, sent) in state.rooms.items():  # joined under this same identity: allowed
-            why_not = hub.rejoin(self.client_id, room, epoch, sent)
+        whys: dict[str, str | None] = {}
+
+        def entered(room: str) -> None:
             self._entered(room)
-            if why_not is not None:
-                self._say(f"* #{room}: some of what was said while you were away is lost ({why_not})")
-        hub.sessions.release(state)
-        if self.room is None:
-            self._say("* you are in no room: /join ROOM")
-        self._open_session()
-        return True
+            if whys[room] is not None:
+                self._say(f"* #{room}: some of what was said while you were away is lost ({whys[room]})")
+
+        def done(_: object = None) -> None:
+            if self.room is None:
+                self._say("* you are in no room: /join ROOM")
+            self._open_session()
+
+        if not isinstance(taken, StoredSession):
+            for room, (epoch, sent) in state.rooms.items():  # joined under this same identity: allowed
+                whys[room] = hub.rejoin(self.client_id, room, epoch, sent)
+                entered(room)
+            hub.sessions.release(state)
+            done()
+            return succeed(None)
+
+        def all_back(_: object) -> None:  # another hub's: the rooms' streams gave what it missed
+            for room in state.rooms:
+                if room in self.rooms:
+                    entered(room)
+            done()
+
+        def recovered(why_not: str | None, room: str) -> None:
+            whys[room] = why_not
+
+        return gatherResults([hub.recover(self.client_id, room, taken).addCallback(recovered, room)
+                              for room in state.rooms]).addCallback(all_back)
 
     @classmethod
     def publication(cls, room: str, sender: str, payload: bytes, data: Any, offset: int,
@@ -271,7 +314,9 @@ class ChatProtocol(HubProtocol):
         return framing.encode(f"[{when} UTC] ".encode("ascii") + framing.payload(kept.frame))
 
     def goingAway(self) -> None:
-        """This hub drains: say so, then close (the page reconnects by itself)."""
+        """This hub drains: say so, then close (the page reconnects by itself,
+        and resumes its session, parked now as it stands, on another hub)."""
+        self._park()
         self._say("* this server is going away: reconnect to carry on")
         super().goingAway()
 
