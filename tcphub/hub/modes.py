@@ -139,9 +139,7 @@ class ChatProtocol(HubProtocol):
         asked = self.transport.resume if IMessageTransport.providedBy(self.transport) else None
         if asked is None:
             self._welcome()
-        elif hub.sessions.store is None:
-            self._resumed(hub.sessions.take(asked, self, None, self.address))
-        else:  # the session may be another hub's: asked of Redis, what the page says meanwhile waits
+        else:  # the session may be another hub's, asked of Redis: what the page says meanwhile waits
             self.waitBeforeReading()
             hub.sessions.take_anywhere(asked, self, None, self.address).addCallback(self._taken)
 

@@ -175,7 +175,8 @@ class Sessions:
         L{store}): this hub's own parked session if the store still has it,
         else the store's (another hub's member; L{SessionState} rooms are
         then not held); None if neither has it, or it was taken on another
-        hub meanwhile.  While the store cannot be asked, this hub's only."""
+        hub meanwhile.  While the store cannot be asked, this hub's only;
+        without a store, L{take}'s answer at once."""
         store = self.store
         if store is None:
             return succeed(self.take(session_id, taker, user, peer))

@@ -271,9 +271,6 @@ class StructuredProtocol(HubProtocol):
             return
         hub = self.factory
         user = self.user if self._authentication is not None else None
-        if hub.sessions.store is None:
-            self._resumed(path, request_id, offsets, hub.sessions.take(session, self, user, self.address))
-            return
         self.waitBeforeReading()  # what it asks next must find it resumed, and come after the reply
 
         def taken(state: SessionState | StoredSession | None) -> None:
@@ -282,7 +279,7 @@ class StructuredProtocol(HubProtocol):
             elif isinstance(state, SessionState):  # gone meanwhile: its rooms are not held for it
                 hub.sessions.release(state)
 
-        hub.sessions.take_anywhere(session, self, user, self.address).addCallback(taken)
+        hub.sessions.take_anywhere(session, self, user, self.address).addCallback(taken)  # at once without a store
 
     def _resumed(self, path: str, request_id: str | None, offsets: dict[str, int],
                  taken: SessionState | StoredSession | None) -> Deferred[None]:
