@@ -804,3 +804,30 @@ def test_a_catch_up_that_cannot_give_all_says_history_lost(first, limit, limit_b
         catch_up.take([said(first, b"had"), said(b"6-1", b"x"), said(b"6-2", b"y")], full=False, reader_at=b"9-0")
     assert raised.value.reason == "history_lost"
 
+
+
+def test_a_session_parked_while_its_room_s_stream_end_is_being_found_is_kept_with_that_end():
+    """A member that joins a room new on its node and drops within a round
+    trip: its place is where the node's reading of the room begins, not
+    unknown (which would cost it recovering elsewhere)."""
+    redis = MemoryRedis()
+    hub = TcpServer(port=0, clock=Clock(), protocol=StructuredProtocol)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
+    bus.startService()
+    redis.answer()
+    (_, publisher), _ = redis.connections
+    member = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    member.makeConnection(StringTransport())
+    member.dataReceived(b'{"path": "hub.join", "data": {"room": "r"}, "id": "1"}\n')
+    member.transport.loseConnection()
+    member.connectionLost(Failure(ConnectionDone()))  # its room's end not found yet
+    for _ in range(2):  # the end, then the session
+        redis.answer()
+    (kept,) = [command for command in sent_commands(publisher) if command[:1] == [b"SET"]
+               and command[1].startswith(b"tcphub:0:session:")]
+    position, _, seq = json.loads(kept[2])["rooms"]["r"][2]
+    assert (position, seq) == ("0-0", 0)
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]

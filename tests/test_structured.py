@@ -308,6 +308,20 @@ def test_a_fresh_token_must_be_for_the_same_user(hub_factory):
     assert client.identity.user == "alice" and not transport.disconnecting
 
 
+def test_a_fresh_token_with_another_name_changes_the_member_s_presence_in_its_rooms(hub_factory):
+    """What a room's list shows of a member (its user and name, on every
+    node under --redis) is written again when a fresh token renames it."""
+    hub = jwt_hub(hub_factory)
+    client, transport = hub.connect()
+    send(client, "hub.auth", {"token": token()})
+    send(client, "hub.join", {"room": "lobby"})
+    changed: list = []
+    hub.factory.on("presence", lambda client_id, rooms: changed.append((client_id, tuple(rooms))))
+    send(client, "hub.auth", {"token": token(name="Alice B.")})
+    assert changed == [(client.client_id, ("lobby",))]
+    assert client.presence == {"user": "alice", "name": "Alice B."}
+
+
 def test_static_tokens_from_a_file(hub_factory, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# token user rooms\ns3cret-1 alice chess-* !chess-admin\ns3cret-2 bob\n")

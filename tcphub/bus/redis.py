@@ -213,6 +213,11 @@ def _last_entry(protocol: RedisProtocol, key: bytes) -> Deferred[bytes | None]:
     return protocol.command(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1).addCallback(last)
 
 
+def _kept_place(place: Place) -> list[Any] | None:
+    """A place as L{RedisBus.keep} writes it (None: not known)."""
+    return None if place.position is None else [place.position.decode("ascii"), place.instance, place.seq]
+
+
 def _stored_session(reply: Any) -> StoredSession | None:
     """A session L{RedisBus.keep} wrote (None: none, or not one of ours)."""
     if not isinstance(reply, bytes):
@@ -485,16 +490,24 @@ class RedisBus(Service):
         publisher = self._publisher
         if publisher is None or wait * 1000 < 1:
             return succeed(False)
-        identity = state.identity
-        places = {}
-        for room, (epoch, sent) in state.rooms.items():
-            place = self._book.place(room)
-            places[room] = [epoch, sent, None if place is None else
-                            [place.position.decode("ascii"), place.instance, place.seq]]
-        kept = json.dumps({"name": state.name, "client": client_id, "rooms": places, "identity": None if identity is None
-                           else [identity.user, identity.name, list(identity.rooms.patterns), identity.expires]})
-        return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000)
-                                 ).addCallbacks(lambda _: True, lambda _: False)
+        places = {room: self._book.place(room) for room in state.rooms}  # as they stand now
+        finding = [room for room, place in places.items() if place.position is None and self._book.locating(room)]
+
+        def write(_: object = None) -> Deferred[Any]:
+            for room in finding:  # its end found: where the member began, having had nothing of it yet
+                places[room] = places[room]._replace(position=self._book.position(self._room_stream(room)))
+            identity = state.identity
+            kept = json.dumps({
+                "name": state.name, "client": client_id,
+                "rooms": {room: [epoch, sent, _kept_place(places[room])] for room, (epoch, sent) in state.rooms.items()},
+                "identity": None if identity is None else [identity.user, identity.name,
+                                                           list(identity.rooms.patterns), identity.expires]})
+            return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000))
+
+        # A room joined a moment ago may have its end still being found: a
+        # PING answered after that (one connection, in order) waits for it.
+        written = publisher.command(b"PING").addCallback(write) if finding else write()
+        return written.addCallbacks(lambda _: True, lambda _: False)
 
     def take(self, session_id: str) -> Deferred[StoredSession | None]:
         """The session another node (or this one) parked under

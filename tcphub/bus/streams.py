@@ -55,7 +55,8 @@ class Place(NamedTuple):
     to C{seq}: a node gives its own messages to its members at once, before
     they are in the stream."""
 
-    position: bytes
+    position: bytes | None
+    """None: this node was still finding the stream's end (the member had nothing of it from the stream)."""
     instance: str
     seq: int
 
@@ -99,14 +100,14 @@ class StreamBook:
         seq = numbers[key] = numbers.get(key, 0) + 1
         return self.instance, seq
 
-    def place(self, room: str) -> Place | None:
-        """Where this node's members of C{room} stand in its stream now
-        (None: the stream is not read yet, its end still being found)."""
+    def place(self, room: str) -> Place:
+        """Where this node's members of C{room} stand in its stream now."""
         key = self._room_key(room)
-        position = self._positions.get(key)
-        if position is None:
-            return None
-        return Place(position, self.instance, self._numbers.get(key, 0))
+        return Place(self._positions.get(key), self.instance, self._numbers.get(key, 0))
+
+    def locating(self, room: str) -> bool:
+        """Whether the end of C{room}'s stream is being found."""
+        return self._room_key(room) in self._locating
 
     # -- reading ---------------------------------------------------------------
 
@@ -187,11 +188,12 @@ class CatchUp:
         self._limit = limit
         self._limit_bytes = limit_bytes
         self._size = 0
+        assert place.position is not None
         self._checked = place.position == _START
         """Whether the member's position is known to be still in the stream
         (the first range starts at it: its entry must be there, or what
         came after it may have been trimmed)."""
-        self._last = place.position
+        self._last: bytes = place.position
         self.missed: list[bytes] = []
         """The payloads gathered so far, oldest first."""
 

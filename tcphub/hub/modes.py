@@ -455,12 +455,14 @@ class ChatProtocol(HubProtocol):
 
     # -- inside ---------------------------------------------------------------
 
+    # A guest's or an identity's nick is taken before the member is in any
+    # room: no room's list shows it yet (no presenceChanged).
+
     def _take_guest_nick(self) -> None:
         nicks = _nicks_of(self.factory)
         if not nicks.take(self.nick, self):  # a guest-… nick /nick took first
             self.nick = f"guest-{self.client_id}"
             nicks.take(self.nick, self)
-            self.presenceChanged()
 
     def _take_identity(self, identity: Identity) -> None:
         self.identity = identity
@@ -469,7 +471,6 @@ class ChatProtocol(HubProtocol):
         if not nicks.take(self.nick, identity.user):  # another user's display name: show who
             self.nick = f"{identity.name}~{identity.user}"
             nicks.take(self.nick, identity.user)
-        self.presenceChanged()
 
     def _join(self, room: str) -> None:
         already = room in self.rooms
