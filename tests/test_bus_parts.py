@@ -623,20 +623,41 @@ def test_a_reader_takes_each_number_once_and_counts_a_gap_per_process_and_stream
     assert book.take("p", 2, b"room:b") == (True, 0)
 
 
+def reading(book: StreamBook, rooms: list[str]) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """What the book follows for C{rooms}: the streams read and their positions (as its XREAD names
+    them), and those whose end must be found first."""
+    to_locate = book.follow(rooms)
+    command, _ = resp.parse(book.read_command(1000, 1000), 0)
+    assert command[:6] == [b"XREAD", b"COUNT", b"1000", b"BLOCK", b"1000", b"STREAMS"]
+    streams = command[6:]
+    return streams[:len(streams) // 2], streams[len(streams) // 2:], to_locate
+
+
 def test_a_reader_reads_the_hub_and_the_rooms_here_finding_the_end_of_each_new_one_once():
     book = StreamBook(b"hub", lambda room: b"room:" + room.encode())
-    assert book.reading(["a"]) == ([], [], [b"hub", b"room:a"])
+    assert reading(book, ["a"]) == ([], [], [b"hub", b"room:a"])
     book.located(b"hub", b"5-0")
-    assert book.reading(["a"]) == ([b"hub"], [b"5-0"], []), "room:a is being found already"
+    assert reading(book, ["a"]) == ([b"hub"], [b"5-0"], []), "room:a is being found already"
     assert book.new_room("a") is None and book.new_room("b") == b"room:b"
     book.located(b"room:a", None)
     book.read_to(b"room:a", b"7-1")
     book.unlocated(b"room:b")
-    assert book.reading(["a", "b"]) == ([b"hub", b"room:a"], [b"5-0", b"7-1"], [b"room:b"])
+    assert reading(book, ["a", "b"]) == ([b"hub", b"room:a"], [b"5-0", b"7-1"], [b"room:b"])
     book.located(b"room:b", b"3-0")
-    assert book.reading(["b"]) == ([b"hub", b"room:b"], [b"5-0", b"3-0"], []), "a room gone is not read"
+    assert reading(book, ["b"]) == ([b"hub", b"room:b"], [b"5-0", b"3-0"], []), "a room gone is not read"
     book.read_to(b"room:a", b"8-0")  # an XREAD sent before it went
-    assert book.reading(["b"])[0] == [b"hub", b"room:b"]
+    assert reading(book, ["b"])[0] == [b"hub", b"room:b"]
+    book.read_to(b"room:b", b"3-1")
+    assert reading(book, ["b"])[1] == [b"5-0", b"3-1"], "a position that moved is written anew"
+
+
+def test_a_book_forgets_the_names_of_rooms_long_gone():
+    named: list[str] = []
+    book = StreamBook(b"hub", lambda room: named.append(room) or b"room:" + room.encode())
+    book.follow([f"r{n}" for n in range(200)])
+    book.follow(["r0"])  # the 199 others' names go
+    book.follow([f"r{n}" for n in range(2)])
+    assert named.count("r0") == 1 and named.count("r1") == 2
 
 
 def sent_commands(transport: StringTransport, since: int = 0) -> list[list[bytes]]:

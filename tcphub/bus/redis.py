@@ -920,12 +920,11 @@ class RedisBus(Service):
         """Read the hub's stream and the streams of the rooms here (held
         ones included: their members are expected back), finding the end
         of those new here first."""
-        keys, positions, to_locate = self._book.reading(self._hub.room_names())
-        for key in to_locate:
+        for key in self._book.follow(self._hub.room_names()):
             self._locate(key)
-        protocol.command(b"XREAD", b"COUNT", _READ_COUNT, b"BLOCK", _READ_BLOCK_MS, b"STREAMS", *keys, *positions
-                         ).addCallbacks(self._entries, self._refused_command, callbackArgs=(protocol,),
-                                        errbackArgs=(b"XREAD", protocol))
+        protocol.command_written(self._book.read_command(_READ_COUNT, _READ_BLOCK_MS)
+                                 ).addCallbacks(self._entries, self._refused_command, callbackArgs=(protocol,),
+                                                errbackArgs=(b"XREAD", protocol))
 
     def _entries(self, reply: Any, protocol: RedisProtocol) -> None:
         """An C{XREAD}'s entries, by stream (None: none came within the block,

@@ -48,6 +48,12 @@ def encode_command(args: tuple[bytes | str | int, ...]) -> bytes:
     return b"".join(parts)
 
 
+def bulk(data: bytes) -> bytes:
+    """One argument of a command as RESP writes it: for a command whose
+    parts are kept written (L{RedisProtocol.command_written})."""
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 _ARRAY: Any = object()
 """What L{_header} returns for an array's header: its items follow."""
 
@@ -187,9 +193,14 @@ class RedisProtocol(Protocol):
         self._on_ready(self)
 
     def command(self, *args: bytes | str | int) -> Deferred[Reply]:
+        return self.command_written(encode_command(args))
+
+    def command_written(self, command: bytes) -> Deferred[Reply]:
+        """L{command}, given as RESP writes it (L{encode_command}; an array
+        of L{bulk}s): a long command whose parts do not change is kept written."""
         d: Deferred[Reply] = Deferred()
         self._waiting.append(d)
-        self.transport.write(encode_command(args))
+        self.transport.write(command)
         return d
 
     def dataReceived(self, data: bytes) -> None:

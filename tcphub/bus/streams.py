@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Collection, NamedTuple, Sequence
 
 from tcphub.bus import codec
+from tcphub.bus.resp import bulk
 from tcphub.errors import BusError, NotRecovered
 
 __all__ = ["CatchUp", "Place", "StreamBook", "Taken", "stream_id"]
@@ -78,6 +79,10 @@ class StreamBook:
         """This process's name in what it writes (it changes when the numbering would outgrow its bound)."""
         self._numbers: dict[bytes, int] = {}
         self._positions: dict[bytes, bytes] = {}
+        self._keys: dict[str, bytes] = {}
+        """Each room's stream, as named last (a node with many rooms names them all at every read)."""
+        self._written: dict[bytes, tuple[bytes, bytes, bytes]] = {}
+        """Each stream read, as RESP writes it in the C{XREAD}, with its position as written."""
         self._locating: set[bytes] = set()
         self._seen: OrderedDict[tuple[str, bytes], int] = OrderedDict()
 
@@ -120,18 +125,41 @@ class StreamBook:
         """Whether the hub's stream has a position (the node has read, or found its end)."""
         return self.hub_key in self._positions
 
-    def reading(self, rooms: Iterable[str]) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """What to read, for the C{rooms} here now: the streams and the
-        position in each (the hub's first), and the rooms' streams whose end
-        must be found before they are read.  A room no longer here is forgotten."""
-        wanted = dict.fromkeys([self.hub_key, *map(self._room_key, rooms)])
+    def follow(self, rooms: Collection[str]) -> list[bytes]:
+        """Read the hub's stream and those of the C{rooms} here now (a room
+        no longer here is forgotten): the rooms' streams whose end must be
+        found before they are read, which are being found from now on."""
+        names, room_key = self._keys, self._room_key
+        if len(names) > 2 * len(rooms) + 64:  # rooms gone: their names go too
+            self._keys = names = {room: names[room] for room in rooms if room in names}
+        wanted = {self.hub_key: None}
+        for room in rooms:
+            key = names.get(room)
+            if key is None:
+                key = names[room] = room_key(room)
+            wanted[key] = None
         positions = self._positions
         for key in [key for key in positions if key not in wanted]:
             del positions[key]
-        keys = list(positions)
+            self._written.pop(key, None)
         to_locate = [key for key in wanted if key not in positions and key not in self._locating]
         self._locating.update(to_locate)
-        return keys, [positions[key] for key in keys], to_locate
+        return to_locate
+
+    def read_command(self, count: int, block_ms: int) -> bytes:
+        """The C{XREAD} of every stream followed from its position (the
+        hub's first), as RESP writes it: each stream's name and position
+        are written once, and again only when the position moves."""
+        written = self._written
+        names, places = [], []
+        for key, position in self._positions.items():
+            known = written.get(key)
+            if known is None or known[1] is not position:
+                known = written[key] = (bulk(key) if known is None else known[0], position, bulk(position))
+            names.append(known[0])
+            places.append(known[2])
+        return b"".join([b"*%d\r\n" % (6 + 2 * len(names)), bulk(b"XREAD"), bulk(b"COUNT"), bulk(b"%d" % count),
+                         bulk(b"BLOCK"), bulk(b"%d" % block_ms), bulk(b"STREAMS"), *names, *places])
 
     def new_room(self, room: str) -> bytes | None:
         """A room is here now: its stream, if its end must be found (it is

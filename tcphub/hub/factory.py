@@ -10,7 +10,7 @@ import heapq
 import uuid
 import math
 from collections import deque
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Collection, Iterable, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
@@ -548,7 +548,7 @@ class HubFactory(Factory):
         """Every room with its number of members."""
         return self._rooms.counts()
 
-    def room_names(self) -> Iterable[str]:
+    def room_names(self) -> Collection[str]:
         """Every room here, those held for members expected back
         (L{tcphub.hub.sessions}) included: what a relay reads for this hub."""
         return self._rooms.names()

@@ -9,7 +9,7 @@ and says what membership means for delivery and events.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, Hashable, Iterable, NamedTuple, TypeVar
+from typing import Collection, Generic, Hashable, Iterable, NamedTuple, TypeVar
 
 from tcphub.errors import InvalidRoomName, RoomLimitReached
 
@@ -180,7 +180,7 @@ class Rooms(Generic[M]):
     def rooms_of(self, member: M) -> tuple[str, ...]:
         return tuple(self._rooms.get(member, ()))
 
-    def names(self) -> Iterable[str]:
+    def names(self) -> Collection[str]:
         """Every room that exists, held ones without members included."""
         return self._members.keys()
 
