@@ -1050,6 +1050,11 @@ def test_a_member_cut_from_one_node_resumes_on_another_is_told_what_was_lost_on_
         spent.socket.sendall(json.dumps({"path": "hub.resume", "data": {"session": cut.session}}).encode() + b"\n")
         assert spent._next()["data"]["code"] == "unknown_session"
         assert a.varz()["hub"]["sessions_parked"] == 0
+        redis_command(server, b"SET", b"tcphub:0:session:forged", b'{"name": "x", "rooms": {"r": [1]}}')
+        forged = HubMember(b.port)  # what Redis holds under a session's key is checked, not trusted
+        forged.socket.sendall(json.dumps({"path": "hub.resume", "data": {"session": "forged"}}).encode() + b"\n")
+        assert forged._next()["data"]["code"] == "unknown_session"
+        forged.close()
         for member in (ann, bob, back, spent, watcher):
             member.close()
 
