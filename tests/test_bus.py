@@ -1012,6 +1012,73 @@ def test_a_member_drained_from_its_node_resumes_on_another_and_gets_every_messag
             member.close()
 
 
+def test_a_node_drained_mid_burst_hands_every_member_over_with_each_message_once_in_order(redis):
+    """The lame duck under load: a publisher on the draining node has a
+    burst in flight as SIGTERM comes, one on the other node goes on; every
+    member of the drained node (the publisher too) resumes on the other and
+    gets every message that was published, of both, once and in order, in
+    each of its rooms, and the publisher none of its own."""
+    server = redis.start()
+    options = ("--port", "0", "--mode", "hub", "--room-history", "50000", "--room-history-bytes", "16000000")
+    a = PluginNode("a", server, *options, "--drain-spread", "0.5")
+    b = PluginNode("b", server, *options)
+    rooms = ("r1", "r2")
+    with killed_after((a, b)):
+        m1, m2, ann = (HubMember(a.port) for _ in range(3))  # told to go in this order, ann last
+        bob, watcher = HubMember(b.port), HubMember(b.port)
+        joined = {ann: rooms, m1: rooms, m2: ("r1",), bob: rooms, watcher: rooms}
+        for member, its_rooms in joined.items():
+            for room in its_rooms:
+                member.ask("hub.join", {"room": room})
+        a.twistd.process.send_signal(signal.SIGTERM)
+        published: list[int] = []  # ann's publishes node a took before it closed her: those it answered
+        sent, closed = 0, False
+        while not closed:  # bursts of 50, until node a tells her to go (the others are told meanwhile)
+            assert sent < 100_000, "node a never told ann to go"
+            ann.socket.sendall(b"".join(json.dumps({"path": "hub.publish", "data": {
+                "room": rooms[n % 2], "data": ["ann", n]}, "id": f"p{n}"}).encode() + b"\n"
+                                        for n in range(sent, sent + 50)))
+            sent += 50
+            while len(published) < sent:
+                line = ann.lines.readline()
+                if not line:
+                    closed = True
+                    break
+                message = ann._took(line)
+                if message["path"] == "hub.publish":
+                    published.append(int(message["id"][1:]))
+        assert 0 < len(published) < sent and published == list(range(len(published))), (sent, published)
+        for n in range(100):
+            bob.ask("hub.publish", {"room": rooms[n % 2], "data": ["bob", n]})
+        moved = {}
+        for member in (ann, m1, m2):
+            if member is not ann:
+                member.read_until_closed()
+            back = HubMember(b.port)
+            back.got = member.got
+            reply = back.ask("hub.resume", {"session": member.session})
+            assert all(room["recovered"] for room in reply["rooms"].values()), json.dumps(reply)
+            moved[member] = back
+        assert a.twistd.process.wait(timeout=30) == -signal.SIGTERM
+        for room in rooms:
+            moved[ann].ask("hub.publish", {"room": room, "data": ["ann", END]})
+            bob.ask("hub.publish", {"room": room, "data": ["bob", END]})
+        for member in (moved[m1], moved[m2], watcher):
+            member.read_until_ends(["ann", "bob"])
+        moved[ann].read_until_ends(["bob"])  # a publisher gets its replies, not its own messages
+        bob.read_until_ends(["ann"])
+        for old, member in ((m1, moved[m1]), (m2, moved[m2]), (bob, bob), (watcher, watcher), (ann, moved[ann])):
+            for room in joined[old]:
+                got = member.got[room]
+                said = {"ann": [n for n in published if rooms[n % 2] == room] + [END],
+                        "bob": [*range(room == "r2", 100, 2), END]}
+                for who, its in said.items():
+                    assert [n for by, n in got if by == who] == ([] if old is {"ann": ann, "bob": bob}[who]
+                                                                 else its), (room, who, got)
+        for member in (ann, m1, m2, bob, watcher, *moved.values()):
+            member.close()
+
+
 def test_a_member_cut_from_one_node_resumes_on_another_is_told_what_was_lost_on_the_way_and_the_id_is_spent(redis):
     server = redis.start()
     options = ("--port", "0", "--mode", "hub", "--room-history", "100")
