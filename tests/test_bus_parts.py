@@ -651,6 +651,26 @@ def test_a_reader_reads_the_hub_and_the_rooms_here_finding_the_end_of_each_new_o
     assert reading(book, ["b"])[1] == [b"5-0", b"3-1"], "a position that moved is written anew"
 
 
+def test_a_book_walks_the_rooms_again_only_once_they_changed_or_a_stream_was_found_or_not():
+    walked: list[str] = []
+
+    class Rooms(list):
+        def __iter__(self):
+            walked.append("walked")
+            return super().__iter__()
+
+    book = StreamBook(b"hub", lambda room: b"room:" + room.encode())
+    assert book.follow(Rooms(["a"]), 1) == [b"hub", b"room:a"]
+    assert book.follow(Rooms(["a"]), 1) == [] and len(walked) == 1, "the same rooms: not walked again"
+    book.located(b"hub", b"1-0")
+    book.unlocated(b"room:a")
+    assert book.follow(Rooms(["a"]), 1) == [b"room:a"] and len(walked) == 2, "a stream not found is asked again"
+    book.located(b"room:a", b"2-0")
+    assert book.follow(Rooms([]), 1) == [] and reading(book, [])[0] == [b"hub"], (
+        "found after its room went (the count not read since): forgotten")
+    assert book.follow(Rooms(["b"]), 2) == [b"room:b"]
+
+
 def test_a_book_forgets_the_names_of_rooms_long_gone():
     named: list[str] = []
     book = StreamBook(b"hub", lambda room: named.append(room) or b"room:" + room.encode())

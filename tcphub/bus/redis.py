@@ -920,7 +920,7 @@ class RedisBus(Service):
         """Read the hub's stream and the streams of the rooms here (held
         ones included: their members are expected back), finding the end
         of those new here first."""
-        for key in self._book.follow(self._hub.room_names()):
+        for key in self._book.follow(self._hub.room_names(), self._hub.room_changes):
             self._locate(key)
         protocol.command_written(self._book.read_command(_READ_COUNT, _READ_BLOCK_MS)
                                  ).addCallbacks(self._entries, self._refused_command, callbackArgs=(protocol,),

@@ -79,6 +79,8 @@ class StreamBook:
         """This process's name in what it writes (it changes when the numbering would outgrow its bound)."""
         self._numbers: dict[bytes, int] = {}
         self._positions: dict[bytes, bytes] = {}
+        self._followed: int | None = None
+        """The count of the rooms' changes at the last L{follow} (None: look again)."""
         self._keys: dict[str, bytes] = {}
         """Each room's stream, as named last (a node with many rooms names them all at every read)."""
         self._written: dict[bytes, tuple[bytes, bytes, bytes]] = {}
@@ -125,10 +127,16 @@ class StreamBook:
         """Whether the hub's stream has a position (the node has read, or found its end)."""
         return self.hub_key in self._positions
 
-    def follow(self, rooms: Collection[str]) -> list[bytes]:
+    def follow(self, rooms: Collection[str], changes: int | None = None) -> list[bytes]:
         """Read the hub's stream and those of the C{rooms} here now (a room
         no longer here is forgotten): the rooms' streams whose end must be
-        found before they are read, which are being found from now on."""
+        found before they are read, which are being found from now on.
+        C{changes} counts the changes to the rooms (their making and going):
+        given as at the last call, and none failed to be found meanwhile,
+        nothing is new (the rooms are not walked again)."""
+        if changes is not None and changes == self._followed:
+            return []
+        self._followed = changes
         names, room_key = self._keys, self._room_key
         if len(names) > 2 * len(rooms) + 64:  # rooms gone: their names go too
             self._keys = names = {room: names[room] for room in rooms if room in names}
@@ -174,10 +182,12 @@ class StreamBook:
         """C{key}'s last entry is C{last} (None: the stream is empty): read from after it."""
         self._locating.discard(key)
         self._positions[key] = last if last is not None else _START
+        self._followed = None  # its room may have gone meanwhile: look again
 
     def unlocated(self, key: bytes) -> None:
-        """Finding C{key}'s end failed: it is asked again at the next L{reading}."""
+        """Finding C{key}'s end failed: it is asked again at the next L{follow}."""
         self._locating.discard(key)
+        self._followed = None
 
     def read_to(self, key: bytes, last: bytes) -> None:
         """Entries up to C{last} of C{key} were read."""

@@ -553,6 +553,12 @@ class HubFactory(Factory):
         (L{tcphub.hub.sessions}) included: what a relay reads for this hub."""
         return self._rooms.names()
 
+    @property
+    def room_changes(self) -> int:
+        """How many times a room was made here or went: while it stays the
+        same, L{room_names} does too (a relay need not look again)."""
+        return self._rooms.changes
+
     def members(self, room: str) -> list[ClientInfo]:
         """Snapshots of C{room}'s members, in the order they joined (none if no such room)."""
         return [client.info() for client in self._rooms.members(room)]

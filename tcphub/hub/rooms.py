@@ -63,6 +63,9 @@ class Rooms(Generic[M]):
         self._generation: dict[str, int] = {}
         self._holds: dict[str, int] = {}
         self._created = 0
+        self.changes = 0
+        """How many times a room was made or forgotten: who saw L{names} at
+        this count has nothing new to see there while it stays."""
 
     def join(self, member: M, room: str) -> bool:
         """Put C{member} in C{room}; False if it was there already.  Raises
@@ -122,10 +125,12 @@ class Rooms(Generic[M]):
         members: dict[M, None] = {}
         self._members[room] = members
         self._created += 1
+        self.changes += 1
         self._generation[room] = self._created
         return members
 
     def _forget(self, room: str) -> None:
+        self.changes += 1
         # An empty room is gone, and its numbering and history with it.
         del self._members[room]
         del self._generation[room]
