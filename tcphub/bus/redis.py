@@ -372,7 +372,7 @@ class RedisBus(Service):
         self._unacked: deque[tuple[bytes, bytes]] = deque()
         """On streams: what was sent to Redis and not yet acknowledged (stream, message), to be
         sent again if the connection drops."""
-        self._written: dict[bytes, None] = {}
+        self._to_expire: dict[bytes, None] = {}
         """On streams: the rooms' streams written since the last heartbeat (their time to live is renewed then)."""
         self._reader_id: int | None = None
         """On streams: the reading connection's id on Redis (C{CLIENT UNBLOCK} wakes it to read a new room)."""
@@ -532,9 +532,7 @@ class RedisBus(Service):
         if not isinstance(place, Place):
             return fail(NotRecovered("history_lost", "where the member stood in the room is not known"))
         key = self._room_stream(room)
-        new = self._book.new_room(room)
-        if new is not None:  # its end is found before the first range is asked for (one connection, in order)
-            self._locate(new)
+        self._follow(room)  # its end is found before the first range is asked for (one connection, in order)
         gathering = CatchUp(place, exclude, limit, limit_bytes)
         done: Deferred[list[bytes]] = Deferred()
         rounds = 0
@@ -632,7 +630,7 @@ class RedisBus(Service):
                           ).addCallbacks(self._added, self._add_failed, callbackArgs=(publisher,),
                                          errbackArgs=(publisher,))
         if key != self._stream:  # a room's stream goes once its room has been quiet for a while
-            self._written[key] = None
+            self._to_expire[key] = None
 
     def _added(self, _: object, publisher: RedisProtocol) -> None:
         if publisher is self._publisher:  # else the entry was queued again as the connection dropped
@@ -885,8 +883,12 @@ class RedisBus(Service):
         self._relist((room,))
         if not self._streams:
             return
+        self._follow(room)
+
+    def _follow(self, room: str) -> None:
+        """Read C{room}'s stream from its end, if it is new here (neither read nor being found)."""
         key = self._book.new_room(room)
-        if key is not None:  # the first member here: read the room's stream from its end
+        if key is not None:
             self._locate(key)
 
     def _locate(self, key: bytes) -> None:
@@ -1151,9 +1153,9 @@ class RedisBus(Service):
         publisher = self._publisher
         if publisher is None:
             return  # kept for the next heartbeat with Redis
-        for key in self._written:
+        for key in self._to_expire:
             self._fire(publisher, b"PEXPIRE", key, _ROOM_STREAM_TTL_MS)
-        self._written.clear()
+        self._to_expire.clear()
 
     def _ping(self) -> None:
         """A PING on each connection every heartbeat: a Redis that stops
