@@ -1,9 +1,10 @@
 """Reactor time of one bus presence heartbeat with 10,000 members in one
 room and in 1,000 rooms (an in-memory Redis: what the node itself spends),
 for members without a name (HubProtocol) and with one (the chat's nicks,
-written for a cluster-wide /who): a heartbeat after one when nothing
-changed, and one after a member of each room said its presence changed
-(its room's list written anew).
+written for a cluster-wide /who; every chat member is in #lobby too): a
+heartbeat after one when nothing changed, and one after a member of each
+room said its presence changed (its line in each of its rooms' lists
+written anew).
 Run: `.venv/bin/python bench/presence_cost.py`."""
 
 import time
@@ -52,4 +53,4 @@ for protocol in (HubProtocol, ChatProtocol):
             cost = beat_cost(10_000, rooms, protocol, changed)
             print(f"{protocol.__name__}, 10,000 members in {rooms} room(s), "
                   f"{'a presence changed in each room' if changed else 'nothing changed'}: "
-                  f"{cost * 1000:.1f} ms per heartbeat")
+                  f"{cost * 1000:.2f} ms per heartbeat")

@@ -18,9 +18,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from tcphub import RedisBus, TcpServer
+from tcphub.bus import lists
 from tcphub.hub.modes import ChatProtocol
 from tests.clients import LineClient
 from tests.processes import REDIS_SERVER, REPO, OutputProcess, RedisServer, Twistd
@@ -389,14 +394,18 @@ def test_the_chats_who_names_every_nodes_members_and_skips_what_no_node_wrote(re
             client.read_until("* you are in #lobby")
             client.say(f"/nick {nick}")
             client.read_until(f"* you are now {nick}")
-        for node, garbage in (("y", b"{not json"), ("z", b'{"eve": 1}')):  # on Redis, not a node's writing
+        # On Redis, not a node's writing: no JSON; JSON that is no nick; two
+        # nicks in one line, which would pass for two lines in one parse.
+        for node, garbage in (("y", b"{not json"), ("z", b'{"eve": 1}'), ("x", b'"xia", "xu"')):
             redis_command(server, b"SET", f"tcphub:0:alive:{node}".encode(), b"1", b"PX", b"600000")
             redis_command(server, b"SADD", b"tcphub:0:nodes", node.encode())
-            redis_command(server, b"HSET", f"tcphub:0:names:{node}".encode(), b"lobby", garbage)
+            redis_command(server, b"HSET", f"tcphub:0:members:{node}-lobby".encode(), f"{node}-1".encode(), garbage,
+                          f"{node}-2".encode(), f'"{node}an"'.encode())
 
-        # Node b's members reach node a with its next heartbeat (1 s).
-        eventually(lambda: ann.answer("/who", "* in #lobby:") == "* in #lobby: ann, bob, cat",
-                   "the cluster's members in /who", 100_000)
+        # Node b's members reach node a with its next heartbeat (1 s); the
+        # nodes' lists come in no particular order.
+        eventually(lambda: sorted(ann.answer("/who", "* in #lobby: ").removeprefix("* in #lobby: ").split(", "))
+                   == ["ann", "bob", "cat", "xan", "yan", "zan"], "the cluster's members in /who", 100_000)
         shut_down((ann, bob, cat), (a, b))
 
 
@@ -411,7 +420,8 @@ def test_hub_who_lists_every_nodes_members_with_their_user_and_name_and_counts_t
             member.ask("hub.join", {"room": "games"})
         redis_command(server, b"SET", b"tcphub:0:alive:z", b"1", b"PX", b"600000")
         redis_command(server, b"SADD", b"tcphub:0:nodes", b"z")
-        redis_command(server, b"HSET", b"tcphub:0:names:z", b"games", b'["a nick", {"user": 1}]')
+        redis_command(server, b"HSET", b"tcphub:0:members:z-games", b"z-1", b'"a nick"', b"z-2", b'{"user": 1}',
+                      b"z-3", b"")
 
         # Node b's members reach node a with its next heartbeat (1 s).
         def listed() -> bool:
@@ -547,6 +557,68 @@ def test_cluster_members_lists_the_room_on_every_live_node(redis):
 
 
 PASSWORD = "n0t-in-ps-or-logs"
+
+
+class Shown(ChatProtocol):
+    """A chat member whose line in its rooms' lists a test sets."""
+
+    shown: object = None
+
+    @property
+    def presence(self) -> object:
+        return self.shown
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_rooms_list_on_redis_follows_its_members_line_by_line_in_calls_cut_short(redis, monkeypatch):
+    monkeypatch.setattr(lists, "MAX_ARGUMENTS", 9)  # the script's calls cut after 2 or 3 lines
+    server = redis.start()
+    hub = TcpServer(port=0, protocol=Shown)
+    bus = RedisBus(hub, server.url, node_id="n", heartbeat=0.05)
+    yield hub.start()
+    bus.startService()
+    members = []
+    key = b"tcphub:0:members:n-chess"
+
+    def listed() -> dict[bytes, bytes]:
+        reply = redis_command(server, b"HGETALL", key)
+        return dict(zip(reply[::2], reply[1::2]))
+
+    @pytest_twisted.inlineCallbacks
+    def until(expected: dict[bytes, bytes], what: str):
+        for _ in range(1000):  # heartbeats every 50 ms
+            if listed() == expected:
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert listed() == expected, what
+
+    try:
+        for n in range(7):
+            member = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 10000 + n))
+            member.makeConnection(StringTransport())
+            member.shown = {"nick": f"m{n}"} if n % 2 else f"m{n}"
+            hub.factory.join(member.client_id, "chess")
+            members.append(member)
+        lines = {member.client_id.encode(): json.dumps(member.shown).encode() for member in members}
+        yield until(lines, "every member's line")
+        assert int(redis_command(server, b"PTTL", key)) > 0, "the list goes with its node"
+        members[2].shown = "renamed"
+        members[2].presenceChanged()
+        for member in members[3:6]:
+            hub.factory.leave(member.client_id, "chess")
+            del lines[member.client_id.encode()]
+        lines[members[2].client_id.encode()] = b'"renamed"'
+        yield until(lines, "the changed lines")
+        assert sorted((yield bus.cluster_members("chess"))) == sorted(line.decode() for line in lines)
+        for member in members:
+            hub.factory.leave(member.client_id, "chess")
+        yield until({}, "a room gone from the node: its list gone")
+    finally:
+        for member in members:
+            member.transport.loseConnection()
+            member.connectionLost(Failure(ConnectionDone()))
+        yield bus.stopService()
+        yield hub.stop()
 
 
 @pytest.mark.parametrize("source", ["file", "environment"])

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, HubProtocol, TcpServer, UnframeableMessage, UnknownClient
-from tcphub.bus import codec, resp, streams
+from tcphub.bus import codec, lists, resp, streams
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
 from tcphub.bus.streams import StreamBook
 from tcphub.hub.structured import StructuredProtocol
@@ -735,7 +735,39 @@ class Listed(HubProtocol):
         return self.shown
 
 
-def test_a_rooms_list_is_written_again_only_once_its_members_or_their_presence_changed():
+def list_lines(commands: list[list[bytes]]) -> list[tuple[bytes, bytes, dict[bytes, bytes], list[bytes]]]:
+    """What the scripts among C{commands} do to the rooms' lists of members:
+    per hash, C{(key, operation, fields set, fields removed)} (L{lists.SCRIPT})."""
+    done = []
+    for command in commands:
+        if command[:2] != [b"EVAL", lists.SCRIPT]:
+            continue
+        count = int(command[2])
+        keys, args, at = command[3:3 + count], command[4 + count:], 0
+        for key in keys:
+            op, sets, dels = args[at], int(args[at + 1]), int(args[at + 2])
+            at += 3
+            fields = dict(zip(args[at:at + 2 * sets:2], args[at + 1:at + 2 * sets:2]))
+            at += 2 * sets
+            done.append((key, op, fields, args[at:at + dels]))
+            at += dels
+    return done
+
+
+def apply_lines(store: dict[bytes, dict[bytes, bytes]], done) -> None:
+    """The scripts' writes, done to C{store} (what Redis has: hashes by key)."""
+    for key, op, fields, gone in done:
+        if op != b"~":
+            store.pop(key, None)
+        hash_ = store.setdefault(key, {})
+        hash_.update(fields)
+        for field in gone:
+            hash_.pop(field, None)
+        if not hash_:
+            del store[key]
+
+
+def test_a_rooms_list_is_written_line_by_line_only_as_its_members_or_their_presence_change():
     redis = MemoryRedis()
     hub = TcpServer(port=0, clock=Clock(), protocol=Listed, timeout=0, frame_timeout=0)
     bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="pubsub")
@@ -743,48 +775,92 @@ def test_a_rooms_list_is_written_again_only_once_its_members_or_their_presence_c
     redis.answer()
     publisher = redis.connections[0][1]
     members = []
-    for n, room in enumerate(("chess", "chess", "go")):
+    for n, room in enumerate(("chess", "chess", "go", "chess")):
         member = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 10000 + n))
         member.makeConnection(StringTransport())
-        member.shown = f"m{n}"
+        member.shown = f"m{n}" if n < 3 else None
         hub.factory.join(member.client_id, room)
         members.append(member)
+    m0, m1, m2, m3 = (member.client_id.encode() for member in members)
+    chess, go = b"tcphub:0:members:a-chess", b"tcphub:0:members:a-go"
 
-    def beat(late: float = 0) -> list[list[bytes]]:
-        """The names written by the next heartbeat, C{late} seconds late (the
-        reactor held up): HSET and HDEL of the names key, and its DEL."""
+    def beat(late: float = 0, renewed: tuple[bytes, ...] = (chess,)) -> list:
+        """The lines written by the next heartbeat, C{late} seconds late (the
+        reactor held up); every list of the node's has its time to live renewed."""
         mark = len(publisher.value())
         hub.factory.clock.advance(bus.heartbeat + late)
         redis.answer()  # the claim's reply: the presence follows
         redis.answer()
-        return [command for command in sent_commands(publisher, mark)
-                if command[0] in (b"HSET", b"HDEL", b"DEL") and b"names" in b"".join(command[1:2] + command[3:4])]
+        done = list_lines(sent_commands(publisher, mark))
+        assert [key for key, op, _, _ in done if op != b"-"] == list(renewed)
+        return [line for line in done if line[1:] != (b"~", {}, [])]
 
-    assert beat() == [[b"HSET", b"tcphub:0:names:a", b"chess", b'["m0", "m1"]', b"go", b'["m2"]']], (
-        "the rooms joined since the first heartbeat (written whole, as the bus connected)")
-    assert beat() == [], "nothing changed: no list written"
+    assert beat(renewed=(chess, go)) == [(chess, b"=", {m0: b'"m0"', m1: b'"m1"', m3: b""}, []),
+                                         (go, b"=", {m2: b'"m2"'}, [])], (
+        "the rooms joined since the bus connected: written whole; a member that shows nothing has an empty line")
+    assert beat(renewed=(chess, go)) == [], "nothing changed: no line written"
     members[1].shown = "renamed"
     members[1].presenceChanged()
-    assert beat() == [[b"HSET", b"tcphub:0:names:a", b"chess", b'["m0", "renamed"]']]
+    hub.factory.leave(members[3].client_id, "chess")
+    assert beat(renewed=(chess, go)) == [(chess, b"~", {m1: b'"renamed"'}, [m3])], "only the lines that changed"
     hub.factory.leave(members[2].client_id, "go")
-    assert beat() == [[b"HDEL", b"tcphub:0:names:a", b"go"]]
-    assert beat(late=bus.node_ttl) == [  # past the ttl: the key may be gone
-        [b"DEL", b"tcphub:0:rooms:a", b"tcphub:0:members:a", b"tcphub:0:names:a"],
-        [b"HSET", b"tcphub:0:names:a", b"chess", b'["m0", "renamed"]']]
+    assert beat() == [(go, b"-", {}, [])], "a room gone from the node: its list deleted"
+    assert beat(late=bus.node_ttl) == [(chess, b"=", {m0: b'"m0"', m1: b'"renamed"'}, [])], (
+        "past the ttl the list may be gone: written whole")
     redis.drop()
     for _ in range(6):  # connected again (within the backoff's jitter): every list written
         hub.factory.clock.advance(0.5)
         redis.answer()
     (publisher,) = [transport for _, transport in redis.connections[2:] if b"tcphub:a:publisher" in transport.value()]
+    assert (chess, b"=", {m0: b'"m0"', m1: b'"renamed"'}, []) in list_lines(sent_commands(publisher))
     assert beat() == [], "written whole as the bus connected again"
-    assert [b"DEL", b"tcphub:0:rooms:a", b"tcphub:0:members:a", b"tcphub:0:names:a"] in sent_commands(publisher)
     for member in members:
         member.transport.loseConnection()
         member.connectionLost(Failure(ConnectionDone()))
     stopped: list = []
     bus.stopService().addBoth(stopped.append)
+    assert [b"DEL", b"tcphub:0:rooms:a", chess] in sent_commands(publisher), "the node's lists go with it"
     redis.drop()
     assert stopped == [None]
+
+
+def test_lists_longer_than_a_script_call_takes_are_cut_into_calls_that_add_up(monkeypatch):
+    monkeypatch.setattr(lists, "MAX_ARGUMENTS", 9)  # at most 3 lines a call
+    rooms = {"big": [f"b{n}" for n in range(7)], "small": ["s0"]}
+    shown = {"b3": {"user": "b3"}}
+    book = lists.MemberLists(lambda room: f"k:{room}".encode())
+
+    def lines(room: str, ids) -> dict[str, object]:
+        return {client: shown.get(client, client) for client in rooms[room] if ids is None or client in ids}
+
+    def write() -> list[bytes]:
+        calls = book.commands({room: len(members) for room, members in rooms.items() if members}, lines, 3000)
+        for call in calls:
+            assert len(resp.parse(call, 0)[0]) <= 4 + lists.MAX_ARGUMENTS, "a call within the bound"
+        apply_lines(store, list_lines([resp.parse(call, 0)[0] for call in calls]))
+        return calls
+
+    def expected() -> dict[bytes, dict[bytes, bytes]]:
+        return {f"k:{room}".encode(): {client.encode(): json.dumps(shown.get(client, client)).encode()
+                                       for client in members} for room, members in rooms.items() if members}
+
+    store: dict[bytes, dict[bytes, bytes]] = {b"k:big": {b"stale": b"1"}}
+    assert len(write()) > 2
+    assert store == expected(), "written whole, the stale line gone"
+    for client in ("b1", "b2", "b4", "b5"):
+        rooms["big"].remove(client)
+        book.changed("big", client)
+    shown["b3"] = "renamed"
+    book.changed("big", "b3")
+    rooms["small"].append("s1")
+    book.changed("small", "s1")
+    write()
+    assert store == expected(), "the changes, cut into calls"
+    rooms["small"].clear()
+    book.changed("small", "s0")
+    book.changed("small", "s1")
+    write()
+    assert store == expected() and b"k:small" not in store
 
 
 def test_a_sentinel_password_without_a_sentinel_url_is_refused():

@@ -22,7 +22,9 @@ on one channel, tagged with its node id, and takes the others' from it:
   - a queue full while Redis is gone drops what comes next, counted;
   - each node writes its room sizes and members to Redis every C{heartbeat}
     seconds with a time to live of C{node_ttl}: a node that dies is
-    forgotten within C{node_ttl}.
+    forgotten within C{node_ttl}.  A room's list of members has a line per
+    member, and a heartbeat writes only the lines that changed
+    (L{MemberLists}).
 
 With pub/sub (C{transport="pubsub"}), at most once: a publish in flight
 when the connection to Redis drops, and what a node misses while its own
@@ -74,6 +76,7 @@ from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._reactor import default_reactor
 from tcphub._secrets import redact_url
 from tcphub.bus import codec
+from tcphub.bus.lists import MemberLists
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
 from tcphub.bus.sentinel import SentinelEndpoint
 from tcphub.bus.streams import CatchUp, Place, StreamBook
@@ -413,13 +416,11 @@ class RedisBus(Service):
         self._others_rooms: dict[str, int] = {}
         self._nodes = 0
         self._names: dict[bytes, bytes] = {}  # the names this node's clients claimed: key -> value
-        self._relisted: dict[str, None] | None = None
-        """Rooms whose members or their presence changed since the last
-        heartbeat's write: their lists are written anew (None: every room's)."""
+        self._lists = MemberLists(lambda room: self._list_key(self.node_id, room))
         self._written_at: float | None = None
         self._hub.on("join", self._room_joined)
-        self._hub.on("leave", lambda client_id, room, reason: self._relist((room,)))
-        self._hub.on("presence", lambda client_id, rooms: self._relist(rooms))
+        self._hub.on("leave", lambda client_id, room, reason: self._lists.changed(room, client_id))
+        self._hub.on("presence", self._presence_changed)
 
     # -- the relay: what the hub calls --------------------------------------
 
@@ -729,7 +730,7 @@ class RedisBus(Service):
             protocol.transport.loseConnection()
 
     def _publisher_ready(self, protocol: RedisProtocol) -> None:
-        self._relisted = None  # a Redis that may not have the rooms' lists: every one written
+        self._lists.rewrite()  # a Redis that may not have the rooms' lists: every one written
         self._prepare(protocol, "publisher")
         self._check_server(protocol)
         self._publisher = protocol
@@ -796,6 +797,7 @@ class RedisBus(Service):
             counted, self._refused_command, errbackArgs=(b"PUBSUB NUMSUB", publisher))
 
     def _publisher_lost(self) -> None:
+        self._lists.rewrite()  # nothing noted while Redis is gone: written whole when it is back
         self._release_senders()  # Redis is gone: the queue's bound drops from now on
         if self._publisher is not None:
             self._pings.pop(self._publisher, None)
@@ -880,7 +882,7 @@ class RedisBus(Service):
                                                          errbackArgs=(b"XREVRANGE", protocol))
 
     def _room_joined(self, client_id: str, room: str) -> None:
-        self._relist((room,))
+        self._lists.changed(room, client_id)
         if not self._streams:
             return
         self._follow(room)
@@ -996,9 +998,9 @@ class RedisBus(Service):
     def _key(self, kind: str, node: str) -> bytes:
         return f"{self._keys}:{kind}:{node}".encode("utf-8")
 
-    def _presence_keys(self, node: str) -> tuple[bytes, bytes, bytes]:
-        """A node's room sizes, members and their names, each rewritten whole every heartbeat."""
-        return self._key("rooms", node), self._key("members", node), self._key("names", node)
+    def _list_key(self, node: str, room: str) -> bytes:
+        """A node's list of C{room}'s members (node ids have no dash: the name is the pair's alone)."""
+        return f"{self._keys}:members:{node}-{room}".encode("utf-8")
 
     def when_refused(self) -> Deferred[BusError]:
         """Fires with a L{BusError} if this bus gives up (it has stopped and
@@ -1028,46 +1030,33 @@ class RedisBus(Service):
             self._log.info("bus: node id {node} is this process's now", node=self.node_id)
         node = self.node_id
         self._fire(publisher, b"SADD", self._nodes_key, node)
-        rooms, members, names_key = self._presence_keys(node)
+        rooms = self._key("rooms", node)
         # The whole picture each time, in one transaction: a reader sees the
-        # last one or the one before, never half of one.  The rooms' lists
-        # (each a JSON document, the costly part) are written anew only for
-        # rooms whose members or presence changed, unless the key may be gone
-        # (a new connection, a Redis restarted, a heartbeat later than the ttl).
+        # last one or the one before, never half of one.  Of the rooms' lists
+        # of members, only the lines that changed are written, unless Redis
+        # may not have the lists (a heartbeat later than the ttl).
         counts = self._hub.rooms()
         now = self._clock.seconds()
-        relisted = self._relisted
-        if relisted is None or self._written_at is None or now - self._written_at >= self.node_ttl:
-            relisted = None
-        self._relisted, self._written_at = {}, now
+        if self._written_at is None or now - self._written_at >= self.node_ttl:
+            self._lists.rewrite()
+        self._written_at = now
         self._fire(publisher, b"MULTI")
-        self._fire(publisher, b"DEL", rooms, members, *([names_key] if relisted is None else []))
+        self._fire(publisher, b"DEL", rooms)
         if counts:
             self._fire(publisher, b"HSET", rooms, *[part for room, count in counts.items()
                                                     for part in (room, count)])
-            self._fire(publisher, b"HSET", members, *[part for room in counts for part in (
-                room, " ".join(self._hub.member_ids(room)))])
-        listed = [(room, self._hub.member_presence(room)) for room in (counts if relisted is None else relisted)]
-        named = [part for room, names in listed if names for part in (room, json.dumps(names, ensure_ascii=False))]
-        if named:
-            self._fire(publisher, b"HSET", names_key, *named)
-        unnamed = [room for room, names in listed if not names]
-        if unnamed and relisted is not None:
-            self._fire(publisher, b"HDEL", names_key, *unnamed)
         self._fire(publisher, b"PEXPIRE", rooms, ttl)
-        self._fire(publisher, b"PEXPIRE", members, ttl)
-        self._fire(publisher, b"PEXPIRE", names_key, ttl)
+        for command in self._lists.commands(counts, self._hub.presence_by_id, ttl):
+            publisher.command_written(command).addErrback(self._command_failed, b"EVAL")
         publisher.command(b"EXEC").addCallbacks(self._exec_done, self._command_failed, errbackArgs=(b"EXEC",))
         for name in self._names:  # this node's claims live as long as it does
             self._fire(publisher, b"PEXPIRE", name, ttl)
 
         self._read_cluster(publisher)
 
-    def _relist(self, rooms: Iterable[str]) -> None:
-        """These rooms' lists are to be written anew at the next heartbeat
-        (nothing to note while every list will be)."""
-        if self._relisted is not None:
-            self._relisted.update(dict.fromkeys(rooms))
+    def _presence_changed(self, client_id: str, rooms: Iterable[str]) -> None:
+        for room in rooms:
+            self._lists.changed(room, client_id)
 
     def _held_elsewhere(self) -> None:
         """Another process holds the node's id: one that died lets it go
@@ -1110,7 +1099,7 @@ class RedisBus(Service):
         refusing a write (the rooms' lists are then all written next time)."""
         for reply in replies if isinstance(replies, list) else ():
             if isinstance(reply, RedisReplyError):
-                self._relisted = None
+                self._lists.rewrite()
                 self._hub.surface.fault("bus_command_errors", LogLevel.warn,
                                         "Redis refused a presence write: {error}", error=reply)
 
@@ -1189,12 +1178,12 @@ class RedisBus(Service):
             total[room] = total.get(room, 0) + count
         return total
 
-    def _each_node(self, publisher: RedisProtocol, kind: str, room: str, others: bool) -> Deferred[list[Any]]:
-        """What every node (but this one, if C{others}) wrote under its
-        C{kind} key for C{room}, as of its last heartbeat: a reply each."""
+    def _each_node(self, publisher: RedisProtocol, command: bytes, room: str, others: bool) -> Deferred[list[Any]]:
+        """C{command} (C{HKEYS}, C{HVALS}) on every node's list of C{room}'s
+        members (but this one's, if C{others}), as of its last heartbeat: a reply each."""
         def read(nodes: Any) -> Deferred[Any]:
             names = [name.decode("utf-8", "replace") for name in nodes or ()]
-            return gatherResults([publisher.command(b"HGET", self._key(kind, name), room) for name in names
+            return gatherResults([publisher.command(command, self._list_key(name, room)) for name in names
                                   if not (others and name == self.node_id)], consumeErrors=True)
 
         return publisher.command(b"SMEMBERS", self._nodes_key).addCallback(read)
@@ -1209,16 +1198,23 @@ class RedisBus(Service):
         def union(replies: list[Any]) -> list[object]:
             names: list[object] = []
             for reply in replies:
-                try:
-                    listed = json.loads(reply) if reply else []
+                # Empty: a member its list shows nothing of.
+                lines = [line for line in reply if line]
+                try:  # in one parse (a room of 10,000: 0.4 ms, against 11 line by line)
+                    parsed = json.loads(b"[%s]" % b",".join(lines))
                 except ValueError:
-                    listed = None
-                if not isinstance(listed, list):
-                    continue  # not a node's writing: skipped
-                names.extend(listed)
+                    parsed = []
+                if len(parsed) == len(lines):
+                    names.extend(parsed)
+                else:  # not all a node's writing: what is not, skipped
+                    for line in lines:
+                        try:
+                            names.append(json.loads(line))
+                        except ValueError:
+                            continue
             return names
 
-        return self._each_node(publisher, "names", room, others=True).addCallback(union).addErrback(lambda _: [])
+        return self._each_node(publisher, b"HVALS", room, others=True).addCallback(union).addErrback(lambda _: [])
 
     def cluster_members(self, room: str) -> Deferred[list[str]]:
         """The ids of C{room}'s members on every live node (asks Redis)."""
@@ -1227,9 +1223,9 @@ class RedisBus(Service):
             return succeed([info.id for info in self._hub.members(room)])
 
         def union(replies: list[Any]) -> list[str]:
-            return [client for reply in replies if reply for client in reply.decode("utf-8").split()]
+            return [client.decode("utf-8", "replace") for reply in replies for client in reply]
 
-        return self._each_node(publisher, "members", room, others=False).addCallback(union)
+        return self._each_node(publisher, b"HKEYS", room, others=False).addCallback(union)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -1268,7 +1264,7 @@ class RedisBus(Service):
         if publisher is not None and self._held_since is None:
             # Leave at once rather than after node_ttl.
             node = self.node_id
-            self._fire(publisher, b"DEL", *self._presence_keys(node))
+            self._fire(publisher, b"DEL", self._key("rooms", node), *self._lists.keys())
             self._fire(publisher, b"EVAL", _RELEASE, 1, self._key("alive", node), self._instance)
             self._fire(publisher, b"SREM", self._nodes_key, node)
         return gatherResults([self._publisher_service.stopService(),

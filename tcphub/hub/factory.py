@@ -587,6 +587,17 @@ class HubFactory(Factory):
                 shown.append(presence)
         return shown
 
+    def presence_by_id(self, room: str, client_ids: Iterable[str] | None = None) -> dict[str, object]:
+        """What C{room}'s list shows of each member here (None: nothing), by
+        client id, in the order they joined; with C{client_ids}, of those of
+        them that are members (the bus writes only the lines that changed)."""
+        if client_ids is None:
+            return {client.client_id: client.presence for client in self._rooms.members(room)}
+        members = self._rooms.members(room)
+        clients = self._clients
+        return {client_id: client.presence for client_id in client_ids
+                if (client := clients.get(client_id)) is not None and client in members}
+
     def room_size(self, room: str) -> int:
         """How many members C{room} has here (0 if it does not exist)."""
         return self._rooms.size(room)
