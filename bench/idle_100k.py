@@ -6,10 +6,12 @@ echo, no idle timeout) and Node's net, each alone on core 0.
     .venv/bin/python bench/idle_100k.py [--connections 10000 100000]
 
 The connections are opened by this process from 127.0.0.2, .3, ... (one
-address per 25,000, each has its own ephemeral ports), 1,000 at a time,
+address per 25,000, each has its own ephemeral ports; new ones for each
+server), 1,000 at a time,
 and count once the server holds a descriptor for each (/proc/PID/fd): no
-guessed waits. Needs a file limit of twice the connections (this process
-raises its own and its servers' when run as root).
+guessed waits. This process and each server need a file limit above the
+connections: it raises its own soft limit, and the hard one if it may (a
+root with CAP_SYS_RESOURCE); the servers inherit them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import resource
 import selectors
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -36,6 +39,7 @@ SERVERS = {
     "Node net": ["node", HERE / "servers" / "node_net.js", "echo"],
 }
 PER_ADDRESS = 25_000
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 BATCH = 1_000
 DEADLINE = 120.0
 """Seconds a step may take (a batch's connects, the server's accepts) before the run fails."""
@@ -57,16 +61,24 @@ def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+_addresses = iter(range(2, 252))
+"""The last octet of the loopback addresses not used yet: a closed
+connection's port stays taken (TIME_WAIT) for a minute."""
+
+
 def hold(port: int, count: int) -> list[socket.socket]:
     """C{count} connections to C{port}, each once connected."""
     held: list[socket.socket] = []
+    sources = [f"127.0.0.{next(_addresses)}" for _ in range(-(-count // PER_ADDRESS))]
     selector = selectors.EpollSelector()
     for first in range(0, count, BATCH):
         pending = set()
         for n in range(first, min(first + BATCH, count)):
             sock = socket.socket()
             sock.setblocking(False)
-            sock.bind((f"127.0.0.{2 + n // PER_ADDRESS}", 0))
+            # The port is chosen at connect, per address pair: else bind takes it from one pool for all.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((sources[n // PER_ADDRESS], 0))
             code = sock.connect_ex(("127.0.0.1", port))
             if code not in (0, errno.EINPROGRESS):
                 raise SystemExit(f"connect: {os.strerror(code)} after {n} connections")
@@ -101,7 +113,9 @@ def measure(name: str, count: int) -> tuple[float, float]:
                 raise SystemExit(f"{name} holds {descriptors(process.pid) - base} of {count} connections")
             time.sleep(0.05)  # polling /proc, not a guessed wait: the loop ends on the count
         after = rss_kib(process.pid)
+        linger = struct.pack("ii", 1, 0)  # closed with a reset: no port left in TIME_WAIT for the next run
         for sock in held:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             sock.close()
         return (after - before) * 1024 / count, after / 1024
     finally:
@@ -114,17 +128,18 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
     args = parser.parse_args()
-    need = 2 * max(args.connections) + 1_000
+    need = max(args.connections) + 1_000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < need:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
         except (ValueError, OSError):
-            raise SystemExit(f"the file limit ({hard}) is below {need}; run as root or raise it (ulimit -Hn)")
+            raise SystemExit(f"the file limit ({hard}) is below {need}, and this process may not raise it "
+                             "(it takes CAP_SYS_RESOURCE, or a higher ulimit -Hn)") from None
     else:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
-    if max(args.connections) > PER_ADDRESS * 250:
-        raise SystemExit("at most 6,250,000 connections: 127.0.0.2 to 127.0.0.251")
+    if sum(-(-count // PER_ADDRESS) for count in args.connections) * len(args.servers) > 250:
+        raise SystemExit("more connections than 127.0.0.2 to 127.0.0.251 can open")
     results: dict[int, dict[str, tuple[float, float]]] = {}
     for count in args.connections:
         for name in args.servers:
