@@ -137,7 +137,7 @@ def test_resuming_a_live_session_takes_it_over_and_closes_the_other_connection(h
     assert replies[-1]["data"]["rooms"]["chess"]["recovered"] is True
     hub.lose(bob)
     assert hub.factory.get_metrics().sessions_parked == 0, "the session went with the other"
-    assert hub.factory.member_ids("chess") == [ann.client_id, back.client_id]
+    assert list(hub.factory.presence_by_id("chess")) == [ann.client_id, back.client_id]
 
 
 def test_a_session_id_is_a_credential_for_a_hub_that_asks_for_tokens(hub_factory):

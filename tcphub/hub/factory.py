@@ -563,11 +563,6 @@ class HubFactory(Factory):
         """Snapshots of C{room}'s members, in the order they joined (none if no such room)."""
         return [client.info() for client in self._rooms.members(room)]
 
-    def member_ids(self, room: str) -> list[str]:
-        """The ids of C{room}'s members, in the order they joined: what
-        presence needs, without a snapshot of each."""
-        return [client.client_id for client in self._rooms.members(room)]
-
     def presence_changed(self, client: HubProtocol) -> None:
         """What C{client} shows in its rooms' lists changed (L{HubProtocol.presenceChanged}):
         emit C{presence} with its rooms, if it is in any."""
