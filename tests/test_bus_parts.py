@@ -28,6 +28,7 @@ from tcphub import BroadcastProtocol, BusError, BusQueueFull, HubProtocol, TcpSe
 from tcphub.bus import codec, lists, resp, streams
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
 from tcphub.bus.streams import StreamBook
+from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.structured import StructuredProtocol
 from tcphub.testing import MemoryRedis
 
@@ -944,6 +945,67 @@ def test_a_session_parked_while_its_room_s_stream_end_is_being_found_is_kept_wit
                and command[1].startswith(b"tcphub:0:session:")]
     position, _, seq = json.loads(kept[2])["rooms"]["r"][2]
     assert (position, seq) == ("0-0", 0)
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]
+
+
+def test_a_join_to_a_room_new_on_its_node_is_answered_once_the_node_reads_the_rooms_stream():
+    """Until the node has found the end of a room's stream, a message another
+    node publishes may fall before it and never reach the member: the join's
+    reply (and the member's next request) waits for it, one round trip."""
+    redis = MemoryRedis()
+    hub = TcpServer(port=0, clock=Clock(), protocol=StructuredProtocol)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
+    bus.startService()
+    redis.answer()
+    members = []
+    for port in (1, 2):
+        member = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        member.makeConnection(StringTransport())
+        members.append(member)
+    ann, bob = members
+
+    def replies(member) -> list[dict]:
+        return [json.loads(line) for line in member.transport.value().splitlines()]
+
+    ann.dataReceived(b'{"path": "hub.join", "data": {"room": "r"}, "id": "1"}\n'
+                     b'{"path": "hub.leave", "data": {"room": "r"}, "id": "2"}\n')
+    assert replies(ann) == [], "the room's stream end not found yet: no reply, the next request held"
+    redis.answer()  # the end found, then the PING behind it
+    assert [(reply["id"], reply["data"]["room"]) for reply in replies(ann)] == [("1", "r"), ("2", "r")]
+    assert replies(ann)[0]["data"]["members"] == 1
+    ann.dataReceived(b'{"path": "hub.join", "data": {"room": "r"}, "id": "3"}\n')
+    redis.answer()
+    bob.dataReceived(b'{"path": "hub.join", "data": {"room": "r"}, "id": "1"}\n')
+    assert [reply["id"] for reply in replies(bob)] == ["1"], "a room the node reads already: answered at once"
+    for member in members:
+        member.transport.loseConnection()
+        member.connectionLost(Failure(ConnectionDone()))
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]
+
+
+def test_the_chat_says_a_member_is_in_a_room_once_its_node_reads_the_rooms_stream():
+    redis = MemoryRedis()
+    hub = TcpServer(port=0, clock=Clock(), protocol=ChatProtocol)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
+    bus.startService()
+    redis.answer()
+    ann = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    ann.makeConnection(StringTransport())
+    ann.dataReceived(b"/join chess\n")
+    assert ann.transport.value().decode().splitlines()[1:] == [], "the welcome waits for #lobby's stream"
+    for _ in range(3):  # #lobby's end, then (the /join read) #chess's
+        redis.answer()
+    lines = ann.transport.value().decode().splitlines()
+    assert lines[1] == "* you are in #lobby" and lines[-1] == "* you are in #chess", lines
+    assert lines.index("* you are in #lobby") < lines.index("* you are in #chess")
+    ann.transport.loseConnection()
+    ann.connectionLost(Failure(ConnectionDone()))
     stopped: list = []
     bus.stopService().addBoth(stopped.append)
     redis.drop()

@@ -567,6 +567,13 @@ class RedisBus(Service):
         ask()
         return done
 
+    def following(self, room: str) -> Deferred[None] | None:
+        publisher = self._publisher
+        if publisher is None or not self._book.locating(room):
+            return None  # pub/sub takes every channel's; a stream not being found is read, or found later
+        # Redis answers in order: the PING's reply comes after the XREVRANGE's that finds the end.
+        return publisher.command(b"PING").addBoth(lambda _: None)
+
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         self._publish(codec.NOTICE if notice else codec.BROADCAST, bytes(payload), room=room, exclude=tuple(exclude))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, Callable
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -149,7 +149,9 @@ class ChatProtocol(HubProtocol):
             return
         self._take_guest_nick()
         self._say(f"* welcome, {self.nick}")
-        self._join(LOBBY)
+        self._join(LOBBY, then=self._welcomed)
+
+    def _welcomed(self) -> None:
         self.sendMessage(_HELP)
         self._open_session()
 
@@ -211,11 +213,10 @@ class ChatProtocol(HubProtocol):
         self._take_identity(identity)
         self._say(f"* welcome, {self.nick}")
         if identity.may_enter(LOBBY):
-            self._join(LOBBY)
+            self._join(LOBBY, then=self._welcomed)
         else:
             self._say("* you are in no room: /join ROOM")
-        self.sendMessage(_HELP)
-        self._open_session()
+            self._welcomed()
 
     def auth_refused(self, refused: AuthRefused, context: object, closing: bool) -> None:
         self._say(f"* {refused.code}: {refused.reason}")
@@ -472,10 +473,18 @@ class ChatProtocol(HubProtocol):
             self.nick = f"{identity.name}~{identity.user}"
             nicks.take(self.nick, identity.user)
 
-    def _join(self, room: str) -> None:
+    def _join(self, room: str, then: Callable[[], None] | None = None) -> None:
+        """Join C{room} and say so once the hub reads its messages from the
+        other hubs (L{whenFollowing}), then C{then}."""
         already = room in self.rooms
         self.join(room)
-        self._entered(room, already)
+
+        def entered() -> None:
+            self._entered(room, already)
+            if then is not None:
+                then()
+
+        self.whenFollowing(room, entered)
 
     def _entered(self, room: str, already: bool = False) -> None:
         """C{room} is the current one now; the others are told, unless it was one's already."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Callable, Final
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred
@@ -373,6 +373,28 @@ class HubProtocol(Protocol):
     def readAfterWait(self) -> None:
         """Lift L{waitBeforeReading}'s pause."""
         self._resume(_PAUSED_BY_WAIT)
+
+    def whenFollowing(self, room: str, then: Callable[[], None]) -> None:
+        """Call C{then} (say this client is in C{room}) once the hub reads
+        the room's messages from the other hubs joined with it: at once
+        without a relay, or when it does already; else this client's next
+        messages wait meanwhile (L{waitBeforeReading}), for one round trip
+        to Redis.  So a member told it is in a room gets every message
+        published after that, on any hub.  C{then} is not called if the
+        connection closed meanwhile.  Not an override point."""
+        relay = self.factory.relay
+        ready = relay.following(room) if relay is not None else None
+        if ready is None:
+            then()
+            return
+        self.waitBeforeReading()
+
+        def followed(_: object) -> None:
+            if self.state == OPEN:
+                then()
+            self.readAfterWait()
+
+        ready.addCallback(followed)
 
     def hubPausedReading(self) -> None:
         """Called by L{HubFactory.pause_reading}: a pause of the hub's own,

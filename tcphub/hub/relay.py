@@ -37,6 +37,11 @@ class Relay(Protocol):
         client id); at most C{limit} of them and C{limit_bytes} in all.
         Errbacks with L{tcphub.errors.NotRecovered}."""
 
+    def following(self, room: str) -> Deferred[None] | None:
+        """Fires once this hub reads the other hubs' messages to C{room}, a
+        room new here (None: it does already, or cannot now): a member told
+        it is in the room gets every message published after that, on any hub."""
+
     def broadcast(self, payload: bytes, exclude: Iterable[str], room: str | None, notice: bool = False) -> None:
         """A broadcast this hub made: the other hubs give it to their clients
         (of C{room}) but those in C{exclude}; a C{notice} they do not number

@@ -250,11 +250,15 @@ class StructuredProtocol(HubProtocol):
         except RoomLimitReached as error:
             self._refuse(path, request_id, "room_limit", str(error))
             return
-        reply: dict[str, Any] = {"room": room, "members": hub.room_size(room), "epoch": hub.room_epoch(room),
-                                 "offset": hub.room_sequence(room), "session": self.session}
-        if since is not None:
-            reply.update(self._joined(room, why_not))
-        self._reply(path, request_id, reply)
+
+        def joined() -> None:
+            reply: dict[str, Any] = {"room": room, "members": hub.room_size(room), "epoch": hub.room_epoch(room),
+                                     "offset": hub.room_sequence(room), "session": self.session}
+            if since is not None:
+                reply.update(self._joined(room, why_not))
+            self._reply(path, request_id, reply)
+
+        self.whenFollowing(room, joined)
 
     def _resume_session(self, path: str, request_id: str | None, data: dict[str, Any]) -> None:
         session, offsets = data.get("session"), data.get("offsets", {})
