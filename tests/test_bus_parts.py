@@ -233,6 +233,9 @@ class RecordingRelay:
         self.sends.append((client_id, payload))
         return self.takes_sends
 
+    def following(self, room):
+        return None  # it takes every room's messages
+
 
 def test_a_joined_hub_relays_its_broadcasts_and_names_its_clients(hub_factory):
     hub = hub_factory(protocol=BroadcastProtocol)
