@@ -27,7 +27,10 @@ from zope.interface import implementer
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, HubProtocol, TcpServer, UnframeableMessage, UnknownClient
 from tcphub.bus import codec, lists, resp, streams
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
+from tcphub.bus import redis as redis_module
 from tcphub.bus.streams import StreamBook
+from tcphub.hub.identity import Identity, RoomPatterns
+from tcphub.hub.sessions import SessionState, StoredSession
 from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.structured import StructuredProtocol
 from tcphub.testing import MemoryRedis
@@ -1009,6 +1012,32 @@ def test_the_chat_says_a_member_is_in_a_room_once_its_node_reads_the_rooms_strea
     assert lines.index("* you are in #lobby") < lines.index("* you are in #chess")
     ann.transport.loseConnection()
     ann.connectionLost(Failure(ConnectionDone()))
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]
+
+
+def test_a_session_given_back_to_redis_is_kept_as_it_was_taken_its_places_its_old_node_s():
+    redis = MemoryRedis()
+    hub = TcpServer(port=0, clock=Clock(), protocol=StructuredProtocol)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
+    bus.startService()
+    redis.answer()
+    (_, publisher), _ = redis.connections
+    identity = Identity("u1", "Ann", RoomPatterns(["chess*"]), 1234.5)
+    stored = StoredSession(SessionState("Ann", {"chess": ("e1", 4), "go": ("e2", 0)}, identity), "b-9",
+                           {"chess": streams.Place(b"5-1", "other", 3), "go": None})
+    kept: list = []
+    bus.give_back("S", stored, 2.5).addCallback(kept.append)
+    redis.answer()
+    (command,) = [command for command in sent_commands(publisher) if command[:2] == [b"SET", b"tcphub:0:session:S"]]
+    assert command[3:] == [b"PX", b"2500"] and kept == [True]
+    back = redis_module._stored_session(command[2])  # what another node's take reads
+    assert (back.client_id, back.places, back.state.name, back.state.rooms) == (
+        stored.client_id, stored.places, stored.state.name, stored.state.rooms)
+    assert (back.state.identity.user, back.state.identity.name, back.state.identity.expires,
+            back.state.identity.rooms.patterns) == ("u1", "Ann", 1234.5, identity.rooms.patterns)
     stopped: list = []
     bus.stopService().addBoth(stopped.append)
     redis.drop()

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from tcphub.hub.identity import JwtAuthenticator
 from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.protocol import GONE
-from tcphub.hub.sessions import SessionState
+from tcphub.hub.sessions import SessionState, StoredSession
 from tcphub.hub.structured import StructuredProtocol
 from tests.processes import Twistd
 from tests.test_bus import HubMember
@@ -376,3 +376,74 @@ def test_a_session_taken_on_another_node_is_refused_here_and_one_redis_lacks_is_
         store.takes[-1].callback(None)
     assert taken == [None, state]
     assert hub.factory.get_metrics().sessions_refused == 1 and sessions.parked == 0
+
+
+def test_a_resume_whose_connection_drops_while_the_store_answers_leaves_the_session_to_try_again(hub_factory):
+    """The member's connection closes between its C{hub.resume} and Redis's
+    answer: the session is parked again where it was (this node's, its rooms
+    still held; another node's, back in the store), not lost."""
+    hub = open_hub(hub_factory)
+    sessions = hub.factory.sessions
+
+    class Store:
+        def __init__(self) -> None:
+            self.takes: list[Deferred] = []
+            self.given: list = []
+
+        def keep(self, session_id, state, client_id, wait):
+            return succeed(False)  # Redis away as the session was parked: this node's only
+
+        def take(self, session_id):
+            self.takes.append(Deferred())
+            return self.takes[-1]
+
+        def give_back(self, session_id, stored, wait):
+            self.given.append((session_id, stored, wait))
+            return succeed(True)
+
+    store = sessions.store = Store()
+    bob, bob_t, session = joined(hub, "chess")
+    hub.lose(bob)
+    back, _ = hub.connect()
+    send(back, "hub.resume", {"session": session})
+    hub.lose(back)
+    store.takes[-1].callback(None)  # not in Redis: this node's own, taken for a connection gone
+    # Parked: bob's again, and the one the closed connection had of its own.
+    assert sessions.parked == 2 and hub.factory.room_size("chess") == 0 and "chess" in hub.factory.room_names()
+    again, again_t = hub.connect()
+    send(again, "hub.resume", {"session": session}, "r")
+    store.takes[-1].callback(None)
+    assert said(again_t)[-1]["data"]["rooms"]["chess"]["recovered"] is True and again.rooms == ("chess",)
+
+    stored = StoredSession(SessionState("cat", {"go": ("e1", 3)}, None), "n2-7", {"go": None})
+    other, _ = hub.connect()
+    send(other, "hub.resume", {"session": "another-node-s"})
+    hub.lose(other)
+    store.takes[-1].callback(stored)
+    assert store.given == [("another-node-s", stored, sessions.window)], "back in the store, as it was"
+
+
+def test_the_chat_page_whose_connection_drops_while_the_store_answers_can_resume_after(hub_factory):
+    hub, carol, carol_t = chat(hub_factory)
+    takes: list[Deferred] = []
+
+    class Store:
+        def keep(self, session_id, state, client_id, wait):
+            return succeed(False)
+
+        def take(self, session_id):
+            takes.append(Deferred())
+            return takes[-1]
+
+    hub.factory.sessions.store = Store()
+    page, page_t = hub.connect_member()
+    typed(page, "/nick alice", "/join games")
+    session = session_of(lines(page_t))
+    hub.lose(page)
+    cut, _ = hub.connect_member(resume=session)
+    hub.lose(cut)
+    takes[-1].callback(None)
+    back, back_t = hub.connect_member(resume=session)
+    takes[-1].callback(None)
+    said = lines(back_t)
+    assert said[:2] == ["* you are now alice", "* welcome back, alice"] and back.rooms == ("lobby", "games")

@@ -56,7 +56,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import backoffPolicy
@@ -216,9 +216,11 @@ def _last_entry(protocol: RedisProtocol, key: bytes) -> Deferred[bytes | None]:
     return protocol.command(b"XREVRANGE", key, b"+", b"-", b"COUNT", 1).addCallback(last)
 
 
-def _kept_place(place: Place) -> list[Any] | None:
+def _kept_place(place: object) -> list[Any] | None:
     """A place as L{RedisBus.keep} writes it (None: not known)."""
-    return None if place.position is None else [place.position.decode("ascii"), place.instance, place.seq]
+    if not isinstance(place, Place) or place.position is None:
+        return None
+    return [place.position.decode("ascii"), place.instance, place.seq]
 
 
 def _stored_session(reply: Any) -> StoredSession | None:
@@ -497,18 +499,30 @@ class RedisBus(Service):
         def write(_: object = None) -> Deferred[Any]:
             for room in finding:  # its end found: where the member began, having had nothing of it yet
                 places[room] = places[room]._replace(position=self._book.position(self._room_stream(room)))
-            identity = state.identity
-            kept = json.dumps({
-                "name": state.name, "client": client_id,
-                "rooms": {room: [epoch, sent, _kept_place(places[room])] for room, (epoch, sent) in state.rooms.items()},
-                "identity": None if identity is None else [identity.user, identity.name,
-                                                           list(identity.rooms.patterns), identity.expires]})
-            return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000))
+            return self._keep_written(publisher, session_id, state, client_id, places, wait)
 
         # A room joined a moment ago may have its end still being found: a
         # PING answered after that (one connection, in order) waits for it.
         written = publisher.command(b"PING").addCallback(write) if finding else write()
         return written.addCallbacks(lambda _: True, lambda _: False)
+
+    def give_back(self, session_id: str, stored: StoredSession, wait: float) -> Deferred[bool]:
+        publisher = self._publisher
+        if publisher is None or wait * 1000 < 1:
+            return succeed(False)
+        return self._keep_written(publisher, session_id, stored.state, stored.client_id, stored.places, wait
+                                  ).addCallbacks(lambda _: True, lambda _: False)
+
+    def _keep_written(self, publisher: RedisProtocol, session_id: str, state: SessionState, client_id: str,
+                      places: Mapping[str, object], wait: float) -> Deferred[Any]:
+        """Write a session under its key for C{wait} seconds (what L{take} reads)."""
+        identity = state.identity
+        kept = json.dumps({
+            "name": state.name, "client": client_id,
+            "rooms": {room: [epoch, sent, _kept_place(places.get(room))] for room, (epoch, sent) in state.rooms.items()},
+            "identity": None if identity is None else [identity.user, identity.name,
+                                                       list(identity.rooms.patterns), identity.expires]})
+        return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000))
 
     def take(self, session_id: str) -> Deferred[StoredSession | None]:
         """The session another node (or this one) parked under

@@ -141,7 +141,7 @@ class ChatProtocol(HubProtocol):
             self._welcome()
         else:  # the session may be another hub's, asked of Redis: what the page says meanwhile waits
             self.waitBeforeReading()
-            hub.sessions.take_anywhere(asked, self, None, self.address).addCallback(self._taken)
+            hub.sessions.take_anywhere(asked, self, None, self.address).addCallback(self._taken, asked)
 
     def _welcome(self) -> None:
         if self._authentication is not None:
@@ -237,11 +237,11 @@ class ChatProtocol(HubProtocol):
     def _state(self) -> SessionState:
         return SessionState(self.nick, self.factory.places(self), self.identity)
 
-    def _taken(self, taken: SessionState | StoredSession | None) -> None:
+    def _taken(self, taken: SessionState | StoredSession | None, session_id: str) -> None:
         """What the store said of the session the page asked for."""
         if self.state != OPEN:
-            if isinstance(taken, SessionState):  # gone meanwhile: its rooms are not held for it
-                self.factory.sessions.release(taken)
+            if taken is not None:  # gone meanwhile: parked again, for the page to try again
+                self.factory.sessions.give_back(session_id, taken)
             return
         self._resumed(taken).addCallback(lambda _: self.readAfterWait())
 

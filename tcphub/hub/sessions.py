@@ -84,6 +84,11 @@ class SessionStore(Protocol):
         """The session kept under C{session_id}, gone from the store (so
         that it serves once); None if there is none."""
 
+    def give_back(self, session_id: str, stored: StoredSession, wait: float) -> Deferred[bool]:
+        """Keep a session L{take}n from the store again as it was (its
+        places its old node's), for C{wait} seconds: its taker's connection
+        closed before it was resumed.  True once kept (never an error)."""
+
 
 class SessionOwner(Protocol):
     """The connection that owns a live session."""
@@ -147,9 +152,7 @@ class Sessions:
         sessions of other hubs' members)."""
         if self._live.pop(session_id, None) is None:  # ended, or handed over
             return
-        wait = self.window
-        if state.identity is not None and state.identity.expires is not None:
-            wait = min(wait, state.identity.expires - self._clock.seconds())
+        wait = self._wait(state)
         if wait <= 0:
             return
         kept = None
@@ -158,10 +161,7 @@ class Sessions:
         if self._stopping:  # drained: the member comes back on another hub, if at all
             return
         rooms = {room: place for room, place in state.rooms.items() if self._hold(room)}
-        if len(self._parked) >= self._limit:
-            self._expire(next(iter(self._parked)))
-        state = SessionState(state.name, rooms, state.identity)
-        self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
+        self._keep_here(session_id, SessionState(state.name, rooms, state.identity), wait)
         if kept is not None:
             kept.addCallback(self._kept, session_id)
 
@@ -195,6 +195,35 @@ class Sessions:
             return stored
 
         return store.take(session_id).addCallbacks(decide, lambda _: self.take(session_id, taker, user, peer))
+
+    def give_back(self, session_id: str, taken: SessionState | StoredSession) -> None:
+        """A session L{take_anywhere} gave is not resumed after all (its
+        taker's connection closed while the store answered): parked again
+        for the window, where it was, so that its member may try again;
+        this hub's own keeps its rooms held.  Let go once the hub stops."""
+        if isinstance(taken, StoredSession):
+            wait = self._wait(taken.state)
+            if self.store is not None and wait > 0:
+                self.store.give_back(session_id, taken, wait)
+            return
+        wait = self._wait(taken)
+        if wait <= 0 or self._stopping:
+            self.release(taken)
+            return
+        self._keep_here(session_id, taken, wait)
+
+    def _wait(self, state: SessionState) -> float:
+        """How long a session is kept: the window, or until its identity expires if sooner."""
+        identity = state.identity
+        if identity is not None and identity.expires is not None:
+            return min(self.window, identity.expires - self._clock.seconds())
+        return self.window
+
+    def _keep_here(self, session_id: str, state: SessionState, wait: float) -> None:
+        """Park C{state} on this hub for C{wait} seconds (the oldest parked goes first past the limit)."""
+        if len(self._parked) >= self._limit:
+            self._expire(next(iter(self._parked)))
+        self._parked[session_id] = (state, self._clock.callLater(wait, self._expire, session_id))
 
     def take(self, session_id: str, taker: SessionOwner, user: str | None, peer: str) -> SessionState | None:
         """What the session C{session_id} kept, its rooms held until

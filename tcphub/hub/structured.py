@@ -280,8 +280,8 @@ class StructuredProtocol(HubProtocol):
         def taken(state: SessionState | StoredSession | None) -> None:
             if self.state == OPEN:
                 self._resumed(path, request_id, offsets, state).addCallback(lambda _: self.readAfterWait())
-            elif isinstance(state, SessionState):  # gone meanwhile: its rooms are not held for it
-                hub.sessions.release(state)
+            elif state is not None:  # gone meanwhile: parked again, for the member to try again
+                hub.sessions.give_back(session, state)
 
         hub.sessions.take_anywhere(session, self, user, self.address).addCallback(taken)  # at once without a store
 
