@@ -1,24 +1,47 @@
-"""The `websockets` library's own server (asyncio), as a Python peer for the
-bytes a WebSocket connection costs: each connection is held open until the
-client goes, no compression (as tcphub and Autobahn serve by default).
+"""The `websockets` library's own server (asyncio), as a Python peer: no
+compression (as tcphub and Autobahn serve by default).
 
-    python websockets_server.py wsidle
+    python websockets_server.py wsidle      each connection held open until the client goes
+    python websockets_server.py wsfanout    a TCP sender (int32 frames) on one port; each of
+                                            its messages goes to every WebSocket client of the
+                                            second port with the library's broadcast(), binary
 """
 
 import asyncio
+import sys
 
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import broadcast, serve
+
+clients: set = set()
 
 
 async def hold(connection):
-    await connection.wait_closed()
+    clients.add(connection)
+    try:
+        await connection.wait_closed()
+    finally:
+        clients.discard(connection)
 
 
-async def main():
-    async with serve(hold, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=16) as server:
+async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            broadcast(clients, await reader.readexactly(length))
+    except asyncio.IncompleteReadError:
+        writer.close()
+
+
+async def main(mode: str):
+    async with serve(hold, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=16,
+                     backlog=4096) as server:
         port = server.sockets[0].getsockname()[1]
-        print(f"listening on 0 ws {port}", flush=True)
+        if mode == "wsfanout":
+            senders = await asyncio.start_server(sender, "127.0.0.1", 0, backlog=4096)
+            print(f"listening on {senders.sockets[0].getsockname()[1]} ws {port}", flush=True)
+        else:
+            print(f"listening on 0 ws {port}", flush=True)
         await asyncio.Future()
 
 
-asyncio.run(main())
+asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "wsidle"))
