@@ -1042,3 +1042,32 @@ def test_a_session_given_back_to_redis_is_kept_as_it_was_taken_its_places_its_ol
     bus.stopService().addBoth(stopped.append)
     redis.drop()
     assert stopped == [None]
+
+
+class CountingTransport(StringTransport):
+    """A transport that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+
+
+def test_what_a_member_missed_on_another_node_goes_out_in_one_write_before_it_is_in_the_room():
+    hub = TcpServer(port=0, clock=Clock(), timeout=0, frame_timeout=0)
+    relay = RecordingRelay()
+    relay.session_store = object()
+    relay.catch_up = lambda room, place, exclude, limit, limit_bytes: succeed([b"m1", b"m2", b"m3"])
+    hub.factory.join_relay(relay, "n1")
+    client = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    client.makeConnection(CountingTransport())
+    stored = StoredSession(SessionState("ann", {"r": ("e", 3)}, None), "n2-1", {"r": None})
+    recovered: list = []
+    hub.factory.recover(client.client_id, "r", stored).addCallback(recovered.append)
+    assert recovered == [None] and client.rooms == ("r",)
+    assert client.transport.writes == [b"m1\nm2\nm3\n"], "one write, not one a message"
+    client.transport.loseConnection()
+    client.connectionLost(Failure(ConnectionDone()))

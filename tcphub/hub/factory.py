@@ -520,12 +520,17 @@ class HubFactory(Factory):
             client = self._clients.get(client_id)
             if client is not None:
                 offset, epoch = self.room_sequence(room), self.room_epoch(room)
-                for payload in missed:
-                    try:
-                        client.deliver(self.framing.encode(self.protocol.relayedPayload(room, payload, offset, epoch)))
-                    except UnframeableMessage:
-                        continue
-                self.join(client_id, room, None)
+                self.batch.begin()  # what it missed goes out as one write, as a read's output does
+                try:
+                    for payload in missed:
+                        try:
+                            client.deliver(self.framing.encode(self.protocol.relayedPayload(room, payload, offset,
+                                                                                            epoch)))
+                        except UnframeableMessage:
+                            continue
+                    self.join(client_id, room, None)
+                finally:
+                    self.batch.end()
             self._rooms.release(room)
             return None
 
