@@ -1261,6 +1261,9 @@ def test_on_a_stream_a_redis_restarted_empty_changes_every_room_s_epoch_and_repe
             publisher.ask("hub.publish", {"room": "r1", "data": ["a", n]})
         leaving.read_some(10)
         leaving.close()
+        # Kept in Redis (as node b knows): gone from it with the restart, it was not taken elsewhere.
+        eventually(lambda: redis_command(server, b"EXISTS", f"tcphub:0:session:{leaving.session}".encode()) == b"1",
+                   "the session kept in Redis")
         since = [node.twistd.mark() for node in nodes]
         server.kill()
         server = redis.restart(server)  # no persistence: empty

@@ -776,6 +776,7 @@ class RedisBus(Service):
             known, self._data_mark = self._data_mark, mark
             if known is not None and mark != known:
                 self._hub.history_lost()
+                self._hub.sessions.store_lost()
                 self._hub.surface.fault("bus_data_lost", LogLevel.warn,
                                         "bus: Redis at {url} has lost the bus's data (restarted empty, or "
                                         "flushed): what its stream held that this node had not read is lost; "

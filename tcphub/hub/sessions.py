@@ -275,6 +275,12 @@ class Sessions:
         self._stopping = True
         self._stored.clear()
 
+    def store_lost(self) -> None:
+        """The store lost what it kept (a Redis restarted empty): a session
+        parked here that it lacks now was not taken elsewhere, and serves
+        here (only: the other hubs cannot know it)."""
+        self._stored.clear()
+
     def _refused(self, peer: str) -> None:
         count = self._counters.add("sessions_refused")
         self._repeats.emit("sessions_refused", LogLevel.info,
