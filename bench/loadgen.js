@@ -13,6 +13,9 @@
 //   node loadgen.js natsfanout PORT RECEIVERS SIZE MESSAGES  (the same fan-out through a NATS server:
 //                          RECEIVERS subscribers of one subject, the sender publishing to it, in
 //                          the NATS protocol)
+//   node loadgen.js natsreqrep PORT CONNS INFLIGHT SIZE SECONDS  (echo's load as NATS requests: a
+//                          responder subscribed to "svc" answers each on its reply subject, every
+//                          connection waiting on an inbox of its own)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
 //   node loadgen.js wsidle WSPORT CONNS        (the same, WebSocket clients of ws://127.0.0.1:WSPORT/ws)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
@@ -272,7 +275,8 @@ async function broadcastFrom(receivers, size, messages, deliveries, open = conne
 }
 
 // The NATS protocol's messages out of a stream: each MSG's payload to
-// ONPAYLOAD; a PING is answered (the other lines, INFO and +OK, are skipped).
+// ONPAYLOAD, with its reply subject if any; a PING is answered (the other
+// lines, INFO and +OK, are skipped).
 function natsReader(socket, onPayload) {
   let buffered = Buffer.alloc(0);
   return (chunk) => {
@@ -285,7 +289,8 @@ function natsReader(socket, onPayload) {
         const line = buffered.toString("latin1", offset, end);
         const size = Number(line.slice(line.lastIndexOf(" ") + 1));
         if (buffered.length < end + 2 + size + 2) break;
-        onPayload(buffered.subarray(end + 2, end + 2 + size));
+        const fields = line.split(" ");
+        onPayload(buffered.subarray(end + 2, end + 2 + size), fields.length === 5 ? fields[3] : null);
         offset = end + 2 + size + 2;
         continue;
       }
@@ -317,6 +322,88 @@ async function natsfanout(receivers, size, messages) {
   } finally {
     sockets.forEach((socket) => socket.destroy());
   }
+}
+
+// Once the server has answered a PING: what was sent before it is done.
+function natsPong(socket) {
+  return new Promise((resolve) => {
+    let seen = "";
+    const look = (chunk) => {
+      seen = (seen + chunk.toString("latin1")).slice(-4096);
+      if (seen.includes("PONG\r\n")) {
+        socket.removeListener("data", look);
+        resolve();
+      }
+    };
+    socket.on("data", look);
+  });
+}
+
+async function natsreqrep(conns, inflight, size, seconds) {
+  const responder = await natsConnect();
+  const answers = [];
+  responder.on("data", natsReader(responder, (payload, reply) => {
+    answers.push(Buffer.from(`PUB ${reply} ${payload.length}\r\n`), payload, Buffer.from("\r\n"));
+  }));
+  // One write per read of the responder, as echo's servers answer a read's requests.
+  responder.on("data", () => { if (answers.length) responder.write(Buffer.concat(answers.splice(0))); });
+  responder.write("SUB svc 1\r\nPING\r\n");
+  await natsPong(responder);  // subscribed before any request
+  const deadline = process.hrtime.bigint() + BigInt(Math.round(seconds * 1e9));
+  let done = 0;
+  const latencies = [];
+  const sockets = await Promise.all(Array.from({ length: conns }, natsConnect));
+  await Promise.all(sockets.map((socket, index) => {
+    socket.write(`SUB _INBOX.${index} 1\r\nPING\r\n`);
+    return natsPong(socket);
+  }));
+  const started = process.hrtime.bigint();
+  await Promise.all(sockets.map((socket, index) => new Promise((resolve) => {
+    const marker = index % 251;
+    const sentAt = [];
+    let sentHead = 0;
+    let sequence = 0;
+    let expected = 0;
+    let outstanding = 0;
+    const requests = (count) => {
+      const parts = [];
+      const now = process.hrtime.bigint();
+      for (let i = 0; i < count; i++) {
+        const payload = Buffer.alloc(size, marker);
+        payload.writeUInt32BE(sequence, 0);
+        sequence += 1;
+        sentAt.push(now);
+        parts.push(Buffer.from(`PUB svc _INBOX.${index} ${size}\r\n`), payload, Buffer.from("\r\n"));
+      }
+      outstanding += count;
+      return Buffer.concat(parts);
+    };
+    let received = 0;
+    const reader = natsReader(socket, (payload) => {
+      if (payload.length !== size || payload.readUInt32BE(0) !== expected || payload[size - 1] !== marker) {
+        fail(`natsreqrep: wrong reply on connection ${index}`);
+      }
+      expected += 1;
+      latencies.push(Number(process.hrtime.bigint() - sentAt[sentHead++]) / 1000);
+      received += 1;
+    });
+    socket.removeAllListeners("data");
+    socket.on("data", (chunk) => {
+      received = 0;
+      reader(chunk);
+      done += received;
+      outstanding -= received;
+      if (process.hrtime.bigint() < deadline) { if (received) socket.write(requests(received)); }
+      else if (outstanding === 0) resolve();
+    });
+    socket.write(requests(inflight));
+  })));
+  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+  sockets.forEach((socket) => socket.destroy());
+  responder.destroy();
+  latencies.sort((a, b) => a - b);
+  return { messages: done, seconds: elapsed, per_second: done / elapsed,
+           p50_us: percentile(latencies, 0.5), p99_us: percentile(latencies, 0.99) };
 }
 
 async function wsidle(conns) {
@@ -353,8 +440,8 @@ async function churn(concurrency, seconds) {
 }
 
 const numbers = rest.map(Number);
-const modes = { echo, fanout, splitfanout, wsfanout, natsfanout, idle, wsidle, churn, room };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|natsfanout|idle|wsidle|churn|room PORT ...`);
+const modes = { echo, fanout, splitfanout, wsfanout, natsfanout, natsreqrep, idle, wsidle, churn, room };
+if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|natsfanout|natsreqrep|idle|wsidle|churn|room PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);

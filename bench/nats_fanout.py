@@ -1,9 +1,12 @@
 """
-Fan-out against NATS: bare Twisted, tcphub, Node's net and a NATS server
-(Debian's nats-server) in one run, each on core 0 with the load on core 1,
-the same Node load generator (bench/loadgen.js; for NATS it speaks the NATS
-protocol: the receivers subscribe to one subject, the sender publishes to
-it). Prints a table of deliveries/s with ratios to bare Twisted and to NATS.
+Fan-out and request/reply against NATS: bare Twisted, tcphub, Node's net
+and a NATS server (Debian's nats-server) in one run, each on core 0 with the
+load on core 1, the same Node load generator (bench/loadgen.js; for NATS it
+speaks the NATS protocol: the receivers subscribe to one subject, the sender
+publishes to it; a request goes to a responder subscribed to "svc", which
+answers on the requester's inbox). The others' request/reply is their echo:
+the server is the responder, one hop each way where NATS makes two. Prints
+tables with ratios to bare Twisted and to NATS.
 
     apt-get install nats-server
     .venv/bin/python bench/nats_fanout.py [--runs N]
@@ -24,9 +27,11 @@ from run import BASELINE, Server, load, pinned  # noqa: E402 (bench/run.py, besi
 NATS = "/usr/sbin/nats-server"
 SCENARIOS = ((100, 20_000), (1000, 2000))
 """(receivers, messages of 64 bytes)."""
+REQUESTS = (50, 16, 64, 5)
+"""Request/reply: connections, requests in flight on each, bytes, seconds (echo 64 B of bench/run.py)."""
 
 
-def nats_fanout(receivers: int, messages: int) -> float:
+def nats(mode: str, *args: int) -> dict:
     process = subprocess.Popen(pinned(0, [NATS, "-a", "127.0.0.1", "-p", "-1"]), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
@@ -36,7 +41,7 @@ def nats_fanout(receivers: int, messages: int) -> float:
                 break
         else:
             raise SystemExit("nats-server did not start")
-        return load("natsfanout", match[1], receivers, 64, messages)["deliveries_per_second"]
+        return load(mode, match[1], *args)
     finally:
         process.kill()
         process.wait()
@@ -53,7 +58,7 @@ def main() -> None:
             row = table.setdefault(receivers, {})
             for name in names:
                 if name == "NATS":
-                    figure = nats_fanout(receivers, messages)
+                    figure = nats("natsfanout", receivers, 64, messages)["deliveries_per_second"]
                 else:
                     server = Server(name, "broadcast")
                     try:
@@ -70,6 +75,29 @@ def main() -> None:
         cells = [f"{best[name]:,.0f} ({best[name] / best[BASELINE]:.2f}×)" for name in names]
         print(f"| fan-out to {receivers:,}: deliveries/s (best of {args.runs}) | " + " | ".join(cells)
               + f" | {best['tcphub'] / best['NATS']:.2f}× |")
+    replies: dict[str, list[dict]] = {}
+    for _ in range(args.runs):
+        for name in names:
+            if name == "NATS":
+                result = nats("natsreqrep", *REQUESTS)
+            else:
+                server = Server(name, "echo")
+                try:
+                    result = load("echo", server.port, *REQUESTS)
+                finally:
+                    server.stop()
+            replies.setdefault(name, []).append(result)
+            print(f"request/reply, {name}: {result['per_second']:,.0f}/s, p50 {result['p50_us']:,.0f} µs, "
+                  f"p99 {result['p99_us']:,.0f} µs", flush=True)
+    best_runs = {name: max(results, key=lambda result: result["per_second"]) for name, results in replies.items()}
+    print()
+    print("| request/reply, 64 B, 50 connections × 16 in flight | " + " | ".join(names) + " | tcphub / NATS |")
+    print("|---" * (len(names) + 2) + "|")
+    for key, label in (("per_second", f"round trips/s (best of {args.runs})"), ("p50_us", "p50 µs"),
+                       ("p99_us", "p99 µs")):
+        cells = [f"{best_runs[name][key]:,.0f} ({best_runs[name][key] / best_runs[BASELINE][key]:.2f}×)"
+                 for name in names]
+        print(f"| {label} | " + " | ".join(cells) + f" | {best_runs['tcphub'][key] / best_runs['NATS'][key]:.2f}× |")
 
 
 if __name__ == "__main__":
