@@ -172,6 +172,8 @@ def test_every_cut_of_a_nested_reply_gives_it_back_whole():
     (b"*1\r\n" * 40 + b":1\r\n", "nested"),
     (b"$999999999999\r\n", "bytes"),
     (b"?what\r\n", "not a Redis reply"),
+    (b"$ten\r\n", "not a Redis reply"),
+    (b":ten\r\n", "not a Redis reply"),
 ])
 def test_a_hostile_reply_is_refused_before_it_is_read_whole(wire, message):
     with pytest.raises(BusError, match=message):

@@ -54,6 +54,7 @@ def bulk(data: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
+_BULK = ord("$")
 _ARRAY: Any = object()
 """What L{_header} returns for an array's header: its items follow."""
 
@@ -71,8 +72,20 @@ def _header(buffer: bytes | bytearray, at: int) -> tuple[Any, int, int]:
     end = buffer.find(b"\r\n", at)
     if end < 0:
         raise _Incomplete(len(buffer) + 1)
-    kind, line = buffer[at:at + 1], bytes(buffer[at + 1:end])
     after = end + 2
+    if buffer[at] == _BULK:  # the usual item, first: a bulk string of a known length
+        try:
+            size = int(buffer[at + 1:end])
+        except ValueError:
+            raise BusError(f"not a Redis reply: {bytes(buffer[at:end])[:40]!r}") from None
+        if size < 0:
+            return None, 0, after
+        if size > MAX_BULK:
+            raise BusError(f"a Redis reply of {size} bytes")
+        if len(buffer) < after + size + 2:
+            raise _Incomplete(after + size + 2)
+        return bytes(buffer[after:after + size]), 0, after + size + 2
+    kind, line = buffer[at:at + 1], bytes(buffer[at + 1:end])
     if kind == b"+":
         return line, 0, after
     if kind == b"-":
@@ -83,14 +96,6 @@ def _header(buffer: bytes | bytearray, at: int) -> tuple[Any, int, int]:
         raise BusError(f"not a Redis reply: {bytes(buffer[at:end])[:40]!r}") from None
     if kind == b":":
         return number, 0, after
-    if kind == b"$":
-        if number < 0:
-            return None, 0, after
-        if number > MAX_BULK:
-            raise BusError(f"a Redis reply of {number} bytes")
-        if len(buffer) < after + number + 2:
-            raise _Incomplete(after + number + 2)
-        return bytes(buffer[after:after + number]), 0, after + number + 2
     if kind == b"*":
         if number < 0:
             return None, 0, after
