@@ -6,6 +6,7 @@ test's directory): twistd processes, raw socket clients on every node.
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 import signal
 import socket
@@ -383,6 +384,31 @@ def test_the_chats_rooms_command_counts_every_nodes_members(redis):
         eventually(lambda: ann.answer("/rooms", "* rooms:") == "* rooms: #games (1), #lobby (3)",
                    "the cluster's rooms in /rooms", 100_000)
         shut_down((ann, bob, cat), (a, b))
+
+
+def command_calls(server: RedisServer, name: str) -> int:
+    """How many times Redis ran C{name} (C{INFO commandstats})."""
+    found = re.search(rf"cmdstat_{name}:calls=(\d+)", redis_command(server, b"INFO", b"commandstats").decode())
+    return int(found[1]) if found else 0
+
+
+def test_a_nodes_rooms_are_read_whole_by_the_others_only_when_they_changed(redis):
+    server = redis.start()
+    a, b = PluginNode("a", server, "--port", "0"), PluginNode("b", server, "--port", "0")
+    with killed_after((a, b)):
+        ann = Client(a.port)
+        ann.read_until("* you are in #lobby")
+        eventually(lambda: b.varz()["bus"]["cluster_rooms"] == {"lobby": 1}, "a's lobby read by b")
+        whole = command_calls(server, "hgetall")
+        versions = command_calls(server, "hget")
+        # Each node asks each other's version every heartbeat (1 s): three of b's at least.
+        eventually(lambda: command_calls(server, "hget") >= versions + 6, "three heartbeats", 100_000)
+        assert command_calls(server, "hgetall") == whole, "nothing changed: no rooms read whole"
+        bob = Client(a.port)
+        bob.read_until("* you are in #lobby")
+        eventually(lambda: b.varz()["bus"]["cluster_rooms"] == {"lobby": 2}, "a's new member read by b")
+        assert command_calls(server, "hgetall") > whole
+        shut_down((ann, bob), (a, b))
 
 
 def test_the_chats_who_names_every_nodes_members_and_skips_what_no_node_wrote(redis):
