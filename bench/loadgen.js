@@ -65,12 +65,31 @@ function percentile(sorted, p) {
 }
 
 async function echo(conns, inflight, size, seconds) {
-  // Batched so that this process is not the bottleneck: each incoming chunk's
-  // frames are checked, and their replacements go out in one write.
+  const sockets = await Promise.all(Array.from({ length: conns }, connect));
+  const requests = (index, marker, first, count) => {
+    const out = Buffer.allocUnsafe(count * (4 + size));
+    for (let i = 0; i < count; i++) {
+      const at = i * (4 + size);
+      out.writeUInt32BE(size, at);
+      out.fill(marker, at + 4, at + 4 + size);
+      out.writeUInt32BE(first + i, at + 4);
+    }
+    return out;
+  };
+  return roundTrips("echo", sockets, inflight, size, seconds, requests, (socket, onPayload) => framer(onPayload));
+}
+
+// INFLIGHT requests of SIZE bytes at a time on each of SOCKETS for SECONDS,
+// each answer checked (its number and its connection's marker) and timed.
+// Batched so that this process is not the bottleneck: each incoming chunk's
+// answers are checked, and their replacements go out in one write.
+// REQUESTS(index, marker, first, count) makes a batch's bytes (payloads
+// numbered from FIRST, the number in their first 4 bytes, the marker in their
+// last); READER(socket, onPayload) cuts what comes back into payloads.
+async function roundTrips(name, sockets, inflight, size, seconds, requests, reader) {
   const deadline = process.hrtime.bigint() + BigInt(Math.round(seconds * 1e9));
   let done = 0;
   const latencies = [];
-  const sockets = await Promise.all(Array.from({ length: conns }, connect));
   const started = process.hrtime.bigint();
   await Promise.all(sockets.map((socket, index) => new Promise((resolve) => {
     const marker = index % 251;
@@ -79,45 +98,35 @@ async function echo(conns, inflight, size, seconds) {
     let sequence = 0;
     let expected = 0;
     let outstanding = 0;
-    const frames = (count) => {
-      const out = Buffer.allocUnsafe(count * (4 + size));
+    const batch = (count) => {
       const now = process.hrtime.bigint();
-      for (let i = 0; i < count; i++) {
-        const at = i * (4 + size);
-        out.writeUInt32BE(size, at);
-        out.fill(marker, at + 4, at + 4 + size);
-        out.writeUInt32BE(sequence, at + 4);
-        sequence += 1;
-        sentAt.push(now);
-      }
+      for (let i = 0; i < count; i++) sentAt.push(now);
+      const out = requests(index, marker, sequence, count);
+      sequence += count;
       outstanding += count;
       return out;
     };
-    let buffered = Buffer.alloc(0);
-    socket.on("data", (chunk) => {
-      buffered = buffered.length ? Buffer.concat([buffered, chunk]) : chunk;
-      let offset = 0;
-      let received = 0;
-      const now = process.hrtime.bigint();
-      while (buffered.length - offset >= 4) {
-        const length = buffered.readUInt32BE(offset);
-        if (buffered.length - offset - 4 < length) break;
-        if (length !== size || buffered.readUInt32BE(offset + 4) !== expected
-            || buffered[offset + 3 + length] !== marker) {
-          fail(`echo: wrong payload on connection ${index}`);
-        }
-        expected += 1;
-        latencies.push(Number(now - sentAt[sentHead++]) / 1000);
-        received += 1;
-        offset += 4 + length;
+    let received = 0;
+    let now = 0n;
+    const read = reader(socket, (payload) => {
+      if (payload.length !== size || payload.readUInt32BE(0) !== expected || payload[size - 1] !== marker) {
+        fail(`${name}: wrong payload on connection ${index}`);
       }
-      buffered = buffered.subarray(offset);
+      expected += 1;
+      latencies.push(Number(now - sentAt[sentHead++]) / 1000);
+      received += 1;
+    });
+    socket.removeAllListeners("data");
+    socket.on("data", (chunk) => {
+      now = process.hrtime.bigint();
+      received = 0;
+      read(chunk);
       done += received;
       outstanding -= received;
-      if (now < deadline) { if (received) socket.write(frames(received)); }
+      if (now < deadline) { if (received) socket.write(batch(received)); }
       else if (outstanding === 0) resolve();
     });
-    socket.write(frames(inflight));
+    socket.write(batch(inflight));
   })));
   const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
   sockets.forEach((socket) => socket.destroy());
@@ -349,61 +358,25 @@ async function natsreqrep(conns, inflight, size, seconds) {
   responder.on("data", () => { if (answers.length) responder.write(Buffer.concat(answers.splice(0))); });
   responder.write("SUB svc 1\r\nPING\r\n");
   await natsPong(responder);  // subscribed before any request
-  const deadline = process.hrtime.bigint() + BigInt(Math.round(seconds * 1e9));
-  let done = 0;
-  const latencies = [];
   const sockets = await Promise.all(Array.from({ length: conns }, natsConnect));
   await Promise.all(sockets.map((socket, index) => {
     socket.write(`SUB _INBOX.${index} 1\r\nPING\r\n`);
     return natsPong(socket);
   }));
-  const started = process.hrtime.bigint();
-  await Promise.all(sockets.map((socket, index) => new Promise((resolve) => {
-    const marker = index % 251;
-    const sentAt = [];
-    let sentHead = 0;
-    let sequence = 0;
-    let expected = 0;
-    let outstanding = 0;
-    const requests = (count) => {
-      const parts = [];
-      const now = process.hrtime.bigint();
-      for (let i = 0; i < count; i++) {
-        const payload = Buffer.alloc(size, marker);
-        payload.writeUInt32BE(sequence, 0);
-        sequence += 1;
-        sentAt.push(now);
-        parts.push(Buffer.from(`PUB svc _INBOX.${index} ${size}\r\n`), payload, Buffer.from("\r\n"));
-      }
-      outstanding += count;
-      return Buffer.concat(parts);
-    };
-    let received = 0;
-    const reader = natsReader(socket, (payload) => {
-      if (payload.length !== size || payload.readUInt32BE(0) !== expected || payload[size - 1] !== marker) {
-        fail(`natsreqrep: wrong reply on connection ${index}`);
-      }
-      expected += 1;
-      latencies.push(Number(process.hrtime.bigint() - sentAt[sentHead++]) / 1000);
-      received += 1;
-    });
-    socket.removeAllListeners("data");
-    socket.on("data", (chunk) => {
-      received = 0;
-      reader(chunk);
-      done += received;
-      outstanding -= received;
-      if (process.hrtime.bigint() < deadline) { if (received) socket.write(requests(received)); }
-      else if (outstanding === 0) resolve();
-    });
-    socket.write(requests(inflight));
-  })));
-  const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
-  sockets.forEach((socket) => socket.destroy());
-  responder.destroy();
-  latencies.sort((a, b) => a - b);
-  return { messages: done, seconds: elapsed, per_second: done / elapsed,
-           p50_us: percentile(latencies, 0.5), p99_us: percentile(latencies, 0.99) };
+  const requests = (index, marker, first, count) => {
+    const parts = [];
+    for (let i = 0; i < count; i++) {
+      const payload = Buffer.alloc(size, marker);
+      payload.writeUInt32BE(first + i, 0);
+      parts.push(Buffer.from(`PUB svc _INBOX.${index} ${size}\r\n`), payload, Buffer.from("\r\n"));
+    }
+    return Buffer.concat(parts);
+  };
+  try {
+    return await roundTrips("natsreqrep", sockets, inflight, size, seconds, requests, natsReader);
+  } finally {
+    responder.destroy();
+  }
 }
 
 async function wsidle(conns) {

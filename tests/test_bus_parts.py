@@ -959,15 +959,28 @@ def test_a_session_parked_while_its_room_s_stream_end_is_being_found_is_kept_wit
     assert stopped == [None]
 
 
+def streams_node(protocol: type) -> tuple[TcpServer, RedisBus, MemoryRedis]:
+    """A hub of C{protocol} on a bus of Redis Streams, an in-memory Redis, connected."""
+    redis = MemoryRedis()
+    hub = TcpServer(port=0, clock=Clock(), protocol=protocol)
+    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
+    bus.startService()
+    redis.answer()
+    return hub, bus, redis
+
+
+def stop_cleanly(bus: RedisBus, redis: MemoryRedis) -> None:
+    stopped: list = []
+    bus.stopService().addBoth(stopped.append)
+    redis.drop()
+    assert stopped == [None]
+
+
 def test_a_join_to_a_room_new_on_its_node_is_answered_once_the_node_reads_the_rooms_stream():
     """Until the node has found the end of a room's stream, a message another
     node publishes may fall before it and never reach the member: the join's
     reply (and the member's next request) waits for it, one round trip."""
-    redis = MemoryRedis()
-    hub = TcpServer(port=0, clock=Clock(), protocol=StructuredProtocol)
-    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
-    bus.startService()
-    redis.answer()
+    hub, bus, redis = streams_node(StructuredProtocol)
     members = []
     for port in (1, 2):
         member = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
@@ -991,18 +1004,11 @@ def test_a_join_to_a_room_new_on_its_node_is_answered_once_the_node_reads_the_ro
     for member in members:
         member.transport.loseConnection()
         member.connectionLost(Failure(ConnectionDone()))
-    stopped: list = []
-    bus.stopService().addBoth(stopped.append)
-    redis.drop()
-    assert stopped == [None]
+    stop_cleanly(bus, redis)
 
 
 def test_the_chat_says_a_member_is_in_a_room_once_its_node_reads_the_rooms_stream():
-    redis = MemoryRedis()
-    hub = TcpServer(port=0, clock=Clock(), protocol=ChatProtocol)
-    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
-    bus.startService()
-    redis.answer()
+    hub, bus, redis = streams_node(ChatProtocol)
     ann = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     ann.makeConnection(StringTransport())
     ann.dataReceived(b"/join chess\n")
@@ -1014,18 +1020,11 @@ def test_the_chat_says_a_member_is_in_a_room_once_its_node_reads_the_rooms_strea
     assert lines.index("* you are in #lobby") < lines.index("* you are in #chess")
     ann.transport.loseConnection()
     ann.connectionLost(Failure(ConnectionDone()))
-    stopped: list = []
-    bus.stopService().addBoth(stopped.append)
-    redis.drop()
-    assert stopped == [None]
+    stop_cleanly(bus, redis)
 
 
 def test_a_session_given_back_to_redis_is_kept_as_it_was_taken_its_places_its_old_node_s():
-    redis = MemoryRedis()
-    hub = TcpServer(port=0, clock=Clock(), protocol=StructuredProtocol)
-    bus = RedisBus(hub, "redis://memory/0", node_id="a", endpoint=redis, transport="streams")
-    bus.startService()
-    redis.answer()
+    hub, bus, redis = streams_node(StructuredProtocol)
     (_, publisher), _ = redis.connections
     identity = Identity("u1", "Ann", RoomPatterns(["chess*"]), 1234.5)
     stored = StoredSession(SessionState("Ann", {"chess": ("e1", 4), "go": ("e2", 0)}, identity), "b-9",
@@ -1040,10 +1039,7 @@ def test_a_session_given_back_to_redis_is_kept_as_it_was_taken_its_places_its_ol
         stored.client_id, stored.places, stored.state.name, stored.state.rooms)
     assert (back.state.identity.user, back.state.identity.name, back.state.identity.expires,
             back.state.identity.rooms.patterns) == ("u1", "Ann", 1234.5, identity.rooms.patterns)
-    stopped: list = []
-    bus.stopService().addBoth(stopped.append)
-    redis.drop()
-    assert stopped == [None]
+    stop_cleanly(bus, redis)
 
 
 class CountingTransport(StringTransport):
