@@ -7,10 +7,12 @@ then twistd with raw TCP clients.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
-from tcphub.hub.identity import JwtAuthenticator
+from tcphub.hub.identity import Identity, JwtAuthenticator, RoomPatterns
 from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.protocol import GONE
 from tcphub.hub.sessions import SessionState, StoredSession
@@ -447,3 +449,23 @@ def test_the_chat_page_whose_connection_drops_while_the_store_answers_can_resume
     takes[-1].callback(None)
     said = lines(back_t)
     assert said[:2] == ["* you are now alice", "* welcome back, alice"] and back.rooms == ("lobby", "games")
+
+
+@pytest.mark.parametrize("why", ["stopping", "expired"])
+def test_a_session_given_back_as_the_hub_stops_or_past_its_token_lets_its_rooms_go(hub_factory, why):
+    hub = open_hub(hub_factory)
+    sessions = hub.factory.sessions
+    bob, _, session = joined(hub, "chess")
+    hub.lose(bob)
+
+    class Taker:
+        user = None
+
+    state = sessions.take(session, Taker(), None, "127.0.0.1:1")
+    assert "chess" in hub.factory.room_names(), "taken: its rooms held for the taker"
+    if why == "stopping":
+        sessions.clear()
+    else:
+        state = replace(state, identity=Identity("u1", "Bob", RoomPatterns(["*"]), hub.factory.clock.seconds()))
+    sessions.give_back(session, state)
+    assert sessions.parked == 0 and "chess" not in hub.factory.room_names()
