@@ -8,6 +8,8 @@
 //                          among IDLE other connections: receivers join with a "Jr" frame)
 //   node loadgen.js wsfanout PORT WSPORT RECEIVERS SIZE MESSAGES  (the sender on TCP, the receivers
 //                          WebSocket clients of ws://127.0.0.1:WSPORT/ws)
+//   node loadgen.js siofanout PORT WSPORT RECEIVERS SIZE MESSAGES  (the same, the receivers socket.io
+//                          clients of WSPORT over a WebSocket, counting the events' binary attachments)
 //   node loadgen.js splitfanout PORT PORT2 RECEIVERS SIZE MESSAGES  (receivers alternate between
 //                          the two ports, the sender on PORT: two nodes of one hub)
 //   node loadgen.js natsfanout PORT RECEIVERS SIZE MESSAGES  (the same fan-out through a NATS server:
@@ -18,7 +20,10 @@
 //                          connection waiting on an inbox of its own)
 //   node loadgen.js idle   PORT CONNS          (prints {"ready": n}, holds them until stdin closes)
 //   node loadgen.js wsidle WSPORT CONNS        (the same, WebSocket clients of ws://127.0.0.1:WSPORT/ws)
+//   node loadgen.js sioidle WSPORT CONNS       (the same, socket.io clients)
+//   node loadgen.js natsidle PORT CONNS        (the same, NATS clients that sent CONNECT)
 //   node loadgen.js churn  PORT CONCURRENCY SECONDS
+//   node loadgen.js natschurn PORT CONCURRENCY SECONDS  (churn's loop, a NATS PING and PONG as its round trip)
 "use strict";
 const net = require("net");
 
@@ -174,6 +179,13 @@ async function wsfanout(wsPort, receivers, size, messages) {
   return fanoutTo(await connectMany(receivers, 100, () => wsConnect(Number(wsPort))), wsFramer, size, messages);
 }
 
+async function siofanout(wsPort, receivers, size, messages) {
+  // An event with bytes comes as a text frame (the event, a placeholder)
+  // and a binary frame (the bytes): only the binary ones are counted.
+  const attachments = (onPayload) => wsFramer((payload, opcode) => { if (opcode === 2) onPayload(payload); });
+  return fanoutTo(await connectMany(receivers, 100, () => sioConnect(Number(wsPort))), attachments, size, messages);
+}
+
 // The receivers' SOCKETS, each cut into payloads by CUT, count a broadcast of
 // MESSAGES from a TCP sender; they are closed after.
 async function fanoutTo(sockets, cut, size, messages) {
@@ -186,10 +198,10 @@ async function fanoutTo(sockets, cut, size, messages) {
   }
 }
 
-function wsConnect(wsPort) {
+function wsConnect(wsPort, path = "/ws") {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: HOST, port: wsPort }, () => {
-      socket.write(`GET /ws HTTP/1.1\r\nHost: ${HOST}:${wsPort}\r\nUpgrade: websocket\r\n`
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: ${HOST}:${wsPort}\r\nUpgrade: websocket\r\n`
                    + "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                    + "Sec-WebSocket-Version: 13\r\n\r\n");
     });
@@ -210,7 +222,17 @@ function wsConnect(wsPort) {
   });
 }
 
-// A stream cut into the server's WebSocket frames (final, unmasked).
+// A socket.io client (Engine.IO 4 over a WebSocket from the start) that has
+// asked to join the default namespace.
+function sioConnect(wsPort) {
+  return wsConnect(wsPort, "/socket.io/?EIO=4&transport=websocket").then((socket) => {
+    socket.write(Buffer.from([0x81, 0x82, 0, 0, 0, 0, 0x34, 0x30]));  // "40", masked with a zero key
+    return socket;
+  });
+}
+
+// A stream cut into the server's WebSocket frames (final, unmasked): each
+// text or binary payload to ONPAYLOAD, with its opcode.
 function wsFramer(onPayload) {
   let buffered = Buffer.alloc(0);
   return (chunk) => {
@@ -230,7 +252,7 @@ function wsFramer(onPayload) {
       }
       if (buffered.length - offset - header < length) break;
       const opcode = buffered[offset] & 0x0f;
-      if (opcode === 1 || opcode === 2) onPayload(buffered.subarray(offset + header, offset + header + length));
+      if (opcode === 1 || opcode === 2) onPayload(buffered.subarray(offset + header, offset + header + length), opcode);
       offset += header + length;
     }
     buffered = buffered.subarray(offset);
@@ -383,6 +405,14 @@ async function wsidle(conns) {
   return idle(conns, () => wsConnect(Number(port)));
 }
 
+async function sioidle(conns) {
+  return idle(conns, () => sioConnect(Number(port)));
+}
+
+async function natsidle(conns) {
+  return idle(conns, natsConnect);
+}
+
 async function idle(conns, open = connect) {
   const sockets = await connectMany(conns, 500, open);
   console.log(JSON.stringify({ ready: sockets.length }));
@@ -392,17 +422,18 @@ async function idle(conns, open = connect) {
   return { closed: sockets.length };
 }
 
-async function churn(concurrency, seconds) {
+// Connections made, used for one round trip (by ROUNDTRIP, which ends the
+// socket when it is answered) and closed, CONCURRENCY at a time.
+async function churn(concurrency, seconds, open = connect, roundTrip = echoOnce) {
   const deadline = Date.now() + seconds * 1000;
   let connections = 0;
   const started = process.hrtime.bigint();
   const worker = async () => {
     while (Date.now() < deadline) {
-      const socket = await connect();
+      const socket = await open();
       await new Promise((resolve) => {
-        socket.on("data", framer(() => { socket.end(); }));
         socket.on("close", resolve);
-        socket.write(frame(Buffer.from("churn")));
+        roundTrip(socket);
       });
       connections += 1;
     }
@@ -412,9 +443,24 @@ async function churn(concurrency, seconds) {
   return { connections, seconds: elapsed, per_second: connections / elapsed };
 }
 
+function echoOnce(socket) {
+  socket.on("data", framer(() => { socket.end(); }));
+  socket.write(frame(Buffer.from("churn")));
+}
+
+async function natschurn(concurrency, seconds) {
+  return churn(concurrency, seconds, natsConnect, (socket) => {
+    natsPong(socket).then(() => socket.end());
+    socket.write("PING\r\n");
+  });
+}
+
 const numbers = rest.map(Number);
-const modes = { echo, fanout, splitfanout, wsfanout, natsfanout, natsreqrep, idle, wsidle, churn, room };
-if (!modes[mode]) fail(`usage: node loadgen.js echo|fanout|splitfanout|wsfanout|natsfanout|natsreqrep|idle|wsidle|churn|room PORT ...`);
+const modes = {
+  echo, fanout, splitfanout, wsfanout, siofanout, natsfanout, natsreqrep, idle, wsidle, sioidle, natsidle, churn,
+  natschurn, room,
+};
+if (!modes[mode]) fail(`usage: node loadgen.js ${Object.keys(modes).join("|")} PORT ...`);
 modes[mode](...numbers).then((result) => {
   console.log(JSON.stringify(result));
   process.exit(0);

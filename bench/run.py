@@ -1,19 +1,26 @@
 """
 Every server through every scenario, side by side, with ratios to bare Twisted.
 
+    apt-get install nats-server
     .venv/bin/pip install -e '.[test,bench]' --config-settings editable_mode=compat && .venv/bin/python bench/run.py [--quick]
 
-Servers (bench/servers/, all int32 framing on 127.0.0.1): bare Twisted
-(Int32StringReceiver, the baseline), tcphub (default reactor, asyncio
-reactor, asyncio reactor on uvloop), asyncio streams, the same on uvloop, and
-Node's net. The load generator is Node (bench/loadgen.js). With taskset on
-the machine, the server runs on core 0 and the load on core 1. Fan-out to
-1,000 is also measured with Python asyncio receivers (bench/loadgen_py.py,
-on uvloop), so that a figure is not one load generator's.
+Servers (bench/servers/, on 127.0.0.1): bare Twisted (Int32StringReceiver,
+the baseline; bare Autobahn in the WebSocket rows), tcphub (default reactor,
+asyncio reactor, asyncio reactor on uvloop), asyncio streams, the same on
+uvloop, Node's net, a NATS server (the NATS protocol: request/reply for
+echo, a subject's subscribers for fan-out), and the Python WebSocket peers:
+the `websockets` library's server and python-socketio's. Each speaks what
+it speaks: a scenario it has no protocol for is "–".
 
-Writes bench/results.md (the table) and prints it. Each scenario checks its
-own results (echoed payloads, order of fan-out deliveries, tcphub's client
-table after churn) and fails loudly otherwise.
+Two load generators: Node (bench/loadgen.js) and Python asyncio on uvloop
+(bench/loadgen_py.py), each speaking int32 framing, NATS, WebSocket and
+socket.io; the rows say which. With taskset on the machine, the server runs
+on core 0 and the load on core 1.
+
+Writes bench/results.md (the table, and issue "Leaner per connection…"'s
+targets measured in it) and prints it. Each scenario checks its own results
+(echoed payloads, order of fan-out deliveries, tcphub's client table after
+churn) and fails loudly otherwise.
 """
 
 from __future__ import annotations
@@ -21,30 +28,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import platform
 import re
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
 TASKSET = shutil.which("taskset")
 
+NATS = "/usr/sbin/nats-server"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server of the table: C{command(mode)} starts it for a scenario's
+    mode; C{speaks}, the protocols it has ("int32", "ws", "nats",
+    "socketio"; "hub" for tcphub's rooms and bus); C{ready}, the line (on
+    stdout, or on stderr with C{ready_on_stderr}) with its port, and its
+    WebSocket port if any; C{scale}, the share of a fan-out's messages it is
+    sent (python-socketio delivers about 1 % of tcphub's rate: the full count
+    would take minutes)."""
+
+    command: Callable[[str], list]
+    speaks: frozenset[str]
+    ready: str = r"listening on (\d+)(?: ws (\d+))?"
+    ready_on_stderr: bool = False
+    scale: float = 1.0
+
+
 SERVERS = {
-    "bare Twisted": lambda mode: [PY, HERE / "servers" / ("autobahn_ws.py" if mode == "wsfanout" else "twisted_int32.py"),
-                                  mode],
-    "tcphub": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "default"],
-    "tcphub asyncio": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "asyncio"],
-    "tcphub uvloop": lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "uvloop"],
-    "asyncio": lambda mode: [PY, HERE / "servers" / "asyncio_streams.py", mode],
-    "asyncio uvloop": lambda mode: [PY, HERE / "servers" / "asyncio_streams.py", mode, "--uvloop"],
-    "Node net": lambda mode: ["node", HERE / "servers" / "node_net.js", mode],
+    "bare Twisted": Peer(lambda mode: [PY, HERE / "servers" / ("autobahn_ws.py" if mode == "wsfanout"
+                                                              else "twisted_int32.py"), mode],
+                         frozenset({"int32", "ws"})),
+    "tcphub": Peer(lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "default"],
+                   frozenset({"int32", "ws", "hub"})),
+    "tcphub asyncio": Peer(lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "asyncio"],
+                           frozenset({"int32"})),
+    "tcphub uvloop": Peer(lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "uvloop"],
+                          frozenset({"int32"})),
+    "asyncio": Peer(lambda mode: [PY, HERE / "servers" / "asyncio_streams.py", mode], frozenset({"int32"})),
+    "asyncio uvloop": Peer(lambda mode: [PY, HERE / "servers" / "asyncio_streams.py", mode, "--uvloop"],
+                           frozenset({"int32"})),
+    "Node net": Peer(lambda mode: ["node", HERE / "servers" / "node_net.js", mode], frozenset({"int32"})),
+    "NATS": Peer(lambda mode: [NATS, "-a", "127.0.0.1", "-p", "-1"], frozenset({"nats"}),
+                 ready=r"Listening for client connections on 127\.0\.0\.1:(\d+)", ready_on_stderr=True),
+    "websockets": Peer(lambda mode: [PY, HERE / "servers" / "websockets_server.py", mode], frozenset({"ws"})),
+    "python-socketio": Peer(lambda mode: [PY, HERE / "servers" / "socketio_server.py", mode],
+                            frozenset({"socketio"}), scale=0.1),
 }
 BASELINE = "bare Twisted"
 
@@ -63,16 +103,23 @@ def rss_kib(pid: int) -> int:
 class Server:
     def __init__(self, name: str, mode: str, env: dict | None = None) -> None:
         self.name = name
+        peer = SERVERS[name]
         self.process = subprocess.Popen(
-            pinned(0, SERVERS[name](mode)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
+            pinned(0, peer.command(mode)), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE if peer.ready_on_stderr else None, env={**os.environ, **(env or {})},
         )
-        line = self.process.stdout.readline()
-        match = re.search(r"listening on (\d+)(?: ws (\d+))?", line)
+        said = self.process.stderr if peer.ready_on_stderr else self.process.stdout
+        for _ in range(50):
+            line = said.readline()
+            match = re.search(peer.ready, line)
+            if match or not line:
+                break
         if not match:
             raise SystemExit(f"{name} did not start: {line!r}")
+        if peer.ready_on_stderr:  # what it says next must not fill the pipe
+            threading.Thread(target=said.read, daemon=True).start()
         self.port = int(match[1])
-        self.ws_port = int(match[2]) if match[2] else None
+        self.ws_port = int(match[2]) if match.lastindex == 2 and match[2] else None
         time.sleep(0.2)  # let the interpreter settle before RSS is read; not a correctness wait
 
     def metrics(self) -> dict:
@@ -143,20 +190,23 @@ def two_node_fanout(messages: int, transport: str = "pubsub") -> dict:
     return result
 
 
-def idle_bytes_per_connection(server: Server, connections: int) -> tuple[float, int]:
+def idle_bytes_per_connection(server: Server, connections: int, mode: str = "idle",
+                               port: int | None = None) -> dict:
+    """The RSS the server took on for CONNECTIONS held open by the Node load
+    generator's C{mode} (idle, natsidle, wsidle, sioidle), per connection."""
     before = rss_kib(server.process.pid)
     holder = subprocess.Popen(
-        pinned(1, ["node", HERE / "loadgen.js", "idle", server.port, connections]),
+        pinned(1, ["node", HERE / "loadgen.js", mode, port or server.port, connections]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     ready = json.loads(holder.stdout.readline())
     if ready.get("ready") != connections:
-        raise SystemExit(f"idle: only {ready} connections")
+        raise SystemExit(f"{mode}: only {ready} connections")
     time.sleep(1.0)  # let the server accept the last ones before reading RSS
     after = rss_kib(server.process.pid)
     holder.stdin.close()
     holder.wait(timeout=60)
-    return (after - before) * 1024 / connections, after
+    return {"bytes": (after - before) * 1024 / connections, "rss_kib": after}
 
 
 # An idle daemon, as an operator runs it: bare Twisted's echo under twistd,
@@ -188,37 +238,124 @@ def idle_daemon_rss_mib(name: str) -> float | None:
         process.wait(timeout=30)
 
 
-def scenarios(quick: bool):
+def scenarios(quick: bool, idle: int) -> list[tuple[str, str, dict | None, str]]:
+    """(label, the mode servers start in, how each protocol runs it or None
+    for another figure of the run above, the result's key). A run is called
+    with the server and the peer's share of the messages."""
     seconds = 2 if quick else 5
     scale = 0.25 if quick else 1
+
+    def count(messages: int, share: float) -> int:
+        return max(10, int(messages * scale * share))
+
+    def echo(size: int, generator: Callable[..., dict]) -> dict:
+        return {"int32": lambda server, share: generator("echo", server.port, 50, 16, size, seconds),
+                "nats": lambda server, share: generator("natsreqrep", server.port, 50, 16, size, seconds)}
+
+    def fanout(receivers: int, messages: int, generator: Callable[..., dict]) -> dict:
+        return {"int32": lambda server, share: generator("fanout", server.port, receivers, 64,
+                                                         count(messages, share)),
+                "nats": lambda server, share: generator("natsfanout", server.port, receivers, 64,
+                                                        count(messages, share))}
+
+    def wsfanout(generator: Callable[..., dict]) -> dict:
+        return {protocol: lambda server, share, mode=mode: generator(mode, server.port, server.ws_port, 1000, 64,
+                                                                      count(2000, share))
+                for protocol, mode in (("ws", "wsfanout"), ("socketio", "siofanout"))}
+
     return [
-        ("echo 64 B: msg/s", "echo", lambda server: load("echo", server.port, 50, 16, 64, seconds), "per_second"),
+        ("echo 64 B (NATS: request/reply): msg/s", "echo", echo(64, load), "per_second"),
         ("echo 64 B: p50 µs", "echo", None, "p50_us"),
         ("echo 64 B: p99 µs", "echo", None, "p99_us"),
-        ("echo 4 KiB: msg/s", "echo", lambda server: load("echo", server.port, 50, 16, 4096, seconds), "per_second"),
+        ("echo 64 B, Python load: msg/s", "echo", echo(64, load_py), "per_second"),
+        ("echo 64 B, Python load: p99 µs", "echo", None, "p99_us"),
+        ("echo 4 KiB: msg/s", "echo", echo(4096, load), "per_second"),
         ("echo 4 KiB: p50 µs", "echo", None, "p50_us"),
         ("echo 4 KiB: p99 µs", "echo", None, "p99_us"),
-        ("fan-out to 100: deliveries/s", "broadcast",
-         lambda server: load("fanout", server.port, 100, 64, int(20000 * scale)), "deliveries_per_second"),
-        ("fan-out to 1,000: deliveries/s", "broadcast",
-         lambda server: load("fanout", server.port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
-        # The same, the receivers and the sender in Python asyncio (on uvloop): another kind of reader.
-        ("fan-out to 1,000, Python receivers: deliveries/s", "broadcast",
-         lambda server: load_py("fanout", server.port, 1000, 64, int(2000 * scale)), "deliveries_per_second"),
-        # tcphub and bare Autobahn only: 1,000 WebSocket receivers, the sender on TCP.
-        ("WebSocket fan-out to 1,000: deliveries/s", "wsfanout",
-         lambda server: load("wsfanout", server.port, server.ws_port, 1000, 64, int(2000 * scale)),
+        ("fan-out to 100: deliveries/s", "broadcast", fanout(100, 20000, load), "deliveries_per_second"),
+        ("fan-out to 100, Python receivers: deliveries/s", "broadcast", fanout(100, 20000, load_py),
+         "deliveries_per_second"),
+        ("fan-out to 1,000: deliveries/s", "broadcast", fanout(1000, 2000, load), "deliveries_per_second"),
+        ("fan-out to 1,000, Python receivers: deliveries/s", "broadcast", fanout(1000, 2000, load_py),
+         "deliveries_per_second"),
+        # 1,000 WebSocket receivers, the sender on TCP; bare Twisted is bare Autobahn here.
+        ("WebSocket fan-out to 1,000: deliveries/s", "wsfanout", wsfanout(load), "deliveries_per_second"),
+        ("WebSocket fan-out to 1,000, Python receivers: deliveries/s", "wsfanout", wsfanout(load_py),
          "deliveries_per_second"),
         # tcphub only: the same fan-out, the receivers split over two nodes joined through Redis.
         ("fan-out to 1,000 over 2 nodes and Redis: deliveries/s", "bus",
-         lambda server: two_node_fanout(int(2000 * scale)), "deliveries_per_second"),
+         {"hub": lambda server, share: two_node_fanout(int(2000 * scale))}, "deliveries_per_second"),
         ("fan-out to 1,000 over 2 nodes and a Redis Stream: deliveries/s", "bus",
-         lambda server: two_node_fanout(int(2000 * scale), "streams"), "deliveries_per_second"),
+         {"hub": lambda server, share: two_node_fanout(int(2000 * scale), "streams")}, "deliveries_per_second"),
         # tcphub only: the room of 100 among 10,000 connections, against fan-out to 100 above.
         ("room of 100 among 10,000: deliveries/s", "room",
-         lambda server: load("room", server.port, 10_000, 100, 64, int(20000 * scale)), "deliveries_per_second"),
-        ("churn: connections/s", "echo", lambda server: load("churn", server.port, 50, seconds), "per_second"),
+         {"hub": lambda server, share: load("room", server.port, 10_000, 100, 64, int(20000 * scale))},
+         "deliveries_per_second"),
+        ("churn: connections/s", "echo", {"int32": lambda server, share: load("churn", server.port, 50, seconds),
+                                          "nats": lambda server, share: load("natschurn", server.port, 50, seconds)},
+         "per_second"),
+        (f"idle: bytes per connection ({idle:,} held)", "echo",
+         {"int32": lambda server, share: idle_bytes_per_connection(server, idle),
+          "nats": lambda server, share: idle_bytes_per_connection(server, idle, "natsidle")}, "bytes"),
+        (f"idle WebSocket member: bytes per connection ({idle:,} held)", "wsfanout",
+         {"ws": lambda server, share: idle_bytes_per_connection(server, idle, "wsidle", server.ws_port),
+          "socketio": lambda server, share: idle_bytes_per_connection(server, idle, "sioidle", server.ws_port)},
+         "bytes"),
     ]
+
+
+def run_scenario(name: str, mode: str, run: Callable[[Server | None, float], dict], label: str) -> dict:
+    """One server through one scenario; tcphub's client table checked empty after churn."""
+    peer = SERVERS[name]
+    if mode == "bus":
+        result = run(None, peer.scale)
+        for key_name in ("sender_node", "other_node", "redis"):
+            print(f"   CPU per broadcast, {key_name.replace('_', ' ')}: "
+                  f"{result[key_name + '_us_per_broadcast']:,.0f} µs", flush=True)
+        return result
+    server = Server(name, mode)
+    try:
+        result = run(server, peer.scale)
+        if name.startswith("tcphub") and label.startswith("churn"):
+            connections = server.metrics()["connections"]
+            if connections:
+                raise SystemExit(f"{name}: {connections} clients left in the table after churn")
+            result["table_after"] = connections
+    finally:
+        server.stop()
+    return result
+
+
+def targets(table: dict[str, dict[str, float]], idle: int) -> list[str]:
+    """Issue "Leaner per connection…"'s targets, as this run measured them."""
+    def ratio(label: str, over: str = BASELINE, of: str = "tcphub") -> float | None:
+        row = table.get(label, {})
+        return row[of] / row[over] if of in row and over in row and row[over] else None
+
+    def ratio_of_rows(label: str, over_label: str) -> float | None:
+        top, bottom = table.get(label, {}).get("tcphub"), table.get(over_label, {}).get("tcphub")
+        return top / bottom if top is not None and bottom else None
+
+    checks = [
+        ("echo 64 B ≥ 1.0× bare Twisted, Node load", ratio("echo 64 B (NATS: request/reply): msg/s"), 1.0, True),
+        ("echo 64 B ≥ 1.0× bare Twisted, Python load", ratio("echo 64 B, Python load: msg/s"), 1.0, True),
+        ("fan-out to 1,000 ≥ 4× bare Twisted, Node receivers", ratio("fan-out to 1,000: deliveries/s"), 4.0, True),
+        ("fan-out to 1,000 ≥ 4× bare Twisted, Python receivers",
+         ratio("fan-out to 1,000, Python receivers: deliveries/s"), 4.0, True),
+        ("bytes per idle connection ≤ 1.2× bare Twisted", ratio(f"idle: bytes per connection ({idle:,} held)"),
+         1.2, False),
+        ("an idle WebSocket member ≤ 2× a TCP member",
+         ratio_of_rows(f"idle WebSocket member: bytes per connection ({idle:,} held)",
+                       f"idle: bytes per connection ({idle:,} held)"), 2.0, False),
+    ]
+    lines = ["| target | tcphub in this run | |", "|---|---|---|"]
+    for text, measured, bound, above in checks:
+        if measured is None:
+            lines.append(f"| {text} | not measured | |")
+            continue
+        met = measured >= bound if above else measured <= bound
+        lines.append(f"| {text} | {measured:.2f}× | {'met' if met else '**not met**'} |")
+    return lines
 
 
 def main() -> None:
@@ -226,68 +363,57 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, for trying the harness")
     parser.add_argument("--servers", nargs="*", default=list(SERVERS), choices=list(SERVERS))
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold")
-    parser.add_argument("--only", help="run only the scenarios whose name has this text (no idle count; "
-                        "the table is printed, results.md left as it is)")
+    parser.add_argument("--only", help="run only the scenarios whose name has this text (the table is "
+                        "printed, results.md left as it is)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if hard < args.idle + 100:
         raise SystemExit(f"the file limit ({hard}) is too low for {args.idle} idle connections")
+    if "NATS" in args.servers and not Path(NATS).exists():
+        raise SystemExit(f"no {NATS}: apt-get install nats-server, or leave NATS out of --servers")
 
-    table: dict[str, dict[str, float]] = {}
+    # The rows in the scenarios' order, whichever server ran them first.
+    table: dict[str, dict[str, float]] = {label: {} for label, *_ in scenarios(args.quick, args.idle)}
     for name in args.servers:
         print(f"== {name}", flush=True)
-        last = {}
-        for label, mode, run, key in scenarios(args.quick):
+        peer = SERVERS[name]
+        last: dict | None = None
+        for label, mode, runs, key in scenarios(args.quick, args.idle):
             if args.only is not None and args.only not in label:
                 continue
-            if mode in ("room", "bus") and name != "tcphub":
-                continue  # rooms and the bus are tcphub's
-            if mode == "wsfanout" and name not in ("tcphub", BASELINE):
-                continue  # the baseline is bare Autobahn; the other servers speak no WebSocket
-            if mode == "bus":
-                last = run(None)
-                for key_name in ("sender_node", "other_node", "redis"):
-                    print(f"   CPU per broadcast, {key_name.replace('_', ' ')}: "
-                          f"{last[key_name + '_us_per_broadcast']:,.0f} µs", flush=True)
-            elif run is not None:
-                server = Server(name, mode)
-                try:
-                    last = run(server)
-                    if name.startswith("tcphub") and label.startswith("churn"):
-                        connections = server.metrics()["connections"]
-                        if connections:
-                            raise SystemExit(f"{name}: {connections} clients left in the table after churn")
-                        last["table_after"] = connections
-                finally:
-                    server.stop()
-            table.setdefault(label, {})[name] = last[key]
+            if runs is not None:
+                protocol = next((protocol for protocol in runs if protocol in peer.speaks), None)
+                last = None if protocol is None else run_scenario(name, mode, runs[protocol], label)
+            if last is None:
+                continue  # a scenario this server has no protocol for
+            table[label][name] = last[key]
             print(f"   {label}: {last[key]:,.1f}", flush=True)
         if args.only is not None:
             continue
-        server = Server(name, "echo")
-        try:
-            per_connection, rss = idle_bytes_per_connection(server, args.idle)
-        finally:
-            server.stop()
-        table.setdefault(f"idle: bytes per connection ({args.idle:,} held)", {})[name] = per_connection
-        print(f"   idle: {per_connection:,.0f} bytes per connection, RSS {rss / 1024:.0f} MiB", flush=True)
         daemon = idle_daemon_rss_mib(name)
         if daemon is not None:
             table.setdefault("idle twistd, no clients: RSS MiB", {})[name] = daemon
             print(f"   idle twistd: RSS {daemon:.1f} MiB", flush=True)
 
+    versus = [other for other in ("Node net", "NATS", "websockets") if "tcphub" in args.servers and other in args.servers]
     lines = [
         f"Run {date.today()} on {platform.node() or 'this machine'}: {platform.processor() or platform.machine()},"
         f" Python {platform.python_version()}, Node {subprocess.check_output(['node', '--version'], text=True).strip()},"
         f" server {'on core 0, load on core 1' if TASKSET else 'and load unpinned'}.",
         "Cells: the figure, then its ratio to bare Twisted in the same run"
-        " (higher is better, except µs, bytes and MiB).",
+        " (higher is better, except µs, bytes and MiB); bare Twisted is bare Autobahn in the WebSocket rows.",
+        "The load is Node's (bench/loadgen.js) unless the row says Python (bench/loadgen_py.py, asyncio on uvloop);"
+        " NATS's echo is request/reply through a responder of the load generator (two hops where the others"
+        " make one); python-socketio is sent a tenth of the fan-out's messages. Last columns: tcphub's figure"
+        " over the other's.",
         "",
-        "| scenario | " + " | ".join(args.servers) + " |",
-        "|---" * (len(args.servers) + 1) + "|",
+        "| scenario | " + " | ".join(args.servers) + "".join(f" | tcphub / {other}" for other in versus) + " |",
+        "|---" * (len(args.servers) + 1 + len(versus)) + "|",
     ]
     for label, row in table.items():
+        if not row:
+            continue
         base = row.get(BASELINE)
         cells = []
         for name in args.servers:
@@ -297,7 +423,10 @@ def main() -> None:
                 continue
             ratio = f" ({value / base:.2f}×)" if base else ""
             cells.append(f"{value:,.1f}{ratio}" if value < 100 else f"{value:,.0f}{ratio}")
+        for other in versus:
+            cells.append(f"{row['tcphub'] / row[other]:.2f}×" if "tcphub" in row and row.get(other) else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", *targets(table, args.idle)]
     text = "\n".join(lines) + "\n"
     if args.only is None:  # a partial run leaves the full table as it is
         (HERE / "results.md").write_text(text)

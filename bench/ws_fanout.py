@@ -18,9 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import BASELINE, HERE, PY, SERVERS, Server, load  # noqa: E402 (bench/run.py, beside this file)
+from run import BASELINE, Server, load  # noqa: E402 (bench/run.py, beside this file)
 
-SERVERS["websockets"] = lambda mode: [PY, HERE / "servers" / "websockets_server.py", mode]
 NAMES = {BASELINE: "bare Autobahn", "tcphub": "tcphub", "websockets": "websockets"}
 RECEIVERS = 1000
 

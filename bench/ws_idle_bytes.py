@@ -19,9 +19,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import PY, SERVERS, Server, pinned, rss_kib  # noqa: E402 (bench/run.py, beside this file)
+from run import Server, pinned, rss_kib  # noqa: E402 (bench/run.py, beside this file)
 
-SERVERS["websockets"] = lambda mode: [PY, HERE / "servers" / "websockets_server.py", mode]
 COUNTS = (1000, 10_000)
 
 
