@@ -1224,6 +1224,44 @@ def test_a_member_cut_from_one_node_resumes_on_another_is_told_what_was_lost_on_
             member.close()
 
 
+def test_a_member_still_connected_to_one_node_resumes_on_another_which_takes_its_session_over(redis):
+    """The member's old connection is still open on node a (half-open, or
+    the same client's before a network change) as it comes back on node b:
+    node a closes it with session_taken and hands the session over through
+    Redis; the member is itself on b, in its room, with nothing lost.  An id
+    no node has is refused once each node has said so."""
+    server = redis.start()
+    options = ("--port", "0", "--mode", "hub", "--room-history", "100")
+    a, b = (PluginNode(name, server, *options) for name in "ab")
+    with killed_after((a, b)):
+        eventually(lambda: [node.varz()["bus"]["nodes"] for node in (a, b)] == [2, 2], "each sees the other",
+                   100_000)
+        old, ann = HubMember(a.port), HubMember(b.port)
+        for member in (old, ann):
+            member.ask("hub.join", {"room": "r"})
+        for n in range(3):
+            ann.ask("hub.publish", {"room": "r", "data": ["ann", n]})
+        old.read_some(3)
+        back = HubMember(b.port)
+        back.got = old.got
+        reply = back.ask("hub.resume", {"session": old.session, "offsets": old.offsets})
+        assert reply["rooms"]["r"]["recovered"] is True and list(reply["rooms"]) == ["r"]
+        told = [json.loads(line) for line in old.lines]
+        assert [message["data"]["code"] for message in told if message["path"] == "hub.error"] == [
+            "session_taken"], "the old connection told, and closed"
+        ann.ask("hub.publish", {"room": "r", "data": ["ann", END]})
+        back.read_some(1)
+        assert back.got["r"] == [("ann", n) for n in range(3)] + [("ann", END)], "once each, in order"
+        assert b.varz()["bus"]["handovers"] == 1
+        eventually(lambda: a.varz()["hub"]["sessions_parked"] == 0, "nothing parked on node a", 100_000)
+        stranger = HubMember(b.port)
+        stranger.socket.sendall(json.dumps({"path": "hub.resume", "data": {"session": "no-such"}}).encode() + b"\n")
+        assert stranger._next()["data"]["code"] == "unknown_session"
+        assert b.varz()["bus"]["handovers"] == 1
+        for member in (ann, back, stranger):
+            member.close()
+
+
 def test_the_chat_page_s_session_resumes_on_another_node_with_its_nick_rooms_and_the_lines_it_missed(redis):
     """The chat page, back after a drop on whichever node the load balancer
     gives it: its nick, its rooms (the current one last) and the lines said

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub import BroadcastProtocol, BusError, BusQueueFull, HubProtocol, TcpServer, UnframeableMessage, UnknownClient
-from tcphub.bus import codec, lists, resp, streams
+from tcphub.bus import codec, handovers, lists, resp, streams
 from tcphub.bus.redis import PublisherState, RedisBus, redis_endpoint
 from tcphub.bus import redis as redis_module
 from tcphub.bus.streams import StreamBook
@@ -206,6 +206,8 @@ def test_a_lost_connection_fails_what_waits_and_says_so():
     codec.BusMessage(node="a", kind=codec.BROADCAST, payload=b"42", room="r\u00e9", exclude=("a-1", "b-2")),
     codec.BusMessage(node="b", kind=codec.SEND, payload=b"", target="a-1"),
     codec.BusMessage(node="b", kind=codec.NOTICE, payload=b"* ann joined #r", room="r", exclude=("b-1",)),
+    codec.BusMessage(node="b", kind=codec.TAKE, payload=b"ab12", instance="i", seq=3),
+    codec.BusMessage(node="a", kind=codec.HANDED, payload=b"ab12 1", target="b"),
 ])
 def test_bus_messages_survive_the_trip(message):
     data = codec.encode(message)
@@ -214,7 +216,8 @@ def test_bus_messages_survive_the_trip(message):
 
 
 @pytest.mark.parametrize("data", [b"42", b"\x00th1\n", b"\x00th1\n{bad json\npayload",
-                                  b'\x00th1\n{"n": "a", "k": "s"}\npayload', b'\x00th1\n{"n": "a", "k": "?"}\nx'])
+                                  b'\x00th1\n{"n": "a", "k": "s"}\npayload', b'\x00th1\n{"n": "a", "k": "?"}\nx',
+                                  b'\x00th1\n{"n": "a", "k": "H"}\nab12 1'])
 def test_what_no_tcphub_wrote_is_a_bus_error(data):
     with pytest.raises(BusError):
         codec.decode(data)
@@ -1069,3 +1072,48 @@ def test_what_a_member_missed_on_another_node_goes_out_in_one_write_before_it_is
     assert client.transport.writes == [b"m1\nm2\nm3\n"], "one write, not one a message"
     client.transport.loseConnection()
     client.connectionLost(Failure(ConnectionDone()))
+
+
+# -- handovers: a resume waiting for another node's live session --------------------
+
+
+def test_a_handover_is_the_first_node_that_has_the_session_and_no_once_every_node_asked_said_no():
+    waits = handovers.Handovers(Clock(), 5.0)
+    got: list = []
+    waits.ask("d1", ["b", "c"]).addCallback(got.append)
+    waits.ask("d2", ["b", "c"]).addCallback(got.append)
+    assert waits.answered("b", "d1", False) is False and got == []
+    assert waits.answered("x", "d1", True) is False and got == [], "a node not asked does not answer"
+    assert waits.answered("c", "d1", True) is True and got == [True]
+    assert waits.answered("b", "d1", True) is False, "answered already"
+    waits.answered("b", "d2", False)
+    assert got == [True]
+    waits.answered("c", "d2", False)
+    assert got == [True, False], "no once each node asked said no"
+
+
+def test_a_handover_no_node_answers_is_given_up_at_the_timeout_on_the_hub_s_clock():
+    clock = Clock()
+    waits = handovers.Handovers(clock, 5.0)
+    got: list = []
+    waits.ask("d", ["b"]).addCallback(got.append)
+    clock.advance(4.999)
+    assert got == []
+    clock.advance(0.001)
+    assert got == [False] and not clock.getDelayedCalls()
+    assert waits.answered("b", "d", True) is False, "too late: given up on"
+
+
+def test_handovers_are_bounded_asked_once_per_session_and_all_given_up_as_the_bus_leaves():
+    clock = Clock()
+    waits = handovers.Handovers(clock, 5.0, limit=2)
+    got: list = []
+    assert waits.ask("d", []) is None, "no other node to ask"
+    waits.ask("d1", ["b"]).addCallback(got.append)
+    assert waits.ask("d1", ["b"]) is None, "asked already"
+    waits.ask("d2", ["b"]).addCallback(got.append)
+    assert waits.ask("d3", ["b"]) is None, "as many wait as the limit"
+    waits.give_up()
+    assert got == [False, False] and not clock.getDelayedCalls()
+    assert waits.ask("d3", ["b"]) is not None, "room again"
+    waits.give_up()

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from tcphub.hub.identity import Identity, JwtAuthenticator, RoomPatterns
 from tcphub.hub.modes import ChatProtocol
 from tcphub.hub.protocol import GONE
-from tcphub.hub.sessions import SessionState, StoredSession
+from tcphub.hub.sessions import SessionState, StoredSession, session_digest
 from tcphub.hub.structured import StructuredProtocol
 from tests.processes import Twistd
 from tests.test_bus import HubMember
@@ -469,3 +469,71 @@ def test_a_session_given_back_as_the_hub_stops_or_past_its_token_lets_its_rooms_
         state = replace(state, identity=Identity("u1", "Bob", RoomPatterns(["*"]), hub.factory.clock.seconds()))
     sessions.give_back(session, state)
     assert sessions.parked == 0 and "chess" not in hub.factory.room_names()
+
+
+class HandoverStore:
+    """A store whose answers the test gives: C{takes} and C{asks} wait on
+    Deferreds; what is kept is recorded."""
+
+    def __init__(self) -> None:
+        self.kept: dict = {}
+        self.takes: list[Deferred] = []
+        self.asks: list[tuple[str, Deferred]] = []
+
+    def keep(self, session_id, state, client_id, wait):
+        self.kept[session_id] = (state, client_id, wait)
+        return succeed(True)
+
+    def take(self, session_id):
+        self.takes.append(Deferred())
+        return self.takes[-1]
+
+    def ask_handover(self, session_id):
+        self.asks.append((session_id, Deferred()))
+        return self.asks[-1][1]
+
+
+@pytest.mark.parametrize("handed", [True, False])
+def test_a_session_neither_here_nor_in_the_store_is_asked_of_the_other_hubs_and_taken_once_handed_over(
+        hub_factory, handed):
+    """A member back on this hub while its old hub still holds its
+    connection: the other hubs are asked for the session, and once one has
+    put it in the store it is taken from there; if none had it live, it is
+    refused as unknown."""
+    hub = open_hub(hub_factory, room_history=10)
+    store = hub.factory.sessions.store = HandoverStore()
+    back, back_t = hub.connect()
+    send(back, "hub.resume", {"session": "live-elsewhere"})
+    store.takes[-1].callback(None)
+    assert [session for session, _ in store.asks] == ["live-elsewhere"]
+    assert said(back_t) == [] and not back_t.disconnecting, "held until the other hubs answer"
+    store.asks[-1][1].callback(handed)
+    if not handed:
+        assert said(back_t)[-1]["data"]["code"] == "unknown_session" and len(store.takes) == 1
+        assert hub.factory.get_metrics().sessions_refused == 1
+        return
+    cat = Identity("guest-9", "cat", RoomPatterns(["*"]), None)
+    store.takes[-1].callback(StoredSession(SessionState("cat", {}, cat), "n2-7", {}))  # its rooms: tests/test_bus.py
+    assert said(back_t)[-1]["data"]["name"] == "cat" and hub.factory.get_metrics().sessions_resumed == 1
+
+
+def test_a_session_live_here_is_handed_over_to_the_store_when_another_hub_asks_for_it(hub_factory):
+    """Another hub asks (by the id's digest, never the id): the connection
+    here is told and closed, and the session goes to the store for the
+    window with its member's client id, not parked here; a digest of no
+    live session here is answered False."""
+    hub = open_hub(hub_factory)
+    sessions = hub.factory.sessions
+    store = sessions.store = HandoverStore()
+    bob, bob_t, session = joined(hub, "chess")
+    asked: list = []
+    sessions.hand_over_to_store(session_digest("no-such-session")).addCallback(asked.append)
+    sessions.hand_over_to_store(session_digest(session)).addCallback(asked.append)
+    assert asked == [False, True]
+    assert said(bob_t)[-1]["data"]["code"] == "session_taken" and bob_t.disconnecting
+    state, client_id, wait = store.kept[session]
+    assert state.rooms.keys() == {"chess"} and client_id == bob.client_id and wait == sessions.window
+    hub.lose(bob)
+    assert sessions.parked == 0, "it went to the other hub"
+    sessions.hand_over_to_store(session_digest(session)).addCallback(asked.append)
+    assert asked[-1] is False, "handed over once"

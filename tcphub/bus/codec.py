@@ -16,7 +16,8 @@ from typing import Final
 
 from tcphub.errors import BusError
 
-__all__ = ["BROADCAST", "DISCONNECT", "NOTICE", "SEND", "TRANSPORTS", "BusMessage", "decode", "encode"]
+__all__ = ["BROADCAST", "DISCONNECT", "HANDED", "NOTICE", "SEND", "TAKE", "TRANSPORTS", "BusMessage", "decode",
+           "encode"]
 
 TRANSPORTS: Final = ("pubsub", "streams")
 """How the messages cross Redis: a pub/sub channel, or a Redis Stream."""
@@ -29,6 +30,12 @@ SEND: Final = "s"
 """To the one client C{target}, on whichever node holds it."""
 DISCONNECT: Final = "d"
 """Close the client C{target}, or (C{target} None) every client of the user the payload names."""
+TAKE: Final = "h"
+"""To every node: hand the live session whose id has the digest in the
+payload over to the store, for the node that asks (a member back there)."""
+HANDED: Final = "H"
+"""To the node C{target}, which sent a L{TAKE}: the digest, a space, and
+C{1} (the session is in the store now) or C{0} (it is not live here)."""
 
 _MAGIC: Final = b"\x00th1\n"
 
@@ -38,7 +45,7 @@ class BusMessage:
     node: str
     """The node that published it."""
     kind: str
-    """L{BROADCAST}, L{NOTICE}, L{SEND} or L{DISCONNECT}."""
+    """L{BROADCAST}, L{NOTICE}, L{SEND}, L{DISCONNECT}, L{TAKE} or L{HANDED}."""
     payload: bytes
     room: str | None = None
     exclude: tuple[str, ...] = ()
@@ -78,8 +85,8 @@ def decode(data: bytes) -> BusMessage:
         instance, seq = header.get("i"), header.get("q")
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise BusError(f"a bus message with a bad header: {error}") from None
-    if kind not in (BROADCAST, NOTICE, SEND, DISCONNECT) or not isinstance(node, str) or (
-            kind == SEND and not isinstance(target, str)) or (
+    if kind not in (BROADCAST, NOTICE, SEND, DISCONNECT, TAKE, HANDED) or not isinstance(node, str) or (
+            kind in (SEND, HANDED) and not isinstance(target, str)) or (
             instance is not None and (not isinstance(instance, str) or type(seq) is not int)):
         raise BusError(f"a bus message with a bad header: {header!r:.100}")
     return BusMessage(node=node, kind=kind, payload=data[end + 1:], room=room, exclude=exclude, target=target,

@@ -76,6 +76,7 @@ from tcphub._metric_fields import COUNTER, GAUGE
 from tcphub._reactor import default_reactor
 from tcphub._secrets import redact_url
 from tcphub.bus import codec
+from tcphub.bus.handovers import Handovers
 from tcphub.bus.lists import MemberLists
 from tcphub.bus.resp import RedisProtocol, RedisReplyError
 from tcphub.bus.sentinel import SentinelEndpoint
@@ -85,7 +86,7 @@ from tcphub._observer import OneShotObserver
 from tcphub.errors import BusError, BusQueueFull, NodeIdInUse, NotRecovered
 from tcphub.hub.identity import Identity, RoomPatterns
 from tcphub.hub.rooms import check_room
-from tcphub.hub.sessions import SessionState, StoredSession
+from tcphub.hub.sessions import SessionState, StoredSession, session_digest
 
 if TYPE_CHECKING:
     from tcphub.hub.service import TcpServer
@@ -147,6 +148,8 @@ class BusStatus:
     """Messages read again from the stream (a publish sent again) and dropped."""
     missed: int = field(metadata=COUNTER)
     """Messages of other nodes a gap in their numbers shows this node never had."""
+    handovers: int = field(metadata=COUNTER)
+    """Sessions live on another node that it handed over for a member back here."""
     nodes: int = field(metadata=GAUGE)
     """Live nodes at the last heartbeat (this one included)."""
 
@@ -408,7 +411,7 @@ class RedisBus(Service):
         """What waits for Redis: (channel or stream, message), in order."""
         self._queued_bytes = 0
         self._counts = {"published": 0, "received": 0, "dropped": 0, "publish_errors": 0, "bad_messages": 0,
-                        "duplicates": 0, "missed": 0}
+                        "duplicates": 0, "missed": 0, "handovers": 0}
         self._peers = 0  # live nodes when the connection was lost: the queue waits for them
         self._waiting_since = 0.0
         self._wait_call: IDelayedCall | None = None
@@ -421,7 +424,10 @@ class RedisBus(Service):
         self._rooms_written: dict[str, int] | None = None
         """This node's rooms as last written (None: to be written at the next heartbeat)."""
         self._rooms_version = 0
-        self._nodes = 0
+        self._alive: frozenset[str] = frozenset()
+        """The live nodes at the last heartbeat (this one included)."""
+        self._handovers = Handovers(self._clock, self.command_timeout)
+        """The resumes waiting for another node to hand a live session over."""
         self._names: dict[bytes, bytes] = {}  # the names this node's clients claimed: key -> value
         self._lists = MemberLists(lambda room: self._list_key(self.node_id, room))
         self._written_at: float | None = None
@@ -528,6 +534,36 @@ class RedisBus(Service):
             "identity": None if identity is None else [identity.user, identity.name,
                                                        list(identity.rooms.patterns), identity.expires]})
         return publisher.command(b"SET", self.key("session", session_id), kept, b"PX", int(wait * 1000))
+
+    def ask_handover(self, session_id: str) -> Deferred[bool]:
+        """See L{SessionStore.ask_handover}: every other live node is asked
+        on the hub's stream, by the id's digest; True once one answers that
+        it put the session in Redis, False once each says it has not it
+        live, or after C{command_timeout}, or at once while Redis cannot be
+        asked or L{tcphub.bus.handovers.MAX_HANDOVERS} wait already."""
+        digest = session_digest(session_id)
+        waiting = None
+        if self._publisher is not None:
+            waiting = self._handovers.ask(digest, self._alive - {self.node_id})
+        if waiting is None:
+            return succeed(False)
+        self._publish(codec.TAKE, digest.encode("ascii"))
+        return waiting
+
+    def _hand_over(self, message: codec.BusMessage) -> None:
+        """Another node asks for a session (L{codec.TAKE}): answer whether it was live here and is in Redis now."""
+        digest = message.payload.decode("ascii", "replace")
+
+        def answer(handed: bool) -> None:
+            self._publish(codec.HANDED, f"{digest} {int(handed)}".encode("ascii"), target=message.node)
+
+        self._hub.sessions.hand_over_to_store(digest).addCallback(answer)
+
+    def _answered(self, message: codec.BusMessage) -> None:
+        """A node answers this one's L{codec.TAKE} (L{codec.HANDED})."""
+        digest, _, handed = message.payload.decode("ascii", "replace").partition(" ")
+        if self._handovers.answered(message.node, digest, handed == "1"):
+            self._counts["handovers"] += 1
 
     def take(self, session_id: str) -> Deferred[StoredSession | None]:
         """The session another node (or this one) parked under
@@ -830,7 +866,7 @@ class RedisBus(Service):
             self._pings.pop(self._publisher, None)
         self._publisher = None
         self.state = PublisherState.DOWN
-        self._peers = self._nodes
+        self._peers = len(self._alive)
         if self._unacked:  # maybe added, maybe not: sent again first (a reader drops a second copy)
             self._queue.extendleft(reversed(self._unacked))
             self._queued_bytes += sum(len(data) for _, data in self._unacked)
@@ -1002,6 +1038,11 @@ class RedisBus(Service):
         if message.kind in (codec.BROADCAST, codec.NOTICE):
             self._hub.broadcast_local(message.payload, message.exclude, message.room,
                                       notice=message.kind == codec.NOTICE).addErrback(self._delivery_failed)
+        elif message.kind == codec.TAKE:
+            self._hand_over(message)
+        elif message.kind == codec.HANDED:
+            if message.target == self.node_id:
+                self._answered(message)
         elif message.kind == codec.DISCONNECT:
             if message.target is None:
                 self._hub.disconnect_user(message.payload.decode("utf-8", "replace"))
@@ -1173,14 +1214,14 @@ class RedisBus(Service):
                     else:
                         version = count
                 self._their_rooms[name] = (version, counts)
-            if stale or len(alive) != len(self._their_rooms) + (self.node_id in alive):
+            self._alive = frozenset(alive)
+            if stale or self._their_rooms.keys() - self._alive:  # read again, or gone
                 self._their_rooms = {name: self._their_rooms[name] for name in alive if name in self._their_rooms}
                 total: dict[str, int] = {}
                 for _, counts in self._their_rooms.values():
                     for room, count in counts.items():
                         total[room] = total.get(room, 0) + count
                 self._others_rooms = total
-            self._nodes = len(alive)
 
         publisher.command(b"SMEMBERS", self._nodes_key).addCallback(read).addErrback(lambda _: None)
 
@@ -1285,7 +1326,7 @@ class RedisBus(Service):
 
     def status(self) -> BusStatus:
         return BusStatus(node_id=self.node_id, publisher=self.state.value, subscribed=self._subscribed,
-                         queued=len(self._queue), queued_bytes=self._queued_bytes, nodes=self._nodes,
+                         queued=len(self._queue), queued_bytes=self._queued_bytes, nodes=len(self._alive),
                          **self._counts)
 
     def startService(self) -> None:
@@ -1310,6 +1351,7 @@ class RedisBus(Service):
 
     def _leave(self) -> Deferred[None]:
         self._release_senders()
+        self._handovers.give_up()
         for call in (self._beat_call, self._wait_call):
             if call is not None and call.active():
                 call.cancel()

@@ -16,11 +16,14 @@ protocol says what a member is told.
 Several hubs joined through Redis share the parked sessions through a
 L{SessionStore} (the bus): a member whose node dropped it, or drained,
 comes back on any node as itself, and gets what it missed from the rooms'
-streams.
+streams.  One whose node still holds its connection (half-open, or the same
+client's before a network change) is handed over: that node closes the old
+connection and puts the session in the store for the one it came back to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,12 +38,18 @@ from tcphub.hub.identity import Identity
 from tcphub.hub.metrics import HubCounters
 
 __all__ = ["DEFAULT_RESUME_WINDOW", "MAX_SESSION_ID", "SessionOwner", "SessionState", "SessionStore", "Sessions",
-           "StoredSession"]
+           "StoredSession", "session_digest"]
 
 DEFAULT_RESUME_WINDOW: Final = 120.0
 """Seconds a dropped member's session waits to be resumed."""
 MAX_SESSION_ID: Final = 64
 """The longest session id looked up, in characters (the hub's own are 32)."""
+
+
+def session_digest(session_id: str) -> str:
+    """What the hubs say of a session id to one another (SHA-256, in hex):
+    never the id itself, which is a credential."""
+    return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,11 @@ class SessionStore(Protocol):
         places its old node's), for C{wait} seconds: its taker's connection
         closed before it was resumed.  True once kept (never an error)."""
 
+    def ask_handover(self, session_id: str) -> Deferred[bool]:
+        """Ask the other hubs for the session C{session_id}, live on one of
+        them (L{Sessions.hand_over_to_store}): True once it is in the store
+        (L{take} it), False if none has it live (never an error)."""
+
 
 class SessionOwner(Protocol):
     """The connection that owns a live session."""
@@ -96,6 +110,10 @@ class SessionOwner(Protocol):
     @property
     def user(self) -> str | None:
         """Who it authenticated as, if anyone."""
+
+    @property
+    def client_id(self) -> str:
+        """Its client id (what the store keeps, for a catch-up on another hub)."""
 
     def hand_over(self) -> SessionState:
         """Give the session up to another connection: close this one, and
@@ -120,6 +138,8 @@ class Sessions:
         self._hold = hold
         self._release = release
         self._live: dict[str, SessionOwner] = {}
+        self._digests: dict[str, str] = {}
+        """With a L{store}: each live session's id by its L{session_digest}, for another hub's handover."""
         self._parked: OrderedDict[str, tuple[SessionState, IDelayedCall]] = OrderedDict()
         self.store: SessionStore | None = None
         """Where parked sessions are also kept for the other hubs (the relay's, if it keeps them)."""
@@ -138,11 +158,20 @@ class Sessions:
         characters, 192 random bits: it is a credential)."""
         session_id = secrets.token_urlsafe(24)
         self._live[session_id] = owner
+        if self.store is not None:
+            self._digests[session_digest(session_id)] = session_id
         return session_id
 
     def end(self, session_id: str) -> None:
         """The live session is over (its member is not to come back as it)."""
-        self._live.pop(session_id, None)
+        self._unlive(session_id)
+
+    def _unlive(self, session_id: str) -> SessionOwner | None:
+        """The live session's owner, the session no longer live; None if it was not."""
+        owner = self._live.pop(session_id, None)
+        if owner is not None and self._digests:
+            self._digests.pop(session_digest(session_id), None)
+        return owner
 
     def park(self, session_id: str, state: SessionState, client_id: str | None = None) -> None:
         """The live session's connection is lost: keep C{state} for the
@@ -150,7 +179,7 @@ class Sessions:
         has, nor once the hub stops); in the L{store} too, if the hub has
         one and the member's C{client_id} is given (the protocol resumes
         sessions of other hubs' members)."""
-        if self._live.pop(session_id, None) is None:  # ended, or handed over
+        if self._unlive(session_id) is None:  # ended, or handed over
             return
         wait = self._wait(state)
         if wait <= 0:
@@ -175,11 +204,22 @@ class Sessions:
         L{store}): this hub's own parked session if the store still has it,
         else the store's (another hub's member; L{SessionState} rooms are
         then not held); None if neither has it, or it was taken on another
-        hub meanwhile.  While the store cannot be asked, this hub's only;
-        without a store, L{take}'s answer at once."""
+        hub meanwhile.  One neither has may be live on another hub: it is
+        asked for (L{SessionStore.ask_handover}), and taken from the store
+        once handed over.  While the store cannot be asked, this hub's
+        only; without a store, L{take}'s answer at once."""
         store = self.store
         if store is None:
             return succeed(self.take(session_id, taker, user, peer))
+
+        def first(stored: StoredSession | None) -> Deferred[SessionState | StoredSession | None]:
+            if stored is None and session_id not in self._stored and session_id not in self._parked \
+                    and session_id not in self._live:
+                return store.ask_handover(session_id).addCallback(again).addCallback(decide)
+            return succeed(decide(stored))
+
+        def again(handed: bool) -> Deferred[StoredSession | None]:
+            return store.take(session_id) if handed else succeed(None)
 
         def decide(stored: StoredSession | None) -> SessionState | StoredSession | None:
             if stored is None and session_id in self._stored:  # resumed on another hub
@@ -194,7 +234,7 @@ class Sessions:
             self._counters.add("sessions_resumed")
             return stored
 
-        return store.take(session_id).addCallbacks(decide, lambda _: self.take(session_id, taker, user, peer))
+        return store.take(session_id).addCallbacks(first, lambda _: self.take(session_id, taker, user, peer))
 
     def give_back(self, session_id: str, taken: SessionState | StoredSession) -> None:
         """A session L{take_anywhere} gave is not resumed after all (its
@@ -246,12 +286,30 @@ class Sessions:
             if owner is None or owner is taker or (user is not None and owner.user != user):
                 self._refused(peer)
                 return None
-            del self._live[session_id]
+            self._unlive(session_id)
             handed = owner.hand_over()
             state = SessionState(handed.name, {room: place for room, place in handed.rooms.items()
                                                if self._hold(room)}, handed.identity)
         self._counters.add("sessions_resumed")
         return state
+
+    def hand_over_to_store(self, digest: str) -> Deferred[bool]:
+        """Another hub asks for the live session whose id has this
+        L{session_digest} (its member is back there): if its connection is
+        here, it is handed over (that connection is closed, as when a member
+        takes its session over here) and the session put in the L{store} for
+        the window; True once it is there, False if it is not live here."""
+        session_id = self._digests.get(digest)
+        store = self.store
+        if session_id is None or store is None:
+            return succeed(False)
+        owner = self._unlive(session_id)
+        assert owner is not None  # a digest is kept only for a live session
+        client_id, state = owner.client_id, owner.hand_over()
+        wait = self._wait(state)
+        if wait <= 0:
+            return succeed(False)
+        return store.keep(session_id, state, client_id, wait)
 
     def release(self, state: SessionState) -> None:
         """Let go of the rooms a taken session held."""
@@ -272,6 +330,7 @@ class Sessions:
             self.release(state)
         if self.store is None:
             self._live.clear()
+            self._digests.clear()
         self._stopping = True
         self._stored.clear()
 
