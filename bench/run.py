@@ -426,7 +426,8 @@ def main() -> None:
         for other in versus:
             cells.append(f"{row['tcphub'] / row[other]:.2f}×" if "tcphub" in row and row.get(other) else "–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", *targets(table, args.idle)]
+    if args.only is None:
+        lines += ["", *targets(table, args.idle)]
     text = "\n".join(lines) + "\n"
     if args.only is None:  # a partial run leaves the full table as it is
         (HERE / "results.md").write_text(text)

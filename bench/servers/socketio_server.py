@@ -13,20 +13,12 @@ import asyncio
 import sys
 
 import socketio
+from _python_peer import announce_and_serve
 from aiohttp import web
 
 # Pings far apart: a run is shorter than one interval, and a ping is no part of the load.
 sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=600, ping_timeout=600, http_compression=False,
                            compression_threshold=1 << 30)
-
-
-async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            length = int.from_bytes(await reader.readexactly(4), "big")
-            await sio.emit("m", await reader.readexactly(length))
-    except asyncio.IncompleteReadError:
-        writer.close()
 
 
 async def main(mode: str) -> None:
@@ -36,13 +28,7 @@ async def main(mode: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    if mode == "wsfanout":
-        senders = await asyncio.start_server(sender, "127.0.0.1", 0, backlog=4096)
-        print(f"listening on {senders.sockets[0].getsockname()[1]} ws {port}", flush=True)
-    else:
-        print(f"listening on 0 ws {port}", flush=True)
-    await asyncio.Future()
+    await announce_and_serve(mode, site._server.sockets[0].getsockname()[1], lambda payload: sio.emit("m", payload))
 
 
 asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "wsidle"))

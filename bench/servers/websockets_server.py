@@ -10,6 +10,7 @@ compression (as tcphub and Autobahn serve by default).
 import asyncio
 import sys
 
+from _python_peer import announce_and_serve
 from websockets.asyncio.server import broadcast, serve
 
 clients: set = set()
@@ -23,25 +24,10 @@ async def hold(connection):
         clients.discard(connection)
 
 
-async def sender(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            length = int.from_bytes(await reader.readexactly(4), "big")
-            broadcast(clients, await reader.readexactly(length))
-    except asyncio.IncompleteReadError:
-        writer.close()
-
-
 async def main(mode: str):
     async with serve(hold, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=16,
                      backlog=4096) as server:
-        port = server.sockets[0].getsockname()[1]
-        if mode == "wsfanout":
-            senders = await asyncio.start_server(sender, "127.0.0.1", 0, backlog=4096)
-            print(f"listening on {senders.sockets[0].getsockname()[1]} ws {port}", flush=True)
-        else:
-            print(f"listening on 0 ws {port}", flush=True)
-        await asyncio.Future()
+        await announce_and_serve(mode, server.sockets[0].getsockname()[1], lambda payload: broadcast(clients, payload))
 
 
 asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "wsidle"))
