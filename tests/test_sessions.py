@@ -537,3 +537,23 @@ def test_a_session_live_here_is_handed_over_to_the_store_when_another_hub_asks_f
     assert sessions.parked == 0, "it went to the other hub"
     sessions.hand_over_to_store(session_digest(session)).addCallback(asked.append)
     assert asked[-1] is False, "handed over once"
+
+
+def test_another_hub_s_session_given_back_past_its_token_is_not_put_back_in_the_store(hub_factory):
+    """Its taker's connection closed while the store answered, but its
+    identity has expired meanwhile: nothing is kept for it."""
+    hub = open_hub(hub_factory)
+    sessions = hub.factory.sessions
+    given: list = []
+
+    class Store:
+        def give_back(self, session_id, stored, wait):
+            given.append((session_id, wait))
+            return succeed(True)
+
+    sessions.store = Store()
+    now = hub.factory.clock.seconds()
+    for expires, session_id in ((now + 5, "fresh"), (now, "expired")):
+        identity = Identity("u1", "Bob", RoomPatterns(["*"]), expires)
+        sessions.give_back(session_id, StoredSession(SessionState("Bob", {}, identity), "b-1", {}))
+    assert given == [("fresh", 5)]
