@@ -138,6 +138,10 @@ class Options(usage.Options):
          _number("room-history", int, minimum=0)],
         ["room-history-bytes", None, DEFAULT_ROOM_HISTORY_BYTES,
          "bytes of history each room keeps at most", _number("room-history-bytes", int, minimum=0)],
+        ["room-history-ttl", None, 0,
+         "seconds a message stays in its room's history; a member back for one older cannot recover "
+         "(history_expired) (0: until --room-history or --room-history-bytes pushes it out)",
+         _number("room-history-ttl", float, minimum=0)],
         ["resume-window", None, DEFAULT_RESUME_WINDOW,
          "with --mode hub: seconds a dropped member's session (name, rooms, place in each) waits "
          "for it to come back with hub.resume (0: not kept)", _number("resume-window", float, minimum=0)],
@@ -532,6 +536,7 @@ def _hub_service(config: Options, reactor: Any) -> tuple[IService, TcpServer, We
         drain_spread=config["drain-spread"],
         room_history=config["room-history"],
         room_history_bytes=config["room-history-bytes"],
+        room_history_ttl=config["room-history-ttl"],
         protocol=MODES[config["mode"]],
         auth=_authenticator(config, reactor),
         auth_timeout=config["auth-timeout"],

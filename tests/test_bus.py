@@ -1224,6 +1224,36 @@ def test_a_member_cut_from_one_node_resumes_on_another_is_told_what_was_lost_on_
             member.close()
 
 
+def test_a_member_back_on_another_node_for_a_message_older_than_the_history_ttl_is_told_history_expired(redis):
+    """--room-history-ttl bounds what a member recovers on another node as
+    it does on its own: a message it missed is older than that by Redis's
+    clock (its stream ids are in it), so the room says history_expired."""
+    server = redis.start()
+    options = ("--port", "0", "--mode", "hub", "--room-history", "100", "--room-history-ttl", "0.2")
+    a, b = (PluginNode(name, server, *options) for name in "ab")
+    with killed_after((a, b)):
+        cut, ann = HubMember(a.port), HubMember(a.port)
+        for member in (cut, ann):
+            member.ask("hub.join", {"room": "r"})
+        cut.close()
+        eventually(lambda: a.varz()["hub"]["sessions_parked"] == 1, "the session parked", 100_000)
+        ann.ask("hub.publish", {"room": "r", "data": ["ann", 0]})
+        (entry_id, _), = redis_command(server, b"XREVRANGE", b"tcphub:0:room:r", b"+", b"-", b"COUNT", b"1")
+        published_ms = int(entry_id.partition(b"-")[0])
+
+        def redis_ms() -> int:
+            seconds, micros = redis_command(server, b"TIME")
+            return int(seconds) * 1000 + int(micros) // 1000
+
+        eventually(lambda: redis_ms() > published_ms + 200, "Redis's clock past the message's age", 100_000)
+        back = HubMember(b.port)
+        reply = back.ask("hub.resume", {"session": cut.session, "offsets": cut.offsets})
+        assert (reply["rooms"]["r"]["recovered"], reply["rooms"]["r"]["reason"]) == (False, "history_expired")
+        assert back.got == {}, "none of it given"
+        for member in (ann, back):
+            member.close()
+
+
 def test_a_member_still_connected_to_one_node_resumes_on_another_which_takes_its_session_over(redis):
     """The member's old connection is still open on node a (half-open, or
     the same client's before a network change) as it comes back on node b:

@@ -935,6 +935,25 @@ def test_a_catch_up_that_cannot_give_all_says_history_lost(first, limit, limit_b
 
 
 
+def test_a_catch_up_of_a_message_older_than_the_history_keeps_says_history_expired():
+    """Ids are milliseconds of Redis's clock: a missed one before C{oldest_ms}
+    is too old; one the member had, or one not for it, does not count."""
+    from tcphub.errors import NotRecovered
+
+    def catch_up():
+        return streams.CatchUp(streams.Place(b"5-0", "old", 0), exclude="a-old", limit=100, limit_bytes=10_000,
+                               oldest_ms=7)
+
+    fresh = catch_up()
+    assert fresh.take([said(b"5-0", b"had"), said(b"6-0", b"own", exclude=("a-old",)), said(b"7-0", b"x")],
+                      full=False, reader_at=b"7-0") is True
+    assert fresh.missed == [b"x"]
+    old = catch_up()
+    with pytest.raises(NotRecovered) as raised:
+        old.take([said(b"5-0", b"had"), said(b"6-9", b"x")], full=False, reader_at=b"9-0")
+    assert raised.value.reason == "history_expired"
+
+
 def test_a_session_parked_while_its_room_s_stream_end_is_being_found_is_kept_with_that_end():
     """A member that joins a room new on its node and drops within a round
     trip: its place is where the node's reading of the room begins, not
@@ -1061,7 +1080,7 @@ def test_what_a_member_missed_on_another_node_goes_out_in_one_write_before_it_is
     hub = TcpServer(port=0, clock=Clock(), timeout=0, frame_timeout=0)
     relay = RecordingRelay()
     relay.session_store = object()
-    relay.catch_up = lambda room, place, exclude, limit, limit_bytes: succeed([b"m1", b"m2", b"m3"])
+    relay.catch_up = lambda room, place, exclude, limit, limit_bytes, max_age: succeed([b"m1", b"m2", b"m3"])
     hub.factory.join_relay(relay, "n1")
     client = hub.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     client.makeConnection(CountingTransport())

@@ -70,8 +70,9 @@ def test_room_history_options_reach_the_hub():
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
-    factory = hub_service("--room-history", "2", "--room-history-bytes", "999",
+    factory = hub_service("--room-history", "2", "--room-history-bytes", "999", "--room-history-ttl", "1.5",
                           "--timeout", "0", "--frame-timeout", "0").factory
+    assert factory.room_history_ttl == 1.5
     address = IPv4Address("TCP", "127.0.0.1", 40000)
     client = factory.buildProtocol(address)
     client.makeConnection(StringTransport(peerAddress=address))
@@ -122,6 +123,7 @@ def test_listen_is_repeatable():
         (["--timeout", "nan"], "--timeout takes a finite number, not nan"),
         (["--drain-timeout", "nan"], "--drain-timeout takes a finite number"),
         (["--frame-timeout", "-1"], "--frame-timeout cannot be negative"),
+        (["--room-history-ttl", "-1"], "--room-history-ttl cannot be negative"),
         (["--port", "70000"], "--port must be at most 65535"),
         (["--port", "-1"], "--port cannot be negative"),
         (["--backlog", "0"], "--backlog must be at least 1"),

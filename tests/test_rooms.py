@@ -223,6 +223,21 @@ def test_history_is_bounded_in_bytes_too():
     assert rooms.record("nowhere", b"x", 6.0) is None and rooms.history("nowhere") == []
 
 
+def test_history_is_bounded_in_age_too_and_says_through_which_offset_it_let_go():
+    rooms: Rooms[str] = Rooms(history=100, history_ttl=10)
+    rooms.join("ann", "r")
+    for number, at in ((1, 0.0), (2, 5.0), (3, 9.0)):
+        rooms.record("r", b"%d" % number, at)
+    assert [kept.offset for kept in rooms.history("r", 9.999)] == [1, 2, 3]
+    assert [kept.offset for kept in rooms.history("r", 15.001)] == [3], "older than 10 s at 15.001"
+    assert rooms.expired_through("r") == 2
+    rooms.record("r", b"4", 30.0)  # recording ages the history too
+    assert [kept.offset for kept in rooms.history("r")] == [4] and rooms.expired_through("r") == 3
+    rooms.leave("ann", "r")
+    rooms.join("ann", "r")
+    assert rooms.expired_through("r") == 0, "a room made anew has let go of nothing"
+
+
 @given(st.lists(st.binary(max_size=20), max_size=50), st.integers(0, 5), st.integers(0, 60))
 def test_history_never_passes_its_bounds(messages, size, limit):
     rooms: Rooms[str] = Rooms(history=size, history_bytes=limit)

@@ -101,6 +101,25 @@ def test_a_member_that_cannot_get_all_it_missed_is_told_so_and_gets_none_of_it(h
     assert hub.factory.get_metrics().unrecovered == 1
 
 
+def test_a_member_back_for_a_message_older_than_the_history_ttl_is_told_history_expired(hub_factory):
+    hub = open_hub(hub_factory, room_history=10, room_history_ttl=60)
+    ann, _ = hub.connect()
+    send(ann, "hub.join", {"room": "chess"})
+    epoch = hub.factory.room_epoch("chess")
+    send(ann, "hub.publish", {"room": "chess", "data": "e4"})
+    hub.clock.advance(30)
+    send(ann, "hub.publish", {"room": "chess", "data": "e5"})
+    hub.clock.advance(31)  # e4 is 61 s old, e5 31 s
+    bob, bob_t = hub.connect()
+    send(bob, "hub.join", {"room": "chess", "since": {"epoch": epoch, "offset": 0}})
+    (reply,) = said(bob_t)
+    assert (reply["data"]["recovered"], reply["data"]["reason"]) == (False, "history_expired")
+    cat, cat_t = hub.connect()
+    send(cat, "hub.join", {"room": "chess", "since": {"epoch": epoch, "offset": 1}})
+    replies = said(cat_t)
+    assert [reply["data"].get("data") for reply in replies[:-1]] == ["e5"] and replies[-1]["data"]["recovered"]
+
+
 def test_a_room_made_anew_has_another_epoch_so_an_old_offset_is_not_taken_for_its(hub_factory):
     hub = open_hub(hub_factory, room_history=5)
     ann, ann_t = hub.connect()

@@ -575,7 +575,8 @@ class RedisBus(Service):
             return fail(BusError("Redis cannot be asked now: the bus is down"))
         return publisher.command(b"GETDEL", self.key("session", session_id)).addCallback(_stored_session)
 
-    def catch_up(self, room: str, place: object, exclude: str, limit: int, limit_bytes: int) -> Deferred[list[bytes]]:
+    def catch_up(self, room: str, place: object, exclude: str, limit: int, limit_bytes: int,
+                 max_age: float = 0) -> Deferred[list[bytes]]:
         """
         What a member back on this node after a drop on another (or this
         one, after a restart) missed of C{room} since its L{Place}: the
@@ -583,7 +584,9 @@ class RedisBus(Service):
         room must be here, held: what comes after, the reader gives its
         members).  Errbacks with L{NotRecovered}: C{history_lost} (the
         stream no longer holds its place, or it missed more than C{limit}
-        messages or C{limit_bytes}), C{unavailable} (Redis cannot be asked).
+        messages or C{limit_bytes}), C{history_expired} (one is older than
+        C{max_age} seconds by Redis's clock, asked with C{TIME}: the stream's
+        ids are in it), C{unavailable} (Redis cannot be asked).
         """
         if not isinstance(place, Place):
             return fail(NotRecovered("history_lost", "where the member stood in the room is not known"))
@@ -592,6 +595,13 @@ class RedisBus(Service):
         gathering = CatchUp(place, exclude, limit, limit_bytes)
         done: Deferred[list[bytes]] = Deferred()
         rounds = 0
+
+        def aged(now: Any) -> None:
+            nonlocal gathering
+            seconds, micros = now  # TIME: Redis's clock, the one its stream ids are in
+            oldest_ms = int(seconds) * 1000 + int(micros) // 1000 - int(max_age * 1000)
+            gathering = CatchUp(place, exclude, limit, limit_bytes, oldest_ms)
+            ask()
 
         def ask() -> None:
             publisher = self._publisher
@@ -619,7 +629,12 @@ class RedisBus(Service):
             else:
                 ask()
 
-        ask()
+        publisher = self._publisher
+        if max_age and publisher is not None:
+            publisher.command(b"TIME").addCallbacks(aged, lambda failure: done.errback(
+                NotRecovered("unavailable", failure.getErrorMessage())))
+        else:
+            ask()
         return done
 
     def following(self, room: str) -> Deferred[None] | None:

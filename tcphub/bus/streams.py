@@ -217,10 +217,13 @@ class CatchUp:
     this node's reader stands; what comes after, the reader gives it live.
     More than C{limit} messages or C{limit_bytes} in all is too much to
     give (L{NotRecovered} C{history_lost}), as a room's history bounds what
-    a member recovers on one node.
+    a member recovers on one node; and one whose id is older than
+    C{oldest_ms} (milliseconds, the ids' clock) is older than the history
+    keeps (C{history_expired}).
     """
 
-    def __init__(self, place: Place, exclude: str, limit: int, limit_bytes: int) -> None:
+    def __init__(self, place: Place, exclude: str, limit: int, limit_bytes: int,
+                 oldest_ms: int | None = None) -> None:
         self._place = place
         self._exclude = exclude
         self._limit = limit
@@ -234,6 +237,7 @@ class CatchUp:
         self._last: bytes = place.position
         self.missed: list[bytes] = []
         """The payloads gathered so far, oldest first."""
+        self._oldest_ms = oldest_ms
 
     @property
     def start(self) -> bytes:
@@ -256,24 +260,30 @@ class CatchUp:
         if upto < stream_id(self._last):
             return False  # this node reads behind the member's old one: the reader first catches up
         for entry_id, fields in entries:
-            if stream_id(entry_id) > upto:
+            position = stream_id(entry_id)
+            if position > upto:
                 return True
             self._last = entry_id
-            self._gather(fields[1] if len(fields) == 2 else b"")
+            if self._gather(fields[1] if len(fields) == 2 else b"") and self._oldest_ms is not None \
+                    and position[0] < self._oldest_ms:
+                raise NotRecovered("history_expired", "a message the member missed is older than the "
+                                   "room's history keeps")
         return not full and stream_id(self._last) >= upto
 
-    def _gather(self, data: bytes) -> None:
+    def _gather(self, data: bytes) -> bool:
+        """Keep the message C{data} if the member missed it; whether it did."""
         try:
             message = codec.decode(data)
         except BusError:
-            return  # counted by the reader, which reads it too
+            return False  # counted by the reader, which reads it too
         place = self._place
         if message.kind != codec.BROADCAST or message.room is None or self._exclude in message.exclude:
-            return
+            return False
         if message.instance == place.instance and message.seq is not None and message.seq <= place.seq:
-            return
+            return False
         self.missed.append(message.payload)
         self._size += len(message.payload)
         if len(self.missed) > self._limit or self._size > self._limit_bytes:
             raise NotRecovered("history_lost", f"the member missed more than the room's history keeps "
                                f"({self._limit} messages, {self._limit_bytes} bytes)")
+        return True

@@ -118,6 +118,7 @@ class HubFactory(Factory):
         max_rooms_per_client: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
         room_history: int = 0,
         room_history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES,
+        room_history_ttl: float = 0,
         auth: Authenticator | None = None,
         auth_timeout: float = DEFAULT_AUTH_TIMEOUT,
         auth_grace: float = DEFAULT_AUTH_GRACE,
@@ -170,6 +171,7 @@ class HubFactory(Factory):
             self.max_rooms_per_client,
             history=_checks.count("room_history", room_history, minimum=0),
             history_bytes=_checks.count("room_history_bytes", room_history_bytes, minimum=0),
+            history_ttl=_checks.number("room_history_ttl", room_history_ttl, minimum=0),
         )
         self.sessions = Sessions(self.clock, _checks.number("resume_window", resume_window, minimum=0),
                                  self.max_connections, self.counters, self.repeats, self._rooms.hold,
@@ -429,7 +431,7 @@ class HubFactory(Factory):
             if replay_after is None:
                 return
             # The room's history, oldest first, before anything sent to it from now on.
-            for kept in self._rooms.history(room):
+            for kept in self._rooms.history(room, self.clock.seconds()):
                 if kept.offset > replay_after:
                     client.deliver(client.replayFrame(room, kept))
 
@@ -454,17 +456,24 @@ class HubFactory(Factory):
         are numbered 1, 2, ... for as long as it has members (0: none yet)."""
         return self._rooms.sequence(room)
 
+    @property
+    def room_history_ttl(self) -> float:
+        """Seconds a message stays in its room's history (0: until the count or bytes push it out)."""
+        return self._rooms.history_ttl
+
     def room_history(self, room: str) -> list[Kept]:
         """The last C{room_history} messages of C{room} (at most
-        C{room_history_bytes} in all), oldest first: notices are not kept."""
-        return self._rooms.history(room)
+        C{room_history_bytes} in all, none older than C{room_history_ttl}
+        seconds), oldest first: notices are not kept."""
+        return self._rooms.history(room, self.clock.seconds())
 
     def unrecoverable(self, room: str, epoch: str, offset: int) -> str | None:
         """Why the messages of C{room} after C{offset} of C{epoch} cannot all
         be given to a member back after a drop: C{cluster} (joined through a
         relay that may lose other hubs' messages unawares), C{epoch_changed},
-        C{offset_ahead}, C{history_lost}; None if they can (the history
-        holds every one)."""
+        C{offset_ahead}, C{history_expired} (one it missed is older than
+        C{room_history_ttl}), C{history_lost}; None if they can (the
+        history holds every one)."""
         if self.relay is not None and not self.relay.lossless:
             return "cluster"
         if epoch != self.room_epoch(room):  # another node's epoch, too
@@ -472,9 +481,12 @@ class HubFactory(Factory):
         last = self.room_sequence(room)
         if offset > last:
             return "offset_ahead"
+        history = self._rooms.history(room, self.clock.seconds())
+        if offset < self._rooms.expired_through(room):
+            return "history_expired"
         # Every one after it, with none missing (a message over the history's
         # byte bound is not kept), or the member would miss one unawares.
-        missed = [kept.offset for kept in self._rooms.history(room) if kept.offset > offset]
+        missed = [kept.offset for kept in history if kept.offset > offset]
         if missed != list(range(offset + 1, last + 1)):
             return "history_lost"
         return None
@@ -514,7 +526,7 @@ class HubFactory(Factory):
                 f"the member had up to {seen} of the {sent} messages its old hub sent it"))
         else:
             caught = relay.catch_up(room, stored.places[room], stored.client_id, self._rooms.history_size,
-                                    self._rooms.history_bytes)
+                                    self._rooms.history_bytes, self.room_history_ttl)
 
         def back(missed: list[bytes]) -> str | None:
             client = self._clients.get(client_id)

@@ -30,12 +30,14 @@ class Relay(Protocol):
         each hub's sessions are its own): a member comes back on any hub,
         and gets what it missed there through L{catch_up}."""
 
-    def catch_up(self, room: str, place: object, exclude: str, limit: int, limit_bytes: int) -> Deferred[list[bytes]]:
+    def catch_up(self, room: str, place: object, exclude: str, limit: int, limit_bytes: int,
+                 max_age: float = 0) -> Deferred[list[bytes]]:
         """What a member back on this hub missed of C{room} (held here) since
         C{place}, where it stood on its old hub (a L{SessionStore}'s): the
         payloads, oldest first, but those that excluded C{exclude} (its old
-        client id); at most C{limit} of them and C{limit_bytes} in all.
-        Errbacks with L{tcphub.errors.NotRecovered}."""
+        client id); at most C{limit} of them and C{limit_bytes} in all, none
+        older than C{max_age} seconds (0: any age).  Errbacks with
+        L{tcphub.errors.NotRecovered}."""
 
     def following(self, room: str) -> Deferred[None] | None:
         """Fires once this hub reads the other hubs' messages to C{room}, a

@@ -2,7 +2,7 @@
 Who is in which room: pure bookkeeping (no Twisted, no I/O), bounded by the
 length of a room's name and the rooms one member may be in; and, for each
 room, the sequence number of its last message and (if asked) the last
-messages themselves, bounded in count and bytes.  The hub's factory owns one
+messages themselves, bounded in count, bytes and age.  The hub's factory owns one
 and says what membership means for delivery and events.
 """
 
@@ -51,15 +51,19 @@ class Rooms(Generic[M]):
     """
 
     def __init__(self, max_rooms_per_member: int = DEFAULT_MAX_ROOMS_PER_CLIENT,
-                 history: int = 0, history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES) -> None:
+                 history: int = 0, history_bytes: int = DEFAULT_ROOM_HISTORY_BYTES, history_ttl: float = 0) -> None:
         self.max_rooms_per_member = max_rooms_per_member
         self.history_size = history
         self.history_bytes = history_bytes
+        self.history_ttl = history_ttl
+        """Seconds a message stays in its room's history (0: until count or bytes push it out)."""
         self._members: dict[str, dict[M, None]] = {}
         self._rooms: dict[M, dict[str, None]] = {}
         self._sequence: dict[str, int] = {}
         self._history: dict[str, deque[Kept]] = {}
         self._history_size: dict[str, int] = {}
+        self._expired: dict[str, int] = {}
+        """Each room's offset of the last message its history let go for its age."""
         self._generation: dict[str, int] = {}
         self._holds: dict[str, int] = {}
         self._created = 0
@@ -137,6 +141,7 @@ class Rooms(Generic[M]):
         self._sequence.pop(room, None)
         self._history.pop(room, None)
         self._history_size.pop(room, None)
+        self._expired.pop(room, None)
 
     def record(self, room: str, message: bytes, at: float) -> int | None:
         """Number a message sent to C{room} at time C{at} (1, 2, ...) and keep
@@ -152,7 +157,19 @@ class Rooms(Generic[M]):
             while len(history) > self.history_size or size > self.history_bytes:
                 size -= len(history.popleft().frame)
             self._history_size[room] = size
+            self._age(room, at)
         return sequence
+
+    def _age(self, room: str, now: float) -> None:
+        """Let go of the messages of C{room}'s history older than C{history_ttl} at C{now}."""
+        history = self._history.get(room)
+        if not self.history_ttl or not history:
+            return
+        oldest = now - self.history_ttl
+        while history and history[0].at < oldest:
+            kept = history.popleft()
+            self._history_size[room] -= len(kept.frame)
+            self._expired[room] = kept.offset
 
     def sequence(self, room: str) -> int:
         """The number of the last message sent to C{room} (0 if none, or no such room)."""
@@ -163,9 +180,16 @@ class Rooms(Generic[M]):
         numbers its messages from 1 again, under a new generation (0: no such room)."""
         return self._generation.get(room, 0)
 
-    def history(self, room: str) -> list[Kept]:
-        """The room's last messages, oldest first."""
+    def history(self, room: str, now: float | None = None) -> list[Kept]:
+        """The room's last messages, oldest first; at C{now}, none older than C{history_ttl}."""
+        if now is not None:
+            self._age(room, now)
         return list(self._history.get(room, ()))
+
+    def expired_through(self, room: str) -> int:
+        """The offset of the last message of C{room} its history let go for
+        its age (0: none): a member that missed it cannot have it back."""
+        return self._expired.get(room, 0)
 
     def leave_all(self, member: M) -> list[str]:
         """Take C{member} out of every room; return them, in the order joined."""
