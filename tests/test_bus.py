@@ -485,6 +485,34 @@ def test_a_node_killed_is_forgotten_from_the_cluster_rooms_within_its_time_to_li
         shut_down(clients, (a,))
 
 
+def test_a_node_killed_mid_broadcast_leaves_the_others_a_run_of_its_messages_once_in_order(redis):
+    """Node a is SIGKILLed while its member publishes a burst: node b's
+    member has what reached Redis, a run from the first with no gap and
+    nothing twice, and node b goes on (its own member's message arrives
+    after)."""
+    server = redis.start()
+    options = ("--port", "0", "--mode", "hub")
+    a, b = (PluginNode(name, server, *options) for name in "ab")
+    with killed_after((a, b)):
+        eventually(lambda: [node.varz()["bus"]["nodes"] for node in (a, b)] == [2, 2], "each sees the other",
+                   100_000)
+        publisher, watcher, other = HubMember(a.port), HubMember(b.port), HubMember(b.port)
+        for member in (publisher, watcher, other):
+            member.ask("hub.join", {"room": "r"})
+        publisher.socket.sendall(b"".join(
+            json.dumps({"path": "hub.publish", "data": {"room": "r", "data": ["a", n]}, "id": str(n)}).encode()
+            + b"\n" for n in range(5000)))
+        watcher.read_some(1)  # the burst is under way
+        a.twistd.stop(signal.SIGKILL)
+        other.ask("hub.publish", {"room": "r", "data": ["b", END]})
+        watcher.read_until_ends(["b"])
+        got = [n for who, n in watcher.got["r"] if who == "a"]
+        assert got == list(range(len(got))), "a run from the first: nothing twice, no gap, in order"
+        assert watcher.got["r"][-1] == ("b", END)
+        for member in (watcher, other):
+            member.close()
+
+
 def test_a_slow_redis_pauses_the_publisher_and_nothing_is_lost(redis):
     server = redis.start()
     with BroadcastPair(server) as pair:
@@ -1238,8 +1266,14 @@ def test_a_member_back_on_another_node_for_a_message_older_than_the_history_ttl_
         cut.close()
         eventually(lambda: a.varz()["hub"]["sessions_parked"] == 1, "the session parked", 100_000)
         ann.ask("hub.publish", {"room": "r", "data": ["ann", 0]})
-        (entry_id, _), = redis_command(server, b"XREVRANGE", b"tcphub:0:room:r", b"+", b"-", b"COUNT", b"1")
-        published_ms = int(entry_id.partition(b"-")[0])
+        newest: list = []
+
+        def in_the_stream() -> bool:  # the node writes it to Redis after the reply
+            newest[:] = redis_command(server, b"XREVRANGE", b"tcphub:0:room:r", b"+", b"-", b"COUNT", b"1")
+            return bool(newest)
+
+        eventually(in_the_stream, "the message in the room's stream", 100_000)
+        published_ms = int(newest[0][0].partition(b"-")[0])
 
         def redis_ms() -> int:
             seconds, micros = redis_command(server, b"TIME")
