@@ -557,3 +557,23 @@ def test_another_hub_s_session_given_back_past_its_token_is_not_put_back_in_the_
         identity = Identity("u1", "Bob", RoomPatterns(["*"]), expires)
         sessions.give_back(session_id, StoredSession(SessionState("Bob", {}, identity), "b-1", {}))
     assert given == [("fresh", 5)]
+
+
+def test_a_live_session_past_its_token_is_not_put_in_the_store_for_another_hub(hub_factory):
+    hub = open_hub(hub_factory)
+    sessions = hub.factory.sessions
+    store = sessions.store = HandoverStore()
+    expired = Identity("u1", "Bob", RoomPatterns(["*"]), hub.factory.clock.seconds())
+
+    class Owner:
+        user, client_id, handed = "u1", "n1-1", False
+
+        def hand_over(self):
+            self.handed = True
+            return SessionState("Bob", {}, expired)
+
+    owner = Owner()
+    session = sessions.open(owner)
+    asked: list = []
+    sessions.hand_over_to_store(session_digest(session)).addCallback(asked.append)
+    assert asked == [False] and store.kept == {} and owner.handed, "its connection closed; nothing kept"

@@ -539,12 +539,10 @@ class RedisBus(Service):
         """See L{SessionStore.ask_handover}: every other live node is asked
         on the hub's stream, by the id's digest; True once one answers that
         it put the session in Redis, False once each says it has not it
-        live, or after C{command_timeout}, or at once while Redis cannot be
-        asked or L{tcphub.bus.handovers.MAX_HANDOVERS} wait already."""
+        live, or after C{command_timeout}; at once if there is no other
+        node, or L{tcphub.bus.handovers.MAX_HANDOVERS} wait already."""
         digest = session_digest(session_id)
-        waiting = None
-        if self._publisher is not None:
-            waiting = self._handovers.ask(digest, self._alive - {self.node_id})
+        waiting = self._handovers.ask(digest, self._alive - {self.node_id})
         if waiting is None:
             return succeed(False)
         self._publish(codec.TAKE, digest.encode("ascii"))

@@ -330,7 +330,6 @@ class Sessions:
             self.release(state)
         if self.store is None:
             self._live.clear()
-            self._digests.clear()
         self._stopping = True
         self._stored.clear()
 
