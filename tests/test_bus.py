@@ -913,6 +913,8 @@ class HubMember:
         self.got: dict[str, list[tuple[str, int]]] = {}
         """Each room's deliveries, as (publisher, number)."""
         self.offsets: dict[str, int] = {}
+        self.epochs: dict[str, str] = {}
+        """Each room's epoch, as its last delivery said."""
         self.session = None
         self._asked = 0
 
@@ -950,6 +952,7 @@ class HubMember:
             data = message["data"]
             self.got.setdefault(data["room"], []).append(tuple(data["data"]))
             self.offsets[data["room"]] = data["offset"]
+            self.epochs[data["room"]] = data["epoch"]
         return message
 
     def read_some(self, count: int) -> None:
@@ -1040,6 +1043,81 @@ def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_r
                         [node.varz()["bus"] for node in nodes])
         bus = [node.varz()["bus"] for node in nodes]
         assert [each["missed"] for each in bus] == [0, 0, 0]
+    finally:
+        for member in members:
+            member.close()
+        for node in nodes:
+            node.twistd.kill()
+
+
+def test_three_nodes_through_a_redis_restarted_empty_repeat_nothing_and_every_member_sees_a_new_epoch(redis):
+    """The other half of issue 25's "done when": as above, but Redis comes
+    back without its data: the member back after the restart is told it
+    could not recover (a new epoch), every other member's deliveries carry a
+    new epoch from then on, and nobody gets a message twice or out of order
+    (what the lost stream held unread may be missing: that is what the new
+    epoch says)."""
+    server = redis.start()
+    nodes = []
+    members: list[HubMember] = []
+    try:
+        for name in "abc":
+            nodes.append(PluginNode(name, server, "--port", "0", "--mode", "hub", "--redis-bus", "streams",
+                                    "--room-history", "1000"))
+        publishers = {HubMember(node.port): name for node, name in zip(nodes, "abc")}
+        for publisher in publishers:
+            for room in ROOMS:
+                publisher.ask("hub.join", {"room": room})
+        for node in nodes:
+            for rooms in (("r1", "r2"), ("r2", "r3")):
+                member = HubMember(node.port)
+                for room in rooms:
+                    member.ask("hub.join", {"room": room})
+                members.append(member)
+
+        def publish(numbers: range) -> None:
+            for n in numbers:
+                for publisher, name in publishers.items():
+                    publisher.ask("hub.publish", {"room": ROOMS[n % 3], "data": [name, n]})
+
+        publish(range(0, 30))
+        cut = members[2]  # on node b, in r1 and r2
+        cut.read_some(10)
+        cut.close()
+        for member in members:
+            if member is not cut:
+                member.read_some(30)  # each has had some, in each of its rooms: their epochs are known
+        before = {id(member): dict(member.epochs) for member in members}
+        since = [node.twistd.mark() for node in nodes]
+        server.kill()
+        for node, mark in zip(nodes, since):
+            node.twistd.wait_for("bus: lost Redis", since=mark)
+        publish(range(30, 60))
+        server = redis.restart(server)  # no persistence: empty
+        for node, mark in zip(nodes, since):
+            node.twistd.wait_for("has lost the bus's data", since=mark)
+        back = HubMember(nodes[1].port)
+        back.got = cut.got
+        reply = back.ask("hub.resume", {"session": cut.session, "offsets": cut.offsets})
+        assert {room: (place["recovered"], place["reason"]) for room, place in reply["rooms"].items()} == {
+            "r1": (False, "epoch_changed"), "r2": (False, "epoch_changed")}
+        assert all(place["epoch"] != before[id(cut)][room] for room, place in reply["rooms"].items())
+        members[2] = back
+        publish(range(60, 90))
+        for publisher, name in publishers.items():
+            for room in ROOMS:
+                publisher.ask("hub.publish", {"room": room, "data": [name, END]})
+        for member in members:
+            member.read_until_ends(list(publishers.values()))
+        for member in members:
+            for room, got in member.got.items():
+                for name in publishers.values():
+                    numbers = [n for who, n in got if who == name][:-1]
+                    assert numbers == sorted(set(numbers)), (room, name, "nothing twice, in order")
+                    assert numbers[-1] == 87 + ROOMS.index(room), "the last before the end came"
+            if member is not back:
+                assert all(member.epochs[room] != before[id(member)][room] for room in member.epochs), (
+                    "a new epoch on what came after the restart")
     finally:
         for member in members:
             member.close()
