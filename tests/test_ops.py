@@ -195,20 +195,25 @@ def test_the_token_guards_every_path_but_the_probes_and_the_page(tmp_path):
     assert "5 more http_401" in refusals[1]
 
 
-def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
-    hub, port, admin = start("--mode", "echo", "--max-pending", str(64 << 20), "--drain-timeout", "60")
+def stuck_client(port: int, admin: int, token: str | None = None) -> socket.socket:
+    """A client of an echo hub that does not read what it is sent, once the
+    hub queues for it: a drain lasts until it goes."""
     stuck = socket.socket()
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(("127.0.0.1", port))
+    line = b"z" * 60_000 + b"\n"
+    stuck.sendall(line * 200)  # 12 MB echoed to a client that does not read
+    for _ in range(1000):  # until the hub queues for it (an event, not a delay)
+        clients = json.loads(get(admin, "/connz", token=token)[1])["connections"]
+        if clients and clients[0]["pending_bytes"] > 0:
+            return stuck
+    raise AssertionError("the hub never queued for the stuck client")
+
+
+def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
+    hub, port, admin = start("--mode", "echo", "--max-pending", str(64 << 20), "--drain-timeout", "60")
+    stuck = stuck_client(port, admin)
     try:
-        line = b"z" * 60_000 + b"\n"
-        stuck.sendall(line * 200)  # 12 MB echoed to a client that does not read
-        for _ in range(1000):  # until the hub queues for it (an event, not a delay)
-            clients = json.loads(get(admin, "/connz")[1])["connections"]
-            if clients and clients[0]["pending_bytes"] > 0:
-                break
-        else:
-            raise AssertionError("the hub never queued for the stuck client")
         assert get(admin, "/readyz")[0] == 200
 
         hub.process.send_signal(signal.SIGTERM)
@@ -226,6 +231,48 @@ def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
     finally:
         stuck.close()
         hub.kill()
+
+
+def post(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_a_post_to_drain_with_the_token_stops_the_hub_as_sigterm_does(tmp_path):
+    """The lame duck's third trigger, beside SIGTERM and SIGUSR2: /readyz
+    says 503 at once, the hub drains, twistd ends; without the token, or
+    on a port that has none, nothing stops."""
+    open_hub, _, open_admin = start()
+    with open_hub:
+        status, body = post(open_admin, "/drain")
+        assert status == 403 and "needs an admin token" in body
+        assert get(open_admin, "/readyz")[0] == 200, "still serving"
+        open_hub.shutdown()
+    token = tmp_path / "admin-token"
+    token.write_text("s3cret\n")
+    hub, port, admin = start("--admin-token-file", str(token), "--mode", "echo", "--max-pending", str(64 << 20),
+                             "--drain-timeout", "60", "--drain-grace", "0")
+    with hub:
+        stuck = stuck_client(port, admin, token="s3cret")
+        assert post(admin, "/drain")[0] == 401 and post(admin, "/drain", token="wrong")[0] == 401
+        assert get(admin, "/drain", token="s3cret")[0] == 405
+        assert post(admin, "/metrics", token="s3cret")[0] == 405
+        assert get(admin, "/readyz")[0] == 200
+        assert post(admin, "/drain", token="s3cret") == (202, "draining\n")
+        assert get(admin, "/readyz") == (503, "draining\n"), "at once"
+        hub.wait_for(r"draining: asked by POST /drain from 127\.0\.0\.1:\d+; shutting down as for SIGTERM")
+        assert post(admin, "/drain", token="s3cret") == (202, "draining\n"), "asked again: nothing more"
+        assert json.loads(get(admin, "/connz", token="s3cret")[1])["total"] == 1, "still draining its client"
+        stuck.close()  # the drain ends with its last client
+        assert hub.process.wait(timeout=60) == 0
+        hub.drain()
+        assert hub.output.count("asked by POST /drain") == 1 and "s3cret" not in hub.output, hub.output
 
 
 def test_the_websocket_plugin_serves_the_upstreams_status():

@@ -12,7 +12,9 @@ a hub, a WebSocket handler, or both (a gateway).
   - C{GET /connz}: JSON: a page of the client table (C{limit}, C{offset},
     C{sort}, C{order}) and the last clients that left, with why;
   - C{GET /}: a live page drawing the rates and the table (no asset from
-    the internet).
+    the internet);
+  - C{POST /drain}: stop as SIGTERM does (a lame duck: C{/readyz} 503 at
+    once, the hub's drain, then the process ends); only with a C{token}.
 
 With a C{token}, every path but C{/healthz}, C{/readyz} and the page itself
 (which holds no data and asks for the token) requires C{Authorization:
@@ -36,12 +38,14 @@ from prometheus_client import (
 )
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from tcphub._reactor import default_reactor
 from tcphub._secrets import redact_url
 from tcphub._site import BodylessSite, SiteService
+from tcphub.hub.addresses import format_address
 from tcphub.hub.service import parse_endpoints
 from tcphub._version import version
 from tcphub.ops import views
@@ -71,18 +75,47 @@ class _Path(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         if not self._open and not self._admin.authorized(request):
-            request.setResponseCode(401)
-            request.setHeader(b"www-authenticate", b'Bearer realm="tcphub"')
-            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"401: this path needs Authorization: Bearer <token>\n"
+            return _unauthorized(request)
         try:
             status, content_type, body = self._render(request)
         except views.BadQuery as error:
             status, content_type, body = 400, "text/plain; charset=utf-8", f"400: {error}\n".encode()
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        return body
+        return _answer(request, status, content_type, body)
+
+
+class _Drain(Resource):
+    """C{POST /drain}: the lame duck's stop, as SIGTERM (or SIGUSR2) asks
+    for it; only on a port with a token (else anyone who reaches the port
+    could stop the hub: 403)."""
+
+    isLeaf = True
+
+    def __init__(self, admin: AdminService) -> None:
+        super().__init__()
+        self._admin = admin
+
+    def render_POST(self, request: Request) -> bytes:
+        admin = self._admin
+        if not admin.has_token:
+            return _answer(request, 403, "text/plain; charset=utf-8",
+                           b"403: POST /drain needs an admin token (--admin-token-file): without one, anyone "
+                           b"who reaches this port could stop the hub\n")
+        if not admin.authorized(request):
+            return _unauthorized(request)
+        admin.drain(format_address(request.getClientAddress()))
+        return _answer(request, 202, "text/plain; charset=utf-8", b"draining\n")
+
+
+def _unauthorized(request: Request) -> bytes:
+    request.setHeader(b"www-authenticate", b'Bearer realm="tcphub"')
+    return _answer(request, 401, "text/plain; charset=utf-8", b"401: this path needs Authorization: Bearer <token>\n")
+
+
+def _answer(request: Request, status: int, content_type: str, body: bytes) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", content_type.encode("ascii"))
+    request.setHeader(b"cache-control", b"no-store")
+    return body
 
 
 CONNZ_FRESH = 1.0
@@ -136,7 +169,12 @@ class AdminService(SiteService):
     L{TcpServer}) and/or C{upstream} (a L{WebSocketHandler}), and the C{bus}
     (a L{RedisBus}) that joins the hub with others.  C{options} is
     shown as is by C{/varz} (the effective settings, for the operator).
+    C{stop} is what C{POST /drain} calls, a turn after it answers: the
+    reactor's C{stop}, which stops every service as SIGTERM does (the
+    default).
     """
+
+    _log = Logger()
 
     def __init__(
         self,
@@ -150,6 +188,7 @@ class AdminService(SiteService):
         token: str | None = None,
         options: Mapping[str, Any] | None = None,
         reactor: Any = None,
+        stop: Callable[[], object] | None = None,
     ) -> None:
         if hub is None and upstream is None:
             raise ValueError("AdminService needs a hub, an upstream handler, or both")
@@ -164,6 +203,7 @@ class AdminService(SiteService):
         self.options = dict(options or {})
         self._token = token.encode("utf-8") if token is not None else None
         self._draining = False
+        self._stop = stop if stop is not None else reactor.stop
         self._connz_cache: dict[tuple[str, str, int, int], tuple[float, tuple[int, str, bytes]]] = {}
         self._reactor = reactor
         root = Resource()
@@ -174,7 +214,9 @@ class AdminService(SiteService):
         root.putChild(b"metrics", _Path(self, self._metrics))
         root.putChild(b"varz", _Path(self, self._varz))
         root.putChild(b"connz", _Path(self, self._connz))
+        root.putChild(b"drain", _Drain(self))
         site = BodylessSite(root, clock=self._clock())
+        site.methods = (b"GET", b"HEAD", b"POST")  # POST: /drain only; elsewhere a 405
         self._http = {"admin": site.counters}
         if web is not None:
             self._http["websocket"] = web.site.counters
@@ -198,6 +240,22 @@ class AdminService(SiteService):
         return self.hub.factory.clock if self.hub is not None else self._reactor
 
     # -- what the paths answer --------------------------------------------------
+
+    @property
+    def has_token(self) -> bool:
+        """Whether the port asks for a token."""
+        return self._token is not None
+
+    def drain(self, asker: str) -> None:
+        """Stop as SIGTERM does (L{_Drain}): C{/readyz} says 503 from now
+        on; the stop comes a turn later, once the answer is on its way.
+        Asked again while draining: nothing more."""
+        if self._draining:
+            return
+        self._draining = True
+        self._log.info("draining: asked by POST /drain from {asker}; shutting down as for SIGTERM",
+                       asker=asker)
+        self._reactor.callLater(0, self._stop)
 
     def authorized(self, request: Request) -> bool:
         if self._token is None:
