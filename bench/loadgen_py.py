@@ -14,6 +14,16 @@ if a payload comes back wrong or a delivery out of order.
                                     WebSocket clients of ws://127.0.0.1:WSPORT/ws)
     python loadgen_py.py siofanout  PORT WSPORT RECEIVERS SIZE MESSAGES  (the receivers socket.io clients,
                                     counting the events' binary attachments)
+    python loadgen_py.py splitfanout PORT PORT2 RECEIVERS SIZE MESSAGES  (receivers alternate between the
+                                    two ports, the sender on PORT: two nodes of one hub)
+    python loadgen_py.py room       PORT IDLE RECEIVERS SIZE MESSAGES  (fan-out to a room of RECEIVERS among
+                                    IDLE other connections: receivers join with a "Jr" frame)
+    python loadgen_py.py churn      PORT CONCURRENCY SECONDS          (connect, one echo, close; NATS:
+    python loadgen_py.py natschurn  PORT CONCURRENCY SECONDS           a PING and its PONG)
+    python loadgen_py.py idle       PORT CONNS   (prints {"ready": n}, holds them until stdin closes;
+    python loadgen_py.py natsidle   PORT CONNS    NATS clients that sent CONNECT, WebSocket clients of
+    python loadgen_py.py wsidle     WSPORT CONNS  ws://127.0.0.1:WSPORT/ws, socket.io clients)
+    python loadgen_py.py sioidle    WSPORT CONNS
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import json
 import struct
 import sys
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 HOST = "127.0.0.1"
 _LENGTH = struct.Struct(">I")
@@ -216,17 +226,17 @@ class Deliveries:
         return take
 
 
-async def fanout_with(reader: type[Reader], port: int, sender_port: int, receivers: int, size: int, messages: int,
-                      encode: Callable[[bytes], bytes] = int32_frame,
+async def fanout_with(reader: type[Reader], ports: Sequence[int], sender_port: int, receivers: int, size: int,
+                      messages: int, encode: Callable[[bytes], bytes] = int32_frame,
                       sender: type[Reader] = Int32Reader) -> dict:
-    """RECEIVERS clients of C{port}, each a C{reader}; MESSAGES of SIZE bytes
-    from one C{sender} client of C{sender_port}, once every receiver has a
-    probe."""
+    """RECEIVERS clients of C{ports} (one after another), each a C{reader};
+    MESSAGES of SIZE bytes from one C{sender} client of C{sender_port}, once
+    every receiver has a probe."""
     loop = asyncio.get_running_loop()
     run = Deliveries(receivers, messages)
     transports = []
-    for _ in range(receivers):
-        transport, _ = await loop.create_connection(lambda: reader(run.taker()), HOST, port)
+    for index in range(receivers):
+        transport, _ = await loop.create_connection(lambda: reader(run.taker()), HOST, ports[index % len(ports)])
         transports.append(transport)
     writer, _ = await loop.create_connection(lambda: sender(lambda payload: None), HOST, sender_port)
     while run.probed < receivers:
@@ -257,21 +267,116 @@ class NatsSubscriber(NatsReader):
     subscribe = b"SUB bench 1\r\n"
 
 
+class RoomMember(Int32Reader):
+    """A receiver that joins room "r" of the benchmarks' room server."""
+
+    def opening(self) -> bytes:
+        return int32_frame(b"Jr")
+
+
 async def fanout(port: int, receivers: int, size: int, messages: int) -> dict:
-    return await fanout_with(Int32Reader, port, port, receivers, size, messages)
+    return await fanout_with(Int32Reader, [port], port, receivers, size, messages)
+
+
+async def splitfanout(port: int, port2: int, receivers: int, size: int, messages: int) -> dict:
+    return await fanout_with(Int32Reader, [port, port2], port, receivers, size, messages)
+
+
+async def room(port: int, idle_count: int, receivers: int, size: int, messages: int) -> dict:
+    held = await connect_many(port, idle_count, Int32Reader)
+    try:
+        return {**await fanout_with(RoomMember, [port], port, receivers, size, messages), "idle": len(held)}
+    finally:
+        for transport in held:
+            transport.close()
 
 
 async def natsfanout(port: int, receivers: int, size: int, messages: int) -> dict:
-    return await fanout_with(NatsSubscriber, port, port, receivers, size, messages,
+    return await fanout_with(NatsSubscriber, [port], port, receivers, size, messages,
                              lambda payload: nats_publish("bench", payload), NatsReader)
 
 
 async def wsfanout(port: int, ws_port: int, receivers: int, size: int, messages: int) -> dict:
-    return await fanout_with(WebSocketReader, ws_port, port, receivers, size, messages)
+    return await fanout_with(WebSocketReader, [ws_port], port, receivers, size, messages)
 
 
 async def siofanout(port: int, ws_port: int, receivers: int, size: int, messages: int) -> dict:
-    return await fanout_with(SocketIOReader, ws_port, port, receivers, size, messages)
+    return await fanout_with(SocketIOReader, [ws_port], port, receivers, size, messages)
+
+
+async def connect_many(port: int, count: int, reader: type[Reader]) -> list[asyncio.BaseTransport]:
+    """COUNT clients of C{port}, each a C{reader} whose payloads are dropped, 500 at a time."""
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.BaseTransport] = []
+    while len(transports) < count:
+        batch = min(500, count - len(transports))
+        made = await asyncio.gather(*(loop.create_connection(lambda: reader(lambda payload: None), HOST, port)
+                                      for _ in range(batch)))
+        transports += [transport for transport, _ in made]
+    return transports
+
+
+async def hold(port: int, count: int, reader: type[Reader]) -> dict:
+    """Hold COUNT clients open until stdin closes (the idle measure reads the server's RSS meanwhile)."""
+    loop = asyncio.get_running_loop()
+    held = await connect_many(port, count, reader)
+    print(json.dumps({"ready": len(held)}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    for transport in held:
+        transport.close()
+    return {"closed": len(held)}
+
+
+async def idle(port: int, count: int) -> dict:
+    return await hold(port, count, Int32Reader)
+
+
+async def natsidle(port: int, count: int) -> dict:
+    return await hold(port, count, NatsReader)
+
+
+async def wsidle(port: int, count: int) -> dict:
+    return await hold(port, count, WebSocketReader)
+
+
+async def sioidle(port: int, count: int) -> dict:
+    return await hold(port, count, SocketIOReader)
+
+
+async def churn_with(port: int, concurrency: int, seconds: float, hello: bytes, answered: bytes) -> dict:
+    """CONCURRENCY loops of: connect, write C{hello}, read until C{answered}
+    has come, close; for SECONDS."""
+    deadline = time.perf_counter() + seconds
+    connections = 0
+
+    async def worker() -> None:
+        nonlocal connections
+        while time.perf_counter() < deadline:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(hello)
+            seen = b""
+            while answered not in seen:
+                data = await reader.read(65536)
+                if not data:
+                    fail("churn: the server closed before it answered")
+                seen += data
+            writer.close()
+            await writer.wait_closed()
+            connections += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"connections": connections, "seconds": elapsed, "per_second": connections / elapsed}
+
+
+async def churn(port: int, concurrency: int, seconds: int) -> dict:
+    return await churn_with(port, concurrency, seconds, int32_frame(b"churn"), int32_frame(b"churn"))
+
+
+async def natschurn(port: int, concurrency: int, seconds: int) -> dict:
+    return await churn_with(port, concurrency, seconds, NatsReader(lambda payload: None).opening() + b"PING\r\n",
+                            b"PONG\r\n")
 
 
 async def round_trips(reader: Callable[[int, Callable[[bytes], None]], Reader], port: int, conns: int, inflight: int,
@@ -409,7 +514,9 @@ async def natsreqrep(port: int, conns: int, inflight: int, size: int, seconds: i
 
 
 MODES = {"echo": (echo, 5), "natsreqrep": (natsreqrep, 5), "fanout": (fanout, 4), "natsfanout": (natsfanout, 4),
-         "wsfanout": (wsfanout, 5), "siofanout": (siofanout, 5)}
+         "wsfanout": (wsfanout, 5), "siofanout": (siofanout, 5), "splitfanout": (splitfanout, 5), "room": (room, 5),
+         "churn": (churn, 3), "natschurn": (natschurn, 3), "idle": (idle, 2), "natsidle": (natsidle, 2),
+         "wsidle": (wsidle, 2), "sioidle": (sioidle, 2)}
 
 
 def main() -> None:

@@ -156,10 +156,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def two_node_fanout(messages: int, transport: str = "pubsub") -> dict:
+def two_node_fanout(messages: int, transport: str = "pubsub", generator: Callable[..., dict] | None = None) -> dict:
     """Fan-out to 1,000 receivers split over two tcphub nodes joined through
     a Redis on a UNIX socket (by pub/sub or a Redis Stream), the sender on
-    the first; with the CPU each process spent per broadcast."""
+    the first, from C{generator} (the Node load generator unless told);
+    with the CPU each process spent per broadcast."""
+    generator = generator or load
     with tempfile.TemporaryDirectory() as directory:
         sock = f"{directory}/redis.sock"
         redis = subprocess.Popen(
@@ -176,7 +178,7 @@ def two_node_fanout(messages: int, transport: str = "pubsub") -> dict:
             try:
                 pids = [node.process.pid for node in nodes] + [redis.pid]
                 before = [cpu_seconds(pid) for pid in pids]
-                result = load("splitfanout", nodes[0].port, nodes[1].port, 1000, 64, messages)
+                result = generator("splitfanout", nodes[0].port, nodes[1].port, 1000, 64, messages)
                 spent = [cpu_seconds(pid) - start for pid, start in zip(pids, before)]
             finally:
                 for node in nodes:
@@ -191,12 +193,14 @@ def two_node_fanout(messages: int, transport: str = "pubsub") -> dict:
 
 
 def idle_bytes_per_connection(server: Server, connections: int, mode: str = "idle",
-                               port: int | None = None) -> dict:
-    """The RSS the server took on for CONNECTIONS held open by the Node load
-    generator's C{mode} (idle, natsidle, wsidle, sioidle), per connection."""
+                               port: int | None = None, python: bool = False) -> dict:
+    """The RSS the server took on for CONNECTIONS held open by a load
+    generator's C{mode} (idle, natsidle, wsidle, sioidle): Node's, or the
+    Python one, per connection."""
     before = rss_kib(server.process.pid)
+    generator = [PY, HERE / "loadgen_py.py"] if python else ["node", HERE / "loadgen.js"]
     holder = subprocess.Popen(
-        pinned(1, ["node", HERE / "loadgen.js", mode, port or server.port, connections]),
+        pinned(1, [*generator, mode, port or server.port, connections]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     ready = json.loads(holder.stdout.readline())
@@ -263,6 +267,19 @@ def scenarios(quick: bool, idle: int) -> list[tuple[str, str, dict | None, str]]
                                                                       count(2000, share))
                 for protocol, mode in (("ws", "wsfanout"), ("socketio", "siofanout"))}
 
+    def churn(generator: Callable[..., dict]) -> dict:
+        return {"int32": lambda server, share: generator("churn", server.port, 50, seconds),
+                "nats": lambda server, share: generator("natschurn", server.port, 50, seconds)}
+
+    def held(python: bool) -> dict:
+        return {"int32": lambda server, share: idle_bytes_per_connection(server, idle, python=python),
+                "nats": lambda server, share: idle_bytes_per_connection(server, idle, "natsidle", python=python)}
+
+    def held_ws(python: bool) -> dict:
+        return {protocol: lambda server, share, mode=mode: idle_bytes_per_connection(server, idle, mode, server.ws_port,
+                                                                                      python=python)
+                for protocol, mode in (("ws", "wsidle"), ("socketio", "sioidle"))}
+
     return [
         ("echo 64 B (NATS: request/reply): msg/s", "echo", echo(64, load), "per_second"),
         ("echo 64 B: p50 µs", "echo", None, "p50_us"),
@@ -272,6 +289,7 @@ def scenarios(quick: bool, idle: int) -> list[tuple[str, str, dict | None, str]]
         ("echo 4 KiB: msg/s", "echo", echo(4096, load), "per_second"),
         ("echo 4 KiB: p50 µs", "echo", None, "p50_us"),
         ("echo 4 KiB: p99 µs", "echo", None, "p99_us"),
+        ("echo 4 KiB, Python load: msg/s", "echo", echo(4096, load_py), "per_second"),
         ("fan-out to 100: deliveries/s", "broadcast", fanout(100, 20000, load), "deliveries_per_second"),
         ("fan-out to 100, Python receivers: deliveries/s", "broadcast", fanout(100, 20000, load_py),
          "deliveries_per_second"),
@@ -285,21 +303,27 @@ def scenarios(quick: bool, idle: int) -> list[tuple[str, str, dict | None, str]]
         # tcphub only: the same fan-out, the receivers split over two nodes joined through Redis.
         ("fan-out to 1,000 over 2 nodes and Redis: deliveries/s", "bus",
          {"hub": lambda server, share: two_node_fanout(int(2000 * scale))}, "deliveries_per_second"),
+        ("fan-out to 1,000 over 2 nodes and Redis, Python receivers: deliveries/s", "bus",
+         {"hub": lambda server, share: two_node_fanout(int(2000 * scale), generator=load_py)},
+         "deliveries_per_second"),
         ("fan-out to 1,000 over 2 nodes and a Redis Stream: deliveries/s", "bus",
          {"hub": lambda server, share: two_node_fanout(int(2000 * scale), "streams")}, "deliveries_per_second"),
+        ("fan-out to 1,000 over 2 nodes and a Redis Stream, Python receivers: deliveries/s", "bus",
+         {"hub": lambda server, share: two_node_fanout(int(2000 * scale), "streams", load_py)},
+         "deliveries_per_second"),
         # tcphub only: the room of 100 among 10,000 connections, against fan-out to 100 above.
         ("room of 100 among 10,000: deliveries/s", "room",
          {"hub": lambda server, share: load("room", server.port, 10_000, 100, 64, int(20000 * scale))},
          "deliveries_per_second"),
-        ("churn: connections/s", "echo", {"int32": lambda server, share: load("churn", server.port, 50, seconds),
-                                          "nats": lambda server, share: load("natschurn", server.port, 50, seconds)},
-         "per_second"),
-        (f"idle: bytes per connection ({idle:,} held)", "echo",
-         {"int32": lambda server, share: idle_bytes_per_connection(server, idle),
-          "nats": lambda server, share: idle_bytes_per_connection(server, idle, "natsidle")}, "bytes"),
-        (f"idle WebSocket member: bytes per connection ({idle:,} held)", "wsfanout",
-         {"ws": lambda server, share: idle_bytes_per_connection(server, idle, "wsidle", server.ws_port),
-          "socketio": lambda server, share: idle_bytes_per_connection(server, idle, "sioidle", server.ws_port)},
+        ("room of 100 among 10,000, Python receivers: deliveries/s", "room",
+         {"hub": lambda server, share: load_py("room", server.port, 10_000, 100, 64, int(20000 * scale))},
+         "deliveries_per_second"),
+        ("churn: connections/s", "echo", churn(load), "per_second"),
+        ("churn, Python load: connections/s", "echo", churn(load_py), "per_second"),
+        (f"idle: bytes per connection ({idle:,} held)", "echo", held(False), "bytes"),
+        (f"idle: bytes per connection ({idle:,} held by Python)", "echo", held(True), "bytes"),
+        (f"idle WebSocket member: bytes per connection ({idle:,} held)", "wsfanout", held_ws(False), "bytes"),
+        (f"idle WebSocket member: bytes per connection ({idle:,} held by Python)", "wsfanout", held_ws(True),
          "bytes"),
     ]
 
