@@ -115,7 +115,8 @@ class NodeIdInUse(BusError):
 class NotRecovered(BusError):
     """What a member missed in a room while away cannot all be given from
     the room's stream: C{reason} is C{history_lost} (trimmed, or more than
-    the room's history bound) or C{unavailable} (Redis cannot be asked)."""
+    the room's history bound), C{history_expired} (older than the room's
+    history keeps) or C{unavailable} (Redis cannot be asked)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

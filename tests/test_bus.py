@@ -1446,6 +1446,44 @@ def test_the_chat_page_s_session_resumes_on_another_node_with_its_nick_rooms_and
         bob.close()
 
 
+def test_the_chat_page_still_connected_to_one_node_is_taken_over_by_its_resume_on_another(redis):
+    """The page's old WebSocket is still open on node a (the hub has not
+    seen it go) as it comes back on node b: node a drops the old one without
+    a word, and the page is itself on b: its nick, its rooms."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    server = redis.start()
+    options = ("--port", "0", "--websocket", "tcp:0:interface=127.0.0.1", "--room-history", "100")
+    a, b = (PluginNode(name, server, *options) for name in "ab")
+    with killed_after((a, b)):
+        eventually(lambda: [node.varz()["bus"]["nodes"] for node in (a, b)] == [2, 2], "each sees the other",
+                   100_000)
+        a_url, b_url = (f"ws://127.0.0.1:{node.twistd.wait_for(WEBSOCKET)['port']}/ws" for node in (a, b))
+
+        def read_until(page, wanted: str) -> list[str]:
+            lines = []
+            while not lines or not lines[-1].startswith(wanted):
+                lines.append(page.recv(timeout=30))
+            return lines
+
+        with connect(a_url, proxy=None, open_timeout=30) as old:
+            session = read_until(old, "* session ")[-1].split()[-1]
+            old.send("/nick ann")
+            read_until(old, "* you are now ann")
+            old.send("/join games")
+            read_until(old, "* you are in #games")
+            with connect(f"{b_url}?resume={session}", proxy=None, open_timeout=30) as back:
+                got = read_until(back, "* session ")
+            assert got[0].startswith("* welcome back, ") and "* you are now ann" in got, got
+            assert [line for line in got if line.startswith("* you are in")] == ["* you are in #lobby",
+                                                                                "* you are in #games"], got
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    old.recv(timeout=30)
+        assert b.varz()["bus"]["handovers"] == 1
+
+
 def test_on_a_stream_a_redis_restarted_empty_changes_every_room_s_epoch_and_repeats_nothing(redis):
     """Redis comes back without its data: what its stream held is gone, so
     a member back after the restart is told it cannot recover (a new epoch),
