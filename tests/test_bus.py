@@ -980,6 +980,62 @@ END = -1
 ROOMS = ("r1", "r2", "r3")
 
 
+class ThreeNodes:
+    """Issue 25's "done when" setting: three nodes on C{server}, a publisher
+    on each in every room, and on each node two members, in r1 and r2 and
+    in r2 and r3 (C{members}, in that order: C{members[2]} is node b's
+    first)."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.nodes: list[PluginNode] = []
+        self.members: list[HubMember] = []
+        self.publishers: dict[HubMember, str] = {}
+        for name in "abc":
+            self.nodes.append(PluginNode(name, server, "--port", "0", "--mode", "hub", "--redis-bus", "streams",
+                                         "--room-history", "1000"))
+        for node, name in zip(self.nodes, "abc"):
+            publisher = HubMember(node.port)
+            self.publishers[publisher] = name
+            for room in ROOMS:
+                publisher.ask("hub.join", {"room": room})
+        for node in self.nodes:
+            for rooms in (("r1", "r2"), ("r2", "r3")):
+                member = HubMember(node.port)
+                for room in rooms:
+                    member.ask("hub.join", {"room": room})
+                self.members.append(member)
+
+    def publish(self, numbers: range) -> None:
+        """Each publisher says each number, to room C{ROOMS[n % 3]}."""
+        for n in numbers:
+            for publisher, name in self.publishers.items():
+                publisher.ask("hub.publish", {"room": ROOMS[n % 3], "data": [name, n]})
+
+    def end(self) -> None:
+        """Each publisher's last message to every room, and every member has read up to them."""
+        for publisher, name in self.publishers.items():
+            for room in ROOMS:
+                publisher.ask("hub.publish", {"room": room, "data": [name, END]})
+        for member in self.members:
+            member.read_until_ends(list(self.publishers.values()))
+
+    def restart(self, redis, server: RedisServer, gone_while_down: range) -> tuple[RedisServer, list]:
+        """Kill Redis, publish C{gone_while_down} while it is down, start it
+        again: the new one, and where each node's output was at the kill."""
+        since = [node.twistd.mark() for node in self.nodes]
+        server.kill()
+        for node, mark in zip(self.nodes, since):
+            node.twistd.wait_for("bus: lost Redis", since=mark)
+        self.publish(gone_while_down)
+        return redis.restart(server), since
+
+    def close(self) -> None:
+        for member in [*self.members, *self.publishers]:
+            member.close()
+        for node in self.nodes:
+            node.twistd.kill()
+
+
 def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_redis_restart_and_a_resume(redis):
     """Issue 25's "done when": three nodes on a Redis with AOF, members on
     every node in several rooms, a publisher on each; Redis SIGKILLed and
@@ -987,39 +1043,14 @@ def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_r
     member gets every message of its rooms exactly once and in order, and
     the resumed one is told it recovered everything."""
     server = redis.start("--appendonly", "yes", "--appendfsync", "always")
-    nodes = []
-    members: list[HubMember] = []
+    cluster = ThreeNodes(server)
     try:
-        for name in "abc":
-            nodes.append(PluginNode(name, server, "--port", "0", "--mode", "hub", "--redis-bus", "streams",
-                                    "--room-history", "1000"))
-        publishers = {node.twistd: HubMember(node.port) for node in nodes}
-        for publisher in publishers.values():
-            for room in ROOMS:
-                publisher.ask("hub.join", {"room": room})
-        for node in nodes:
-            for rooms in (("r1", "r2"), ("r2", "r3")):
-                member = HubMember(node.port)
-                for room in rooms:
-                    member.ask("hub.join", {"room": room})
-                members.append(member)
-        names = dict(zip(publishers.values(), "abc"))
-
-        def publish(numbers: range) -> None:
-            for n in numbers:
-                for publisher, name in names.items():
-                    publisher.ask("hub.publish", {"room": ROOMS[n % 3], "data": [name, n]})
-
-        publish(range(0, 30))
+        nodes, members = cluster.nodes, cluster.members
+        cluster.publish(range(0, 30))
         resumed = members[2]  # on node b, in r1 and r2
         resumed.read_some(10)  # of 60: the rest is cut with the connection
         resumed.close()
-        since = [node.twistd.mark() for node in nodes]
-        server.kill()
-        for node, mark in zip(nodes, since):
-            node.twistd.wait_for("bus: lost Redis", since=mark)
-        publish(range(30, 60))
-        server = redis.restart(server)
+        server, since = cluster.restart(redis, server, range(30, 60))
         for node, mark in zip(nodes, since):
             node.twistd.wait_for(f"bus: node {node.name} publishing", since=mark)
         back = HubMember(nodes[1].port)
@@ -1028,15 +1059,11 @@ def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_r
         assert sorted(reply["rooms"]) == ["r1", "r2"]
         assert all(room["recovered"] for room in reply["rooms"].values()), reply
         members[2] = back
-        publish(range(60, 90))
-        for publisher, name in names.items():
-            for room in ROOMS:
-                publisher.ask("hub.publish", {"room": room, "data": [name, END]})
-        for member in members:
-            member.read_until_ends(list(names.values()))
+        cluster.publish(range(60, 90))
+        cluster.end()
         for member in members:
             for room, got in member.got.items():
-                for name in names.values():
+                for name in cluster.publishers.values():
                     said = [n for n in range(90) if ROOMS[n % 3] == room] + [END]
                     assert [n for who, n in got if who == name] == said, (
                         member.port, [node.port for node in nodes], member is back, room, name,
@@ -1044,10 +1071,7 @@ def test_three_nodes_on_a_stream_deliver_every_message_once_in_order_through_a_r
         bus = [node.varz()["bus"] for node in nodes]
         assert [each["missed"] for each in bus] == [0, 0, 0]
     finally:
-        for member in members:
-            member.close()
-        for node in nodes:
-            node.twistd.kill()
+        cluster.close()
 
 
 def test_three_nodes_through_a_redis_restarted_empty_repeat_nothing_and_every_member_sees_a_new_epoch(redis):
@@ -1058,29 +1082,10 @@ def test_three_nodes_through_a_redis_restarted_empty_repeat_nothing_and_every_me
     (what the lost stream held unread may be missing: that is what the new
     epoch says)."""
     server = redis.start()
-    nodes = []
-    members: list[HubMember] = []
+    cluster = ThreeNodes(server)
     try:
-        for name in "abc":
-            nodes.append(PluginNode(name, server, "--port", "0", "--mode", "hub", "--redis-bus", "streams",
-                                    "--room-history", "1000"))
-        publishers = {HubMember(node.port): name for node, name in zip(nodes, "abc")}
-        for publisher in publishers:
-            for room in ROOMS:
-                publisher.ask("hub.join", {"room": room})
-        for node in nodes:
-            for rooms in (("r1", "r2"), ("r2", "r3")):
-                member = HubMember(node.port)
-                for room in rooms:
-                    member.ask("hub.join", {"room": room})
-                members.append(member)
-
-        def publish(numbers: range) -> None:
-            for n in numbers:
-                for publisher, name in publishers.items():
-                    publisher.ask("hub.publish", {"room": ROOMS[n % 3], "data": [name, n]})
-
-        publish(range(0, 30))
+        nodes, members = cluster.nodes, cluster.members
+        cluster.publish(range(0, 30))
         cut = members[2]  # on node b, in r1 and r2
         cut.read_some(10)
         cut.close()
@@ -1088,12 +1093,7 @@ def test_three_nodes_through_a_redis_restarted_empty_repeat_nothing_and_every_me
             if member is not cut:
                 member.read_some(30)  # each has had some, in each of its rooms: their epochs are known
         before = {id(member): dict(member.epochs) for member in members}
-        since = [node.twistd.mark() for node in nodes]
-        server.kill()
-        for node, mark in zip(nodes, since):
-            node.twistd.wait_for("bus: lost Redis", since=mark)
-        publish(range(30, 60))
-        server = redis.restart(server)  # no persistence: empty
+        server, since = cluster.restart(redis, server, range(30, 60))  # no persistence: empty
         for node, mark in zip(nodes, since):
             node.twistd.wait_for("has lost the bus's data", since=mark)
         back = HubMember(nodes[1].port)
@@ -1103,15 +1103,11 @@ def test_three_nodes_through_a_redis_restarted_empty_repeat_nothing_and_every_me
             "r1": (False, "epoch_changed"), "r2": (False, "epoch_changed")}
         assert all(place["epoch"] != before[id(cut)][room] for room, place in reply["rooms"].items())
         members[2] = back
-        publish(range(60, 90))
-        for publisher, name in publishers.items():
-            for room in ROOMS:
-                publisher.ask("hub.publish", {"room": room, "data": [name, END]})
-        for member in members:
-            member.read_until_ends(list(publishers.values()))
+        cluster.publish(range(60, 90))
+        cluster.end()
         for member in members:
             for room, got in member.got.items():
-                for name in publishers.values():
+                for name in cluster.publishers.values():
                     numbers = [n for who, n in got if who == name][:-1]
                     assert numbers == sorted(set(numbers)), (room, name, "nothing twice, in order")
                     assert numbers[-1] == 87 + ROOMS.index(room), "the last before the end came"
@@ -1119,10 +1115,7 @@ def test_three_nodes_through_a_redis_restarted_empty_repeat_nothing_and_every_me
                 assert all(member.epochs[room] != before[id(member)][room] for room in member.epochs), (
                     "a new epoch on what came after the restart")
     finally:
-        for member in members:
-            member.close()
-        for node in nodes:
-            node.twistd.kill()
+        cluster.close()
 
 
 def test_on_streams_a_node_reads_only_the_rooms_it_has_members_in_and_a_room_from_its_first_member_on(redis):
@@ -1404,6 +1397,24 @@ def test_a_member_still_connected_to_one_node_resumes_on_another_which_takes_its
             member.close()
 
 
+def read_until(page, wanted: str) -> list[str]:
+    """The chat page's lines (a WebSocket client's messages) up to one that begins with C{wanted}."""
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith(wanted):
+        lines.append(page.recv(timeout=30))
+    return lines
+
+
+def ann_in_games(page) -> str:
+    """The chat page becomes ann, in #games; its session id."""
+    session = read_until(page, "* session ")[-1].split()[-1]
+    page.send("/nick ann")
+    read_until(page, "* you are now ann")
+    page.send("/join games")
+    read_until(page, "* you are in #games")
+    return session
+
+
 def test_the_chat_page_s_session_resumes_on_another_node_with_its_nick_rooms_and_the_lines_it_missed(redis):
     """The chat page, back after a drop on whichever node the load balancer
     gives it: its nick, its rooms (the current one last) and the lines said
@@ -1416,18 +1427,8 @@ def test_the_chat_page_s_session_resumes_on_another_node_with_its_nick_rooms_and
     with killed_after((a, b)):
         a_url, b_url = (f"ws://127.0.0.1:{node.twistd.wait_for(WEBSOCKET)['port']}/ws" for node in (a, b))
 
-        def read_until(page, wanted: str) -> list[str]:
-            lines = []
-            while not lines or not lines[-1].startswith(wanted):
-                lines.append(page.recv(timeout=30))
-            return lines
-
         with connect(a_url, proxy=None, open_timeout=30) as page:
-            session = read_until(page, "* session ")[-1].split()[-1]
-            page.send("/nick ann")
-            read_until(page, "* you are now ann")
-            page.send("/join games")
-            read_until(page, "* you are in #games")
+            session = ann_in_games(page)
         eventually(lambda: a.varz()["hub"]["sessions_parked"] == 1, "the page's session parked", 100_000)
         bob = socket.create_connection(("127.0.0.1", b.port), timeout=30)
         lines = bob.makefile("rb")
@@ -1461,18 +1462,8 @@ def test_the_chat_page_still_connected_to_one_node_is_taken_over_by_its_resume_o
                    100_000)
         a_url, b_url = (f"ws://127.0.0.1:{node.twistd.wait_for(WEBSOCKET)['port']}/ws" for node in (a, b))
 
-        def read_until(page, wanted: str) -> list[str]:
-            lines = []
-            while not lines or not lines[-1].startswith(wanted):
-                lines.append(page.recv(timeout=30))
-            return lines
-
         with connect(a_url, proxy=None, open_timeout=30) as old:
-            session = read_until(old, "* session ")[-1].split()[-1]
-            old.send("/nick ann")
-            read_until(old, "* you are now ann")
-            old.send("/join games")
-            read_until(old, "* you are in #games")
+            session = ann_in_games(old)
             with connect(f"{b_url}?resume={session}", proxy=None, open_timeout=30) as back:
                 got = read_until(back, "* session ")
             assert got[0].startswith("* welcome back, ") and "* you are now ann" in got, got

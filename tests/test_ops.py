@@ -105,8 +105,9 @@ def test_connz_refuses_what_it_cannot_do(query, message):
 # -- the real port, on a hub run by twistd -------------------------------------------
 
 
-def get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def get(port: int, path: str, token: str | None = None, method: str = "GET") -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"" if method == "POST" else None,
+                                     method=method)
     if token is not None:
         request.add_header("Authorization", f"Bearer {token}")
     try:
@@ -234,14 +235,7 @@ def test_readyz_turns_503_when_the_drain_begins_and_answers_through_it():
 
 
 def post(port: int, path: str, token: str | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"", method="POST")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    return get(port, path, token, "POST")
 
 
 def test_a_post_to_drain_with_the_token_stops_the_hub_as_sigterm_does(tmp_path):
