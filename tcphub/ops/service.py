@@ -82,6 +82,9 @@ class _Path(Resource):
             status, content_type, body = 400, "text/plain; charset=utf-8", f"400: {error}\n".encode()
         return _answer(request, status, content_type, body)
 
+    def render_POST(self, request: Request) -> bytes:
+        return _not_allowed(request, b"GET, HEAD")
+
 
 class _Drain(Resource):
     """C{POST /drain}: the lame duck's stop, as SIGTERM (or SIGUSR2) asks
@@ -104,6 +107,15 @@ class _Drain(Resource):
             return _unauthorized(request)
         admin.drain(format_address(request.getClientAddress()))
         return _answer(request, 202, "text/plain; charset=utf-8", b"draining\n")
+
+    def render_GET(self, request: Request) -> bytes:
+        return _not_allowed(request, b"POST")
+
+
+def _not_allowed(request: Request, allowed: bytes) -> bytes:
+    """A 405 as the site's own (plain text, no page of twisted.web's)."""
+    request.setHeader(b"allow", allowed)
+    return _answer(request, 405, "text/plain; charset=utf-8", b"405: this path answers " + allowed + b" only\n")
 
 
 def _unauthorized(request: Request) -> bytes:
