@@ -390,14 +390,12 @@ async def round_trips(reader: Callable[[int, Callable[[bytes], None]], Reader], 
     deadline = time.perf_counter() + seconds
     latencies: list[float] = []
     done = 0
-    finished: list[asyncio.Future[None]] = []
 
     async def connection(index: int) -> None:
         marker = index % 251
         sent_at: list[float] = []
         state = {"sequence": 0, "expected": 0, "outstanding": 0, "received": 0}
         over = loop.create_future()
-        finished.append(over)
 
         def batch(count: int) -> bytes:
             now = time.perf_counter()
