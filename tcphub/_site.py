@@ -29,7 +29,17 @@ from tcphub.errors import ListenFailed
 from tcphub.hub.protocol import format_address
 from tcphub.hub.rate import TokenBucket
 
-__all__ = ["BodylessSite", "HttpCounters", "SiteService"]
+__all__ = ["BodylessSite", "HttpCounters", "SiteService", "method_not_allowed"]
+
+
+def method_not_allowed(request: Request, allowed: bytes, where: bytes = b"port") -> bytes:
+    """A 405 naming the C{allowed} methods of this C{where} (port, or
+    path), in plain text (not twisted.web's HTML page, nor its 501 for a
+    method it does not know): its body."""
+    request.setResponseCode(405)
+    request.setHeader(b"allow", allowed)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return b"405: this " + where + b" answers " + allowed + b" only\n"
 
 @dataclass
 class HttpCounters:
@@ -112,11 +122,7 @@ class _BodylessRequest(Request):
     def _answer(self) -> None:
         methods = cast(Any, self.channel).site.methods
         if self.method not in methods:
-            allowed = b", ".join(methods)
-            self.setResponseCode(405)
-            self.setHeader(b"allow", allowed)
-            self.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            self.write(b"405: this port answers " + allowed + b" only\n")
+            self.write(method_not_allowed(self, b", ".join(methods)))
             self.finish()
             return
         super().process()

@@ -213,8 +213,8 @@ class Sessions:
             return succeed(self.take(session_id, taker, user, peer))
 
         def first(stored: StoredSession | None) -> Deferred[SessionState | StoredSession | None]:
-            if stored is None and session_id not in self._stored and session_id not in self._parked \
-                    and session_id not in self._live:
+            # (A session the store had, L{_stored}, is parked here: neither here nor there is asked for.)
+            if stored is None and session_id not in self._parked and session_id not in self._live:
                 return store.ask_handover(session_id).addCallback(again).addCallback(decide)
             return succeed(decide(stored))
 

@@ -44,7 +44,7 @@ from twisted.web.server import Request
 
 from tcphub._reactor import default_reactor
 from tcphub._secrets import redact_url
-from tcphub._site import BodylessSite, SiteService
+from tcphub._site import BodylessSite, SiteService, method_not_allowed
 from tcphub.hub.addresses import format_address
 from tcphub.hub.service import parse_endpoints
 from tcphub._version import version
@@ -83,7 +83,7 @@ class _Path(Resource):
         return _answer(request, status, content_type, body)
 
     def render_POST(self, request: Request) -> bytes:
-        return _not_allowed(request, b"GET, HEAD")
+        return method_not_allowed(request, b"GET, HEAD", b"path")
 
 
 class _Drain(Resource):
@@ -109,13 +109,7 @@ class _Drain(Resource):
         return _answer(request, 202, "text/plain; charset=utf-8", b"draining\n")
 
     def render_GET(self, request: Request) -> bytes:
-        return _not_allowed(request, b"POST")
-
-
-def _not_allowed(request: Request, allowed: bytes) -> bytes:
-    """A 405 as the site's own (plain text, no page of twisted.web's)."""
-    request.setHeader(b"allow", allowed)
-    return _answer(request, 405, "text/plain; charset=utf-8", b"405: this path answers " + allowed + b" only\n")
+        return method_not_allowed(request, b"POST", b"path")
 
 
 def _unauthorized(request: Request) -> bytes:
