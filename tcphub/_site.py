@@ -227,9 +227,12 @@ class _GuardedChannel(HTTPChannel):
 
     def upgraded(self) -> None:
         """The connection is no longer HTTP (a WebSocket took it over): it
-        counts against the member limits from now on."""
+        counts against the member limits from now on.  Its request never
+        finishes: the channel lets go of it, so that both are freed as soon
+        as the upgrade is done, not later by the cycle collector."""
         self._disarm()
         self._release()
+        self.requests = []
 
     def _release(self) -> None:
         if self._counted:

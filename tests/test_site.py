@@ -7,6 +7,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from tcphub._site import BodylessSite
 
@@ -21,9 +22,10 @@ class Hello(Resource):
 class Upgrades(Resource):
     isLeaf = True
 
-    def render_GET(self, request) -> bytes:
+    def render_GET(self, request) -> int:
+        # As a WebSocket upgrade does: the connection is no longer HTTP, and the request never finishes.
         request.channel.upgraded()
-        return b"upgraded"
+        return NOT_DONE_YET
 
 
 def site(**bounds) -> tuple[BodylessSite, Clock]:

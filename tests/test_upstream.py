@@ -109,17 +109,3 @@ def test_unsent_bytes_sees_twisteds_buffer_and_the_kernels_send_queue():
     done: Deferred[None] = Deferred()
     reactor.callLater(0, done.callback, None)
     yield done
-
-
-def test_autobahn_fails_a_peer_through_the_three_hooks():
-    """Autobahn's frame parser, fed a frame of each kind of fault, calls the
-    hook the adapter overrides (with the arguments it expects)."""
-    from autobahn.websocket.protocol import WebSocketProtocol
-
-    for name, arguments in (("_max_message_size_exceeded", ["self", "msg_size", "max_msg_size", "reason"]),
-                            ("_invalid_payload", ["self", "reason"]),
-                            ("_protocol_violation", ["self", "reason"])):
-        parameters = list(inspect.signature(getattr(WebSocketProtocol, name)).parameters)
-        assert parameters == arguments, f"autobahn's WebSocketProtocol.{name} now takes {parameters}"
-    parameters = list(inspect.signature(WebSocketProtocol._dataReceived).parameters)
-    assert parameters == ["self", "data"], f"autobahn's WebSocketProtocol._dataReceived now takes {parameters}"

@@ -1,6 +1,6 @@
 """
 WebSocket members in memory: the hub on a Clock, twisted.web's site and
-Autobahn's server protocol on StringTransports, fed the bytes a browser
+the members' protocol on StringTransports, fed the bytes a browser
 sends (masked frames).  The heartbeat and the close deadline are exact to
 the hub's clock.
 """
@@ -11,7 +11,6 @@ import gc
 import struct
 
 import pytest
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ITCPTransport
@@ -19,12 +18,13 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from tcphub import BroadcastProtocol, EchoProtocol, PingTimeout
 from tcphub.web.member import MemberConnection, MemberFactory
+from tcphub._site import BodylessSite
 from tcphub.web.origins import OriginPolicy
+from tcphub.web.upgrade import MemberResource
 
 HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
@@ -86,8 +86,8 @@ class Members:
         self.factory = MemberFactory(hub.factory, origins=origins or OriginPolicy(), ping_interval=ping_interval,
                                      ping_timeout=ping_timeout, close_timeout=close_timeout)
         root = Resource()
-        root.putChild(b"ws", WebSocketResource(self.factory))
-        self.site = Site(root, reactor=hub.clock)
+        root.putChild(b"ws", MemberResource(self.factory))
+        self.site = BodylessSite(root, reactor=hub.clock, clock=hub.clock, max_request_rate=None)
         self.connections: list[MemberConnection] = []
         self.lost: set[MemberConnection] = set()
         self._port = 50000

@@ -1,8 +1,8 @@
 """
 A WebSocket connection as a member of the hub, alongside its TCP clients.
 
-L{MemberConnection} is the Autobahn server protocol.  Once the handshake is
-done it builds the hub's protocol (the same class as the TCP clients', with
+L{MemberConnection} speaks RFC 6455 (its opening handshake answered by
+L{tcphub.web.upgrade.MemberResource}).  It builds the hub's protocol (the same class as the TCP clients', with
 the same hooks, limits and events) on a L{MemberTransport}, which carries
 whole messages (L{IMessageTransport}):
 
@@ -12,18 +12,18 @@ whole messages (L{IMessageTransport}):
   - a message out goes as text when it is valid UTF-8 without control
     characters (but tab, CR and LF), else as binary, its bytes as they are
     either way; the WebSocket frame is built once per broadcast and
-    shared by every member (Autobahn's prepared message);
+    shared by every member;
   - flow control: when the peer does not read, the TCP transport pauses the
     member, whose outbox queues up to the hub's C{max_pending}; when the hub
     pauses reading from the member (C{max_rate}, C{pauseReading}), the TCP
     transport stops reading;
-  - heartbeat: a ping every C{ping_interval} seconds on the hub's clock (not
-    Autobahn's timers, which round to whole seconds); a member that does not
+  - heartbeat: a ping every C{ping_interval} seconds on the hub's clock; a member that does not
     answer within C{ping_timeout} is dropped (L{PingTimeout}, counted in
     C{timed_out});
   - closing: the hub's gentle close sends close code 1000 after the queued
     output; messages over C{max_frame} close with 1009, invalid UTF-8 text
-    with 1007, other protocol errors with 1002 (each counted in
+    with 1007, floods (frames, pings, fragments) with 1008, other protocol
+    errors with 1002 (each counted in
     C{protocol_errors}); a close the peer does not answer within
     C{close_timeout} seconds drops the TCP connection; the hub's abort (a
     slow consumer, a timeout) drops it at once.
@@ -36,32 +36,41 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Final, Iterable, cast
 
-from autobahn.twisted.websocket import WebSocketServerFactory
-from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol, IPushProducer, ITCPTransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcphub._metric_fields import COUNTER
-from tcphub._upstream.autobahn_parts import FailureHooks, parse_frames, unfinished
 from tcphub._version import version
 from tcphub.errors import (
     FrameTimeout,
-    FrameTooLong,
     FramingError,
     MalformedFrame,
-    OriginRejected,
     PingTimeout,
     UnframeableMessage,
 )
 from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
-from tcphub.hub.protocol import HubProtocol, format_address
+from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rate import TokenBucket
-from tcphub.hub.sessions import MAX_SESSION_ID
+from tcphub.web.deadlines import Deadline, FixedDelay
+from tcphub.web.frames import (
+    BINARY,
+    CLOSE,
+    MESSAGE,
+    PING,
+    PONG,
+    TEXT,
+    Event,
+    FrameParser,
+    Violation,
+    close_payload,
+    encode,
+    parse_close,
+)
 from tcphub.web.limits import MAX_FRAGMENTS, MAX_FRAMES_PER_SECOND, MAX_PINGS_PER_SECOND
 from tcphub.web.origins import OriginPolicy
 
@@ -73,8 +82,6 @@ __all__ = ["MemberConnection", "MemberFactory", "MemberTransport"]
 # Bytes that text never holds (JSON escapes them), and binary formats often
 # do (a length prefix, such as the one of a WebSocketHandler's binary message).
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_STATE_OPEN: Final = WebSocketProtocol.STATE_OPEN
-_STATE_CLOSING: Final = WebSocketProtocol.STATE_CLOSING
 
 
 class _Prepared:
@@ -110,7 +117,7 @@ class _Prepared:
             binary = _CONTROL.search(payload) is not None
         except UnicodeDecodeError:
             binary = True
-        wire = PreparedMessage(payload, binary, applyMask=False, doNotCompress=True).payloadHybi
+        wire = encode(BINARY if binary else TEXT, payload)
         if self._size > self.LIMIT:
             self._cache.clear()
             self._size = 0
@@ -121,17 +128,19 @@ class _Prepared:
 
 class _Beat(Enum):
     STOPPED = "stopped"
-    """Not open yet, paused, or gone: no ping is due."""
+    """Closing, paused with a ping out, or gone: no ping is due."""
     WAITING = "waiting"
-    """The next ping is due after C{ping_interval}."""
+    """The next ping is due after C{ping_interval} (L{MemberFactory.pings})."""
     PINGED = "pinged"
-    """A ping is out: its pong is due within C{ping_timeout}."""
+    """A ping is out: its pong is due within C{ping_timeout} (L{MemberFactory.pongs})."""
 
 
 @implementer(IPushProducer)
 class _Flow:
     """The member's protocol as the TCP transport's producer, with the
     connection told when the peer stops and starts reading (its pongs wait)."""
+
+    __slots__ = ("_producer", "_connection")
 
     def __init__(self, producer: Any, connection: MemberConnection) -> None:
         self._producer = producer
@@ -157,6 +166,7 @@ class MemberTransport:
     control, closing and addresses to the connection's TCP transport.
     """
 
+    __slots__ = ("_connection", "_tcp", "_prepared", "_close")
     kind = "websocket"
 
     def __init__(self, connection: MemberConnection) -> None:
@@ -166,12 +176,11 @@ class MemberTransport:
         self._close: tuple[int, str] = (1000, "")
 
     def write(self, frame: bytes) -> None:
-        if self._connection.state == _STATE_OPEN:
-            # Straight to TCP: Autobahn's sendData would only add a debug log line per message.
+        if self._connection.state is _State.OPEN:
             self._tcp.write(self._prepared.wire(frame))
 
     def writeSequence(self, frames: Iterable[bytes]) -> None:
-        if self._connection.state == _STATE_OPEN:
+        if self._connection.state is _State.OPEN:
             wire = self._prepared.wire
             self._tcp.write(b"".join([wire(frame) for frame in frames]))
 
@@ -222,43 +231,200 @@ class MemberTransport:
         return self._tcp.getHost()  # type: ignore[no-any-return]
 
 
-class MemberConnection(FailureHooks):
-    """One WebSocket connection, and the hub member on it once it is open."""
+class _State(Enum):
+    OPEN = "open"
+    """Messages flow both ways."""
+    CLOSING = "closing"
+    """Our close frame is out: the peer's answer is due within C{close_timeout}; what else it sends is ignored."""
+    CLOSED = "closed"
+    """The close handshake is over (or we stopped waiting for it): TCP is being closed."""
+    GONE = "gone"
+    """TCP is closed."""
+
+
+@implementer(IProtocol)
+class MemberConnection:
+    """
+    One WebSocket connection after its opening handshake (which
+    L{MemberResource} answered on twisted.web's HTTP channel), and the hub
+    member on it.  It speaks RFC 6455 itself (L{tcphub.web.frames}), with a
+    record a few slots wide: a member that is idle costs about what a TCP
+    client does.
+    """
+
+    __slots__ = ("factory", "transport", "member", "state", "credentials", "resume", "_parser",
+                 "_beat", "_beat_deadline", "_close_call", "_unfinished_call", "_frames", "_pings",
+                 "_peer_reads", "_owed_pong", "_reading", "_peer_close", "_unclean", "__weakref__")
 
     factory: MemberFactory
     transport: Any
     """The TCP (or TLS) transport, taken over from twisted.web's HTTP channel."""
-    member: HubProtocol | None = None
-    _beat = _Beat.STOPPED
-    _beat_call: IDelayedCall | None = None
-    _close_call: IDelayedCall | None = None
-    _frames: TokenBucket | None = None
-    _pings: TokenBucket | None = None
-    _fragments = 0
-    _peer_reads = True
-    _owed_pong: bytes | None = None
-    _messages = 0
-    _reading = True
-    _unfinished_call: IDelayedCall | None = None
-    _in_close_frame = False
-    credentials: str | None = None
+    member: HubProtocol | None
+    """The hub's protocol for this member, once L{makeConnection} built it."""
+    state: _State
+    credentials: str | None
     """The token of the handshake's C{Authorization: Bearer}, if any."""
-    resume: str | None = None
+    resume: str | None
     """The session id of the handshake's C{?resume=S}, if any (one of at most C{MAX_SESSION_ID} characters)."""
-    _refused_by_us = False
+
+    def __init__(self, factory: MemberFactory, credentials: str | None, resume: str | None) -> None:
+        self.factory = factory
+        self.transport = None
+        self.member = None
+        self.state = _State.OPEN
+        self.credentials = credentials
+        self.resume = resume
+        self._parser: FrameParser | None = None  # made by the first byte the member sends
+        self._beat = _Beat.STOPPED
+        self._beat_deadline: Deadline[MemberConnection] | None = None
+        self._close_call: IDelayedCall | None = None
+        self._unfinished_call: IDelayedCall | None = None
+        self._frames: TokenBucket | None = None
+        self._pings: TokenBucket | None = None
+        self._peer_reads = True
+        self._owed_pong: bytes | None = None
+        self._reading = True
+        self._peer_close: tuple[int | None, str] | None = None
+        self._unclean = "the TCP connection was lost"
+
+    # -- IProtocol: the TCP transport's side ------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        """Take the transport over (the opening handshake is answered): the member joins the hub."""
+        self.transport = transport
+        self.connectionMade()
+
+    def connectionMade(self) -> None:
+        hub = self.factory.hub
+        if hub.keep_alive and ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpKeepAlive(True)
+        member = self.member = cast(HubProtocol, hub.buildProtocol(self.transport.getPeer()))
+        member.makeConnection(MemberTransport(self))
+        if not hub.reading_paused:
+            self.heartbeat_start()
 
     def dataReceived(self, data: bytes) -> None:
         # As for a TCP client, what the messages of one read make the hub
-        # write goes out as one write per receiver.  (Autobahn's own
-        # dataReceived only adds a debug line per read.)
+        # write goes out as one write per receiver.
+        if self.state is not _State.OPEN and self.state is not _State.CLOSING:
+            return
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = FrameParser(self.factory.hub.max_frame, MAX_FRAGMENTS)
         surface = self.factory.hub.surface
-        messages = self._messages
+        completed = False
         surface.read_begins()
         try:
-            parse_frames(self, data)
+            for event in parser.feed(data):
+                completed = True
+                if not self._event(event):
+                    break
+        except Violation as violation:
+            self._fail(violation.code, violation.error)
         finally:
             surface.read_ends()
-        self._watch_unfinished(self._messages != messages)
+        self._watch_unfinished(completed)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        clean = self._peer_close is not None  # its close frame came: the handshake is done
+        self.state = _State.GONE
+        self.heartbeat_stop()
+        for call in (self._unfinished_call, self._close_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._unfinished_call = self._close_call = None
+        if self.member is None:
+            return
+        if self._peer_close is not None:
+            code, text = self._peer_close
+            why = f"WebSocket closed with code {1005 if code is None else code}" + (f": {text}" if text else "")
+        else:
+            why = f"WebSocket connection lost without a close handshake: {self._unclean}"
+        self.member.connectionLost(Failure(ConnectionDone(why) if clean else ConnectionLost(why)))
+
+    def logPrefix(self) -> str:
+        return self.__class__.__name__
+
+    # -- what a member sends: frames, messages, pings, its close -----------
+
+    def _event(self, event: Event) -> bool:
+        """Act on one frame's event; False: read no more of this read."""
+        frames = self._frames
+        now = self.factory.hub.clock.seconds()
+        if frames is None:
+            frames = self._frames = TokenBucket(MAX_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND, now)
+        if frames.take(now):
+            self._refuse(f"more than {MAX_FRAMES_PER_SECOND} frames a second")
+            return False
+        kind = event[0]
+        if kind == CLOSE:
+            self._peer_closes(parse_close(event[1]))
+            return False
+        if self.state is not _State.OPEN:
+            return True  # our close is out: only the peer's answer matters
+        if kind == MESSAGE:
+            return self._message(event[1])
+        if kind == PING:
+            return self._ping_received(event[1], now)
+        if kind == PONG:
+            self._pong_received()
+        return True
+
+    def _message(self, payload: bytes) -> bool:
+        member = self.member
+        assert member is not None, "messages come once the connection is open"
+        try:
+            self.factory.hub.framing.check(payload)
+        except UnframeableMessage as error:
+            self._fail(1007, error)
+            return False
+        member.dataReceived(payload)
+        return self.state is _State.OPEN
+
+    def _ping_received(self, payload: bytes, now: float) -> bool:
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
+        if pings.take(now):
+            self._refuse(f"more than {MAX_PINGS_PER_SECOND} pings a second")
+            return False
+        if not self._peer_reads:
+            # A peer that does not read would pile our pongs up in the
+            # transport's buffer: owe it one, the latest, until it reads.
+            self._owed_pong = payload
+        else:
+            self.transport.write(encode(PONG, payload))
+        return True
+
+    def _peer_closes(self, close: tuple[int | None, str]) -> None:
+        """The peer's close frame: answered (if it began the close), then
+        TCP closed by us, as RFC 6455 has a server do."""
+        self._peer_close = close
+        if self.state is _State.OPEN:
+            self.transport.write(encode(CLOSE, close_payload(1000)))
+        self.state = _State.CLOSED
+        self.heartbeat_stop()
+        self._arm_close_deadline()
+        self.transport.loseConnection()
+
+    def _refuse(self, what: str) -> None:
+        self._fail(1008, MalformedFrame(what))
+        # A flood goes on while the close frame is on its way: read no more of it.
+        self.transport.pauseProducing()
+
+    def _fail(self, code: int, error: FramingError) -> None:
+        """The peer broke the protocol: close with C{code} and why, then the hub counts it."""
+        self._send_close(code, str(error))
+        member = self.member
+        assert member is not None, "frames come once the connection is open"
+        member.frameError(error)
+
+    def peer_reads(self, reading: bool) -> None:
+        """The TCP transport's buffer filled (the peer stopped reading) or drained."""
+        self._peer_reads = reading
+        owed, self._owed_pong = self._owed_pong, None
+        if reading and owed is not None and self.state is _State.OPEN:
+            self.transport.write(encode(PONG, owed))
 
     def _watch_unfinished(self, completed: bool) -> None:
         """The hub's C{frame_timeout}, for a member: a frame or a fragmented
@@ -267,7 +433,9 @@ class MemberConnection(FailureHooks):
         new deadline for the next."""
         timeout = self.factory.hub.frame_timeout
         call = self._unfinished_call
-        if timeout is not None and self.state == _STATE_OPEN and self._reading and unfinished(self):
+        parser = self._parser
+        if (timeout is not None and self.state is _State.OPEN and self._reading
+                and parser is not None and parser.unfinished):
             if call is None:
                 self._unfinished_call = self.factory.hub.clock.callLater(timeout, self._unfinished_timed_out)
             elif completed:
@@ -285,149 +453,57 @@ class MemberConnection(FailureHooks):
         member.drop(Drop.FRAME_TIMEOUT, error)
 
     def reading(self, reading: bool) -> None:
-        """The hub stopped or started reading this member: its deadlines wait."""
+        """The hub stopped or started reading this member: its deadlines
+        wait (a ping already due waits in L{ping_due})."""
         self._reading = reading
         if reading:
             self.heartbeat_start()
-        else:
-            self.heartbeat_stop()
+        elif self._beat is _Beat.PINGED:
+            self.heartbeat_stop()  # its pong would wait unread
         self._watch_unfinished(False)
-
-    def onConnect(self, request: ConnectionRequest) -> None:
-        hub = self.factory.hub
-        full = hub.refusal(self.transport.getPeer())
-        if full is not None:
-            # Said in HTTP before the upgrade, not with a TCP reset after it.
-            hub.count_refusal(full, format_address(self.transport.getPeer()))
-            self._refused_by_us = True
-            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "the hub is full")
-        origin = request.headers.get("origin")
-        secure = ISSLTransport.providedBy(self.transport)
-        if not self.factory.origins.allows(origin, request.headers.get("host"), secure):
-            address = format_address(self.transport.getPeer())
-            error = OriginRejected(f"refused a WebSocket from {address}: origin {origin!r} is not allowed")
-            self.factory.counters.rejected_origin += 1
-            hub.surface.fault("rejected_origin", LogLevel.warn, "{error}", error=error,
-                              address=address, origin=origin)
-            hub.surface.report(error)
-            self._refused_by_us = True
-            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            # A program's credentials (a browser cannot set this header): the hub checks them at once.
-            self.credentials = token.strip()
-        asked = request.params.get("resume", [])
-        if len(asked) == 1 and 0 < len(asked[0]) <= MAX_SESSION_ID:
-            self.resume = asked[0]
-
-    def onOpen(self) -> None:
-        # twisted.web's HTTP channel registered itself as the TCP transport's
-        # producer; the connection is the member's now.
-        self.transport.unregisterProducer()
-        hub = self.factory.hub
-        if hub.keep_alive and ITCPTransport.providedBy(self.transport):
-            self.transport.setTcpKeepAlive(True)
-        now = hub.clock.seconds()
-        self._frames = TokenBucket(MAX_FRAMES_PER_SECOND, MAX_FRAMES_PER_SECOND, now)
-        self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
-        member = self.member = cast(HubProtocol, hub.buildProtocol(self.transport.getPeer()))
-        member.makeConnection(MemberTransport(self))
-        if not hub.reading_paused:
-            self.heartbeat_start()
-
-    # -- what a member may send: frames, fragments, pings ------------------
-
-    def frameBegan(self, control: bool, continuation: bool) -> None:
-        if self.state != _STATE_OPEN or self._frames is None:
-            return
-        if self._frames.take(self.factory.hub.clock.seconds()):
-            self._refuse(f"more than {MAX_FRAMES_PER_SECOND} frames a second")
-        elif not control:
-            self._fragments = self._fragments + 1 if continuation else 1
-            if self._fragments > MAX_FRAGMENTS:
-                self._refuse(f"a message in more than {MAX_FRAGMENTS} frames")
-
-    def _refuse(self, what: str) -> None:
-        self._fail(1008, what, MalformedFrame(what))
-        # A flood goes on while the close frame is on its way: read no more of it.
-        self.transport.pauseProducing()
-
-    def onPing(self, payload: bytes) -> None:
-        assert self._pings is not None, "pings come once the connection is open"
-        if self._pings.take(self.factory.hub.clock.seconds()):
-            self._refuse(f"more than {MAX_PINGS_PER_SECOND} pings a second")
-        elif not self._peer_reads:
-            # A peer that does not read would pile our pongs up in the
-            # transport's buffer: owe it one, the latest, until it reads.
-            self._owed_pong = payload
-        else:
-            super().onPing(payload)
-
-    def peer_reads(self, reading: bool) -> None:
-        """The TCP transport's buffer filled (the peer stopped reading) or drained."""
-        self._peer_reads = reading
-        owed, self._owed_pong = self._owed_pong, None
-        if reading and owed is not None and self.state == _STATE_OPEN:
-            self.sendPong(owed)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        member = self.member
-        assert member is not None, "messages come once the connection is open"
-        self._messages += 1
-        try:
-            self.factory.hub.framing.check(payload)
-        except UnframeableMessage as error:
-            self._fail(1007, str(error), error)
-            return
-        member.dataReceived(payload)
-
-    # -- protocol errors: Autobahn closes with its code, the hub counts ----
-
-    def peerFailed(self, kind: str, reason: str, size: int | None = None, limit: int | None = None) -> None:
-        if kind == "too_big":
-            assert limit is not None
-            self._member_error(FrameTooLong(size, limit))
-        else:
-            self._member_error(MalformedFrame(reason))
-
-    def _fail(self, code: int, reason: str, error: FramingError) -> None:
-        self.sendCloseFrame(code, reason.encode("utf-8")[:123])
-        self._member_error(error)
-
-    def _member_error(self, error: FramingError) -> None:
-        assert self.member is not None, "frames come once the connection is open"
-        self.member.frameError(error)
 
     # -- the heartbeat, on the hub's clock --------------------------------
 
     def heartbeat_start(self) -> None:
-        """Ping every C{ping_interval} seconds from now on."""
-        interval = self.factory.ping_interval
-        if interval is None:
+        """Ping C{ping_interval} seconds from now, unless a ping is due already."""
+        pings = self.factory.pings
+        if pings is None or self.state is not _State.OPEN or self._beat is not _Beat.STOPPED:
             return
         self._beat = _Beat.WAITING
-        self._beat_call = self.factory.hub.clock.callLater(interval, self._ping)
+        self._beat_deadline = pings.add(self)
 
     def heartbeat_stop(self) -> None:
+        """No ping, and no pong awaited, from now on."""
+        deadline, self._beat_deadline = self._beat_deadline, None
+        if deadline is not None:
+            owner = self.factory.pings if self._beat is _Beat.WAITING else self.factory.pongs
+            assert owner is not None, "a deadline is queued only when pings are sent"
+            owner.withdraw(deadline)
         self._beat = _Beat.STOPPED
-        call, self._beat_call = self._beat_call, None
-        if call is not None:
-            call.cancel()
 
-    def _ping(self) -> None:
+    def ping_due(self) -> None:
+        """C{ping_interval} went by: ping (unless the hub stopped reading
+        this member meanwhile: its pong would wait unread)."""
+        self._beat_deadline = None
+        if not self._reading:
+            self._beat = _Beat.STOPPED
+            return
+        pongs = self.factory.pongs
+        assert pongs is not None, "pings are sent only with an interval, and then pongs awaited"
         self._beat = _Beat.PINGED
-        self._beat_call = self.factory.hub.clock.callLater(self.factory.ping_timeout, self._ping_timed_out)
-        self.sendPing()
+        self._beat_deadline = pongs.add(self)
+        self.transport.write(encode(PING, b""))
 
-    def onPong(self, payload: bytes) -> None:
+    def _pong_received(self) -> None:
         if self.member is not None:
             self.member.peerAlive()  # a quiet member that answers pings is not idle
         if self._beat is _Beat.PINGED:
             self.heartbeat_stop()
             self.heartbeat_start()
 
-    def _ping_timed_out(self) -> None:
-        self._beat_call = None
+    def pong_overdue(self) -> None:
+        """C{ping_timeout} went by since the ping, without a pong."""
+        self._beat_deadline = None
         self._beat = _Beat.STOPPED
         assert self.member is not None
         error = PingTimeout(f"client {self.member.client_id} ({self.member.address}) did not answer "
@@ -436,78 +512,39 @@ class MemberConnection(FailureHooks):
 
     # -- closing ------------------------------------------------------------
 
-    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
-                       isReply: bool = False) -> None:
-        # Whoever closed, the TCP connection must be gone within close_timeout;
-        # one deadline (a close the hub asks for after the peer's is ignored).
-        super().sendCloseFrame(code, reasonUtf8, isReply)
+    def _send_close(self, code: int, reason: str) -> None:
+        """Our close frame, once: the peer's answer is due within C{close_timeout}."""
+        if self.state is not _State.OPEN:
+            return
+        self.transport.write(encode(CLOSE, close_payload(code, reason)))
+        self.state = _State.CLOSING
+        self.heartbeat_stop()
+        self._watch_unfinished(False)
+        self._arm_close_deadline()
+
+    def _arm_close_deadline(self) -> None:
+        # Whoever closed, the TCP connection must be gone within close_timeout; one deadline.
         if self._close_call is None:
             self._close_call = self.factory.hub.clock.callLater(self.factory.close_timeout, self._close_timed_out)
 
-    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
-        self._in_close_frame = True
-        try:
-            result: bool | None = super().onCloseFrame(code, reasonRaw)
-            return result
-        finally:
-            self._in_close_frame = False
-
-    def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        # As Autobahn's, without its two lines (an info, then a warn) per
-        # refused handshake: tcphub's own refusals are counted and logged
-        # once per burst already, and Autobahn's (a malformed upgrade) are
-        # logged here the same way.
-        self.wasNotCleanReason = reason
-        if not self._refused_by_us:
-            self.factory.hub.surface.fault("bad_handshakes", LogLevel.info,
-                                           "refused a WebSocket handshake from {peer}: {code} {reason}",
-                                           peer=format_address(self.transport.getPeer()), code=code, reason=reason)
-        self.sendHttpErrorResponse(code, reason, responseHeaders)
-        self.wasClean = True  # answered in HTTP: a clean end, not a warning
-        self.dropConnection(abort=False)
-
-    def dropConnection(self, abort: bool = False) -> None:
-        # Autobahn drops TCP as soon as a server has answered a close frame,
-        # even when its answer is a 1002 for a malformed one: that answer is
-        # let out, and the close deadline ends the connection.
-        if self._in_close_frame and self.failedByMe:
-            return
-        super().dropConnection(abort)
-
     def _close_timed_out(self) -> None:
+        self._unclean = f"no close reply within {self.factory.close_timeout} seconds"
+        self.state = _State.CLOSED
         self._close_call = None
-        self.wasClean = False
-        self.wasNotCleanReason = f"no close reply within {self.factory.close_timeout} seconds"
-        self.dropConnection(abort=True)
+        self.transport.abortConnection()
 
     def close_gently(self, code: int = 1000, reason: str = "") -> None:
-        # Autobahn ignores it if a close is under way already.  Its sendClose
-        # refuses the codes a server may send but an application may not
-        # choose (1012, "service restart"): the frame is sent here directly.
-        # A close frame's reason holds 123 bytes: cut at a character's boundary.
-        reason_utf8 = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-        self.sendCloseFrame(code, reason_utf8 or None, isReply=False)
+        """Close with C{code} and C{reason} after what was written (nothing,
+        if a close is under way already).  Any code a server may send,
+        1012 ("service restart") included."""
+        self._send_close(code, reason)
 
     def abort(self) -> None:
-        # A close frame of ours on its way (1009, 1008, or the 1002 for a
-        # malformed close of the peer's) is not cut off by a reset: the
-        # close deadline ends the connection.
-        if self.state != _STATE_CLOSING or self.localCloseCode is None:
+        """Drop TCP at once, unless a close frame of ours is on its way (1009,
+        1008, or the 1002 for a malformed close of the peer's): the close
+        deadline ends the connection then, and the peer learns why."""
+        if self.state is _State.OPEN or self.state is _State.CLOSED:
             self.transport.abortConnection()
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        # Autobahn calls this once the TCP connection is gone: the timers go with it.
-        self.heartbeat_stop()
-        unfinished_call, self._unfinished_call = self._unfinished_call, None
-        if unfinished_call is not None:
-            unfinished_call.cancel()
-        call, self._close_call = self._close_call, None
-        if call is not None:
-            call.cancel()
-        if self.member is None:
-            return
-        why = f"WebSocket closed with code {code}" + (f": {reason}" if reason else "")
-        self.member.connectionLost(Failure(ConnectionDone(why) if wasClean else ConnectionLost(why)))
 
 
 @dataclass
@@ -518,38 +555,32 @@ class MemberCounters:
     """Handshakes refused for their C{Origin} (L{OriginRejected})."""
 
 
-class MemberFactory(WebSocketServerFactory):
+class MemberFactory:
     """
-    Builds a L{MemberConnection} per WebSocket handshake, for C{hub}.  Its
-    settings (the origin policy, heartbeat and close deadlines) are read by
-    every connection; messages are bounded by the hub's C{max_frame}.
+    The settings every L{MemberConnection} of C{hub} reads (the origin
+    policy, heartbeat and close deadlines), the frames they share, and the
+    port's counts.  Messages are bounded by the hub's C{max_frame}.
     """
 
-    protocol = MemberConnection  # type: ignore[assignment]
+    protocol: type[MemberConnection] = MemberConnection
+    """The class of each member's connection (a subclass may be given)."""
 
     def __init__(self, hub: HubFactory, *, origins: OriginPolicy, ping_interval: float | None,
                  ping_timeout: float, close_timeout: float) -> None:
-        super().__init__(server=f"tcphub/{version()}")
         self.hub = hub
         self.origins = origins
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
+        self.server = f"tcphub/{version()}".encode("ascii")
+        """The C{Server} header of the handshake's answer."""
         self.prepared = _Prepared(hub)
+        self.pings: FixedDelay[MemberConnection] | None = None
+        """Every member's next ping, on one timer (None: no pings)."""
+        self.pongs: FixedDelay[MemberConnection] | None = None
+        """Every pinged member's pong deadline, on one timer."""
+        if ping_interval is not None:
+            self.pings = FixedDelay(hub.clock, ping_interval, lambda connection: connection.ping_due())
+            self.pongs = FixedDelay(hub.clock, ping_timeout, lambda connection: connection.pong_overdue())
         self.counters = MemberCounters()
         """The members' port's own counts (the hub counts its members' traffic)."""
-        self.setProtocolOptions(
-            maxMessagePayloadSize=hub.max_frame,
-            maxFramePayloadSize=hub.max_frame,
-            # Autobahn's own timers round to whole seconds: the hub's clock
-            # runs the heartbeat and the close deadline instead.
-            openHandshakeTimeout=0,
-            closeHandshakeTimeout=0,
-            autoPingInterval=0,
-            # Tell the peer why (1009, 1007, 1002) rather than drop the TCP connection.
-            failByDrop=False,
-            # Autobahn would answer Origin: null (and file://) with a 400 of
-            # its own; the hub's origin policy decides, and counts (403).
-            allowNullOrigin=True,
-        )
-        self.noisy = False

@@ -10,9 +10,8 @@ WebSocket client) join a hub as members, beside its TCP clients:
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.web.resource import Resource
@@ -38,6 +37,7 @@ from tcphub.web.limits import (
 )
 from tcphub.web.member import MemberFactory
 from tcphub.web.origins import OriginPolicy
+from tcphub.web.upgrade import MemberResource
 
 if TYPE_CHECKING:
     from tcphub.hub.service import TcpServer
@@ -55,31 +55,6 @@ class _Page(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return self._body
-
-
-class _Upgrade(Resource):
-    """C{/ws}: a WebSocket handshake goes to Autobahn; any other request is
-    a 426 (Autobahn would answer it with its status page, version included)."""
-
-    isLeaf = True
-
-    def __init__(self, websocket: Any) -> None:
-        super().__init__()
-        self._websocket = websocket
-
-    def render(self, request: Request) -> bytes:
-        upgrade = (request.getHeader(b"upgrade") or b"").lower()
-        if b"websocket" in upgrade:
-            # Autobahn takes the connection over: it is a member's from now
-            # on, under the hub's limits, no longer an HTTP connection.
-            cast(Any, request.channel).upgraded()
-            result: bytes = self._websocket.render(request)
-            return result
-        request.setResponseCode(426)
-        request.setHeader(b"upgrade", b"websocket")
-        request.setHeader(b"connection", b"Upgrade")
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"426: this path takes a WebSocket upgrade\n"
 
 
 class WebSocketMembers(SiteService):
@@ -139,7 +114,7 @@ class WebSocketMembers(SiteService):
         else:
             root = Resource()
             root.putChild(b"", _Page(files("tcphub.web").joinpath("page.html").read_bytes()))
-        root.putChild(b"ws", _Upgrade(WebSocketResource(self.members)))
+        root.putChild(b"ws", MemberResource(self.members))
         http_timeout = _checks.number("http_timeout", http_timeout, above=0)
         site = BodylessSite(root, timeout=http_timeout, reactor=factory.clock, clock=factory.clock,
                             request_timeout=http_timeout,
