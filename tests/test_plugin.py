@@ -697,10 +697,12 @@ def test_twist_exits_1_with_one_line_when_a_port_is_busy(flag):
     assert "Traceback" not in output and "Unhandled error" not in output
 
 
-def test_a_hub_without_websocket_or_upstream_does_not_load_autobahn():
-    # An idle twistd's memory counts: Autobahn (and what it imports) costs megabytes.
+@pytest.mark.parametrize("options", [["--admin", "tcp:0"], ["--websocket", "tcp:0"]], ids=["admin", "websocket"])
+def test_a_hub_without_upstream_does_not_load_autobahn(options):
+    # An idle twistd's memory counts: Autobahn (and what it imports) costs
+    # megabytes, and the members speak WebSocket without it.
     probe = ("import sys\nfrom tcphub.tap import Options, makeService\n"
-             "options = Options()\noptions.parseOptions(['--admin', 'tcp:0'])\nmakeService(options)\n"
+             f"options = Options()\noptions.parseOptions({options!r})\nmakeService(options)\n"
              "print(sorted(name for name in sys.modules if name.split('.')[0] in ('autobahn', 'txaio')))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -106,6 +106,25 @@ def test_websocket_and_tcp_members_exchange_text_and_binary_byte_exact():
         hub.twistd.shutdown()
 
 
+def test_a_websockets_clients_fragments_pings_and_close_code_are_understood():
+    """The members' own RFC 6455, against a client that is not ours."""
+    with Hub("--framing", "int32", "--mode", "broadcast") as hub:
+        tcp = hub.tcp()
+        with hub.member() as member:
+            hub.wait_connections(2)
+            member.send(["frag", "mented ", "\u2603"])  # one text message in three frames
+            member.send([b"\x00\xff", b"\x80"])
+            assert read_int32(tcp, 2) == ["fragmented \u2603".encode(), b"\x00\xff\x80"]
+            assert member.ping(b"are you there").wait(30), "answered with a pong"
+            member.close(4001, "done for today")
+            assert member.close_code == 4001, "the hub's answer confirms the client's close"
+        hub.wait_connections(1)
+        [closed] = hub.get("/connz")["closed"]
+        assert "WebSocket closed with code 4001: done for today" in closed["reason"]
+        tcp.close()
+        hub.twistd.shutdown()
+
+
 def test_an_oversize_message_closes_with_1009_is_counted_and_the_others_go_on():
     with Hub("--framing", "int32", "--mode", "broadcast", "--max-frame", "1000") as hub:
         tcp = hub.tcp()

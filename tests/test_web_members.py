@@ -92,7 +92,7 @@ class Members:
         self.lost: set[MemberConnection] = set()
         self._port = 50000
 
-    def connect(self, headers: bytes = b"") -> tuple[MemberConnection, StringTransport]:
+    def connect(self, headers: bytes = b"", handshake: bytes = HANDSHAKE) -> tuple[MemberConnection, StringTransport]:
         self._port += 1
         address = IPv4Address("TCP", "127.0.0.1", self._port)
         channel = self.site.buildProtocol(address)
@@ -101,7 +101,7 @@ class Members:
         transport = TcpLikeTransport(peerAddress=address)
         transport.protocol = channel  # as a TCP transport has: WebSocketResource swaps it
         channel.makeConnection(transport)
-        channel.dataReceived(HANDSHAKE + headers + b"\r\n")
+        channel.dataReceived(handshake + headers + b"\r\n")
         connection = transport.protocol
         self.connections.append(connection)
         return connection, transport
@@ -291,6 +291,60 @@ def test_a_page_from_another_origin_is_refused_with_403_and_counted(members):
     assert (web.factory.counters.rejected_origin, web.hub.factory.get_metrics().connections) == (1, 1)
 
 
+def test_the_handshake_is_answered_with_the_key_rfc_6455_gives_for_its_example(members):
+    web = members()
+    _, transport = web.connect()
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and answer.endswith(b"\r\n\r\n")
+    assert b"\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer
+    assert b"\r\nUpgrade: websocket\r\n" in answer and b"\r\nConnection: Upgrade\r\n" in answer
+
+
+@pytest.mark.parametrize("handshake, status, header", [
+    pytest.param(HANDSHAKE.replace(b"Version: 13", b"Version: 8"), 426, b"Sec-WebSocket-Version: 13", id="version 8"),
+    pytest.param(HANDSHAKE.replace(b"Connection: Upgrade\r\n", b""), 400, b"", id="no Connection: Upgrade"),
+    pytest.param(HANDSHAKE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"c2hvcnQ="), 400, b"", id="a key of 5 bytes"),
+    pytest.param(HANDSHAKE.replace(b"dGhlIHNhbXBsZSBub25jZQ==", b"not base64 at all!"), 400, b"", id="a key not in base64"),
+    pytest.param(HANDSHAKE.replace(b"HTTP/1.1", b"HTTP/1.0"), 400, b"", id="HTTP/1.0"),
+    pytest.param(HANDSHAKE.replace(b"GET", b"HEAD"), 400, b"", id="HEAD"),
+    pytest.param(HANDSHAKE.replace(b"Host: 127.0.0.1:8080\r\n", b""), 400, b"", id="no Host"),
+])
+def test_a_malformed_handshake_is_an_http_refusal_counted_and_the_connection_closed(members, handshake, status,
+                                                                                     header):
+    web = members()
+    _, transport = web.connect(handshake=handshake)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+    assert header in answer and transport.disconnecting
+    assert web.factory.counters.bad_handshakes == 1 and web.hub.factory.clients() == []
+
+
+def test_the_http_channel_and_request_are_freed_at_the_upgrade_not_left_to_the_cycle_collector(members):
+    web = members()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(10):
+            web.open()
+        assert gc.collect() == 0, "no object of the handshake is left in a reference cycle"
+    finally:
+        gc.enable()
+
+
+def test_the_pings_and_pongs_of_every_member_are_on_one_timer_each(members):
+    web = members(ping_interval=10.0, ping_timeout=5.0)
+    opened = [web.open() for _ in range(50)]
+    assert len(web.hub.timers()) == 1
+    web.hub.clock.advance(10)
+    assert all(server_frames(transport.value()) == [(PING, b"")] for _, transport in opened)
+    assert len(web.hub.timers()) == 1, "the pongs' deadlines"
+    for connection, _ in opened[:25]:
+        connection.dataReceived(client_frame(PONG))
+    assert len(web.hub.timers()) == 2, "the next pings, and the pongs still awaited"
+    web.hub.clock.advance(5)
+    assert web.hub.factory.get_metrics().timed_out == 25
+
+
 def test_a_refused_member_is_never_in_the_client_table(members):
     web = members({"max_connections": 1})
     web.open()
@@ -366,7 +420,7 @@ def test_nothing_follows_the_answer_to_a_peers_close(members):
     # The member is told when TCP is gone, a turn later: what the hub sends meanwhile is dropped.
     web.hub.factory.broadcast(b"one message")
     sender.dataReceived(client_frame(TEXT, b"two") + client_frame(TEXT, b"messages"))
-    assert server_frames(transport.value()) == [(CLOSE, struct.pack("!H", 1000))]
+    assert server_frames(transport.value()) == [(CLOSE, struct.pack("!H", 1001))], "its code echoed"
 
 
 def test_without_a_ping_interval_nothing_is_scheduled(members, logged_failures):

@@ -401,7 +401,9 @@ class MemberConnection:
         TCP closed by us, as RFC 6455 has a server do."""
         self._peer_close = close
         if self.state is _State.OPEN:
-            self.transport.write(encode(CLOSE, close_payload(1000)))
+            # Its code echoed, as RFC 6455 §5.5.1 has it typically done (none for none).
+            code = close[0]
+            self.transport.write(encode(CLOSE, b"" if code is None else close_payload(code)))
         self.state = _State.CLOSED
         self.heartbeat_stop()
         self._arm_close_deadline()
@@ -553,6 +555,8 @@ class MemberCounters:
 
     rejected_origin: int = field(default=0, metadata=COUNTER)
     """Handshakes refused for their C{Origin} (L{OriginRejected})."""
+    bad_handshakes: int = field(default=0, metadata=COUNTER)
+    """Handshakes refused as malformed (400), or for a WebSocket version other than 13 (426)."""
 
 
 class MemberFactory:

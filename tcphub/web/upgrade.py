@@ -64,7 +64,7 @@ def _key(request: Request) -> bytes:
     if b"upgrade" not in _tokens(request, b"connection"):
         raise _Refused(400, "no Connection: Upgrade header")
     if (request.requestHeaders.getRawHeaders(b"sec-websocket-version") or []) != [b"13"]:
-        raise _Refused(426, "this server speaks WebSocket version 13", {b"sec-websocket-version": b"13"})
+        raise _Refused(426, "this server speaks WebSocket version 13", {b"Sec-WebSocket-Version": b"13"})
     keys = request.requestHeaders.getRawHeaders(b"sec-websocket-key") or []
     try:
         valid = len(keys) == 1 and len(base64.b64decode(keys[0].strip(), validate=True)) == 16
@@ -96,6 +96,7 @@ class MemberResource(Resource):
             key = _key(request)
         except _Refused as refused:
             hub = self._members.hub
+            self._members.counters.bad_handshakes += 1
             hub.surface.fault("bad_handshakes", LogLevel.info,
                               "refused a WebSocket handshake from {peer}: {code} {reason}",
                               peer=format_address(request.getClientAddress()),
