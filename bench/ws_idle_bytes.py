@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -22,6 +23,9 @@ sys.path.insert(0, str(HERE))
 from run import Server, pinned, rss_kib  # noqa: E402 (bench/run.py, beside this file)
 
 COUNTS = (1000, 10_000)
+REPEATS = 3
+"""Runs per figure, each on a fresh server: RSS grows by whole pages and arenas, so that one
+run's figure at 1,000 connections moves by a tenth; the median is quoted."""
 
 
 def held(server: Server, mode: str, port: int, connections: int) -> float:
@@ -49,12 +53,15 @@ def main() -> None:
                                   ("tcphub WebSocket member", "tcphub", "wsidle"),
                                   ("bare Autobahn", "bare Twisted", "wsidle"),
                                   ("websockets", "websockets", "wsidle")):
-            server = Server(name, "wsfanout" if name != "websockets" else "wsidle")
-            try:
-                port = server.port if mode == "idle" else server.ws_port
-                figures[label] = held(server, mode, port, connections)
-            finally:
-                server.stop()
+            runs = []
+            for _ in range(REPEATS):
+                server = Server(name, "wsfanout" if name != "websockets" else "wsidle")
+                try:
+                    port = server.port if mode == "idle" else server.ws_port
+                    runs.append(held(server, mode, port, connections))
+                finally:
+                    server.stop()
+            figures[label] = statistics.median(runs)
             print(f"{connections:,} held, {label}: {figures[label]:,.0f} bytes each", flush=True)
         rows.append((connections, figures))
     labels = list(rows[0][1])

@@ -142,12 +142,11 @@ class HubProtocol(Protocol):
         self._frame_call: IDelayedCall | None = None
         self._rate_call: IDelayedCall | None = None
         self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
+        # Created at the first byte: a client that only listens never needs one.
+        self._decoder: FrameDecoder | None = None
         if IMessageTransport.providedBy(self.transport):
-            self._decoder: FrameDecoder | None = MessageDecoder(self)
             self.outbox = MessageOutbox(self.transport, hub.batch, now)
         else:
-            # Created at the first byte: a client that only listens never needs one.
-            self._decoder = None
             self.outbox = Outbox(self.transport, hub.batch, now)
         self.state = OPEN
         self.transport.registerProducer(self, True)
@@ -218,7 +217,8 @@ class HubProtocol(Protocol):
         # one write per client once the read is handled.
         decoder = self._decoder
         if decoder is None:
-            decoder = self._decoder = hub.framing.decoder(self, hub.max_frame)
+            decoder = self._decoder = (MessageDecoder(self) if IMessageTransport.providedBy(self.transport)
+                                       else hub.framing.decoder(self, hub.max_frame))
         batch = hub.batch
         batch.begin()
         try:

@@ -135,29 +135,6 @@ class _Beat(Enum):
     """A ping is out: its pong is due within C{ping_timeout} (L{MemberFactory.pongs})."""
 
 
-@implementer(IPushProducer)
-class _Flow:
-    """The member's protocol as the TCP transport's producer, with the
-    connection told when the peer stops and starts reading (its pongs wait)."""
-
-    __slots__ = ("_producer", "_connection")
-
-    def __init__(self, producer: Any, connection: MemberConnection) -> None:
-        self._producer = producer
-        self._connection = connection
-
-    def pauseProducing(self) -> None:
-        self._connection.peer_reads(False)
-        self._producer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._producer.resumeProducing()
-        self._connection.peer_reads(True)
-
-    def stopProducing(self) -> None:
-        self._producer.stopProducing()
-
-
 @implementer(IMessageTransport, IPushProducer)
 class MemberTransport:
     """
@@ -185,10 +162,13 @@ class MemberTransport:
             self._tcp.write(b"".join([wire(frame) for frame in frames]))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._tcp.registerProducer(_Flow(producer, self._connection), streaming)
+        # The connection stands between: it learns when the peer stops and starts reading.
+        self._connection.producer = producer
+        self._tcp.registerProducer(self._connection, streaming)
 
     def unregisterProducer(self) -> None:
         self._tcp.unregisterProducer()
+        self._connection.producer = None
 
     def pauseProducing(self) -> None:
         """The hub stops reading this member: so does TCP, and the heartbeat
@@ -242,7 +222,7 @@ class _State(Enum):
     """TCP is closed."""
 
 
-@implementer(IProtocol)
+@implementer(IProtocol, IPushProducer)
 class MemberConnection:
     """
     One WebSocket connection after its opening handshake (which
@@ -252,15 +232,18 @@ class MemberConnection:
     client does.
     """
 
-    __slots__ = ("factory", "transport", "member", "state", "credentials", "resume", "_parser",
+    __slots__ = ("factory", "transport", "member", "producer", "state", "credentials", "resume", "_parser",
                  "_beat", "_beat_deadline", "_close_call", "_unfinished_call", "_frames", "_pings",
-                 "_peer_reads", "_owed_pong", "_reading", "_peer_close", "_unclean", "__weakref__")
+                 "_peer_reads", "_owed_pong", "_reading", "_peer_close", "_unclean")
 
     factory: MemberFactory
     transport: Any
     """The TCP (or TLS) transport, taken over from twisted.web's HTTP channel."""
     member: HubProtocol | None
     """The hub's protocol for this member, once L{makeConnection} built it."""
+    producer: IPushProducer | None
+    """What the member registered as its transport's producer (the hub's
+    protocol): paused while the peer does not read."""
     state: _State
     credentials: str | None
     """The token of the handshake's C{Authorization: Bearer}, if any."""
@@ -271,6 +254,7 @@ class MemberConnection:
         self.factory = factory
         self.transport = None
         self.member = None
+        self.producer = None
         self.state = _State.OPEN
         self.credentials = credentials
         self.resume = resume
@@ -421,12 +405,26 @@ class MemberConnection:
         assert member is not None, "frames come once the connection is open"
         member.frameError(error)
 
-    def peer_reads(self, reading: bool) -> None:
-        """The TCP transport's buffer filled (the peer stopped reading) or drained."""
-        self._peer_reads = reading
+    # -- IPushProducer, for the TCP transport: whether the peer reads -------
+
+    def pauseProducing(self) -> None:
+        """The TCP transport's buffer filled: the peer stopped reading."""
+        self._peer_reads = False
+        if self.producer is not None:
+            self.producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """The TCP transport's buffer drained: the peer reads again, and the pong owed it goes."""
+        if self.producer is not None:
+            self.producer.resumeProducing()
+        self._peer_reads = True
         owed, self._owed_pong = self._owed_pong, None
-        if reading and owed is not None and self.state is _State.OPEN:
+        if owed is not None and self.state is _State.OPEN:
             self.transport.write(encode(PONG, owed))
+
+    def stopProducing(self) -> None:
+        if self.producer is not None:
+            self.producer.stopProducing()
 
     def _watch_unfinished(self, completed: bool) -> None:
         """The hub's C{frame_timeout}, for a member: a frame or a fragmented
