@@ -12,7 +12,7 @@ from typing import Final, Iterator, Union
 from tcphub.errors import FramingError, FrameTooLong, MalformedFrame
 
 __all__ = [
-    "CLOSE", "MESSAGE", "PART", "PING", "PONG",
+    "BINARY", "CLOSE", "CONTINUATION", "MESSAGE", "PART", "PING", "PONG", "TEXT",
     "Event", "FrameParser", "Violation", "close_payload", "encode", "parse_close",
 ]
 
