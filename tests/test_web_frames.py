@@ -1,6 +1,7 @@
 """
-The members' RFC 6455 framing without I/O (L{tcphub.web.frames}), and the
-deadlines many members share on one timer (L{tcphub.web.deadlines}).
+The members' RFC 6455 framing without I/O (L{tcphub.web.frames}), checked
+also against frames the C{websockets} package serializes, and the deadlines
+many members share on one timer (L{tcphub.web.deadlines}).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import os
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
+from websockets.frames import Frame, Opcode
 
 from tcphub.errors import FrameTooLong, MalformedFrame
 from tcphub.web.deadlines import FixedDelay
@@ -25,6 +29,7 @@ from tcphub.web.frames import (
     encode,
     parse_close,
 )
+from tests.test_framing_properties import split
 from tests.test_web_members import client_frame, fragment, server_frames
 
 TEXT, BINARY = 0x1, 0x2
@@ -197,3 +202,33 @@ def test_an_item_added_when_its_deadline_fires_gets_its_own_delay():
     assert fired == ["a", "a"]
     deadlines.stop()
     assert clock.getDelayedCalls() == []
+
+
+# -- against a framing that is not ours: the websockets package's ------------------
+
+_texts = st.text(max_size=40).map(lambda text: (True, text.encode("utf-8")))
+_binaries = st.binary(max_size=300).map(lambda data: (False, data))
+
+
+@st.composite
+def _message_frames(draw) -> tuple[list[Frame], tuple]:
+    """A message cut into 1 to 4 frames (a UTF-8 character may be cut too), with a ping among them."""
+    text, payload = draw(st.one_of(_texts, _binaries))
+    cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=3)))
+    parts = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+    frames = [Frame(Opcode.TEXT if text else Opcode.BINARY, parts[0], fin=len(parts) == 1)]
+    frames += [Frame(Opcode.CONT, part, fin=index == len(parts) - 1) for index, part in enumerate(parts[1:], 1)]
+    ping = draw(st.binary(max_size=125))
+    frames.insert(draw(st.integers(1, len(frames))), Frame(Opcode.PING, ping))
+    events = [(PART, part) for part in parts[:-1]] + [(MESSAGE, payload, text)]
+    events.insert(frames.index(next(frame for frame in frames if frame.opcode is Opcode.PING)), (PING, ping))
+    return frames, events
+
+
+@given(messages=st.lists(_message_frames(), max_size=8), cuts=st.lists(st.integers(0, 5_000), max_size=20))
+def test_what_the_websockets_package_frames_is_read_whatever_the_reads(messages, cuts):
+    wire = b"".join(frame.serialize(mask=True) for frames, _ in messages for frame in frames)
+    parser = FrameParser(1 << 20, 128)
+    got = [event for data in split(wire, cuts) for event in parser.feed(data)]
+    assert got == [event for _, events in messages for event in events]
+    assert not parser.unfinished
