@@ -2,9 +2,9 @@
 A WebSocket connection as a member of the hub, alongside its TCP clients.
 
 L{MemberConnection} speaks RFC 6455 (its opening handshake answered by
-L{tcphub.web.upgrade.MemberResource}).  It builds the hub's protocol (the same class as the TCP clients', with
-the same hooks, limits and events) on a L{MemberTransport}, which carries
-whole messages (L{IMessageTransport}):
+L{tcphub.web.upgrade.MemberResource}).  It builds the hub's protocol (the
+same class as the TCP clients', with the same hooks, limits and events) on
+a L{MemberTransport}, which carries whole messages (L{IMessageTransport}):
 
   - a WebSocket message in (text or binary) is one hub message, its bytes as
     they came; one the hub's framing cannot carry to the TCP clients (a
@@ -17,14 +17,14 @@ whole messages (L{IMessageTransport}):
     member, whose outbox queues up to the hub's C{max_pending}; when the hub
     pauses reading from the member (C{max_rate}, C{pauseReading}), the TCP
     transport stops reading;
-  - heartbeat: a ping every C{ping_interval} seconds on the hub's clock; a member that does not
-    answer within C{ping_timeout} is dropped (L{PingTimeout}, counted in
-    C{timed_out});
+  - heartbeat: a ping every C{ping_interval} seconds on the hub's clock (one
+    timer for every member); a member that does not answer within
+    C{ping_timeout} is dropped (L{PingTimeout}, counted in C{timed_out});
   - closing: the hub's gentle close sends close code 1000 after the queued
     output; messages over C{max_frame} close with 1009, invalid UTF-8 text
     with 1007, floods (frames, pings, fragments) with 1008, other protocol
-    errors with 1002 (each counted in
-    C{protocol_errors}); a close the peer does not answer within
+    errors with 1002 (each counted in C{protocol_errors}); a peer's close is
+    answered with its code; a close the peer does not answer within
     C{close_timeout} seconds drops the TCP connection; the hub's abort (a
     slow consumer, a timeout) drops it at once.
 """
@@ -226,7 +226,8 @@ class _State(Enum):
 class MemberConnection:
     """
     One WebSocket connection after its opening handshake (which
-    L{MemberResource} answered on twisted.web's HTTP channel), and the hub
+    L{tcphub.web.upgrade.MemberResource} answered on twisted.web's HTTP
+    channel), and the hub
     member on it.  It speaks RFC 6455 itself (L{tcphub.web.frames}), in a
     record a few slots wide, its parser and rate buckets made when the
     member first sends, its heartbeat on timers shared by every member: an
