@@ -127,7 +127,10 @@ def test_send_unframeable_errbacks_and_sends_nothing(hub_factory):
 def test_send_waits_while_the_transport_is_paused_and_keeps_order(hub_factory):
     hub = hub_factory()
     protocol, transport = hub.connect()
+    assert transport.producer is None, "sent nothing yet: no outbox, and no producer to pause"
+    protocol.sendMessage(b"zero")
     assert transport.producer is protocol and transport.streaming
+    transport.clear()
     protocol.pauseProducing()
     first = hub.factory.send(protocol.client_id, b"one")
     broadcast = hub.factory.broadcast(b"two")

@@ -64,10 +64,10 @@ PAGE_KEYS: dict[str, Callable[[HubProtocol], float]] = {
     # The longest idle is the one least recently active.
     "idle": lambda client: -client.active,
     "bytes_received": lambda client: client.bytes_received,
-    "bytes_sent": lambda client: client.outbox.bytes_sent,
+    "bytes_sent": lambda client: client.bytes_sent,
     "messages_received": lambda client: client.messages_received,
-    "messages_sent": lambda client: client.outbox.messages_sent,
-    "pending_bytes": lambda client: client.outbox.queued_bytes,
+    "messages_sent": lambda client: client.messages_sent,
+    "pending_bytes": lambda client: client.pending_bytes,
     "held_bytes": lambda client: client.held_bytes,
 }
 """What L{HubFactory.page} sorts by: each read from a client where it lives."""
@@ -333,8 +333,9 @@ class HubFactory(Factory):
                 if client is skip or (excluded and client.client_id in excluded):
                     continue
                 outbox = client.outbox
-                mode = outbox.mode
-                if mode == WRITE:
+                if outbox is None:
+                    outbox = client.first_outbox()
+                if outbox is not None and outbox.mode == WRITE:
                     frames = outbox.frames
                     if frames is None:
                         outbox.frames = [frame]
@@ -801,12 +802,11 @@ class HubFactory(Factory):
         _add_traffic(self._departed.setdefault(client.kind, [0, 0, 0, 0]), client)
         if self._closed.maxlen:
             why = departure if departure is not None else reason.value
-            outbox = client.outbox
             self._closed.append(ClosedConnection(
                 id=client.client_id, address=client.address, connected=client.connected_at,
                 closed=self.clock.seconds(), bytes_received=client.bytes_received,
-                bytes_sent=outbox.bytes_sent, messages_received=client.messages_received,
-                messages_sent=outbox.messages_sent, reason=f"{type(why).__name__}: {why}", user=client.user,
+                bytes_sent=client.bytes_sent, messages_received=client.messages_received,
+                messages_sent=client.messages_sent, reason=f"{type(why).__name__}: {why}", user=client.user,
             ))
         host = self._hosts.pop(client.client_id, None)
         if host is not None:
@@ -842,8 +842,7 @@ class HubFactory(Factory):
 
 def _add_traffic(counts: list[int], client: HubProtocol) -> None:
     """Add C{client}'s traffic to C{counts} (as L{Traffic}'s fields, in order)."""
-    outbox = client.outbox
     counts[0] += client.bytes_received
-    counts[1] += outbox.bytes_sent
+    counts[1] += client.bytes_sent
     counts[2] += client.messages_received
-    counts[3] += outbox.messages_sent
+    counts[3] += client.messages_sent

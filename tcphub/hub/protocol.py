@@ -49,7 +49,7 @@ from tcphub.errors import (
 from tcphub.hub.framing import FrameDecoder
 from tcphub.hub.messages import IMessageTransport, MessageDecoder, MessageOutbox
 from tcphub.hub.metrics import ClientInfo, Drop
-from tcphub.hub.outbox import QUEUE, WRITE, Outbox, Waiter, notify_gone
+from tcphub.hub.outbox import CLOSED, QUEUE, WRITE, Outbox, Waiter, notify_gone
 from tcphub.hub.rate import TokenBucket
 from tcphub.hub.rooms import Kept
 
@@ -118,8 +118,9 @@ class HubProtocol(Protocol):
     """L{REFUSED}, L{OPEN}, L{DRAINING} or L{GONE}."""
     dropped_for: Drop | None
     """Why the hub dropped this client (L{drop}); None while it has not."""
-    outbox: Outbox
-    """This client's output (see L{tcphub.hub.outbox})."""
+    outbox: Outbox | None
+    """This client's output (see L{tcphub.hub.outbox}); None until the hub
+    first sends it something (an idle client never needs one)."""
 
     _log = Logger()
 
@@ -144,12 +145,9 @@ class HubProtocol(Protocol):
         self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         # Created at the first byte: a client that only listens never needs one.
         self._decoder: FrameDecoder | None = None
-        if IMessageTransport.providedBy(self.transport):
-            self.outbox = MessageOutbox(self.transport, hub.batch, now)
-        else:
-            self.outbox = Outbox(self.transport, hub.batch, now)
+        # Created with the first frame sent: a client that is never sent anything never needs one.
+        self.outbox = None
         self.state = OPEN
-        self.transport.registerProducer(self, True)
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
         self._arm_idle()
@@ -177,12 +175,33 @@ class HubProtocol(Protocol):
     @property
     def bytes_sent(self) -> int:
         """Bytes handed to this client's transport (its outbox counts them)."""
-        return self.outbox.bytes_sent
+        return 0 if self.outbox is None else self.outbox.bytes_sent
 
     @property
     def messages_sent(self) -> int:
         """Messages handed to this client's transport."""
-        return self.outbox.messages_sent
+        return 0 if self.outbox is None else self.outbox.messages_sent
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued for this client while it does not read."""
+        return 0 if self.outbox is None else self.outbox.queued_bytes
+
+    def first_outbox(self) -> Outbox | None:
+        """
+        The outbox of a client that has none yet, made now, with this
+        protocol registered as its transport's producer (told when the
+        transport's buffer fills); None for a client that is closing, which
+        takes nothing.  For the hub's broadcast and L{deliver}: not an
+        override point.
+        """
+        if self.state != OPEN:
+            return None
+        transport = self.transport
+        kind = MessageOutbox if IMessageTransport.providedBy(transport) else Outbox
+        outbox = self.outbox = kind(transport, self.factory.batch, self.connected_at)
+        transport.registerProducer(self, True)
+        return outbox
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
@@ -192,7 +211,8 @@ class HubProtocol(Protocol):
         departure = self._departure or ClientDisconnected(
             f"client {self.client_id} disconnected: {reason.getErrorMessage()}"
         )
-        self.outbox.abort(departure)
+        if self.outbox is not None:
+            self.outbox.abort(departure)
         self.factory.client_disconnected(self, reason, self._departure)
 
     def _cancel_timers(self) -> None:
@@ -457,7 +477,7 @@ class HubProtocol(Protocol):
         clock = self.factory.clock
         timeout = self.factory.timeout
         assert timeout is not None, "armed only with a timeout"
-        deadline = max(self._read_at, self.outbox.written_at) + timeout
+        deadline = self.active + timeout
         now = clock.seconds()
         if now < deadline:
             self._idle_call = clock.callLater(deadline - now, self._idle_check)
@@ -483,7 +503,7 @@ class HubProtocol(Protocol):
             check_payload(payload, "sendMessage")
         frame = self.factory.framing.encode(payload)
         outbox = self.outbox
-        if outbox.mode == WRITE:
+        if outbox is not None and outbox.mode == WRITE:
             outbox.write(frame)  # the common case, without deliver()'s call
         else:
             self.deliver(frame)
@@ -541,11 +561,15 @@ class HubProtocol(Protocol):
         A closing client takes nothing; a queue past C{max_pending} drops the client.
         """
         outbox = self.outbox
-        mode = outbox.mode
+        if outbox is None:
+            outbox = self.first_outbox()
+        mode = CLOSED if outbox is None else outbox.mode
         if mode == WRITE:
+            assert outbox is not None
             outbox.write(frame)
             return True
         if mode == QUEUE:
+            assert outbox is not None
             if outbox.enqueue(frame, waiter) > self.factory.max_pending:
                 self._drop_slow_consumer()
             return False
@@ -555,7 +579,7 @@ class HubProtocol(Protocol):
     def _drop_slow_consumer(self) -> None:
         error = SlowConsumer(
             f"client {self.client_id} ({self.address}) stopped reading with "
-            f"{self.outbox.queued_bytes} bytes queued (max_pending={self.factory.max_pending})"
+            f"{self.pending_bytes} bytes queued (max_pending={self.factory.max_pending})"
         )
         self.drop(Drop.SLOW_CONSUMER, error)
 
@@ -624,9 +648,12 @@ class HubProtocol(Protocol):
         if self.state != OPEN:
             return
         self.state = DRAINING
-        self.outbox.close()
-        if not self.outbox.queue:
-            self._close_transport()
+        outbox = self.outbox
+        if outbox is not None:
+            outbox.close()
+            if outbox.queue:
+                return  # the transport's resumeProducing closes it, once the queue is written
+        self._close_transport()
 
     def abortConnection(self) -> None:
         """Close at once: queued output is dropped, and its senders told.
@@ -635,8 +662,10 @@ class HubProtocol(Protocol):
             self._abort(ClientDisconnected(f"client {self.client_id} was disconnected by the hub"))
 
     def _close_transport(self) -> None:
-        # A registered producer keeps a paused transport open for ever: unregister first.
-        self.transport.unregisterProducer()
+        # A registered producer keeps a paused transport open for ever: unregister first
+        # (this protocol is registered once it has an outbox).
+        if self.outbox is not None:
+            self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def whenLost(self) -> Deferred[None]:
@@ -648,7 +677,8 @@ class HubProtocol(Protocol):
     def _abort(self, departure: ClientDisconnected) -> None:
         self.state = GONE
         self._departure = departure
-        self.outbox.abort(departure, unsent_bytes(self.transport))
+        if self.outbox is not None:
+            self.outbox.abort(departure, unsent_bytes(self.transport))
         self._cancel_timers()
         if self._said_last:
             # Twisted's buffer was empty and stays so: a FIN after the last
@@ -660,20 +690,29 @@ class HubProtocol(Protocol):
     # -- IPushProducer: the transport tells us when its buffer is full ---
 
     def pauseProducing(self) -> None:
-        self.outbox.pause()
+        # The transport pauses its producer once its writes filled its buffer;
+        # one that has written nothing yet gets its outbox now, paused.
+        outbox = self.outbox if self.outbox is not None else self.first_outbox()
+        if outbox is not None:
+            outbox.pause()
 
     def resumeProducing(self) -> None:
-        self.outbox.resume()
-        if self.state == DRAINING and not self.outbox.queue:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        outbox.resume()
+        if self.state == DRAINING and not outbox.queue:
             self._close_transport()
 
     def stopProducing(self) -> None:
-        self.outbox.pause()
+        if self.outbox is not None:
+            self.outbox.pause()
 
     @property
     def active(self) -> float:
         """When traffic last went either way, in the hub clock's seconds."""
-        return max(self._read_at, self.outbox.written_at)
+        outbox = self.outbox
+        return self._read_at if outbox is None else max(self._read_at, outbox.written_at)
 
     @property
     def held_bytes(self) -> int:
@@ -736,16 +775,15 @@ class HubProtocol(Protocol):
 
     def info(self) -> ClientInfo:
         """A snapshot of this client's record."""
-        outbox = self.outbox
         return ClientInfo(
             id=self.client_id,
             address=self.address,
             connected=self.connected_at,
             bytes_received=self.bytes_received,
-            bytes_sent=outbox.bytes_sent,
+            bytes_sent=self.bytes_sent,
             messages_received=self.messages_received,
-            messages_sent=outbox.messages_sent,
-            pending_bytes=outbox.queued_bytes,
+            messages_sent=self.messages_sent,
+            pending_bytes=self.pending_bytes,
             held_bytes=self.held_bytes,
             active=self.active,
             rooms=self.factory.rooms_of(self),

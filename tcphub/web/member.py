@@ -162,13 +162,11 @@ class MemberTransport:
             self._tcp.write(b"".join([wire(frame) for frame in frames]))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        # The connection stands between: it learns when the peer stops and starts reading.
-        self._connection.producer = producer
-        self._tcp.registerProducer(self._connection, streaming)
+        # The connection is the TCP transport's producer, and passes on when the peer stops and starts reading.
+        self._connection.attach(producer)
 
     def unregisterProducer(self) -> None:
-        self._tcp.unregisterProducer()
-        self._connection.producer = None
+        self._connection.attach(None)
 
     def pauseProducing(self) -> None:
         """The hub stops reading this member: so does TCP, and the heartbeat
@@ -285,6 +283,9 @@ class MemberConnection:
         hub = self.factory.hub
         if hub.keep_alive and ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
+        # Told when the peer stops reading from the start: its pongs must not pile up
+        # even before the hub has sent it anything (and registered a producer of its own).
+        self.transport.registerProducer(self, True)
         member = self.member = cast(HubProtocol, hub.buildProtocol(self.transport.getPeer()))
         member.makeConnection(MemberTransport(self))
         if not hub.reading_paused:
@@ -409,6 +410,13 @@ class MemberConnection:
         member.frameError(error)
 
     # -- IPushProducer, for the TCP transport: whether the peer reads -------
+
+    def attach(self, producer: IPushProducer | None) -> None:
+        """The member's producer (the hub's protocol, once it has sent the
+        member something), paused while the peer does not read; None: detached."""
+        self.producer = producer
+        if producer is not None and not self._peer_reads:
+            producer.pauseProducing()
 
     def pauseProducing(self) -> None:
         """The TCP transport's buffer filled: the peer stopped reading."""
