@@ -81,6 +81,28 @@ _PAUSED_BY_HUB: Final = 4  # HubFactory.pause_reading(), e.g. a gateway whose up
 _PAUSED_BY_WAIT: Final = 8  # waitBeforeReading(): the protocol awaits what its next message must see
 
 
+class _Seldom:
+    """A client's fields that most clients never set, in one record made
+    when the first of them is (an idle client's memory counts: 48 bytes)."""
+
+    __slots__ = ("input_ended", "held", "departure", "lost", "rate_call", "dropped_for", "said_last")
+
+    def __init__(self) -> None:
+        self.input_ended = False
+        """The client ended its input (FIN)."""
+        self.held: deque[bytes] | None = None
+        """Messages held while reading is paused."""
+        self.departure: ClientDisconnected | None = None
+        """Why the hub ended the connection, for those still waiting on it."""
+        self.lost: OneShotObserver | None = None
+        """Fired once the connection is gone (L{HubProtocol.whenLost})."""
+        self.rate_call: IDelayedCall | None = None
+        """When C{max_rate} lets the client be read again."""
+        self.dropped_for: Drop | None = None
+        self.said_last = False
+        """Last words went out with L{HubProtocol.sendNow}: close with a FIN, not a reset."""
+
+
 @implementer(IHalfCloseableProtocol)
 class HubProtocol(Protocol):
     """
@@ -99,9 +121,7 @@ class HubProtocol(Protocol):
 
     __slots__ = (
         "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
-        "_read_at", "_frames", "_decoder", "_read_paused", "_input_ended", "_held",
-        "_departure", "_lost", "_idle_call", "_frame_call", "_rate_call", "_bucket", "dropped_for",
-        "_said_last",
+        "_read_at", "_frames", "_decoder", "_read_paused", "_idle_call", "_frame_call", "_bucket", "_seldom",
     )
 
     factory: HubFactory
@@ -116,8 +136,6 @@ class HubProtocol(Protocol):
     """Messages decoded from this client."""
     state: int
     """L{REFUSED}, L{OPEN}, L{DRAINING} or L{GONE}."""
-    dropped_for: Drop | None
-    """Why the hub dropped this client (L{drop}); None while it has not."""
     outbox: Outbox | None
     """This client's output (see L{tcphub.hub.outbox}); None until the hub
     first sends it something (an idle client never needs one)."""
@@ -132,16 +150,10 @@ class HubProtocol(Protocol):
         self.messages_received = 0
         self._frames = 0
         self._read_paused = 0
-        self._input_ended = False
-        # Created when first needed: most clients never hold a message.
-        self._held: deque[bytes] | None = None
-        self._departure: ClientDisconnected | None = None
-        self.dropped_for = None
-        self._said_last = False
-        self._lost: OneShotObserver | None = None
+        # Created when one of its fields is first set: most clients never set any.
+        self._seldom: _Seldom | None = None
         self._idle_call: IDelayedCall | None = None
         self._frame_call: IDelayedCall | None = None
-        self._rate_call: IDelayedCall | None = None
         self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         # Created at the first byte: a client that only listens never needs one.
         self._decoder: FrameDecoder | None = None
@@ -203,24 +215,42 @@ class HubProtocol(Protocol):
         transport.registerProducer(self, True)
         return outbox
 
+    @property
+    def dropped_for(self) -> Drop | None:
+        """Why the hub dropped this client (L{drop}); None while it has not."""
+        seldom = self._seldom
+        return None if seldom is None else seldom.dropped_for
+
+    def _set_seldom(self) -> _Seldom:
+        seldom = self._seldom
+        if seldom is None:
+            seldom = self._seldom = _Seldom()
+        return seldom
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
         self.state = GONE
-        if self._lost is not None:
-            self._lost.fire(None)
-        departure = self._departure or ClientDisconnected(
+        seldom = self._seldom
+        if seldom is not None and seldom.lost is not None:
+            seldom.lost.fire(None)
+        given = None if seldom is None else seldom.departure
+        departure = given or ClientDisconnected(
             f"client {self.client_id} disconnected: {reason.getErrorMessage()}"
         )
         if self.outbox is not None:
             self.outbox.abort(departure)
-        self.factory.client_disconnected(self, reason, self._departure)
+        self.factory.client_disconnected(self, reason, given)
 
     def _cancel_timers(self) -> None:
         # Each timer's attribute is None once it has fired.
-        for call in (self._idle_call, self._frame_call, self._rate_call):
+        seldom = self._seldom
+        rate_call = None if seldom is None else seldom.rate_call
+        for call in (self._idle_call, self._frame_call, rate_call):
             if call is not None:
                 call.cancel()
-        self._idle_call = self._frame_call = self._rate_call = None
+        self._idle_call = self._frame_call = None
+        if seldom is not None:
+            seldom.rate_call = None
 
     # -- inbound --------------------------------------------------------
 
@@ -273,7 +303,7 @@ class HubProtocol(Protocol):
 
     def readConnectionLost(self) -> None:
         """IHalfCloseableProtocol: the client ended its input (FIN)."""
-        self._input_ended = True
+        self._set_seldom().input_ended = True
         dropped = 0
         if self._decoder is not None:
             batch = self.factory.batch
@@ -291,7 +321,7 @@ class HubProtocol(Protocol):
         if self._frame_call is not None:
             self._frame_call.cancel()
             self._frame_call = None
-        if not self._held and self.state == OPEN:
+        if not self._set_seldom().held and self.state == OPEN:
             # A client the hub is closing (maybe for its last line, just
             # handled) is departing: no hook.
             self._end_input()
@@ -330,9 +360,10 @@ class HubProtocol(Protocol):
         self._dispatch(payload)
 
     def _hold(self, payload: bytes) -> None:
-        if self._held is None:
-            self._held = deque()
-        self._held.append(payload)
+        seldom = self._set_seldom()
+        if seldom.held is None:
+            seldom.held = deque()
+        seldom.held.append(payload)
 
     def _take_token(self) -> bool:
         """C{max_rate}: False (and reading paused until a token is due) if
@@ -344,11 +375,11 @@ class HubProtocol(Protocol):
             return True
         self.factory.counters.rate_limited += 1
         self._pause(_PAUSED_BY_RATE)
-        self._rate_call = clock.callLater(wait, self._rate_refilled)
+        self._set_seldom().rate_call = clock.callLater(wait, self._rate_refilled)
         return False
 
     def _rate_refilled(self) -> None:
-        self._rate_call = None
+        self._set_seldom().rate_call = None
         self._resume(_PAUSED_BY_RATE)
 
     def _dispatch(self, payload: bytes) -> None:
@@ -442,7 +473,8 @@ class HubProtocol(Protocol):
         self._read_paused &= ~why
         if self._read_paused:
             return
-        held = self._held or ()
+        seldom = self._seldom
+        held = (None if seldom is None else seldom.held) or ()
         while held and not self._read_paused and self.state == OPEN:
             if self._bucket is not None and not self._take_token():
                 break
@@ -453,7 +485,7 @@ class HubProtocol(Protocol):
         self._arm_idle()
         if self.factory.frame_timeout is not None:
             self._watch_frame(self.factory.frame_timeout, False)
-        if self._input_ended:
+        if seldom is not None and seldom.input_ended:
             self._end_input()
         else:
             self.transport.resumeProducing()
@@ -573,7 +605,8 @@ class HubProtocol(Protocol):
             if outbox.enqueue(frame, waiter) > self.factory.max_pending:
                 self._drop_slow_consumer()
             return False
-        notify_gone(waiter, self._departure or ClientDisconnected(f"client {self.client_id} is closing"))
+        departure = None if self._seldom is None else self._seldom.departure
+        notify_gone(waiter, departure or ClientDisconnected(f"client {self.client_id} is closing"))
         return False
 
     def _drop_slow_consumer(self) -> None:
@@ -605,7 +638,7 @@ class HubProtocol(Protocol):
                                   client_id=self.client_id, address=self.address, kind=self.kind,
                                   reason=reason.value, error_type=type(error).__name__)
         self.factory.report(self.client_id, error)
-        self.dropped_for = reason
+        self._set_seldom().dropped_for = reason
         try:
             self.dropping(reason, error)
         except Exception:
@@ -640,8 +673,8 @@ class HubProtocol(Protocol):
         words before the hub drops the client: once they are sent, the drop
         closes with a FIN after them rather than a reset.  True if it was sent.
         """
-        self._said_last = send_now(self.transport, self.factory.framing.encode(payload))
-        return self._said_last
+        said = self._set_seldom().said_last = send_now(self.transport, self.factory.framing.encode(payload))
+        return said
 
     def loseConnection(self) -> None:
         """Close after the queued output is written; no new messages are taken."""
@@ -670,17 +703,19 @@ class HubProtocol(Protocol):
 
     def whenLost(self) -> Deferred[None]:
         """Fires once the connection is closed."""
-        if self._lost is None:
-            self._lost = OneShotObserver()
-        return self._lost.when_fired()
+        seldom = self._set_seldom()
+        if seldom.lost is None:
+            seldom.lost = OneShotObserver()
+        return seldom.lost.when_fired()
 
     def _abort(self, departure: ClientDisconnected) -> None:
         self.state = GONE
-        self._departure = departure
+        seldom = self._set_seldom()
+        seldom.departure = departure
         if self.outbox is not None:
             self.outbox.abort(departure, unsent_bytes(self.transport))
         self._cancel_timers()
-        if self._said_last:
+        if seldom.said_last:
             # Twisted's buffer was empty and stays so: a FIN after the last
             # words (a reset would make the peer's kernel discard them).
             self._close_transport()
@@ -717,7 +752,8 @@ class HubProtocol(Protocol):
     @property
     def held_bytes(self) -> int:
         """Input held while reading is paused."""
-        return sum(map(len, self._held or ()))
+        seldom = self._seldom
+        return sum(map(len, (None if seldom is None else seldom.held) or ()))
 
     def replayFrame(self, room: str, kept: Kept) -> bytes:
         """
