@@ -27,6 +27,7 @@ from tcphub import (
     UnknownClient,
 )
 from tcphub.hub.framing import LineFraming
+from tcphub.hub.modes import ChatProtocol
 
 
 def test_client_table_tracks_every_client_and_forgets_the_gone(hub_factory):
@@ -492,3 +493,23 @@ def test_every_drop_reason_is_a_metrics_field():
     from tcphub import Drop, Metrics
 
     assert {reason.value for reason in Drop} <= {field.name for field in fields(Metrics)}
+
+
+@pytest.mark.parametrize("protocol", [HubProtocol, EchoProtocol, BroadcastProtocol])
+def test_an_idle_client_has_no_instance_dict_no_outbox_and_nothing_seldom_set(hub_factory, protocol):
+    """What an idle client costs (bench/README, issue 28's target 1): the
+    hub's protocols keep their fields in slots, with no C{__dict__} (Twisted's
+    C{Protocol} would give every instance one), and make the outbox and the
+    seldom-set fields only when they are needed."""
+    hub = hub_factory(protocol=protocol)
+    client, transport = hub.connect()
+    assert not hasattr(client, "__dict__")
+    assert client.outbox is None and transport.producer is None
+    assert client.dropped_for is None and client.info().bytes_sent == 0
+    client.sendMessage(b"now it has one")
+    assert client.outbox is not None and transport.producer is client
+
+
+def test_the_chat_keeps_its_fields_in_slots_too(hub_factory):
+    client, _ = hub_factory(protocol=ChatProtocol).connect()
+    assert not hasattr(client, "__dict__")

@@ -28,12 +28,16 @@ from tcphub.hub.structured import StructuredProtocol
 class EchoProtocol(HubProtocol):
     """Sends every message back to its sender."""
 
+    __slots__ = ()
+
     def messageReceived(self, payload: bytes) -> None:
         self.sendMessage(payload)
 
 
 class BroadcastProtocol(HubProtocol):
     """A chat room: every message goes to every other client."""
+
+    __slots__ = ()
 
     def messageReceived(self, payload: bytes) -> None:
         self.broadcastMessage(payload)

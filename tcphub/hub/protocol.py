@@ -27,10 +27,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
+    ILoggingContext,
+    IProtocol,
     ISSLTransport,
     ITCPTransport,
 )
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -103,8 +105,8 @@ class _Seldom:
         """Last words went out with L{HubProtocol.sendNow}: close with a FIN, not a reset."""
 
 
-@implementer(IHalfCloseableProtocol)
-class HubProtocol(Protocol):
+@implementer(IProtocol, IHalfCloseableProtocol, ILoggingContext)
+class HubProtocol:
     """
     One client of the hub: decodes its frames, counts its traffic, keeps its
     deadlines (idle, unfinished frame, rate), and sends through its L{Outbox}
@@ -115,12 +117,15 @@ class HubProtocol(Protocol):
     or C{shutdown(SHUT_WR)}), what it sent is handled and L{inputEnded} is
     called.
 
-    Its fields live in slots (an idle client's memory counts); a subclass
-    without C{__slots__} keeps its own attributes in a C{__dict__} as usual.
+    Its fields live in slots (an idle client's memory counts), which is why
+    it implements C{IProtocol} itself rather than inherit Twisted's
+    C{Protocol} (whose instances all have a C{__dict__}: 40 bytes a client);
+    a subclass without C{__slots__} keeps its own attributes in a
+    C{__dict__} as usual.
     """
 
     __slots__ = (
-        "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
+        "factory", "transport", "connected", "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
         "_read_at", "_frames", "_decoder", "_read_paused", "_idle_call", "_frame_call", "_bucket", "_seldom",
     )
 
@@ -251,6 +256,15 @@ class HubProtocol(Protocol):
         self._idle_call = self._frame_call = None
         if seldom is not None:
             seldom.rate_call = None
+
+    def makeConnection(self, transport: Any) -> None:
+        """As Twisted's C{Protocol}: keep C{transport}, then L{connectionMade}."""
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return self.__class__.__name__
 
     # -- inbound --------------------------------------------------------
 
