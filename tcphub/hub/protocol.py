@@ -125,8 +125,8 @@ class HubProtocol:
     """
 
     __slots__ = (
-        "factory", "transport", "connected", "client_id", "connected_at", "state", "outbox", "bytes_received", "messages_received",
-        "_read_at", "_frames", "_decoder", "_read_paused", "_idle_call", "_frame_call", "_bucket", "_seldom",
+        "factory", "transport", "connected", "client_id", "connected_at", "state", "outbox",
+        "bytes_received", "messages_received", "_read_at", "_frames", "_decoder", "_read_paused", "_idle_call", "_frame_call", "_bucket", "_seldom",
     )
 
     factory: HubFactory
@@ -225,6 +225,11 @@ class HubProtocol:
         """Why the hub dropped this client (L{drop}); None while it has not."""
         seldom = self._seldom
         return None if seldom is None else seldom.dropped_for
+
+    def _held(self) -> deque[bytes] | tuple[()]:
+        """The messages held while reading is paused (none: an empty tuple)."""
+        seldom = self._seldom
+        return (None if seldom is None else seldom.held) or ()
 
     def _set_seldom(self) -> _Seldom:
         seldom = self._seldom
@@ -487,8 +492,7 @@ class HubProtocol:
         self._read_paused &= ~why
         if self._read_paused:
             return
-        seldom = self._seldom
-        held = (None if seldom is None else seldom.held) or ()
+        held = self._held()
         while held and not self._read_paused and self.state == OPEN:
             if self._bucket is not None and not self._take_token():
                 break
@@ -499,7 +503,7 @@ class HubProtocol:
         self._arm_idle()
         if self.factory.frame_timeout is not None:
             self._watch_frame(self.factory.frame_timeout, False)
-        if seldom is not None and seldom.input_ended:
+        if self._seldom is not None and self._seldom.input_ended:
             self._end_input()
         else:
             self.transport.resumeProducing()
@@ -766,8 +770,7 @@ class HubProtocol:
     @property
     def held_bytes(self) -> int:
         """Input held while reading is paused."""
-        seldom = self._seldom
-        return sum(map(len, (None if seldom is None else seldom.held) or ()))
+        return sum(map(len, self._held()))
 
     def replayFrame(self, room: str, kept: Kept) -> bytes:
         """
