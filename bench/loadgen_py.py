@@ -50,6 +50,11 @@ def int32_frame(payload: bytes) -> bytes:
     return _LENGTH.pack(len(payload)) + payload
 
 
+def message(sequence: int, size: int) -> bytes:
+    """A fan-out's message: "M", its sequence number, "M"s up to SIZE."""
+    return b"M" + _LENGTH.pack(sequence) + b"M" * (size - 5)
+
+
 def nats_publish(subject: str, payload: bytes, reply: str = "") -> bytes:
     return f"PUB {subject} {reply + ' ' if reply else ''}{len(payload)}\r\n".encode() + payload + b"\r\n"
 
@@ -58,9 +63,20 @@ class Reader(asyncio.Protocol):
     """A connection whose stream is cut into payloads, each given to
     C{on_payload}; L{cut} is the protocol's cutter, L{opening} what it says
     first. C{around_read}, if set, is called before and after each read is
-    cut (True, then False)."""
+    cut (True, then False).
+
+    A fan-out's receiver (C{fanout}, set when the class L{follows}) cuts
+    frames only until its first message: from there on it compares each
+    read whole with the bytes it must receive (L{Deliveries.expected}), one
+    C{memcmp} a read. Cut one by one in Python, 64-byte frames cap 1,000
+    receivers at about 3 M deliveries a second on one core, below the
+    servers measured; compared whole, at about 40 M."""
 
     around_read: Callable[[bool], None] | None = None
+    follows = True
+    fanout: Deliveries | None = None
+    expected = b""
+    position = -1  # where in C{expected} the reader is, once it follows
 
     def __init__(self, on_payload: Callable[[bytes], None]) -> None:
         self.on_payload = on_payload
@@ -74,6 +90,9 @@ class Reader(asyncio.Protocol):
         return b""
 
     def data_received(self, data: bytes) -> None:
+        if self.position >= 0:
+            self.follow(data)
+            return
         if self.around_read is not None:
             self.around_read(True)
         buffer = self.buffer + data if self.buffer else data
@@ -85,6 +104,25 @@ class Reader(asyncio.Protocol):
         """Hand every whole payload of C{buffer} on; return the bytes used."""
         raise NotImplementedError
 
+    def follows_from(self, buffer: bytes, at: int, start: int, stop: int, after: int) -> bool:
+        """The frame C{buffer[at:after]} carries the payload
+        C{buffer[start:stop]}: if it is a fan-out's first message, follow the
+        stream from there, the rest of C{buffer} included, and say so."""
+        if self.fanout is None or buffer[start] != 0x4D:  # "M": not a probe
+            return False
+        self.expected = self.fanout.expected(buffer[at:start], buffer[stop:after])
+        self.position = 0
+        self.follow(buffer[at:])
+        return True
+
+    def follow(self, data: bytes) -> None:
+        if not self.expected.startswith(data, self.position):
+            fail("fanout: a receiver read other bytes than its messages in order")
+        self.position += len(data)
+        if self.position == len(self.expected):
+            assert self.fanout is not None
+            self.fanout.completed()
+
 
 class Int32Reader(Reader):
     def cut(self, buffer: bytes) -> int:
@@ -93,6 +131,8 @@ class Int32Reader(Reader):
             (length,) = _LENGTH.unpack_from(buffer, at)
             if end - at - 4 < length:
                 break
+            if self.follows_from(buffer, at, at + 4, at + 4 + length, at + 4 + length):
+                return end
             self.on_payload(buffer[at + 4:at + 4 + length])
             at += 4 + length
         return at
@@ -117,6 +157,8 @@ class NatsReader(Reader):
                 size = int(fields[-1])
                 if len(buffer) < end + 2 + size + 2:
                     return at
+                if self.follows_from(buffer, at, end + 2, end + 2 + size, end + 2 + size + 2):
+                    return len(buffer)
                 self.on_message(buffer[end + 2:end + 2 + size], fields[3] if len(fields) == 5 else b"")
                 at = end + 2 + size + 2
                 continue
@@ -166,6 +208,9 @@ class WebSocketReader(Reader):
                 (length,), header = _WS_LENGTH_64.unpack_from(buffer, at + 2), 10
             if end - at - header < length:
                 break
+            if buffer[at] & 0x0F in (1, 2) and self.follows_from(buffer, at, at + header, at + header + length,
+                                                                  at + header + length):
+                return end
             self.on_frame(buffer[at + header:at + header + length], buffer[at] & 0x0F)
             at += header + length
         return at
@@ -184,6 +229,7 @@ class SocketIOReader(WebSocketReader):
     frame; only the binary ones are counted."""
 
     path = "/socket.io/?EIO=4&transport=websocket"
+    follows = False  # each message is two frames: the event and its attachment
 
     def upgraded_now(self) -> None:
         self.transport.write(b"\x81\x82\x00\x00\x00\x00" + b"40")  # type: ignore[attr-defined]
@@ -197,12 +243,28 @@ class Deliveries:
     """Each receiver's messages counted and checked in order; a probe (b"P")
     says a receiver is registered."""
 
-    def __init__(self, receivers: int, messages: int) -> None:
+    def __init__(self, receivers: int, messages: int, size: int) -> None:
         self.receivers = receivers
         self.messages = messages
+        self.payloads = [message(sequence, size) for sequence in range(messages)]
         self.probed = 0
         self.complete = 0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._expected: dict[tuple[bytes, bytes], bytes] = {}
+
+    def expected(self, prefix: bytes, suffix: bytes) -> bytes:
+        """Every message in order, each between C{prefix} and C{suffix}
+        (its frame's header and trailer): what a receiver must read from its
+        first message on."""
+        key = (prefix, suffix)
+        if key not in self._expected:
+            self._expected[key] = b"".join(prefix + payload + suffix for payload in self.payloads)
+        return self._expected[key]
+
+    def completed(self) -> None:
+        self.complete += 1
+        if self.complete == self.receivers:
+            self.done.set_result(None)
 
     def taker(self) -> Callable[[bytes], None]:
         count = 0
@@ -219,9 +281,7 @@ class Deliveries:
                 fail("fanout: a receiver got a message out of order")
             count += 1
             if count == self.messages:
-                self.complete += 1
-                if self.complete == self.receivers:
-                    self.done.set_result(None)
+                self.completed()
 
         return take
 
@@ -233,10 +293,17 @@ async def fanout_with(reader: type[Reader], ports: Sequence[int], sender_port: i
     MESSAGES of SIZE bytes from one C{sender} client of C{sender_port}, once
     every receiver has a probe."""
     loop = asyncio.get_running_loop()
-    run = Deliveries(receivers, messages)
+    run = Deliveries(receivers, messages, size)
+
+    def receiver() -> Reader:
+        protocol = reader(run.taker())
+        if reader.follows:
+            protocol.fanout = run
+        return protocol
+
     transports = []
     for index in range(receivers):
-        transport, _ = await loop.create_connection(lambda: reader(run.taker()), HOST, ports[index % len(ports)])
+        transport, _ = await loop.create_connection(receiver, HOST, ports[index % len(ports)])
         transports.append(transport)
     writer, _ = await loop.create_connection(lambda: sender(lambda payload: None), HOST, sender_port)
     while run.probed < receivers:
@@ -244,10 +311,8 @@ async def fanout_with(reader: type[Reader], ports: Sequence[int], sender_port: i
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.05)  # let the last probes land
     started = time.perf_counter()
-    for sequence in range(messages):
-        payload = bytearray(b"M" * size)
-        payload[1:5] = _LENGTH.pack(sequence)
-        writer.write(encode(bytes(payload)))
+    for payload in run.payloads:
+        writer.write(encode(payload))
         if writer.get_write_buffer_size() > 1 << 20:
             while writer.get_write_buffer_size() > 1 << 16:
                 await asyncio.sleep(0.001)
