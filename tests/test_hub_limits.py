@@ -169,6 +169,59 @@ def test_the_idle_deadline_is_exact_to_the_clock_after_the_last_write(hub_factor
     assert hub.timers() == []
 
 
+def test_every_client_s_idle_deadline_is_on_one_timer_and_each_still_comes_exactly(hub_factory):
+    """One timer for all (a DelayedCall each cost about 450 bytes an idle
+    client); each deadline still exact to the clock, moved by traffic."""
+    hub = hub_factory(timeout=30)
+    clients = []
+    for _ in range(50):
+        clients.append(hub.connect())
+        hub.clock.advance(0.5)
+    assert len(hub.timers()) == 1
+    talker, talker_transport = clients[10]
+    talker.dataReceived(b"still here\n")  # at 25 s: its deadline moves to 55 s
+    for index, (_, transport) in enumerate(clients):
+        if index == 10:
+            continue
+        hub.clock.advance(index * 0.5 + 30 - hub.clock.seconds() - 0.125)
+        assert not transport.disconnecting
+        hub.clock.advance(0.125)
+        assert transport.disconnecting, f"client {index} at {index * 0.5 + 30} s"
+    hub.clock.advance(55 - hub.clock.seconds() - 0.125)
+    assert not talker_transport.disconnecting
+    hub.clock.advance(0.125)
+    assert talker_transport.disconnecting
+    assert hub.factory.get_metrics().timed_out == 50 and hub.timers() == []
+
+
+def test_a_client_the_hub_holds_back_is_not_idle_and_gets_a_whole_timeout_once_let_go(hub_factory):
+    hub = hub_factory(timeout=30)
+    protocol, transport = hub.connect()
+    hub.factory.pause_reading()  # e.g. a gateway's upstream stalls
+    hub.clock.advance(100)
+    assert not transport.disconnecting and hub.timers() == [], "no deadline while held"
+    hub.factory.resume_reading()
+    hub.clock.advance(29.875)
+    assert not transport.disconnecting
+    hub.clock.advance(0.125)
+    assert transport.disconnecting and hub.factory.get_metrics().timed_out == 1
+
+
+@pytest.mark.logs_errors("the hook raises on purpose", RuntimeError)
+def test_a_timeoutconnection_hook_that_raises_is_counted_and_the_other_deadlines_come(hub_factory):
+    class Broken(EchoProtocol):
+        def timeoutConnection(self) -> None:
+            raise RuntimeError("hook bug")
+
+    hub = hub_factory(protocol=Broken, timeout=30)
+    hub.connect()
+    hub.connect()
+    hub.clock.advance(30)
+    errors = hub.errors()
+    assert len(errors) == 2 and all(isinstance(error, HandlerError) for error in errors)
+    assert hub.factory.get_metrics().handler_errors == 2
+
+
 def test_a_send_counts_as_traffic(hub_factory):
     hub = hub_factory(timeout=10)
     protocol, transport = hub.connect()
@@ -410,8 +463,9 @@ def test_held_messages_stop_at_the_one_that_closes_the_client(hub_factory):
     protocol.resumeReading()
     assert transport.value() == b"one\nbye\n"
     assert hub.factory.get_metrics().messages_received == 2
-    assert hub.timers() == [], "no idle deadline re-armed for a departing client"
-    assert transport.producerState == "paused", "nor its reading resumed"
+    assert transport.producerState == "paused", "its reading not resumed"
+    hub.lose(protocol)
+    assert hub.timers() == [], "its idle deadline went with it"
 
 
 def test_a_rate_pause_during_the_release_of_held_messages_keeps_reading_paused(hub_factory):

@@ -16,7 +16,6 @@ from twisted.internet.task import Clock
 from websockets.frames import Frame, Opcode
 
 from tcphub.errors import FrameTooLong, MalformedFrame
-from tcphub.web.deadlines import FixedDelay
 from tcphub.web.frames import (
     CLOSE,
     MESSAGE,
@@ -156,52 +155,6 @@ def test_the_servers_frames_are_final_and_unmasked(size):
     frame = encode(BINARY, payload)
     assert frame[0] == 0x82 and not frame[1] & 0x80
     assert server_frames(frame) == [(BINARY, payload)]
-
-
-# -- FixedDelay: many deadlines, one timer -------------------------------------
-
-
-def test_deadlines_fire_in_order_exactly_on_the_clock_on_one_timer():
-    clock, fired = Clock(), []
-    deadlines = FixedDelay(clock, 10.0, fired.append)
-    deadlines.add("a")
-    clock.advance(0.25)
-    deadlines.add("b")
-    deadlines.add("c")
-    assert len(clock.getDelayedCalls()) == 1
-    clock.advance(9.5)
-    assert fired == []
-    clock.advance(0.25)
-    assert fired == ["a"]
-    clock.advance(0.25)
-    assert fired == ["a", "b", "c"] and clock.getDelayedCalls() == []
-
-
-def test_a_withdrawn_deadline_does_not_fire_and_the_last_one_withdrawn_stops_the_timer():
-    clock, fired = Clock(), []
-    deadlines = FixedDelay(clock, 10.0, fired.append)
-    first = deadlines.add("a")
-    second = deadlines.add("b")
-    deadlines.withdraw(first)
-    clock.advance(10)
-    assert fired == ["b"]
-    third = deadlines.add("c")
-    deadlines.withdraw(third)
-    assert clock.getDelayedCalls() == [] and len(deadlines) == 0, "nothing left to fire: no timer"
-    assert second.item is None, "a deadline that fired lets go of its item"
-
-
-def test_an_item_added_when_its_deadline_fires_gets_its_own_delay():
-    clock, fired = Clock(), []
-    deadlines: FixedDelay[str] = FixedDelay(clock, 5.0, lambda item: (fired.append(item), deadlines.add(item)))
-    deadlines.add("a")
-    clock.advance(5)
-    clock.advance(4.75)
-    assert fired == ["a"]
-    clock.advance(0.25)
-    assert fired == ["a", "a"]
-    deadlines.stop()
-    assert clock.getDelayedCalls() == []
 
 
 # -- against a framing that is not ours: the websockets package's ------------------

@@ -19,6 +19,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from tcphub import _checks
+from tcphub._deadlines import Timetable
 from tcphub._observer import OneShotObserver
 from tcphub._reactor import default_reactor
 from tcphub._repeats import RepeatedLog
@@ -153,6 +154,8 @@ class HubFactory(Factory):
         self.auth_timeout = _checks.number("auth_timeout", auth_timeout, above=0)
         self.auth_grace = _checks.number("auth_grace", auth_grace, minimum=0)
         self.clock: IReactorTime = clock if clock is not None else default_reactor()
+        self.idle_deadlines: Timetable[HubProtocol] = Timetable(self.clock, lambda client: client.idle_due())
+        """Every client's idle deadline (C{timeout}) on one timer, not a C{DelayedCall} each (about 450 bytes)."""
         self.counters = HubCounters()
         self.batch = ReadBatch(self.counters, self.clock)
         """Gathers what the hub writes while it handles a read (see L{ReadBatch})."""

@@ -37,6 +37,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcphub._deadlines import Deadline
 from tcphub._observer import OneShotObserver
 from tcphub.hub.addresses import check_payload, format_address
 from tcphub._upstream.twisted_parts import send_now, unsent_bytes
@@ -126,7 +127,7 @@ class HubProtocol:
 
     __slots__ = (
         "factory", "transport", "connected", "client_id", "connected_at", "state", "outbox",
-        "bytes_received", "messages_received", "_read_at", "_frames", "_decoder", "_read_paused", "_idle_call", "_frame_call", "_bucket", "_seldom",
+        "bytes_received", "messages_received", "_read_at", "_frames", "_decoder", "_read_paused", "_idle", "_frame_call", "_bucket", "_seldom",
     )
 
     factory: HubFactory
@@ -157,7 +158,8 @@ class HubProtocol:
         self._read_paused = 0
         # Created when one of its fields is first set: most clients never set any.
         self._seldom: _Seldom | None = None
-        self._idle_call: IDelayedCall | None = None
+        # This client's deadline in the hub's idle timetable, while it has one.
+        self._idle: Deadline[HubProtocol] | None = None
         self._frame_call: IDelayedCall | None = None
         self._bucket = None if hub.max_rate is None else TokenBucket(hub.max_rate, hub.max_burst or 1, now)
         # Created at the first byte: a client that only listens never needs one.
@@ -255,10 +257,13 @@ class HubProtocol:
         # Each timer's attribute is None once it has fired.
         seldom = self._seldom
         rate_call = None if seldom is None else seldom.rate_call
-        for call in (self._idle_call, self._frame_call, rate_call):
+        for call in (self._frame_call, rate_call):
             if call is not None:
                 call.cancel()
-        self._idle_call = self._frame_call = None
+        self._frame_call = None
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            self.factory.idle_deadlines.withdraw(idle)
         if seldom is not None:
             seldom.rate_call = None
 
@@ -479,8 +484,8 @@ class HubProtocol:
         was_paused = self._read_paused
         self._read_paused |= why
         if not was_paused:
-            # The hub holds the client back: neither deadline is its fault.
-            self._disarm_idle()
+            # The hub holds the client back: neither deadline is its fault
+            # (the idle one lapses when it comes: see idle_due).
             call, self._frame_call = self._frame_call, None
             if call is not None:
                 call.cancel()
@@ -511,28 +516,29 @@ class HubProtocol:
     # -- the idle timeout: traffic either way, like Node's socket.setTimeout
 
     def _arm_idle(self) -> None:
-        timeout = self.factory.timeout
-        if timeout is not None:
-            self._idle_call = self.factory.clock.callLater(timeout, self._idle_check)
+        hub = self.factory
+        if hub.timeout is not None and self._idle is None:
+            self._idle = hub.idle_deadlines.add(self.active + hub.timeout, self)
 
-    def _disarm_idle(self) -> None:
-        call, self._idle_call = self._idle_call, None
-        if call is not None:
-            call.cancel()
-
-    def _idle_check(self) -> None:
-        # Traffic only stamps the time (cheap, once per read or write); the
-        # timer moves to the true deadline when it fires early.
-        self._idle_call = None
-        clock = self.factory.clock
-        timeout = self.factory.timeout
-        assert timeout is not None, "armed only with a timeout"
+    def idle_due(self) -> None:
+        """Called by the hub's idle timetable when this client's idle
+        deadline comes.  Traffic only stamps the time (cheap, once per read
+        or write): the deadline moves to the true one when it comes early.
+        While the hub holds the client back, it has none."""
+        hub = self.factory
+        self._idle = None
+        if self._read_paused:
+            return
+        timeout = hub.timeout
+        assert timeout is not None, "due only with a timeout"
         deadline = self.active + timeout
-        now = clock.seconds()
-        if now < deadline:
-            self._idle_call = clock.callLater(deadline - now, self._idle_check)
-        else:
+        if hub.clock.seconds() < deadline:
+            self._idle = hub.idle_deadlines.add(deadline, self)
+            return
+        try:
             self.timeoutConnection()
+        except Exception:
+            hub.handler_failed(f"{type(self).__name__}.timeoutConnection", Failure(), self.client_id)
 
     def peerAlive(self) -> None:
         """The peer showed it is there without sending a message (a WebSocket

@@ -56,7 +56,7 @@ from tcphub.hub.messages import IMessageTransport
 from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rate import TokenBucket
-from tcphub.web.deadlines import Deadline, FixedDelay
+from tcphub._deadlines import Deadline, FixedDelay
 from tcphub.web.frames import (
     BINARY,
     CLOSE,
