@@ -53,7 +53,8 @@ NATS = "/usr/sbin/nats-server"
 class Peer:
     """A server of the table: C{command(mode)} starts it for a scenario's
     mode; C{speaks}, the protocols it has ("int32", "ws", "nats",
-    "socketio"; "hub" for tcphub's rooms and bus); C{ready}, the line (on
+    "socketio"; "hub" for tcphub's rooms and bus; "timed" for int32 echo
+    with a 300 s idle timeout); C{ready}, the line (on
     stdout, or on stderr with C{ready_on_stderr}) with its port, and its
     WebSocket port if any; C{scale}, the share of a fan-out's messages it is
     sent (python-socketio delivers about 1 % of tcphub's rate: the full count
@@ -69,9 +70,9 @@ class Peer:
 SERVERS = {
     "bare Twisted": Peer(lambda mode: [PY, HERE / "servers" / ("autobahn_ws.py" if mode == "wsfanout"
                                                               else "twisted_int32.py"), mode],
-                         frozenset({"int32", "ws"})),
+                         frozenset({"int32", "ws", "timed"})),
     "tcphub": Peer(lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "default"],
-                   frozenset({"int32", "ws", "hub"})),
+                   frozenset({"int32", "ws", "hub", "timed"})),
     "tcphub asyncio": Peer(lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "asyncio"],
                            frozenset({"int32"})),
     "tcphub uvloop": Peer(lambda mode: [PY, HERE / "servers" / "tcphub_server.py", mode, "uvloop"],
@@ -322,6 +323,9 @@ def scenarios(quick: bool, idle: int) -> list[tuple[str, str, dict | None, str]]
         ("churn, Python load: connections/s", "echo", churn(load_py), "per_second"),
         (f"idle: bytes per connection ({idle:,} held)", "echo", held(False), "bytes"),
         (f"idle: bytes per connection ({idle:,} held by Python)", "echo", held(True), "bytes"),
+        # An idle timeout of 300 s: twistd tcphub's default; bare Twisted's is TimeoutMixin's.
+        (f"idle, 300 s idle timeout: bytes per connection ({idle:,} held)", "timed",
+         {"timed": lambda server, share: idle_bytes_per_connection(server, idle)}, "bytes"),
         (f"idle WebSocket member: bytes per connection ({idle:,} held)", "wsfanout", held_ws(False), "bytes"),
         (f"idle WebSocket member: bytes per connection ({idle:,} held by Python)", "wsfanout", held_ws(True),
          "bytes"),
@@ -368,6 +372,8 @@ def targets(table: dict[str, dict[str, float]], idle: int) -> list[str]:
          ratio("fan-out to 1,000, Python receivers: deliveries/s"), 4.0, True),
         ("bytes per idle connection ≤ 1.2× bare Twisted", ratio(f"idle: bytes per connection ({idle:,} held)"),
          1.2, False),
+        ("the same, each with a 300 s idle timeout (bare Twisted: TimeoutMixin)",
+         ratio(f"idle, 300 s idle timeout: bytes per connection ({idle:,} held)"), 1.2, False),
         ("an idle WebSocket member ≤ 2× a TCP member",
          ratio_of_rows(f"idle WebSocket member: bytes per connection ({idle:,} held)",
                        f"idle: bytes per connection ({idle:,} held)"), 2.0, False),

@@ -1,7 +1,9 @@
 """tcphub's TcpServer, as twistd tcphub builds it, on a chosen reactor; prints
 its metrics as JSON when a line arrives on stdin (to check the client table).
 
-    python tcphub_server.py echo|broadcast|room|wsfanout [default|asyncio|uvloop]
+    python tcphub_server.py echo|timed|broadcast|room|wsfanout [default|asyncio|uvloop]
+
+timed: echo, with twistd tcphub's default idle timeout (300 s); the others have none.
 
 wsfanout: broadcast, with WebSocket members on a second port (printed as "ws PORT").
 bus: broadcast, joined with the other nodes through the Redis of $TCPHUB_REDIS
@@ -58,8 +60,9 @@ class RoomFanout(HubProtocol):
 
 mode = sys.argv[1]
 server = TcpServer(
-    port=0, framing="int32", protocol=RoomFanout if mode in ("room", "busroom") else MODES["broadcast" if mode in ("wsfanout", "bus") else mode],
-    backlog=4096, timeout=None, max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
+    port=0, framing="int32", protocol=RoomFanout if mode in ("room", "busroom") else MODES[
+        "broadcast" if mode in ("wsfanout", "bus") else "echo" if mode == "timed" else mode],
+    backlog=4096, timeout=300.0 if mode == "timed" else None, max_frame=1 << 20, max_pending=64 << 20, max_connections=19_000, reactor=reactor,
 )
 members = None
 if mode == "wsfanout":

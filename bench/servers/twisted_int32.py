@@ -1,12 +1,15 @@
 """The baseline: what a Twisted user writes without tcphub (Int32StringReceiver).
 
-    python twisted_int32.py echo|broadcast
+    python twisted_int32.py echo|timed|broadcast
+
+timed: echo with an idle timeout of 300 s, as Twisted's TimeoutMixin gives one.
 """
 
 import sys
 
 from twisted.internet import protocol, reactor
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.policies import TimeoutMixin
 
 
 class Echo(Int32StringReceiver):
@@ -14,6 +17,18 @@ class Echo(Int32StringReceiver):
 
     def stringReceived(self, string):
         self.sendString(string)
+
+
+class TimedEcho(TimeoutMixin, Echo):
+    def connectionMade(self):
+        self.setTimeout(300)
+
+    def dataReceived(self, data):
+        self.resetTimeout()
+        super().dataReceived(data)
+
+    def timeoutConnection(self):
+        self.transport.abortConnection()
 
 
 class Broadcast(Int32StringReceiver):
@@ -31,7 +46,7 @@ class Broadcast(Int32StringReceiver):
                 client.sendString(string)
 
 
-factory = protocol.Factory.forProtocol(Echo if sys.argv[1] == "echo" else Broadcast)
+factory = protocol.Factory.forProtocol({"echo": Echo, "timed": TimedEcho}.get(sys.argv[1], Broadcast))
 factory.noisy = False
 factory.clients = set()
 port = reactor.listenTCP(0, factory, backlog=4096, interface="127.0.0.1")
