@@ -205,6 +205,61 @@ def test_a_resumed_client_gets_its_queue_a_buffer_at_a_time_not_all_at_once(hub_
     assert transport.value().endswith(b"then live\n")
 
 
+def test_in_a_queue_of_frames_mostly_unwaited_each_send_is_told_when_its_own_frame_is_handed_over(hub_factory):
+    """Most queued frames have no one waiting (a broadcastMessage, a
+    sendMessage): the queue holds just the frame, and the few waiters are
+    kept apart, each told when its own frame goes to the transport."""
+    from tcphub.hub.outbox import HANDOVER
+
+    hub = hub_factory(max_pending=1024 * 1024)
+    client, transport = hub.connect()
+    handed: list[int] = []
+    real_write = transport.write
+
+    def write(data: bytes) -> None:  # as a TCP transport: pause the producer past its buffer size
+        real_write(data)
+        handed.append(len(data))
+        if sum(handed) > HANDOVER:
+            client.pauseProducing()
+
+    transport.write = write
+    client.sendMessage(b"first")
+    handed.clear()
+    client.pauseProducing()
+    frame = b"x" * 999  # 1,000 bytes framed
+    sends = {}
+    for index in range(300):
+        if index % 7 == 3:
+            sends[index] = hub.factory.send(client.client_id, frame)
+        else:
+            client.sendMessage(frame)
+    assert len(client.outbox.waiters) == len(sends) == 43
+    total = 0
+    while hub.factory.client(client.client_id).pending_bytes:
+        client.resumeProducing()  # the kernel took what it had: the transport asks for more
+        total += sum(handed)
+        handed.clear()
+        assert {index: send.called for index, send in sends.items()} == {
+            index: (index + 1) * 1000 <= total for index in sends
+        }
+    assert total == 300_000 and all(send.called for send in sends.values())
+    assert client.outbox.queue is None and client.outbox.waiters is None
+
+
+def test_a_broadcast_nobody_waits_for_makes_no_countdown_even_for_queueing_receivers(hub_factory):
+    hub = hub_factory()
+    receiver, transport = hub.connect()
+    receiver.sendMessage(b"made its outbox")
+    receiver.pauseProducing()
+    assert hub.factory.broadcast_frame(b"queued\n", waited=False) is None
+    waited = hub.factory.broadcast_frame(b"waited\n")
+    assert waited is not None and waited.remaining == 2, "the queueing receiver and the caller's hold"
+    waited.tick()
+    receiver.resumeProducing()
+    assert waited.done.called
+    assert transport.value().endswith(b"queued\nwaited\n")
+
+
 def test_over_long_frame_drops_only_that_client(hub_factory):
     hub = hub_factory(protocol=BroadcastProtocol, max_frame=8)
     (hostile, hostile_t), (talker, _), (_, listener_t) = [hub.connect() for _ in range(3)]

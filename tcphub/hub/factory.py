@@ -311,14 +311,16 @@ class HubFactory(Factory):
 
     def broadcast_frame(
         self, frame: bytes, excluded: frozenset[str] = frozenset(), skip: HubProtocol | None = None,
-        room: str | None = None, notice: bool = False,
+        room: str | None = None, notice: bool = False, waited: bool = True,
     ) -> Countdown | None:
         """
         Deliver an encoded C{frame} to every client (of C{room}, if given) but
         C{skip} and the C{excluded} ids.  A message to a room is numbered and
-        kept in its history; a C{notice} (who joined, who left) is neither.  Returns None if every receiver took it at once, else
-        a countdown for the queueing ones, still held once (the caller ticks
-        it).  The hot path: for a receiver in mode WRITE, the frame joins its
+        kept in its history; a C{notice} (who joined, who left) is neither.
+        Returns None if every receiver took it at once, or if it is not
+        C{waited} for (a queueing receiver then queues it with no one to
+        tell); else a countdown for the queueing ones, still held once (the
+        caller ticks it).  The hot path: for a receiver in mode WRITE, the frame joins its
         outbox's C{frames} inline; the batch writes them when it ends.
         """
         countdown = None
@@ -348,10 +350,11 @@ class HubFactory(Factory):
                 else:
                     # Queued (or, for a closing client, refused: the
                     # countdown is ticked at once).
-                    if countdown is None:
-                        countdown = Countdown()
-                        countdown.remaining = 1
-                    countdown.remaining += 1
+                    if waited:
+                        if countdown is None:
+                            countdown = Countdown()
+                            countdown.remaining = 1
+                        countdown.remaining += 1
                     client.deliver(frame, countdown)
         finally:
             batch.end()

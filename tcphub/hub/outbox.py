@@ -117,8 +117,8 @@ class Outbox:
     in L{_handed_over}; an abort takes back the bytes its peer never got.
     """
 
-    __slots__ = ("transport", "batch", "mode", "frames", "queue", "queued_bytes",
-                 "bytes_sent", "messages_sent", "written_at", "held_back")
+    __slots__ = ("transport", "batch", "mode", "frames", "queue", "queued_bytes", "waiters", "frames_queued",
+                 "frames_handed", "bytes_sent", "messages_sent", "written_at", "held_back")
 
     def __init__(self, transport: ITransport, batch: ReadBatch, now: float) -> None:
         self.transport = transport
@@ -127,10 +127,18 @@ class Outbox:
         """L{WRITE}, L{QUEUE} or L{CLOSED}."""
         self.frames: list[bytes] | None = None
         """Frames taken while the hub handles a read (then in C{batch.dirty})."""
-        self.queue: deque[tuple[bytes, Waiter]] | None = None
-        """Frames waiting for the transport, each with who to tell; created
-        when first needed (an empty deque costs 600 bytes per client)."""
+        self.queue: deque[bytes] | None = None
+        """Frames waiting for the transport; created when first needed (an
+        empty deque costs 600 bytes per client)."""
         self.queued_bytes = 0
+        self.waiters: deque[tuple[int, Waiter]] | None = None
+        """Who to tell when a queued frame is handed over, if anyone: each
+        with the count of C{frames_queued} its frame made.  Apart from the
+        queue, since most frames have no waiter (a broadcastMessage, a
+        sendMessage): a queued frame costs the queue one reference."""
+        self.frames_queued = 0
+        self.frames_handed = 0
+        """Frames queued and handed over from the queue, since the outbox was made."""
         self.bytes_sent = 0
         self.messages_sent = 0
         self.written_at = now
@@ -157,9 +165,15 @@ class Outbox:
     def enqueue(self, frame: bytes, waiter: Waiter) -> int:
         """Queue a frame in mode L{QUEUE}; returns the bytes now queued (the
         caller drops a client whose queue passes the hub's bound)."""
-        if self.queue is None:
-            self.queue = deque()
-        self.queue.append((frame, waiter))
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        queue.append(frame)
+        self.frames_queued += 1
+        if waiter is not None:
+            if self.waiters is None:
+                self.waiters = deque()
+            self.waiters.append((self.frames_queued, waiter))
         self.queued_bytes += len(frame)
         return self.queued_bytes
 
@@ -207,22 +221,23 @@ class Outbox:
             self.queue = None
             return
         self.written_at = self.batch.clock.seconds()
+        take = queue.popleft
         while queue and not self.held_back:
             chunk: list[bytes] = []
-            waiters: list[Waiter] = []
             size = 0
             while queue and size < HANDOVER:
-                frame, waiter = queue.popleft()
+                frame = take()
                 chunk.append(frame)
-                waiters.append(waiter)
                 size += len(frame)
             self.queued_bytes -= size
+            self.frames_handed += len(chunk)
             self._handed_over(size, len(chunk))
             self._write_many(chunk)
-            for waiter in waiters:
-                _written(waiter)
+            waiters = self.waiters
+            while waiters and waiters[0][0] <= self.frames_handed:
+                _written(waiters.popleft()[1])
         if not queue:  # else the transport paused us: the rest waits, in order
-            self.queue = None
+            self.queue = self.waiters = None
 
     def close(self) -> None:
         """Take no new frame; what is queued stays, to be written."""
@@ -241,9 +256,9 @@ class Outbox:
             self.batch.counters.bytes_sent -= unsent
         self.mode = CLOSED
         self.frames = None
-        queue, self.queue = self.queue, None
+        waiters, self.queue, self.waiters = self.waiters, None, None
         self.queued_bytes = 0
-        for _, waiter in queue or ():
+        for _, waiter in waiters or ():
             notify_gone(waiter, departure)
 
     def _handed_over(self, size: int, messages: int) -> None:

@@ -584,9 +584,7 @@ class HubProtocol:
 
     def _send_to_others(self, payload: bytes, room: str | None, notice: bool) -> None:
         hub = self.factory
-        countdown = hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room, notice=notice)
-        if countdown is not None:
-            countdown.tick()
+        hub.broadcast_frame(hub.framing.encode(payload), skip=self, room=room, notice=notice, waited=False)
         relay = hub.relay
         if relay is not None:
             if notice:
