@@ -26,6 +26,8 @@ from tcphub._upstream.twisted_parts import (
     is_emfile_recovery,
     twistd_destination,
     unsent_bytes,
+    write_now,
+    write_sequence_now,
 )
 
 
@@ -109,3 +111,96 @@ def test_unsent_bytes_sees_twisteds_buffer_and_the_kernels_send_queue():
     done: Deferred[None] = Deferred()
     reactor.callLater(0, done.callback, None)
     yield done
+
+
+class _Peer(Protocol):
+    """A client that reads nothing until told, then collects C{expected} bytes."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.received = bytearray()
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected:
+            self.done.callback(bytes(self.received))
+
+
+@pytest_twisted.inlineCallbacks
+def _connected(expected: int):
+    """An accepted connection's server protocol and a peer that does not read yet."""
+    accepted: Deferred[Protocol] = Deferred()
+
+    class Accept(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+            self.transport.setTcpNoDelay(True)
+            accepted.callback(self)
+
+    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(Accept))
+    peer = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), _Peer(expected))
+    server = yield accepted
+    return port, server, peer
+
+
+@pytest_twisted.inlineCallbacks
+def _read_all_and_close(port, server, peer):
+    peer.transport.resumeProducing()
+    received = yield peer.done
+    lost: Deferred[None] = Deferred()
+    server.connectionLost = lambda reason: lost.callback(None)
+    peer.transport.loseConnection()
+    yield lost
+    yield port.stopListening()
+    return received
+
+
+@pytest.mark.parametrize("write", ["write_now", "write_sequence_now"])
+@pytest_twisted.inlineCallbacks
+def test_write_now_gives_the_kernel_what_it_takes_at_once_and_twisted_the_rest_in_order(write):
+    """The first write goes to the kernel whole, with no reactor round (the
+    socket is not registered for writing); a write the kernel takes only
+    part of leaves the rest in Twisted's buffer; a write after it waits
+    behind that rest.  The peer gets every byte, in order."""
+    first, big, last = b"a" * 1000, bytes(range(256)) * 4096, b"z" * 1000
+    port, server, peer = yield _connected(len(first) + len(big) + len(last))
+    transport = server.transport
+
+    def give(*parts: bytes) -> None:
+        if write == "write_now":
+            write_now(transport, b"".join(parts))
+        else:
+            write_sequence_now(transport, list(parts))
+
+    give(first[:500], first[500:])
+    assert transport._tempDataLen == 0 and transport not in reactor.getWriters()
+    give(big[:1000], big[1000:])
+    assert 0 < transport._tempDataLen < len(big) and transport in reactor.getWriters()
+    waiting = transport._tempDataLen
+    give(last)
+    assert transport._tempDataLen == waiting + len(last), "behind what waits, not past it"
+    received = yield _read_all_and_close(port, server, peer)
+    assert received == first + big + last
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_leaves_to_twisted_what_a_full_kernel_buffer_refuses():
+    port, server, peer = yield _connected(0)
+    transport, filled = server.transport, bytearray()
+    for _ in range(10_000):  # the kernel's buffers, filled behind Twisted's back
+        try:
+            filled += b"f" * transport.socket.send(b"f" * 65536)
+        except BlockingIOError:
+            break
+    else:
+        pytest.fail("the kernel took 640 MB from a peer that does not read")
+    assert transport._tempDataLen == 0, "Twisted's buffer is empty, so write_now tries the socket"
+    write_now(transport, b"refused")
+    assert transport._tempDataLen == len(b"refused") and transport in reactor.getWriters()
+    peer.expected = len(filled) + len(b"refused")
+    received = yield _read_all_and_close(port, server, peer)
+    assert received == bytes(filled) + b"refused"

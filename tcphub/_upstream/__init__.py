@@ -19,6 +19,8 @@ PRIVATE_SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("twisted.internet.abstract", "FileDescriptor", "dataBuffer"),
     ("twisted.internet.abstract", "FileDescriptor", "offset"),
     ("twisted.internet.abstract", "FileDescriptor", "_tempDataLen"),
+    ("twisted.internet.abstract", "FileDescriptor", "_writeDisconnecting"),
+    ("twisted.internet._newtls", "ConnectionMixin", "TLS"),
     ("twisted.protocols.basic", "NetstringReceiver", "_consumeData"),
     ("twisted.protocols.basic", "NetstringReceiver", "_handleParseError"),
     ("twisted.protocols.basic", "NetstringReceiver", "_TOO_LONG"),

@@ -17,6 +17,7 @@ from typing import Final, Union
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, ITransport
 
+from tcphub._upstream.twisted_parts import write_now, write_sequence_now
 from tcphub.errors import ClientDisconnected
 from tcphub.hub.metrics import HubCounters
 
@@ -160,7 +161,7 @@ class Outbox:
         else:
             self.written_at = batch.clock.seconds()
             self._handed_over(len(frame), 1)
-            self.transport.write(frame)
+            write_now(self.transport, frame)
 
     def enqueue(self, frame: bytes, waiter: Waiter) -> int:
         """Queue a frame in mode L{QUEUE}; returns the bytes now queued (the
@@ -186,7 +187,7 @@ class Outbox:
         if len(frames) == 1:
             frame = frames[0]
             self._handed_over(len(frame), 1)
-            self.transport.write(frame)
+            write_now(self.transport, frame)
             return
         size = sum(map(len, frames))
         self._handed_over(size, len(frames))
@@ -197,9 +198,9 @@ class Outbox:
         if len(frames[0]) >= 1024:
             # Large frames: hand them over as they are, rather than copy them
             # all once more only for the transport to join them again.
-            self.transport.writeSequence(frames)
+            write_sequence_now(self.transport, frames)
         else:
-            self.transport.write(b"".join(frames))
+            write_now(self.transport, b"".join(frames))
 
     def pause(self) -> None:
         """The transport's buffer is full: queue from now on."""
