@@ -204,3 +204,16 @@ def test_write_now_leaves_to_twisted_what_a_full_kernel_buffer_refuses():
     peer.expected = len(filled) + len(b"refused")
     received = yield _read_all_and_close(port, server, peer)
     assert received == bytes(filled) + b"refused"
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_now_sends_nothing_once_the_connection_is_aborted():
+    port, server, peer = yield _connected(0)
+    lost: Deferred[None] = Deferred()
+    peer.connectionLost = lambda reason: lost.callback(None)
+    server.transport.abortConnection()
+    write_now(server.transport, b"after the abort")
+    peer.transport.resumeProducing()
+    yield lost
+    assert peer.received == b""
+    yield port.stopListening()

@@ -21,6 +21,7 @@ PRIVATE_SYMBOLS: tuple[tuple[str, str, str], ...] = (
     ("twisted.internet.abstract", "FileDescriptor", "_tempDataLen"),
     ("twisted.internet.abstract", "FileDescriptor", "_writeDisconnecting"),
     ("twisted.internet._newtls", "ConnectionMixin", "TLS"),
+    ("twisted.internet.tcp", "_AbortingMixin", "_aborting"),
     ("twisted.protocols.basic", "NetstringReceiver", "_consumeData"),
     ("twisted.protocols.basic", "NetstringReceiver", "_handleParseError"),
     ("twisted.protocols.basic", "NetstringReceiver", "_TOO_LONG"),

@@ -57,6 +57,7 @@ from tcphub.hub.metrics import Drop
 from tcphub.hub.protocol import HubProtocol
 from tcphub.hub.rate import TokenBucket
 from tcphub._deadlines import Deadline, FixedDelay
+from tcphub._upstream.twisted_parts import write_now
 from tcphub.web.frames import (
     BINARY,
     CLOSE,
@@ -154,12 +155,12 @@ class MemberTransport:
 
     def write(self, frame: bytes) -> None:
         if self._connection.state is _State.OPEN:
-            self._tcp.write(self._prepared.wire(frame))
+            write_now(self._tcp, self._prepared.wire(frame))
 
     def writeSequence(self, frames: Iterable[bytes]) -> None:
         if self._connection.state is _State.OPEN:
             wire = self._prepared.wire
-            self._tcp.write(b"".join([wire(frame) for frame in frames]))
+            write_now(self._tcp, b"".join([wire(frame) for frame in frames]))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         # The connection is the TCP transport's producer, and passes on when the peer stops and starts reading.
