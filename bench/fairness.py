@@ -5,7 +5,7 @@ through the hub. Run with and without --max-rate, side by side:
 
     .venv/bin/python bench/fairness.py [--seconds 5] [--listeners 30] [--max-rate 1000]
 
-The hub is `twistd -n tcphub` (line framing, broadcast) on core 0, the clients
+The hub is `twistd -n tcphub --mode broadcast` (line framing) on core 0, the clients
 (bench/fairness.js, Node) on core 1. Prints the pair's p50/p99 one-way latency.
 """
 
@@ -30,7 +30,7 @@ def pinned(core: int, command: list[str]) -> list[str]:
 
 def run(hub_options: list[str], listeners: int, seconds: float) -> dict:
     hub = subprocess.Popen(
-        pinned(0, [TWISTD, "--pidfile=", "-n", "tcphub", "--port", "0", *hub_options]),
+        pinned(0, [TWISTD, "--pidfile=", "-n", "tcphub", "--port", "0", "--mode", "broadcast", *hub_options]),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     drain = None
@@ -49,7 +49,10 @@ def run(hub_options: list[str], listeners: int, seconds: float) -> dict:
         )
         if result.returncode != 0:
             raise SystemExit(f"fairness.js failed: {result.stderr}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        if not measured["received"]:
+            raise SystemExit(f"the pair got none of its {measured['pings']} pings through the hub")
+        return measured
     finally:
         hub.terminate()
         hub.wait(timeout=60)
