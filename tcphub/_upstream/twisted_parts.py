@@ -56,10 +56,10 @@ _PLAIN_SOCKETS = (tcp.Server, unix.Server)
 
 
 def _clear_to_send(transport: Any) -> bool:
-    """Whether C{write_now} may hand bytes to C{transport}'s socket itself: an
-    accepted TCP or UNIX connection, not TLS, open and not closing either
-    way nor aborted, with nothing in Twisted's write buffer (so nothing it writes can
-    overtake what waits there)."""
+    """Whether C{write_now} may hand bytes to C{transport}'s socket itself:
+    an accepted TCP or UNIX connection, not TLS, open, neither closing (either
+    way) nor aborted, with nothing in Twisted's write buffer (so that nothing
+    it writes can overtake what waits there)."""
     return (type(transport) in _PLAIN_SOCKETS and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._writeDisconnecting and not transport._aborting
             and not transport._tempDataLen and len(transport.dataBuffer) == transport.offset)

@@ -320,8 +320,9 @@ class HubFactory(Factory):
         Returns None if every receiver took it at once, or if it is not
         C{waited} for (a queueing receiver then queues it with no one to
         tell); else a countdown for the queueing ones, still held once (the
-        caller ticks it).  The hot path: for a receiver in mode WRITE, the frame joins its
-        outbox's C{frames} inline; the batch writes them when it ends.
+        caller ticks it).  The hot path: for a receiver in mode WRITE, the
+        frame joins its outbox's C{frames} inline; the batch writes them
+        when it ends.
         """
         countdown = None
         batch = self.batch

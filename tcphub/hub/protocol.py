@@ -127,7 +127,8 @@ class HubProtocol:
 
     __slots__ = (
         "factory", "transport", "connected", "client_id", "connected_at", "state", "outbox",
-        "bytes_received", "messages_received", "_read_at", "_frames", "_decoder", "_read_paused", "_idle", "_frame_call", "_bucket", "_seldom",
+        "bytes_received", "messages_received", "_read_at", "_frames", "_decoder", "_read_paused", "_idle",
+        "_frame_call", "_bucket", "_seldom",
     )
 
     factory: HubFactory
