@@ -258,6 +258,7 @@ def test_a_message_over_max_frame_closes_with_1009_and_counts_as_a_protocol_erro
     assert (opcode, payload[:2]) == (CLOSE, struct.pack("!H", 1009))
     assert web.hub.factory.get_metrics().protocol_errors == 1
     assert not transport.disconnected, "the close frame is on its way: no abort"
+    assert transport.producerState == "paused", "RFC 6455 7.1.7: no more of a failed connection's data"
     web.hub.clock.advance(3)
     assert transport.disconnected
 
@@ -270,6 +271,7 @@ def test_a_message_a_line_hub_cannot_relay_closes_with_1007(members):
     assert (opcode, payload[:2]) == (CLOSE, struct.pack("!H", 1007))
     assert b"newline" in payload
     assert web.hub.factory.get_metrics().protocol_errors == 1
+    assert transport.producerState == "paused"
     assert [event[0] for event in web.hub.events].count("data") == 0
 
 
@@ -535,6 +537,7 @@ def test_a_message_in_too_many_fragments_closes_with_1008(members):
     [(opcode, payload)] = server_frames(transport.value())
     assert (opcode, payload) == (CLOSE, struct.pack("!H", 1008) + b"a message in more than 128 frames")
     assert web.hub.factory.get_metrics().protocol_errors == 1
+    assert transport.producerState == "paused", "a flood of fragments is not read while the close goes out"
 
 
 def test_a_flood_of_frames_is_bounded_per_second(members):

@@ -400,12 +400,15 @@ class MemberConnection:
 
     def _refuse(self, what: str) -> None:
         self._fail(1008, MalformedFrame(what))
-        # A flood goes on while the close frame is on its way: read no more of it.
-        self.transport.pauseProducing()
 
     def _fail(self, code: int, error: FramingError) -> None:
-        """The peer broke the protocol: close with C{code} and why, then the hub counts it."""
+        """The peer broke the protocol: close with C{code} and why, read no
+        more of what it sends (RFC 6455 §7.1.7: a failed connection's data is
+        not processed; a flood would go on while the close frame is on its
+        way), then the hub counts it.  The close deadline ends the TCP
+        connection."""
         self._send_close(code, str(error))
+        self.transport.pauseProducing()
         member = self.member
         assert member is not None, "frames come once the connection is open"
         member.frameError(error)
