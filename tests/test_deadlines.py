@@ -132,3 +132,26 @@ def test_a_deadline_comes_when_the_clock_reaches_its_timer_even_a_rounding_short
     clock.advance(0.9 - 0.2)
     assert clock.seconds() < 0.9, "the timer's own time: 0.2 + (0.9 - 0.2) falls an ulp short"
     assert fired == ["a"] and clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize("kind", ["fixed", "timetable"])
+def test_deadlines_added_while_others_fire_leave_one_timer_for_the_next_not_a_wake_up_for_nothing(kind):
+    clock, fired = Clock(), []
+
+    def fire(item):
+        fired.append(item)
+        if kind == "fixed":
+            deadlines.add(item + "'")
+        else:
+            deadlines.add(clock.seconds() + 4.0, item + "'")
+
+    armed = []
+    call_later = clock.callLater
+    clock.callLater = lambda delay, *rest: armed.append(clock.seconds() + delay) or call_later(delay, *rest)
+    deadlines = FixedDelay(clock, 4.0, fire) if kind == "fixed" else Timetable(clock, fire)
+    for item in "ab":
+        deadlines.add(item) if kind == "fixed" else deadlines.add(4.0, item)
+    clock.advance(4.0)
+    assert fired == ["a", "b"]
+    assert armed == [4.0, 8.0], "armed once for the first, once for the next"
+    deadlines.stop()

@@ -171,6 +171,26 @@ def test_a_client_that_stops_reading_is_dropped_at_max_pending(hub_factory):
     failed.addErrback(lambda _: None)
 
 
+def pausing_past_a_buffer(client, transport) -> list[int]:
+    """Make C{transport} pause C{client} once more than a buffer's worth
+    (C{HANDOVER}) is written, as a TCP transport pauses its producer past its
+    buffer size; returns the sizes written, to be cleared when the kernel
+    takes them."""
+    from tcphub.hub.outbox import HANDOVER
+
+    written: list[int] = []
+    real_write = transport.write
+
+    def write(data: bytes) -> None:
+        real_write(data)
+        written.append(len(data))
+        if sum(written) > HANDOVER:
+            client.pauseProducing()
+
+    transport.write = write
+    return written
+
+
 def test_a_resumed_client_gets_its_queue_a_buffer_at_a_time_not_all_at_once(hub_factory):
     """A slow client holds at most max_pending queued plus about a buffer in
     its transport: the whole queue handed over at once would hold it twice."""
@@ -178,16 +198,7 @@ def test_a_resumed_client_gets_its_queue_a_buffer_at_a_time_not_all_at_once(hub_
 
     hub = hub_factory(max_pending=1024 * 1024)
     client, transport = hub.connect()
-    held: list[int] = []
-    real_write = transport.write
-
-    def write(data: bytes) -> None:  # as a TCP transport: pause the producer past its buffer size
-        real_write(data)
-        held.append(len(data))
-        if sum(held) > HANDOVER:
-            client.pauseProducing()
-
-    transport.write = write
+    held = pausing_past_a_buffer(client, transport)
     client.pauseProducing()
     frame = b"x" * 999  # 1,000 bytes framed
     sends = [hub.factory.send(client.client_id, frame) for _ in range(1000)]
@@ -209,20 +220,9 @@ def test_in_a_queue_of_frames_mostly_unwaited_each_send_is_told_when_its_own_fra
     """Most queued frames have no one waiting (a broadcastMessage, a
     sendMessage): the queue holds just the frame, and the few waiters are
     kept apart, each told when its own frame goes to the transport."""
-    from tcphub.hub.outbox import HANDOVER
-
     hub = hub_factory(max_pending=1024 * 1024)
     client, transport = hub.connect()
-    handed: list[int] = []
-    real_write = transport.write
-
-    def write(data: bytes) -> None:  # as a TCP transport: pause the producer past its buffer size
-        real_write(data)
-        handed.append(len(data))
-        if sum(handed) > HANDOVER:
-            client.pauseProducing()
-
-    transport.write = write
+    handed = pausing_past_a_buffer(client, transport)
     client.sendMessage(b"first")
     handed.clear()
     client.pauseProducing()
