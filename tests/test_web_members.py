@@ -454,6 +454,35 @@ def test_the_messages_of_one_read_go_out_as_one_write_per_receiver(members):
     assert [server_frames(data) for data in writes] == [[(TEXT, b"one"), (TEXT, b"two")]]
 
 
+def test_members_handed_the_same_frames_share_one_join_and_others_get_their_own(members):
+    """The frames of one read's broadcasts are framed and joined once for
+    all the members they go to; a member whose frames differ (a send to it
+    alone between the broadcasts, the same length and ends as another's)
+    gets its own."""
+
+    class Announcer(BroadcastProtocol):
+        def messageReceived(self, payload: bytes) -> None:
+            self.broadcastMessage(b"one")
+            self.factory.send(first.member.client_id, b"for the first")
+            self.factory.send(second.member.client_id, b"for the second")
+            self.broadcastMessage(b"two")
+
+    web = members({"protocol": Announcer})
+    sender, _ = web.open()
+    (first, first_transport), (second, second_transport), (_, third_transport) = [web.open() for _ in range(3)]
+    sender.dataReceived(client_frame(TEXT, b"go"))
+    assert [server_frames(transport.value()) for transport in (first_transport, second_transport, third_transport)] == [
+        [(TEXT, b"one"), (TEXT, b"for the first"), (TEXT, b"two")],
+        [(TEXT, b"one"), (TEXT, b"for the second"), (TEXT, b"two")],
+        [(TEXT, b"one"), (TEXT, b"two")],
+    ]
+    prepared, encode_frame = web.factory.prepared, web.hub.factory.framing.encode
+    one, two = encode_frame(b"one"), encode_frame(b"two")
+    first = prepared.wire_all([one, two])
+    assert prepared.wire_all([one, two]) is first, "joined once, not per member"
+    assert prepared.wire_all([two, one]) != first
+
+
 def test_a_pong_the_hub_did_not_ask_for_does_not_move_the_next_ping(members):
     web = members(ping_interval=10.0, ping_timeout=5.0)
     connection, transport = web.open()

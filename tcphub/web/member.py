@@ -94,18 +94,20 @@ class _Prepared:
     its id is not reused), up to C{LIMIT} bytes; then it starts again.
     """
 
-    __slots__ = ("_framing", "_cache", "_size")
+    __slots__ = ("_framing", "_cache", "_size", "_last_frames", "_last_wire")
     LIMIT: Final = 1 << 20
 
     def __init__(self, hub: HubFactory) -> None:
         self._framing = hub.framing
         self._cache: dict[int, tuple[bytes, bytes]] = {}
         self._size = 0
+        self._last_frames: list[bytes] = []
+        self._last_wire = b""
 
     @property
     def size(self) -> int:
-        """Bytes held: the frames and their WebSocket frames."""
-        return self._size
+        """Bytes held: the frames, their WebSocket frames, and the last ones joined."""
+        return self._size + len(self._last_wire)
 
     def wire(self, frame: bytes) -> bytes:
         """The WebSocket frame of the hub's C{frame}, text or binary."""
@@ -124,6 +126,18 @@ class _Prepared:
             self._size = 0
         self._cache[id(frame)] = (frame, wire)
         self._size += len(frame) + len(wire)
+        return wire
+
+    def wire_all(self, frames: list[bytes]) -> bytes:
+        """The WebSocket frames of several of the hub's frames, joined.  The
+        members a read's broadcasts went to are each handed the same frames,
+        so the last list asked for is kept with its answer: the next member's
+        list is compared with it (by identity first, in C) instead of each
+        frame being looked up again."""
+        if frames == self._last_frames:
+            return self._last_wire
+        wire = b"".join([self.wire(frame) for frame in frames])
+        self._last_frames, self._last_wire = list(frames), wire
         return wire
 
 
@@ -159,8 +173,7 @@ class MemberTransport:
 
     def writeSequence(self, frames: Iterable[bytes]) -> None:
         if self._connection.state is _State.OPEN:
-            wire = self._prepared.wire
-            write_now(self._tcp, b"".join([wire(frame) for frame in frames]))
+            write_now(self._tcp, self._prepared.wire_all(frames if isinstance(frames, list) else list(frames)))
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         # The connection is the TCP transport's producer, and passes on when the peer stops and starts reading.
