@@ -246,6 +246,35 @@ def test_in_a_queue_of_frames_mostly_unwaited_each_send_is_told_when_its_own_fra
     assert client.outbox.queue is None and client.outbox.waiters is None
 
 
+@pytest.mark.parametrize("pauses", [True, False], ids=["transport pauses", "transport takes all"])
+@pytest.mark.logs_errors("the client is dropped on purpose", SlowConsumer)
+def test_a_send_told_its_frame_went_that_drops_the_client_leaves_the_rest_of_the_queue_unwritten(
+        hub_factory, pauses):
+    """A waiter's callback runs while the queue is handed over; if it drops
+    the client, each send whose frame was handed over is told so, what was
+    not is neither written nor counted, and its send fails once with the
+    departure: none is told twice."""
+    hub = hub_factory(max_pending=1024 * 1024)
+    client, transport = hub.connect()
+    handed = pausing_past_a_buffer(client, transport) if pauses else []
+    client.sendMessage(b"first")
+    handed.clear()
+    client.pauseProducing()
+    sent_before = client.bytes_sent
+    sends = [hub.factory.send(client.client_id, b"x" * 999) for _ in range(200)]
+    outcomes: list[tuple[int, str]] = []
+    for index, send in enumerate(sends):
+        send.addCallbacks(lambda _, index=index: outcomes.append((index, "sent")),
+                          lambda failure, index=index: outcomes.append((index, type(failure.value).__name__)))
+    sends[10].addCallback(lambda _: client.drop("slow_consumers", SlowConsumer("dropped by a callback")))
+    client.resumeProducing()
+    written = (len(transport.value()) - len(b"first\n")) // 1000
+    assert written == 66, "the first 64 KiB handed over, nothing after the drop"
+    assert sorted(outcomes) == [(index, "sent") for index in range(written)] + [
+        (index, "SlowConsumer") for index in range(written, 200)]
+    assert client.bytes_sent - sent_before == written * 1000
+
+
 def test_a_broadcast_nobody_waits_for_makes_no_countdown_even_for_queueing_receivers(hub_factory):
     hub = hub_factory()
     receiver, transport = hub.connect()

@@ -223,7 +223,8 @@ class Outbox:
             return
         self.written_at = self.batch.clock.seconds()
         take = queue.popleft
-        while queue and not self.held_back:
+        # A waiter told may abort the client (the queue then goes): stop there.
+        while queue and not self.held_back and self.queue is queue:
             chunk: list[bytes] = []
             size = 0
             while queue and size < HANDOVER:
@@ -234,10 +235,13 @@ class Outbox:
             self.frames_handed += len(chunk)
             self._handed_over(size, len(chunk))
             self._write_many(chunk)
+            told: list[Waiter] = []
             waiters = self.waiters
             while waiters and waiters[0][0] <= self.frames_handed:
-                _written(waiters.popleft()[1])
-        if not queue:  # else the transport paused us: the rest waits, in order
+                told.append(waiters.popleft()[1])
+            for waiter in told:
+                _written(waiter)
+        if not queue:  # else the transport paused us (the rest waits, in order), or the client went
             self.queue = self.waiters = None
 
     def close(self) -> None:
