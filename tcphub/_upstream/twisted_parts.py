@@ -31,6 +31,12 @@ class QuietClientService(ClientService):
     _log = Logger(observer=cast(ILogObserver, lambda event: None))
 
 
+def _buffered(transport: FileDescriptor) -> int:
+    """Bytes waiting in Twisted's write buffer for C{transport}: C{dataBuffer}
+    past C{offset}, and C{_tempDataLen} not yet joined to it."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
 def send_now(transport: Any, data: bytes) -> bool:
     """
     Hand C{data} to the kernel at once, if the socket takes it whole without
@@ -44,7 +50,7 @@ def send_now(transport: Any, data: bytes) -> bool:
     sock = getattr(transport, "socket", None)
     if not isinstance(sock, socket.socket) or sock.fileno() < 0:
         return False
-    if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+    if _buffered(transport):
         return False
     try:
         return sock.send(data, socket.MSG_DONTWAIT) == len(data)
@@ -62,7 +68,7 @@ def _clear_to_send(transport: Any) -> bool:
     it writes can overtake what waits there)."""
     return (type(transport) in _PLAIN_SOCKETS and not transport.TLS and transport.connected
             and not transport.disconnecting and not transport._writeDisconnecting and not transport._aborting
-            and not transport._tempDataLen and len(transport.dataBuffer) == transport.offset)
+            and not _buffered(transport))
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -115,7 +121,7 @@ def unsent_bytes(transport: Any) -> int | None:
     """
     if not isinstance(transport, FileDescriptor):
         return None
-    buffered = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+    buffered = _buffered(transport)
     sock = getattr(transport, "socket", None)
     if not isinstance(sock, socket.socket) or sock.fileno() < 0:
         return buffered

@@ -346,7 +346,7 @@ class HubProtocol:
         if self._frame_call is not None:
             self._frame_call.cancel()
             self._frame_call = None
-        if not self._set_seldom().held and self.state == OPEN:
+        if not self._held() and self.state == OPEN:
             # A client the hub is closing (maybe for its last line, just
             # handled) is departing: no hook.
             self._end_input()
